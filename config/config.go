@@ -1,0 +1,430 @@
+// Package config owns quorumproxy's configuration file: the TOML schema, its
+// defaults, strict decoding and validation. Every problem in a file is
+// reported in one pass with the file, line and column of the offending key.
+//
+//	cfg, warnings, err := config.Load("quorumproxy.toml")
+//	for _, w := range warnings {
+//		log.Print(w) // e.g. "qp.toml:9:1: warning: service "pg": ..."
+//	}
+//	var probs config.Problems
+//	if errors.As(err, &probs) {
+//		// probs lists every error, one per line of err.Error()
+//	}
+//
+// testdata/example.toml in the repository documents every key with its default.
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is a whole quorumproxy configuration file.
+type Config struct {
+	Admin    Admin     `toml:"admin"`
+	Log      Log       `toml:"log"`
+	Proxy    Proxy     `toml:"proxy"`
+	Cluster  *Cluster  `toml:"cluster"` // nil: this proxy runs alone (no [cluster] table)
+	Services []Service `toml:"service"` // at least one
+}
+
+// Admin is the [admin] table: the admin HTTP API.
+type Admin struct {
+	// Listen is the host:port of the admin HTTP server. Default
+	// "127.0.0.1:9090" (loopback: the API can change routing). "" disables it.
+	Listen string `toml:"listen"`
+	// TokenFile names a file holding the bearer token required by
+	// state-changing endpoints. Default "": those endpoints are refused.
+	TokenFile string `toml:"token_file"`
+}
+
+// Log is the [log] table.
+type Log struct {
+	// Level is "debug", "info", "warn" or "error". Default "info".
+	Level string `toml:"level"`
+	// Format is "text" or "json". Default "text".
+	Format string `toml:"format"`
+}
+
+// SlogLevel returns Level as a slog.Level (info when unset).
+func (l Log) SlogLevel() slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// Proxy is the [proxy] table: settings of the whole data path.
+type Proxy struct {
+	// DrainTimeout is how long a graceful shutdown waits for client sessions
+	// to end before closing them. Default 10s. Zero closes them at once.
+	DrainTimeout time.Duration `toml:"drain_timeout"`
+}
+
+// Action says what happens to sessions when their backend goes down or
+// when the quorum is lost.
+type Action string
+
+// Actions.
+const (
+	ActionClose Action = "close" // close the sessions (and refuse new ones)
+	ActionKeep  Action = "keep"  // keep them
+)
+
+// Cluster is the optional [cluster] table. Without it a proxy runs alone.
+type Cluster struct {
+	// NodeName is this proxy's name; it must be one of Peers. Required.
+	NodeName string `toml:"node_name"`
+	// Bind is the host:port gossip listens on (TCP and UDP). Default "0.0.0.0:7946".
+	Bind string `toml:"bind"`
+	// Advertise is the host:port other peers reach this proxy at. Default "":
+	// derived from Bind by memberlist.
+	Advertise string `toml:"advertise"`
+	// Peers lists every proxy of the cluster, this one included. N = len(Peers);
+	// the quorum is N/2+1, counted against N.
+	Peers []Peer `toml:"peer"`
+	// SecretKeyFile names a file holding the gossip key: 16, 24 or 32 bytes,
+	// raw or base64 (checked when the cluster starts, not by Parse).
+	// Required unless Insecure.
+	SecretKeyFile string `toml:"secret_key_file"`
+	// Insecure allows gossip without encryption or authentication. Default false.
+	Insecure bool `toml:"insecure"`
+	// StateDir holds the persisted votes and routing records. Required.
+	StateDir string `toml:"state_dir"`
+	// LeaseTimeout is how long a lease lasts from the moment its request was
+	// sent. Default 3s. Must be positive.
+	LeaseTimeout time.Duration `toml:"lease_timeout"`
+	// ClockDrift is the assumed bound rho on clock-rate difference between
+	// proxies (0.01 = 1%); 0 <= rho < 0.5. Default 0.01.
+	ClockDrift float64 `toml:"clock_drift"`
+	// OnQuorumLoss is what a proxy does when its lease expires: "close"
+	// (default: hold new connections up to SwitchHold, then refuse, and close
+	// existing sessions) or "keep" (route on; voids the split-brain guarantee).
+	OnQuorumLoss Action `toml:"on_quorum_loss"`
+	// SwitchHold is how long new connections are held while a switch is in
+	// progress, and the default for each service's SwitchHold. Default 2s.
+	// Zero refuses them at once.
+	SwitchHold time.Duration `toml:"switch_hold"`
+	// Label is the gossip label; proxies with another label are ignored.
+	// Default "quorumproxy". At most 255 bytes.
+	Label string `toml:"label"`
+}
+
+// Peer is one [[cluster.peer]] entry.
+type Peer struct {
+	Name    string `toml:"name"`    // unique, required
+	Address string `toml:"address"` // gossip host:port, unique, required
+}
+
+// Quorum returns the number of distinct peers a decision needs: N/2+1.
+func (c *Cluster) Quorum() int { return len(c.Peers)/2 + 1 }
+
+// PeersHash returns a hex SHA-256 of the peer list (names and addresses, in
+// name order), so that proxies with different peer lists can tell.
+func (c *Cluster) PeersHash() string {
+	ps := slices.Clone(c.Peers)
+	slices.SortFunc(ps, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	h := sha256.New()
+	for _, p := range ps {
+		writeField(h, p.Name)
+		writeField(h, p.Address)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Mode is how a service spreads connections over its backends.
+type Mode string
+
+// Modes.
+const (
+	ModeActivePassive Mode = "active-passive" // one target at a time
+	ModeActiveActive  Mode = "active-active"  // balance over all healthy backends
+)
+
+// Balance is the active-active balancing algorithm. Weights apply to both.
+type Balance string
+
+// Balancing algorithms.
+const (
+	BalanceRoundRobin Balance = "round-robin"
+	BalanceLeastConn  Balance = "least-conn"
+)
+
+// Role says which backends a service routes to, by the role its health
+// checks report.
+type Role string
+
+// Roles.
+const (
+	RoleAny     Role = "any"     // whatever role
+	RolePrimary Role = "primary" // only a backend that reports itself primary
+	RoleReplica Role = "replica" // only replicas within the lag bound
+)
+
+// Failback says whether an active-passive service moves back to a recovered
+// higher-priority backend.
+type Failback string
+
+// Failback policies.
+const (
+	FailbackManual Failback = "manual" // stay on the current target until an operator acts
+	FailbackAuto   Failback = "auto"   // move back on recovery
+)
+
+// Service is one [[service]] table: a listener and the backends behind it.
+type Service struct {
+	// Name identifies the service: [A-Za-z0-9_.-]+, unique. Required.
+	Name string `toml:"name"`
+	// Listen is the host:port clients connect to; unique. Port 0 picks a free
+	// port. Required.
+	Listen string `toml:"listen"`
+	// Mode is "active-passive" (default) or "active-active".
+	Mode Mode `toml:"mode"`
+	// Balance is "round-robin" (default) or "least-conn"; used by active-active.
+	Balance Balance `toml:"balance"`
+	// Role is "any" (default), "primary" or "replica". "primary" and "replica"
+	// need a role-aware health kind: postgres, redis, mysql or exec.
+	Role Role `toml:"role"`
+	// MaxConnections caps concurrent client sessions. Default 0: unlimited.
+	MaxConnections int `toml:"max_connections"`
+	// ConnectTimeout bounds dialing backends for one client, all attempts
+	// together. Default 3s. Must be positive.
+	ConnectTimeout time.Duration `toml:"connect_timeout"`
+	// IdleTimeout closes a session with no bytes either way for this long.
+	// Default 0: never.
+	IdleTimeout time.Duration `toml:"idle_timeout"`
+	// OnBackendDown is "close" (default: close sessions to a backend that is
+	// down or no longer the target) or "keep".
+	OnBackendDown Action `toml:"on_backend_down"`
+	// Failback is "manual" (default) or "auto".
+	Failback Failback `toml:"failback"`
+	// SwitchHold is how long new connections wait while a switch is in
+	// progress. Default: [cluster] switch_hold if a cluster is configured,
+	// else 2s. Zero refuses them at once.
+	SwitchHold time.Duration `toml:"switch_hold"`
+	// MaxLag bounds the replication lag (time) of replicas used by role =
+	// "replica". Default 0: unbounded.
+	MaxLag time.Duration `toml:"max_lag"`
+	// MaxLagBytes bounds the replication lag (bytes) of replicas used by
+	// role = "replica". Default 0: unbounded.
+	MaxLagBytes int64 `toml:"max_lag_bytes"`
+	// MaxLagOnFailover: a standby lagging more than this (time) is never made
+	// the target. Default 0: unbounded.
+	MaxLagOnFailover time.Duration `toml:"max_lag_on_failover"`
+	// MaxLagBytesOnFailover: a standby lagging more than this (bytes) is never
+	// made the target. Default 0: unbounded.
+	MaxLagBytesOnFailover int64 `toml:"max_lag_bytes_on_failover"`
+
+	Health   Health    `toml:"health"`
+	Hooks    Hooks     `toml:"hooks"`
+	Backends []Backend `toml:"backend"` // at least one
+}
+
+// BackendsHash returns a hex SHA-256 of the service name and its backends
+// (names and addresses, in name order), so that proxies whose configs
+// disagree about a service can tell.
+func (s *Service) BackendsHash() string {
+	bs := slices.Clone(s.Backends)
+	slices.SortFunc(bs, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
+	h := sha256.New()
+	writeField(h, s.Name)
+	for _, b := range bs {
+		writeField(h, b.Name)
+		writeField(h, b.Address)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// writeField writes a length-prefixed string so that field boundaries are unambiguous.
+func writeField(h interface{ Write([]byte) (int, error) }, s string) {
+	var n [8]byte
+	l := uint64(len(s))
+	for i := range n {
+		n[i] = byte(l >> (8 * i))
+	}
+	h.Write(n[:])
+	h.Write([]byte(s))
+}
+
+// Kind is a health check kind.
+type Kind string
+
+// Health check kinds.
+const (
+	KindTCP      Kind = "tcp"      // a TCP connect
+	KindPostgres Kind = "postgres" // role and lag through pgx
+	KindRedis    Kind = "redis"    // ROLE / INFO replication
+	KindMySQL    Kind = "mysql"    // @@read_only and replica status
+	KindHTTP     Kind = "http"     // status code and optional body substring
+	KindExec     Kind = "exec"     // a command; exit 0 = up
+)
+
+// RoleAware reports whether checks of this kind report a backend's role.
+func (k Kind) RoleAware() bool {
+	return k == KindPostgres || k == KindRedis || k == KindMySQL || k == KindExec
+}
+
+// Health is a service's [service.health] table.
+type Health struct {
+	// Kind is "tcp" (default), "postgres", "redis", "mysql", "http" or "exec".
+	Kind Kind `toml:"kind"`
+	// Interval between checks of a backend whose state is steady. Default 2s.
+	// Must be positive.
+	Interval time.Duration `toml:"interval"`
+	// Timeout bounds one check. Default 1s. Must be positive and below Interval.
+	Timeout time.Duration `toml:"timeout"`
+	// Rise is how many consecutive successes mark a backend up. Default 2, >= 1.
+	Rise int `toml:"rise"`
+	// Fall is how many consecutive failures mark a backend down. Default 3, >= 1.
+	Fall int `toml:"fall"`
+	// FastInterval is the interval while a backend is changing state (a
+	// streak has begun). Default Interval/4, at least 50ms and at most
+	// Interval. Must be positive. Checks never overlap: a slow check delays
+	// the next one.
+	FastInterval time.Duration `toml:"fast_interval"`
+	// DownInterval is the interval while a backend is down. Default Interval.
+	// Must be positive.
+	DownInterval time.Duration `toml:"down_interval"`
+
+	// User to log in as (postgres, redis ACL user, mysql). Default "".
+	User string `toml:"user"`
+	// Database to connect to (postgres, mysql). Default "".
+	Database string `toml:"database"`
+	// PasswordFile names a file whose content (trailing newline removed) is
+	// the password (postgres, redis, mysql). Default "". A plain password key
+	// is not accepted, so that configs can be shared and logged.
+	PasswordFile string `toml:"password_file"`
+	// PasswordEnv names an environment variable holding the password
+	// (postgres, redis, mysql). Default "". At most one of PasswordFile and
+	// PasswordEnv.
+	PasswordEnv string `toml:"password_env"`
+	// TLS makes postgres, redis, mysql and http checks use TLS. Default false.
+	TLS bool `toml:"tls"`
+
+	// Method is the http check's request method. Default "GET".
+	Method string `toml:"method"`
+	// Path is the http check's request path. Default "/".
+	Path string `toml:"path"`
+	// ExpectStatus is the http status that means up. Default 200.
+	ExpectStatus int `toml:"expect_status"`
+	// ExpectBody, if not empty, must occur in the http response body.
+	ExpectBody string `toml:"expect_body"`
+
+	// Command is the exec check's argv, run without a shell under Timeout;
+	// exit 0 = up. Required for kind "exec".
+	Command []string `toml:"command"`
+}
+
+// Hooks is a service's [service.hooks] table. Each hook is an argv run
+// without a shell, with QP_SERVICE, QP_OLD_BACKEND, QP_OLD_ADDRESS,
+// QP_NEW_BACKEND, QP_NEW_ADDRESS and QP_EPOCH in its environment. An empty
+// argv means no hook.
+type Hooks struct {
+	// Promote runs on the committing proxy when a backend becomes the target.
+	Promote []string `toml:"promote"`
+	// Fence runs on the committing proxy when the old target is fenced.
+	Fence []string `toml:"fence"`
+	// Notify runs on every proxy after a switch.
+	Notify []string `toml:"notify"`
+	// Timeout bounds each hook run. Default 30s. Must be positive.
+	Timeout time.Duration `toml:"timeout"`
+}
+
+// Backend is one [[service.backend]] entry.
+type Backend struct {
+	// Name identifies the backend in its service: [A-Za-z0-9_.-]+, unique. Required.
+	Name string `toml:"name"`
+	// Address is the backend's host:port. Required.
+	Address string `toml:"address"`
+	// Priority: among healthy candidates the highest wins. Default 0.
+	Priority int `toml:"priority"`
+	// Weight is the backend's share of new connections relative to the
+	// others in active-active mode. Default 1. Parse rejects values below 1:
+	// take a backend out of rotation with the drain command, not the config.
+	Weight int `toml:"weight"`
+	// MaxConnections caps concurrent sessions to this backend. Default 0: unlimited.
+	MaxConnections int `toml:"max_connections"`
+}
+
+// Defaults, written once. Parse applies them to keys the file leaves out.
+const (
+	defaultAdminListen    = "127.0.0.1:9090" // loopback: the API can change routing
+	defaultLogLevel       = "info"
+	defaultLogFormat      = "text"
+	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish
+	defaultBind           = "0.0.0.0:7946"   // memberlist's usual port
+	defaultLeaseTimeout   = 3 * time.Second  // a cut-off proxy stops routing within this
+	defaultClockDrift     = 0.01             // ordinary crystals drift far less than 1%
+	defaultSwitchHold     = 2 * time.Second  // covers a typical agreed switch
+	defaultLabel          = "quorumproxy"
+	defaultConnectTimeout = 3 * time.Second // above a SYN retransmit (1s) plus a retry
+	defaultInterval       = 2 * time.Second
+	defaultTimeout        = 1 * time.Second // half the interval: checks never pile up
+	defaultRise           = 2               // one lucky success is not recovery
+	defaultFall           = 3               // one lost packet is not a failure
+	minFastInterval       = 50 * time.Millisecond
+	defaultMethod         = "GET"
+	defaultPath           = "/"
+	defaultExpectStatus   = 200
+	defaultHookTimeout    = 30 * time.Second // a promotion can take a while
+	defaultWeight         = 1
+)
+
+// The setDefaults methods fill in every default that does not depend on
+// other keys; Parse calls them before decoding a table over them.
+
+func (c *Config) setDefaults() {
+	c.Admin.Listen = defaultAdminListen
+	c.Log.Level = defaultLogLevel
+	c.Log.Format = defaultLogFormat
+	c.Proxy.DrainTimeout = defaultDrainTimeout
+}
+
+func (c *Cluster) setDefaults() {
+	c.Bind = defaultBind
+	c.LeaseTimeout = defaultLeaseTimeout
+	c.ClockDrift = defaultClockDrift
+	c.OnQuorumLoss = ActionClose
+	c.SwitchHold = defaultSwitchHold
+	c.Label = defaultLabel
+}
+
+func (s *Service) setDefaults() {
+	s.Mode = ModeActivePassive
+	s.Balance = BalanceRoundRobin
+	s.Role = RoleAny
+	s.ConnectTimeout = defaultConnectTimeout
+	s.OnBackendDown = ActionClose
+	s.Failback = FailbackManual
+	s.Health.setDefaults()
+	s.Hooks.setDefaults()
+}
+
+func (h *Health) setDefaults() {
+	h.Kind = KindTCP
+	h.Interval = defaultInterval
+	h.Timeout = defaultTimeout
+	h.Rise = defaultRise
+	h.Fall = defaultFall
+	h.Method = defaultMethod
+	h.Path = defaultPath
+	h.ExpectStatus = defaultExpectStatus
+}
+
+func (h *Hooks) setDefaults() { h.Timeout = defaultHookTimeout }
+
+func (b *Backend) setDefaults() { b.Weight = defaultWeight }
+
+// defaultFastInterval derives fast_interval from interval.
+func defaultFastInterval(interval time.Duration) time.Duration {
+	return min(max(interval/4, minFastInterval), interval)
+}
