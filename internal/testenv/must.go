@@ -1,0 +1,103 @@
+package testenv
+
+import "testing"
+
+// MustPostgres starts a PostgreSQL primary for t (see StartPostgres) and
+// stops it when t ends. It skips or fails t as Need does when PostgreSQL is
+// missing.
+func MustPostgres(t testing.TB, opts PGOptions) *Postgres {
+	t.Helper()
+	Need(t, "postgres")
+	p, err := StartPostgres(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// MustStandby starts a streaming standby of p for t (see StartStandby) and
+// stops it when t ends.
+func MustStandby(t testing.TB, p *Postgres, sync bool) *Postgres {
+	t.Helper()
+	s, err := p.StartStandby(sync)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// MustRedis starts a redis-server for t (see StartRedis) and stops it when
+// t ends. It skips or fails t as Need does when Redis is missing.
+func MustRedis(t testing.TB, opts RedisOptions) *Redis {
+	t.Helper()
+	Need(t, "redis")
+	r, err := StartRedis(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return r
+}
+
+// MustReplica starts a replica of r for t (see StartReplica) and stops it
+// when t ends.
+func MustReplica(t testing.TB, r *Redis) *Redis {
+	t.Helper()
+	s, err := r.StartReplica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// MustMariaDB starts a MariaDB server for t (see StartMariaDB) and stops it
+// when t ends. It skips or fails t as Need does when MariaDB is missing.
+func MustMariaDB(t testing.TB) *MariaDB {
+	t.Helper()
+	Need(t, "mariadb")
+	m, err := StartMariaDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
+// MustMariaDBReplica starts a replica of m for t (see StartReplica) and
+// stops it when t ends.
+func MustMariaDBReplica(t testing.TB, m *MariaDB) *MariaDB {
+	t.Helper()
+	r, err := m.StartReplica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return r
+}
