@@ -1,0 +1,263 @@
+// Package health owns the local view of every backend: protocol-aware checkers (tcp, postgres,
+// redis, mysql, http, exec) that report up/down, role and replication lag, and a Monitor that
+// runs one loop per backend and applies consecutive rise/fall before a backend changes state.
+//
+// A check never outlives its timeout: every checker honours the context deadline down to the
+// socket, so a frozen (SIGSTOPped) server is reported as "timeout after 100ms", not waited on.
+//
+// A backend is StatusUnknown until its first check completes; that first result decides at
+// once (up or down) so the proxy learns the state quickly at start. After that, Rise
+// consecutive successes bring it up and Fall consecutive failures bring it down.
+//
+// Example:
+//
+//	m := health.NewMonitor(logger, func(s health.State) { pool.SetHealth(s) })
+//	m.Set([]health.Target{{Service: "pg", Backend: "a", Address: "10.0.0.1:5432",
+//		Spec: health.Spec{Kind: "postgres", User: "qp", Password: pw}}})
+//	defer m.Close()
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Role is what a backend reports itself to be.
+type Role int
+
+// Roles. RoleUnknown is reported by checkers that cannot tell (tcp, http) and by a backend
+// that is down.
+const (
+	RoleUnknown Role = iota
+	RolePrimary
+	RoleReplica
+)
+
+// String returns "unknown", "primary" or "replica".
+func (r Role) String() string {
+	switch r {
+	case RolePrimary:
+		return "primary"
+	case RoleReplica:
+		return "replica"
+	default:
+		return "unknown"
+	}
+}
+
+// Result is the outcome of one check.
+type Result struct {
+	// Up is true when the backend answered as expected.
+	Up bool
+	// Role is what the backend says it is; RoleUnknown when the checker cannot tell.
+	Role Role
+	// LagBytes is the replication lag in bytes; -1 when unknown. Checkers leave it -1 on
+	// replicas; the Monitor fills it in from the service's primary Position.
+	LagBytes int64
+	// Lag is the replication lag in time; -1 when unknown, 0 on a primary or a caught-up replica.
+	Lag time.Duration
+	// Position is the engine's replication position (PostgreSQL WAL LSN as a byte offset,
+	// Redis replication offset); -1 when unknown. On a replica it is the replayed position.
+	Position int64
+	// Latency is how long the check took.
+	Latency time.Duration
+	// Err says what was wrong when Up is false; it matches one of the Err* sentinels with
+	// errors.Is.
+	Err error
+}
+
+// Checker checks one backend. Check must return by the context's deadline. A Checker is used
+// by one goroutine at a time; Close releases any connection it keeps between checks.
+type Checker interface {
+	Check(ctx context.Context) Result
+	Close() error
+}
+
+// Spec configures a checker and the rise/fall loop around it. The zero value is a tcp check with
+// the defaults below.
+type Spec struct {
+	// Kind is "tcp" (default when empty), "postgres", "redis", "mysql", "http" or "exec".
+	Kind string
+	// Interval between checks while the state is stable. Zero means DefaultInterval.
+	Interval time.Duration
+	// Timeout bounds one check. Zero means DefaultTimeout, capped at Interval.
+	Timeout time.Duration
+	// FastInterval is used while a rise or fall streak is in progress. Zero means Interval.
+	FastInterval time.Duration
+	// DownInterval is used while the backend is down. Zero means Interval.
+	DownInterval time.Duration
+	// Rise is the number of consecutive successes that bring a down backend up. Zero means
+	// DefaultRise.
+	Rise int
+	// Fall is the number of consecutive failures that bring an up backend down. Zero means
+	// DefaultFall.
+	Fall int
+	// User, Database and Password authenticate postgres, redis (ACL user) and mysql checks.
+	// The password is never logged. Database defaults to "postgres" for postgres.
+	User, Database, Password string
+	// TLS makes postgres (sslmode=require), redis, mysql and http (https) checks use TLS.
+	// Certificates are not verified: a check proves liveness and role, not identity, and sends
+	// no credentials over http.
+	TLS bool
+	// Method, Path, ExpectStatus and ExpectBody configure http checks. Method defaults to GET,
+	// Path to "/"; ExpectStatus zero accepts any 2xx or 3xx; ExpectBody, when set, must occur
+	// in the first 64 KiB of the body.
+	Method, Path string
+	ExpectStatus int
+	ExpectBody   string
+	// Command is the argv of an exec check, run without a shell; exit 0 means up.
+	Command []string
+}
+
+// Defaults for a zero Spec.
+const (
+	DefaultInterval = 1 * time.Second        // one check a second is cheap for any server
+	DefaultTimeout  = 500 * time.Millisecond // a LAN round trip plus a slow query, well below Interval
+	DefaultRise     = 2                      // one good answer after an outage is not yet proof
+	DefaultFall     = 3                      // tolerate two lost checks before moving traffic
+)
+
+// String formats s with the password redacted, so a Spec or Target printed with %v or handed
+// to a logger never shows it.
+func (s Spec) String() string {
+	type plain Spec // no methods: formats field by field
+	p := plain(s)
+	if p.Password != "" {
+		p.Password = "[redacted]"
+	}
+	return fmt.Sprintf("%+v", p)
+}
+
+// withDefaults returns s with zero fields replaced by their defaults.
+func (s Spec) withDefaults() Spec {
+	if s.Kind == "" {
+		s.Kind = "tcp"
+	}
+	if s.Interval <= 0 {
+		s.Interval = DefaultInterval
+	}
+	if s.Timeout <= 0 {
+		s.Timeout = min(DefaultTimeout, s.Interval)
+	}
+	if s.FastInterval <= 0 {
+		s.FastInterval = s.Interval
+	}
+	if s.DownInterval <= 0 {
+		s.DownInterval = s.Interval
+	}
+	if s.Rise <= 0 {
+		s.Rise = DefaultRise
+	}
+	if s.Fall <= 0 {
+		s.Fall = DefaultFall
+	}
+	return s
+}
+
+// NewChecker returns the checker that spec.Kind names for the backend at address (host:port).
+// It does not connect; the first Check does.
+func NewChecker(spec Spec, address string) (Checker, error) {
+	spec = spec.withDefaults()
+	if spec.Kind != "exec" {
+		if _, _, err := net.SplitHostPort(address); err != nil {
+			return nil, fmt.Errorf("health %s check: address %q: %w", spec.Kind, address, err)
+		}
+	}
+	switch spec.Kind {
+	case "tcp":
+		return &tcpChecker{address: address, timeout: spec.Timeout}, nil
+	case "postgres":
+		return newPostgresChecker(spec, address)
+	case "redis":
+		return newRedisChecker(spec, address), nil
+	case "mysql":
+		return newMySQLChecker(spec, address)
+	case "http":
+		return newHTTPChecker(spec, address)
+	case "exec":
+		return newExecChecker(spec, address)
+	default:
+		return nil, fmt.Errorf("health check kind %q: %w", spec.Kind, ErrUnknownKind)
+	}
+}
+
+// Sentinel errors that a Result.Err matches with errors.Is.
+var (
+	ErrTimeout    = errors.New("timeout")
+	ErrRefused    = errors.New("connection refused")
+	ErrReset      = errors.New("connection reset")
+	ErrClosed     = errors.New("connection closed by server")
+	ErrProtocol   = errors.New("protocol error")
+	ErrAuth       = errors.New("authentication failed")
+	ErrServer     = errors.New("server error")
+	ErrUnexpected = errors.New("unexpected answer")
+	ErrNetwork    = errors.New("network error")
+	// ErrUnknownKind is returned by NewChecker for a Spec.Kind it does not know.
+	ErrUnknownKind = errors.New("unknown kind")
+)
+
+// timeoutError is returned for a check that ran out of time.
+func timeoutError(timeout time.Duration) error {
+	return fmt.Errorf("%w after %v", ErrTimeout, timeout)
+}
+
+// netError classifies a transport error, or returns nil when err is not one. ctx decides
+// whether an interrupted read was the check's deadline.
+func netError(ctx context.Context, err error, timeout time.Duration) error {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return timeoutError(timeout)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("check canceled: %w", ctx.Err())
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ErrRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ErrReset
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ErrClosed
+	case errors.As(err, new(*net.OpError)), errors.As(err, new(*net.DNSError)):
+		return fmt.Errorf("%w: %w", ErrNetwork, err)
+	}
+	return nil
+}
+
+// tcpChecker is up when a TCP connection can be opened.
+type tcpChecker struct {
+	address string
+	timeout time.Duration
+}
+
+func (c *tcpChecker) Check(ctx context.Context) Result {
+	start := time.Now()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", c.address)
+	r := Result{LagBytes: -1, Lag: -1, Position: -1}
+	if err != nil {
+		r.Err = netError(ctx, err, c.timeout)
+		if r.Err == nil {
+			r.Err = fmt.Errorf("%w: %w", ErrNetwork, err)
+		}
+	} else {
+		conn.Close()
+		r.Up = true
+	}
+	r.Latency = time.Since(start)
+	return r
+}
+
+func (c *tcpChecker) Close() error { return nil }
+
+// down returns a failed Result with err.
+func down(start time.Time, err error) Result {
+	return Result{LagBytes: -1, Lag: -1, Position: -1, Latency: time.Since(start), Err: err}
+}

@@ -1,0 +1,104 @@
+package health
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// maxBody is how much of an http answer (or exec output) a check reads.
+const maxBody = 64 << 10
+
+// httpChecker is up when METHOD scheme://address/path answers the expected status (and body).
+type httpChecker struct {
+	spec    Spec
+	url     string
+	method  string
+	client  *http.Client
+	timeout time.Duration
+}
+
+func newHTTPChecker(spec Spec, address string) (*httpChecker, error) {
+	scheme := "http"
+	if spec.TLS {
+		scheme = "https"
+	}
+	path := spec.Path
+	if path == "" {
+		path = "/"
+	}
+	if !strings.HasPrefix(path, "/") {
+		return nil, fmt.Errorf("http check %s: path %q must start with /", address, path)
+	}
+	method := spec.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	tr := &http.Transport{
+		// A fresh connection per check: a kept one would hide a server that stopped accepting.
+		DisableKeepAlives: true,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see Spec.TLS
+		Proxy:             nil,
+	}
+	c := &httpChecker{
+		spec:   spec,
+		url:    scheme + "://" + address + path,
+		method: method,
+		client: &http.Client{
+			Transport: tr,
+			// A redirect is an answer of its own; ExpectStatus decides about it.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		timeout: spec.Timeout,
+	}
+	if _, err := http.NewRequest(method, c.url, nil); err != nil {
+		return nil, fmt.Errorf("http check %s: %w", address, err)
+	}
+	return c, nil
+}
+
+func (c *httpChecker) Check(ctx context.Context) Result {
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, c.method, c.url, nil)
+	if err != nil {
+		return down(start, fmt.Errorf("%w: %w", ErrProtocol, err))
+	}
+	req.Header.Set("User-Agent", "quorumproxy-health")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return down(start, c.classify(ctx, err))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	resp.Body.Close()
+	if err != nil {
+		return down(start, c.classify(ctx, err))
+	}
+	okStatus := resp.StatusCode >= 200 && resp.StatusCode < 400
+	if c.spec.ExpectStatus != 0 {
+		okStatus = resp.StatusCode == c.spec.ExpectStatus
+	}
+	if !okStatus {
+		return down(start, fmt.Errorf("%w: status %d", ErrUnexpected, resp.StatusCode))
+	}
+	if c.spec.ExpectBody != "" && !bytes.Contains(body, []byte(c.spec.ExpectBody)) {
+		return down(start, fmt.Errorf("%w: body does not contain %q", ErrUnexpected, c.spec.ExpectBody))
+	}
+	return Result{Up: true, LagBytes: -1, Lag: -1, Position: -1, Latency: time.Since(start)}
+}
+
+func (c *httpChecker) classify(ctx context.Context, err error) error {
+	if e := netError(ctx, err, c.timeout); e != nil {
+		return e
+	}
+	return fmt.Errorf("%w: %w", ErrProtocol, err)
+}
+
+func (c *httpChecker) Close() error {
+	c.client.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,120 @@
+package health
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+)
+
+func TestRedisRoleAndPromotion(t *testing.T) {
+	const pw = "redis-secret"
+	primary := testenv.MustRedis(t, testenv.RedisOptions{Password: pw})
+	replica := testenv.MustReplica(t, primary)
+	spec := Spec{Kind: "redis", Password: pw, Timeout: dbTimeout}
+
+	r := checkOnce(t, spec, primary.Addr())
+	wantUp(t, r, RolePrimary)
+	if r.Position < 0 || r.LagBytes != 0 || r.Lag != 0 {
+		t.Errorf("primary: position %d lag %d bytes %v", r.Position, r.LagBytes, r.Lag)
+	}
+	r = checkOnce(t, spec, replica.Addr())
+	wantUp(t, r, RoleReplica)
+	if r.Position < 0 || r.LagBytes != -1 || r.Lag != -1 {
+		t.Errorf("replica alone: position %d lag %d bytes %v, want >=0, -1, -1", r.Position, r.LagBytes, r.Lag)
+	}
+
+	bad := spec
+	bad.Password = "not-the-password"
+	r = checkOnce(t, bad, primary.Addr())
+	wantDown(t, r, ErrAuth)
+	t.Logf("wrong password: %v", r.Err)
+	if strings.Contains(r.Err.Error(), bad.Password) || strings.Contains(r.Err.Error(), pw) {
+		t.Errorf("error carries a password: %v", r.Err)
+	}
+	bad.Password = ""
+	wantDown(t, checkOnce(t, bad, primary.Addr()), ErrAuth)
+
+	// An ACL user that may run INFO and nothing else is enough.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := primary.Client().Do(ctx, "ACL", "SETUSER", "monitor", "on", ">mon-secret", "-@all", "+info").Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantUp(t, checkOnce(t, Spec{Kind: "redis", User: "monitor", Password: "mon-secret", Timeout: dbTimeout}, primary.Addr()), RolePrimary)
+	wantDown(t, checkOnce(t, Spec{Kind: "redis", User: "monitor", Password: pw, Timeout: dbTimeout}, primary.Addr()), ErrAuth)
+
+	rec := &recorder{}
+	m := NewMonitor(testLogger(t), rec.onChange)
+	defer m.Close()
+	spec.Interval = 50 * time.Millisecond
+	if err := m.Set([]Target{
+		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
+		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := primary.Client().Set(ctx, "k", strings.Repeat("x", 100000), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "replica", "caught up", func(s State) bool {
+		return s.Status == StatusUp && s.Role == RoleReplica && s.LagBytes == 0
+	})
+
+	// SIGSTOP: a frozen server is a timeout, within the timeout.
+	spec.Timeout = 300 * time.Millisecond
+	if err := replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewChecker(spec, replica.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = checkWith(c, spec)
+	c.Close()
+	wantDown(t, r, ErrTimeout)
+	if r.Err.Error() != "timeout after 300ms" {
+		t.Errorf("paused replica: %v, want timeout after 300ms", r.Err)
+	}
+	if err := replica.Resume(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := replica.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "replica", "promoted", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
+	rec.mu.Lock()
+	var roles []Role
+	for _, e := range rec.events {
+		if e.Backend == "replica" && (len(roles) == 0 || roles[len(roles)-1] != e.Role) {
+			roles = append(roles, e.Role)
+		}
+	}
+	rec.mu.Unlock()
+	if len(roles) < 2 || roles[0] != RoleReplica || roles[len(roles)-1] != RolePrimary {
+		t.Errorf("onChange roles of the replica %v, want replica ... primary", roles)
+	}
+
+	if err := primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, m, "primary", "down after kill", func(s State) bool { return s.Status == StatusDown })
+	t.Logf("killed: %s", s.Reason)
+}
+
+func TestParseRedisReplication(t *testing.T) {
+	r, err := parseRedisReplication("# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\nslave_read_repl_offset:1300\r\n")
+	if err != nil || r.Role != RoleReplica || r.Position != 1234 || !r.Up {
+		t.Errorf("replica: %+v %v", r, err)
+	}
+	r, err = parseRedisReplication("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:99\r\n")
+	if err != nil || r.Role != RolePrimary || r.Position != 99 || r.LagBytes != 0 {
+		t.Errorf("primary: %+v %v", r, err)
+	}
+	if _, err := parseRedisReplication("# Replication\r\nrole:sentinel\r\n"); err == nil {
+		t.Error("unknown role accepted")
+	}
+}
