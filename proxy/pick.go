@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// candidate is what the pure target picker knows about one backend.
+type candidate struct {
+	name     string
+	priority int
+	order    int // position in ServiceConfig.Backends
+	h        Health
+}
+
+// decision is the pure picker's verdict for an active-passive service.
+type decision struct {
+	target string
+	// pending is set when target was chosen as a standby that must still be
+	// promoted: it keeps the target sticky even if another backend starts
+	// reporting primary meanwhile (a restarted old primary).
+	pending   string
+	reason    string
+	primaries []string // set only when two or more report primary
+}
+
+func (c *candidate) up() bool { return c.h.Known && c.h.Up }
+
+// lagWithin reports whether h's lag is within both bounds; a bound that is
+// set excludes an unknown lag of its kind.
+func lagWithin(h Health, maxLag time.Duration, maxBytes int64) bool {
+	if maxLag > 0 && (h.Lag < 0 || h.Lag > maxLag) {
+		return false
+	}
+	if maxBytes > 0 && (h.LagBytes < 0 || h.LagBytes > maxBytes) {
+		return false
+	}
+	return true
+}
+
+// lessLag orders by known lag, bytes first, then time; unknown lag last.
+func lessLag(a, b Health) bool {
+	if (a.LagBytes >= 0) != (b.LagBytes >= 0) {
+		return a.LagBytes >= 0
+	}
+	if a.LagBytes != b.LagBytes {
+		return a.LagBytes < b.LagBytes
+	}
+	if (a.Lag >= 0) != (b.Lag >= 0) {
+		return a.Lag >= 0
+	}
+	return a.Lag < b.Lag
+}
+
+// better ranks failover candidates: priority, then least lag, then order.
+func better(a, b *candidate) bool {
+	if a.priority != b.priority {
+		return a.priority > b.priority
+	}
+	if lessLag(a.h, b.h) || lessLag(b.h, a.h) {
+		return lessLag(a.h, b.h)
+	}
+	return a.order < b.order
+}
+
+func lagString(h Health) string {
+	var parts []string
+	if h.LagBytes >= 0 {
+		parts = append(parts, fmt.Sprintf("%dB", h.LagBytes))
+	}
+	if h.Lag >= 0 {
+		parts = append(parts, h.Lag.String())
+	}
+	if len(parts) == 0 {
+		return "lag unknown"
+	}
+	return "lag " + strings.Join(parts, "/")
+}
+
+// chooseTarget is the local active-passive decision (not used for External
+// services). cur is the current target ("" for none) and pending the
+// standby awaiting promotion, if any.
+func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) decision {
+	var primaries []string
+	var curC *candidate
+	for i := range cands {
+		c := &cands[i]
+		if c.up() && c.h.Role == RolePrimary {
+			primaries = append(primaries, c.name)
+		}
+		if c.name == cur {
+			curC = c
+		}
+	}
+	roleAware := cfg.Want == RolePrimary
+	curUp := curC != nil && curC.up()
+
+	if len(primaries) >= 2 {
+		list := strings.Join(primaries, ", ")
+		if curUp && (!roleAware || curC.h.Role == RolePrimary) {
+			return decision{target: cur, primaries: primaries,
+				reason: fmt.Sprintf("dual primary (%s): keeping %s, not moving writes", list, cur)}
+		}
+		return decision{primaries: primaries,
+			reason: fmt.Sprintf("dual primary (%s): refusing to choose", list)}
+	}
+
+	// Failover candidates: up, replica when role-aware, lag within bounds.
+	var best *candidate
+	var excluded []string
+	for i := range cands {
+		c := &cands[i]
+		if !c.up() {
+			continue
+		}
+		if roleAware && c.h.Role != RoleReplica && c.name != cur {
+			continue
+		}
+		if !lagWithin(c.h, cfg.MaxLagOnFailover, cfg.MaxLagBytesOnFailover) {
+			excluded = append(excluded, fmt.Sprintf("%s (%s)", c.name, lagString(c.h)))
+			continue
+		}
+		if best == nil || better(c, best) {
+			best = c
+		}
+	}
+
+	if roleAware {
+		if curUp {
+			switch {
+			case curC.h.Role == RolePrimary:
+				if cfg.FailbackAuto && best != nil && best.name != cur && best.priority > curC.priority {
+					return decision{target: best.name, pending: best.name,
+						reason: fmt.Sprintf("failback to %s (priority %d > %d)", best.name, best.priority, curC.priority)}
+				}
+				return decision{target: cur, reason: cur + " is primary"}
+			case pending == cur:
+				return decision{target: cur, pending: cur, reason: cur + " chosen, awaiting promotion"}
+			case len(primaries) == 1:
+				return decision{target: primaries[0],
+					reason: fmt.Sprintf("%s reports %s; %s is primary", cur, curC.h.Role, primaries[0])}
+			}
+		} else if len(primaries) == 1 {
+			return decision{target: primaries[0], reason: primaries[0] + " is primary"}
+		}
+		// No usable primary: a standby may be chosen only once every backend
+		// has reported, since an unknown one may be the primary.
+		for i := range cands {
+			if !cands[i].h.Known {
+				return decision{reason: "waiting for the first health report of " + cands[i].name}
+			}
+		}
+		if best == nil {
+			return decision{reason: noEligible(excluded)}
+		}
+		return decision{target: best.name, pending: best.name,
+			reason: fmt.Sprintf("failover to %s (priority %d, %s), awaiting promotion", best.name, best.priority, lagString(best.h))}
+	}
+
+	if curUp && !(cfg.FailbackAuto && best != nil && best.priority > curC.priority) {
+		return decision{target: cur, reason: cur + " is up"}
+	}
+	if best == nil {
+		for i := range cands {
+			if !cands[i].h.Known {
+				return decision{reason: "waiting for the first health report of " + cands[i].name}
+			}
+		}
+		return decision{reason: noEligible(excluded)}
+	}
+	// Do not settle on a lower-ranked backend while a better-ranked one has
+	// not reported yet: with manual failback the choice would stick.
+	for i := range cands {
+		c := &cands[i]
+		if !c.h.Known && (c.priority > best.priority || (c.priority == best.priority && c.order < best.order)) {
+			return decision{reason: "waiting for the first health report of " + c.name}
+		}
+	}
+	why := "highest-priority healthy backend"
+	if cur != "" && curUp {
+		why = fmt.Sprintf("failback (priority %d > %d)", best.priority, curC.priority)
+	} else if cur != "" {
+		why = cur + " down"
+	}
+	return decision{target: best.name, reason: fmt.Sprintf("%s: %s", best.name, why)}
+}
+
+func noEligible(excluded []string) string {
+	if len(excluded) == 0 {
+		return "no eligible backend"
+	}
+	sort.Strings(excluded)
+	return "no eligible backend: lag beyond bound: " + strings.Join(excluded, ", ")
+}
+
+// balancedEligible says whether a balanced service may use a backend.
+func balancedEligible(cfg *ServiceConfig, h Health) bool {
+	if !h.Known || !h.Up {
+		return false
+	}
+	switch cfg.Want {
+	case RolePrimary:
+		return h.Role == RolePrimary
+	case RoleReplica:
+		return h.Role == RoleReplica && lagWithin(h, cfg.MaxLag, cfg.MaxLagBytes)
+	}
+	return true
+}
+
+// balancer state of one backend, guarded by the service's lock.
+type wrrState struct {
+	current int // smooth weighted round-robin accumulator
+}
+
+func weightOf(b *Backend) int {
+	if b.Weight <= 0 {
+		return 1
+	}
+	return b.Weight
+}
+
+// orderBalanced returns bs (eligible backends, in config order) reordered so
+// that the first is the balancer's choice and the rest are fallbacks for a
+// failed dial. It updates the round-robin state.
+func orderBalanced(bal Balance, bs []*backend) []*backend {
+	if len(bs) <= 1 {
+		return bs
+	}
+	switch bal {
+	case LeastConn:
+		// Compare active/weight by cross-multiplying, on a snapshot so the
+		// sort sees consistent values; ties rotate via round-robin state.
+		type lc struct {
+			b      *backend
+			active int64
+			weight int64
+		}
+		snap := make([]lc, len(bs))
+		for i, b := range bs {
+			snap[i] = lc{b, b.active.Load(), int64(weightOf(&b.cfg))}
+		}
+		less := func(x, y lc) bool { return x.active*y.weight < y.active*x.weight }
+		sort.SliceStable(snap, func(i, j int) bool { return less(snap[i], snap[j]) })
+		n := 1
+		for n < len(snap) && !less(snap[0], snap[n]) {
+			n++
+		}
+		for i := range snap {
+			bs[i] = snap[i].b
+		}
+		if n > 1 {
+			lead := swrr(bs[:n])
+			bs[0], bs[lead] = bs[lead], bs[0]
+		}
+	default:
+		i := swrr(bs)
+		bs[0], bs[i] = bs[i], bs[0]
+	}
+	return bs
+}
+
+// swrr is nginx's smooth weighted round-robin: returns the index chosen.
+func swrr(bs []*backend) int {
+	total, best := 0, 0
+	for i, b := range bs {
+		w := weightOf(&b.cfg)
+		b.wrr.current += w
+		total += w
+		if b.wrr.current > bs[best].wrr.current {
+			best = i
+		}
+	}
+	bs[best].wrr.current -= total
+	return best
+}

@@ -1,0 +1,423 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy runs the services' listeners and proxies their connections.
+type Proxy struct {
+	log      *slog.Logger
+	onTarget func(TargetChange)
+
+	ctx    context.Context // cancelled by Close and by an expired Drain
+	cancel context.CancelFunc
+
+	mu       sync.Mutex // guards services, draining, closed
+	services map[string]*service
+	draining bool
+	closed   bool
+	stopOnce sync.Once
+
+	poller    *poller // nil: idle directions wait on goroutines
+	parkAfter time.Duration
+
+	closing atomic.Bool  // set before sessions are swept, so none escapes
+	active  atomic.Int64 // client connections, all services
+	wg      sync.WaitGroup
+
+	evMu   sync.Mutex
+	evCond *sync.Cond
+	evQ    []TargetChange
+	evStop bool
+	evWG   sync.WaitGroup
+}
+
+// New returns a Proxy with no services; Apply starts them.
+func New(opts Options) *Proxy {
+	p := &Proxy{log: opts.Logger, onTarget: opts.OnTarget, services: map[string]*service{}}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.parkAfter = DefaultParkAfter
+	if opts.parkAfter != 0 {
+		p.parkAfter = opts.parkAfter
+	}
+	if p.parkAfter >= 0 {
+		if pl, err := newPoller(); err != nil {
+			p.log.Warn("idle connections will keep their goroutines", "err", err)
+		} else {
+			p.poller = pl
+			p.wg.Add(1)
+			go pl.run(p)
+		}
+	}
+	p.evCond = sync.NewCond(&p.evMu)
+	if p.onTarget != nil {
+		p.evWG.Add(1)
+		go p.notifyLoop()
+	}
+	return p
+}
+
+// notifyLoop delivers target changes in order, outside every lock.
+func (p *Proxy) notifyLoop() {
+	defer p.evWG.Done()
+	p.evMu.Lock()
+	for {
+		for len(p.evQ) == 0 && !p.evStop {
+			p.evCond.Wait()
+		}
+		if p.evStop {
+			p.evMu.Unlock()
+			return
+		}
+		ev := p.evQ[0]
+		p.evQ = p.evQ[1:]
+		p.evMu.Unlock()
+		p.onTarget(ev)
+		p.evMu.Lock()
+	}
+}
+
+func (p *Proxy) emit(ev *TargetChange) {
+	if ev == nil || p.onTarget == nil {
+		return
+	}
+	p.evMu.Lock()
+	p.evQ = append(p.evQ, *ev)
+	p.evMu.Unlock()
+	p.evCond.Signal()
+}
+
+// Apply starts, changes and removes services to match cfgs; it is both the
+// initial start and a reload. Sessions of unchanged backends keep running;
+// sessions of a removed backend or service, or of a backend whose address
+// changed, are closed. A service that cannot listen is kept (so health and
+// routes still apply, and the next Apply retries) and its error is
+// returned, joined with the others; the rest keep serving.
+func (p *Proxy) Apply(cfgs []ServiceConfig) error {
+	if err := validate(cfgs); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.draining {
+		return errors.New("proxy: apply after drain or close")
+	}
+	want := map[string]bool{}
+	for _, c := range cfgs {
+		want[c.Name] = true
+	}
+	// Removals first, so a listen address can pass to another service.
+	for name, s := range p.services {
+		if !want[name] {
+			p.removeService(s)
+			delete(p.services, name)
+		}
+	}
+	var errs []error
+	for _, c := range cfgs {
+		s := p.services[c.Name]
+		if s == nil {
+			s = p.newService(c)
+			p.services[c.Name] = s
+		}
+		if err := p.updateService(s, c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validate(cfgs []ServiceConfig) error {
+	var errs []error
+	names := map[string]bool{}
+	for i, c := range cfgs {
+		if c.Name == "" {
+			errs = append(errs, fmt.Errorf("service #%d: empty name", i))
+			continue
+		}
+		if names[c.Name] {
+			errs = append(errs, fmt.Errorf("service %q: duplicate name", c.Name))
+		}
+		names[c.Name] = true
+		bn := map[string]bool{}
+		for j, b := range c.Backends {
+			switch {
+			case b.Name == "":
+				errs = append(errs, fmt.Errorf("service %q backend #%d: empty name", c.Name, j))
+			case bn[b.Name]:
+				errs = append(errs, fmt.Errorf("service %q backend %q: duplicate name", c.Name, b.Name))
+			}
+			bn[b.Name] = true
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Proxy) newService(c ServiceConfig) *service {
+	s := &service{p: p, name: c.Name, byName: map[string]*backend{}, changed: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(p.ctx)
+	return s
+}
+
+func (p *Proxy) removeService(s *service) {
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.close()
+		s.ln = nil
+	}
+	list := s.list
+	s.mu.Unlock()
+	s.cancel()
+	for _, b := range list {
+		b.closeSessions(true)
+	}
+}
+
+// updateService applies c to s (new or existing); call with p.mu held.
+func (p *Proxy) updateService(s *service, c ServiceConfig) error {
+	s.mu.Lock()
+	oldListen := s.cfg.Listen
+	listening := s.ln != nil && s.lnErr == nil
+	s.cfg = c
+	s.cfg.Backends = nil
+	s.maxConns.Store(int64(c.MaxConns))
+
+	var drop []*backend
+	keep := map[string]bool{}
+	list := make([]*backend, 0, len(c.Backends))
+	for _, bc := range c.Backends {
+		keep[bc.Name] = true
+		b := s.byName[bc.Name]
+		if b != nil && b.cfg.Address != bc.Address {
+			// Its sessions go to another server now: drop it and start
+			// afresh (health unknown until the next report).
+			drop = append(drop, b)
+			b = nil
+		}
+		if b == nil {
+			b = newBackend(bc)
+		}
+		b.cfg = bc
+		b.max.Store(int64(bc.MaxConns))
+		list = append(list, b)
+	}
+	for name, b := range s.byName {
+		if !keep[name] {
+			drop = append(drop, b)
+		}
+	}
+	s.list = list
+	s.byName = make(map[string]*backend, len(list))
+	for _, b := range list {
+		s.byName[b.cfg.Name] = b
+	}
+	if s.target != nil && s.byName[s.target.cfg.Name] != s.target {
+		s.target = nil
+	}
+	ev, closeOld := s.recompute("config applied")
+	s.mu.Unlock()
+
+	for _, b := range drop {
+		b.closeSessions(true)
+	}
+	if closeOld != nil {
+		closeOld.closeSessions(false)
+	}
+	p.emit(ev)
+
+	if listening && oldListen == c.Listen {
+		return nil
+	}
+	l, err := s.listen(c.Listen)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		// Keep serving on the old address, if any, and say why.
+		s.lnErr = err
+		return err
+	}
+	if s.ln != nil {
+		s.ln.close()
+	}
+	s.ln, s.lnErr = l, nil
+	s.startAccept(l)
+	return nil
+}
+
+func (p *Proxy) service(name string) *service {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.services[name]
+}
+
+// SetHealth records a backend's health (transitions, role and lag updates)
+// and re-decides the service's target. Unknown names are ignored.
+func (p *Proxy) SetHealth(service, backend string, h Health) {
+	s := p.service(service)
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	b := s.byName[backend]
+	if b == nil {
+		s.mu.Unlock()
+		return
+	}
+	wasUp := b.h.Known && b.h.Up
+	b.h = h
+	wentDown := wasUp && !(h.Known && h.Up)
+	ev, closeOld := s.recompute("health of " + backend)
+	closeDown := wentDown && s.cfg.CloseOnDown
+	s.mu.Unlock()
+	if closeDown {
+		if n := b.closeSessions(false); n > 0 {
+			p.log.Info("closed sessions of a backend that went down", "service", service, "backend", backend, "sessions", n)
+		}
+	}
+	if closeOld != nil && closeOld != b {
+		closeOld.closeSessions(false)
+	}
+	p.emit(ev)
+}
+
+// SetRoute sets an External service's active-passive target, as committed
+// by the cluster, with the lease that bounds forwarding to it. backend ""
+// means no target: new connections are held up to SwitchHold, then
+// refused. The lease is kept by sessions dialled under it and bounds their
+// writes to the backend.
+func (p *Proxy) SetRoute(service, backend string, lease Lease) {
+	s := p.service(service)
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	if !s.cfg.External {
+		s.mu.Unlock()
+		p.log.Warn("route ignored: service is not External", "service", service, "backend", backend)
+		return
+	}
+	s.route, s.lease = backend, lease
+	_, closeOld := s.recompute("route set")
+	s.mu.Unlock()
+	if closeOld != nil {
+		closeOld.closeSessions(false)
+	}
+}
+
+// CloseSessions closes every session of the service to the backend now
+// (fencing) and returns how many there were.
+func (p *Proxy) CloseSessions(service, backend string) int {
+	s := p.service(service)
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	b := s.byName[backend]
+	s.mu.Unlock()
+	if b == nil {
+		return 0
+	}
+	return b.closeSessions(false)
+}
+
+// Status returns a snapshot of every service, sorted by name.
+func (p *Proxy) Status() []ServiceStatus {
+	p.mu.Lock()
+	ss := make([]*service, 0, len(p.services))
+	for _, s := range p.services {
+		ss = append(ss, s)
+	}
+	p.mu.Unlock()
+	out := make([]ServiceStatus, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// drainPoll is how often Drain looks at the number of open connections.
+const drainPoll = 5 * time.Millisecond
+
+// Drain stops accepting, waits until every client connection has ended or
+// ctx is done, then closes what is left. It returns ctx's error if it had to
+// close connections. Held connections still go through if a target
+// appears within their SwitchHold. Apply fails after Drain; Close must
+// still be called.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	for _, s := range p.services {
+		s.mu.Lock()
+		if s.ln != nil {
+			s.ln.close()
+			s.ln = nil
+		}
+		s.mu.Unlock()
+	}
+	p.mu.Unlock()
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	for p.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			n := p.active.Load()
+			p.closeAll()
+			return fmt.Errorf("drain: closed %d connections: %w", n, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// closeAll refuses held connections and closes every session.
+func (p *Proxy) closeAll() {
+	p.closing.Store(true)
+	p.cancel()
+	p.mu.Lock()
+	var bs []*backend
+	for _, s := range p.services {
+		s.mu.Lock()
+		if s.ln != nil {
+			s.ln.close()
+			s.ln = nil
+		}
+		bs = append(bs, s.list...)
+		s.mu.Unlock()
+	}
+	p.mu.Unlock()
+	for _, b := range bs {
+		b.closeSessions(false)
+	}
+}
+
+// Close stops every listener, closes every connection and waits for all
+// goroutines of the proxy. It is idempotent.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.closeAll()
+	p.stopOnce.Do(func() {
+		if p.poller != nil {
+			p.poller.stop()
+		}
+	})
+	p.wg.Wait()
+	p.evMu.Lock()
+	p.evStop = true
+	p.evMu.Unlock()
+	p.evCond.Broadcast()
+	p.evWG.Wait()
+	return nil
+}

@@ -1,0 +1,520 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// backend is one backend of a service.
+type backend struct {
+	cfg Backend  // guarded by service.mu
+	h   Health   // guarded by service.mu
+	wrr wrrState // guarded by service.mu
+
+	max atomic.Int64 // MaxConns; <= 0 no limit
+
+	active                               atomic.Int64
+	sessions                             atomic.Uint64
+	bytesIn, bytesOut, dialFail, refused atomic.Uint64
+
+	smu    sync.Mutex
+	gen    uint64 // bumped by every close-all; a dial begun before it is void
+	closed bool   // removed from its service
+	live   map[*session]struct{}
+}
+
+func newBackend(cfg Backend) *backend {
+	b := &backend{cfg: cfg, h: Health{LagBytes: -1, Lag: -1}, live: map[*session]struct{}{}}
+	b.max.Store(int64(cfg.MaxConns))
+	return b
+}
+
+// reserve takes a connection slot below MaxConns.
+func (b *backend) reserve() bool {
+	max := b.max.Load()
+	if b.active.Add(1) > max && max > 0 {
+		b.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (b *backend) generation() uint64 {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	return b.gen
+}
+
+// addSession registers s unless the backend was closed or fenced since gen.
+func (b *backend) addSession(s *session, gen uint64, closing *atomic.Bool) bool {
+	b.smu.Lock()
+	defer b.smu.Unlock()
+	if b.closed || b.gen != gen || closing.Load() {
+		return false
+	}
+	b.live[s] = struct{}{}
+	return true
+}
+
+func (b *backend) removeSession(s *session) {
+	b.smu.Lock()
+	delete(b.live, s)
+	b.smu.Unlock()
+	b.active.Add(-1)
+}
+
+// closeSessions closes every session to b; remove also bars new ones.
+func (b *backend) closeSessions(remove bool) int {
+	b.smu.Lock()
+	b.gen++
+	if remove {
+		b.closed = true
+	}
+	ss := make([]*session, 0, len(b.live))
+	for s := range b.live {
+		ss = append(ss, s)
+	}
+	b.smu.Unlock()
+	for _, s := range ss {
+		s.abort(false)
+	}
+	return len(ss)
+}
+
+// service is one listener and its backends.
+type service struct {
+	p    *Proxy
+	name string
+
+	mu        sync.Mutex
+	cfg       ServiceConfig // Backends not kept here; see list
+	list      []*backend    // config order
+	byName    map[string]*backend
+	target    *backend
+	pending   string
+	reason    string
+	since     time.Time
+	primaries []string
+	route     string // External: target set by SetRoute
+	lease     Lease
+	changed   chan struct{} // closed and replaced on every state change
+	ln        *listener
+	lnErr     error
+
+	ctx      context.Context // cancelled when the service is removed or the proxy closes
+	cancel   context.CancelFunc
+	maxConns atomic.Int64
+	conns    atomic.Int64 // open client connections, held ones included
+	held     atomic.Int64
+	accepted atomic.Uint64
+	refused  atomic.Uint64
+}
+
+type listener struct {
+	ln   net.Listener
+	addr string
+	stop chan struct{}
+}
+
+func (s *service) release() {
+	s.conns.Add(-1)
+	s.p.active.Add(-1)
+}
+
+// bump wakes held connections; call with s.mu held.
+func (s *service) bump() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *service) listen(addr string) (*listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
+	}
+	return &listener{ln: ln, addr: ln.Addr().String(), stop: make(chan struct{})}, nil
+}
+
+func (s *service) startAccept(l *listener) {
+	s.p.wg.Add(1)
+	go s.acceptLoop(l)
+}
+
+func (l *listener) close() {
+	close(l.stop)
+	_ = l.ln.Close()
+}
+
+// acceptLoop accepts until the listener closes, backing off on other errors
+// (EMFILE) by doubling a delay up to 1s.
+func (s *service) acceptLoop(l *listener) {
+	defer s.p.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			s.p.log.Warn("accept failed", "service", s.name, "err", err, "retry_in", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-l.stop:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		delay = 0
+		s.accepted.Add(1)
+		tc := c.(*net.TCPConn)
+		max := s.maxConns.Load()
+		if n := s.conns.Add(1); max > 0 && n > max {
+			s.conns.Add(-1)
+			s.refused.Add(1)
+			_ = tc.Close()
+			continue
+		}
+		s.p.active.Add(1)
+		s.p.wg.Add(1)
+		go s.handle(tc)
+	}
+}
+
+// dialTarget is a backend with its address as planned.
+type dialTarget struct {
+	b    *backend
+	name string
+	addr string
+}
+
+// plan is what a new connection needs, read under the service lock.
+type plan struct {
+	try     []dialTarget
+	lease   Lease
+	idle    time.Duration
+	connect time.Duration
+	hold    time.Duration
+	poll    bool // External: the lease's renewal is not signalled, look again
+}
+
+// plan returns the backends to dial, in order; none means "hold".
+func (s *service) plan() (plan, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := &s.cfg
+	pl := plan{idle: c.IdleTimeout, connect: c.connectTimeout(), hold: c.switchHold(), poll: c.External}
+	if c.balanced() {
+		var el []*backend
+		for _, b := range s.list {
+			if balancedEligible(c, b.h) {
+				el = append(el, b)
+			}
+		}
+		for _, b := range orderBalanced(c.Balance, el) {
+			pl.try = append(pl.try, dialTarget{b: b, name: b.cfg.Name, addr: b.cfg.Address})
+		}
+		return pl, s.changed
+	}
+	if !s.usable() {
+		return pl, s.changed
+	}
+	pl.try = []dialTarget{{b: s.target, name: s.target.cfg.Name, addr: s.target.cfg.Address}}
+	if c.External {
+		pl.lease = s.lease
+	}
+	return pl, s.changed
+}
+
+// usable reports whether the active-passive target may take a new
+// connection now; call with s.mu held.
+func (s *service) usable() bool {
+	t := s.target
+	if t == nil || !t.h.Known || !t.h.Up {
+		return false
+	}
+	if s.cfg.Want == RolePrimary && t.h.Role != RolePrimary {
+		return false
+	}
+	if s.cfg.External && (s.lease == nil || s.lease.Remaining() <= 0) {
+		return false
+	}
+	return true
+}
+
+// leasePoll is how often a held connection of an External service looks at
+// its lease, whose renewal is not signalled.
+const leasePoll = 20 * time.Millisecond
+
+// handle holds, dials and proxies one client connection.
+func (s *service) handle(c *net.TCPConn) {
+	defer s.p.wg.Done()
+	var holdEnd time.Time
+	held := false
+	unhold := func() {
+		if held {
+			held = false
+			s.held.Add(-1)
+		}
+	}
+hold:
+	for {
+		pl, changed := s.plan()
+		if len(pl.try) > 0 {
+			unhold()
+			if s.dialAndRun(c, pl) {
+				return
+			}
+			break
+		}
+		now := time.Now()
+		if !held {
+			if pl.hold <= 0 {
+				break
+			}
+			held = true
+			s.held.Add(1)
+			holdEnd = now.Add(pl.hold)
+		}
+		left := holdEnd.Sub(now)
+		if left <= 0 {
+			break
+		}
+		if pl.poll && left > leasePoll {
+			left = leasePoll
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			break hold // removed or closing: refuse now
+		}
+		t.Stop()
+	}
+	unhold()
+	s.refused.Add(1)
+	s.release()
+	_ = c.Close()
+}
+
+// dialAndRun dials pl.try in order within the connect timeout and proxies
+// c. It returns false (c still open, not counted) if no session started.
+func (s *service) dialAndRun(c *net.TCPConn, pl plan) bool {
+	var deadline time.Time
+	if pl.connect > 0 {
+		deadline = time.Now().Add(pl.connect)
+	}
+	anyFull := false
+	for i, t := range pl.try {
+		b := t.b
+		if !b.reserve() {
+			anyFull = true
+			continue
+		}
+		d := net.Dialer{}
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				b.active.Add(-1)
+				break
+			}
+			// Share what is left among the remaining candidates, so one
+			// black hole cannot use up the whole budget.
+			d.Deadline = time.Now().Add(left / time.Duration(len(pl.try)-i))
+		}
+		if pl.lease != nil {
+			rem := pl.lease.Remaining()
+			if rem <= 0 {
+				b.active.Add(-1)
+				break
+			}
+			if ld := time.Now().Add(rem); d.Deadline.IsZero() || ld.Before(d.Deadline) {
+				d.Deadline = ld
+			}
+		}
+		gen := b.generation()
+		nc, err := d.DialContext(s.ctx, "tcp", t.addr)
+		if err != nil {
+			b.active.Add(-1)
+			b.dialFail.Add(1)
+			s.p.log.Debug("dial failed", "service", s.name, "backend", t.name, "address", t.addr, "err", err)
+			continue
+		}
+		sc := nc.(*net.TCPConn)
+		sess, err := newSession(s, b, c, sc, pl.idle, pl.lease)
+		if err != nil || !b.addSession(sess, gen, &s.p.closing) {
+			b.active.Add(-1)
+			_ = sc.Close()
+			return false
+		}
+		b.sessions.Add(1)
+		sess.start()
+		s.p.wg.Add(1)
+		go sess.copyClientToBackend()
+		sess.copyBackendToClient()
+		return true
+	}
+	if anyFull {
+		for _, t := range pl.try {
+			if m := t.b.max.Load(); m > 0 && t.b.active.Load() >= m {
+				t.b.refused.Add(1)
+			}
+		}
+	}
+	return false
+}
+
+// candidates snapshots the backends for the pure picker; call with s.mu held.
+func (s *service) candidates() []candidate {
+	cs := make([]candidate, len(s.list))
+	for i, b := range s.list {
+		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h}
+	}
+	return cs
+}
+
+// recompute re-decides the active-passive target after any change; call
+// with s.mu held. It returns the event to report (if any) and the backend
+// whose sessions must be closed (if any).
+func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
+	defer s.bump()
+	if s.cfg.balanced() {
+		s.target, s.pending, s.primaries = nil, "", nil
+		s.reason = "balanced"
+		return nil, nil
+	}
+	old := s.target
+	oldName := ""
+	if old != nil {
+		oldName = old.cfg.Name
+	}
+	var d decision
+	if s.cfg.External {
+		d = s.externalDecision()
+	} else {
+		d = chooseTarget(&s.cfg, s.candidates(), oldName, s.pending)
+	}
+	if (len(d.primaries) >= 2) != (len(s.primaries) >= 2) {
+		if len(d.primaries) >= 2 {
+			s.p.log.Error("dual primary: more than one backend reports primary; not moving writes",
+				"service", s.name, "primaries", d.primaries, "target", d.target)
+		} else {
+			s.p.log.Info("dual primary cleared", "service", s.name)
+		}
+	}
+	s.primaries = d.primaries
+	s.pending = d.pending
+	s.reason = d.reason
+	nt := s.byName[d.target]
+	s.target = nt
+	if nt == old {
+		return nil, nil
+	}
+	s.since = time.Now()
+	newName := ""
+	if nt != nil {
+		newName = nt.cfg.Name
+	}
+	s.p.log.Info("target changed", "service", s.name, "old", oldName, "new", newName, "reason", d.reason, "cause", why)
+	if old != nil && s.cfg.CloseOnDown {
+		closeOld = old
+	}
+	if s.cfg.External {
+		return nil, closeOld
+	}
+	ev = &TargetChange{Service: s.name, Reason: d.reason}
+	if old != nil {
+		ev.Old = old.cfg
+	}
+	if nt != nil {
+		ev.New = nt.cfg
+	}
+	return ev, closeOld
+}
+
+// externalDecision follows the route set by the cluster; the local view can
+// only hold traffic back (quarantine), never pick another backend.
+func (s *service) externalDecision() decision {
+	var d decision
+	for _, b := range s.list {
+		if b.h.Known && b.h.Up && b.h.Role == RolePrimary {
+			d.primaries = append(d.primaries, b.cfg.Name)
+		}
+	}
+	if len(d.primaries) < 2 {
+		d.primaries = nil
+	}
+	b := s.byName[s.route]
+	switch {
+	case s.route == "":
+		d.reason = "no route from the cluster"
+	case b == nil:
+		d.reason = fmt.Sprintf("route %q is not a backend of this service", s.route)
+	default:
+		d.target = s.route
+		switch {
+		case !b.h.Known:
+			d.reason = "route " + s.route + ": waiting for its first health report"
+		case !b.h.Up:
+			d.reason = "route " + s.route + ": quarantined, down locally"
+		case s.cfg.Want == RolePrimary && b.h.Role != RolePrimary:
+			d.reason = "route " + s.route + ": awaiting promotion (reports " + b.h.Role.String() + ")"
+		default:
+			d.reason = "route " + s.route + " from the cluster"
+		}
+	}
+	return d
+}
+
+// status snapshots the service.
+func (s *service) status() ServiceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := ServiceStatus{
+		Name: s.name, Listen: s.cfg.Listen, Mode: s.cfg.Mode, Want: s.cfg.Want,
+		Reason: s.reason, TargetSince: s.since, DualPrimary: len(s.primaries) >= 2,
+		Primaries: append([]string(nil), s.primaries...),
+		Accepted:  s.accepted.Load(), Refused: s.refused.Load(),
+		Active: s.conns.Load(), Held: s.held.Load(),
+	}
+	if s.ln != nil {
+		st.Addr = s.ln.addr
+	}
+	if s.lnErr != nil {
+		st.ListenError = s.lnErr.Error()
+	}
+	usable := !s.cfg.balanced() && s.usable()
+	if s.target != nil {
+		st.Target = s.target.cfg.Name
+	}
+	if s.cfg.External && s.target != nil && (s.lease == nil || s.lease.Remaining() <= 0) {
+		st.Reason = "route " + s.target.cfg.Name + ": lease expired"
+	}
+	for _, b := range s.list {
+		bs := BackendStatus{
+			Backend: b.cfg, Health: b.h, Active: b.active.Load(), Sessions: b.sessions.Load(),
+			BytesIn: b.bytesIn.Load(), BytesOut: b.bytesOut.Load(),
+			DialFailures: b.dialFail.Load(), Refused: b.refused.Load(),
+		}
+		if s.cfg.balanced() {
+			bs.Eligible = balancedEligible(&s.cfg, b.h)
+		} else {
+			bs.Eligible = usable && b == s.target
+		}
+		st.Backends = append(st.Backends, bs)
+	}
+	return st
+}

@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Mode says how a service spreads connections over its backends.
+type Mode int
+
+const (
+	// ActivePassive sends every new connection to one current target.
+	ActivePassive Mode = iota
+	// ActiveActive balances new connections over every healthy backend.
+	ActiveActive
+)
+
+// String returns the config spelling of m.
+func (m Mode) String() string {
+	switch m {
+	case ActivePassive:
+		return "active-passive"
+	case ActiveActive:
+		return "active-active"
+	}
+	return "unknown"
+}
+
+// Balance is the balancing algorithm of an active-active (or replica) service.
+type Balance int
+
+const (
+	// RoundRobin is smooth weighted round-robin.
+	RoundRobin Balance = iota
+	// LeastConn picks the backend with the fewest active connections per weight.
+	LeastConn
+)
+
+// String returns the config spelling of b.
+func (b Balance) String() string {
+	switch b {
+	case RoundRobin:
+		return "round-robin"
+	case LeastConn:
+		return "least-conn"
+	}
+	return "unknown"
+}
+
+// Role is what a backend reports itself to be, or what a service wants to reach.
+type Role int
+
+const (
+	// RoleUnknown: a backend whose checker does not report a role.
+	RoleUnknown Role = iota
+	// RolePrimary: a backend that takes writes.
+	RolePrimary
+	// RoleReplica: a read-only standby.
+	RoleReplica
+)
+
+// RoleAny, as a service's Want, routes without regard to role.
+const RoleAny = RoleUnknown
+
+// String returns the config spelling of r.
+func (r Role) String() string {
+	switch r {
+	case RoleUnknown:
+		return "unknown"
+	case RolePrimary:
+		return "primary"
+	case RoleReplica:
+		return "replica"
+	}
+	return "invalid"
+}
+
+// Backend is one server behind a service.
+type Backend struct {
+	// Name identifies the backend within its service.
+	Name string
+	// Address is the host:port dialled for each proxied connection.
+	Address string
+	// Priority orders backends in active-passive mode: a larger value is
+	// preferred; equal priorities keep the order of ServiceConfig.Backends.
+	Priority int
+	// Weight is the relative share in balancing. Zero or negative means 1.
+	Weight int
+	// MaxConns caps concurrent sessions to this backend; zero or negative
+	// means no limit. A connection that finds no backend below its cap is
+	// refused and counted.
+	MaxConns int
+}
+
+// Defaults used where a ServiceConfig leaves a duration at zero.
+const (
+	// DefaultConnectTimeout bounds dialling; a LAN or loopback connect
+	// takes well under a millisecond, so 5s only waits out real trouble.
+	DefaultConnectTimeout = 5 * time.Second
+	// DefaultSwitchHold is long enough to ride out a promotion hook.
+	DefaultSwitchHold = 2 * time.Second
+)
+
+// ServiceConfig describes one proxied service. The zero value of each
+// optional field works.
+type ServiceConfig struct {
+	// Name identifies the service.
+	Name string
+	// Listen is the TCP address the service accepts clients on.
+	Listen string
+	// Mode is active-passive (default) or active-active.
+	Mode Mode
+	// Balance picks among backends in active-active mode and for
+	// Want == RoleReplica. Default round-robin.
+	Balance Balance
+	// Want is the role traffic must reach: RoleAny (default), RolePrimary
+	// (only a backend that reports primary; writes) or RoleReplica
+	// (balanced over replicas within MaxLag/MaxLagBytes; reads).
+	Want Role
+	// MaxConns caps the service's concurrent client connections (held
+	// ones included). Zero or negative: no limit.
+	MaxConns int
+	// ConnectTimeout bounds dialling a backend, all retries on the next
+	// eligible backend included. Zero: DefaultConnectTimeout. Negative:
+	// no timeout.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a session idle in both directions this long.
+	// Zero or negative: sessions never time out.
+	IdleTimeout time.Duration
+	// SwitchHold is how long a new connection waits (accepted, not
+	// dialled) for a usable target before it is closed. Zero:
+	// DefaultSwitchHold. Negative: no hold, closed at once.
+	SwitchHold time.Duration
+	// CloseOnDown closes a backend's sessions when it goes down or stops
+	// being the active-passive target.
+	CloseOnDown bool
+	// FailbackAuto moves the active-passive target back to a better
+	// backend when it recovers; false (default) keeps the current one.
+	FailbackAuto bool
+	// MaxLag and MaxLagBytes bound the replicas used for Want ==
+	// RoleReplica. Zero or negative: unbounded. A bound excludes
+	// replicas whose lag of that kind is unknown.
+	MaxLag      time.Duration
+	MaxLagBytes int64
+	// MaxLagOnFailover and MaxLagBytesOnFailover bound which standby may
+	// become the active-passive target. Zero or negative: unbounded.
+	MaxLagOnFailover      time.Duration
+	MaxLagBytesOnFailover int64
+	// External: the active-passive target is set from outside (the
+	// cluster) with SetRoute and never chosen locally.
+	External bool
+	// Backends are the servers behind the service.
+	Backends []Backend
+}
+
+func (c *ServiceConfig) connectTimeout() time.Duration {
+	if c.ConnectTimeout == 0 {
+		return DefaultConnectTimeout
+	}
+	return c.ConnectTimeout
+}
+
+func (c *ServiceConfig) switchHold() time.Duration {
+	switch {
+	case c.SwitchHold == 0:
+		return DefaultSwitchHold
+	case c.SwitchHold < 0:
+		return 0
+	}
+	return c.SwitchHold
+}
+
+// balanced reports whether the service spreads connections over a set of
+// backends rather than following one target.
+func (c *ServiceConfig) balanced() bool {
+	return c.Mode == ActiveActive || c.Want == RoleReplica
+}
+
+// Health is what the health checker last said about a backend.
+type Health struct {
+	// Known is false until the first report; unknown backends get no
+	// traffic.
+	Known bool
+	// Up is the rise/fall verdict.
+	Up bool
+	// Role the backend reports (RoleUnknown for checkers without roles).
+	Role Role
+	// LagBytes is the replication lag in bytes, -1 if unknown.
+	LagBytes int64
+	// Lag is the replication lag in time, -1 if unknown.
+	Lag time.Duration
+}
+
+// Lease bounds how long an External service may still forward.
+type Lease interface {
+	// Remaining is the time left; zero or negative means stop. It is
+	// called on the data path and under the service's lock: it must be
+	// cheap (an atomic load) and must not call back into the Proxy.
+	Remaining() time.Duration
+}
+
+// TargetChange reports that an active-passive service's target changed.
+// Old or New is the zero Backend when there was or is no target.
+type TargetChange struct {
+	Service string
+	Old     Backend
+	New     Backend
+	Reason  string
+}
+
+// Options configure a Proxy.
+type Options struct {
+	// Logger receives the proxy's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// OnTarget, if set, is called in order, from one goroutine, never under
+	// a lock of the proxy and never on the data path, whenever an
+	// active-passive service's target changes by the proxy's own choice
+	// (not for External services).
+	OnTarget func(TargetChange)
+
+	// parkAfter overrides DefaultParkAfter (tests); negative disables
+	// parking.
+	parkAfter time.Duration
+}
+
+// ServiceStatus is a snapshot of one service.
+type ServiceStatus struct {
+	Name   string
+	Listen string
+	// Addr is the bound listen address ("" when not listening).
+	Addr string
+	// ListenError says why the service is not listening, if it is not.
+	ListenError string
+	Mode        Mode
+	Want        Role
+	// Target is the active-passive target ("" when none or balanced).
+	Target string
+	// Reason says why the target is what it is.
+	Reason string
+	// TargetSince is when the target last changed.
+	TargetSince time.Time
+	// DualPrimary is raised while two or more backends report primary.
+	DualPrimary bool
+	// Primaries lists the backends reporting primary while DualPrimary.
+	Primaries []string
+	// Accepted and Refused count client connections since the service
+	// started; Refused covers limits, no target and expired holds.
+	Accepted, Refused uint64
+	// Active is the number of client connections now open (held ones
+	// included); Held is how many of them wait for a target.
+	Active, Held int64
+	Backends     []BackendStatus
+}
+
+// BackendStatus is a snapshot of one backend of a service.
+type BackendStatus struct {
+	Backend
+	Health Health
+	// Eligible says whether new connections may go to this backend now.
+	Eligible bool
+	// Active is the number of open sessions to this backend.
+	Active int64
+	// Sessions counts sessions ever established to this backend.
+	Sessions uint64
+	// BytesIn counts bytes from clients to this backend; BytesOut bytes
+	// from this backend to clients.
+	BytesIn, BytesOut uint64
+	// DialFailures counts failed connects; Refused counts connections
+	// refused because this backend was at MaxConns.
+	DialFailures, Refused uint64
+}
