@@ -1,0 +1,132 @@
+package main
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/config"
+)
+
+// The admin API listens on loopback by default. Reads are open; anything that
+// changes state needs the token from [admin] token_file.
+func (d *daemon) startAdmin(c config.Admin) error {
+	if c.Listen == "" {
+		return nil
+	}
+	var token []byte
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return fmt.Errorf("admin.token_file: %w", err)
+		}
+		token = []byte(strings.TrimSpace(string(b)))
+		if len(token) == 0 {
+			return fmt.Errorf("admin.token_file %s: empty token", c.TokenFile)
+		}
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", d.handleStatus)
+	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
+	mux.HandleFunc("GET /{$}", d.handlePage)
+	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
+	d.admin = &http.Server{
+		Handler: mux,
+		// Slow or stuck clients (slowloris) must not pile up on the admin port.
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	d.adminLn = ln
+	d.adminWG.Add(1)
+	go func() {
+		defer d.adminWG.Done()
+		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("admin API stopped", "err", err)
+		}
+	}()
+	d.log.Info("admin API listening", "addr", ln.Addr().String())
+	return nil
+}
+
+func (d *daemon) stopAdmin() {
+	if d.admin == nil {
+		return
+	}
+	d.admin.Close()
+	d.adminWG.Wait()
+}
+
+func requireToken(token []byte, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(token) == 0 {
+			http.Error(w, "state-changing endpoints are disabled: set [admin] token_file", http.StatusForbidden)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
+			http.Error(w, "missing or wrong token", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (d *daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(d.status())
+}
+
+func (d *daemon) handleReload(w http.ResponseWriter, r *http.Request) {
+	d.reload()
+	d.mu.Lock()
+	res := d.lastReload
+	d.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	if !res.OK {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+	}
+	json.NewEncoder(w).Encode(res)
+}
+
+var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
+	"ms": func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) },
+}).Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>quorumproxy</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down{color:#b00}.unknown{color:#888}
+.alert{background:#fdd;padding:4px 8px}</style></head><body>
+<h1>quorumproxy {{.Version}}</h1>
+<p>up since {{.Started.Format "2006-01-02 15:04:05 MST"}} · config {{.Config}} · last reload {{if .LastReload.OK}}ok{{else}}<b>failed</b>: {{.LastReload.Error}}{{end}}</p>
+{{range .Services}}
+<h2>{{.Name}} <small>{{.Listen}} · {{.Mode}}{{if .Role}} · role {{.Role}}{{end}}</small></h2>
+<p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
+{{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
+<table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
+{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}</td><td>{{.Role}}</td>
+<td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
+<td>{{ms .CheckLatency}}</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
+</table>{{end}}
+</body></html>`))
+
+func (d *daemon) handlePage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := pageTmpl.Execute(w, d.status()); err != nil {
+		d.log.Warn("status page", "err", err)
+	}
+}

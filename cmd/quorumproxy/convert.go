@@ -1,0 +1,148 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/health"
+	"github.com/quorumproxy/quorumproxy/proxy"
+)
+
+// loadConfig is config.Load plus what only the running proxy can check:
+// that password files and variables are there. For `run` (secrets true) a
+// missing secret is an error; check-config may run on another machine than
+// the proxy, so there it is a warning. A reload reads the secrets again.
+func loadConfig(path string, secrets bool) (*config.Config, []config.Problem, error) {
+	cfg, warnings, err := config.Load(path)
+	if err != nil {
+		return nil, warnings, err
+	}
+	var probs config.Problems
+	for i := range cfg.Services {
+		if _, err := servicePassword(&cfg.Services[i]); err != nil {
+			p := config.Problem{File: path, Path: fmt.Sprintf("service %q health", cfg.Services[i].Name), Msg: err.Error()}
+			if secrets {
+				probs = append(probs, p)
+			} else {
+				p.Warning = true
+				warnings = append(warnings, p)
+			}
+		}
+	}
+	if len(probs) > 0 {
+		return nil, warnings, probs
+	}
+	return cfg, warnings, nil
+}
+
+func servicePassword(s *config.Service) (string, error) {
+	h := &s.Health
+	switch {
+	case h.PasswordFile != "":
+		b, err := os.ReadFile(h.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case h.PasswordEnv != "":
+		v, ok := os.LookupEnv(h.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("password_env: variable %s is not set", h.PasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
+}
+
+func findService(cfg *config.Config, name string) *config.Service {
+	for i := range cfg.Services {
+		if cfg.Services[i].Name == name {
+			return &cfg.Services[i]
+		}
+	}
+	return nil
+}
+
+func proxyServices(cfg *config.Config) []proxy.ServiceConfig {
+	out := make([]proxy.ServiceConfig, 0, len(cfg.Services))
+	for _, s := range cfg.Services {
+		pc := proxy.ServiceConfig{
+			Name:                  s.Name,
+			Listen:                s.Listen,
+			Mode:                  proxy.ActivePassive,
+			Balance:               proxy.RoundRobin,
+			Want:                  proxy.RoleAny,
+			MaxConns:              s.MaxConnections,
+			ConnectTimeout:        s.ConnectTimeout,
+			IdleTimeout:           s.IdleTimeout,
+			SwitchHold:            s.SwitchHold,
+			CloseOnDown:           s.OnBackendDown != config.ActionKeep,
+			FailbackAuto:          s.Failback == config.FailbackAuto,
+			MaxLag:                s.MaxLag,
+			MaxLagBytes:           s.MaxLagBytes,
+			MaxLagOnFailover:      s.MaxLagOnFailover,
+			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+		}
+		if s.SwitchHold == 0 {
+			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does
+		}
+		if s.Mode == config.ModeActiveActive {
+			pc.Mode = proxy.ActiveActive
+		}
+		if s.Balance == config.BalanceLeastConn {
+			pc.Balance = proxy.LeastConn
+		}
+		switch s.Role {
+		case config.RolePrimary:
+			pc.Want = proxy.RolePrimary
+		case config.RoleReplica:
+			pc.Want = proxy.RoleReplica
+		}
+		for _, b := range s.Backends {
+			pc.Backends = append(pc.Backends, proxy.Backend{
+				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight, MaxConns: b.MaxConnections,
+			})
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+func healthTargets(cfg *config.Config) []health.Target {
+	var out []health.Target
+	for i := range cfg.Services {
+		s := &cfg.Services[i]
+		pw, _ := servicePassword(s) // loadConfig has checked it
+		h := s.Health
+		spec := health.Spec{
+			Kind: string(h.Kind), Interval: h.Interval, Timeout: h.Timeout,
+			FastInterval: h.FastInterval, DownInterval: h.DownInterval, Rise: h.Rise, Fall: h.Fall,
+			User: h.User, Database: h.Database, Password: pw, TLS: h.TLS,
+			Method: h.Method, Path: h.Path, ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody,
+			Command: h.Command,
+		}
+		for _, b := range s.Backends {
+			out = append(out, health.Target{Service: s.Name, Backend: b.Name, Address: b.Address, Spec: spec})
+		}
+	}
+	return out
+}
+
+func proxyHealth(s health.State) proxy.Health {
+	h := proxy.Health{
+		Known:    s.Status != health.StatusUnknown,
+		Up:       s.Status == health.StatusUp,
+		Role:     proxy.RoleUnknown,
+		LagBytes: s.LagBytes,
+		Lag:      s.Lag,
+	}
+	switch s.Role {
+	case health.RolePrimary:
+		h.Role = proxy.RolePrimary
+	case health.RoleReplica:
+		h.Role = proxy.RoleReplica
+	}
+	return h
+}

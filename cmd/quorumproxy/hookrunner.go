@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/internal/hooks"
+	"github.com/quorumproxy/quorumproxy/proxy"
+)
+
+// hookRunner runs a service's fence, promote and notify hooks when its
+// active-passive target moves. Hooks of one service run one event at a time,
+// in order, so a promote never overtakes the fence before it; services do not
+// wait for each other. Nothing here runs on the data path.
+type hookRunner struct {
+	log *slog.Logger
+	wg  sync.WaitGroup
+
+	mu     sync.Mutex
+	queues map[string]chan func() // service -> its serial queue
+	seen   map[string]bool        // services that have had a target since start
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newHookRunner(log *slog.Logger) *hookRunner {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &hookRunner{log: log, queues: map[string]chan func(){}, seen: map[string]bool{}, ctx: ctx, cancel: cancel}
+}
+
+func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
+	env := map[string]string{
+		"QP_SERVICE":     ev.Service,
+		"QP_OLD_BACKEND": ev.Old.Name,
+		"QP_OLD_ADDRESS": ev.Old.Address,
+		"QP_NEW_BACKEND": ev.New.Name,
+		"QP_NEW_ADDRESS": ev.New.Address,
+		"QP_REASON":      ev.Reason,
+	}
+	timeout := svc.Hooks.Timeout
+	// The first choice after start is not a failover: nothing to fence, and
+	// promoting whatever was found first would be a switch nobody asked for.
+	h.mu.Lock()
+	initial := !h.seen[ev.Service]
+	h.seen[ev.Service] = true
+	h.mu.Unlock()
+	h.enqueue(ev.Service, func() {
+		if !initial && len(svc.Hooks.Fence) > 0 {
+			h.runOne(ev.Service, "fence", svc.Hooks.Fence, env, timeout)
+		}
+		if !initial && ev.New.Name != "" && len(svc.Hooks.Promote) > 0 {
+			h.runOne(ev.Service, "promote", svc.Hooks.Promote, env, timeout)
+		}
+		if len(svc.Hooks.Notify) > 0 {
+			h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
+		}
+	})
+}
+
+func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]string, timeout time.Duration) {
+	// A hook in flight finishes (within its timeout) even during shutdown:
+	// killing a promotion half way is worse than waiting for it.
+	res := hooks.Run(context.Background(), argv, env, timeout)
+	if res.Err != nil {
+		h.log.Error("hook failed", "service", service, "hook", kind, "argv", argv, "took", res.Duration, "err", res.Err, "output", res.Output)
+		countHook(service, kind, false)
+		return
+	}
+	h.log.Info("hook ran", "service", service, "hook", kind, "argv", argv, "took", res.Duration, "output", res.Output)
+	countHook(service, kind, true)
+}
+
+func (h *hookRunner) enqueue(service string, fn func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ctx.Err() != nil {
+		return
+	}
+	q, ok := h.queues[service]
+	if !ok {
+		q = make(chan func(), 64)
+		h.queues[service] = q
+		h.wg.Add(1)
+		go h.serve(q)
+	}
+	select {
+	case q <- fn:
+	default:
+		h.log.Error("hook queue full: event dropped", "service", service)
+	}
+}
+
+func (h *hookRunner) serve(q chan func()) {
+	defer h.wg.Done()
+	for {
+		select {
+		case fn := <-q:
+			fn()
+		case <-h.ctx.Done():
+			return
+		}
+	}
+}
+
+// wait stops the queues after the hook in flight, if any, and waits for them.
+// Queued events that have not started are dropped.
+func (h *hookRunner) wait() {
+	h.mu.Lock()
+	h.cancel()
+	h.mu.Unlock()
+	h.wg.Wait()
+}

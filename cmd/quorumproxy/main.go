@@ -1,0 +1,54 @@
+// Command quorumproxy is a layer-4 failover proxy for PostgreSQL, Redis,
+// MySQL/MariaDB and any other TCP service.
+//
+//	quorumproxy run -config FILE         the daemon
+//	quorumproxy check-config FILE        every problem in FILE, exit 1 if any
+//	quorumproxy status [-admin ADDR]     the admin API's /status as a table
+//	quorumproxy version
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: quorumproxy <command> [flags]
+
+commands:
+  run -config FILE            run the proxy (SIGHUP reloads, SIGTERM drains)
+  check-config FILE           report every problem in FILE; exit 1 if any
+  status [-admin ADDR]        show services, backends and health from a running proxy
+  version                     print the version
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "check-config":
+		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "quorumproxy %s\n", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "quorumproxy: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}

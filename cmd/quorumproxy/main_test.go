@@ -1,0 +1,386 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "qp-cmd-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "quorumproxy")
+	out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building quorumproxy: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runBin(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binPath, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestCheckConfigExitCodes(t *testing.T) {
+	out, errOut, code := runBin(t, "check-config", "../../testdata/example.toml")
+	if code != 0 {
+		t.Fatalf("example.toml: exit %d\n%s%s", code, out, errOut)
+	}
+	bad, err := filepath.Glob("../../testdata/bad/*.toml")
+	if err != nil || len(bad) == 0 {
+		t.Fatalf("no bad configs found: %v", err)
+	}
+	for _, f := range bad {
+		_, errOut, code := runBin(t, "check-config", f)
+		if code != 1 {
+			t.Errorf("%s: exit %d, want 1", f, code)
+		}
+		// Every problem names the file it is in.
+		if !strings.Contains(errOut, filepath.Base(f)) {
+			t.Errorf("%s: errors do not name the file:\n%s", f, errOut)
+		}
+	}
+	if _, _, code := runBin(t, "check-config"); code != 2 {
+		t.Errorf("no file: exit %d, want 2", code)
+	}
+	if _, _, code := runBin(t, "check-config", "/nonexistent/qp.toml"); code != 1 {
+		t.Errorf("missing file: exit %d, want 1", code)
+	}
+	if out, _, code := runBin(t, "version"); code != 0 || !strings.HasPrefix(out, "quorumproxy ") {
+		t.Errorf("version: exit %d %q", code, out)
+	}
+	if _, _, code := runBin(t, "frobnicate"); code != 2 {
+		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}
+
+// echoServer is a real TCP backend that answers every line with its name and the line.
+type echoServer struct {
+	name string
+	ln   net.Listener
+	wg   sync.WaitGroup
+}
+
+func startEcho(t *testing.T, name string) *echoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &echoServer{name: name, ln: ln}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s:%s", e.name, line)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(e.close)
+	return e
+}
+
+func (e *echoServer) close()       { e.ln.Close() }
+func (e *echoServer) addr() string { return e.ln.Addr().String() }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type daemonProc struct {
+	cmd    *exec.Cmd
+	admin  string
+	logs   *syncBuffer
+	exited chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startDaemon(t *testing.T, cfgPath, admin string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d.cmd = exec.Command(binPath, "run", "-config", cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.exited
+		if t.Failed() {
+			t.Logf("daemon logs:\n%s", d.logs.String())
+		}
+	})
+	return d
+}
+
+func (d *daemonProc) status(t *testing.T) (*statusView, error) {
+	resp, err := http.Get("http://" + d.admin + "/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st statusView
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (d *daemonProc) service(t *testing.T, name string) *serviceView {
+	st, err := d.status(t)
+	if err != nil {
+		return nil
+	}
+	for i := range st.Services {
+		if st.Services[i].Name == name {
+			return &st.Services[i]
+		}
+	}
+	return nil
+}
+
+func ask(addr, line string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return "", err
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(reply), err
+}
+
+const daemonConfig = `
+[admin]
+listen = %q
+
+[proxy]
+drain_timeout = "2s"
+
+[[service]]
+name = "echo"
+listen = %q
+failback = "manual"
+switch_hold = "1s"
+
+  [service.health]
+  kind = "tcp"
+  interval = "100ms"
+  timeout = "50ms"
+  rise = 1
+  fall = 2
+
+  [service.hooks]
+  promote = ["/bin/sh", "-c", "env | grep '^QP_' | sort > \"$0\"", %q]
+
+  [[service.backend]]
+  name = "a"
+  address = %q
+  priority = 10
+
+  [[service.backend]]
+  name = "b"
+  address = %q
+  priority = 5
+%s`
+
+func TestRunFailoverReloadDrain(t *testing.T) {
+	dir := t.TempDir()
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	admin, listen := freeAddr(t), freeAddr(t)
+	hookOut := filepath.Join(dir, "hook.env")
+	cfgPath := filepath.Join(dir, "qp.toml")
+	write := func(extra string) {
+		cfg := fmt.Sprintf(daemonConfig, admin, listen, hookOut, a.addr(), b.addr(), extra)
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	d := startDaemon(t, cfgPath, admin)
+
+	waitFor(t, "target a", 10*time.Second, func() bool {
+		s := d.service(t, "echo")
+		return s != nil && s.Target == "a"
+	})
+	if got, err := ask(listen, "hello"); err != nil || got != "a:hello" {
+		t.Fatalf("through the proxy: %q %v", got, err)
+	}
+
+	// The primary dies: traffic moves to b and the promote hook sees where.
+	a.close()
+	waitFor(t, "target b", 10*time.Second, func() bool {
+		s := d.service(t, "echo")
+		return s != nil && s.Target == "b"
+	})
+	if got, err := ask(listen, "again"); err != nil || got != "b:again" {
+		t.Fatalf("after failover: %q %v", got, err)
+	}
+	waitFor(t, "promote hook output", 10*time.Second, func() bool {
+		data, err := os.ReadFile(hookOut)
+		return err == nil && strings.Contains(string(data), "QP_NEW_BACKEND=b\n") &&
+			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.addr()+"\n")
+	})
+
+	// An invalid file on SIGHUP is reported and the running config stays.
+	if err := os.WriteFile(cfgPath, []byte("[[service]]\nname = \"echo\"\nlisten = 12\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "failed reload reported", 10*time.Second, func() bool {
+		st, err := d.status(t)
+		return err == nil && !st.LastReload.OK && st.LastReload.Error != ""
+	})
+	if got, err := ask(listen, "still"); err != nil || got != "b:still" {
+		t.Fatalf("after a bad reload: %q %v", got, err)
+	}
+
+	// A valid reload adds a service while the first keeps serving.
+	c := startEcho(t, "c")
+	listen2 := freeAddr(t)
+	write(fmt.Sprintf(`
+[[service]]
+name = "second"
+listen = %q
+mode = "active-active"
+  [service.health]
+  interval = "100ms"
+  timeout = "50ms"
+  rise = 1
+  [[service.backend]]
+  name = "c"
+  address = %q
+`, listen2, c.addr()))
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "second service routing", 10*time.Second, func() bool {
+		got, err := ask(listen2, "x")
+		return err == nil && got == "c:x"
+	})
+	if got, err := ask(listen, "first"); err != nil || got != "b:first" {
+		t.Fatalf("first service after reload: %q %v", got, err)
+	}
+
+	// Metrics carry the counters by service and backend.
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"quorumproxy_connections_accepted", `service="echo"`, "quorumproxy_backend_bytes_in", "quorumproxy_health_transitions"} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// The status command prints the table.
+	out, errOut, code := runBin(t, "status", "-admin", admin)
+	if code != 0 || !strings.Contains(out, "service echo") || !strings.Contains(out, "*b") {
+		t.Errorf("status: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// SIGTERM drains: a session still open is closed within drain_timeout and the process exits 0.
+	held, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit within 15s of SIGTERM")
+	}
+	held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := held.Read(make([]byte, 1)); err == nil {
+		t.Fatal("held session still open after shutdown")
+	}
+}

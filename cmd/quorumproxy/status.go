@@ -1,0 +1,156 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// statusView is the /status document: what the proxy routes and why.
+type statusView struct {
+	Version    string        `json:"version"`
+	Started    time.Time     `json:"started"`
+	Config     string        `json:"config"`
+	LastReload reloadResult  `json:"last_reload"`
+	Services   []serviceView `json:"services"`
+}
+
+type serviceView struct {
+	Name     string        `json:"name"`
+	Listen   string        `json:"listen"`
+	Mode     string        `json:"mode"`
+	Role     string        `json:"role,omitempty"`
+	Target   string        `json:"target"`
+	Why      string        `json:"why,omitempty"`
+	Alerts   []string      `json:"alerts,omitempty"`
+	Active   int64         `json:"active"`
+	Accepted uint64        `json:"accepted"`
+	Refused  uint64        `json:"refused"`
+	Backends []backendView `json:"backends"`
+}
+
+type backendView struct {
+	Name           string        `json:"name"`
+	Address        string        `json:"address"`
+	Priority       int           `json:"priority"`
+	Weight         int           `json:"weight"`
+	Health         string        `json:"health"` // unknown | up | down
+	Role           string        `json:"role"`
+	LagBytes       int64         `json:"lag_bytes"`   // -1: unknown
+	LagSeconds     float64       `json:"lag_seconds"` // -1: unknown
+	CheckLatency   time.Duration `json:"-"`
+	CheckLatencyMS float64       `json:"check_latency_ms"`
+	LastError      string        `json:"last_error,omitempty"`
+	LastCheck      time.Time     `json:"last_check"`
+	LastChange     time.Time     `json:"last_change"`
+	Reason         string        `json:"reason,omitempty"` // why the last transition
+	Active         int64         `json:"active"`
+	Refused        uint64        `json:"refused"`
+	DialFailures   uint64        `json:"dial_failures"`
+	BytesIn        uint64        `json:"bytes_in"`  // client -> backend
+	BytesOut       uint64        `json:"bytes_out"` // backend -> client
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	admin := fs.String("admin", "127.0.0.1:9090", "admin API address")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	url := *admin
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	resp, err := client.Get(url + "/status")
+	if err != nil {
+		fmt.Fprintf(stderr, "quorumproxy status: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "quorumproxy status: %s: %s %v\n", url, resp.Status, err)
+		return 1
+	}
+	if *asJSON {
+		stdout.Write(body)
+		return 0
+	}
+	var st statusView
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "quorumproxy status: bad answer from %s: %v\n", url, err)
+		return 1
+	}
+	printStatus(stdout, &st)
+	return 0
+}
+
+func printStatus(w io.Writer, st *statusView) {
+	fmt.Fprintf(w, "quorumproxy %s, up %s, config %s", st.Version, time.Since(st.Started).Round(time.Second), st.Config)
+	if !st.LastReload.OK {
+		fmt.Fprintf(w, " (last reload FAILED: %s)", st.LastReload.Error)
+	}
+	fmt.Fprintln(w)
+	for _, s := range st.Services {
+		target := s.Target
+		if target == "" {
+			target = "none"
+		}
+		fmt.Fprintf(w, "\nservice %s  listen %s  %s", s.Name, s.Listen, s.Mode)
+		if s.Role != "" {
+			fmt.Fprintf(w, "  role %s", s.Role)
+		}
+		fmt.Fprintf(w, "\n  target %s", target)
+		if s.Why != "" {
+			fmt.Fprintf(w, " (%s)", s.Why)
+		}
+		fmt.Fprintf(w, "  active %d  accepted %d  refused %d\n", s.Active, s.Accepted, s.Refused)
+		for _, a := range s.Alerts {
+			fmt.Fprintf(w, "  ALERT: %s\n", a)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  BACKEND\tADDRESS\tHEALTH\tROLE\tLAG\tCHECK\tACTIVE\tLAST CHANGE\tLAST ERROR")
+		for _, b := range s.Backends {
+			mark := " "
+			if b.Name == s.Target {
+				mark = "*"
+			}
+			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, b.Health, b.Role,
+				lagString(b), b.CheckLatencyMS, b.Active, changeString(b), b.LastError)
+		}
+		tw.Flush()
+	}
+}
+
+func lagString(b backendView) string {
+	var parts []string
+	if b.LagBytes >= 0 {
+		parts = append(parts, fmt.Sprintf("%dB", b.LagBytes))
+	}
+	if b.LagSeconds >= 0 {
+		parts = append(parts, fmt.Sprintf("%.1fs", b.LagSeconds))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "/")
+}
+
+func changeString(b backendView) string {
+	if b.LastChange.IsZero() {
+		return "-"
+	}
+	s := time.Since(b.LastChange).Round(time.Second).String() + " ago"
+	if b.Reason != "" {
+		s += ": " + b.Reason
+	}
+	return s
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/quorumproxy/quorumproxy/health"
+)
+
+// status joins what the proxy routes with what the health monitor sees.
+func (d *daemon) status() *statusView {
+	d.mu.Lock()
+	st := &statusView{Version: version, Started: d.started, Config: d.cfgPath, LastReload: d.lastReload}
+	roles := map[string]string{}
+	for _, s := range d.cfg.Services {
+		if s.Role != "" && s.Role != "any" {
+			roles[s.Name] = string(s.Role)
+		}
+	}
+	d.mu.Unlock()
+
+	states := map[[2]string]health.State{}
+	for _, s := range d.mon.States() {
+		states[[2]string{s.Service, s.Backend}] = s
+	}
+	for _, ps := range d.px.Status() {
+		sv := serviceView{
+			Name: ps.Name, Listen: ps.Listen, Mode: ps.Mode.String(), Role: roles[ps.Name],
+			Target: ps.Target, Why: ps.Reason, Active: ps.Active, Accepted: ps.Accepted, Refused: ps.Refused,
+		}
+		if ps.Addr != "" {
+			sv.Listen = ps.Addr
+		}
+		if ps.ListenError != "" {
+			sv.Alerts = append(sv.Alerts, "not listening: "+ps.ListenError)
+		}
+		if ps.DualPrimary {
+			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; writes stay on %q", strings.Join(ps.Primaries, ", "), ps.Target))
+		}
+		for _, b := range ps.Backends {
+			bv := backendView{
+				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
+				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1,
+				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
+			}
+			if hs, ok := states[[2]string{ps.Name, b.Name}]; ok {
+				bv.Health = hs.Status.String()
+				bv.Role = hs.Role.String()
+				bv.LagBytes = hs.LagBytes
+				if hs.Lag >= 0 {
+					bv.LagSeconds = hs.Lag.Seconds()
+				}
+				bv.CheckLatency = hs.Latency
+				bv.CheckLatencyMS = float64(hs.Latency.Microseconds()) / 1000
+				bv.LastError = hs.LastError
+				bv.LastCheck = hs.LastCheck
+				bv.LastChange = hs.LastChange
+				bv.Reason = hs.Reason
+			}
+			sv.Backends = append(sv.Backends, bv)
+		}
+		st.Services = append(st.Services, sv)
+	}
+	return st
+}
+
+// syncMetrics exports the proxy's counters and the health states at scrape time.
+func (d *daemon) syncMetrics() {
+	m := d.metrics
+	for _, ps := range d.px.Status() {
+		sl := serviceLabels(ps.Name)
+		m.counter([]string{"connections", "accepted"}, sl, ps.Accepted)
+		m.counter([]string{"connections", "refused"}, sl, ps.Refused)
+		m.gauge([]string{"connections", "active"}, sl, float64(ps.Active))
+		m.gauge([]string{"connections", "held"}, sl, float64(ps.Held))
+		dual := 0.0
+		if ps.DualPrimary {
+			dual = 1
+		}
+		m.gauge([]string{"alert", "dual_primary"}, sl, dual)
+		for _, b := range ps.Backends {
+			bl := backendLabels(ps.Name, b.Name)
+			m.counter([]string{"backend", "sessions"}, bl, b.Sessions)
+			m.counter([]string{"backend", "dial_failures"}, bl, b.DialFailures)
+			m.counter([]string{"backend", "refused"}, bl, b.Refused)
+			m.counter([]string{"backend", "bytes_in"}, bl, b.BytesIn)
+			m.counter([]string{"backend", "bytes_out"}, bl, b.BytesOut)
+			m.gauge([]string{"backend", "active"}, bl, float64(b.Active))
+			target := 0.0
+			if b.Name == ps.Target {
+				target = 1
+			}
+			m.gauge([]string{"backend", "target"}, bl, target)
+		}
+	}
+	for _, s := range d.mon.States() {
+		bl := backendLabels(s.Service, s.Backend)
+		up := 0.0
+		if s.Status == health.StatusUp {
+			up = 1
+		}
+		m.gauge([]string{"backend", "up"}, bl, up)
+		m.gauge([]string{"backend", "lag_bytes"}, bl, float64(s.LagBytes))
+		m.gauge([]string{"backend", "lag_seconds"}, bl, s.Lag.Seconds())
+		m.gauge([]string{"backend", "check_latency_seconds"}, bl, s.Latency.Seconds())
+		m.counter([]string{"health", "checks"}, bl, s.Checks)
+		m.counter([]string{"health", "failures"}, bl, s.Failures)
+	}
+}
