@@ -1,0 +1,520 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// MaxMessageSize bounds every payload so that it fits one UDP packet with
+// the transport's envelope and encryption overhead (memberlist's 1400-byte
+// packets leave about 1150 bytes after label, encryption and envelope).
+const MaxMessageSize = 1024
+
+// wireVersion is the payload format version; a receiver drops other versions.
+const wireVersion = 1
+
+// msgType is the first byte of every payload. Add new types only at the end.
+type msgType uint8
+
+const (
+	msgInvalid     msgType = iota
+	msgObservation         // a proxy's view of one service's backends
+	msgPropose             // a vote request for (service, epoch, value)
+	msgVote                // the answer to a proposal
+	msgCommit              // a committed record
+	msgLeaseReq            // a lease request for some services
+	msgLeaseAck            // the answer to a lease request
+	msgSyncReq             // a recovering proxy asks for state
+	msgSyncReply           // the answer to a sync request
+	msgAccept              // phase 2: accept (service, epoch, value)
+	msgAccepted            // the answer to an accept
+)
+
+// proposal kinds decide which check a voter applies.
+type kind uint8
+
+const (
+	kindFailover   kind = iota + 1 // From is down: voter checks From down
+	kindBootstrap                  // first primary: voter checks Value is its best up backend
+	kindSwitchover                 // operator move: voter checks Value up
+	kindReaffirm                   // same primary again (liveness): voter checks Value up
+	kindForced                     // value forced by an earlier vote: no check
+)
+
+func (k kind) String() string {
+	switch k {
+	case kindFailover:
+		return "failover"
+	case kindBootstrap:
+		return "bootstrap"
+	case kindSwitchover:
+		return "switchover"
+	case kindReaffirm:
+		return "reaffirm"
+	case kindForced:
+		return "forced"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+type obsEntry struct {
+	Backend string
+	Obs     Observation
+}
+
+type obsMsg struct {
+	Service   string
+	Boot, Seq uint64
+	Entries   []obsEntry
+}
+
+type proposeMsg struct {
+	Service string
+	Epoch   uint64
+	Value   string
+	Kind    kind
+	From    string // the primary being replaced (failover)
+	Base    uint64 // the proposer's record epoch
+}
+
+// voteMsg answers a proposal (phase 1); the voter's state rides along so a
+// refused proposer learns records and earlier votes.
+type voteMsg struct {
+	Service    string
+	Epoch      uint64
+	Value      string
+	Granted    bool
+	Recovering bool
+	Prev       Ballot // the voter's accepted ballot before this vote (granted)
+	Promised   uint64
+	Accepted   Ballot
+	Record     Record
+}
+
+type acceptMsg struct {
+	Service string
+	Epoch   uint64
+	Value   string
+}
+
+type acceptedMsg struct {
+	Service  string
+	Epoch    uint64
+	Value    string
+	OK       bool
+	Promised uint64
+	Accepted Ballot
+	Record   Record
+}
+
+type commitMsg struct {
+	Service string
+	Record  Record
+}
+
+// leaseEntry asks for a lease at the requester's record, which rides
+// along so that a peer that missed the commit adopts it.
+type leaseEntry struct {
+	Service string
+	Record  Record
+}
+
+type leaseReqMsg struct {
+	Boot, Counter uint64
+	Entries       []leaseEntry
+}
+
+type leaseAckEntry struct {
+	Service  string
+	Epoch    uint64
+	OK       bool
+	Record   Record
+	Promised uint64
+	Accepted Ballot
+}
+
+type leaseAckMsg struct {
+	Boot, Counter uint64
+	Entries       []leaseAckEntry
+}
+
+type syncReqMsg struct {
+	Boot uint64
+}
+
+type syncEntry struct {
+	Service  string
+	Record   Record
+	Promised uint64
+	Accepted Ballot
+}
+
+type syncReplyMsg struct {
+	Boot       uint64
+	Recovering bool
+	More       bool // more payloads of this reply follow
+	Entries    []syncEntry
+}
+
+// enc appends fixed-width big-endian fields and length-prefixed strings.
+type enc struct{ b []byte }
+
+func newEnc(t msgType) *enc { return &enc{b: append(make([]byte, 0, 128), byte(t), wireVersion)} }
+
+func (e *enc) u8(v uint8)   { e.b = append(e.b, v) }
+func (e *enc) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *enc) bool(v bool) {
+	if v {
+		e.u8(1)
+	} else {
+		e.u8(0)
+	}
+}
+
+// str writes a string of at most 255 bytes; longer names are rejected by
+// config validation, so truncation here only guards the format.
+func (e *enc) str(s string) {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	e.u8(uint8(len(s)))
+	e.b = append(e.b, s...)
+}
+func (e *enc) record(r Record) { e.u64(r.Epoch); e.str(r.Primary) }
+func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.str(b.Value) }
+
+// dec reads what enc wrote; the first error sticks.
+type dec struct {
+	b   []byte
+	err error
+}
+
+var errShort = errors.New("truncated payload")
+
+func (d *dec) u8() uint8 {
+	if d.err != nil || len(d.b) < 1 {
+		d.err = errShort
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+func (d *dec) u64() uint64 {
+	if d.err != nil || len(d.b) < 8 {
+		d.err = errShort
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
+}
+func (d *dec) bool() bool {
+	switch d.u8() {
+	case 0:
+		return false
+	case 1:
+		return true
+	}
+	if d.err == nil {
+		d.err = errors.New("bad boolean")
+	}
+	return false
+}
+func (d *dec) str() string {
+	n := int(d.u8())
+	if d.err != nil || len(d.b) < n {
+		d.err = errShort
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+func (d *dec) record() Record { return Record{Epoch: d.u64(), Primary: d.str()} }
+func (d *dec) ballot() Ballot { return Ballot{Epoch: d.u64(), Value: d.str()} }
+
+// count reads an entry count and bounds it by the bytes left, so garbage
+// cannot make the decoder allocate much.
+func (d *dec) count(minEntry int) int {
+	n := int(d.u8())
+	if d.err == nil && n*minEntry > len(d.b) {
+		d.err = errShort
+		return 0
+	}
+	return n
+}
+func (d *dec) finish() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = errors.New("trailing bytes")
+	}
+	return d.err
+}
+
+func (e *enc) done() ([]byte, error) {
+	if len(e.b) > MaxMessageSize {
+		return nil, fmt.Errorf("message type %d is %d bytes, above the %d-byte limit", e.b[0], len(e.b), MaxMessageSize)
+	}
+	return e.b, nil
+}
+
+func encodeObs(m obsMsg) ([]byte, error) {
+	e := newEnc(msgObservation)
+	e.str(m.Service)
+	e.u64(m.Boot)
+	e.u64(m.Seq)
+	e.u8(uint8(len(m.Entries)))
+	for _, x := range m.Entries {
+		e.str(x.Backend)
+		e.bool(x.Obs.Up)
+		e.u8(uint8(x.Obs.Role))
+		e.u64(uint64(x.Obs.LagBytes))
+	}
+	return e.done()
+}
+
+func encodePropose(m proposeMsg) ([]byte, error) {
+	e := newEnc(msgPropose)
+	e.str(m.Service)
+	e.u64(m.Epoch)
+	e.str(m.Value)
+	e.u8(uint8(m.Kind))
+	e.str(m.From)
+	e.u64(m.Base)
+	return e.done()
+}
+
+func encodeVote(m voteMsg) ([]byte, error) {
+	e := newEnc(msgVote)
+	e.str(m.Service)
+	e.u64(m.Epoch)
+	e.str(m.Value)
+	e.bool(m.Granted)
+	e.bool(m.Recovering)
+	e.ballot(m.Prev)
+	e.u64(m.Promised)
+	e.ballot(m.Accepted)
+	e.record(m.Record)
+	return e.done()
+}
+
+func encodeAccept(m acceptMsg) ([]byte, error) {
+	e := newEnc(msgAccept)
+	e.str(m.Service)
+	e.u64(m.Epoch)
+	e.str(m.Value)
+	return e.done()
+}
+
+func encodeAccepted(m acceptedMsg) ([]byte, error) {
+	e := newEnc(msgAccepted)
+	e.str(m.Service)
+	e.u64(m.Epoch)
+	e.str(m.Value)
+	e.bool(m.OK)
+	e.u64(m.Promised)
+	e.ballot(m.Accepted)
+	e.record(m.Record)
+	return e.done()
+}
+
+func encodeCommit(m commitMsg) ([]byte, error) {
+	e := newEnc(msgCommit)
+	e.str(m.Service)
+	e.record(m.Record)
+	return e.done()
+}
+
+func encodeLeaseReq(m leaseReqMsg) ([]byte, error) {
+	e := newEnc(msgLeaseReq)
+	e.u64(m.Boot)
+	e.u64(m.Counter)
+	e.u8(uint8(len(m.Entries)))
+	for _, x := range m.Entries {
+		e.str(x.Service)
+		e.record(x.Record)
+	}
+	return e.done()
+}
+
+func encodeLeaseAck(m leaseAckMsg) ([]byte, error) {
+	e := newEnc(msgLeaseAck)
+	e.u64(m.Boot)
+	e.u64(m.Counter)
+	e.u8(uint8(len(m.Entries)))
+	for _, x := range m.Entries {
+		e.str(x.Service)
+		e.u64(x.Epoch)
+		e.bool(x.OK)
+		e.record(x.Record)
+		e.u64(x.Promised)
+		e.ballot(x.Accepted)
+	}
+	return e.done()
+}
+
+func encodeSyncReq(m syncReqMsg) ([]byte, error) {
+	e := newEnc(msgSyncReq)
+	e.u64(m.Boot)
+	return e.done()
+}
+
+func encodeSyncReply(m syncReplyMsg) ([]byte, error) {
+	e := newEnc(msgSyncReply)
+	e.u64(m.Boot)
+	e.bool(m.Recovering)
+	e.bool(m.More)
+	e.u8(uint8(len(m.Entries)))
+	for _, x := range m.Entries {
+		e.str(x.Service)
+		e.record(x.Record)
+		e.u64(x.Promised)
+		e.ballot(x.Accepted)
+	}
+	return e.done()
+}
+
+// errVersion marks a payload of another format version.
+var errVersion = errors.New("unsupported payload version")
+
+// header checks a payload's size and version and returns its type and a
+// decoder positioned after the header.
+func header(b []byte) (msgType, *dec, error) {
+	if len(b) < 2 {
+		return 0, nil, errShort
+	}
+	if len(b) > MaxMessageSize {
+		return 0, nil, fmt.Errorf("payload of %d bytes above the limit", len(b))
+	}
+	if b[1] != wireVersion {
+		return 0, nil, errVersion
+	}
+	return msgType(b[0]), &dec{b: b[2:]}, nil
+}
+
+func decObs(d *dec) obsMsg {
+	m := obsMsg{Service: d.str(), Boot: d.u64(), Seq: d.u64()}
+	n := d.count(11)
+	m.Entries = make([]obsEntry, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		var x obsEntry
+		x.Backend = d.str()
+		x.Obs.Up = d.bool()
+		x.Obs.Role = Role(d.u8())
+		x.Obs.LagBytes = int64(d.u64())
+		if x.Obs.Role > RoleReplica && d.err == nil {
+			d.err = errors.New("bad role")
+		}
+		m.Entries = append(m.Entries, x)
+	}
+	return m
+}
+
+func decPropose(d *dec) proposeMsg {
+	m := proposeMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), Kind: kind(d.u8()), From: d.str(), Base: d.u64()}
+	if (m.Kind < kindFailover || m.Kind > kindForced) && d.err == nil {
+		d.err = errors.New("bad proposal kind")
+	}
+	return m
+}
+
+func decVote(d *dec) voteMsg {
+	return voteMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), Granted: d.bool(), Recovering: d.bool(),
+		Prev: d.ballot(), Promised: d.u64(), Accepted: d.ballot(), Record: d.record()}
+}
+
+func decAccept(d *dec) acceptMsg {
+	return acceptMsg{Service: d.str(), Epoch: d.u64(), Value: d.str()}
+}
+
+func decAccepted(d *dec) acceptedMsg {
+	return acceptedMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), OK: d.bool(), Promised: d.u64(),
+		Accepted: d.ballot(), Record: d.record()}
+}
+
+func decCommit(d *dec) commitMsg { return commitMsg{Service: d.str(), Record: d.record()} }
+
+func decLeaseReq(d *dec) leaseReqMsg {
+	m := leaseReqMsg{Boot: d.u64(), Counter: d.u64()}
+	n := d.count(10)
+	m.Entries = make([]leaseEntry, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Entries = append(m.Entries, leaseEntry{Service: d.str(), Record: d.record()})
+	}
+	return m
+}
+
+func decLeaseAck(d *dec) leaseAckMsg {
+	m := leaseAckMsg{Boot: d.u64(), Counter: d.u64()}
+	n := d.count(36)
+	m.Entries = make([]leaseAckEntry, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Entries = append(m.Entries, leaseAckEntry{Service: d.str(), Epoch: d.u64(), OK: d.bool(), Record: d.record(),
+			Promised: d.u64(), Accepted: d.ballot()})
+	}
+	return m
+}
+
+func decSyncReq(d *dec) syncReqMsg { return syncReqMsg{Boot: d.u64()} }
+
+func decSyncReply(d *dec) syncReplyMsg {
+	m := syncReplyMsg{Boot: d.u64(), Recovering: d.bool(), More: d.bool()}
+	n := d.count(27)
+	m.Entries = make([]syncEntry, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Entries = append(m.Entries, syncEntry{Service: d.str(), Record: d.record(), Promised: d.u64(), Accepted: d.ballot()})
+	}
+	return m
+}
+
+// decode parses a payload into one of the message structs (for tests and
+// traces; Machine.Step decodes without boxing).
+func decode(b []byte) (any, error) {
+	t, d, err := header(b)
+	if err != nil {
+		return nil, err
+	}
+	var out any
+	switch t {
+	case msgObservation:
+		out = decObs(d)
+	case msgPropose:
+		out = decPropose(d)
+	case msgVote:
+		out = decVote(d)
+	case msgCommit:
+		out = decCommit(d)
+	case msgLeaseReq:
+		out = decLeaseReq(d)
+	case msgLeaseAck:
+		out = decLeaseAck(d)
+	case msgSyncReq:
+		out = decSyncReq(d)
+	case msgSyncReply:
+		out = decSyncReply(d)
+	case msgAccept:
+		out = decAccept(d)
+	case msgAccepted:
+		out = decAccepted(d)
+	default:
+		return nil, fmt.Errorf("unknown message type %d", b[0])
+	}
+	if err := d.finish(); err != nil {
+		return nil, fmt.Errorf("message type %d: %w", b[0], err)
+	}
+	return out, nil
+}
+
+// Encoded sizes, for splitting long lists over several payloads.
+const listHeader = 2 + 8 + 8 + 1 + 2 // type, version, two u64, flags, count
+
+func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + 1 + len(e.Record.Primary) }
+
+func leaseAckEntrySize(e leaseAckEntry) int {
+	return 1 + len(e.Service) + 8 + 1 + 8 + 1 + len(e.Record.Primary) + 8 + 8 + 1 + len(e.Accepted.Value)
+}
+
+func syncEntrySize(e syncEntry) int {
+	return 1 + len(e.Service) + 8 + 1 + len(e.Record.Primary) + 8 + 8 + 1 + len(e.Accepted.Value)
+}

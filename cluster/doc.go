@@ -1,0 +1,202 @@
+// Package cluster is the agreement of quorumproxy: several proxies in front
+// of the same active-passive services agree, by a majority of a static,
+// named peer list, on which backend each service routes to, and no two of
+// them ever forward one service to different backends at the same instant.
+//
+// The protocol is a deterministic state machine per proxy ([Machine]) behind
+// three small interfaces: a [Clock] (CLOCK_BOOTTIME, [BootClock]), a
+// [Transport] (payloads to one peer, gossip to all) and a [Store] (atomic,
+// durable state, [FileStore]). Its inputs are payloads from peers (Step),
+// the passage of time (Tick), this proxy's own health view (Observe) and
+// operator switchovers; its outputs are payloads, saves (always completed
+// before the payloads or actions that depend on them), the route
+// ([Machine.Route]) and the OnRecord/OnHook callbacks. A deterministic
+// simulation (sim_test.go) drives this same code with fake clocks, a fake
+// network and crashes over thousands of seeds.
+//
+// Typical use, with [Node] running the Machine on its own goroutine:
+//
+//	store, err := cluster.OpenFileStore(stateDir) // locks state_dir
+//	node, err := cluster.NewNode(cfg, store, cluster.BootClock{}, cluster.NodeOptions{OnRoute: closeOthers})
+//	mesh, err := mesh.New(meshCfg, node) // node is the transport's message handler
+//	node.Start(mesh)
+//	node.Observe("db", "pg-a", up, cluster.RolePrimary, 0) // on every health transition
+//	backend, remaining := node.Route("db")                  // before dialling; "" = hold or refuse
+//	defer func() { mesh.Close(); node.Close(); store.Close() }()
+//
+// # Protocol
+//
+// Membership. Config.Peers names every proxy; N = len(Peers) and the quorum
+// is Q = N/2+1 distinct configured names, counted against N whoever is
+// alive. Payloads from other names are dropped and counted (the transport
+// also checks cluster label, boot id and config hash).
+//
+// State. For each service a proxy persists its routing record
+// (epoch, primary), the highest epoch it voted in (Promised, which DESIGN.md
+// calls max_voted) with the proposer it went to, the highest epoch whose
+// value it accepted (Accepted) and a hook intent. Store.Save is atomic and
+// durable and never lowers an epoch. A corrupt state file stops the start
+// ([ErrCorruptState]). A store that was never written starts the proxy
+// recovering: it neither votes nor confirms leases; after waiting out the
+// life of any proposal that may have counted a vote it forgot
+// ((VoteTimeout + commit wait + LeaseTimeout)×(1+ρ)/(1−ρ)) it learns records and votes from N-Q+1 peers that are not
+// recovering themselves (or from all N-1 peers: a new cluster, which
+// therefore needs every configured proxy up once before its first epoch)
+// and takes the maximum.
+//
+// Observations. Each proxy gossips its view of every backend (up, role,
+// lag) keyed by (boot id, sequence); older or replayed views are dropped
+// (a lower boot id is accepted only after the peer was silent for a whole
+// TTL, in case its wall clock went back across a restart), and a view
+// counts for ObservationTTL after it was received. A backend is
+// objectively down when Q proxies, this one included, freshly report it
+// down; healthy when Q, this one included, freshly report it up. A single
+// proxy's view moves nobody.
+//
+// Proposal (phase 1). A proxy proposes when the primary is objectively
+// down (failover, to the best candidate: healthy in a quorum's view, a
+// replica when role-aware, within MaxLagOnFailover, then highest priority,
+// then least lag; none means no proposal and a loud status), when there is
+// no primary yet (bootstrap: the highest-priority backend it sees up), when
+// an operator asks (switchover), or for liveness (below). It picks
+// E = max(record, Promised)+1, votes for itself (Promised = E, which stops
+// its own routing of the service at once), saves that, then sends the
+// proposal (epoch, value, kind, the primary it replaces, its record epoch
+// as base) to every peer, retrying until answered or VoteTimeout.
+//
+// Vote. A voter grants a proposal only if it is not recovering, E is above
+// its Promised and its record, the proposer's base is not below its record,
+// and its own check agrees: for a failover it sees the old primary down;
+// for a bootstrap the proposed backend is the best one it sees up; for a
+// switchover or a re-affirmation the proposed backend is up (a value forced
+// by an earlier vote needs no check). It sets Promised = E, saves, which
+// also stops its routing and its lease confirmations at older epochs, and
+// replies with what it had accepted before. A duplicate of the proposal it
+// voted for gets the same answer; a refusal carries its Promised, Accepted
+// and record, so the proposer learns records and earlier votes.
+//
+// Accept (phase 2). With Q votes the proposer applies the Paxos phase-1
+// rule: if any voter had accepted a value at an epoch above the proposer's
+// base, the highest such value is the one it must propose (it may have been
+// chosen already). It accepts that value itself, saves, and sends it to
+// every peer. A peer accepts (E, v) only from the proxy it voted for at E,
+// or at an epoch above any vote it cast, and saves before it answers. One
+// proposer at most gathers Q votes at an epoch, so each epoch has at most
+// one value. (DESIGN.md's vote carries the value at once. On its own that
+// lets two proposers at one epoch split the votes between two values, after
+// which no later proposer can tell which of them may have been chosen; the
+// simulation found both a livelock and a wrongly forced value that way.
+// Splitting the vote into a promise and an acceptance, as Paxos does, costs
+// one round trip and removes the ambiguity.)
+//
+// Commit. With Q acceptances the proposer saves the record (E, v) and sends
+// it to every peer. If all N voted for E it commits at once; otherwise not
+// before LeaseTimeout×(1+ρ)/(1−ρ) after the Q-th vote (ρ = ClockMargin). A
+// proposal that takes longer than VoteTimeout to gather its quorum, or whose
+// commit falls later than VoteTimeout + that wait (+ LeaseTimeout/2), is
+// given up with a random backoff longer than the commit wait. Receivers
+// save a higher record (never a lower one), relay the commit once, and
+// every lease request carries the sender's record so that a proxy that
+// missed a commit adopts it at the next request.
+//
+// Leases. Every LeaseTimeout/4 a proxy sends every peer a lease request for
+// each service, with the nonce (boot id, counter) and its record. A peer
+// confirms only if its record is that epoch and its Promised is not above
+// it. A proxy routes a service to its record's primary only while it holds a
+// lease at its record's epoch: Q-1 distinct confirmations of one request,
+// valid LeaseTimeout from the moment that request was sent, measured on its
+// CLOCK_BOOTTIME, and only while its own Promised is not above its record.
+// Adopting a record is not a lease. On expiry, on_quorum_loss "close" stops
+// routing; "keep" routes on to the last primary and voids the guarantee.
+//
+// Liveness. A proxy that has had no lease for VoteTimeout + commit wait +
+// LeaseTimeout and hears from Q-1 peers proposes max+1 again: the value an
+// earlier acceptance forces, or else the current primary if it sees it up
+// (re-affirmation). So a proposer that dies after gathering votes cannot
+// leave a service unrouted for ever.
+//
+// Hooks. The committing proxy saves a hook intent (fence the old primary,
+// promote the new one) with the record and hands it to OnHook once per run,
+// only while it holds a lease at that epoch; the runner calls HookDone
+// after the hooks ran, so a crash before that reruns them. QP_EPOCH is the
+// fencing token. OnRecord fires on every proxy for every new record.
+//
+// # Safety argument
+//
+// Claim: at most one value per (service, epoch); records and votes never go
+// back on a proxy, across restarts; and at no real instant do two proxies
+// forward a service to different backends — under partitions (also one-way
+// and non-transitive), loss, delay, duplication, reordering, crashes and
+// restarts, pauses, clock rates within 1±ρ, with at most N−Q proxies that
+// lose their state at once, and on_quorum_loss "close".
+//
+//  1. One value per epoch. A proxy votes at most once per epoch (E must be
+//     above Promised, which is saved before the answer and never lowered),
+//     so at most one proposer gathers Q votes at E; only that proposer
+//     sends accepts at E, and a record at E is saved only from Q
+//     acceptances of its one value.
+//  2. No silent reversal. If (E, v) was chosen (Q acceptances) and a later
+//     proposal with base below E gathers Q votes, one of its voters accepted
+//     v at E, so the highest acceptance above the base the proposer hears is
+//     at E or later, and by induction on epochs its value is v (the phase-1
+//     rule). A proposal whose base is at or above E knows the record E and
+//     is a new decision (failover, switchover) taken with that knowledge.
+//  3. Leases never overlap a change. Take a lease at epoch e held from a
+//     request sent at t and a commit at E > e. Any Q voters for E and the
+//     Q proxies of that lease (holder and Q-1 confirmers) intersect. If the
+//     intersection is the holder, it voted for E and stopped routing at e
+//     then. Otherwise a confirmer confirmed (after t) before it voted (a
+//     vote forbids later confirmations), so t is before the Q-th vote; the
+//     lease ends by t + LeaseTimeout/(1−ρ) in real time, and the commit
+//     waits LeaseTimeout×(1+ρ)/(1−ρ) on a clock running at most 1+ρ, that
+//     is at least LeaseTimeout/(1−ρ) after the Q-th vote. If all N voted,
+//     every proxy stopped routing at e before the commit. A lease at E needs
+//     Q proxies whose record is E, so it starts after the commit. Leases at
+//     epochs below e end likewise before e committed. So no two leases at
+//     different epochs overlap, and one epoch has one primary.
+//  4. Restarts. State is saved before every answer that depends on it, so
+//     a restarted proxy remembers every vote and record it ever reported. A
+//     proxy that lost its state waits until every proposal that may have
+//     counted its forgotten vote has committed or been given up (recoverWait
+//     exceeds a proposal's whole life on any clock within the margin), then
+//     learns from N−Q+1 peers that are not recovering: any quorum that
+//     voted or accepted includes one of them, so it learns a Promised and an
+//     Accepted at least as high as any that mattered.
+//  5. No failover without a quorum seeing the primary down: a failover
+//     proposal needs the primary objectively down at the proposer and Q
+//     voters that each see it down themselves; switchovers and the liveness
+//     re-affirmation need the proposed backend up at every voter.
+//
+// What this does not cover: clients that bypass the proxy; bytes already in
+// the old primary's socket buffers when a process pause outlasts its lease
+// (the fence hook, with QP_EPOCH as a token the database can check, covers
+// that); writes an async primary acknowledged but never replicated;
+// more than N−Q proxies losing their state at once (they may then forget a
+// vote that mattered). A proxy whose state_dir was emptied cannot tell that
+// from a new cluster, so a lone wiped cluster (every state_dir empty)
+// restarts from epoch 0.
+//
+// # Running it
+//
+// [Node] runs a Machine on one goroutine fed by a channel: NewNode loads the
+// state, Start(transport) runs it, and the transport's message handler is the
+// Node itself (OnMessage, OnPeerChange, LocalState, MergeRemoteState never
+// block and never save). Reliable sends leave from one goroutine per peer
+// (a TCP dial to a dead peer must not stall the machine); lease traffic
+// goes best effort when the transport offers SendBestEffort. Payloads are
+// at most [MaxMessageSize] bytes; lists of services are split to fit. The health side calls Observe, the data path calls
+// Route (an atomic read: backend and remaining lease), the admin API calls
+// Switchover and Status.
+//
+// # Status of this package
+//
+// Done: the state machine with every rule above, the payload codec,
+// FileStore and BootClock, Node, the simulation (N = 3, 4, 5; 10,000 seeds by
+// default, QP_SIM_SEEDS / -sim.seeds for more, QP_SIM_LONG=1 for longer
+// runs, -sim.seed=K to trace one), the check of the checker (each rule
+// switched off must be caught) and in-process Node tests. Not yet: tests
+// over the real memberlist transport and network namespaces, unfence as an
+// explicit operation (a switchover to the old primary is the failback),
+// moving on to the next candidate when a promote hook fails, and metrics
+// export of Counters.
+package cluster

@@ -1,0 +1,1426 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"time"
+)
+
+// Counters count what a Machine dropped or refused, for /status and metrics.
+type Counters struct {
+	Garbage        uint64 // payloads that did not decode
+	Stranger       uint64 // payloads from names outside the peer list
+	UnknownService uint64 // payloads about services this proxy does not have
+	Replay         uint64 // observations not newer than one already seen
+	Stale          uint64 // answers to requests no longer pending, old records
+	VotesGranted   uint64
+	VotesRefused   uint64
+	Proposals      uint64
+	Commits        uint64
+	Adoptions      uint64
+	NoCandidate    uint64 // failovers not proposed for want of a candidate
+	PersistErrors  uint64
+	QueueFull      uint64 // payloads a Node dropped because its queue was full
+}
+
+// Machine is the agreement protocol of one proxy as a deterministic state
+// machine. Its inputs are Step (a payload from a peer), Tick (time passes),
+// Observe (the local health view) and Switchover; its outputs are messages
+// through the Transport, saves through the Store (always before the
+// messages that depend on them) and the OnRecord/OnHook callbacks. It is not
+// safe for concurrent use: one goroutine owns it.
+type Machine struct {
+	cfg     Config
+	n, q    int
+	others  []string
+	members map[string]bool
+	clock   Clock
+	tr      Transport
+	store   Store
+	log     *slog.Logger
+	rng     *rand.Rand
+
+	st         State
+	recovering bool
+	startedAt  time.Duration
+	sync       map[string]bool // peers that answered our sync request
+	syncState  State           // max of what they answered
+	lastSync   time.Duration
+
+	svcs    map[string]*service
+	order   []string
+	heard   map[string]time.Duration // last time a message came from each peer
+	counter uint64                   // lease request nonce
+	pending map[uint64]*leaseReq
+	lastReq time.Duration
+	obsSeq  uint64
+	lastObs time.Duration
+	started bool
+
+	counters Counters
+}
+
+type service struct {
+	cfg      ServiceConfig
+	backends map[string]BackendConfig
+	local    map[string]Observation
+	remote   map[string]*peerView
+	lease    lease
+	prop     *proposal
+	next     time.Duration // no proposal before this (backoff)
+	hint     Ballot        // highest vote heard of above our record
+	votedAt  time.Duration // when we last cast a vote
+	leaseAt  time.Duration // when we last held a lease or adopted a record
+	switchTo string        // pending operator switchover
+	switchAt uint64        // record epoch when it was asked for
+	longest  string        // longest backend name, to size payloads
+	hookRun  uint64        // epoch whose hook was handed out in this run
+	decision string        // last decision and why, for status
+}
+
+type peerView struct {
+	boot, seq uint64
+	at        time.Duration
+	view      map[string]Observation
+}
+
+type lease struct {
+	epoch  uint64
+	expiry time.Duration
+}
+
+type proposal struct {
+	epoch, base uint64
+	value, from string
+	kind        kind
+	sentAt      time.Duration
+	lastSend    time.Duration
+	promises    map[string]Ballot // voter -> what it had accepted before
+	accepts     map[string]bool
+	phase2      bool
+	commitAt    time.Duration
+}
+
+type leaseReq struct {
+	sentAt time.Duration
+	slots  []leaseSlot
+}
+
+type leaseSlot struct {
+	service string
+	epoch   uint64
+	acks    []string // distinct confirming peers
+}
+
+func (r *leaseReq) slot(service string) *leaseSlot {
+	for i := range r.slots {
+		if r.slots[i].service == service {
+			return &r.slots[i]
+		}
+	}
+	return nil
+}
+
+// NewMachine builds the state machine from cfg and the state in store. A
+// store that was never written makes the machine start recovering.
+func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, error) {
+	cfg.setDefaults()
+	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
+		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
+		pending: map[uint64]*leaseReq{}}
+	for _, p := range cfg.Peers {
+		if m.members[p] {
+			return nil, fmt.Errorf("cluster: peer %q listed twice", p)
+		}
+		m.members[p] = true
+		if p != cfg.Name {
+			m.others = append(m.others, p)
+		}
+	}
+	if !m.members[cfg.Name] {
+		return nil, fmt.Errorf("cluster: node name %q is not in the peer list", cfg.Name)
+	}
+	sort.Strings(m.others)
+	m.n = len(cfg.Peers)
+	m.q = m.n/2 + 1
+	m.rng = rand.New(rand.NewPCG(cfg.Seed, cfg.BootID^0x9e3779b97f4a7c15))
+	for _, p := range cfg.Peers {
+		if p == "" || len(p) > 255 {
+			return nil, fmt.Errorf("cluster: peer name %q: want 1 to 255 bytes", p)
+		}
+	}
+	for _, sc := range cfg.Services {
+		if _, dup := m.svcs[sc.Name]; dup {
+			return nil, fmt.Errorf("cluster: service %q listed twice", sc.Name)
+		}
+		if err := checkServiceFits(sc); err != nil {
+			return nil, err
+		}
+		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{}}
+		for _, b := range sc.Backends {
+			s.backends[b.Name] = b
+			if len(b.Name) > len(s.longest) {
+				s.longest = b.Name
+			}
+		}
+		m.svcs[sc.Name] = s
+		m.order = append(m.order, sc.Name)
+	}
+	st, err := store.Load()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: loading state: %w", err)
+	}
+	if st.Services == nil {
+		st.Services = map[string]ServiceState{}
+	}
+	m.st = st
+	m.recovering = !st.Synced
+	m.startedAt = clock.Now()
+	for _, s := range m.svcs {
+		s.leaseAt = m.startedAt
+		s.next = m.startedAt
+	}
+	return m, nil
+}
+
+// Quorum returns Q, the number of distinct proxies a decision needs.
+func (m *Machine) Quorum() int { return m.q }
+
+// Recovering reports whether the machine is still learning its state.
+func (m *Machine) Recovering() bool { return m.recovering }
+
+// commitWait is how long a proposer waits after the Q-th vote so that a
+// lease confirmed before any of those votes has expired in real time on
+// any proxy whose clock runs within the margin.
+func (m *Machine) commitWait() time.Duration {
+	r := m.cfg.ClockMargin
+	return time.Duration(float64(m.cfg.LeaseTimeout) * (1 + r) / (1 - r))
+}
+
+// recoverWait is how long a proxy with an empty store waits before it
+// syncs: by then any proposal that counted a vote it forgot has committed
+// or been given up, so what it learns from N-Q+1 peers covers that vote.
+func (m *Machine) recoverWait() time.Duration {
+	r := m.cfg.ClockMargin
+	span := m.cfg.VoteTimeout + m.commitWait() + m.cfg.LeaseTimeout
+	return time.Duration(float64(span) * (1 + r) / (1 - r))
+}
+
+func (m *Machine) svcState(name string) ServiceState { return m.st.Services[name] }
+
+// save persists the state with one service changed. On error the in-memory
+// state keeps the change only if keepOnError (a vote: the higher
+// max_voted is the safe side); the caller must not send what depends on it.
+func (m *Machine) save(name string, ss ServiceState, keepOnError bool) error {
+	old, had := m.st.Services[name]
+	m.st.Services[name] = ss
+	if err := m.store.Save(m.st.clone()); err != nil {
+		m.counters.PersistErrors++
+		if !keepOnError {
+			if had {
+				m.st.Services[name] = old
+			} else {
+				delete(m.st.Services, name)
+			}
+		}
+		return fmt.Errorf("service %q: saving state: %w", name, err)
+	}
+	return nil
+}
+
+func (m *Machine) send(to string, b []byte, err error) {
+	if err != nil {
+		m.log.Error("cluster: encoding message", "err", err)
+		return
+	}
+	if e := m.tr.Send(to, b); e != nil {
+		m.log.Debug("cluster: send failed", "peer", to, "err", e)
+	}
+}
+
+// Transports that can also send without retries (UDP) implement one of
+// these; lease traffic uses it, since a late lease message is useless.
+type (
+	bestEffortSender interface {
+		SendBestEffort(to string, msg []byte) error
+	}
+	bestEffortSenderNoErr interface{ SendBestEffort(to string, msg []byte) }
+)
+
+// sendLossy sends a payload whose loss the protocol shrugs off.
+func (m *Machine) sendLossy(to string, b []byte, err error) {
+	if err != nil {
+		m.log.Error("cluster: encoding message", "err", err)
+		return
+	}
+	switch t := m.tr.(type) {
+	case bestEffortSender:
+		_ = t.SendBestEffort(to, b)
+	case bestEffortSenderNoErr:
+		t.SendBestEffort(to, b)
+	default:
+		m.send(to, b, nil)
+	}
+}
+
+func (m *Machine) sendAll(b []byte, err error, except string) {
+	for _, p := range m.others {
+		if p != except {
+			m.send(p, b, err)
+		}
+	}
+}
+
+// Observe records this proxy's own view of a backend and gossips it when it
+// changed.
+func (m *Machine) Observe(svc, backend string, o Observation) error {
+	s := m.svcs[svc]
+	if s == nil {
+		return fmt.Errorf("cluster: observe: unknown service %q", svc)
+	}
+	if _, ok := s.backends[backend]; !ok {
+		return fmt.Errorf("cluster: observe: service %q has no backend %q", svc, backend)
+	}
+	if old, ok := s.local[backend]; ok && old == o {
+		return nil
+	}
+	s.local[backend] = o
+	m.broadcastObs(svc, s)
+	return nil
+}
+
+func (m *Machine) broadcastObs(name string, s *service) {
+	m.obsSeq++
+	msg := obsMsg{Service: name, Boot: m.cfg.BootID, Seq: m.obsSeq}
+	for _, b := range s.cfg.Backends {
+		if o, ok := s.local[b.Name]; ok {
+			msg.Entries = append(msg.Entries, obsEntry{Backend: b.Name, Obs: o})
+		}
+	}
+	if len(msg.Entries) == 0 {
+		return
+	}
+	b, err := encodeObs(msg)
+	if err != nil {
+		m.log.Error("cluster: encoding observation", "service", name, "err", err)
+		return
+	}
+	if err := m.tr.Broadcast("obs/"+name, b); err != nil {
+		m.log.Debug("cluster: gossip failed", "service", name, "err", err)
+	}
+}
+
+// Route returns the backend this proxy may forward the service to now and
+// how long that stays true. An empty backend means: do not forward. With
+// OnQuorumLoss keep, the last primary comes back without a lease and a
+// non-positive remaining time.
+func (m *Machine) Route(svc string) (string, time.Duration) {
+	s := m.svcs[svc]
+	if s == nil {
+		return "", 0
+	}
+	ss := m.svcState(svc)
+	if ss.Record.Primary == "" {
+		return "", 0
+	}
+	if rem := m.leaseRemaining(svc, s, ss); rem > 0 {
+		return ss.Record.Primary, rem
+	}
+	if m.cfg.OnQuorumLoss == QuorumLossKeep && !m.recovering {
+		return ss.Record.Primary, 0
+	}
+	return "", 0
+}
+
+func (m *Machine) leaseRemaining(svc string, s *service, ss ServiceState) time.Duration {
+	if m.recovering || s.lease.epoch != ss.Record.Epoch || ss.Record.Epoch == 0 {
+		return 0
+	}
+	if ss.Promised > ss.Record.Epoch && !m.cfg.knobs.voterKeepsRouting {
+		return 0
+	}
+	return s.lease.expiry - m.clock.Now()
+}
+
+// Switchover asks the cluster to move the service to backend to.
+func (m *Machine) Switchover(svc, to string) error {
+	s := m.svcs[svc]
+	if s == nil {
+		return fmt.Errorf("cluster: switchover: unknown service %q", svc)
+	}
+	if _, ok := s.backends[to]; !ok {
+		return fmt.Errorf("cluster: switchover: service %q has no backend %q", svc, to)
+	}
+	if m.recovering {
+		return fmt.Errorf("cluster: switchover of service %q: this proxy is still recovering its state", svc)
+	}
+	s.switchTo, s.switchAt = to, m.svcState(svc).Record.Epoch
+	s.next = m.clock.Now()
+	return nil
+}
+
+// HookDone records that the hooks of the decision at epoch ran.
+func (m *Machine) HookDone(svc string, epoch uint64) error {
+	ss, ok := m.st.Services[svc]
+	if !ok || ss.Intent.Epoch != epoch || ss.Intent.Done {
+		return nil
+	}
+	ss.Intent.Done = true
+	return m.save(svc, ss, false)
+}
+
+// Step handles one payload from peer from.
+func (m *Machine) Step(from string, payload []byte) {
+	if !m.members[from] || from == m.cfg.Name {
+		m.counters.Stranger++
+		return
+	}
+	t, d, err := header(payload)
+	if err != nil {
+		m.drop(from, err)
+		return
+	}
+	// Each case decodes into a value of its own type and handles it only
+	// if the whole payload parsed.
+	ok := func() bool {
+		if err := d.finish(); err != nil {
+			m.drop(from, fmt.Errorf("message type %d: %w", t, err))
+			return false
+		}
+		m.heard[from] = m.clock.Now()
+		return true
+	}
+	switch t {
+	case msgObservation:
+		if x := decObs(d); ok() {
+			m.onObs(from, x)
+		}
+	case msgPropose:
+		if x := decPropose(d); ok() {
+			m.onPropose(from, x)
+		}
+	case msgVote:
+		if x := decVote(d); ok() {
+			m.onVote(from, x)
+		}
+	case msgCommit:
+		if x := decCommit(d); ok() {
+			m.onCommit(from, x)
+		}
+	case msgLeaseReq:
+		if x := decLeaseReq(d); ok() {
+			m.onLeaseReq(from, x)
+		}
+	case msgLeaseAck:
+		if x := decLeaseAck(d); ok() {
+			m.onLeaseAck(from, x)
+		}
+	case msgSyncReq:
+		if x := decSyncReq(d); ok() {
+			m.onSyncReq(from, x)
+		}
+	case msgSyncReply:
+		if x := decSyncReply(d); ok() {
+			m.onSyncReply(from, x)
+		}
+	case msgAccept:
+		if x := decAccept(d); ok() {
+			m.onAccept(from, x)
+		}
+	case msgAccepted:
+		if x := decAccepted(d); ok() {
+			m.onAccepted(from, x)
+		}
+	default:
+		m.drop(from, fmt.Errorf("unknown message type %d", t))
+	}
+}
+
+func (m *Machine) drop(from string, err error) {
+	m.counters.Garbage++
+	m.log.Debug("cluster: dropping payload", "peer", from, "err", err)
+}
+
+func (m *Machine) onObs(from string, x obsMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	pv := s.remote[from]
+	now := m.clock.Now()
+	// A lower boot id is a replay, unless the peer has been silent for a
+	// whole TTL (its wall clock may have been set back across a restart).
+	if pv != nil && ((x.Boot < pv.boot && now-pv.at < m.cfg.ObservationTTL) || (x.Boot == pv.boot && x.Seq <= pv.seq)) {
+		m.counters.Replay++
+		return
+	}
+	if pv == nil {
+		pv = &peerView{}
+		s.remote[from] = pv
+	}
+	pv.boot, pv.seq, pv.at = x.Boot, x.Seq, now
+	if pv.view == nil {
+		pv.view = make(map[string]Observation, len(x.Entries))
+	}
+	clear(pv.view)
+	for _, e := range x.Entries {
+		if _, ok := s.backends[e.Backend]; ok {
+			pv.view[e.Backend] = e.Obs
+		}
+	}
+}
+
+// reports counts proxies, self included, whose fresh view of backend
+// satisfies pred; self must satisfy it.
+func (m *Machine) reports(s *service, backend string, pred func(Observation) bool) int {
+	o, ok := s.local[backend]
+	if !ok || !pred(o) {
+		return 0
+	}
+	n := 1
+	now := m.clock.Now()
+	for _, p := range m.others {
+		pv := s.remote[p]
+		if pv == nil || now-pv.at >= m.cfg.ObservationTTL {
+			continue
+		}
+		if o, ok := pv.view[backend]; ok && pred(o) {
+			n++
+		}
+	}
+	return n
+}
+
+func isDown(o Observation) bool { return !o.Up }
+func isUp(o Observation) bool   { return o.Up }
+
+func (m *Machine) objectivelyDown(s *service, b string) bool { return m.reports(s, b, isDown) >= m.q }
+func (m *Machine) healthy(s *service, b string) bool         { return m.reports(s, b, isUp) >= m.q }
+
+func (m *Machine) ownUp(s *service, b string) bool {
+	o, ok := s.local[b]
+	return ok && o.Up
+}
+
+func (m *Machine) ownDown(s *service, b string) bool {
+	o, ok := s.local[b]
+	return ok && !o.Up
+}
+
+// maxLag is the largest lag any fresh report gives for backend.
+func (m *Machine) maxLag(s *service, b string) int64 {
+	lag := s.local[b].LagBytes
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
+			if o, ok := pv.view[b]; ok && o.Up && o.LagBytes > lag {
+				lag = o.LagBytes
+			}
+		}
+	}
+	return lag
+}
+
+// candidate picks the successor of primary: healthy in the majority's view,
+// a replica when role-aware, within the lag bound; then priority, least lag.
+func (m *Machine) candidate(s *service, primary string) (string, string) {
+	type cand struct {
+		name string
+		prio int
+		lag  int64
+	}
+	var cs []cand
+	why := "no other backend"
+	for _, b := range s.cfg.Backends {
+		if b.Name == primary {
+			continue
+		}
+		if !m.healthy(s, b.Name) {
+			why = "no backend is up in a quorum's view"
+			continue
+		}
+		if s.cfg.RoleAware && s.local[b.Name].Role != RoleReplica {
+			why = "no healthy backend reports itself a replica"
+			continue
+		}
+		lag := m.maxLag(s, b.Name)
+		if s.cfg.MaxLagOnFailover > 0 && lag > s.cfg.MaxLagOnFailover {
+			why = "every healthy replica lags beyond max_lag_on_failover"
+			continue
+		}
+		cs = append(cs, cand{b.Name, b.Priority, lag})
+	}
+	if len(cs) == 0 {
+		return "", why
+	}
+	slices.SortStableFunc(cs, func(a, b cand) int {
+		if a.prio != b.prio {
+			return b.prio - a.prio
+		}
+		if a.lag != b.lag {
+			if a.lag < b.lag {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	return cs[0].name, ""
+}
+
+// bestUp is the highest-priority backend up in this proxy's own view.
+func (m *Machine) bestUp(s *service) string {
+	best, prio := "", 0
+	for _, b := range s.cfg.Backends {
+		if m.ownUp(s, b.Name) && (best == "" || b.Priority > prio) {
+			best, prio = b.Name, b.Priority
+		}
+	}
+	return best
+}
+
+// reachesQuorum reports whether this proxy heard from Q-1 peers lately.
+func (m *Machine) reachesQuorum() bool {
+	n := 1
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if t, ok := m.heard[p]; ok && now-t < m.cfg.LeaseTimeout {
+			n++
+		}
+	}
+	return n >= m.q
+}
+
+// Tick lets time pass: lease requests, gossip refresh, proposals, commits,
+// retries and hooks. Call it every LeaseTimeout/8 or more often.
+func (m *Machine) Tick() {
+	now := m.clock.Now()
+	if !m.started || now-m.lastObs >= m.cfg.LeaseTimeout/2 {
+		m.started = true
+		m.lastObs = now
+		for _, name := range m.order {
+			m.broadcastObs(name, m.svcs[name])
+		}
+	}
+	if m.recovering {
+		m.tickRecover(now)
+		return
+	}
+	if now-m.lastReq >= m.cfg.LeaseTimeout/4 || m.lastReq == 0 {
+		m.lastReq = now
+		m.requestLeases(now)
+	}
+	for _, name := range m.order {
+		m.tickService(name, m.svcs[name], now)
+	}
+}
+
+func (m *Machine) tickRecover(now time.Duration) {
+	if now-m.startedAt < m.recoverWait() {
+		return
+	}
+	if m.sync == nil {
+		m.sync = map[string]bool{}
+		m.syncState = State{Services: map[string]ServiceState{}}
+	}
+	if m.synced() {
+		m.finishRecovery()
+		return
+	}
+	if m.lastSync == 0 || now-m.lastSync >= m.cfg.LeaseTimeout/2 {
+		m.lastSync = now
+		b, err := encodeSyncReq(syncReqMsg{Boot: m.cfg.BootID})
+		m.sendAll(b, err, "")
+	}
+}
+
+func (m *Machine) onSyncReq(from string, x syncReqMsg) {
+	reply := syncReplyMsg{Boot: x.Boot, Recovering: m.recovering}
+	size := listHeader
+	for _, name := range m.order {
+		ss := m.svcState(name)
+		e := syncEntry{Service: name, Record: ss.Record, Promised: ss.Promised, Accepted: ss.Accepted}
+		if n := syncEntrySize(e); size+n > MaxMessageSize || len(reply.Entries) == 255 {
+			reply.More = true
+			b, err := encodeSyncReply(reply)
+			m.send(from, b, err)
+			reply.Entries, reply.More, size = reply.Entries[:0], false, listHeader
+		}
+		reply.Entries = append(reply.Entries, e)
+		size += syncEntrySize(e)
+	}
+	b, err := encodeSyncReply(reply)
+	m.send(from, b, err)
+}
+
+func (m *Machine) onSyncReply(from string, x syncReplyMsg) {
+	if !m.recovering || m.sync == nil || x.Boot != m.cfg.BootID {
+		m.counters.Stale++
+		return
+	}
+	for _, e := range x.Entries {
+		if m.svcs[e.Service] == nil {
+			m.counters.UnknownService++
+			continue
+		}
+		ss := m.syncState.Services[e.Service]
+		if e.Record.Epoch > ss.Record.Epoch {
+			ss.Record = e.Record
+		}
+		ss.Promised = max(ss.Promised, e.Promised)
+		if e.Accepted.Epoch > ss.Accepted.Epoch {
+			ss.Accepted = e.Accepted
+		}
+		m.syncState.Services[e.Service] = ss
+	}
+	// A reply spans several payloads when there are many services; count
+	// the peer once the last one arrived.
+	if !x.More {
+		m.sync[from] = !x.Recovering
+	}
+	if m.synced() {
+		m.finishRecovery()
+	}
+}
+
+// synced reports whether the sync answers cover every vote that could be
+// part of a quorum: N-Q+1 peers that are not recovering themselves, or
+// every peer (a new cluster, where all start empty).
+func (m *Machine) synced() bool {
+	good := 0
+	for _, ok := range m.sync {
+		if ok {
+			good++
+		}
+	}
+	return good >= m.n-m.q+1 || len(m.sync) == m.n-1
+}
+
+func (m *Machine) finishRecovery() {
+	st := m.st.clone()
+	for name, learned := range m.syncState.Services {
+		ss := st.Services[name]
+		if learned.Record.Epoch > ss.Record.Epoch {
+			ss.Record = learned.Record
+		}
+		ss.Promised = max(ss.Promised, learned.Promised, learned.Accepted.Epoch)
+		ss.PromisedTo = ""
+		if learned.Accepted.Epoch > ss.Accepted.Epoch {
+			ss.Accepted = learned.Accepted
+		}
+		st.Services[name] = ss
+	}
+	st.Synced = true
+	if err := m.store.Save(st.clone()); err != nil {
+		m.counters.PersistErrors++
+		m.log.Error("cluster: saving recovered state", "err", err)
+		return
+	}
+	m.st = st
+	m.recovering = false
+	m.sync = nil
+	now := m.clock.Now()
+	for _, name := range m.order {
+		s := m.svcs[name]
+		s.leaseAt = now
+		s.switchTo = ""
+		m.log.Info("cluster: recovered state from peers", "service", name, "epoch", st.Services[name].Record.Epoch)
+	}
+}
+
+func (m *Machine) requestLeases(now time.Duration) {
+	for c, p := range m.pending {
+		if now-p.sentAt > m.cfg.LeaseTimeout {
+			delete(m.pending, c)
+		}
+	}
+	var entries []leaseEntry
+	size := listHeader
+	flush := func() {
+		if len(entries) == 0 {
+			return
+		}
+		m.counter++
+		req := &leaseReq{sentAt: now, slots: make([]leaseSlot, 0, len(entries))}
+		for _, e := range entries {
+			req.slots = append(req.slots, leaseSlot{service: e.Service, epoch: e.Record.Epoch})
+		}
+		m.pending[m.counter] = req
+		b, err := encodeLeaseReq(leaseReqMsg{Boot: m.cfg.BootID, Counter: m.counter, Entries: entries})
+		for _, p := range m.others {
+			m.sendLossy(p, b, err)
+		}
+		if m.q == 1 {
+			for i := range req.slots {
+				m.maybeLease(&req.slots[i], req.sentAt, now)
+			}
+		}
+		entries, size = nil, listHeader
+	}
+	for _, name := range m.order {
+		ss := m.svcState(name)
+		if ss.Record.Epoch == 0 {
+			continue
+		}
+		// Sent even while our own vote forbids us a lease: the record it
+		// carries lets peers that missed a commit catch up.
+		e := leaseEntry{Service: name, Record: ss.Record}
+		// The answer is larger than the request: size the batch by it,
+		// with the longest backend name where the answer has a name.
+		long := m.svcs[name].longest
+		n := leaseAckEntrySize(leaseAckEntry{Service: name, Record: Record{Primary: long}, Accepted: Ballot{Value: long}})
+		if size+n > MaxMessageSize || len(entries) == 255 {
+			flush()
+		}
+		entries = append(entries, e)
+		size += n
+	}
+	flush()
+}
+
+func (m *Machine) onLeaseReq(from string, x leaseReqMsg) {
+	ack := leaseAckMsg{Boot: x.Boot, Counter: x.Counter}
+	for _, e := range x.Entries {
+		if m.svcs[e.Service] == nil {
+			m.counters.UnknownService++
+			continue
+		}
+		if !m.recovering && e.Record.Epoch > m.svcState(e.Service).Record.Epoch {
+			m.adopt(e.Service, e.Record, "")
+		}
+		ss := m.svcState(e.Service)
+		ok := !m.recovering && ss.Record.Epoch == e.Record.Epoch && ss.Promised <= e.Record.Epoch
+		ack.Entries = append(ack.Entries, leaseAckEntry{Service: e.Service, Epoch: e.Record.Epoch, OK: ok, Record: ss.Record,
+			Promised: ss.Promised, Accepted: ss.Accepted})
+	}
+	// The request was sized so that its answer fits one payload.
+	b, err := encodeLeaseAck(ack)
+	m.sendLossy(from, b, err)
+}
+
+func (m *Machine) onLeaseAck(from string, x leaseAckMsg) {
+	if x.Boot != m.cfg.BootID {
+		m.counters.Stale++
+		return
+	}
+	req := m.pending[x.Counter]
+	for _, e := range x.Entries {
+		if m.svcs[e.Service] == nil {
+			m.counters.UnknownService++
+			continue
+		}
+		if m.recovering {
+			continue
+		}
+		m.learn(e.Service, e.Record, e.Accepted)
+		if !e.OK || req == nil {
+			continue
+		}
+		sl := req.slot(e.Service)
+		if sl == nil || sl.epoch != e.Epoch {
+			continue
+		}
+		if !slices.Contains(sl.acks, from) {
+			sl.acks = append(sl.acks, from)
+		}
+		m.maybeLease(sl, req.sentAt, m.clock.Now())
+	}
+	if req == nil {
+		m.counters.Stale++
+	}
+}
+
+func (m *Machine) maybeLease(sl *leaseSlot, sentAt, now time.Duration) {
+	name := sl.service
+	s := m.svcs[name]
+	ss := m.svcState(name)
+	e := sl.epoch
+	if e != ss.Record.Epoch || len(sl.acks) < m.q-1 {
+		return
+	}
+	exp := sentAt + m.cfg.LeaseTimeout
+	if s.lease.epoch != e {
+		s.lease = lease{epoch: e, expiry: exp}
+	} else if exp > s.lease.expiry {
+		s.lease.expiry = exp
+	}
+	if m.leaseRemaining(name, s, ss) > 0 {
+		s.leaseAt = now
+	}
+	m.maybeHook(name, s, now)
+}
+
+// learn takes what a peer told about its state: a higher record is
+// adopted, an accepted value above our record is remembered as a hint of
+// what phase 1 will force.
+func (m *Machine) learn(name string, rec Record, accepted Ballot) {
+	ss := m.svcState(name)
+	if rec.Epoch > ss.Record.Epoch {
+		m.adopt(name, rec, "")
+		ss = m.svcState(name)
+	}
+	s := m.svcs[name]
+	if accepted.Epoch > ss.Record.Epoch && accepted.Epoch > s.hint.Epoch {
+		s.hint = accepted
+	}
+}
+
+// adopt persists a higher record and announces it. relayExcept is the
+// peer the commit came from ("" when it did not come as a commit).
+func (m *Machine) adopt(name string, rec Record, relayExcept string) {
+	s := m.svcs[name]
+	ss := m.svcState(name)
+	if rec.Epoch <= ss.Record.Epoch {
+		m.counters.Stale++
+		return
+	}
+	old := ss.Record
+	ss.Record = rec
+	if ss.Intent.Epoch < rec.Epoch {
+		ss.Intent = HookIntent{}
+	}
+	if err := m.save(name, ss, false); err != nil {
+		m.log.Error("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
+		return
+	}
+	m.counters.Adoptions++
+	s.lease = lease{}
+	s.leaseAt = m.clock.Now()
+	if s.hint.Epoch <= rec.Epoch {
+		s.hint = Ballot{}
+	}
+	if s.prop != nil && s.prop.epoch <= rec.Epoch {
+		s.prop = nil
+	}
+	if rec.Epoch > s.switchAt {
+		// any decision that lands first ends the switchover request
+		s.switchTo = ""
+	}
+	s.decision = fmt.Sprintf("adopted epoch %d primary %q", rec.Epoch, rec.Primary)
+	if relayExcept != "" {
+		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
+		m.sendAll(b, err, relayExcept)
+	}
+	if m.cfg.OnRecord != nil {
+		m.cfg.OnRecord(name, old, rec)
+	}
+}
+
+func (m *Machine) onCommit(from string, x commitMsg) {
+	if m.svcs[x.Service] == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		// It is learned again through sync; adopting now could not be
+		// relied on before the sync finishes anyway.
+		return
+	}
+	m.adopt(x.Service, x.Record, from)
+}
+
+func (m *Machine) tickService(name string, s *service, now time.Duration) {
+	if p := s.prop; p != nil {
+		m.tickProposal(name, s, p, now)
+		return
+	}
+	m.maybeHook(name, s, now)
+	if now < s.next {
+		return
+	}
+	ss := m.svcState(name)
+	// A vote we cast above our record belongs to a proposal that may still
+	// commit: give its proposer the time to do so.
+	if ss.Promised > ss.Record.Epoch && now-s.votedAt < m.cfg.VoteTimeout+m.commitWait() {
+		return
+	}
+	forced := s.hint
+	if ss.Accepted.Epoch > forced.Epoch {
+		forced = ss.Accepted
+	}
+	if forced.Epoch <= ss.Record.Epoch || m.cfg.knobs.noPhase1 {
+		forced = Ballot{}
+	}
+	rec := ss.Record
+	switch {
+	case s.switchTo != "" && s.switchTo == rec.Primary && forced.Epoch == 0:
+		s.switchTo = ""
+	case s.switchTo != "" && forced.Epoch != 0:
+		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+	case s.switchTo != "":
+		if m.ownUp(s, s.switchTo) {
+			m.propose(name, s, s.switchTo, kindSwitchover, rec.Primary, now)
+		} else {
+			s.decision = fmt.Sprintf("switchover to %q dropped: it is not up here", s.switchTo)
+			s.switchTo = ""
+		}
+	case rec.Primary == "":
+		if forced.Epoch != 0 {
+			if m.reachesQuorum() {
+				m.propose(name, s, forced.Value, kindForced, "", now)
+			}
+			return
+		}
+		best := m.bestUp(s)
+		if best != "" && m.healthy(s, best) {
+			m.propose(name, s, best, kindBootstrap, "", now)
+		}
+	case m.objectivelyDown(s, rec.Primary):
+		if forced.Epoch != 0 {
+			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+			return
+		}
+		c, why := m.candidate(s, rec.Primary)
+		if c == "" {
+			if s.decision != "no failover: "+why {
+				m.counters.NoCandidate++
+				m.log.Warn("cluster: primary down but no candidate", "service", name, "primary", rec.Primary, "why", why)
+			}
+			s.decision = "no failover: " + why
+			return
+		}
+		m.propose(name, s, c, kindFailover, rec.Primary, now)
+	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
+		if forced.Epoch != 0 {
+			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+		} else if m.ownUp(s, rec.Primary) {
+			m.propose(name, s, rec.Primary, kindReaffirm, rec.Primary, now)
+		}
+	}
+}
+
+// livenessAfter is how long a proxy goes without a lease before it
+// re-proposes: longer than a proposal's whole life, so it does not cut in.
+func (m *Machine) livenessAfter() time.Duration {
+	return m.cfg.VoteTimeout + m.commitWait() + m.cfg.LeaseTimeout
+}
+
+func (m *Machine) backoff(s *service, now time.Duration) {
+	cw := m.commitWait()
+	s.next = now + cw + time.Duration(m.rng.Int64N(int64(cw+m.cfg.LeaseTimeout)))
+}
+
+// persist saves a vote (promise or acceptance) unless the test knob says
+// not to; a vote that cannot be saved is not sent.
+func (m *Machine) persistVote(name string, ss ServiceState) error {
+	if m.cfg.knobs.noVotePersist {
+		m.st.Services[name] = ss
+		return nil
+	}
+	return m.save(name, ss, true)
+}
+
+// propose stops routing (our own vote is above the record), persists our
+// vote, then asks every peer for theirs (phase 1).
+func (m *Machine) propose(name string, s *service, value string, k kind, from string, now time.Duration) {
+	ss := m.svcState(name)
+	e := max(ss.Record.Epoch, ss.Promised) + 1
+	prev := ss.Accepted
+	ss.Promised, ss.PromisedTo, ss.PrevAccepted = e, m.cfg.Name, prev
+	if err := m.persistVote(name, ss); err != nil {
+		m.log.Error("cluster: saving own vote", "service", name, "epoch", e, "err", err)
+		m.backoff(s, now)
+		return
+	}
+	m.counters.Proposals++
+	s.prop = &proposal{epoch: e, base: ss.Record.Epoch, value: value, from: from, kind: k, sentAt: now, lastSend: now,
+		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}}
+	s.decision = fmt.Sprintf("proposed epoch %d primary %q (%s)", e, value, k)
+	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value, "kind", k.String())
+	m.resend(name, s.prop)
+	m.checkPromises(name, s, s.prop, now)
+}
+
+// resend sends the current phase's request to every peer that has not
+// answered it yet.
+func (m *Machine) resend(name string, p *proposal) {
+	var b []byte
+	var err error
+	if p.phase2 {
+		b, err = encodeAccept(acceptMsg{Service: name, Epoch: p.epoch, Value: p.value})
+	} else {
+		b, err = encodePropose(proposeMsg{Service: name, Epoch: p.epoch, Value: p.value, Kind: p.kind, From: p.from, Base: p.base})
+	}
+	for _, peer := range m.others {
+		_, promised := p.promises[peer]
+		if (p.phase2 && !p.accepts[peer]) || (!p.phase2 && !promised) {
+			m.send(peer, b, err)
+		}
+	}
+}
+
+func (m *Machine) tickProposal(name string, s *service, p *proposal, now time.Duration) {
+	if p.phase2 && len(p.accepts) >= m.q && (now >= p.commitAt || len(p.promises) == m.n) {
+		m.commit(name, s, p, now)
+		return
+	}
+	if now-p.sentAt > m.cfg.VoteTimeout && len(p.accepts) < m.q {
+		m.abandon(name, s, now, "no quorum of votes in time")
+		return
+	}
+	if now-p.lastSend >= m.cfg.LeaseTimeout/4 {
+		p.lastSend = now
+		m.resend(name, p)
+	}
+}
+
+func (m *Machine) abandon(name string, s *service, now time.Duration, why string) {
+	if p := s.prop; p != nil {
+		if p.kind == kindSwitchover {
+			// one attempt per request: the operator sees it failed
+			s.switchTo = ""
+		}
+		s.decision = fmt.Sprintf("gave up epoch %d: %s", p.epoch, why)
+		m.log.Info("cluster: proposal given up", "service", name, "epoch", p.epoch, "why", why)
+	}
+	s.prop = nil
+	m.backoff(s, now)
+}
+
+func (m *Machine) onVote(from string, x voteMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		return
+	}
+	m.learn(x.Service, x.Record, x.Accepted)
+	p := s.prop
+	if p == nil || x.Epoch != p.epoch {
+		m.counters.Stale++
+		return
+	}
+	if !x.Granted {
+		return
+	}
+	if _, dup := p.promises[from]; dup {
+		return
+	}
+	p.promises[from] = x.Prev
+	m.checkPromises(x.Service, s, p, m.clock.Now())
+}
+
+// checkPromises moves to phase 2 once Q proxies voted for the epoch.
+func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.Duration) {
+	if p.phase2 {
+		if len(p.promises) == m.n {
+			m.maybeCommit(name, s, p, now)
+		}
+		return
+	}
+	if len(p.promises) < m.q {
+		return
+	}
+	if now > p.sentAt+m.cfg.VoteTimeout {
+		m.abandon(name, s, now, "quorum came too late")
+		return
+	}
+	// Paxos phase 1: the highest value accepted above our base may have
+	// been chosen already; it is the only value we may propose.
+	var high Ballot
+	for _, b := range p.promises {
+		if b.Epoch > p.base && b.Epoch > high.Epoch {
+			high = b
+		}
+	}
+	if high.Epoch != 0 && high.Value != p.value && !m.cfg.knobs.noPhase1 {
+		s.decision = fmt.Sprintf("epoch %d forced to %q by a vote at epoch %d", p.epoch, high.Value, high.Epoch)
+		p.value, p.kind = high.Value, kindForced
+	}
+	ss := m.svcState(name)
+	if ss.Promised != p.epoch || ss.PromisedTo != m.cfg.Name {
+		// we voted for someone else's higher epoch meanwhile
+		m.abandon(name, s, now, "superseded by a higher epoch")
+		return
+	}
+	ss.Accepted = Ballot{Epoch: p.epoch, Value: p.value}
+	if err := m.persistVote(name, ss); err != nil {
+		m.log.Error("cluster: saving own acceptance", "service", name, "epoch", p.epoch, "err", err)
+		m.abandon(name, s, now, "could not persist")
+		return
+	}
+	p.phase2 = true
+	p.accepts[m.cfg.Name] = true
+	// The lease wait starts now: every proxy that confirmed a lease at the
+	// old epoch before it voted is among any quorum's reach.
+	p.commitAt = now + m.commitWait()
+	if m.cfg.knobs.noLeaseWait {
+		p.commitAt = now
+	}
+	p.lastSend = now
+	m.resend(name, p)
+	m.maybeCommit(name, s, p, now)
+}
+
+func (m *Machine) onAccepted(from string, x acceptedMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		return
+	}
+	m.learn(x.Service, x.Record, x.Accepted)
+	p := s.prop
+	if p == nil || !p.phase2 || x.Epoch != p.epoch || x.Value != p.value || !x.OK {
+		m.counters.Stale++
+		return
+	}
+	p.accepts[from] = true
+	m.maybeCommit(x.Service, s, p, m.clock.Now())
+}
+
+func (m *Machine) maybeCommit(name string, s *service, p *proposal, now time.Duration) {
+	if len(p.accepts) < m.q || (now < p.commitAt && len(p.promises) < m.n) {
+		return
+	}
+	if now > p.sentAt+m.cfg.VoteTimeout+m.commitWait()+m.cfg.LeaseTimeout/2 {
+		m.abandon(name, s, now, "commit came too late")
+		return
+	}
+	m.commit(name, s, p, now)
+}
+
+func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration) {
+	ss := m.svcState(name)
+	if p.epoch <= ss.Record.Epoch {
+		s.prop = nil
+		return
+	}
+	old := ss.Record
+	rec := Record{Epoch: p.epoch, Primary: p.value}
+	ss.Record = rec
+	ss.Intent = HookIntent{}
+	if old.Primary != rec.Primary && old.Primary != "" {
+		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: old.Primary, Promote: rec.Primary}
+	}
+	if err := m.save(name, ss, false); err != nil {
+		m.log.Error("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
+		m.abandon(name, s, now, "could not persist the commit")
+		return
+	}
+	m.counters.Commits++
+	s.prop = nil
+	s.lease = lease{}
+	s.leaseAt = now
+	s.hint = Ballot{}
+	if rec.Epoch > s.switchAt {
+		s.switchTo = ""
+	}
+	s.decision = fmt.Sprintf("committed epoch %d primary %q (%s, %d votes)", rec.Epoch, rec.Primary, p.kind, len(p.accepts))
+	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "votes", len(p.accepts))
+	b, err := encodeCommit(commitMsg{Service: name, Record: rec})
+	m.sendAll(b, err, "")
+	if m.cfg.OnRecord != nil {
+		m.cfg.OnRecord(name, old, rec)
+	}
+}
+
+// maybeHook hands out the persisted hook intent once per run, only while
+// this proxy holds a lease at the intent's epoch.
+func (m *Machine) maybeHook(name string, s *service, now time.Duration) {
+	ss := m.svcState(name)
+	in := ss.Intent
+	if in.Epoch == 0 || in.Done || in.Epoch != ss.Record.Epoch || s.hookRun == in.Epoch {
+		return
+	}
+	if m.leaseRemaining(name, s, ss) <= 0 {
+		return
+	}
+	s.hookRun = in.Epoch
+	if m.cfg.OnHook != nil {
+		m.cfg.OnHook(name, in)
+	}
+}
+
+var (
+	errRecovering = errors.New("recovering")
+	errDuplicate  = errors.New("duplicate of the proposal voted for")
+)
+
+// onPropose is phase 1 at a voter: the vote for an epoch.
+func (m *Machine) onPropose(from string, x proposeMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	ss := m.svcState(x.Service)
+	reply := voteMsg{Service: x.Service, Epoch: x.Epoch, Value: x.Value, Recovering: m.recovering}
+	err := m.voteCheck(s, ss, from, x)
+	switch {
+	case err == nil:
+		prev := ss.Accepted
+		ss.Promised, ss.PromisedTo, ss.PrevAccepted = x.Epoch, from, prev
+		if err := m.persistVote(x.Service, ss); err != nil {
+			m.log.Error("cluster: saving vote", "service", x.Service, "epoch", x.Epoch, "err", err)
+			return
+		}
+		s.votedAt = m.clock.Now()
+		m.counters.VotesGranted++
+		reply.Granted, reply.Prev = true, prev
+		s.decision = fmt.Sprintf("voted epoch %d for %s (%s %q)", x.Epoch, from, x.Kind, x.Value)
+	case errors.Is(err, errDuplicate):
+		reply.Granted, reply.Prev = true, ss.PrevAccepted
+	default:
+		m.counters.VotesRefused++
+		m.log.Debug("cluster: vote refused", "service", x.Service, "epoch", x.Epoch, "peer", from, "why", err)
+	}
+	reply.Promised, reply.Accepted, reply.Record = ss.Promised, ss.Accepted, ss.Record
+	b, e := encodeVote(reply)
+	m.send(from, b, e)
+}
+
+// voteCheck applies the vote rules; nil means vote.
+func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeMsg) error {
+	if m.recovering {
+		return errRecovering
+	}
+	if x.Epoch == ss.Promised && from == ss.PromisedTo {
+		return errDuplicate
+	}
+	if x.Epoch <= ss.Promised {
+		return fmt.Errorf("already voted at epoch %d", ss.Promised)
+	}
+	if x.Epoch <= ss.Record.Epoch || x.Base < ss.Record.Epoch {
+		return fmt.Errorf("record is at epoch %d", ss.Record.Epoch)
+	}
+	if _, ok := s.backends[x.Value]; !ok {
+		return fmt.Errorf("unknown backend %q", x.Value)
+	}
+	switch x.Kind {
+	case kindFailover:
+		if !m.ownDown(s, x.From) {
+			return fmt.Errorf("own check does not see %q down", x.From)
+		}
+	case kindBootstrap:
+		if !m.ownUp(s, x.Value) || m.bestUp(s) != x.Value {
+			return fmt.Errorf("own check does not see %q as the best backend up", x.Value)
+		}
+	case kindSwitchover, kindReaffirm:
+		if !m.ownUp(s, x.Value) {
+			return fmt.Errorf("own check does not see %q up", x.Value)
+		}
+	}
+	return nil
+}
+
+// onAccept is phase 2 at a voter: only the proxy it voted for at this
+// epoch (or an epoch above any vote) gets its value accepted.
+func (m *Machine) onAccept(from string, x acceptMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	ss := m.svcState(x.Service)
+	reply := acceptedMsg{Service: x.Service, Epoch: x.Epoch, Value: x.Value}
+	_, known := s.backends[x.Value]
+	switch {
+	case m.recovering || !known:
+	case ss.Accepted.Epoch == x.Epoch && ss.Accepted.Value == x.Value:
+		reply.OK = true
+	case x.Epoch > ss.Accepted.Epoch && x.Epoch > ss.Record.Epoch &&
+		((x.Epoch == ss.Promised && from == ss.PromisedTo) || x.Epoch > ss.Promised):
+		if x.Epoch > ss.Promised {
+			ss.Promised, ss.PromisedTo, ss.PrevAccepted = x.Epoch, from, ss.Accepted
+			s.votedAt = m.clock.Now()
+		}
+		ss.Accepted = Ballot{Epoch: x.Epoch, Value: x.Value}
+		if err := m.persistVote(x.Service, ss); err != nil {
+			m.log.Error("cluster: saving acceptance", "service", x.Service, "epoch", x.Epoch, "err", err)
+			return
+		}
+		reply.OK = true
+	}
+	reply.Promised, reply.Accepted, reply.Record = ss.Promised, ss.Accepted, ss.Record
+	b, e := encodeAccepted(reply)
+	m.send(from, b, e)
+}
+
+// ServiceStatus is one service's agreement state for /status.
+type ServiceStatus struct {
+	Service  string
+	Record   Record
+	Promised uint64 // highest epoch voted in (max_voted)
+	Accepted Ballot
+	// Routing is the backend this proxy forwards to now ("" for none) and
+	// Lease how long its lease still runs (zero or negative: no lease).
+	Routing string
+	Lease   time.Duration
+	// Proposing is the epoch of this proxy's proposal in flight (0: none)
+	// and Votes how many votes it has.
+	Proposing  uint64
+	Votes      int
+	Switchover string // pending operator switchover target
+	Decision   string // the last decision and why
+}
+
+// Status is a snapshot of the Machine for /status.
+type Status struct {
+	Node       string
+	Peers      int
+	Quorum     int
+	Recovering bool
+	Reachable  []string // peers heard from within LeaseTimeout
+	Services   []ServiceStatus
+	Counters   Counters
+}
+
+// Status returns a snapshot of the machine's state.
+func (m *Machine) Status() Status {
+	now := m.clock.Now()
+	st := Status{Node: m.cfg.Name, Peers: m.n, Quorum: m.q, Recovering: m.recovering, Counters: m.counters}
+	for _, p := range m.others {
+		if t, ok := m.heard[p]; ok && now-t < m.cfg.LeaseTimeout {
+			st.Reachable = append(st.Reachable, p)
+		}
+	}
+	for _, name := range m.order {
+		s := m.svcs[name]
+		ss := m.svcState(name)
+		b, rem := m.Route(name)
+		x := ServiceStatus{Service: name, Record: ss.Record, Promised: ss.Promised, Accepted: ss.Accepted,
+			Routing: b, Lease: rem, Switchover: s.switchTo, Decision: s.decision}
+		if p := s.prop; p != nil {
+			x.Proposing, x.Votes = p.epoch, len(p.promises)
+		}
+		st.Services = append(st.Services, x)
+	}
+	return st
+}
+
+// checkServiceFits rejects names the wire format cannot carry and services
+// whose full observation would not fit one payload.
+func checkServiceFits(sc ServiceConfig) error {
+	if sc.Name == "" || len(sc.Name) > 255 {
+		return fmt.Errorf("cluster: service name %q: want 1 to 255 bytes", sc.Name)
+	}
+	msg := obsMsg{Service: sc.Name}
+	seen := map[string]bool{}
+	for _, b := range sc.Backends {
+		if b.Name == "" || len(b.Name) > 255 {
+			return fmt.Errorf("cluster: service %q: backend name %q: want 1 to 255 bytes", sc.Name, b.Name)
+		}
+		if seen[b.Name] {
+			return fmt.Errorf("cluster: service %q: backend %q listed twice", sc.Name, b.Name)
+		}
+		seen[b.Name] = true
+		msg.Entries = append(msg.Entries, obsEntry{Backend: b.Name})
+	}
+	if len(msg.Entries) > 255 {
+		return fmt.Errorf("cluster: service %q has %d backends, at most 255", sc.Name, len(msg.Entries))
+	}
+	if _, err := encodeObs(msg); err != nil {
+		return fmt.Errorf("cluster: service %q: its backends' names are too long for one gossip packet: %w", sc.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,363 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// inboxSize bounds the queue between transport callbacks and the state
+// machine; a full queue drops (and counts) payloads rather than block the
+// transport, and the protocol retries.
+const inboxSize = 4096
+
+// Node runs a Machine for a proxy: one goroutine owns the machine and is fed
+// through a channel, so transport callbacks copy their buffer and return at
+// once, and saves (fsync) never run inside them. The data path reads routes
+// from atomics.
+type Node struct {
+	m      *Machine
+	clock  Clock
+	keep   bool
+	tick   time.Duration
+	tr     *asyncTransport
+	in     chan func()
+	routes map[string]*atomic.Pointer[route]
+	state  atomic.Pointer[[]byte] // LocalState snapshot
+
+	dropped   atomic.Uint64
+	onRoute   func(service, backend string)
+	startOnce sync.Once
+	started   atomic.Bool
+	closeOnce sync.Once
+	done      chan struct{}
+	wg        sync.WaitGroup
+}
+
+type route struct {
+	backend  string
+	deadline time.Duration // on the clock; 0 with a backend: no lease (keep)
+}
+
+// asyncTransport stands between the machine and the real transport. It
+// lets the Node exist before its transport (whose constructor wants the
+// Node as its handler), and it sends reliable payloads from one goroutine
+// per peer: a reliable send dials TCP and may wait seconds on a dead peer,
+// which must never stall the state machine. A full peer queue drops the
+// payload; the protocol retries what matters.
+type asyncTransport struct {
+	tr      Transport
+	queues  map[string]chan []byte
+	dropped *atomic.Uint64
+}
+
+const peerQueue = 256
+
+func (a *asyncTransport) Send(to string, msg []byte) error {
+	q := a.queues[to]
+	if q == nil {
+		return fmt.Errorf("cluster: send to unknown peer %q", to)
+	}
+	select {
+	case q <- msg:
+		return nil
+	default:
+		a.dropped.Add(1)
+		return fmt.Errorf("cluster: send queue to %q is full", to)
+	}
+}
+
+func (a *asyncTransport) SendBestEffort(to string, msg []byte) error {
+	switch t := a.tr.(type) {
+	case bestEffortSender:
+		return t.SendBestEffort(to, msg)
+	case bestEffortSenderNoErr:
+		t.SendBestEffort(to, msg)
+		return nil
+	}
+	return a.Send(to, msg)
+}
+
+func (a *asyncTransport) Broadcast(key string, msg []byte) error {
+	if a.tr == nil {
+		return errors.New("cluster: transport not started")
+	}
+	return a.tr.Broadcast(key, msg)
+}
+
+// sendLoop feeds one peer's queue to the transport until done.
+func (a *asyncTransport) sendLoop(to string, done <-chan struct{}) {
+	q := a.queues[to]
+	for {
+		select {
+		case <-done:
+			return
+		case msg := <-q:
+			_ = a.tr.Send(to, msg) // failures are retried by the protocol
+		}
+	}
+}
+
+// NodeOptions are the runner's callbacks. Each runs on the Node's
+// goroutine and must not block.
+type NodeOptions struct {
+	// OnRoute is called when the backend the Node forwards a service to
+	// changes ("" when it stops): close sessions to anything else.
+	OnRoute func(service, backend string)
+}
+
+// NewNode loads the state from store and builds the Node; nothing runs
+// before Start. cfg.OnRecord and cfg.OnHook, if set, run on the Node's
+// goroutine and must not block (run hooks elsewhere, then call HookDone).
+func NewNode(cfg Config, store Store, clock Clock, opts NodeOptions) (*Node, error) {
+	if cfg.BootID == 0 {
+		cfg.BootID = uint64(time.Now().UnixNano())
+	}
+	n := &Node{clock: clock, keep: cfg.OnQuorumLoss == QuorumLossKeep,
+		in: make(chan func(), inboxSize), routes: map[string]*atomic.Pointer[route]{},
+		onRoute: opts.OnRoute, done: make(chan struct{})}
+	n.tr = &asyncTransport{queues: map[string]chan []byte{}, dropped: &n.dropped}
+	for _, p := range cfg.Peers {
+		if p != cfg.Name {
+			n.tr.queues[p] = make(chan []byte, peerQueue)
+		}
+	}
+	m, err := NewMachine(cfg, clock, n.tr, store)
+	if err != nil {
+		return nil, err
+	}
+	n.m = m
+	n.tick = m.cfg.LeaseTimeout / 8
+	for _, s := range cfg.Services {
+		n.routes[s.Name] = &atomic.Pointer[route]{}
+		n.routes[s.Name].Store(&route{})
+	}
+	n.publish()
+	return n, nil
+}
+
+// Start runs the state machine over tr until Close.
+func (n *Node) Start(tr Transport) {
+	n.startOnce.Do(func() {
+		n.tr.tr = tr
+		for p := range n.tr.queues {
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				n.tr.sendLoop(p, n.done)
+			}()
+		}
+		n.wg.Add(1)
+		go n.run()
+		n.started.Store(true)
+	})
+}
+
+func (n *Node) run() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.tick)
+	defer t.Stop()
+	n.m.Tick()
+	n.publish()
+	for {
+		select {
+		case <-n.done:
+			return
+		case f := <-n.in:
+			f()
+		case <-t.C:
+			n.m.Tick()
+		}
+		n.publish()
+	}
+}
+
+// publish copies what other goroutines read out of the machine.
+func (n *Node) publish() {
+	now := n.clock.Now()
+	for name, p := range n.routes {
+		b, rem := n.m.Route(name)
+		r := &route{backend: b}
+		if b != "" && rem > 0 {
+			r.deadline = now + rem
+		}
+		old := p.Load()
+		if old.backend != r.backend || old.deadline != r.deadline {
+			p.Store(r)
+		}
+		if old.backend != r.backend && n.onRoute != nil {
+			n.onRoute(name, r.backend)
+		}
+	}
+	b := n.m.localState()
+	n.state.Store(&b)
+}
+
+// enqueue hands f to the machine's goroutine without blocking.
+func (n *Node) enqueue(f func()) bool {
+	select {
+	case n.in <- f:
+		return true
+	default:
+		n.dropped.Add(1)
+		return false
+	}
+}
+
+// call runs f on the machine's goroutine and waits for it.
+func (n *Node) call(f func()) error {
+	if !n.started.Load() {
+		return errors.New("cluster: node not started")
+	}
+	ch := make(chan struct{})
+	select {
+	case n.in <- func() { f(); close(ch) }:
+	case <-n.done:
+		return errors.New("cluster: node closed")
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-n.done:
+		return errors.New("cluster: node closed")
+	}
+}
+
+// Route returns the backend to forward service to now and how long that
+// holds (the lease deadline); "" means hold or refuse the connection. With
+// on_quorum_loss "keep" the last primary comes back with no deadline.
+func (n *Node) Route(service string) (string, time.Duration) {
+	p := n.routes[service]
+	if p == nil {
+		return "", 0
+	}
+	r := p.Load()
+	if r.backend == "" {
+		return "", 0
+	}
+	if r.deadline == 0 {
+		return r.backend, 0 // keep mode
+	}
+	rem := r.deadline - n.clock.Now()
+	if rem <= 0 {
+		if n.keep {
+			return r.backend, 0
+		}
+		return "", 0
+	}
+	return r.backend, rem
+}
+
+// Observe reports this proxy's own view of a backend (from health checks).
+func (n *Node) Observe(service, backend string, up bool, role Role, lagBytes int64) {
+	n.enqueue(func() {
+		if err := n.m.Observe(service, backend, Observation{Up: up, Role: role, LagBytes: lagBytes}); err != nil {
+			n.m.log.Warn("cluster: observation dropped", "err", err)
+		}
+	})
+}
+
+// Switchover asks the cluster to move service to backend to; the move
+// itself goes through the vote and shows in Status.
+func (n *Node) Switchover(service, to string) error {
+	var err error
+	if cerr := n.call(func() { err = n.m.Switchover(service, to) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// HookDone records that the hooks of the decision at epoch have run.
+func (n *Node) HookDone(service string, epoch uint64) error {
+	var err error
+	if cerr := n.call(func() { err = n.m.HookDone(service, epoch) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// Status returns a snapshot for /status.
+func (n *Node) Status() (Status, error) {
+	var st Status
+	err := n.call(func() { st = n.m.Status() })
+	st.Counters.QueueFull = n.dropped.Load()
+	return st, err
+}
+
+// Close stops the Node and waits for its goroutines. It does not close the
+// transport or the store; close the transport first, so that a reliable
+// send in flight returns instead of holding Close up.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() { close(n.done) })
+	n.wg.Wait()
+	return nil
+}
+
+// OnMessage takes a payload from a peer (the transport's message handler).
+// It copies msg and never blocks.
+func (n *Node) OnMessage(from string, msg []byte) {
+	b := append([]byte(nil), msg...)
+	n.enqueue(func() { n.m.Step(from, b) })
+}
+
+// OnPeerChange is told when the transport sees a peer come or go. Leases
+// and votes do not depend on it; it is only logged.
+func (n *Node) OnPeerChange(name string, alive bool) {
+	n.enqueue(func() { n.m.log.Info("cluster: peer changed", "peer", name, "alive", alive) })
+}
+
+// LocalState returns this proxy's records for a joiner's full sync.
+func (n *Node) LocalState() []byte {
+	if p := n.state.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// MergeRemoteState adopts the higher records of a peer's full sync.
+func (n *Node) MergeRemoteState(buf []byte) {
+	recs, err := decodeRecords(buf)
+	if err != nil {
+		n.dropped.Add(1)
+		return
+	}
+	n.enqueue(func() {
+		for svc, r := range recs {
+			if n.m.svcs[svc] == nil || n.m.recovering {
+				continue
+			}
+			n.m.adopt(svc, r, "")
+		}
+	})
+}
+
+// localState encodes every service's record (committed decisions only, so
+// adopting them is always safe).
+func (m *Machine) localState() []byte {
+	e := &enc{}
+	e.u8(uint8(min(len(m.order), 255)))
+	for i, name := range m.order {
+		if i == 255 {
+			break
+		}
+		e.str(name)
+		e.record(m.svcState(name).Record)
+	}
+	return e.b
+}
+
+func decodeRecords(b []byte) (map[string]Record, error) {
+	d := &dec{b: b}
+	n := d.count(10)
+	out := make(map[string]Record, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		name := d.str()
+		out[name] = d.record()
+	}
+	if err := d.finish(); err != nil {
+		return nil, fmt.Errorf("remote state: %w", err)
+	}
+	return out, nil
+}

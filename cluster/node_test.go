@@ -1,0 +1,293 @@
+package cluster
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// memNet connects in-process Nodes; cut[a][b] drops a's payloads to b.
+type memNet struct {
+	mu    sync.Mutex
+	nodes map[string]*Node
+	cut   map[[2]string]bool
+}
+
+type memTransport struct {
+	net  *memNet
+	from string
+}
+
+func (t memTransport) Send(to string, msg []byte) error {
+	t.net.mu.Lock()
+	n, blocked := t.net.nodes[to], t.net.cut[[2]string{t.from, to}]
+	t.net.mu.Unlock()
+	if n == nil || blocked {
+		return fmt.Errorf("peer %q unreachable", to)
+	}
+	n.OnMessage(t.from, msg)
+	return nil
+}
+
+func (t memTransport) Broadcast(_ string, msg []byte) error {
+	t.net.mu.Lock()
+	var names []string
+	for name := range t.net.nodes {
+		names = append(names, name)
+	}
+	t.net.mu.Unlock()
+	for _, name := range names {
+		if name != t.from {
+			_ = t.Send(name, msg)
+		}
+	}
+	return nil
+}
+
+func (nw *memNet) isolate(name string, on bool) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	for other := range nw.nodes {
+		nw.cut[[2]string{name, other}] = on
+		nw.cut[[2]string{other, name}] = on
+	}
+}
+
+type testCluster struct {
+	t      *testing.T
+	net    *memNet
+	peers  []string
+	dirs   map[string]string
+	nodes  map[string]*Node
+	stores map[string]*FileStore
+	hooks  chan string
+	hookWG sync.WaitGroup
+}
+
+const testLease = 200 * time.Millisecond
+
+var testBackends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
+
+func newTestCluster(t *testing.T, n int) *testCluster {
+	c := &testCluster{t: t, net: &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}},
+		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100)}
+	for i := range n {
+		c.peers = append(c.peers, fmt.Sprintf("proxy-%d", i))
+	}
+	for _, p := range c.peers {
+		c.dirs[p] = t.TempDir()
+		c.start(p)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *testCluster) start(name string) {
+	store, err := OpenFileStore(c.dirs[name])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var node *Node
+	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()), LeaseTimeout: testLease,
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends}},
+		OnHook: func(svc string, in HookIntent) {
+			c.hooks <- fmt.Sprintf("%s epoch %d fence %s promote %s", name, in.Epoch, in.Fence, in.Promote)
+			c.hookWG.Add(1)
+			go func() { defer c.hookWG.Done(); _ = node.HookDone(svc, in.Epoch) }()
+		}}
+	node, err = NewNode(cfg, store, BootClock{}, NodeOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.net.mu.Lock()
+	c.net.nodes[name] = node
+	c.net.mu.Unlock()
+	c.nodes[name], c.stores[name] = node, store
+	node.Start(memTransport{net: c.net, from: name})
+	for _, b := range testBackends {
+		node.Observe("db", b.Name, true, RoleUnknown, 0)
+	}
+}
+
+func (c *testCluster) stop(name string) {
+	c.net.mu.Lock()
+	delete(c.net.nodes, name)
+	c.net.mu.Unlock()
+	c.hookWG.Wait()
+	c.nodes[name].Close()
+	c.stores[name].Close()
+	delete(c.nodes, name)
+}
+
+func (c *testCluster) close() {
+	for name := range c.nodes {
+		c.stop(name)
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func (c *testCluster) waitFor(what string, d time.Duration, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var st []string
+			for name, n := range c.nodes {
+				s, _ := n.Status()
+				st = append(st, fmt.Sprintf("%s: %+v", name, s.Services))
+			}
+			c.t.Fatalf("timed out waiting for %s; status: %v", what, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (c *testCluster) allRoute(backend string, names ...string) func() bool {
+	if len(names) == 0 {
+		names = c.peers
+	}
+	return func() bool {
+		for _, name := range names {
+			if b, _ := c.nodes[name].Route("db"); b != backend {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
+	c := newTestCluster(t, 3)
+	// A new cluster waits out recoverWait before its first epoch.
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+
+	// One proxy alone seeing the primary down moves nobody.
+	c.nodes["proxy-0"].Observe("db", "pg-a", false, RoleUnknown, 0)
+	time.Sleep(3 * testLease) // a negative check: nothing must happen in this window
+	for _, p := range []string{"proxy-1", "proxy-2"} {
+		if b, _ := c.nodes[p].Route("db"); b != "pg-a" {
+			t.Fatalf("%s routes to %q after one proxy saw the primary down", p, b)
+		}
+	}
+
+	start := time.Now()
+	for _, p := range c.peers[1:] {
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+	}
+	c.waitFor("failover to pg-b", 20*time.Second, c.allRoute("pg-b"))
+	t.Logf("failover with lease_timeout %v: %v from the quorum seeing pg-a down to every proxy routing pg-b", testLease, time.Since(start).Round(time.Millisecond))
+	select {
+	case h := <-c.hooks:
+		t.Logf("hook: %s", h)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fence/promote hook ran for the failover")
+	}
+
+	// A cut-off proxy stops routing within its lease; the majority goes on.
+	c.net.isolate("proxy-0", true)
+	start = time.Now()
+	c.waitFor("isolated proxy-0 to stop routing", 10*time.Second, c.allRoute("", "proxy-0"))
+	t.Logf("a cut-off proxy stopped routing after %v (lease_timeout %v)", time.Since(start).Round(time.Millisecond), testLease)
+	if b, _ := c.nodes["proxy-1"].Route("db"); b != "pg-b" {
+		t.Fatalf("majority proxy-1 routes to %q, want pg-b", b)
+	}
+	c.net.isolate("proxy-0", false)
+	c.waitFor("healed proxy-0 to route again", 10*time.Second, c.allRoute("pg-b"))
+
+	// A restarted proxy keeps its state and routes again under a lease.
+	c.stop("proxy-2")
+	c.start("proxy-2")
+	for _, b := range []string{"pg-a"} {
+		c.nodes["proxy-2"].Observe("db", b, false, RoleUnknown, 0)
+	}
+	c.waitFor("restarted proxy-2 to route pg-b", 10*time.Second, c.allRoute("pg-b", "proxy-2"))
+	st, err := c.nodes["proxy-2"].Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Recovering || st.Services[0].Record.Primary != "pg-b" {
+		t.Fatalf("restarted proxy-2 status %+v", st)
+	}
+}
+
+func TestNodeSwitchover(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+	if err := c.nodes["proxy-1"].Switchover("db", "pg-c"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("switchover to pg-c", 20*time.Second, c.allRoute("pg-c"))
+	if err := c.nodes["proxy-1"].Switchover("db", "nope"); err == nil {
+		t.Fatal("switchover to an unknown backend accepted")
+	}
+}
+
+func TestMachineDropsHostileInput(t *testing.T) {
+	st := &memStore{}
+	m, err := NewMachine(Config{Name: "a", Peers: []string{"a", "b", "c"}, Services: []ServiceConfig{{Name: "db", Backends: testBackends}}},
+		BootClock{}, nopTransport{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, _ := encodeObs(obsMsg{Service: "db", Boot: 5, Seq: 9, Entries: []obsEntry{{"pg-a", Observation{Up: true}}}})
+	older, _ := encodeObs(obsMsg{Service: "db", Boot: 5, Seq: 8, Entries: []obsEntry{{"pg-a", Observation{}}}})
+	unknown, _ := encodePropose(proposeMsg{Service: "nope", Epoch: 3, Value: "x", Kind: kindFailover})
+	m.Step("b", []byte{0xde, 0xad, 0xbe, 0xef})
+	m.Step("mallory", obs)
+	m.Step("b", obs)
+	m.Step("b", obs)   // replayed
+	m.Step("b", older) // older sequence
+	m.Step("b", unknown)
+	c := m.Status().Counters
+	if c.Garbage != 1 || c.Stranger != 1 || c.Replay != 2 || c.UnknownService != 1 {
+		t.Fatalf("counters %+v: want 1 garbage, 1 stranger, 2 replays, 1 unknown service", c)
+	}
+	if _, err := NewMachine(Config{Name: "z", Peers: []string{"a", "b"}}, BootClock{}, nopTransport{}, &memStore{}); err == nil {
+		t.Fatal("a node name outside the peer list was accepted")
+	}
+}
+
+// blockingTransport's Send hangs until released, as a TCP dial to a dead
+// peer does.
+type blockingTransport struct{ release chan struct{} }
+
+func (b blockingTransport) Send(string, []byte) error      { <-b.release; return nil }
+func (b blockingTransport) Broadcast(string, []byte) error { return nil }
+
+func TestNodeNotStalledByBlockedSend(t *testing.T) {
+	store, err := OpenFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := Config{Name: "a", Peers: []string{"a", "b", "c"}, LeaseTimeout: testLease,
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends}}}
+	n, err := NewNode(cfg, store, BootClock{}, NodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := blockingTransport{release: make(chan struct{})}
+	n.Start(tr)
+	// Recovery sends sync requests (reliable) that hang in the transport;
+	// the state machine must still answer.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := n.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sync request was attempted: %+v", st)
+		}
+		if len(n.tr.queues["b"]) > 0 || len(n.tr.queues["c"]) > 0 {
+			break // a send is stuck and more are queued behind it
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := n.Status(); err != nil {
+		t.Fatalf("state machine stalled behind a blocked send: %v", err)
+	}
+	close(tr.release) // as closing the transport does
+	n.Close()
+}

@@ -1,0 +1,1037 @@
+package cluster
+
+import (
+	"container/heap"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The simulation drives the real Machine code with a fake clock per proxy
+// (each running at its own rate within the configured margin), a fake
+// network (partitions, also one-way and non-transitive, loss, delay,
+// duplication, reordering), crashes and restarts (with kept, wiped or
+// corrupted state), pauses, backends failing as each proxy sees them and
+// operator switchovers, and checks the protocol's invariants after every
+// event. Each seed is deterministic: a failure prints the seed and a trace.
+
+var (
+	flagSeeds = flag.Int("sim.seeds", 0, "number of simulation seeds (default 10000, 1000 with -short; env QP_SIM_SEEDS)")
+	flagSeed  = flag.Int64("sim.seed", -1, "run only this seed, with a trace")
+)
+
+const (
+	simLease   = time.Second
+	simService = "db"
+)
+
+type simOpts struct {
+	seed  uint64
+	n     int // 0: chosen by the seed among 3, 4, 5
+	knobs knobs
+	keep  bool // on_quorum_loss = keep
+	trace bool
+	// safetyOnly skips the progress check at the end: a broken rule must
+	// be caught by a safety invariant.
+	safetyOnly bool
+	// faults is how long faults are injected, heal how long the healed
+	// cluster then has to converge.
+	faults, heal time.Duration
+}
+
+// defaultOpts gives the length of each run: short enough that 10,000
+// seeds run under -race in the test budget; QP_SIM_LONG=1 (make soak)
+// makes each seed longer.
+func defaultOpts() simOpts {
+	if os.Getenv("QP_SIM_LONG") != "" {
+		return simOpts{faults: 40 * simLease, heal: 20 * simLease}
+	}
+	return simOpts{faults: 10 * simLease, heal: 10 * simLease}
+}
+
+type evKind uint8
+
+const (
+	evDeliver evKind = iota
+	evTick
+	evFunc
+)
+
+type simEvent struct {
+	at      time.Duration
+	seq     uint64
+	kind    evKind
+	node    int
+	from    int
+	payload []byte
+	fn      func()
+	idx     int
+}
+
+type eventQueue []*simEvent
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int)     { q[i], q[j] = q[j], q[i]; q[i].idx = i; q[j].idx = j }
+func (q *eventQueue) Push(x any)       { e := x.(*simEvent); e.idx = len(*q); *q = append(*q, e) }
+func (q *eventQueue) Pop() any         { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
+func (q *eventQueue) push(e *simEvent) { heap.Push(q, e) }
+
+// memStore is the simulated disk: Save is atomic and durable at once.
+type memStore struct {
+	st      State
+	written bool
+	corrupt bool
+}
+
+var errCorrupt = errors.New("state file: checksum mismatch")
+
+func (s *memStore) Load() (State, error) {
+	if s.corrupt {
+		return State{}, errCorrupt
+	}
+	return s.st.clone(), nil
+}
+
+func (s *memStore) Save(st State) error {
+	for name, n := range st.Services {
+		o := s.st.Services[name]
+		if n.Record.Epoch < o.Record.Epoch || n.Promised < o.Promised || n.Accepted.Epoch < o.Accepted.Epoch {
+			return fmt.Errorf("service %q: refusing to lower an epoch", name)
+		}
+	}
+	s.st = st.clone()
+	s.written = true
+	return nil
+}
+
+type simNode struct {
+	idx     int
+	name    string
+	rate    float64
+	offset  time.Duration
+	m       *Machine
+	store   *memStore
+	alive   bool
+	paused  bool
+	held    []*simEvent
+	view    map[string]bool // backend -> up, as this proxy's checks see it
+	lastRec Record
+	lastPro uint64
+	lastAcc Ballot
+	amnesic bool // lost its state and has not finished recovering
+	routes  string
+	until   time.Duration // on its own clock: when its last route ends
+	phase2  uint64        // last epoch seen entering phase 2
+	lost    bool          // kept crashed or cut off after the heal
+	// silentUntil keeps this node's outgoing links cut across partition
+	// changes: a proposer that went quiet after gathering its votes.
+	silentUntil time.Duration
+}
+
+type simClock struct {
+	s *sim
+	n *simNode
+}
+
+func (c simClock) Now() time.Duration {
+	return c.n.offset + time.Duration(float64(c.s.now)*c.n.rate)
+}
+
+type simTransport struct {
+	s    *sim
+	from int
+}
+
+func (t simTransport) Send(to string, msg []byte) error {
+	t.s.sendMsg(t.from, t.s.byName[to], msg)
+	return nil
+}
+
+func (t simTransport) Broadcast(_ string, msg []byte) error {
+	for i := range t.s.nodes {
+		if i != t.from {
+			t.s.sendMsg(t.from, i, msg)
+		}
+	}
+	return nil
+}
+
+type sim struct {
+	o        simOpts
+	rng      *rand.Rand
+	now      time.Duration
+	seq      uint64
+	q        eventQueue
+	nodes    []*simNode
+	byName   map[string]int
+	peers    []string
+	backends []BackendConfig
+	n, quor  int
+
+	cut      [][]bool // cut[a][b]: a's messages do not reach b
+	drop     float64
+	dup      float64
+	maxDelay time.Duration
+
+	truth    map[string]bool
+	lastDown [][]time.Duration // [node][backend index] last time seen down
+	switchAt map[string]time.Duration
+
+	values    map[uint64]string
+	firstSeen map[uint64]time.Duration
+	votes     map[Ballot]map[int]bool
+
+	events int
+	pool   []*simEvent
+	trace  []string
+	failed string
+	stats  *simStats
+}
+
+type simStats struct {
+	events, commits, failovers, bareQuorum atomic.Int64
+}
+
+func (s *sim) logf(format string, args ...any) {
+	if !s.o.trace {
+		return
+	}
+	s.trace = append(s.trace, fmt.Sprintf("%9.3fs ", s.now.Seconds())+fmt.Sprintf(format, args...))
+}
+
+func (s *sim) fail(format string, args ...any) {
+	if s.failed == "" {
+		s.failed = fmt.Sprintf("t=%.3fs: ", s.now.Seconds()) + fmt.Sprintf(format, args...)
+		s.logf("VIOLATION: %s", s.failed)
+	}
+}
+
+func (s *sim) at(d time.Duration, e *simEvent) {
+	s.seq++
+	e.at, e.seq = s.now+d, s.seq
+	s.q.push(e)
+}
+
+func (s *sim) after(d time.Duration, fn func()) { s.at(d, &simEvent{kind: evFunc, fn: fn}) }
+
+// event and free recycle events: the simulation allocates millions.
+func (s *sim) event(k evKind, node, from int, payload []byte) *simEvent {
+	var e *simEvent
+	if n := len(s.pool); n > 0 {
+		e = s.pool[n-1]
+		s.pool = s.pool[:n-1]
+	} else {
+		e = &simEvent{}
+	}
+	e.kind, e.node, e.from, e.payload = k, node, from, payload
+	return e
+}
+
+func (s *sim) free(e *simEvent) {
+	e.payload, e.fn = nil, nil
+	s.pool = append(s.pool, e)
+}
+
+func (s *sim) sendMsg(from, to int, msg []byte) {
+	if s.cut[from][to] || s.rng.Float64() < s.drop {
+		return
+	}
+	copies := 1
+	if s.rng.Float64() < s.dup {
+		copies = 2
+	}
+	for range copies {
+		d := time.Millisecond + time.Duration(s.rng.Int64N(int64(s.maxDelay)))
+		if s.rng.IntN(200) == 0 {
+			d += time.Duration(s.rng.Int64N(int64(3 * simLease))) // a straggler
+		}
+		s.at(d, s.event(evDeliver, to, from, msg))
+	}
+}
+
+func newSim(o simOpts) *sim {
+	rng := rand.New(rand.NewPCG(o.seed, 0x5eed))
+	n := o.n
+	if n == 0 {
+		n = 3 + int(o.seed%3)
+	}
+	s := &sim{o: o, rng: rng, n: n, quor: n/2 + 1, byName: map[string]int{},
+		truth: map[string]bool{}, switchAt: map[string]time.Duration{},
+		values: map[uint64]string{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{},
+		maxDelay: 20 * time.Millisecond}
+	s.backends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
+	for _, b := range s.backends {
+		s.truth[b.Name] = true
+	}
+	s.cut = make([][]bool, n)
+	s.lastDown = make([][]time.Duration, n)
+	for i := range n {
+		s.cut[i] = make([]bool, n)
+		s.lastDown[i] = make([]time.Duration, len(s.backends))
+		name := "proxy-" + strconv.Itoa(i)
+		s.peers = append(s.peers, name)
+		s.byName[name] = i
+	}
+	margin := defaultClockMargin
+	warm := rng.IntN(2) == 0
+	for i := range n {
+		rate := 1 + margin*(2*rng.Float64()-1)
+		switch rng.IntN(4) {
+		case 0:
+			rate = 1 - margin
+		case 1:
+			rate = 1 + margin
+		}
+		nd := &simNode{idx: i, name: s.peers[i], rate: rate, offset: time.Duration(1+rng.IntN(100)) * time.Second,
+			store: &memStore{}, view: map[string]bool{}}
+		if warm {
+			// a cluster that has run before: epoch 1 committed everywhere
+			nd.store.st = State{Synced: true, Services: map[string]ServiceState{simService: {
+				Record: Record{Epoch: 1, Primary: "pg-a"}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: "pg-a"}}}}
+		}
+		for _, b := range s.backends {
+			nd.view[b.Name] = true
+		}
+		s.nodes = append(s.nodes, nd)
+	}
+	if warm {
+		b := Ballot{Epoch: 1, Value: "pg-a"}
+		s.votes[b] = map[int]bool{}
+		for i := range n {
+			s.votes[b][i] = true
+		}
+	}
+	return s
+}
+
+func (s *sim) start(nd *simNode) {
+	cfg := Config{
+		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, LeaseTimeout: simLease, Seed: s.rng.Uint64() | 1,
+		Services: []ServiceConfig{{Name: simService, Backends: s.backends}},
+		knobs:    s.o.knobs,
+	}
+	if s.o.keep {
+		cfg.OnQuorumLoss = QuorumLossKeep
+	}
+	clk := simClock{s, nd}
+	cfg.OnHook = func(svc string, in HookIntent) {
+		ss := nd.m.svcState(svc)
+		if rem := nd.m.leaseRemaining(svc, nd.m.svcs[svc], ss); rem <= 0 || ss.Record.Epoch != in.Epoch {
+			s.fail("%s ran hooks for epoch %d without a lease at it", nd.name, in.Epoch)
+		}
+		s.logf("%s hooks epoch %d fence %q promote %q", nd.name, in.Epoch, in.Fence, in.Promote)
+		_ = nd.m.HookDone(svc, in.Epoch)
+	}
+	m, err := NewMachine(cfg, clk, simTransport{s, nd.idx}, nd.store)
+	if err != nil {
+		if !nd.store.corrupt {
+			s.fail("%s failed to start: %v", nd.name, err)
+		}
+		s.logf("%s refuses to start: %v", nd.name, err)
+		nd.alive = false
+		// The operator finds the error, wipes state_dir and starts again.
+		s.after(time.Duration(1+s.rng.IntN(3))*time.Second, func() {
+			if nd.alive || nd.lost || !nd.store.corrupt {
+				return // the heal already did it, or the node stays lost
+			}
+			nd.store.corrupt = false
+			nd.store.st = State{}
+			nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+			s.logf("%s state wiped by the operator", nd.name)
+			s.start(nd)
+		})
+		return
+	}
+	nd.m, nd.alive, nd.paused = m, true, false
+	s.logf("%s started (recovering=%v)", nd.name, m.Recovering())
+	for _, b := range s.backends {
+		_ = m.Observe(simService, b.Name, Observation{Up: nd.view[b.Name]})
+	}
+}
+
+func (s *sim) crash(nd *simNode) {
+	nd.alive, nd.m, nd.paused, nd.held = false, nil, false, nil
+	s.logf("%s crashed", nd.name)
+}
+
+func (s *sim) setView(nd *simNode, b int, up bool) {
+	name := s.backends[b].Name
+	if nd.view[name] == up {
+		return
+	}
+	if !up || !nd.view[name] {
+		s.lastDown[nd.idx][b] = s.now
+	}
+	nd.view[name] = up
+	s.logf("%s sees %s %s", nd.name, name, map[bool]string{true: "up", false: "down"}[up])
+	if nd.alive {
+		_ = nd.m.Observe(simService, name, Observation{Up: up})
+	}
+}
+
+func (s *sim) setTruth(b int, up bool) {
+	s.truth[s.backends[b].Name] = up
+	for _, nd := range s.nodes {
+		s.setView(nd, b, up)
+	}
+}
+
+// run executes the seed and returns the first violation ("" if none).
+func (s *sim) run() string {
+	for _, nd := range s.nodes {
+		s.start(nd)
+		s.at(time.Duration(s.rng.Int64N(int64(simLease/8))), &simEvent{kind: evTick, node: nd.idx})
+	}
+	faultEnd, end := s.o.faults, s.o.faults+s.o.heal
+	// faults
+	for t := time.Duration(0); ; {
+		t += time.Duration(s.rng.ExpFloat64() * float64(700*time.Millisecond))
+		if t >= faultEnd {
+			break
+		}
+		s.at(t, &simEvent{kind: evFunc, fn: s.fault})
+	}
+	s.at(faultEnd, &simEvent{kind: evFunc, fn: s.heal})
+	// Once the healed cluster has converged, a few more lease periods
+	// show it stays so; the rest of the heal budget is not needed.
+	var watch func()
+	watch = func() {
+		if s.converged() == "" {
+			end = min(end, s.now+3*simLease)
+			return
+		}
+		s.after(simLease/2, watch)
+	}
+	s.at(faultEnd+simLease/2, &simEvent{kind: evFunc, fn: watch})
+	for s.q.Len() > 0 && s.failed == "" {
+		e := heap.Pop(&s.q).(*simEvent)
+		if e.at > end {
+			break
+		}
+		s.now = e.at
+		s.events++
+		switch e.kind {
+		case evTick:
+			nd := s.nodes[e.node]
+			s.at(simLease/8, s.event(evTick, nd.idx, 0, nil))
+			if nd.alive && !nd.paused {
+				nd.m.Tick()
+				s.checkNode(nd)
+			}
+			s.free(e)
+		case evDeliver:
+			nd := s.nodes[e.node]
+			if !nd.alive || s.cut[e.from][e.node] {
+				s.free(e)
+				continue
+			}
+			if nd.paused {
+				nd.held = append(nd.held, e)
+				continue
+			}
+			if s.o.trace {
+				msg, _ := decode(e.payload)
+				switch msg.(type) {
+				case obsMsg, leaseReqMsg, leaseAckMsg:
+					// too many to read; the routing state is traced instead
+				default:
+					s.logf("%s <- %s %T%+v", nd.name, s.nodes[e.from].name, msg, msg)
+				}
+			}
+			nd.m.Step(s.nodes[e.from].name, e.payload)
+			s.free(e)
+			s.checkNode(nd)
+		case evFunc:
+			e.fn()
+			for _, nd := range s.nodes {
+				s.checkNode(nd)
+			}
+		}
+	}
+	if s.failed == "" && !s.o.safetyOnly {
+		s.checkEnd()
+	}
+	return s.failed
+}
+
+func (s *sim) amnesic() int {
+	n := 0
+	for _, nd := range s.nodes {
+		if nd.amnesic {
+			n++
+		}
+	}
+	return n
+}
+
+// allSynced reports whether every proxy's state has been initialised (a
+// new cluster needs every peer once to start: see the package doc).
+func (s *sim) allSynced() bool {
+	for _, nd := range s.nodes {
+		if !nd.store.st.Synced {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *sim) randomNode() *simNode { return s.nodes[s.rng.IntN(s.n)] }
+
+func (s *sim) fault() {
+	switch r := s.rng.IntN(100); {
+	case r < 22: // partitions
+		for a := range s.n {
+			for b := range s.n {
+				s.cut[a][b] = false
+			}
+		}
+		defer s.keepSilent()
+		switch s.rng.IntN(5) {
+		case 0:
+			s.logf("network healed")
+		case 1: // random one-way cuts
+			p := s.rng.Float64() * 0.6
+			for a := range s.n {
+				for b := range s.n {
+					s.cut[a][b] = a != b && s.rng.Float64() < p
+				}
+			}
+			s.logf("random one-way cuts p=%.2f: %v", p, s.cut)
+		case 2: // isolate one
+			x := s.rng.IntN(s.n)
+			for o := range s.n {
+				if o != x {
+					s.cut[x][o], s.cut[o][x] = true, true
+				}
+			}
+			s.logf("%s isolated", s.nodes[x].name)
+		case 3: // two sides
+			side := make([]bool, s.n)
+			for i := range side {
+				side[i] = s.rng.IntN(2) == 0
+			}
+			for a := range s.n {
+				for b := range s.n {
+					s.cut[a][b] = side[a] != side[b]
+				}
+			}
+			s.logf("split %v", side)
+		case 4: // non-transitive: a ring where only neighbours talk
+			for a := range s.n {
+				for b := range s.n {
+					d := (a - b + s.n) % s.n
+					s.cut[a][b] = d != 0 && d != 1 && d != s.n-1
+				}
+			}
+			s.logf("ring partition")
+		}
+	case r < 30:
+		s.drop = []float64{0, 0, 0.05, 0.2, 0.5}[s.rng.IntN(5)]
+		s.dup = []float64{0, 0.02, 0.1}[s.rng.IntN(3)]
+		s.maxDelay = []time.Duration{5 * time.Millisecond, 20 * time.Millisecond, 200 * time.Millisecond, 800 * time.Millisecond}[s.rng.IntN(4)]
+		s.logf("network drop=%.2f dup=%.2f delay<%v", s.drop, s.dup, s.maxDelay)
+	case r < 42: // crash and restart later
+		nd := s.randomNode()
+		if !nd.alive {
+			return
+		}
+		s.crash(nd)
+		mode := s.rng.IntN(10)
+		if mode <= 1 && s.amnesic()+1 > s.n-s.quor {
+			mode = 2 // more lost state than N-Q proxies is beyond the promise
+		}
+		if mode <= 1 {
+			nd.amnesic = true
+		}
+		s.after(time.Duration(100+s.rng.IntN(5000))*time.Millisecond, func() {
+			if nd.alive || nd.lost {
+				return
+			}
+			switch {
+			case mode == 0:
+				nd.store.st, nd.store.written = State{}, false
+				nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+				s.logf("%s state_dir wiped", nd.name)
+			case mode == 1:
+				nd.store.corrupt = true
+				s.logf("%s state file corrupted", nd.name)
+			}
+			s.start(nd)
+		})
+	case r < 50: // pause
+		nd := s.randomNode()
+		if !nd.alive || nd.paused {
+			return
+		}
+		nd.paused = true
+		m := nd.m
+		s.logf("%s paused", nd.name)
+		s.after(time.Duration(50+s.rng.IntN(3000))*time.Millisecond, func() {
+			if nd.m != m || !nd.paused {
+				return
+			}
+			nd.paused = false
+			s.logf("%s resumed with %d held messages", nd.name, len(nd.held))
+			held := nd.held
+			nd.held = nil
+			for _, e := range held {
+				e.at = s.now
+				s.seq++
+				e.seq = s.seq
+				s.q.push(e)
+			}
+		})
+	case r < 80: // backends
+		b := s.rng.IntN(len(s.backends))
+		if s.rng.IntN(2) == 0 {
+			// most failures hit the current primary
+			if p := s.globalPrimary(); p != "" {
+				for i, be := range s.backends {
+					if be.Name == p {
+						b = i
+					}
+				}
+			}
+		}
+		if s.rng.IntN(3) == 0 {
+			nd := s.randomNode()
+			s.setView(nd, b, !nd.view[s.backends[b].Name])
+		} else {
+			s.setTruth(b, !s.truth[s.backends[b].Name])
+		}
+	case r < 90:
+		nd := s.randomNode()
+		if !nd.alive || nd.paused {
+			return
+		}
+		to := s.backends[s.rng.IntN(len(s.backends))].Name
+		if err := nd.m.Switchover(simService, to); err != nil {
+			s.logf("%s switchover to %s refused: %v", nd.name, to, err)
+			return
+		}
+		s.switchAt[to] = s.now
+		s.logf("%s switchover to %s requested", nd.name, to)
+	}
+}
+
+// maybeSilence aims at the schedules the phase-1 rule and the commit wait
+// answer: a proposer that gathered its votes goes silent before or after
+// it commits (its commit is lost), and the old primary may come back.
+func (s *sim) maybeSilence(nd *simNode, p *proposal) {
+	if s.rng.IntN(2) != 0 {
+		return
+	}
+	m := nd.m
+	mode := max(0, s.rng.IntN(4)-1) // half the time the proposer goes silent
+	victim := (nd.idx + 1 + s.rng.IntN(s.n-1)) % s.n
+	delay := time.Duration(s.rng.Int64N(int64(simLease * 6 / 5)))
+	if s.rng.IntN(3) == 0 {
+		delay = 0
+	}
+	s.after(delay, func() {
+		if nd.m != m || s.now >= s.o.faults {
+			return
+		}
+		switch mode {
+		case 0: // the proposer goes silent for a while
+			nd.silentUntil = s.now + time.Duration(3000+s.rng.IntN(3000))*time.Millisecond
+			s.keepSilent()
+			s.logf("%s (proposer of epoch %d) silent until %v", nd.name, p.epoch, nd.silentUntil)
+		case 1: // its commit to one peer is lost
+			s.cut[nd.idx][victim] = true
+			s.logf("%s (proposer of epoch %d) cut from %s", nd.name, p.epoch, s.nodes[victim].name)
+		case 2: // one peer hears nobody, but is still heard
+			for o := range s.n {
+				if o != victim {
+					s.cut[o][victim] = true
+				}
+			}
+			s.logf("%s hears nobody (during epoch %d)", s.nodes[victim].name, p.epoch)
+		}
+	})
+	if p.from != "" && s.rng.IntN(4) != 0 {
+		for i, b := range s.backends {
+			if b.Name == p.from {
+				s.after(time.Duration(s.rng.Int64N(int64(2*simLease))), func() {
+					if s.now < s.o.faults {
+						s.setTruth(i, true)
+					}
+				})
+			}
+		}
+	}
+}
+
+func (s *sim) keepSilent() {
+	for _, nd := range s.nodes {
+		if nd.silentUntil > s.now {
+			for o := range s.n {
+				if o != nd.idx {
+					s.cut[nd.idx][o] = true
+				}
+			}
+		}
+	}
+}
+
+func (s *sim) globalPrimary() string {
+	var best uint64
+	p := ""
+	for e, v := range s.values {
+		if e > best {
+			best, p = e, v
+		}
+	}
+	return p
+}
+
+// heal ends the faults: the network is whole again, every proxy runs, all
+// views agree with the truth and at least one backend is up.
+func (s *sim) heal() {
+	s.logf("HEAL")
+	for a := range s.n {
+		for b := range s.n {
+			s.cut[a][b] = false
+		}
+	}
+	s.drop, s.dup, s.maxDelay = 0, 0, 20*time.Millisecond
+	// Sometimes only a bare quorum comes back: N-Q proxies stay crashed
+	// or cut off, and the Q others must make progress alone. Lost state
+	// counts against the same budget, so not while a proxy is amnesic.
+	if s.rng.IntN(10) < 3 && s.amnesic() == 0 && s.allSynced() {
+		s.stats.bareQuorum.Add(1)
+		for _, i := range s.rng.Perm(s.n)[:s.n-s.quor] {
+			nd := s.nodes[i]
+			nd.lost = true
+			if s.rng.IntN(2) == 0 {
+				if nd.alive {
+					s.crash(nd)
+				}
+				s.logf("%s stays down", nd.name)
+				continue
+			}
+			for o := range s.n {
+				if o != i {
+					s.cut[i][o], s.cut[o][i] = true, true
+				}
+			}
+			s.logf("%s stays cut off", nd.name)
+		}
+	}
+	anyUp := false
+	for _, b := range s.backends {
+		anyUp = anyUp || s.truth[b.Name]
+	}
+	if !anyUp {
+		s.truth[s.backends[s.rng.IntN(len(s.backends))].Name] = true
+	}
+	for _, nd := range s.nodes {
+		for i, b := range s.backends {
+			s.setView(nd, i, s.truth[b.Name])
+		}
+		if nd.paused {
+			nd.paused = false
+			for _, e := range nd.held {
+				e.at = s.now
+				s.seq++
+				e.seq = s.seq
+				s.q.push(e)
+			}
+			nd.held = nil
+		}
+		if !nd.alive && !nd.lost {
+			if nd.store.corrupt {
+				nd.store.corrupt = false
+				nd.store.st = State{}
+				nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+				s.logf("%s state wiped by the operator", nd.name)
+			}
+			s.start(nd)
+		}
+	}
+}
+
+// checkNode verifies the invariants after an event on nd. Forwarding sets
+// only shrink as time passes, so two proxies can forward to different
+// backends only from the moment one of them starts (or resumes)
+// forwarding, which is always an event on that proxy: that is when every
+// other proxy is compared with it.
+func (s *sim) checkNode(nd *simNode) {
+	if !nd.alive || s.failed != "" {
+		return
+	}
+	ss := nd.m.svcState(simService)
+	rec, acc := ss.Record, ss.Accepted
+	if rec.Epoch < nd.lastRec.Epoch || ss.Promised < nd.lastPro || acc.Epoch < nd.lastAcc.Epoch {
+		s.fail("%s went back: record %d->%d voted %d->%d accepted %d->%d", nd.name, nd.lastRec.Epoch, rec.Epoch,
+			nd.lastPro, ss.Promised, nd.lastAcc.Epoch, acc.Epoch)
+		return
+	}
+	if acc != nd.lastAcc && acc.Epoch > 0 {
+		vs := s.votes[acc]
+		if vs == nil {
+			vs = map[int]bool{}
+			s.votes[acc] = vs
+		}
+		vs[nd.idx] = true
+	}
+	nd.lastRec, nd.lastPro, nd.lastAcc = rec, ss.Promised, acc
+	if p := nd.m.svcs[simService].prop; p != nil && p.phase2 && p.epoch != nd.phase2 && s.now < s.o.faults {
+		nd.phase2 = p.epoch
+		s.maybeSilence(nd, p)
+	}
+	if nd.amnesic && !nd.m.Recovering() {
+		nd.amnesic = false
+	}
+	if rec.Epoch > 0 {
+		if v, ok := s.values[rec.Epoch]; ok {
+			if v != rec.Primary {
+				s.fail("two values at epoch %d: %q and %q (%s)", rec.Epoch, v, rec.Primary, nd.name)
+				return
+			}
+		} else {
+			s.firstCommit(rec, nd)
+		}
+	}
+	if nd.paused {
+		nd.routes = ""
+		return
+	}
+	b, rem := nd.m.Route(simService)
+	local := simClock{s, nd}.Now()
+	started := b != "" && (b != nd.routes || local >= nd.until)
+	if s.o.trace && (b != nd.routes || started) {
+		s.logf("%s routes to %q (record %+v promised %d)", nd.name, b, rec, ss.Promised)
+	}
+	nd.routes, nd.until = b, local+rem
+	if rem <= 0 {
+		nd.until = 1 << 62 // on_quorum_loss=keep: no end
+	}
+	if !started {
+		return
+	}
+	for _, o := range s.nodes {
+		if o == nd || !o.alive || o.paused {
+			continue
+		}
+		if ob, _ := o.m.Route(simService); ob != "" && ob != b {
+			s.fail("split brain: %s forwards to %s while %s forwards to %s", o.name, ob, nd.name, b)
+			return
+		}
+	}
+}
+
+func (s *sim) firstCommit(rec Record, nd *simNode) {
+	s.values[rec.Epoch] = rec.Primary
+	s.firstSeen[rec.Epoch] = s.now
+	s.stats.commits.Add(1)
+	s.logf("COMMIT epoch %d primary %s (first seen at %s)", rec.Epoch, rec.Primary, nd.name)
+	if n := len(s.votes[Ballot{Epoch: rec.Epoch, Value: rec.Primary}]); n < s.quor {
+		s.fail("epoch %d primary %q committed with %d voters, quorum is %d", rec.Epoch, rec.Primary, n, s.quor)
+		return
+	}
+	var pe uint64
+	for e := range s.values {
+		if e < rec.Epoch && e > pe {
+			pe = e
+		}
+	}
+	prev := s.values[pe]
+	if pe == 0 || prev == rec.Primary {
+		return
+	}
+	s.stats.failovers.Add(1)
+	since := s.firstSeen[pe] - (3*simLease + simLease*3/2)
+	if t, ok := s.switchAt[rec.Primary]; ok && t >= since {
+		return
+	}
+	bi := -1
+	for i, b := range s.backends {
+		if b.Name == prev {
+			bi = i
+		}
+	}
+	saw := 0
+	for _, o := range s.nodes {
+		if !o.view[prev] || s.lastDown[o.idx][bi] >= since {
+			saw++
+		}
+	}
+	if saw < s.quor {
+		s.fail("epoch %d moved %q -> %q with only %d proxies seeing %q down and no switchover", rec.Epoch, prev, rec.Primary, saw, prev)
+	}
+}
+
+// checkEnd requires progress: after the heal every proxy forwards to one
+// backend that is up.
+func (s *sim) checkEnd() {
+	if why := s.converged(); why != "" {
+		s.fail("no progress within %v of the heal: %s", s.o.heal, why)
+	}
+}
+
+// converged says why the cluster has not converged ("" if it has): every
+// proxy runs and forwards to one backend that is up.
+func (s *sim) converged() string {
+	want := ""
+	for _, nd := range s.nodes {
+		if nd.lost {
+			continue
+		}
+		if !nd.alive {
+			return nd.name + " is down"
+		}
+		b, _ := nd.m.Route(simService)
+		if b == "" {
+			sv := nd.m.svcs[simService]
+			return fmt.Sprintf("%s does not route (status: %s; state %+v prop %+v next %v leaseAt %v now %v paused %v)",
+				nd.name, sv.decision, nd.m.svcState(simService), sv.prop, sv.next, sv.leaseAt, simClock{s, nd}.Now(), nd.paused)
+		}
+		if !s.truth[b] {
+			return fmt.Sprintf("%s routes to %s, which is down", nd.name, b)
+		}
+		if want != "" && b != want {
+			return fmt.Sprintf("%s routes to %s, another to %s", nd.name, b, want)
+		}
+		want = b
+	}
+	return ""
+}
+
+// seedBase shifts the seeds run (QP_SIM_SEED_BASE), to explore new ones.
+var seedBase = func() uint64 {
+	n, _ := strconv.ParseUint(os.Getenv("QP_SIM_SEED_BASE"), 10, 64)
+	return n
+}()
+
+func simSeedCount(t *testing.T) int {
+	if *flagSeeds > 0 {
+		return *flagSeeds
+	}
+	if v := os.Getenv("QP_SIM_SEEDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("QP_SIM_SEEDS=%q: want a positive integer", v)
+		}
+		return n
+	}
+	if testing.Short() {
+		return 1000
+	}
+	return 10000
+}
+
+// runSeeds runs seeds [0,count) in parallel and returns the first failing
+// seed and its message, or -1.
+func runSeeds(count int, base simOpts, stats *simStats) (int, string) {
+	var next atomic.Int64
+	var mu sync.Mutex
+	failSeed, failMsg := -1, ""
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= count {
+					return
+				}
+				mu.Lock()
+				stop := failSeed >= 0 && failSeed < i
+				mu.Unlock()
+				if stop {
+					return
+				}
+				o := base
+				o.seed = uint64(i) + seedBase
+				s := newSim(o)
+				s.stats = stats
+				msg := s.run()
+				stats.events.Add(int64(s.events))
+				if msg != "" {
+					mu.Lock()
+					if failSeed < 0 || i < failSeed {
+						failSeed, failMsg = i, msg
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return failSeed, failMsg
+}
+
+func traceSeed(seed int, base simOpts) string {
+	o := base
+	o.seed, o.trace = uint64(seed), true
+	s := newSim(o)
+	s.stats = &simStats{}
+	msg := s.run()
+	tr := s.trace
+	if len(tr) > 400 {
+		tr = tr[len(tr)-400:]
+	}
+	return fmt.Sprintf("seed %d (N=%d): %s\nlast %d trace lines:\n%s", seed, s.n, msg, len(tr), strings.Join(tr, "\n"))
+}
+
+func TestSimulation(t *testing.T) {
+	if *flagSeed >= 0 {
+		t.Log(traceSeed(int(*flagSeed), defaultOpts()))
+		return
+	}
+	count := simSeedCount(t)
+	stats := &simStats{}
+	start := time.Now()
+	seed, msg := runSeeds(count, defaultOpts(), stats)
+	t.Logf("%d seeds (%d healed to a bare quorum), %d events, %d commits, %d primary changes in %v", count, stats.bareQuorum.Load(),
+		stats.events.Load(), stats.commits.Load(), stats.failovers.Load(), time.Since(start).Round(time.Millisecond))
+	if seed >= 0 {
+		t.Fatalf("invariant violated: %s\nreproduce with: go test ./cluster -run TestSimulation -sim.seed=%d -v\n%s", msg, uint64(seed)+seedBase, traceSeed(int(uint64(seed)+seedBase), defaultOpts()))
+	}
+}
+
+// TestSimulationFindsBrokenRules checks the checker: with each rule of the
+// protocol switched off in turn, the simulation must find a violation
+// within a thousand seeds. A simulation that cannot fail proves nothing.
+func TestSimulationFindsBrokenRules(t *testing.T) {
+	cases := []struct {
+		name string
+		opts simOpts
+	}{
+		{"no lease wait before commit", simOpts{knobs: knobs{noLeaseWait: true}}},
+		{"voter keeps routing", simOpts{knobs: knobs{voterKeepsRouting: true}}},
+		{"votes not persisted", simOpts{knobs: knobs{noVotePersist: true}}},
+		{"on_quorum_loss keep", simOpts{keep: true}},
+		{"no phase-1 rule", simOpts{knobs: knobs{noPhase1: true}}},
+	}
+	const budget = 1000
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := c.opts
+			d := defaultOpts()
+			o.faults, o.heal, o.safetyOnly = d.faults, d.heal, true
+			seed, msg := runSeeds(budget, o, &simStats{})
+			if seed < 0 {
+				t.Fatalf("no violation found in %d seeds with %q: the simulation cannot see what this rule prevents", budget, c.name)
+			}
+			t.Logf("found at seed %d: %s", uint64(seed)+seedBase, msg)
+		})
+	}
+}

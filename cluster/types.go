@@ -1,0 +1,229 @@
+package cluster
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Clock is a monotonic clock that keeps counting while the machine is
+// suspended (CLOCK_BOOTTIME on Linux). Now returns the time since an
+// arbitrary fixed origin; it never goes backwards.
+type Clock interface {
+	Now() time.Duration
+}
+
+// Transport carries protocol payloads to peers. The envelope (cluster label,
+// sender name, boot id, config hash, encryption) is the transport's business.
+type Transport interface {
+	// Send delivers msg to the named peer, retried by the transport; an
+	// error means it was not delivered and the protocol retries later. It
+	// must not block for long (the state machine calls it from its only
+	// goroutine): hand the payload to a per-peer sender and return. A
+	// transport may also offer SendBestEffort(to, msg) (UDP, no retries),
+	// which lease traffic then uses.
+	Send(to string, msg []byte) error
+	// Broadcast gossips msg to every peer; a newer message with the same key
+	// replaces a queued older one.
+	Broadcast(key string, msg []byte) error
+}
+
+// Store persists a proxy's agreement state. Save must be atomic and durable
+// when it returns (the protocol sends the messages that depend on it only
+// afterwards) and must refuse to lower any epoch it holds.
+type Store interface {
+	// Load returns the saved state. A store that has never been written
+	// returns a zero State with Synced false, and an error only when the
+	// saved state is unreadable.
+	Load() (State, error)
+	// Save replaces the saved state.
+	Save(State) error
+}
+
+// Record is a committed routing decision: from Epoch on, Primary is the
+// backend the service routes to. Epoch 0 with no primary is the start.
+type Record struct {
+	Epoch   uint64
+	Primary string
+}
+
+// Ballot is a vote: the epoch voted in and the backend voted for.
+type Ballot struct {
+	Epoch uint64
+	Value string
+}
+
+// HookIntent is a persisted promise to run the fence and promote hooks for
+// a decision this proxy committed, so that a crash reruns them.
+type HookIntent struct {
+	Epoch   uint64
+	Fence   string // backend to fence (the old primary); empty for none
+	Promote string // backend to promote
+	Done    bool
+}
+
+// ServiceState is the persisted agreement state of one service. A vote is
+// cast in two steps, as in Paxos: a promise for an epoch (Promised is
+// max_voted) and then the acceptance of the value the proposer sends.
+type ServiceState struct {
+	Record Record
+	// Promised is the highest epoch voted in (max_voted); PromisedTo is the
+	// proposer that vote went to.
+	Promised   uint64
+	PromisedTo string
+	// Accepted is the highest epoch whose value this proxy accepted.
+	Accepted Ballot
+	// PrevAccepted is what Accepted was when Promised was granted; a
+	// duplicate proposal gets it again.
+	PrevAccepted Ballot
+	Intent       HookIntent
+}
+
+// State is everything a proxy persists.
+type State struct {
+	NodeID string
+	// Synced is false in a store that was never written: the proxy then
+	// starts recovering and learns its state from its peers first.
+	Synced   bool
+	Services map[string]ServiceState
+}
+
+func (s State) clone() State {
+	c := s
+	c.Services = make(map[string]ServiceState, len(s.Services))
+	for k, v := range s.Services {
+		c.Services[k] = v
+	}
+	return c
+}
+
+// Role is what a backend says it is.
+type Role uint8
+
+// Roles a health check can report.
+const (
+	RoleUnknown Role = iota
+	RolePrimary
+	RoleReplica
+)
+
+func (r Role) String() string {
+	switch r {
+	case RolePrimary:
+		return "primary"
+	case RoleReplica:
+		return "replica"
+	}
+	return "unknown"
+}
+
+// Observation is one proxy's current view of one backend.
+type Observation struct {
+	Up       bool
+	Role     Role
+	LagBytes int64
+}
+
+// QuorumLoss says what a proxy does when its lease expires.
+type QuorumLoss uint8
+
+// Values of Config.OnQuorumLoss.
+const (
+	// QuorumLossClose stops routing the service (the default, and the only
+	// mode under which the one-backend guarantee holds).
+	QuorumLossClose QuorumLoss = iota
+	// QuorumLossKeep routes on to the last primary without a lease; it
+	// voids the guarantee.
+	QuorumLossKeep
+)
+
+// BackendConfig is one backend of a service as the agreement sees it.
+type BackendConfig struct {
+	Name string
+	// Priority orders candidates: the higher value is preferred.
+	Priority int
+}
+
+// ServiceConfig is one active-passive service.
+type ServiceConfig struct {
+	Name     string
+	Backends []BackendConfig
+	// RoleAware requires a failover candidate to report itself a replica.
+	RoleAware bool
+	// MaxLagOnFailover excludes candidates lagging more bytes than this.
+	// Zero or negative means no bound.
+	MaxLagOnFailover int64
+}
+
+// Config configures a Machine. The zero value of every duration selects
+// its default.
+type Config struct {
+	// Name is this proxy's name; it must be one of Peers.
+	Name string
+	// Peers names every proxy of the cluster, this one included. N is
+	// len(Peers) and the quorum is N/2+1, whoever is alive.
+	Peers    []string
+	Services []ServiceConfig
+	// BootID identifies this run of the process; it must grow from one run
+	// to the next (wall-clock nanoseconds at start do).
+	BootID uint64
+	// LeaseTimeout is how long a lease lasts from the sending of its
+	// request. Default 2s.
+	LeaseTimeout time.Duration
+	// ClockMargin is the bound ρ on the rate error of any proxy's clock
+	// (0.05 = 5%). Default 0.05; it must be below 1.
+	ClockMargin float64
+	// ObservationTTL is how long a peer's report about a backend counts
+	// after it was received. Default 1.5×LeaseTimeout.
+	ObservationTTL time.Duration
+	// VoteTimeout is how long a proposer collects votes before it gives an
+	// epoch up. Default LeaseTimeout.
+	VoteTimeout  time.Duration
+	OnQuorumLoss QuorumLoss
+	// Seed seeds the random backoff; zero takes BootID.
+	Seed uint64
+	// OnRecord is called when this proxy commits or adopts a new record:
+	// close sessions to any backend other than new.Primary and notify.
+	OnRecord func(service string, old, new Record)
+	// OnHook is called once per run when this proxy committed a decision
+	// with hooks and holds a lease at its epoch: run fence and promote with
+	// QP_EPOCH, then call Machine.HookDone.
+	OnHook func(service string, intent HookIntent)
+	Logger *slog.Logger
+
+	knobs knobs // test-only switches that disable one rule each
+}
+
+// knobs switch rules off so the simulation can show that it catches the
+// violation each rule prevents.
+type knobs struct {
+	noLeaseWait       bool // commit right after Q votes
+	voterKeepsRouting bool // a vote does not stop the voter's routing
+	noVotePersist     bool // votes are not saved
+	noPhase1          bool // ignore earlier votes when choosing and voting
+}
+
+const (
+	defaultLeaseTimeout = 2 * time.Second // a few gossip round trips on a LAN, short enough for a quick switch
+	defaultClockMargin  = 0.05            // far above the drift of real clocks, below any sane pause
+)
+
+func (c *Config) setDefaults() {
+	if c.LeaseTimeout <= 0 {
+		c.LeaseTimeout = defaultLeaseTimeout
+	}
+	if c.ClockMargin <= 0 || c.ClockMargin >= 1 {
+		c.ClockMargin = defaultClockMargin
+	}
+	if c.ObservationTTL <= 0 {
+		c.ObservationTTL = c.LeaseTimeout * 3 / 2
+	}
+	if c.VoteTimeout <= 0 {
+		c.VoteTimeout = c.LeaseTimeout
+	}
+	if c.Seed == 0 {
+		c.Seed = c.BootID
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
