@@ -41,6 +41,7 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
+	mux.Handle("POST /api/v1/switchover", requireToken(token, http.HandlerFunc(d.handleSwitchover)))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -102,6 +103,27 @@ func (d *daemon) handleReload(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnprocessableEntity)
 	}
 	json.NewEncoder(w).Encode(res)
+}
+
+// handleSwitchover asks the cluster to move a service to another backend,
+// through the vote like any other decision.
+func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
+	service, to := r.FormValue("service"), r.FormValue("to")
+	if service == "" || to == "" {
+		http.Error(w, "need service and to", http.StatusBadRequest)
+		return
+	}
+	if d.cluster == nil || !d.cluster.owned[service] {
+		http.Error(w, fmt.Sprintf("service %q is not routed by a cluster: switchover needs [cluster] and an active-passive service", service), http.StatusConflict)
+		return
+	}
+	if err := d.cluster.rt.Switchover(service, to); err != nil {
+		http.Error(w, fmt.Sprintf("switchover of %q to %q: %v", service, to, err), http.StatusConflict)
+		return
+	}
+	d.log.Info("switchover requested", "service", service, "to", to, "remote", r.RemoteAddr)
+	w.WriteHeader(http.StatusAccepted)
+	fmt.Fprintf(w, "switchover of %q to %q proposed; watch quorumproxy status\n", service, to)
 }
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{

@@ -65,7 +65,9 @@ func findService(cfg *config.Config, name string) *config.Service {
 	return nil
 }
 
-func proxyServices(cfg *config.Config) []proxy.ServiceConfig {
+// proxyServices converts the services; those in clustered are routed by the
+// cluster (External) and never choose a target locally.
+func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.ServiceConfig {
 	out := make([]proxy.ServiceConfig, 0, len(cfg.Services))
 	for _, s := range cfg.Services {
 		pc := proxy.ServiceConfig{
@@ -84,6 +86,7 @@ func proxyServices(cfg *config.Config) []proxy.ServiceConfig {
 			MaxLagBytes:           s.MaxLagBytes,
 			MaxLagOnFailover:      s.MaxLagOnFailover,
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+			External:              clustered[s.Name],
 		}
 		if s.SwitchHold == 0 {
 			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does

@@ -4,6 +4,7 @@
 //	quorumproxy run -config FILE         the daemon
 //	quorumproxy check-config FILE        every problem in FILE, exit 1 if any
 //	quorumproxy status [-admin ADDR]     the admin API's /status as a table
+//	quorumproxy switchover -service S -to B
 //	quorumproxy version
 package main
 
@@ -25,7 +26,8 @@ const usage = `usage: quorumproxy <command> [flags]
 commands:
   run -config FILE            run the proxy (SIGHUP reloads, SIGTERM drains)
   check-config FILE           report every problem in FILE; exit 1 if any
-  status [-admin ADDR]        show services, backends and health from a running proxy
+  status [-admin ADDR]        show services, backends, health and the cluster from a running proxy
+  switchover -service S -to B move a clustered service to backend B (voted; needs the admin token)
   version                     print the version
 `
 
@@ -41,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheckConfig(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "switchover":
+		return cmdSwitchover(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "quorumproxy %s\n", version)
 		return 0

@@ -94,9 +94,18 @@ type echoServer struct {
 
 func startEcho(t *testing.T, name string) *echoServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	e, err := listenEcho(name, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(e.close)
+	return e
+}
+
+func listenEcho(name, addr string) (*echoServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	e := &echoServer{name: name, ln: ln}
 	e.wg.Add(1)
@@ -122,8 +131,7 @@ func startEcho(t *testing.T, name string) *echoServer {
 			}()
 		}
 	}()
-	t.Cleanup(e.close)
-	return e
+	return e, nil
 }
 
 func (e *echoServer) close()       { e.ln.Close() }

@@ -36,11 +36,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quorumproxy: %s\n", err)
 		return 1
 	}
-	if cfg.Cluster != nil {
-		// Refuse rather than fail over alone behind the operator's back.
-		fmt.Fprintf(stderr, "quorumproxy: %s: [cluster]: cluster mode is not wired into the daemon yet; remove the table to run this proxy alone\n", *path)
-		return 1
-	}
 	log := newLogger(cfg.Log, stderr)
 	for _, w := range warnings {
 		log.Warn("config", "problem", w.Error())
@@ -90,6 +85,7 @@ type daemon struct {
 	mon     *health.Monitor
 	hooks   *hookRunner
 	metrics *metricsExporter
+	cluster *clusterSide // nil without [cluster]
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -115,19 +111,30 @@ func newDaemon(path string, cfg *config.Config, log *slog.Logger) (*daemon, erro
 	d.metrics = m
 	d.hooks = newHookRunner(log)
 	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget})
-	d.mon = health.NewMonitor(log, d.onHealth)
-	if err := d.px.Apply(proxyServices(cfg)); err != nil {
+	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
-		d.mon.Close()
 		return nil, err
 	}
+	if cfg.Cluster != nil {
+		// The cluster starts before the checks so that no observation is lost.
+		cs, err := startCluster(cfg, d)
+		if err != nil {
+			d.px.Close()
+			return nil, err
+		}
+		d.cluster = cs
+	}
+	d.mon = health.NewMonitor(log, d.onHealth)
 	if err := d.mon.Set(healthTargets(cfg)); err != nil {
 		log.Error("health checks", "err", err)
 	}
 	d.lastReload = reloadResult{At: d.started, OK: true}
 	if err := d.startAdmin(cfg.Admin); err != nil {
-		d.px.Close()
 		d.mon.Close()
+		if d.cluster != nil {
+			d.cluster.close()
+		}
+		d.px.Close()
 		return nil, err
 	}
 	return d, nil
@@ -135,6 +142,9 @@ func newDaemon(path string, cfg *config.Config, log *slog.Logger) (*daemon, erro
 
 func (d *daemon) onHealth(s health.State) {
 	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s))
+	if d.cluster != nil {
+		d.cluster.observe(s)
+	}
 	d.metrics.healthChanged(s)
 }
 
@@ -152,8 +162,10 @@ func (d *daemon) onTarget(ev proxy.TargetChange) {
 // config stays.
 func (d *daemon) reload() {
 	cfg, warnings, err := loadConfig(d.cfgPath, true)
-	if err == nil && cfg.Cluster != nil {
-		err = errors.New("[cluster]: cluster mode is not wired into the daemon yet")
+	if err == nil && clusterHash(cfg) != d.clusterHash() {
+		// The Node's peers and services are fixed for its life: changing
+		// them is a restart, done proxy by proxy (see the README).
+		err = errors.New("[cluster], the peer list or a clustered service's backends changed: restart the proxy to apply")
 	}
 	res := reloadResult{At: time.Now(), OK: err == nil}
 	if err != nil {
@@ -165,7 +177,7 @@ func (d *daemon) reload() {
 	for _, w := range warnings {
 		d.log.Warn("config", "problem", w.Error())
 	}
-	if err := d.px.Apply(proxyServices(cfg)); err != nil {
+	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		// Apply keeps every service it could start; say which ones failed.
 		res.OK, res.Error = false, err.Error()
 		d.log.Error("reload applied with errors", "err", err)
@@ -187,6 +199,12 @@ func (d *daemon) reload() {
 	}
 }
 
+func (d *daemon) clusterHash() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return clusterHash(d.cfg)
+}
+
 func (d *daemon) setReload(r reloadResult) {
 	d.mu.Lock()
 	d.lastReload = r
@@ -204,8 +222,11 @@ func (d *daemon) shutdown() {
 		d.log.Warn("drain", "err", err)
 	}
 	cancel()
-	d.px.Close()
 	d.mon.Close()
+	if d.cluster != nil {
+		d.cluster.close() // leave the cluster: the others stop counting on us
+	}
+	d.px.Close()
 	d.hooks.wait()
 	d.stopAdmin()
 }

@@ -18,6 +18,7 @@ type statusView struct {
 	Config     string        `json:"config"`
 	LastReload reloadResult  `json:"last_reload"`
 	Services   []serviceView `json:"services"`
+	Cluster    *clusterView  `json:"cluster,omitempty"`
 }
 
 type serviceView struct {
@@ -93,6 +94,52 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+func printCluster(w io.Writer, c *clusterView) {
+	fmt.Fprintf(w, "\ncluster: node %s, %d peers, quorum %d", c.Node, c.Peers, c.Quorum)
+	if c.Recovering {
+		fmt.Fprint(w, ", RECOVERING (learning state from peers; not voting or routing)")
+	}
+	if c.Error != "" {
+		fmt.Fprintf(w, ", error: %s", c.Error)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PEER\tADDRESS\tSTATE\tCONFIG")
+	for _, m := range c.Members {
+		cfg := "same"
+		if !m.ConfigMatch {
+			cfg = "DIFFERENT"
+		}
+		name := m.Name
+		if m.Self {
+			name += " (self)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", name, m.Address, m.State, cfg)
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SERVICE\tEPOCH\tPRIMARY\tROUTING\tLEASE\tMAX VOTED\tIN FLIGHT\tLAST DECISION")
+	for _, s := range c.Services {
+		lease := "none"
+		if s.LeaseMS > 0 {
+			lease = fmt.Sprintf("%.0fms", s.LeaseMS)
+		}
+		flight := "-"
+		if s.Proposing > 0 {
+			flight = fmt.Sprintf("epoch %d, %d vote(s)", s.Proposing, s.Votes)
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), orNone(s.Routing), lease, s.MaxVoted, flight, s.Decision)
+	}
+	tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
 func printStatus(w io.Writer, st *statusView) {
 	fmt.Fprintf(w, "quorumproxy %s, up %s, config %s", st.Version, time.Since(st.Started).Round(time.Second), st.Config)
 	if !st.LastReload.OK {
@@ -127,6 +174,9 @@ func printStatus(w io.Writer, st *statusView) {
 				lagString(b), b.CheckLatencyMS, b.Active, changeString(b), b.LastError)
 		}
 		tw.Flush()
+	}
+	if st.Cluster != nil {
+		printCluster(w, st.Cluster)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	gometrics "github.com/hashicorp/go-metrics"
 	"strings"
 
 	"github.com/quorumproxy/quorumproxy/health"
@@ -61,6 +62,9 @@ func (d *daemon) status() *statusView {
 		}
 		st.Services = append(st.Services, sv)
 	}
+	if d.cluster != nil {
+		st.Cluster = d.cluster.view()
+	}
 	return st
 }
 
@@ -92,6 +96,35 @@ func (d *daemon) syncMetrics() {
 			}
 			m.gauge([]string{"backend", "target"}, bl, target)
 		}
+	}
+	if d.cluster != nil {
+		cv := d.cluster.view()
+		for _, s := range cv.Services {
+			sl := serviceLabels(s.Service)
+			m.gauge([]string{"cluster", "epoch"}, sl, float64(s.Epoch))
+			m.gauge([]string{"cluster", "max_voted"}, sl, float64(s.MaxVoted))
+			m.gauge([]string{"cluster", "lease_remaining_seconds"}, sl, s.LeaseMS/1000)
+		}
+		rec := 0.0
+		if cv.Recovering {
+			rec = 1
+		}
+		m.gauge([]string{"cluster", "recovering"}, nil, rec)
+		m.gauge([]string{"cluster", "reachable_peers"}, nil, float64(len(cv.Reachable)))
+		c := cv.Counters
+		for name, v := range map[string]uint64{
+			"garbage": c.Garbage, "stranger": c.Stranger, "unknown_service": c.UnknownService, "replay": c.Replay,
+			"stale": c.Stale, "queue_full": c.QueueFull,
+		} {
+			m.counter([]string{"cluster", "dropped"}, []gometrics.Label{{Name: "reason", Value: name}}, v)
+		}
+		m.counter([]string{"cluster", "votes_granted"}, nil, c.VotesGranted)
+		m.counter([]string{"cluster", "votes_refused"}, nil, c.VotesRefused)
+		m.counter([]string{"cluster", "proposals"}, nil, c.Proposals)
+		m.counter([]string{"cluster", "commits"}, nil, c.Commits)
+		m.counter([]string{"cluster", "adoptions"}, nil, c.Adoptions)
+		m.counter([]string{"cluster", "no_candidate"}, nil, c.NoCandidate)
+		m.counter([]string{"cluster", "persist_errors"}, nil, c.PersistErrors)
 	}
 	for _, s := range d.mon.States() {
 		bl := backendLabels(s.Service, s.Backend)

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const clusterConfig = `
+[admin]
+listen = %q
+token_file = %q
+
+[cluster]
+node_name = %q
+bind = %q
+secret_key_file = %q
+state_dir = %q
+lease_timeout = "600ms"
+switch_hold = "300ms"
+%s
+
+[[service]]
+name = "echo"
+listen = %q
+
+  [service.health]
+  kind = "tcp"
+  interval = "100ms"
+  timeout = "50ms"
+  rise = 1
+  fall = 2
+
+  [service.hooks]
+  promote = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_NEW_BACKEND\" >> \"$0\"", %q]
+
+  [[service.backend]]
+  name = "a"
+  address = %q
+  priority = 10
+
+  [[service.backend]]
+  name = "b"
+  address = %q
+  priority = 5
+`
+
+type clusterProxy struct {
+	name, admin, listen, hookOut string
+	cfgPath                      string
+	d                            *daemonProc
+}
+
+func (p *clusterProxy) routing(t *testing.T) (string, uint64) {
+	st, err := p.d.status(t)
+	if err != nil || st.Cluster == nil || len(st.Cluster.Services) == 0 {
+		return "", 0
+	}
+	s := st.Cluster.Services[0]
+	return s.Routing, s.Epoch
+}
+
+// Three real proxy processes gossiping over loopback agree on the target,
+// fail over together, run the promote hook once per epoch, keep routing
+// with one proxy lost, switch over by vote, and a proxy cut off from the
+// majority stops routing.
+func TestClusterOfThree(t *testing.T) {
+	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
+	dir := t.TempDir()
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	keyFile := filepath.Join(dir, "gossip.key")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"qp1", "qp2", "qp3"}
+	gossip := map[string]string{}
+	var peers strings.Builder
+	for _, n := range names {
+		gossip[n] = freeAddr(t)
+		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
+	}
+	var ps []*clusterProxy
+	for _, n := range names {
+		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".promoted")}
+		p.cfgPath = filepath.Join(dir, n+".toml")
+		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, filepath.Join(dir, n+".state"),
+			peers.String(), p.listen, p.hookOut, a.addr(), b.addr())
+		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for _, p := range ps {
+		p.d = startDaemon(t, p.cfgPath, p.admin)
+	}
+	allRoute := func(want string, who []*clusterProxy) func() bool {
+		return func() bool {
+			for _, p := range who {
+				if r, _ := p.routing(t); r != want {
+					return false
+				}
+				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
+	_, epochA := ps[0].routing(t)
+
+	// The primary dies: the proxies agree on b at a higher epoch.
+	a.close()
+	waitFor(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
+	_, epochB := ps[0].routing(t)
+	if epochB <= epochA {
+		t.Fatalf("epoch did not grow: %d then %d", epochA, epochB)
+	}
+	// The promote hook ran for that epoch on exactly one proxy.
+	want := fmt.Sprintf("%d b", epochB)
+	waitFor(t, "promote hook for epoch "+want, 20*time.Second, func() bool {
+		n := 0
+		for _, p := range ps {
+			data, _ := os.ReadFile(p.hookOut)
+			for _, line := range strings.Split(string(data), "\n") {
+				if line == want {
+					n++
+				}
+			}
+		}
+		return n == 1
+	})
+
+	// One proxy lost: the other two still hold a quorum and keep routing.
+	ps[2].d.cmd.Process.Signal(syscall.SIGKILL)
+	waitFor(t, "two proxies still routing to b", 20*time.Second, allRoute("b", ps[:2]))
+
+	// The old primary is back; failback is manual, so traffic stays on b
+	// until an operator switches over, by vote.
+	startEchoAt(t, "a", a.addr())
+	for _, p := range ps[:2] {
+		waitFor(t, p.name+" sees a up", 20*time.Second, func() bool {
+			s := p.d.service(t, "echo")
+			return s != nil && len(s.Backends) == 2 && s.Backends[0].Name == "a" && s.Backends[0].Health == "up"
+		})
+	}
+	if r, _ := ps[0].routing(t); r != "b" {
+		t.Fatalf("failback happened without an operator: routing %q", r)
+	}
+	// A switchover is one attempt; the operator (here the test) asks again
+	// if a concurrent decision or a stale view made it give up.
+	waitFor(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
+		if allRoute("a", ps[:2])() {
+			return true
+		}
+		if _, errOut, code := runBin(t, "switchover", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-to", "a"); code != 0 {
+			t.Logf("switchover: %s", errOut)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if r, _ := ps[0].routing(t); r == "a" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return allRoute("a", ps[:2])()
+	})
+	// A wrong token is refused.
+	if _, _, code := runBin(t, "switchover", "-admin", ps[0].admin, "-service", "echo", "-to", "b"); code == 0 {
+		t.Fatal("switchover without a token was accepted")
+	}
+
+	// A second proxy lost: the last one is cut off from the majority and
+	// stops routing once its lease runs out.
+	ps[1].d.cmd.Process.Signal(syscall.SIGKILL)
+	waitFor(t, "the lone proxy stops routing", 20*time.Second, func() bool {
+		r, _ := ps[0].routing(t)
+		if r != "" {
+			return false
+		}
+		_, err := ask(ps[0].listen, "y")
+		return err != nil
+	})
+}
+
+// startEchoAt starts an echo server on a given address (a backend coming back).
+func startEchoAt(t *testing.T, name, addr string) *echoServer {
+	t.Helper()
+	var e *echoServer
+	waitFor(t, "listening again on "+addr, 10*time.Second, func() bool {
+		var err error
+		e, err = listenEcho(name, addr)
+		return err == nil
+	})
+	t.Cleanup(e.close)
+	return e
+}
