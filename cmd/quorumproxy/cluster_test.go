@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,6 +118,18 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
 	_, epochA := ps[0].routing(t)
+	page := getBody(t, "http://"+ps[0].admin+"/")
+	for _, want := range []string{"quorum 2", "qp2", "<td>echo</td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	metricsText := getBody(t, "http://"+ps[0].admin+"/metrics")
+	for _, want := range []string{"quorumproxy_cluster_epoch", "quorumproxy_cluster_commits", "quorumproxy_memberlist_"} {
+		if !strings.Contains(metricsText, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 
 	// The primary dies: the proxies agree on b at a higher epoch.
 	a.close()
@@ -189,6 +203,20 @@ func TestClusterOfThree(t *testing.T) {
 		_, err := ask(ps[0].listen, "y")
 		return err != nil
 	})
+}
+
+func getBody(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
 }
 
 // startEchoAt starts an echo server on a given address (a backend coming back).
