@@ -20,6 +20,7 @@ const (
 	envEvents     = "QP_DEMO_EVENTS"     // file the hook appends its events to
 	envPGPassword = "QP_DEMO_PGPASSWORD" // password of the PostgreSQL user (checks and hook)
 	envPGUser     = "QP_DEMO_PGUSER"     // the PostgreSQL user
+	envProxy      = "QP_DEMO_PROXY"      // name of the proxy that runs the hook (part 3)
 )
 
 // hookTimeout bounds the hook's own work; the proxy's hook timeout is longer.
@@ -44,6 +45,12 @@ func runHook(h hook, stdout, stderr io.Writer) int {
 	if addr == "" {
 		fmt.Fprintln(stderr, "demo hook: QP_NEW_ADDRESS is not set (run by quorumproxy as a promote hook)")
 		return 2
+	}
+	// In a cluster the committing proxy runs the hook, with the decision's
+	// epoch as a fencing token: say which proxy and which epoch.
+	if epoch := os.Getenv("QP_EPOCH"); epoch != "" {
+		fmt.Fprintf(stdout, "demo hook: QP_EPOCH=%s proxy %s backend %s\n", epoch, os.Getenv(envProxy), backend)
+		backend += fmt.Sprintf(" [proxy %s, QP_EPOCH %s]", os.Getenv(envProxy), epoch)
 	}
 	appendEvent(events, "start", "%s on %s (%s)", h.name, backend, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), hookTimeout)

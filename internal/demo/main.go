@@ -6,16 +6,16 @@
 // measured RTO) and the acknowledged writes that were lost (the RPO, read
 // back at the end).
 //
-//	go run ./internal/demo -bin bin/quorumproxy [-part all|redis|postgres]
+// Part 3 puts three clustered proxies in front of the PostgreSQL pair: they
+// vote on the switch, one of them runs the promote hook, and a proxy left
+// without a majority stops routing when its lease runs out.
+//
+//	go run ./internal/demo -bin bin/quorumproxy [-part all|redis|postgres|cluster]
 //
 // The demo binary is also the promote hook: quorumproxy runs it again as
-// `demo hook-redis-promote` or `demo hook-pg-promote`, with QP_NEW_ADDRESS in
-// the environment. It exits non-zero if traffic did not move.
-//
-// Still to come (issue 4 item 9): three proxies in a cluster in front of the
-// PostgreSQL pair, showing the vote and the switch. The watcher and the
-// failover run already take a list of proxies; renderConfig gains the
-// [cluster] table and each part starts one proxy per peer.
+// `demo hook-redis-promote` or `demo hook-pg-promote`, with QP_NEW_ADDRESS
+// (and in a cluster QP_EPOCH) in the environment. It exits non-zero if
+// traffic did not move.
 package main
 
 import (
@@ -46,12 +46,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bin := fs.String("bin", "bin/quorumproxy", "the quorumproxy binary")
-	part := fs.String("part", "all", "which part to run: all, redis or postgres")
+	part := fs.String("part", "all", "which part to run: all, redis, postgres or cluster")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *part != "all" && *part != "redis" && *part != "postgres" {
-		fmt.Fprintf(stderr, "demo: -part must be all, redis or postgres, not %q\n", *part)
+	if *part != "all" && *part != "redis" && *part != "postgres" && *part != "cluster" {
+		fmt.Fprintf(stderr, "demo: -part must be all, redis, postgres or cluster, not %q\n", *part)
 		return 2
 	}
 
@@ -78,6 +78,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			failed = append(failed, fmt.Errorf("part 2 (postgres): %w", err))
 		} else {
 			d.tl.report(r)
+		}
+	}
+	if ctx.Err() == nil && (*part == "all" || *part == "cluster") {
+		r, err := d.clusterPart(ctx, defaultClusterOptions())
+		if err != nil {
+			failed = append(failed, fmt.Errorf("part 3 (cluster): %w", err))
+		} else {
+			d.tl.reportCluster(r)
 		}
 	}
 	if ctx.Err() != nil {

@@ -37,9 +37,35 @@ type backendConf struct {
 	Priority      int
 }
 
+// clusterConf is the [cluster] table of one proxy of part 3.
+type clusterConf struct {
+	Node          string
+	Bind          string // gossip host:port
+	SecretKeyFile string
+	StateDir      string
+	LeaseTimeout  time.Duration
+	SwitchHold    time.Duration
+	Peers         []peerConf // every proxy, this one included
+}
+
+type peerConf struct{ Name, Address string }
+
+// renderClusterConfig is renderConfig with a [cluster] table: one file per
+// proxy, each with its own node_name, admin address and state_dir.
+func renderClusterConfig(admin string, c clusterConf, svcs ...serviceConf) string {
+	var b strings.Builder
+	q := strconv.Quote
+	b.WriteString(renderConfig(admin, svcs...))
+	fmt.Fprintf(&b, "\n[cluster]\nnode_name = %s\nbind = %s\nsecret_key_file = %s\nstate_dir = %s\n",
+		q(c.Node), q(c.Bind), q(c.SecretKeyFile), q(c.StateDir))
+	fmt.Fprintf(&b, "lease_timeout = %s\nswitch_hold = %s\n", q(c.LeaseTimeout.String()), q(c.SwitchHold.String()))
+	for _, p := range c.Peers {
+		fmt.Fprintf(&b, "\n[[cluster.peer]]\nname = %s\naddress = %s\n", q(p.Name), q(p.Address))
+	}
+	return b.String()
+}
+
 // renderConfig writes a quorumproxy TOML file for one standalone proxy.
-// Issue 4 item 9 (three proxies) adds a [cluster] table here, one file per
-// proxy with its own node_name, admin address and state_dir.
 func renderConfig(admin string, svcs ...serviceConf) string {
 	var b strings.Builder
 	q := strconv.Quote // TOML basic strings accept Go's quoting of plain text
@@ -89,7 +115,19 @@ type proxyProc struct {
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when the process has been reaped
 	waitErr error         // valid after exited is closed
+	killed  bool          // killed on purpose: stop has nothing to do
 	client  *http.Client
+}
+
+// kill sends SIGKILL (part 3 takes proxies away) and waits for the exit.
+func (p *proxyProc) kill() error {
+	p.killed = true
+	p.client.CloseIdleConnections()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("proxy %s: SIGKILL: %w", p.name, err)
+	}
+	<-p.exited
+	return nil
 }
 
 // startProxy writes config into dir and starts the proxy with env added to
@@ -143,6 +181,9 @@ func startProxy(ctx context.Context, bin, dir, name, admin, config string, env [
 // stop drains the proxy with SIGTERM and kills it if it takes too long. An
 // exit status other than 0 (a race report under -race exits 66) is an error.
 func (p *proxyProc) stop() error {
+	if p.killed {
+		return nil
+	}
 	p.client.CloseIdleConnections()
 	select {
 	case <-p.exited:
@@ -179,6 +220,48 @@ func (p *proxyProc) logTail(n int) string {
 // The parts of quorumproxy's GET /status the demo reads.
 type proxyStatus struct {
 	Services []serviceStatus `json:"services"`
+	Cluster  *clusterStatus  `json:"cluster"` // nil: a standalone proxy
+}
+
+// clusterStatus is the cluster part of /status (part 3).
+type clusterStatus struct {
+	Node       string                 `json:"node"`
+	Quorum     int                    `json:"quorum"`
+	Recovering bool                   `json:"recovering"`
+	Members    []clusterMember        `json:"members"`
+	Services   []clusterServiceStatus `json:"services"`
+	Error      string                 `json:"error"`
+}
+
+type clusterMember struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Self  bool   `json:"self"`
+}
+
+type clusterServiceStatus struct {
+	Service   string  `json:"service"`
+	Epoch     uint64  `json:"epoch"`
+	Primary   string  `json:"primary"`
+	Routing   string  `json:"routing"`
+	LeaseMS   float64 `json:"lease_ms"`
+	MaxVoted  uint64  `json:"max_voted"`
+	Proposing uint64  `json:"proposing"`
+	Votes     int     `json:"votes"`
+	Decision  string  `json:"decision"`
+}
+
+// clusterService returns the cluster's view of the named service.
+func (st *proxyStatus) clusterService(name string) (*clusterServiceStatus, bool) {
+	if st.Cluster == nil {
+		return nil, false
+	}
+	for i := range st.Cluster.Services {
+		if st.Cluster.Services[i].Service == name {
+			return &st.Cluster.Services[i], true
+		}
+	}
+	return nil, false
 }
 
 type serviceStatus struct {

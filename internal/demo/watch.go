@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,8 @@ type watcher struct {
 	targetAt map[string]time.Time      // target -> when first seen
 	hooks    []hookEvent
 	evOff    int
+	clast    map[string]*clusterSnap // proxy name -> last cluster view (part 3)
+	cevents  []clusterEvent
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -40,12 +43,33 @@ type hookEvent struct {
 	At     time.Time
 	Kind   string // start, ok, fail
 	Detail string
+	Proxy  string // part 3: the proxy that ran the hook
+	Epoch  uint64 // part 3: its QP_EPOCH
+}
+
+// hookTag is what runHook adds to the backend name in a cluster.
+var hookTag = regexp.MustCompile(`\[proxy (\S*), QP_EPOCH ([0-9]+)\]`)
+
+// clusterSnap is what the watcher remembers of one proxy's cluster view.
+type clusterSnap struct {
+	svc     clusterServiceStatus
+	members map[string]string // peer -> state
+	recov   bool
+}
+
+// clusterEvent is a change in one proxy's cluster view, as /status showed it.
+type clusterEvent struct {
+	At    time.Time
+	Proxy string
+	Kind  string // propose, decision, epoch, route
+	Epoch uint64
+	Value string // primary, routing backend or decision
 }
 
 func (d *demo) watch(ctx context.Context, service string, proxies []*proxyProc, eventsPath string) *watcher {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &watcher{tl: d.tl, service: service, proxies: proxies, eventsPath: eventsPath,
-		last: map[string]*serviceStatus{}, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{},
+		last: map[string]*serviceStatus{}, clast: map[string]*clusterSnap{}, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{},
 		cancel: cancel, done: make(chan struct{})}
 	go w.loop(ctx)
 	return w
@@ -82,6 +106,9 @@ func (w *watcher) poll(ctx context.Context) {
 		}
 		if s, ok := st.service(w.service); ok {
 			w.compare(p.name, s)
+		}
+		if st.Cluster != nil {
+			w.compareCluster(p.name, st.Cluster)
 		}
 	}
 	w.readHookEvents()
@@ -173,6 +200,10 @@ func (w *watcher) readHookEvents() {
 		if len(f) == 3 {
 			ev.Detail = f[2]
 		}
+		if m := hookTag.FindStringSubmatch(ev.Detail); m != nil {
+			ev.Proxy = m[1]
+			ev.Epoch, _ = strconv.ParseUint(m[2], 10, 64)
+		}
 		w.hooks = append(w.hooks, ev)
 		w.tl.at(ev.At, "promote hook: %s %s", ev.Kind, ev.Detail)
 	}
@@ -219,4 +250,90 @@ func appendEvent(path, kind, format string, args ...any) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "%d %s %s\n", time.Now().UnixNano(), kind, fmt.Sprintf(format, args...))
+}
+
+// compareCluster prints what changed in one proxy's view of the agreement:
+// peers, proposals and votes, the committed epoch and what it routes to.
+func (w *watcher) compareCluster(proxy string, c *clusterStatus) {
+	now := time.Now()
+	cur := &clusterSnap{members: map[string]string{}, recov: c.Recovering}
+	for _, m := range c.Members {
+		if !m.Self {
+			cur.members[m.Name] = m.State
+		}
+	}
+	for _, s := range c.Services {
+		if s.Service == w.service {
+			cur.svc = s
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	prev := w.clast[proxy]
+	w.clast[proxy] = cur
+	s := cur.svc
+	if prev == nil {
+		w.tl.at(now, "%s: cluster node %s, quorum %d of %d, epoch %d primary %q routing %q%s",
+			proxy, c.Node, c.Quorum, len(c.Members), s.Epoch, s.Primary, s.Routing, decisionNote(s.Decision))
+		return
+	}
+	for name, state := range cur.members {
+		if old := prev.members[name]; old != state {
+			w.tl.at(now, "%s: peer %s is %s (was %s)", proxy, name, state, orDash(old))
+		}
+	}
+	if cur.recov != prev.recov {
+		w.tl.at(now, "%s: recovering (learning state from peers) = %v", proxy, cur.recov)
+	}
+	p := prev.svc
+	if s.Proposing != 0 && (s.Proposing != p.Proposing || s.Votes != p.Votes) {
+		w.tl.at(now, "%s: PROPOSING epoch %d, %d vote(s) so far", proxy, s.Proposing, s.Votes)
+		if s.Proposing != p.Proposing {
+			w.cevents = append(w.cevents, clusterEvent{At: now, Proxy: proxy, Kind: "propose", Epoch: s.Proposing})
+		}
+	}
+	if s.Decision != p.Decision && s.Decision != "" {
+		w.tl.at(now, "%s: decision: %s", proxy, s.Decision)
+		w.cevents = append(w.cevents, clusterEvent{At: now, Proxy: proxy, Kind: "decision", Epoch: s.Epoch, Value: s.Decision})
+	}
+	if s.Epoch != p.Epoch || s.Primary != p.Primary {
+		w.tl.at(now, "%s: EPOCH %d -> %d, primary %q -> %q", proxy, p.Epoch, s.Epoch, p.Primary, s.Primary)
+		w.cevents = append(w.cevents, clusterEvent{At: now, Proxy: proxy, Kind: "epoch", Epoch: s.Epoch, Value: s.Primary})
+	}
+	if s.Routing != p.Routing {
+		lease := "no lease"
+		if s.LeaseMS > 0 {
+			lease = fmt.Sprintf("lease %.0fms left", s.LeaseMS)
+		}
+		w.tl.at(now, "%s: ROUTING %q -> %q (epoch %d, %s)", proxy, p.Routing, s.Routing, s.Epoch, lease)
+		w.cevents = append(w.cevents, clusterEvent{At: now, Proxy: proxy, Kind: "route", Epoch: s.Epoch, Value: s.Routing})
+	}
+}
+
+func decisionNote(d string) string {
+	if d == "" {
+		return ""
+	}
+	return " (last decision: " + d + ")"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// clusterEvents returns a copy of the cluster changes seen so far.
+func (w *watcher) clusterEvents() []clusterEvent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]clusterEvent(nil), w.cevents...)
+}
+
+// hookEvents returns a copy of the hook's events read so far.
+func (w *watcher) hookEvents() []hookEvent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]hookEvent(nil), w.hooks...)
 }
