@@ -35,11 +35,12 @@ const (
 type kind uint8
 
 const (
-	kindFailover   kind = iota + 1 // From is down: voter checks From down
-	kindBootstrap                  // first primary: voter checks Value is its best up backend
-	kindSwitchover                 // operator move: voter checks Value up
-	kindReaffirm                   // same primary again (liveness): voter checks Value up
-	kindForced                     // value forced by an earlier vote: no check
+	kindFailover      kind = iota + 1 // From is down: voter checks From down
+	kindBootstrap                     // first primary: voter checks Value is its best up backend
+	kindSwitchover                    // operator move: voter checks Value up
+	kindReaffirm                      // same primary again (liveness): voter checks Value up
+	kindForced                        // value forced by an earlier vote: no check
+	kindPromoteFailed                 // From's promote hook failed: voter checks Value up
 )
 
 func (k kind) String() string {
@@ -54,6 +55,8 @@ func (k kind) String() string {
 		return "reaffirm"
 	case kindForced:
 		return "forced"
+	case kindPromoteFailed:
+		return "promote-failed"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -413,7 +416,7 @@ func decObs(d *dec) obsMsg {
 
 func decPropose(d *dec) proposeMsg {
 	m := proposeMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), Kind: kind(d.u8()), From: d.str(), Base: d.u64()}
-	if (m.Kind < kindFailover || m.Kind > kindForced) && d.err == nil {
+	if (m.Kind < kindFailover || m.Kind > kindPromoteFailed) && d.err == nil {
 		d.err = errors.New("bad proposal kind")
 	}
 	return m

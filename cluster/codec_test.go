@@ -16,6 +16,7 @@ func sampleMessages() []any {
 	return []any{
 		obsMsg{Service: "db", Boot: 1, Seq: 2, Entries: []obsEntry{{"pg-a", Observation{Up: true, Role: RolePrimary}}, {"pg-b", Observation{Role: RoleReplica, LagBytes: 1 << 40}}}},
 		proposeMsg{Service: "db", Epoch: 10, Value: "pg-b", Kind: kindFailover, From: "pg-a", Base: 9},
+		proposeMsg{Service: "db", Epoch: 11, Value: "pg-c", Kind: kindPromoteFailed, From: "pg-b", Base: 10},
 		voteMsg{Service: "db", Epoch: 10, Value: "pg-b", Granted: true, Prev: acc, Promised: 10, Accepted: acc, Record: rec},
 		commitMsg{Service: "db", Record: rec},
 		leaseReqMsg{Boot: 5, Counter: 6, Entries: []leaseEntry{{"db", rec}, {"cache", Record{Epoch: 1, Primary: "r"}}}},
@@ -94,6 +95,7 @@ func TestCodecRejects(t *testing.T) {
 		"type zero":    {0, wireVersion},
 		"oversized":    append([]byte{byte(msgCommit), wireVersion}, make([]byte, MaxMessageSize)...),
 		"bad kind":     mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: "a", Kind: 0}),
+		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: "a", Kind: kindPromoteFailed + 1}),
 	} {
 		if m, err := decode(b); err == nil {
 			t.Errorf("%s: decoded as %+v", name, m)

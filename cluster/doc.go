@@ -22,6 +22,8 @@
 //	node.Start(mesh)
 //	node.Observe("db", "pg-a", up, cluster.RolePrimary, 0) // on every health transition
 //	backend, remaining := node.Route("db")                  // before dialling; "" = hold or refuse
+//	node.HookDone("db", epoch)                              // after OnHook's fence and promote ran
+//	node.HookFailed("db", epoch, "promote: exit status 1")  // or: the promote failed, move on
 //	defer func() { mesh.Close(); node.Close(); store.Close() }()
 //
 // # Protocol
@@ -58,7 +60,8 @@
 // replica when role-aware, within MaxLagOnFailover, then highest priority,
 // then least lag; none means no proposal and a loud status), when there is
 // no primary yet (bootstrap: the highest-priority backend it sees up), when
-// an operator asks (switchover), or for liveness (below). It picks
+// an operator asks (switchover), when the promote hook of its own decision
+// failed (move on, below), or for liveness (below). It picks
 // E = max(record, Promised)+1, votes for itself (Promised = E, which stops
 // its own routing of the service at once), saves that, then sends the
 // proposal (epoch, value, kind, the primary it replaces, its record epoch
@@ -68,8 +71,9 @@
 // its Promised and its record, the proposer's base is not below its record,
 // and its own check agrees: for a failover it sees the old primary down;
 // for a bootstrap the proposed backend is the best one it sees up; for a
-// switchover or a re-affirmation the proposed backend is up (a value forced
-// by an earlier vote needs no check). It sets Promised = E, saves, which
+// switchover, a re-affirmation or a move after a failed promote the
+// proposed backend is up (a value forced by an earlier vote needs no
+// check). It sets Promised = E, saves, which
 // also stops its routing and its lease confirmations at older epochs, and
 // replies with what it had accepted before. A duplicate of the proposal it
 // voted for gets the same answer; a refusal carries its Promised, Accepted
@@ -121,6 +125,27 @@
 // after the hooks ran, so a crash before that reruns them. QP_EPOCH is the
 // fencing token. OnRecord fires on every proxy for every new record.
 //
+// Moving on after a failed promote. When the promote hook fails the runner
+// calls HookFailed instead of HookDone (a failed fence alone moves
+// nothing). The intent stays not done, so a restart of that proxy before
+// the move runs the hooks again. That proxy holds the failed backend out of
+// its candidates for FailedPromoteHold (default 30×LeaseTimeout; a timer,
+// not a health signal, since a backend whose promote failed usually still
+// reports itself a healthy replica) and, while its record still names that
+// backend, proposes the next epoch with the next candidate (the failover
+// choice above, without the primary and the held-out backends), through
+// the whole usual path: its own vote stops its routing and is saved first,
+// phase 1 (an earlier acceptance still forces the value), the commit wait,
+// and a new intent that fences the failed backend and promotes the next
+// one. Voters check that the proposed backend is up in their own view, and
+// hold the failed backend (the proposal's From) out of their own
+// candidates for the same time. With no candidate the record stays, the
+// status says so (NoCandidate counts it) and the move is made as soon as a
+// candidate appears; a decision that names another primary ends it. The
+// hold lives in memory: a restart forgets it. Only the proxy that ran the
+// hooks knows the promote failed, so if it dies the move waits for its
+// restart (and the rerun of the hooks).
+//
 // # Safety argument
 //
 // Claim: at most one value per (service, epoch); records and votes never go
@@ -164,8 +189,11 @@
 //     Accepted at least as high as any that mattered.
 //  5. No failover without a quorum seeing the primary down: a failover
 //     proposal needs the primary objectively down at the proposer and Q
-//     voters that each see it down themselves; switchovers and the liveness
-//     re-affirmation need the proposed backend up at every voter.
+//     voters that each see it down themselves; switchovers, the liveness
+//     re-affirmation and the move after a failed promote (which the
+//     committing proxy alone can know of, as an operator alone knows of a
+//     switchover) need the proposed backend up at every voter. Each is an
+//     epoch like any other, so 1 to 4 hold for them unchanged.
 //
 // What this does not cover: clients that bypass the proxy; bytes already in
 // the old primary's socket buffers when a process pause outlasts its lease
@@ -193,10 +221,10 @@
 // Done: the state machine with every rule above, the payload codec,
 // FileStore and BootClock, Node, the simulation (N = 3, 4, 5; 10,000 seeds by
 // default, QP_SIM_SEEDS / -sim.seeds for more, QP_SIM_LONG=1 for longer
-// runs, -sim.seed=K to trace one), the check of the checker (each rule
-// switched off must be caught) and in-process Node tests. Not yet: tests
-// over the real memberlist transport and network namespaces, unfence as an
-// explicit operation (a switchover to the old primary is the failback),
-// moving on to the next candidate when a promote hook fails, and metrics
-// export of Counters.
+// runs, -sim.seed=K to trace one), with promote hooks that fail (seeded)
+// and a schedule where one backend's promote always fails, the check of
+// the checker (each rule switched off must be caught) and in-process Node
+// tests. Not yet: tests over the real memberlist transport and network
+// namespaces, unfence as an explicit operation (a switchover to the old
+// primary is the failback), and metrics export of Counters.
 package cluster

@@ -80,6 +80,19 @@ type service struct {
 	longest  string        // longest backend name, to size payloads
 	hookRun  uint64        // epoch whose hook was handed out in this run
 	decision string        // last decision and why, for status
+	// retry is a failed promote of the record's primary that this proxy
+	// reported and has not yet moved away from; failed holds, per backend,
+	// when its last failed promote stops excluding it from candidates.
+	retry  *promoteFailure
+	failed map[string]time.Duration
+}
+
+// promoteFailure is a promote hook that failed: the backend it should have
+// promoted, the epoch of that decision and what the runner said.
+type promoteFailure struct {
+	epoch   uint64
+	backend string
+	reason  string
 }
 
 type peerView struct {
@@ -160,7 +173,8 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 		if err := checkServiceFits(sc); err != nil {
 			return nil, err
 		}
-		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{}}
+		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{},
+			failed: map[string]time.Duration{}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
 			if len(b.Name) > len(s.longest) {
@@ -373,6 +387,40 @@ func (m *Machine) HookDone(svc string, epoch uint64) error {
 	return m.save(svc, ss, false)
 }
 
+// HookFailed records that the promote hook of the decision at epoch failed
+// (reason says how, for status and logs). The decision's hooks count as
+// not done, so a restart of this proxy runs them again; meanwhile this
+// proxy proposes the next epoch with the next candidate, through the usual
+// vote, and excludes the failed backend from its candidates for
+// FailedPromoteHold. A report about an epoch that is no longer the
+// record's, or whose hooks are done, is ignored.
+func (m *Machine) HookFailed(svc string, epoch uint64, reason string) error {
+	s := m.svcs[svc]
+	if s == nil {
+		return fmt.Errorf("cluster: hook failed: unknown service %q", svc)
+	}
+	ss := m.svcState(svc)
+	in := ss.Intent
+	if in.Epoch != epoch || in.Done || in.Promote == "" || ss.Record != (Record{Epoch: epoch, Primary: in.Promote}) {
+		return nil
+	}
+	now := m.clock.Now()
+	s.failed[in.Promote] = now + m.cfg.FailedPromoteHold
+	s.retry = &promoteFailure{epoch: epoch, backend: in.Promote, reason: reason}
+	s.next = now
+	s.decision = fmt.Sprintf("promote of %q at epoch %d failed (%s): moving on", in.Promote, epoch, reason)
+	m.log.Warn("cluster: promote hook failed, moving on to the next candidate", "service", svc, "epoch", epoch,
+		"backend", in.Promote, "reason", reason)
+	return nil
+}
+
+// excluded reports whether backend's promote failed too recently for it to
+// be a candidate. (s.failed holds at most one entry per backend.)
+func (m *Machine) excluded(s *service, backend string, now time.Duration) bool {
+	until, ok := s.failed[backend]
+	return ok && now < until
+}
+
 // Step handles one payload from peer from.
 func (m *Machine) Step(from string, payload []byte) {
 	if !m.members[from] || from == m.cfg.Name {
@@ -536,8 +584,13 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 	}
 	var cs []cand
 	why := "no other backend"
+	now := m.clock.Now()
 	for _, b := range s.cfg.Backends {
 		if b.Name == primary {
+			continue
+		}
+		if m.excluded(s, b.Name, now) {
+			why = "held out after a failed promote"
 			continue
 		}
 		if !m.healthy(s, b.Name) {
@@ -925,6 +978,9 @@ func (m *Machine) onCommit(from string, x commitMsg) {
 }
 
 func (m *Machine) tickService(name string, s *service, now time.Duration) {
+	if s.retry != nil && m.svcState(name).Record.Primary != s.retry.backend {
+		s.retry = nil // the record moved on: that promote no longer matters
+	}
 	if p := s.prop; p != nil {
 		m.tickProposal(name, s, p, now)
 		return
@@ -947,6 +1003,10 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		forced = Ballot{}
 	}
 	rec := ss.Record
+	retryTo := ""
+	if s.retry != nil && forced.Epoch == 0 {
+		retryTo = m.retryCandidate(name, s, rec)
+	}
 	switch {
 	case s.switchTo != "" && s.switchTo == rec.Primary && forced.Epoch == 0:
 		s.switchTo = ""
@@ -985,6 +1045,10 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			return
 		}
 		m.propose(name, s, c, kindFailover, rec.Primary, now)
+	case s.retry != nil && forced.Epoch != 0:
+		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+	case retryTo != "":
+		m.propose(name, s, retryTo, kindPromoteFailed, rec.Primary, now)
 	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
 		if forced.Epoch != 0 {
 			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
@@ -992,6 +1056,22 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			m.propose(name, s, rec.Primary, kindReaffirm, rec.Primary, now)
 		}
 	}
+}
+
+// retryCandidate is the backend to move to after the record's primary
+// failed to promote, or "" (with a loud status) when there is none.
+func (m *Machine) retryCandidate(name string, s *service, rec Record) string {
+	c, why := m.candidate(s, rec.Primary)
+	if c != "" {
+		return c
+	}
+	d := fmt.Sprintf("promote of %q at epoch %d failed (%s); no other candidate: %s", s.retry.backend, s.retry.epoch, s.retry.reason, why)
+	if s.decision != d {
+		m.counters.NoCandidate++
+		m.log.Warn("cluster: promote failed but no other candidate", "service", name, "backend", s.retry.backend, "why", why)
+		s.decision = d
+	}
+	return ""
 }
 
 // livenessAfter is how long a proxy goes without a lease before it
@@ -1255,6 +1335,10 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 	}
 	ss := m.svcState(x.Service)
 	reply := voteMsg{Service: x.Service, Epoch: x.Epoch, Value: x.Value, Recovering: m.recovering}
+	if _, known := s.backends[x.From]; x.Kind == kindPromoteFailed && known && !m.recovering && x.Base >= ss.Record.Epoch {
+		// the proposer's promote of From failed: not a candidate here either
+		s.failed[x.From] = m.clock.Now() + m.cfg.FailedPromoteHold
+	}
 	err := m.voteCheck(s, ss, from, x)
 	switch {
 	case err == nil:
@@ -1305,9 +1389,12 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		if !m.ownUp(s, x.Value) || m.bestUp(s) != x.Value {
 			return fmt.Errorf("own check does not see %q as the best backend up", x.Value)
 		}
-	case kindSwitchover, kindReaffirm:
+	case kindSwitchover, kindReaffirm, kindPromoteFailed:
 		if !m.ownUp(s, x.Value) {
 			return fmt.Errorf("own check does not see %q up", x.Value)
+		}
+		if x.Kind == kindPromoteFailed && x.Value == x.From {
+			return fmt.Errorf("move away from %q proposes %q again", x.From, x.Value)
 		}
 	}
 	return nil
@@ -1362,6 +1449,9 @@ type ServiceStatus struct {
 	Votes      int
 	Switchover string // pending operator switchover target
 	Decision   string // the last decision and why
+	// PromoteFailed lists the backends that are no failover candidate on
+	// this proxy now because a promote hook of theirs failed lately.
+	PromoteFailed []string
 }
 
 // Status is a snapshot of the Machine for /status.
@@ -1392,6 +1482,11 @@ func (m *Machine) Status() Status {
 			Routing: b, Lease: rem, Switchover: s.switchTo, Decision: s.decision}
 		if p := s.prop; p != nil {
 			x.Proposing, x.Votes = p.epoch, len(p.promises)
+		}
+		for _, b := range s.cfg.Backends {
+			if m.excluded(s, b.Name, now) {
+				x.PromoteFailed = append(x.PromoteFailed, b.Name)
+			}
 		}
 		st.Services = append(st.Services, x)
 	}

@@ -110,7 +110,8 @@ type NodeOptions struct {
 
 // NewNode loads the state from store and builds the Node; nothing runs
 // before Start. cfg.OnRecord and cfg.OnHook, if set, run on the Node's
-// goroutine and must not block (run hooks elsewhere, then call HookDone).
+// goroutine and must not block (run hooks elsewhere, then call HookDone,
+// or HookFailed when the promote hook failed).
 func NewNode(cfg Config, store Store, clock Clock, opts NodeOptions) (*Node, error) {
 	if cfg.BootID == 0 {
 		cfg.BootID = uint64(time.Now().UnixNano())
@@ -273,6 +274,21 @@ func (n *Node) Switchover(service, to string) error {
 func (n *Node) HookDone(service string, epoch uint64) error {
 	var err error
 	if cerr := n.call(func() { err = n.m.HookDone(service, epoch) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// HookFailed reports that the promote hook of the decision at epoch failed
+// (non-zero exit or timeout; reason is shown in status and logs). Call it
+// instead of HookDone: the cluster then moves on to the next candidate at
+// the next epoch through the usual vote, and the failed backend is no
+// candidate for Config.FailedPromoteHold. A failed fence hook alone is not
+// a failed promote. Reports about an epoch that is no longer current are
+// ignored.
+func (n *Node) HookFailed(service string, epoch uint64, reason string) error {
+	var err error
+	if cerr := n.call(func() { err = n.m.HookFailed(service, epoch, reason) }); cerr != nil {
 		return cerr
 	}
 	return err

@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -63,6 +66,8 @@ type testCluster struct {
 	stores map[string]*FileStore
 	hooks  chan string
 	hookWG sync.WaitGroup
+	// failPromote, when set, names the backends whose promote hook fails.
+	failPromote atomic.Pointer[[]string]
 }
 
 const testLease = 200 * time.Millisecond
@@ -94,7 +99,14 @@ func (c *testCluster) start(name string) {
 		OnHook: func(svc string, in HookIntent) {
 			c.hooks <- fmt.Sprintf("%s epoch %d fence %s promote %s", name, in.Epoch, in.Fence, in.Promote)
 			c.hookWG.Add(1)
-			go func() { defer c.hookWG.Done(); _ = node.HookDone(svc, in.Epoch) }()
+			go func() {
+				defer c.hookWG.Done()
+				if f := c.failPromote.Load(); f != nil && slices.Contains(*f, in.Promote) {
+					_ = node.HookFailed(svc, in.Epoch, "promote exited 1")
+					return
+				}
+				_ = node.HookDone(svc, in.Epoch)
+			}()
 		}}
 	node, err = NewNode(cfg, store, BootClock{}, NodeOptions{})
 	if err != nil {
@@ -290,4 +302,76 @@ func TestNodeNotStalledByBlockedSend(t *testing.T) {
 	}
 	close(tr.release) // as closing the transport does
 	n.Close()
+}
+
+// nextHook waits for the next fence/promote hook run.
+func (c *testCluster) nextHook(what string) string {
+	c.t.Helper()
+	select {
+	case h := <-c.hooks:
+		return h
+	case <-time.After(20 * time.Second):
+		c.t.Fatalf("no hook ran for %s", what)
+		return ""
+	}
+}
+
+func TestNodePromoteFailureMovesOn(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.failPromote.Store(&[]string{"pg-b", "pg-c"})
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+	}
+	// pg-a is down: failover to pg-b, whose promote fails; the same proxy
+	// moves on to pg-c at the next epoch, whose promote fails too; with
+	// pg-a down and pg-b held out there is no candidate left.
+	h1 := c.nextHook("the failover")
+	if !strings.HasSuffix(h1, "fence pg-a promote pg-b") {
+		t.Fatalf("first hook %q: want fence pg-a promote pg-b", h1)
+	}
+	h2 := c.nextHook("the move after pg-b's failed promote")
+	var who1, who2 string
+	var e1, e2 uint64
+	fmt.Sscanf(h1, "%s epoch %d", &who1, &e1)
+	fmt.Sscanf(h2, "%s epoch %d", &who2, &e2)
+	if !strings.HasSuffix(h2, "fence pg-b promote pg-c") || e2 <= e1 || who2 != who1 {
+		t.Fatalf("after %q came %q: want the same proxy to fence pg-b and promote pg-c at a later epoch", h1, h2)
+	}
+	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
+	c.waitFor("no other candidate in status", 10*time.Second, func() bool {
+		st, err := c.nodes[who1].Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := st.Services[0]
+		return strings.Contains(s.Decision, "no other candidate") && slices.Equal(s.PromoteFailed, []string{"pg-b", "pg-c"})
+	})
+	select {
+	case h := <-c.hooks:
+		t.Fatalf("hook %q ran with no candidate left", h)
+	default:
+	}
+
+	// Reports about an old epoch, or after the record moved, change nothing.
+	if err := c.nodes[who1].HookFailed("db", e1, "late report"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.nodes[who1].HookFailed("nope", e2, "x"); err == nil {
+		t.Fatal("HookFailed accepted an unknown service")
+	}
+
+	// A candidate that comes back is moved to: the old primary, healthy
+	// again, is promoted at the next epoch.
+	c.failPromote.Store(&[]string{})
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0)
+	}
+	h3 := c.nextHook("the move to pg-a")
+	var e3 uint64
+	fmt.Sscanf(h3, "%s epoch %d", &who2, &e3)
+	if !strings.HasSuffix(h3, "fence pg-c promote pg-a") || e3 <= e2 {
+		t.Fatalf("after %q came %q: want fence pg-c promote pg-a at a later epoch", h2, h3)
+	}
+	c.waitFor("every proxy to route pg-a", 20*time.Second, c.allRoute("pg-a"))
 }

@@ -46,6 +46,13 @@ type simOpts struct {
 	// faults is how long faults are injected, heal how long the healed
 	// cluster then has to converge.
 	faults, heal time.Duration
+	// promoteFail is the chance that a promote hook fails while faults
+	// are injected; failOn names a backend whose promote always fails.
+	promoteFail float64
+	failOn      string
+	// script replaces the random faults with one: the primary of a warm
+	// cluster goes down a second in, on a healthy network.
+	script bool
 }
 
 // defaultOpts gives the length of each run: short enough that 10,000
@@ -53,9 +60,9 @@ type simOpts struct {
 // makes each seed longer.
 func defaultOpts() simOpts {
 	if os.Getenv("QP_SIM_LONG") != "" {
-		return simOpts{faults: 40 * simLease, heal: 20 * simLease}
+		return simOpts{faults: 40 * simLease, heal: 20 * simLease, promoteFail: 0.3}
 	}
-	return simOpts{faults: 10 * simLease, heal: 10 * simLease}
+	return simOpts{faults: 10 * simLease, heal: 10 * simLease, promoteFail: 0.3}
 }
 
 type evKind uint8
@@ -195,6 +202,9 @@ type sim struct {
 	values    map[uint64]string
 	firstSeen map[uint64]time.Duration
 	votes     map[Ballot]map[int]bool
+	// promoteFailed holds the epochs whose promote hook failed (and whose
+	// failure the committing proxy took).
+	promoteFailed map[uint64]bool
 
 	events int
 	pool   []*simEvent
@@ -205,6 +215,7 @@ type sim struct {
 
 type simStats struct {
 	events, commits, failovers, bareQuorum atomic.Int64
+	promoteFails, movesOn                  atomic.Int64
 }
 
 func (s *sim) logf(format string, args ...any) {
@@ -273,7 +284,7 @@ func newSim(o simOpts) *sim {
 	s := &sim{o: o, rng: rng, n: n, quor: n/2 + 1, byName: map[string]int{},
 		truth: map[string]bool{}, switchAt: map[string]time.Duration{},
 		values: map[uint64]string{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{},
-		maxDelay: 20 * time.Millisecond}
+		promoteFailed: map[uint64]bool{}, maxDelay: 20 * time.Millisecond}
 	s.backends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
 	for _, b := range s.backends {
 		s.truth[b.Name] = true
@@ -288,7 +299,7 @@ func newSim(o simOpts) *sim {
 		s.byName[name] = i
 	}
 	margin := defaultClockMargin
-	warm := rng.IntN(2) == 0
+	warm := rng.IntN(2) == 0 || o.script
 	for i := range n {
 		rate := 1 + margin*(2*rng.Float64()-1)
 		switch rng.IntN(4) {
@@ -323,7 +334,7 @@ func (s *sim) start(nd *simNode) {
 	cfg := Config{
 		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, LeaseTimeout: simLease, Seed: s.rng.Uint64() | 1,
 		Services: []ServiceConfig{{Name: simService, Backends: s.backends}},
-		knobs:    s.o.knobs,
+		knobs:    s.o.knobs, FailedPromoteHold: time.Duration(1+s.rng.IntN(3)) * simLease,
 	}
 	if s.o.keep {
 		cfg.OnQuorumLoss = QuorumLossKeep
@@ -335,7 +346,31 @@ func (s *sim) start(nd *simNode) {
 			s.fail("%s ran hooks for epoch %d without a lease at it", nd.name, in.Epoch)
 		}
 		s.logf("%s hooks epoch %d fence %q promote %q", nd.name, in.Epoch, in.Fence, in.Promote)
-		_ = nd.m.HookDone(svc, in.Epoch)
+		fail := in.Promote != "" && (in.Promote == s.o.failOn || (s.now < s.o.faults && s.rng.Float64() < s.o.promoteFail))
+		m := nd.m
+		// The hooks take a while; their runner reports back to the
+		// machine of the run that handed them out, if it still runs.
+		var report func()
+		report = func() {
+			if nd.m != m {
+				return
+			}
+			if nd.paused {
+				s.after(simLease/4, report)
+				return
+			}
+			if !fail {
+				_ = m.HookDone(svc, in.Epoch)
+				return
+			}
+			_ = m.HookFailed(svc, in.Epoch, "simulated")
+			if r := m.svcs[svc].retry; r != nil && r.epoch == in.Epoch {
+				s.promoteFailed[in.Epoch] = true
+				s.stats.promoteFails.Add(1)
+				s.logf("%s promote of %s at epoch %d failed", nd.name, in.Promote, in.Epoch)
+			}
+		}
+		s.after(time.Duration(s.rng.Int64N(int64(simLease/2))), report)
 	}
 	m, err := NewMachine(cfg, clk, simTransport{s, nd.idx}, nd.store)
 	if err != nil {
@@ -399,12 +434,15 @@ func (s *sim) run() string {
 	}
 	faultEnd, end := s.o.faults, s.o.faults+s.o.heal
 	// faults
-	for t := time.Duration(0); ; {
+	for t := time.Duration(0); !s.o.script; {
 		t += time.Duration(s.rng.ExpFloat64() * float64(700*time.Millisecond))
 		if t >= faultEnd {
 			break
 		}
 		s.at(t, &simEvent{kind: evFunc, fn: s.fault})
+	}
+	if s.o.script {
+		s.after(simLease, func() { s.setTruth(0, false) })
 	}
 	s.at(faultEnd, &simEvent{kind: evFunc, fn: s.heal})
 	// Once the healed cluster has converged, a few more lease periods
@@ -633,7 +671,7 @@ func (s *sim) fault() {
 // answer: a proposer that gathered its votes goes silent before or after
 // it commits (its commit is lost), and the old primary may come back.
 func (s *sim) maybeSilence(nd *simNode, p *proposal) {
-	if s.rng.IntN(2) != 0 {
+	if s.o.script || s.rng.IntN(2) != 0 {
 		return
 	}
 	m := nd.m
@@ -713,7 +751,7 @@ func (s *sim) heal() {
 	// Sometimes only a bare quorum comes back: N-Q proxies stay crashed
 	// or cut off, and the Q others must make progress alone. Lost state
 	// counts against the same budget, so not while a proxy is amnesic.
-	if s.rng.IntN(10) < 3 && s.amnesic() == 0 && s.allSynced() {
+	if s.rng.IntN(10) < 3 && s.amnesic() == 0 && s.allSynced() && !s.o.script {
 		s.stats.bareQuorum.Add(1)
 		for _, i := range s.rng.Perm(s.n)[:s.n-s.quor] {
 			nd := s.nodes[i]
@@ -860,6 +898,11 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 	if t, ok := s.switchAt[rec.Primary]; ok && t >= since {
 		return
 	}
+	if s.promoteFailedRun(pe, prev) {
+		// moving on after a failed promote of prev: no one needs to see it down
+		s.stats.movesOn.Add(1)
+		return
+	}
 	bi := -1
 	for i, b := range s.backends {
 		if b.Name == prev {
@@ -875,6 +918,27 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 	if saw < s.quor {
 		s.fail("epoch %d moved %q -> %q with only %d proxies seeing %q down and no switchover", rec.Epoch, prev, rec.Primary, saw, prev)
 	}
+}
+
+// promoteFailedRun reports whether the promote of prev failed at some epoch
+// up to pe from which every committed epoch kept prev as primary.
+func (s *sim) promoteFailedRun(pe uint64, prev string) bool {
+	for e := range s.promoteFailed {
+		if e > pe || s.values[e] != prev {
+			continue
+		}
+		run := true
+		for x, v := range s.values {
+			if x > e && x <= pe && v != prev {
+				run = false
+				break
+			}
+		}
+		if run {
+			return true
+		}
+	}
+	return false
 }
 
 // checkEnd requires progress: after the heal every proxy forwards to one
@@ -909,6 +973,12 @@ func (s *sim) converged() string {
 			return fmt.Sprintf("%s routes to %s, another to %s", nd.name, b, want)
 		}
 		want = b
+		// A failed promote must lead to another candidate when one exists.
+		if sv := nd.m.svcs[simService]; sv.retry != nil && sv.retry.backend == b {
+			if c, _ := nd.m.candidate(sv, b); c != "" {
+				return fmt.Sprintf("%s has not moved on from %s, whose promote failed, to %s", nd.name, b, c)
+			}
+		}
 	}
 	return ""
 }
@@ -1000,8 +1070,12 @@ func TestSimulation(t *testing.T) {
 	stats := &simStats{}
 	start := time.Now()
 	seed, msg := runSeeds(count, defaultOpts(), stats)
-	t.Logf("%d seeds (%d healed to a bare quorum), %d events, %d commits, %d primary changes in %v", count, stats.bareQuorum.Load(),
-		stats.events.Load(), stats.commits.Load(), stats.failovers.Load(), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d seeds (%d healed to a bare quorum), %d events, %d commits, %d primary changes (%d moving on after %d failed promotes) in %v",
+		count, stats.bareQuorum.Load(), stats.events.Load(), stats.commits.Load(), stats.failovers.Load(),
+		stats.movesOn.Load(), stats.promoteFails.Load(), time.Since(start).Round(time.Millisecond))
+	if stats.promoteFails.Load() == 0 || stats.movesOn.Load() == 0 {
+		t.Errorf("no failed promote moved the cluster on: the simulation did not exercise that rule")
+	}
 	if seed >= 0 {
 		t.Fatalf("invariant violated: %s\nreproduce with: go test ./cluster -run TestSimulation -sim.seed=%d -v\n%s", msg, uint64(seed)+seedBase, traceSeed(int(uint64(seed)+seedBase), defaultOpts()))
 	}
@@ -1026,12 +1100,47 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			o := c.opts
 			d := defaultOpts()
-			o.faults, o.heal, o.safetyOnly = d.faults, d.heal, true
+			o.faults, o.heal, o.safetyOnly, o.promoteFail = d.faults, d.heal, true, d.promoteFail
 			seed, msg := runSeeds(budget, o, &simStats{})
 			if seed < 0 {
 				t.Fatalf("no violation found in %d seeds with %q: the simulation cannot see what this rule prevents", budget, c.name)
 			}
 			t.Logf("found at seed %d: %s", uint64(seed)+seedBase, msg)
 		})
+	}
+}
+
+// TestSimulationPromoteFailureMovesOn runs one schedule over many seeds:
+// the primary of a warm cluster goes down, the promote of the first
+// candidate (pg-b) always fails, and the cluster must move on to the next
+// one (pg-c) through the vote, with every invariant checked on the way.
+func TestSimulationPromoteFailureMovesOn(t *testing.T) {
+	d := defaultOpts()
+	const seeds = 100
+	for i := range seeds {
+		o := simOpts{seed: uint64(i) + seedBase, faults: 5 * simLease, heal: d.heal, failOn: "pg-b", script: true}
+		s := newSim(o)
+		s.stats = &simStats{}
+		msg := s.run()
+		if msg == "" {
+			switch {
+			case s.globalPrimary() != "pg-c":
+				msg = fmt.Sprintf("the cluster ended on %q, want pg-c", s.globalPrimary())
+			case s.stats.promoteFails.Load() == 0 || s.stats.movesOn.Load() == 0:
+				msg = fmt.Sprintf("%d failed promotes, %d moves on: want the promote of pg-b to fail and the cluster to move on",
+					s.stats.promoteFails.Load(), s.stats.movesOn.Load())
+			}
+		}
+		if msg != "" {
+			o.trace = true
+			tr := newSim(o)
+			tr.stats = &simStats{}
+			tr.run()
+			lines := tr.trace
+			if len(lines) > 300 {
+				lines = lines[len(lines)-300:]
+			}
+			t.Fatalf("seed %d (N=%d): %s\n%s", o.seed, s.n, msg, strings.Join(lines, "\n"))
+		}
 	}
 }

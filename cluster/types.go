@@ -186,9 +186,14 @@ type Config struct {
 	OnRecord func(service string, old, new Record)
 	// OnHook is called once per run when this proxy committed a decision
 	// with hooks and holds a lease at its epoch: run fence and promote with
-	// QP_EPOCH, then call Machine.HookDone.
+	// QP_EPOCH, then call Machine.HookDone, or Machine.HookFailed when the
+	// promote hook failed.
 	OnHook func(service string, intent HookIntent)
-	Logger *slog.Logger
+	// FailedPromoteHold is how long a backend whose promote hook failed is
+	// no failover candidate on this proxy (and on the proxies that vote on
+	// the move away from it). Default 30×LeaseTimeout.
+	FailedPromoteHold time.Duration
+	Logger            *slog.Logger
 
 	knobs knobs // test-only switches that disable one rule each
 }
@@ -219,6 +224,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.VoteTimeout <= 0 {
 		c.VoteTimeout = c.LeaseTimeout
+	}
+	if c.FailedPromoteHold <= 0 {
+		c.FailedPromoteHold = 30 * c.LeaseTimeout
 	}
 	if c.Seed == 0 {
 		c.Seed = c.BootID

@@ -216,7 +216,7 @@ func (d *daemon) onRecord(service string, old, new cluster.Record) {
 	env := hookEnv(svc, old.Primary, new.Primary, "cluster record")
 	env["QP_EPOCH"] = strconv.FormatUint(new.Epoch, 10)
 	d.hooks.enqueue(service, func() {
-		d.hooks.runOne(service, "notify", svc.Hooks.Notify, env, svc.Hooks.Timeout)
+		_ = d.hooks.runOne(service, "notify", svc.Hooks.Notify, env, svc.Hooks.Timeout)
 	})
 }
 
@@ -238,10 +238,18 @@ func (d *daemon) onClusterHook(service string, in cluster.HookIntent) {
 	env["QP_EPOCH"] = strconv.FormatUint(in.Epoch, 10)
 	d.hooks.enqueue(service, func() {
 		if in.Fence != "" && len(svc.Hooks.Fence) > 0 {
-			d.hooks.runOne(service, "fence", svc.Hooks.Fence, env, svc.Hooks.Timeout)
+			// A failed fence is logged and counted; the promotion still runs,
+			// since the fenced backend already gets no traffic from any proxy.
+			_ = d.hooks.runOne(service, "fence", svc.Hooks.Fence, env, svc.Hooks.Timeout)
 		}
 		if in.Promote != "" && len(svc.Hooks.Promote) > 0 {
-			d.hooks.runOne(service, "promote", svc.Hooks.Promote, env, svc.Hooks.Timeout)
+			if err := d.hooks.runOne(service, "promote", svc.Hooks.Promote, env, svc.Hooks.Timeout); err != nil {
+				// The cluster moves on to the next candidate at the next epoch.
+				if ferr := d.cluster.rt.HookFailed(service, in.Epoch, err.Error()); ferr != nil {
+					d.log.Warn("cluster: hook failed report", "service", service, "epoch", in.Epoch, "err", ferr)
+				}
+				return
+			}
 		}
 		done()
 	})
@@ -295,6 +303,8 @@ type clusterServiceView struct {
 	Proposing uint64  `json:"proposing,omitempty"`
 	Votes     int     `json:"votes,omitempty"`
 	Decision  string  `json:"decision,omitempty"`
+	// PromoteFailed lists backends held out after a failed promote hook.
+	PromoteFailed []string `json:"promote_failed,omitempty"`
 }
 
 func (cs *clusterSide) view() *clusterView {
@@ -308,7 +318,7 @@ func (cs *clusterSide) view() *clusterView {
 		v.Services = append(v.Services, clusterServiceView{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.Promised,
-			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision,
+			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision, PromoteFailed: s.PromoteFailed,
 		})
 	}
 	return v

@@ -49,28 +49,29 @@ func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
 	h.mu.Unlock()
 	h.enqueue(ev.Service, func() {
 		if !initial && len(svc.Hooks.Fence) > 0 {
-			h.runOne(ev.Service, "fence", svc.Hooks.Fence, env, timeout)
+			_ = h.runOne(ev.Service, "fence", svc.Hooks.Fence, env, timeout)
 		}
 		if !initial && ev.New.Name != "" && len(svc.Hooks.Promote) > 0 {
-			h.runOne(ev.Service, "promote", svc.Hooks.Promote, env, timeout)
+			_ = h.runOne(ev.Service, "promote", svc.Hooks.Promote, env, timeout)
 		}
 		if len(svc.Hooks.Notify) > 0 {
-			h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
+			_ = h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
 		}
 	})
 }
 
-func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]string, timeout time.Duration) {
+func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]string, timeout time.Duration) error {
 	// A hook in flight finishes (within its timeout) even during shutdown:
 	// killing a promotion half way is worse than waiting for it.
 	res := hooks.Run(context.Background(), argv, env, timeout)
 	if res.Err != nil {
 		h.log.Error("hook failed", "service", service, "hook", kind, "argv", argv, "took", res.Duration, "err", res.Err, "output", res.Output)
 		countHook(service, kind, false)
-		return
+		return res.Err
 	}
 	h.log.Info("hook ran", "service", service, "hook", kind, "argv", argv, "took", res.Duration, "output", res.Output)
 	countHook(service, kind, true)
+	return nil
 }
 
 func (h *hookRunner) enqueue(service string, fn func()) {
