@@ -1,0 +1,917 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// Names of everything the harness creates start with this prefix followed
+// by the owning test process's pid in base 36, so a later run can tell its
+// own live objects from leftovers of a killed one.
+const prefix = "qpc"
+
+const (
+	echoEnv     = "QP_CHAOS_ECHO" // set in a re-exec of the test binary: serve echo
+	servicePort = 7000
+	adminPort   = 9090
+	gossipPort  = 7946
+	backendPort = 6000
+	token       = "chaos-token"
+)
+
+var (
+	binPath   string // the quorumproxy binary, built in TestMain
+	selfPath  string // this test binary, re-executed as an echo backend
+	skipWhy   string // non-empty: every test skips with this reason
+	clusterNo int
+	noMu      sync.Mutex
+
+	// The dial is bounded too: a dial abandoned by a timed-out request to a
+	// cut-off proxy would otherwise outlive the test.
+	httpc = &http.Client{Timeout: 400 * time.Millisecond, Transport: &http.Transport{
+		DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 400 * time.Millisecond}).DialContext}}
+)
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(echoEnv); spec != "" {
+		serveEcho(spec)
+		return
+	}
+	code := run(m)
+	os.Exit(code)
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		skipWhy = "network namespaces, veth pairs and iptables need root; run the chaos tests as root"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		skipWhy = "the ip tool (iproute2) is not installed"
+	} else if _, err := exec.LookPath("iptables"); err != nil {
+		skipWhy = "iptables is not installed"
+	}
+	var dir string
+	if skipWhy == "" {
+		cleanLeftovers()
+		var err error
+		dir, err = os.MkdirTemp("", "qp-chaos")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		binPath = filepath.Join(dir, "quorumproxy")
+		args := []string{"build", "-o", binPath}
+		// A race-instrumented daemon is slower on two cores; soak runs may ask for it.
+		if os.Getenv("QP_CHAOS_RACE") == "1" {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "github.com/quorumproxy/quorumproxy/cmd/quorumproxy")...).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building quorumproxy: %v\n%s", err, out)
+			return 1
+		}
+		if selfPath, err = os.Executable(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	return code
+}
+
+// serveEcho is the echo backend: "name=addr"; every line comes back as
+// "name:line", so a client sees which backend it reached.
+func serveEcho(spec string) {
+	name, addr, _ := strings.Cut(spec, "=")
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "echo %s: %v\n", name, err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		go func() {
+			defer c.Close()
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if _, err := fmt.Fprintf(c, "%s:%s", name, line); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func pid36() string { return strconv.FormatInt(int64(os.Getpid()), 36) }
+
+// ownerAlive reports whether the pid (base 36) that named an object is a
+// running test binary; other objects are leftovers of a killed run.
+func ownerAlive(p string) bool {
+	n, err := strconv.ParseInt(p, 36, 64)
+	if err != nil {
+		return false
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n))
+	return err == nil && strings.HasSuffix(strings.TrimSpace(string(comm)), ".test")
+}
+
+// cleanLeftovers removes namespaces, links and processes of earlier runs
+// that were killed before their cleanup ran.
+func cleanLeftovers() {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], prefix+"-") {
+			continue
+		}
+		parts := strings.Split(f[0], "-")
+		if len(parts) < 2 || ownerAlive(parts[1]) {
+			continue
+		}
+		deleteNetns(f[0])
+	}
+	out, _ = exec.Command("ip", "-o", "link", "show").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		owner, _, ok := strings.Cut(strings.TrimPrefix(name, prefix), "-")
+		if ok && !ownerAlive(owner) {
+			exec.Command("ip", "link", "del", name).Run()
+		}
+	}
+}
+
+// deleteNetns kills every process in a namespace, then deletes it.
+func deleteNetns(ns string) {
+	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			syscall.Kill(pid, syscall.SIGCONT)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	exec.Command("ip", "netns", "del", ns).Run()
+}
+
+func sh(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func trials(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("QP_CHAOS_TRIALS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// soakDuration is d, or QP_CHAOS_SECONDS when set (make soak).
+func soakDuration(d time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("QP_CHAOS_SECONDS")); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return d
+}
+
+// opts tunes one cluster.
+type opts struct {
+	lease        string // lease_timeout
+	interval     string // health interval
+	timeout      string // health timeout
+	fall         int
+	onQuorumLoss string
+}
+
+func defaultOpts() opts {
+	return opts{lease: "1s", interval: "100ms", timeout: "80ms", fall: 2, onQuorumLoss: "close"}
+}
+
+// cluster is three proxies and two echo backends ("a", priority 10, and
+// "b", priority 5), each in its own namespace on one bridge.
+type cluster struct {
+	t        *testing.T
+	id       string // pid36-k
+	net      string // "10.x.y."
+	bridge   string
+	dir      string
+	proxies  []*proxyNode
+	backends map[string]*backendNode
+}
+
+type proxyNode struct {
+	c                  *cluster
+	name, ns, ip, veth string
+	cfgPath, stateDir  string
+	hookOut            string
+	proc               *proc
+}
+
+type backendNode struct {
+	c                  *cluster
+	name, ns, ip, veth string
+	proc               *proc
+}
+
+// proc is a process started inside a namespace.
+type proc struct {
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startProc(ns string, env []string, args ...string) (*proc, error) {
+	p := &proc{logs: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	// ip netns exec execs the program, so the signal reaches it: nothing
+	// outlives a killed test binary.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	if p != nil {
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+func (p *proc) kill() {
+	if p == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGCONT)
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+func (p *proc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// newCluster builds the namespaces and bridge, starts the backends and
+// three proxies, and waits until every proxy routes to "a".
+func newCluster(t *testing.T, o opts) *cluster {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	noMu.Lock()
+	clusterNo++
+	k := clusterNo
+	noMu.Unlock()
+	c := &cluster{t: t, id: pid36() + "-" + strconv.FormatInt(int64(k), 36), dir: t.TempDir(), backends: map[string]*backendNode{}}
+	c.bridge = prefix + c.id + "br"
+	c.net = pickSubnet(t)
+	t.Cleanup(c.destroy)
+
+	sh(t, "ip", "link", "add", c.bridge, "type", "bridge")
+	sh(t, "ip", "addr", "add", c.net+"1/24", "dev", c.bridge)
+	sh(t, "ip", "link", "set", c.bridge, "up")
+	addNode := func(role string, host int) (ns, ip, veth string) {
+		ns = fmt.Sprintf("%s-%s-%s", prefix, c.id, role)
+		ip = c.net + strconv.Itoa(host)
+		veth = fmt.Sprintf("%s%s%s", prefix, c.id, role)
+		sh(t, "ip", "netns", "add", ns)
+		sh(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		sh(t, "ip", "link", "set", veth, "master", c.bridge)
+		sh(t, "ip", "link", "set", veth, "up")
+		sh(t, "ip", "netns", "exec", ns, "ip", "addr", "add", ip+"/24", "dev", "eth0")
+		sh(t, "ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+		sh(t, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+		return ns, ip, veth
+	}
+	for i, name := range []string{"a", "b"} {
+		b := &backendNode{c: c, name: name}
+		b.ns, b.ip, b.veth = addNode(name, 21+i)
+		c.backends[name] = b
+		b.start()
+	}
+	key := filepath.Join(c.dir, "gossip.key")
+	tok := filepath.Join(c.dir, "token")
+	if err := os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tok, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var peers strings.Builder
+	for i := 1; i <= 3; i++ {
+		p := &proxyNode{c: c, name: fmt.Sprintf("p%d", i)}
+		p.ns, p.ip, p.veth = addNode(p.name, 10+i)
+		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = \"%s:%d\"\n", p.name, p.ip, gossipPort)
+		c.proxies = append(c.proxies, p)
+	}
+	for _, p := range c.proxies {
+		p.stateDir = filepath.Join(c.dir, p.name+".state")
+		p.hookOut = filepath.Join(c.dir, p.name+".promoted")
+		p.cfgPath = filepath.Join(c.dir, p.name+".toml")
+		cfg := fmt.Sprintf(configTmpl, p.ip, adminPort, tok, p.name, p.ip, gossipPort, key, p.stateDir, o.lease, o.onQuorumLoss,
+			peers.String(), p.ip, servicePort, o.interval, o.timeout, o.fall, p.hookOut,
+			c.backends["a"].ip, backendPort, c.backends["b"].ip, backendPort)
+		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range c.proxies {
+		p.start()
+	}
+	c.waitAllRoute("a", c.proxies, 60*time.Second)
+	return c
+}
+
+const configTmpl = `
+[admin]
+listen = "%s:%d"
+token_file = %q
+
+[proxy]
+drain_timeout = "0s"
+
+[cluster]
+node_name = %q
+bind = "%s:%d"
+secret_key_file = %q
+state_dir = %q
+lease_timeout = %q
+on_quorum_loss = %q
+switch_hold = "200ms"
+%s
+
+[[service]]
+name = "echo"
+listen = "%s:%d"
+connect_timeout = "1s"
+
+  [service.health]
+  kind = "tcp"
+  interval = %q
+  timeout = %q
+  rise = 1
+  fall = %d
+
+  [service.hooks]
+  promote = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_NEW_BACKEND\" >> \"$0\"", %q]
+
+  [[service.backend]]
+  name = "a"
+  address = "%s:%d"
+  priority = 10
+
+  [[service.backend]]
+  name = "b"
+  address = "%s:%d"
+  priority = 5
+`
+
+// pickSubnet picks a 10.x.y.0/24 that no interface of this host uses.
+func pickSubnet(t *testing.T) string {
+	out, err := exec.Command("ip", "-4", "-o", "addr", "show").Output()
+	if err != nil {
+		t.Fatalf("ip addr show: %v", err)
+	}
+	for {
+		n := fmt.Sprintf("10.%d.%d.", 100+rand.IntN(150), rand.IntN(250))
+		if !bytes.Contains(out, []byte(" "+n)) {
+			return n
+		}
+	}
+}
+
+func (c *cluster) destroy() {
+	for _, p := range c.proxies {
+		if p.proc != nil {
+			p.proc.kill()
+			if os.Getenv("QP_CHAOS_LOGS") == "1" {
+				c.t.Logf("%s logs:\n%s", p.name, p.proc.logs.String())
+			} else if c.t.Failed() {
+				c.t.Logf("%s logs (tail):\n%s", p.name, tail(p.proc.logs.String(), 60))
+			}
+		}
+	}
+	for _, b := range c.backends {
+		b.proc.kill()
+	}
+	// The host ends first: a namespace's own links go away asynchronously.
+	for _, p := range c.proxies {
+		exec.Command("ip", "link", "del", p.veth).Run()
+		deleteNetns(p.ns)
+	}
+	for _, b := range c.backends {
+		exec.Command("ip", "link", "del", b.veth).Run()
+		deleteNetns(b.ns)
+	}
+	exec.Command("ip", "link", "del", c.bridge).Run()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (b *backendNode) addr() string { return fmt.Sprintf("%s:%d", b.ip, backendPort) }
+
+// start runs the echo backend and waits until it listens.
+func (b *backendNode) start() {
+	t := b.c.t
+	t.Helper()
+	var err error
+	b.proc, err = startProc(b.ns, []string{echoEnv + "=" + b.name + "=" + b.addr()}, selfPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "backend "+b.name+" listening", 10*time.Second, func() bool {
+		if !b.proc.running() {
+			t.Fatalf("backend %s exited: %s", b.name, b.proc.logs.String())
+		}
+		return strings.Contains(b.proc.logs.String(), "ready")
+	})
+}
+
+func (b *backendNode) kill() { b.proc.kill() }
+
+func (p *proxyNode) start() {
+	t := p.c.t
+	t.Helper()
+	var err error
+	p.proc, err = startProc(p.ns, []string{"QP_TEST_GOSSIP_INTERVAL=50ms"}, binPath, "run", "-config", p.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *proxyNode) listen() string { return fmt.Sprintf("%s:%d", p.ip, servicePort) }
+
+// status is the part of /status these tests read.
+type status struct {
+	Services []struct {
+		Name     string `json:"name"`
+		Target   string `json:"target"`
+		Why      string `json:"why"`
+		Backends []struct {
+			Name      string `json:"name"`
+			Health    string `json:"health"`
+			LastError string `json:"last_error"`
+		} `json:"backends"`
+	} `json:"services"`
+	Cluster *struct {
+		Node       string   `json:"node"`
+		Recovering bool     `json:"recovering"`
+		Reachable  []string `json:"reachable"`
+		Services   []struct {
+			Epoch    uint64  `json:"epoch"`
+			Primary  string  `json:"primary"`
+			Routing  string  `json:"routing"`
+			LeaseMS  float64 `json:"lease_ms"`
+			MaxVoted uint64  `json:"max_voted"`
+			Decision string  `json:"decision"`
+		} `json:"services"`
+	} `json:"cluster"`
+}
+
+func (p *proxyNode) status() (*status, error) {
+	resp, err := httpc.Get(fmt.Sprintf("http://%s:%d/status", p.ip, adminPort))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("status of %s: %w", p.name, err)
+	}
+	if st.Cluster == nil || len(st.Cluster.Services) == 0 || len(st.Services) == 0 {
+		return nil, fmt.Errorf("status of %s: no cluster service", p.name)
+	}
+	return &st, nil
+}
+
+// view is one proxy's record and route at one moment.
+type view struct {
+	ok       bool // answered
+	routing  string
+	epoch    uint64
+	primary  string
+	decision string
+	why      string
+	health   map[string]string
+}
+
+func (p *proxyNode) view() view {
+	st, err := p.status()
+	if err != nil {
+		return view{}
+	}
+	s := st.Cluster.Services[0]
+	v := view{ok: true, routing: s.Routing, epoch: s.Epoch, primary: s.Primary, decision: s.Decision, why: st.Services[0].Why, health: map[string]string{}}
+	for _, b := range st.Services[0].Backends {
+		v.health[b.Name] = b.Health
+	}
+	return v
+}
+
+// ask sends one line through the proxy and returns the backend's name.
+func (p *proxyNode) ask() (string, error) {
+	c, err := net.DialTimeout("tcp", p.listen(), time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(c, "x\n"); err != nil {
+		return "", err
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	name, _, ok := strings.Cut(strings.TrimSpace(reply), ":")
+	if !ok {
+		return "", fmt.Errorf("garbled reply %q through %s", reply, p.name)
+	}
+	return name, nil
+}
+
+// promotions lists the "epoch backend" lines the promote hook wrote.
+func (p *proxyNode) promotions() []string {
+	data, _ := os.ReadFile(p.hookOut)
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (c *cluster) promotions() []string {
+	var all []string
+	for _, p := range c.proxies {
+		all = append(all, p.promotions()...)
+	}
+	sort.Strings(all)
+	return all
+}
+
+// routesTo reports whether p says it routes to want and a client through
+// it reaches want.
+func (p *proxyNode) routesTo(want string) bool {
+	if v := p.view(); !v.ok || v.routing != want {
+		return false
+	}
+	got, err := p.ask()
+	return err == nil && got == want
+}
+
+// notRouting returns an error when p definitely does not route to want:
+// its status names another route or a client through it reaches another
+// backend. A status or client that times out on a loaded machine proves
+// nothing either way and is not counted.
+func (p *proxyNode) notRouting(want string) error {
+	if v := p.view(); v.ok && v.routing != want {
+		return fmt.Errorf("%s routes %q (epoch %d, decision %q), not %q", p.name, v.routing, v.epoch, v.decision, want)
+	}
+	if got, err := p.ask(); err == nil && got != want {
+		return fmt.Errorf("a client through %s reached %q, not %q", p.name, got, want)
+	}
+	return nil
+}
+
+func (c *cluster) waitAllRoute(want string, who []*proxyNode, timeout time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, fmt.Sprintf("%s routing to %s", names(who), want), timeout, func() bool {
+		for _, p := range who {
+			if !p.proc.running() {
+				c.t.Fatalf("%s exited:\n%s", p.name, tail(p.proc.logs.String(), 30))
+			}
+			if !p.routesTo(want) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func names(ps []*proxyNode) string {
+	var n []string
+	for _, p := range ps {
+		n = append(n, p.name)
+	}
+	return strings.Join(n, ",")
+}
+
+// ipt runs iptables in a namespace.
+func ipt(t testing.TB, ns string, args ...string) {
+	t.Helper()
+	sh(t, append([]string{"ip", "netns", "exec", ns, "iptables"}, args...)...)
+}
+
+// dropFrom makes p's namespace drop every packet from ip (one direction).
+func (p *proxyNode) dropFrom(ip string) { ipt(p.c.t, p.ns, "-A", "INPUT", "-s", ip, "-j", "DROP") }
+
+// cut separates two proxies both ways.
+func cut(a, b *proxyNode) {
+	a.dropFrom(b.ip)
+	b.dropFrom(a.ip)
+}
+
+// heal removes every rule in p's namespace.
+func (p *proxyNode) heal() {
+	ipt(p.c.t, p.ns, "-F", "INPUT")
+	ipt(p.c.t, p.ns, "-F", "OUTPUT")
+}
+
+func (c *cluster) healAll() {
+	for _, p := range c.proxies {
+		p.heal()
+	}
+}
+
+// switchover asks p to move the service to backend to, by vote.
+func (p *proxyNode) switchover(to string) error {
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://%s:%d/api/v1/switchover", p.ip, adminPort),
+		strings.NewReader(url.Values{"service": {"echo"}, "to": {to}}.Encode()))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("switchover via %s: %s: %s", p.name, resp.Status, body)
+	}
+	return nil
+}
+
+// switchTo moves the cluster to backend to and waits until who route there.
+func (c *cluster) switchTo(to string, who []*proxyNode) {
+	c.t.Helper()
+	waitFor(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
+		all := func() bool {
+			for _, p := range who {
+				if !p.routesTo(to) {
+					return false
+				}
+			}
+			return true
+		}
+		if all() {
+			return true
+		}
+		if err := who[0].switchover(to); err != nil {
+			c.t.Logf("%v", err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if all() {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	})
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sample is one round of every proxy's view, taken concurrently.
+type sample struct {
+	at    time.Time
+	views []view
+}
+
+func (c *cluster) round() sample {
+	s := sample{at: time.Now(), views: make([]view, len(c.proxies))}
+	var wg sync.WaitGroup
+	for i, p := range c.proxies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.views[i] = p.view()
+		}()
+	}
+	wg.Wait()
+	return s
+}
+
+// monitor samples every proxy's view until stopped and checks, per round,
+// that no two proxies route the service to different backends, and over
+// the run that every epoch has one primary and no proxy's epoch decreases.
+type monitor struct {
+	c        *cluster
+	stop     chan struct{}
+	done     chan struct{}
+	mu       sync.Mutex
+	rounds   int
+	answered int // proxy views that answered
+	unrouted int // of those, without a route
+	splits   []string
+	gen      int               // bumped by forget; rounds begun before are dropped
+	records  map[uint64]string // epoch -> primary, as any proxy reported it
+	bad      []string          // two primaries for one epoch, or an epoch going back
+	last     []uint64
+}
+
+func (c *cluster) startMonitor() *monitor {
+	m := &monitor{c: c, stop: make(chan struct{}), done: make(chan struct{}), records: map[uint64]string{}, last: make([]uint64, len(c.proxies))}
+	go func() {
+		defer close(m.done)
+		for {
+			select {
+			case <-m.stop:
+				return
+			default:
+			}
+			m.mu.Lock()
+			gen := m.gen
+			m.mu.Unlock()
+			m.add(c.round(), gen)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return m
+}
+
+func (m *monitor) add(s sample, gen int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gen != m.gen {
+		return
+	}
+	m.rounds++
+	routed := map[string]string{}
+	for i, v := range s.views {
+		if !v.ok {
+			continue
+		}
+		name := m.c.proxies[i].name
+		m.answered++
+		if v.routing != "" {
+			routed[name] = v.routing
+		} else {
+			m.unrouted++
+		}
+		if v.epoch < m.last[i] {
+			m.bad = append(m.bad, fmt.Sprintf("%s: epoch went from %d back to %d", name, m.last[i], v.epoch))
+		}
+		m.last[i] = v.epoch
+		if v.epoch > 0 {
+			if prim, ok := m.records[v.epoch]; ok && prim != v.primary {
+				m.bad = append(m.bad, fmt.Sprintf("epoch %d has primaries %q and %q (%s)", v.epoch, prim, v.primary, name))
+			} else if !ok {
+				m.records[v.epoch] = v.primary
+			}
+		}
+	}
+	backends := map[string]bool{}
+	for _, b := range routed {
+		backends[b] = true
+	}
+	if len(backends) > 1 {
+		m.splits = append(m.splits, fmt.Sprintf("%s: %v", s.at.Format("15:04:05.000"), routed))
+	}
+}
+
+// finish stops sampling and fails the test on any violation seen.
+func (m *monitor) finish(t *testing.T, what string) (rounds int) {
+	t.Helper()
+	close(m.stop)
+	<-m.done
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var keys []uint64
+	for e := range m.records {
+		keys = append(keys, e)
+	}
+	slices.Sort(keys)
+	var epochs []string
+	for _, e := range keys {
+		epochs = append(epochs, fmt.Sprintf("%d:%s", e, m.records[e]))
+	}
+	t.Logf("%s: split-brain rounds %d in %d sampling rounds of all 3 proxies; epoch records seen %v", what, len(m.splits), m.rounds, epochs)
+	if len(m.splits) > 0 {
+		t.Errorf("%s: two proxies routed to different backends at once: %v", what, m.splits)
+	}
+	if len(m.bad) > 0 {
+		t.Errorf("%s: record violations: %v", what, m.bad)
+	}
+	return m.rounds
+}
+
+// forget drops what was seen of p's epoch: a wiped state_dir legitimately
+// starts from nothing.
+func (m *monitor) forget(p *proxyNode) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gen++
+	for i, q := range m.c.proxies {
+		if q == p {
+			m.last[i] = 0
+		}
+	}
+}
+
+func (m *monitor) epochs() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.records)
+}
+
+// durations summarises measured times.
+func summary(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "no samples"
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return fmt.Sprintf("N=%d median %s max %s min %s", len(s), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), s[0].Round(time.Millisecond))
+}
