@@ -33,9 +33,12 @@ demo: deps build
 bench: deps build
 	$(GO) run ./internal/bench -bin $(BIN)
 
-# Long runs kept out of `make test`: many more simulation seeds, detection-time trials.
+# Long runs kept out of `make test`: many more simulation seeds, detection-time
+# trials, and longer, lossier partition scenarios with more trials.
 soak: deps
-	QP_REQUIRE_SERVERS=1 QP_SIM_SEEDS=200000 QP_DETECT_TRIALS=20 $(GO) test -race -timeout 80m -run 'Sim|Detect' -v ./... 
+	QP_REQUIRE_SERVERS=1 QP_SIM_SEEDS=100000 QP_SIM_LONG=1 $(GO) test -timeout 80m -run 'TestSimulation$$' ./cluster/
+	QP_REQUIRE_SERVERS=1 QP_DETECT_TRIALS=20 $(GO) test -timeout 20m -run Detection -v ./health/
+	QP_REQUIRE_SERVERS=1 QP_CHAOS_TRIALS=10 QP_CHAOS_SECONDS=120 QP_CHAOS_LOSS=20 $(GO) test -timeout 60m -v ./internal/chaos/
 
 clean:
 	rm -rf bin
