@@ -25,7 +25,7 @@ vet:
 
 # QP_REQUIRE_SERVERS=1 turns a missing server binary into a failure instead of a skip.
 test: deps vet
-	QP_REQUIRE_SERVERS=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	QP_REQUIRE_SERVERS=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 demo: deps build
 	$(GO) run ./internal/demo -bin $(BIN)

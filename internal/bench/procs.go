@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// procs starts long-running helper processes (HAProxy, quorumproxy,
+// iperf3 -s), each in its own process group with its output in a log file,
+// and kills every one of them in stopAll.
+type procs struct {
+	dir string // log files live here
+
+	mu   sync.Mutex
+	list []*proc
+}
+
+// proc is one started process and the channel closed when it has exited.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// start runs argv in the background, logging to dir/name.log.
+func (ps *procs) start(name string, argv []string, env []string) (*proc, error) {
+	logPath := filepath.Join(ps.dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = env
+	// Own process group so one signal reaches the process and its children;
+	// Pdeathsig is a last resort if the bench itself dies without cleanup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: start %s: %w", name, argv[0], err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	ps.mu.Lock()
+	ps.list = append(ps.list, p)
+	ps.mu.Unlock()
+	return p, nil
+}
+
+// pid is the process id of p (the process group id too).
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether p has ended.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// failure describes an early exit of p with the tail of its log.
+func (p *proc) failure() error {
+	return fmt.Errorf("%s exited early (%v); last lines of %s:\n%s", p.name, p.err, p.log, tailFile(p.log, 20))
+}
+
+// stop sends SIGTERM to p's process group, and SIGKILL after grace.
+func (p *proc) stop(grace time.Duration) {
+	if p.exited() {
+		return
+	}
+	_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+		<-p.done
+	}
+	// Children that outlived the leader.
+	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+}
+
+// stopAll stops every process started, newest first.
+func (ps *procs) stopAll() {
+	ps.mu.Lock()
+	list := ps.list
+	ps.list = nil
+	ps.mu.Unlock()
+	for i := len(list) - 1; i >= 0; i-- {
+		list[i].stop(3 * time.Second)
+	}
+}
+
+// runTool runs a load generator to completion and returns its stdout. It is
+// killed (with its process group) when ctx ends or after limit: a tool
+// facing a dead proxy may retry for ever (redis-benchmark -k 0 does).
+func runTool(ctx context.Context, limit time.Duration, env []string, argv ...string) (string, error) {
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		if parent.Err() != nil {
+			return "", parent.Err()
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("killed after %v", limit)
+		}
+		return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, lastLines(errb.String()+out.String(), 10))
+	}
+	return out.String(), nil
+}
+
+// tailFile returns the last n lines of a file, or why it cannot.
+func tailFile(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// lastLines returns the last n non-empty lines of s (progress lines that
+// end in \r count as lines).
+func lastLines(s string, n int) string {
+	s = strings.ReplaceAll(s, "\r", "\n")
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" {
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, "\n")
+}

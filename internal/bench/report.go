@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Target names, in table column order.
+const (
+	tDirect  = "direct"
+	tHAProxy = "HAProxy"
+	tQP      = "quorumproxy"
+)
+
+// row is one line of the results table: a workload and its samples per
+// target. For throughput higher is better; for cost rows lower is better.
+type row struct {
+	name        string
+	unit        string
+	lowerBetter bool
+	samples     map[string][]float64 // target → one value per run
+	noDirect    bool                 // the workload has no direct column
+}
+
+// median of the samples, NaN when there are none.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}
+
+// fmtVal prints a value with a precision fitting its size.
+func fmtVal(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "—"
+	case math.Abs(v) >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case math.Abs(v) >= 100:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// ratio prints a/b as "0.93×", or "—".
+func ratio(a, b float64) string {
+	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// machine describes where the bench ran.
+type machine struct {
+	date, cpus, cpuModel, kernel, goVersion string
+	haproxy, redis, postgres, qpVersion     string
+	loadStart, loadEnd                      string // 1-minute load average
+}
+
+// describeMachine collects the facts printed above the table.
+func describeMachine(ctx context.Context, bin string) machine {
+	m := machine{
+		date:      time.Now().UTC().Format("2006-01-02 15:04 UTC"),
+		cpus:      fmt.Sprint(runtime.NumCPU()),
+		cpuModel:  cpuModel(),
+		goVersion: runtime.Version(),
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.kernel = strings.TrimSpace(string(b))
+	}
+	first := func(argv ...string) string {
+		out, err := runTool(ctx, 30*time.Second, nil, argv...)
+		if err != nil {
+			return "unknown"
+		}
+		line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		return line
+	}
+	m.haproxy = first("haproxy", "-v")
+	m.redis = first("redis-server", "--version")
+	m.postgres = first(pgbenchPath, "--version")
+	m.qpVersion = first(bin, "version")
+	return m
+}
+
+// cpuModel is the first "model name" of /proc/cpuinfo.
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// report renders the Markdown results: machine, table, targets, every run.
+func report(m machine, rows, cpu []row, params []string, idle map[string]idleResult, runs int) string {
+	var b strings.Builder
+	b.WriteString("# quorumproxy benchmark\n\n")
+	fmt.Fprintf(&b, "- date: %s\n", m.date)
+	fmt.Fprintf(&b, "- machine: %s CPUs, %s, Linux %s\n", m.cpus, m.cpuModel, m.kernel)
+	fmt.Fprintf(&b, "- Go: %s; quorumproxy: %s\n", m.goVersion, m.qpVersion)
+	fmt.Fprintf(&b, "- %s\n- %s; %s\n", m.haproxy, m.redis, m.postgres)
+	fmt.Fprintf(&b, "- values are the median of %d runs, targets interleaved, after a warm-up; all traffic on loopback\n", runs)
+	fmt.Fprintf(&b, "- load average (1 min) at start %s, at end %s: anything else running on the machine skews every column\n\n", m.loadStart, m.loadEnd)
+
+	b.WriteString("| workload | direct | HAProxy | quorumproxy | qp/HAProxy | qp/direct |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|\n")
+	for _, r := range rows {
+		d, h, q := median(r.samples[tDirect]), median(r.samples[tHAProxy]), median(r.samples[tQP])
+		qd := ratio(q, d)
+		if r.noDirect {
+			d, qd = math.NaN(), "—"
+		}
+		name := r.name + " (" + r.unit
+		if r.lowerBetter {
+			name += ", lower is better"
+		}
+		name += ")"
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", name, fmtVal(d), fmtVal(h), fmtVal(q), ratio(q, h), qd)
+	}
+
+	if len(cpu) > 0 {
+		b.WriteString("\nCPU time the proxy process used per unit of work (user+system, all threads; lower is better):\n\n")
+		b.WriteString("| workload | HAProxy | quorumproxy | qp/HAProxy |\n|---|---:|---:|---:|\n")
+		for _, r := range cpu {
+			h, q := median(r.samples[tHAProxy]), median(r.samples[tQP])
+			fmt.Fprintf(&b, "| %s (%s) | %s | %s | %s |\n", r.name, r.unit, fmtVal(h), fmtVal(q), ratio(q, h))
+		}
+	}
+
+	b.WriteString("\n## Targets\n\n")
+	for _, line := range targets(rows) {
+		b.WriteString("- " + line + "\n")
+	}
+
+	b.WriteString("\n## Parameters\n\n")
+	for _, p := range params {
+		b.WriteString("- " + p + "\n")
+	}
+
+	b.WriteString("\n## Every run\n\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "- %s:", r.name)
+		for _, t := range []string{tDirect, tHAProxy, tQP} {
+			if len(r.samples[t]) == 0 {
+				continue
+			}
+			vals := make([]string, len(r.samples[t]))
+			for i, v := range r.samples[t] {
+				vals[i] = fmtVal(v)
+			}
+			fmt.Fprintf(&b, " %s [%s];", t, strings.Join(vals, ", "))
+		}
+		b.WriteString("\n")
+	}
+	for _, t := range []string{tHAProxy, tQP} {
+		ir, ok := idle[t]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "- idle %s: %d connections, RSS %d → %d KiB, fds %d → %d, all connected in %.1f s\n",
+			t, ir.Conns, ir.RSSBeforeKiB, ir.RSSAfterKiB, ir.FDsBefore, ir.FDsAfter, ir.SecondsToOpenConns)
+	}
+	return b.String()
+}
+
+// targets checks the data-path targets: throughput ≥ 1.0× HAProxy on every
+// throughput workload, RSS per idle connection ≤ 8 KiB, fds per idle
+// connection = 2.
+func targets(rows []row) []string {
+	var out []string
+	mark := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	for _, r := range rows {
+		h, q := median(r.samples[tHAProxy]), median(r.samples[tQP])
+		if math.IsNaN(h) || math.IsNaN(q) {
+			out = append(out, fmt.Sprintf("%s: no result", r.name))
+			continue
+		}
+		switch r.name {
+		case rowIdleKiB:
+			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 8 KiB, right after the connect burst: quorumproxy %.2f KiB (HAProxy %.2f) — %s", q, h, mark(q <= 8)))
+		case rowIdleKiBSteady:
+			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 8 KiB, after %s idle: quorumproxy %.2f KiB (HAProxy %.2f) — %s", idleSteady, q, h, mark(q <= 8)))
+		case rowIdleFDs:
+			out = append(out, fmt.Sprintf("fds per idle connection = 2: quorumproxy %.2f (HAProxy %.2f) — %s", q, h, mark(math.Abs(q-2) < 0.01)))
+		default:
+			out = append(out, fmt.Sprintf("%s ≥ 1.0× HAProxy: %.2f× — %s", r.name, q/h, mark(q >= h)))
+		}
+	}
+	return out
+}
+
+// Row names used by targets.
+const (
+	rowIdleKiB       = "idle connections: RSS per connection, after the connect burst"
+	rowIdleKiBSteady = "idle connections: RSS per connection, after 20s idle"
+	rowIdleFDs       = "idle connections: fds per connection"
+)
