@@ -158,7 +158,7 @@ func run(ctx context.Context, o options) (err error) {
 		if err == nil {
 			return " (the server itself still answers directly)"
 		}
-		return fmt.Sprintf(" (the server does not answer directly: %v; last lines of its log:\n%s)", err, tailFile(log, 15))
+		return fmt.Sprintf(" (the server does not answer directly: %v; last lines of its log:\n%s)", err, testenv.Tail(log, 15))
 	}
 	direct := &target{name: tDirect, addrs: backends}
 	if err := waitRoutes(ctx, direct, hold, 30*time.Second); err != nil {

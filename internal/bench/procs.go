@@ -1,7 +1,8 @@
 package main
 
 import (
-	"bufio"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+
 	"context"
 	"fmt"
 	"os"
@@ -76,7 +77,7 @@ func (p *proc) exited() bool {
 
 // failure describes an early exit of p with the tail of its log.
 func (p *proc) failure() error {
-	return fmt.Errorf("%s exited early (%v); last lines of %s:\n%s", p.name, p.err, p.log, tailFile(p.log, 20))
+	return fmt.Errorf("%s exited early (%v); last lines of %s:\n%s", p.name, p.err, p.log, testenv.Tail(p.log, 20))
 }
 
 // stop sends SIGTERM to p's process group, and SIGKILL after grace.
@@ -130,25 +131,6 @@ func runTool(ctx context.Context, limit time.Duration, env []string, argv ...str
 		return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, lastLines(errb.String()+out.String(), 10))
 	}
 	return out.String(), nil
-}
-
-// tailFile returns the last n lines of a file, or why it cannot.
-func tailFile(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }
 
 // lastLines returns the last n non-empty lines of s (progress lines that

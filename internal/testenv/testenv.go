@@ -213,8 +213,9 @@ func portBusy(port int) bool {
 	return false
 }
 
-// tail returns the last n lines of the file at path, for start errors.
-func tail(path string, n int) string {
+// Tail returns the last n lines of the file at path (for start errors and
+// reports of failed processes), or why it cannot.
+func Tail(path string, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
@@ -234,7 +235,7 @@ func tail(path string, n int) string {
 
 // withLog wraps err with the tail of the log at path.
 func withLog(err error, path string) error {
-	return fmt.Errorf("%w\n--- last %d lines of %s ---\n%s", err, logTailLines, path, tail(path, logTailLines))
+	return fmt.Errorf("%w\n--- last %d lines of %s ---\n%s", err, logTailLines, path, Tail(path, logTailLines))
 }
 
 // poll calls f every pollEvery until it reports done, returns an error, or
