@@ -55,8 +55,9 @@ func New(opts Options) *Proxy {
 			p.log.Warn("idle connections will keep their goroutines", "err", err)
 		} else {
 			p.poller = pl
-			p.wg.Add(1)
+			p.wg.Add(2)
 			go pl.run(p)
+			go p.reclaimLoop()
 		}
 	}
 	p.evCond = sync.NewCond(&p.evMu)
