@@ -25,7 +25,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, warnings, err := loadConfig(*path, false)
 	for _, w := range warnings {
-		fmt.Fprintf(stdout, "warning: %s\n", w.Error())
+		fmt.Fprintln(stdout, w.Error()) // Error() already says "warning:"
 	}
 	if err != nil {
 		var probs config.Problems
