@@ -349,7 +349,7 @@ type Backend struct {
 	Priority int `toml:"priority"`
 	// Weight is the backend's share of new connections relative to the
 	// others in active-active mode. Default 1. Parse rejects values below 1:
-	// take a backend out of rotation with the drain command, not the config.
+	// a backend leaves the rotation by being removed (and a reload).
 	Weight int `toml:"weight"`
 	// MaxConnections caps concurrent sessions to this backend. Default 0: unlimited.
 	MaxConnections int `toml:"max_connections"`

@@ -43,7 +43,7 @@ func TestBadConfigs(t *testing.T) {
 			`backends.toml:9:3: service "bad names" backend #1: name: required`,
 			`backends.toml:9:3: service "bad names" backend #1: address: required`,
 			`backends.toml:13:3: service "bad names" backend "b/1": name "b/1": may contain only letters, digits, '_', '.' and '-'`,
-			`backends.toml:15:3: service "bad names" backend "b/1": weight: must be at least 1, not 0 (take a backend out of rotation with the drain command)`,
+			`backends.toml:15:3: service "bad names" backend "b/1": weight: must be at least 1, not 0 (to take a backend out of rotation, remove it and reload)`,
 		},
 		"cluster_node.toml": {
 			`cluster_node.toml:2:1: cluster: node_name "qp9": not among the [[cluster.peer]] names; list this proxy too`,
@@ -410,7 +410,7 @@ func TestExampleValues(t *testing.T) {
 	if !slices.Equal(pg.Hooks.Notify, []string{"/usr/local/bin/page-oncall", "--service", "pg"}) {
 		t.Errorf("notify hook %q", pg.Hooks.Notify)
 	}
-	if pg.MaxLagBytesOnFailover != 16<<20 || pg.MaxLagOnFailover != 10*time.Second {
+	if pg.MaxLagBytesOnFailover != 16<<20 || pg.MaxLagOnFailover != 0 {
 		t.Errorf("failover lag bounds %v / %d", pg.MaxLagOnFailover, pg.MaxLagBytesOnFailover)
 	}
 }
@@ -583,6 +583,44 @@ func TestSmallHelpers(t *testing.T) {
 	for n, want := range map[int]int{1: 1, 2: 2, 3: 2, 4: 3, 5: 3} {
 		if q := (&Cluster{Peers: make([]Peer, n)}).Quorum(); q != want {
 			t.Errorf("Quorum of %d = %d, want %d", n, q, want)
+		}
+	}
+}
+
+// Keys the cluster ignores for the services it routes are warned about.
+func TestClusterIgnoredKeysWarn(t *testing.T) {
+	src := `
+[cluster]
+node_name = "a"
+insecure = true
+state_dir = "/tmp/x"
+[[cluster.peer]]
+name = "a"
+address = "127.0.0.1:7001"
+[[service]]
+name = "s"
+listen = "127.0.0.1:7000"
+failback = "auto"
+max_lag_on_failover = "5s"
+[[service.backend]]
+name = "b1"
+address = "127.0.0.1:1"
+[[service.backend]]
+name = "b2"
+address = "127.0.0.1:2"
+`
+	_, warnings, err := Parse("c.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, w := range warnings {
+		got = append(got, w.Error())
+	}
+	joined := strings.Join(got, "\n")
+	for _, want := range []string{`failback = "auto" has no effect under [cluster]`, "max_lag_on_failover (time) is not used under [cluster]"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("no warning %q in:\n%s", want, joined)
 		}
 	}
 }

@@ -367,6 +367,15 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	if s.Mode == ModeActiveActive && (len(s.Hooks.Promote) > 0 || len(s.Hooks.Fence) > 0) {
 		d.warnf(joinPath(sp, "hooks"), "", "promote and fence hooks never run in active-active mode")
 	}
+	if cfg.Cluster != nil && s.Mode == ModeActivePassive && s.Role != RoleReplica {
+		// The cluster decides these services' targets; say which keys it ignores.
+		if s.Failback == FailbackAuto {
+			d.warnf(sp, "failback", "failback = \"auto\" has no effect under [cluster]: a clustered service fails back only by `quorumproxy switchover`")
+		}
+		if s.MaxLagOnFailover > 0 {
+			d.warnf(sp, "max_lag_on_failover", "max_lag_on_failover (time) is not used under [cluster]; bound candidates with max_lag_bytes_on_failover")
+		}
+	}
 	d.validateHealth(s, joinPath(sp, "health"))
 	d.validateHooks(&s.Hooks, joinPath(sp, "hooks"))
 
@@ -401,7 +410,7 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 			addrs[b.Address] = b.Name
 		}
 		if b.Weight < 1 {
-			d.errorf(bp, "weight", "weight: must be at least 1, not %d (take a backend out of rotation with the drain command)", b.Weight)
+			d.errorf(bp, "weight", "weight: must be at least 1, not %d (to take a backend out of rotation, remove it and reload)", b.Weight)
 		}
 		d.nonNegativeInt(bp, "max_connections", int64(b.MaxConnections))
 	}
