@@ -265,21 +265,6 @@ func (d *daemon) serviceConfig(name string) *config.Service {
 	return nil
 }
 
-func hookEnv(svc *config.Service, oldName, newName, reason string) map[string]string {
-	addr := func(name string) string {
-		for _, b := range svc.Backends {
-			if b.Name == name {
-				return b.Address
-			}
-		}
-		return ""
-	}
-	return map[string]string{
-		"QP_SERVICE": svc.Name, "QP_OLD_BACKEND": oldName, "QP_OLD_ADDRESS": addr(oldName),
-		"QP_NEW_BACKEND": newName, "QP_NEW_ADDRESS": addr(newName), "QP_REASON": reason,
-	}
-}
-
 // clusterView is the cluster part of /status.
 type clusterView struct {
 	Node       string               `json:"node"`

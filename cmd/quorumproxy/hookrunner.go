@@ -32,14 +32,7 @@ func newHookRunner(log *slog.Logger) *hookRunner {
 }
 
 func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
-	env := map[string]string{
-		"QP_SERVICE":     ev.Service,
-		"QP_OLD_BACKEND": ev.Old.Name,
-		"QP_OLD_ADDRESS": ev.Old.Address,
-		"QP_NEW_BACKEND": ev.New.Name,
-		"QP_NEW_ADDRESS": ev.New.Address,
-		"QP_REASON":      ev.Reason,
-	}
+	env := hookEnv(&svc, ev.Old.Name, ev.New.Name, ev.Reason)
 	timeout := svc.Hooks.Timeout
 	// The first choice after start is not a failover: nothing to fence, and
 	// promoting whatever was found first would be a switch nobody asked for.
@@ -113,4 +106,21 @@ func (h *hookRunner) wait() {
 	h.cancel()
 	h.mu.Unlock()
 	h.wg.Wait()
+}
+
+// hookEnv is the environment of every hook: the service, the old and new
+// backends with their addresses from the config, and why.
+func hookEnv(svc *config.Service, oldName, newName, reason string) map[string]string {
+	addr := func(name string) string {
+		for _, b := range svc.Backends {
+			if b.Name == name {
+				return b.Address
+			}
+		}
+		return ""
+	}
+	return map[string]string{
+		"QP_SERVICE": svc.Name, "QP_OLD_BACKEND": oldName, "QP_OLD_ADDRESS": addr(oldName),
+		"QP_NEW_BACKEND": newName, "QP_NEW_ADDRESS": addr(newName), "QP_REASON": reason,
+	}
 }
