@@ -2,29 +2,9 @@ package testenv
 
 import "testing"
 
-// MustPostgres starts a PostgreSQL primary for t (see StartPostgres) and
-// stops it when t ends. It skips or fails t as Need does when PostgreSQL is
-// missing.
-func MustPostgres(t testing.TB, opts PGOptions) *Postgres {
+// owned registers s to be stopped when t ends, or fails t if it did not start.
+func owned[S interface{ Stop() error }](t testing.TB, s S, err error) S {
 	t.Helper()
-	Need(t, "postgres")
-	p, err := StartPostgres(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return p
-}
-
-// MustStandby starts a streaming standby of p for t (see StartStandby) and
-// stops it when t ends.
-func MustStandby(t testing.TB, p *Postgres, sync bool) *Postgres {
-	t.Helper()
-	s, err := p.StartStandby(sync)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,6 +14,24 @@ func MustStandby(t testing.TB, p *Postgres, sync bool) *Postgres {
 		}
 	})
 	return s
+}
+
+// MustPostgres starts a PostgreSQL primary for t (see StartPostgres) and
+// stops it when t ends. It skips or fails t as Need does when PostgreSQL is
+// missing.
+func MustPostgres(t testing.TB, opts PGOptions) *Postgres {
+	t.Helper()
+	Need(t, "postgres")
+	p, err := StartPostgres(opts)
+	return owned(t, p, err)
+}
+
+// MustStandby starts a streaming standby of p for t (see StartStandby) and
+// stops it when t ends.
+func MustStandby(t testing.TB, p *Postgres, sync bool) *Postgres {
+	t.Helper()
+	s, err := p.StartStandby(sync)
+	return owned(t, s, err)
 }
 
 // MustRedis starts a redis-server for t (see StartRedis) and stops it when
@@ -42,15 +40,7 @@ func MustRedis(t testing.TB, opts RedisOptions) *Redis {
 	t.Helper()
 	Need(t, "redis")
 	r, err := StartRedis(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return r
+	return owned(t, r, err)
 }
 
 // MustReplica starts a replica of r for t (see StartReplica) and stops it
@@ -58,15 +48,7 @@ func MustRedis(t testing.TB, opts RedisOptions) *Redis {
 func MustReplica(t testing.TB, r *Redis) *Redis {
 	t.Helper()
 	s, err := r.StartReplica()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
+	return owned(t, s, err)
 }
 
 // MustMariaDB starts a MariaDB server for t (see StartMariaDB) and stops it
@@ -75,15 +57,7 @@ func MustMariaDB(t testing.TB) *MariaDB {
 	t.Helper()
 	Need(t, "mariadb")
 	m, err := StartMariaDB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return m
+	return owned(t, m, err)
 }
 
 // MustMariaDBReplica starts a replica of m for t (see StartReplica) and
@@ -91,13 +65,5 @@ func MustMariaDB(t testing.TB) *MariaDB {
 func MustMariaDBReplica(t testing.TB, m *MariaDB) *MariaDB {
 	t.Helper()
 	r, err := m.StartReplica()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return r
+	return owned(t, r, err)
 }
