@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,14 +31,10 @@ var mariadbArgs = []string{
 // temp dir. User has all privileges and the password DefaultPassword.
 // Methods are safe for concurrent use.
 type MariaDB struct {
-	port    int
+	server
 	base    string
 	primary *MariaDB // set for a replica
-
-	mu      sync.Mutex
-	proc    *proc
-	stopped bool
-	admin   *sql.DB
+	admin   *sql.DB  // guarded by mu
 }
 
 var mariaTemplate struct {
@@ -97,7 +92,7 @@ func startMariaDB(primary *MariaDB) (*MariaDB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}
-	m := &MariaDB{base: base, primary: primary}
+	m := &MariaDB{server: server{kind: "mariadb"}, base: base, primary: primary}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := runTool(ctx, nil, "cp", "-a", tmpl, m.dataDir()); err != nil {
@@ -213,12 +208,6 @@ func (m *MariaDB) openAdmin() (*sql.DB, error) {
 	return db, nil
 }
 
-// Addr returns "127.0.0.1:port".
-func (m *MariaDB) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port)) }
-
-// Port returns the TCP port.
-func (m *MariaDB) Port() int { return m.port }
-
 // DSN returns a go-sql-driver/mysql DSN for User over TCP to database "qp".
 func (m *MariaDB) DSN() string {
 	cfg := mysql.NewConfig()
@@ -277,53 +266,6 @@ func (m *MariaDB) ReadOnly(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("mariadb %s: read_only: %w", m.Addr(), err)
 	}
 	return v != 0, nil
-}
-
-// Pid returns the server's pid, or 0 when it is not running.
-func (m *MariaDB) Pid() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc == nil || m.proc.exited() {
-		return 0
-	}
-	return m.proc.pid()
-}
-
-// Kill SIGKILLs the server; the data directory stays for Restart.
-func (m *MariaDB) Kill() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc == nil {
-		return nil
-	}
-	if err := m.proc.kill(); err != nil {
-		return fmt.Errorf("mariadb %s: kill: %w", m.Addr(), err)
-	}
-	return nil
-}
-
-// Pause freezes the server with SIGSTOP.
-func (m *MariaDB) Pause() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc == nil {
-		return fmt.Errorf("mariadb %s: pause: not running", m.Addr())
-	}
-	if err := m.proc.pause(); err != nil {
-		return fmt.Errorf("mariadb %s: pause: %w", m.Addr(), err)
-	}
-	return nil
-}
-
-// Resume undoes Pause with SIGCONT.
-func (m *MariaDB) Resume() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc == nil {
-		return fmt.Errorf("mariadb %s: resume: not running", m.Addr())
-	}
-	m.proc.resume()
-	return nil
 }
 
 // Restart starts the server again on the same port and data directory,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -63,19 +62,16 @@ host replication all 127.0.0.1/32 scram-sha-256
 // loopback port, with its data directory, socket and log in a temp dir.
 // Methods are safe for concurrent use.
 type Postgres struct {
+	server
 	password string
 	fsync    bool
-	port     int
 	name     string // application_name / cluster_name, unique
 	base     string // temp dir: data/, sock/, postgres.log
 	user     *osUser
 	primary  *Postgres // nil for a primary
 
-	mu        sync.Mutex
-	proc      *proc // nil after Stop
-	stopped   bool
-	nStandby  int      // standbys made so far, for their names
-	syncNames []string // synchronous standbys attached to this server
+	nStandby  int      // standbys made so far, for their names; guarded by mu
+	syncNames []string // synchronous standbys attached to this server; guarded by mu
 }
 
 var pgTemplate struct {
@@ -184,7 +180,7 @@ func newPostgres(u *osUser, pw string, primary *Postgres) (*Postgres, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	p := &Postgres{password: pw, base: base, user: u, primary: primary}
+	p := &Postgres{server: server{kind: "postgres"}, password: pw, base: base, user: u, primary: primary}
 	if err := p.allocPort(); err != nil {
 		_ = os.RemoveAll(base)
 		return nil, err
@@ -254,12 +250,6 @@ func (p *Postgres) start(ctx context.Context) error {
 	}
 	return nil
 }
-
-// Addr returns "127.0.0.1:port".
-func (p *Postgres) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port)) }
-
-// Port returns the TCP port.
-func (p *Postgres) Port() int { return p.port }
 
 // Name returns the server's application_name (as a standby) and
 // cluster_name, unique per server.
@@ -525,55 +515,6 @@ func (p *Postgres) Promote() error {
 	if !ok {
 		return withLog(fmt.Errorf("postgres %s: promote: pg_promote returned false", p.Addr()), p.LogPath())
 	}
-	return nil
-}
-
-// Pid returns the postmaster's pid, or 0 when it is not running.
-func (p *Postgres) Pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc == nil || p.proc.exited() {
-		return 0
-	}
-	return p.proc.pid()
-}
-
-// Kill SIGKILLs the postmaster and every backend, as a crash would; the data
-// directory stays for Restart.
-func (p *Postgres) Kill() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc == nil {
-		return nil
-	}
-	if err := p.proc.kill(); err != nil {
-		return fmt.Errorf("postgres %s: kill: %w", p.Addr(), err)
-	}
-	return nil
-}
-
-// Pause freezes the postmaster and all its children with SIGSTOP: the port
-// still accepts TCP connections but nothing answers.
-func (p *Postgres) Pause() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc == nil {
-		return fmt.Errorf("postgres %s: pause: not running", p.Addr())
-	}
-	if err := p.proc.pause(); err != nil {
-		return fmt.Errorf("postgres %s: pause: %w", p.Addr(), err)
-	}
-	return nil
-}
-
-// Resume undoes Pause with SIGCONT.
-func (p *Postgres) Resume() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc == nil {
-		return fmt.Errorf("postgres %s: resume: not running", p.Addr())
-	}
-	p.proc.resume()
 	return nil
 }
 

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,15 +24,12 @@ type RedisOptions struct {
 // Redis is a redis-server on a loopback port with no persistence, its log
 // in a temp dir. Methods are safe for concurrent use.
 type Redis struct {
+	server
 	password string
-	port     int
 	base     string
 
-	mu        sync.Mutex
-	replicaOf int // primary's port, 0 when a primary
-	proc      *proc
-	stopped   bool
-	client    *redis.Client
+	replicaOf int           // primary's port, 0 when a primary; guarded by mu
+	client    *redis.Client // guarded by mu
 }
 
 // StartRedis starts a redis-server on 127.0.0.1:<free port> and waits until
@@ -58,7 +53,7 @@ func startRedis(pw string, replicaOf int) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	r := &Redis{password: pw, base: base, replicaOf: replicaOf}
+	r := &Redis{server: server{kind: "redis"}, password: pw, base: base, replicaOf: replicaOf}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
@@ -173,12 +168,6 @@ func infoField(info, key string) string {
 	return ""
 }
 
-// Addr returns "127.0.0.1:port".
-func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
-
-// Port returns the TCP port.
-func (r *Redis) Port() int { return r.port }
-
 // Password returns the requirepass password ("" for none).
 func (r *Redis) Password() string { return r.password }
 
@@ -209,53 +198,6 @@ func (r *Redis) Promote() error {
 	r.mu.Lock()
 	r.replicaOf = 0
 	r.mu.Unlock()
-	return nil
-}
-
-// Pid returns the server's pid, or 0 when it is not running.
-func (r *Redis) Pid() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil || r.proc.exited() {
-		return 0
-	}
-	return r.proc.pid()
-}
-
-// Kill SIGKILLs the server (and a replication fork, if any).
-func (r *Redis) Kill() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return nil
-	}
-	if err := r.proc.kill(); err != nil {
-		return fmt.Errorf("redis %s: kill: %w", r.Addr(), err)
-	}
-	return nil
-}
-
-// Pause freezes the server with SIGSTOP.
-func (r *Redis) Pause() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return fmt.Errorf("redis %s: pause: not running", r.Addr())
-	}
-	if err := r.proc.pause(); err != nil {
-		return fmt.Errorf("redis %s: pause: %w", r.Addr(), err)
-	}
-	return nil
-}
-
-// Resume undoes Pause with SIGCONT.
-func (r *Redis) Resume() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return fmt.Errorf("redis %s: resume: not running", r.Addr())
-	}
-	r.proc.resume()
 	return nil
 }
 
