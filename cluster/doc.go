@@ -79,6 +79,21 @@
 // voted for gets the same answer; a refusal carries its Promised, Accepted
 // and record, so the proposer learns records and earlier votes.
 //
+// Duels. Two proxies that see the same failure at once both propose
+// E = max+1 and each votes for itself; in a bare quorum each then lacks the
+// other's vote, and random backoff alone parted them only after many rounds
+// (the simulation's progress bound failed on about 1 seed in 30,000). So a
+// proposer still in phase 1 whose own vote at E went to itself gives that
+// vote to a proposal at E from a higher-named proxy (if its checks agree)
+// and drops its own proposal: ballots are ordered (epoch, name) for this one
+// case. Only a proposer's vote for itself moves, and only before phase 2
+// (which starts with its own acceptance), so the proposal it drops never
+// sent an accept. A vote given to another proxy never moves: if it could,
+// two proposals at one epoch could each gather Q votes and have different
+// values accepted at that epoch, and a later phase 1 could not tell which
+// one may have been chosen (the simulation finds that when the rule is
+// switched off).
+//
 // Accept (phase 2). With Q votes the proposer applies the Paxos phase-1
 // rule: if any voter had accepted a value at an epoch above the proposer's
 // base, the highest such value is the one it must propose (it may have been
@@ -101,7 +116,9 @@
 // given up with a random backoff longer than the commit wait. Receivers
 // save a higher record (never a lower one), relay the commit once, and
 // every lease request carries the sender's record so that a proxy that
-// missed a commit adopts it at the next request.
+// missed a commit adopts it at the next request. The committing proxy and
+// every adopter ask for a lease at once rather than at the next periodic
+// request, so a switch routes about one round trip after the commit.
 //
 // Leases. Every LeaseTimeout/4 a proxy sends every peer a lease request for
 // each service, with the nonce (boot id, counter) and its record. A peer
@@ -157,8 +174,11 @@
 //
 //  1. One value per epoch. A proxy votes at most once per epoch (E must be
 //     above Promised, which is saved before the answer and never lowered),
-//     so at most one proposer gathers Q votes at E; only that proposer
-//     sends accepts at E, and a record at E is saved only from Q
+//     except that a proposer's vote for itself may move to a higher-named
+//     proposer at E while its own proposal has not reached phase 2, which
+//     it then never does. So every vote at E counts toward at most one
+//     proposal that reaches phase 2, at most one proposer gathers Q votes
+//     at E and sends accepts at E, and a record at E is saved only from Q
 //     acceptances of its one value.
 //  2. No silent reversal. If (E, v) was chosen (Q acceptances) and a later
 //     proposal with base below E gathers Q votes, one of its voters accepted

@@ -60,6 +60,10 @@ type Machine struct {
 	obsSeq  uint64
 	lastObs time.Duration
 	started bool
+	// leaseSoon asks for leases at the end of this step: a new record
+	// routes only under a lease at its epoch, and waiting for the next
+	// periodic request would add up to LeaseTimeout/4 to every switch.
+	leaseSoon bool
 
 	counters Counters
 }
@@ -486,6 +490,18 @@ func (m *Machine) Step(from string, payload []byte) {
 	default:
 		m.drop(from, fmt.Errorf("unknown message type %d", t))
 	}
+	m.flushLeaseSoon()
+}
+
+// flushLeaseSoon sends the lease requests a new record asked for.
+func (m *Machine) flushLeaseSoon() {
+	if !m.leaseSoon || m.recovering {
+		return
+	}
+	m.leaseSoon = false
+	now := m.clock.Now()
+	m.lastReq = now
+	m.requestLeases(now)
 }
 
 func (m *Machine) drop(from string, err error) {
@@ -671,6 +687,7 @@ func (m *Machine) Tick() {
 	for _, name := range m.order {
 		m.tickService(name, m.svcs[name], now)
 	}
+	m.flushLeaseSoon()
 }
 
 func (m *Machine) tickRecover(now time.Duration) {
@@ -944,6 +961,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	m.counters.Adoptions++
 	s.lease = lease{}
 	s.leaseAt = m.clock.Now()
+	m.leaseSoon = true
 	if s.hint.Epoch <= rec.Epoch {
 		s.hint = Ballot{}
 	}
@@ -954,6 +972,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 		// any decision that lands first ends the switchover request
 		s.switchTo = ""
 	}
+	m.endRetry(s, rec)
 	s.decision = fmt.Sprintf("adopted epoch %d primary %q", rec.Epoch, rec.Primary)
 	if relayExcept != "" {
 		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
@@ -977,10 +996,17 @@ func (m *Machine) onCommit(from string, x commitMsg) {
 	m.adopt(x.Service, x.Record, from)
 }
 
-func (m *Machine) tickService(name string, s *service, now time.Duration) {
-	if s.retry != nil && m.svcState(name).Record.Primary != s.retry.backend {
-		s.retry = nil // the record moved on: that promote no longer matters
+// endRetry forgets a failed promote once a decision names another
+// primary: that promote no longer matters, and a later decision that names
+// the same backend again is a new one (checked here, at the decision, since
+// two decisions can land between two ticks).
+func (m *Machine) endRetry(s *service, rec Record) {
+	if s.retry != nil && rec.Primary != s.retry.backend {
+		s.retry = nil
 	}
+}
+
+func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	if p := s.prop; p != nil {
 		m.tickProposal(name, s, p, now)
 		return
@@ -1291,10 +1317,12 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	s.prop = nil
 	s.lease = lease{}
 	s.leaseAt = now
+	m.leaseSoon = true
 	s.hint = Ballot{}
 	if rec.Epoch > s.switchAt {
 		s.switchTo = ""
 	}
+	m.endRetry(s, rec)
 	s.decision = fmt.Sprintf("committed epoch %d primary %q (%s, %d votes)", rec.Epoch, rec.Primary, p.kind, len(p.accepts))
 	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "votes", len(p.accepts))
 	b, err := encodeCommit(commitMsg{Service: name, Record: rec})
@@ -1351,6 +1379,10 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 		s.votedAt = m.clock.Now()
 		m.counters.VotesGranted++
 		reply.Granted, reply.Prev = true, prev
+		if p := s.prop; p != nil && p.epoch == x.Epoch {
+			// our own proposal at this epoch lost the duel
+			m.abandon(x.Service, s, s.votedAt, fmt.Sprintf("yielded to %s at the same epoch", from))
+		}
 		s.decision = fmt.Sprintf("voted epoch %d for %s (%s %q)", x.Epoch, from, x.Kind, x.Value)
 	case errors.Is(err, errDuplicate):
 		reply.Granted, reply.Prev = true, ss.PrevAccepted
@@ -1371,7 +1403,7 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 	if x.Epoch == ss.Promised && from == ss.PromisedTo {
 		return errDuplicate
 	}
-	if x.Epoch <= ss.Promised {
+	if x.Epoch < ss.Promised || (x.Epoch == ss.Promised && !m.outranks(from, ss)) {
 		return fmt.Errorf("already voted at epoch %d", ss.Promised)
 	}
 	if x.Epoch <= ss.Record.Epoch || x.Base < ss.Record.Epoch {
@@ -1398,6 +1430,25 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		}
 	}
 	return nil
+}
+
+// outranks reports whether a proposal from `from` at our Promised epoch
+// may take the vote we gave ourselves at that epoch. When two proxies
+// propose one epoch at once each has voted for itself, and in a bare quorum
+// both are refused until their random backoffs part them, round after
+// round. Instead the lower name yields: it gives its vote to the higher one
+// and drops its own proposal, which settles the duel in one round trip.
+// Only a proposer's vote for itself moves, and only before it accepted its
+// own value (phase 2 starts with that acceptance), so the proposal it drops
+// never sent an accept and every vote at an epoch still counts toward at
+// most one proposal that reaches phase 2. Votes given to other proxies never
+// move: with two values accepted at one epoch, a later phase 1 could not
+// tell which one may have been chosen.
+func (m *Machine) outranks(from string, ss ServiceState) bool {
+	if m.cfg.knobs.anyVoteYields && ss.PromisedTo != "" {
+		return from > ss.PromisedTo && ss.Accepted.Epoch < ss.Promised
+	}
+	return ss.PromisedTo == m.cfg.Name && from > m.cfg.Name && ss.Accepted.Epoch < ss.Promised
 }
 
 // onAccept is phase 2 at a voter: only the proxy it voted for at this

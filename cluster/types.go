@@ -205,6 +205,7 @@ type knobs struct {
 	voterKeepsRouting bool // a vote does not stop the voter's routing
 	noVotePersist     bool // votes are not saved
 	noPhase1          bool // ignore earlier votes when choosing and voting
+	anyVoteYields     bool // a higher-named proposer takes any vote at its epoch, not only a proposer's own
 }
 
 const (
