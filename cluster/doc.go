@@ -243,8 +243,9 @@
 // default, QP_SIM_SEEDS / -sim.seeds for more, QP_SIM_LONG=1 for longer
 // runs, -sim.seed=K to trace one), with promote hooks that fail (seeded)
 // and a schedule where one backend's promote always fails, the check of
-// the checker (each rule switched off must be caught) and in-process Node
-// tests. Not yet: tests over the real memberlist transport and network
-// namespaces, unfence as an explicit operation (a switchover to the old
-// primary is the failback), and metrics export of Counters.
+// the checker (each rule switched off must be caught), in-process Node
+// tests, the memberlist transport (cluster/internal/mesh) and, in
+// internal/chaos, real processes in network namespaces (N = 3 and 5). Not
+// yet: unfence as an explicit operation (a switchover to the old primary is
+// the failback).
 package cluster

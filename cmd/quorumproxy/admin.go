@@ -150,7 +150,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 {{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
 </table>
 <table><tr><th>service</th><th>epoch</th><th>primary</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
-{{range .Services}}<tr><td>{{.Service}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{.Routing}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
+{{range .Services}}<tr><td>{{.Service}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
 </table>{{end}}
 </body></html>`))
 

@@ -279,10 +279,14 @@ type clusterView struct {
 }
 
 type clusterServiceView struct {
-	Service   string  `json:"service"`
-	Epoch     uint64  `json:"epoch"`
-	Primary   string  `json:"primary"`
+	Service string `json:"service"`
+	Epoch   uint64 `json:"epoch"`
+	Primary string `json:"primary"`
+	// Routing is the backend this proxy forwards new clients to now: the
+	// cluster's leased route, unless the proxy holds it back locally
+	// (Held says why: quarantined, awaiting promotion, lease expired).
 	Routing   string  `json:"routing"`
+	Held      string  `json:"held,omitempty"`
 	LeaseMS   float64 `json:"lease_ms"` // remaining; <= 0: no lease
 	MaxVoted  uint64  `json:"max_voted"`
 	Proposing uint64  `json:"proposing,omitempty"`

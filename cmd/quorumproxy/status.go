@@ -128,9 +128,18 @@ func printCluster(w io.Writer, c *clusterView) {
 		if s.Proposing > 0 {
 			flight = fmt.Sprintf("epoch %d, %d vote(s)", s.Proposing, s.Votes)
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), orNone(s.Routing), lease, s.MaxVoted, flight, s.Decision)
+		routing := orNone(s.Routing)
+		if s.Held != "" {
+			routing = "held"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), routing, lease, s.MaxVoted, flight, s.Decision)
 	}
 	tw.Flush()
+	for _, s := range c.Services {
+		if s.Held != "" {
+			fmt.Fprintf(w, "  %s: %s\n", s.Service, s.Held)
+		}
+	}
 }
 
 func orNone(s string) string {

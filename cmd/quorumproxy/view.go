@@ -24,7 +24,14 @@ func (d *daemon) status() *statusView {
 	for _, s := range d.mon.States() {
 		states[[2]string{s.Service, s.Backend}] = s
 	}
+	forwarding, why := map[string]string{}, map[string]string{}
 	for _, ps := range d.px.Status() {
+		why[ps.Name] = ps.Reason
+		for _, b := range ps.Backends {
+			if b.Eligible && ps.Target == b.Name {
+				forwarding[ps.Name] = b.Name
+			}
+		}
 		sv := serviceView{
 			Name: ps.Name, Listen: ps.Listen, Mode: ps.Mode.String(), Role: roles[ps.Name],
 			Target: ps.Target, Why: ps.Reason, Active: ps.Active, Accepted: ps.Accepted, Refused: ps.Refused,
@@ -64,8 +71,21 @@ func (d *daemon) status() *statusView {
 	}
 	if d.cluster != nil {
 		st.Cluster = d.cluster.view()
+		st.Cluster.holdBack(forwarding, why)
 	}
 	return st
+}
+
+// holdBack makes each service's Routing what this proxy forwards to now:
+// the cluster may grant a route that the local view holds back.
+func (v *clusterView) holdBack(forwarding, why map[string]string) {
+	for i := range v.Services {
+		s := &v.Services[i]
+		if s.Routing != "" && forwarding[s.Service] != s.Routing {
+			s.Held = fmt.Sprintf("cluster routes %q; held here: %s", s.Routing, why[s.Service])
+			s.Routing = ""
+		}
+	}
 }
 
 // syncMetrics exports the proxy's counters and the health states at scrape time.

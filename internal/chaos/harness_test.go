@@ -222,14 +222,16 @@ type opts struct {
 	timeout      string // health timeout
 	fall         int
 	onQuorumLoss string
+	proxies      int // N
 }
 
 func defaultOpts() opts {
-	return opts{lease: "1s", interval: "100ms", timeout: "80ms", fall: 2, onQuorumLoss: "close"}
+	return opts{lease: "1s", interval: "100ms", timeout: "80ms", fall: 2, onQuorumLoss: "close", proxies: 3}
 }
 
-// cluster is three proxies and two echo backends ("a", priority 10, and
-// "b", priority 5), each in its own namespace on one bridge.
+// cluster is N proxies (three unless opts say otherwise) and two echo
+// backends ("a", priority 10, and "b", priority 5), each in its own
+// namespace on one bridge.
 type cluster struct {
 	t        *testing.T
 	id       string // pid36-k
@@ -321,7 +323,7 @@ func (p *proc) running() bool {
 }
 
 // newCluster builds the namespaces and bridge, starts the backends and
-// three proxies, and waits until every proxy routes to "a".
+// the proxies, and waits until every proxy routes to "a".
 func newCluster(t *testing.T, o opts) *cluster {
 	t.Helper()
 	if skipWhy != "" {
@@ -367,7 +369,7 @@ func newCluster(t *testing.T, o opts) *cluster {
 		t.Fatal(err)
 	}
 	var peers strings.Builder
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= o.proxies; i++ {
 		p := &proxyNode{c: c, name: fmt.Sprintf("p%d", i)}
 		p.ns, p.ip, p.veth = addNode(p.name, 10+i)
 		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = \"%s:%d\"\n", p.name, p.ip, gossipPort)
@@ -536,6 +538,7 @@ type status struct {
 			Epoch    uint64  `json:"epoch"`
 			Primary  string  `json:"primary"`
 			Routing  string  `json:"routing"`
+			Held     string  `json:"held"`
 			LeaseMS  float64 `json:"lease_ms"`
 			MaxVoted uint64  `json:"max_voted"`
 			Decision string  `json:"decision"`
@@ -567,6 +570,7 @@ type view struct {
 	primary  string
 	decision string
 	why      string
+	held     string
 	health   map[string]string
 }
 
@@ -576,7 +580,7 @@ func (p *proxyNode) view() view {
 		return view{}
 	}
 	s := st.Cluster.Services[0]
-	v := view{ok: true, routing: s.Routing, epoch: s.Epoch, primary: s.Primary, decision: s.Decision, why: st.Services[0].Why, health: map[string]string{}}
+	v := view{ok: true, routing: s.Routing, epoch: s.Epoch, primary: s.Primary, decision: s.Decision, why: st.Services[0].Why, held: s.Held, health: map[string]string{}}
 	for _, b := range st.Services[0].Backends {
 		v.health[b.Name] = b.Health
 	}
@@ -877,7 +881,7 @@ func (m *monitor) finish(t *testing.T, what string) (rounds int) {
 	for _, e := range keys {
 		epochs = append(epochs, fmt.Sprintf("%d:%s", e, m.records[e]))
 	}
-	t.Logf("%s: split-brain rounds %d in %d sampling rounds of all 3 proxies; epoch records seen %v", what, len(m.splits), m.rounds, epochs)
+	t.Logf("%s: split-brain rounds %d in %d sampling rounds of all %d proxies; epoch records seen %v", what, len(m.splits), m.rounds, len(m.c.proxies), epochs)
 	if len(m.splits) > 0 {
 		t.Errorf("%s: two proxies routed to different backends at once: %v", what, m.splits)
 	}
@@ -906,6 +910,25 @@ func (m *monitor) epochs() int {
 	return len(m.records)
 }
 
+// changes counts the primary changes between consecutive epoch records
+// seen: an epoch that re-affirms the same primary is not a change.
+func (m *monitor) changes() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var keys []uint64
+	for e := range m.records {
+		keys = append(keys, e)
+	}
+	slices.Sort(keys)
+	n := 0
+	for i := 1; i < len(keys); i++ {
+		if m.records[keys[i]] != m.records[keys[i-1]] {
+			n++
+		}
+	}
+	return n
+}
+
 // durations summarises measured times.
 func summary(ds []time.Duration) string {
 	if len(ds) == 0 {
@@ -913,5 +936,5 @@ func summary(ds []time.Duration) string {
 	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return fmt.Sprintf("N=%d median %s max %s min %s", len(s), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), s[0].Round(time.Millisecond))
+	return fmt.Sprintf("%d trials: median %s max %s min %s", len(s), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), s[0].Round(time.Millisecond))
 }

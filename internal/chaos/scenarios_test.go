@@ -184,8 +184,8 @@ func TestOneProxyLosesPrimary(t *testing.T) {
 		if v.epoch != e0 {
 			return fmt.Errorf("failover on one proxy's view: epoch %d -> %d", e0, v.epoch)
 		}
-		if v.why == "" {
-			return fmt.Errorf("p3 does not say why it cannot forward: %+v", v)
+		if v.why == "" || v.held == "" || v.routing != "" {
+			return fmt.Errorf("p3 does not say that it holds its clients back, and why: %+v", v)
 		}
 		if got, err := p3.ask(); err == nil {
 			return fmt.Errorf("p3 forwarded a client to %s while it cannot reach the primary", got)
@@ -193,7 +193,7 @@ func TestOneProxyLosesPrimary(t *testing.T) {
 		return nil
 	})
 	v := p3.view()
-	t.Logf("p3 quarantine: routing %q, why %q, decision %q", v.routing, v.why, v.decision)
+	t.Logf("p3 quarantine: routing %q, held %q, decision %q", v.routing, v.held, v.decision)
 	p3.heal()
 	c.waitAllRoute("a", c.proxies, 30*time.Second)
 	m.finish(t, "scenario 5")
