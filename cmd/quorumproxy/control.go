@@ -36,15 +36,24 @@ func cmdSwitchover(args []string, stdout, stderr io.Writer) int {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	base := *admin
+	if err := postSwitchover(*admin, token, *service, *to, stdout); err != nil {
+		fmt.Fprintf(stderr, "quorumproxy switchover: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// postSwitchover asks the admin API at admin for a voted switchover and
+// copies the answer to out.
+func postSwitchover(admin, token, service, to string, out io.Writer) error {
+	base := admin
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	form := url.Values{"service": {*service}, "to": {*to}}
+	form := url.Values{"service": {service}, "to": {to}}
 	req, err := http.NewRequest(http.MethodPost, base+"/api/v1/switchover", strings.NewReader(form.Encode()))
 	if err != nil {
-		fmt.Fprintf(stderr, "quorumproxy switchover: %v\n", err)
-		return 1
+		return err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if token != "" {
@@ -52,15 +61,13 @@ func cmdSwitchover(args []string, stdout, stderr io.Writer) int {
 	}
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "quorumproxy switchover: %v\n", err)
-		return 1
+		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusAccepted {
-		fmt.Fprintf(stderr, "quorumproxy switchover: %s: %s", resp.Status, body)
-		return 1
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	stdout.Write(body)
-	return 0
+	out.Write(body)
+	return nil
 }

@@ -28,6 +28,9 @@ commands:
   check-config FILE           report every problem in FILE; exit 1 if any
   status [-admin ADDR]        show services, backends, health and the cluster from a running proxy
   switchover -service S -to B move a clustered service to backend B (voted; needs the admin token)
+  drill -config F -service S -- CMD...
+                              failover drill: write through the proxy, fail the primary with CMD
+                              (or -switchover-to B), report detection, decision, RTO and lost writes
   version                     print the version
 `
 
@@ -45,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "switchover":
 		return cmdSwitchover(args[1:], stdout, stderr)
+	case "drill":
+		return cmdDrill(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "quorumproxy %s\n", version)
 		return 0

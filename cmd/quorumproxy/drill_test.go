@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+)
+
+// A drill against a real PostgreSQL primary with a synchronous standby: the
+// drill kills the primary with its fail command, the operator's side (here
+// the test, as a promote hook would) promotes the standby once the proxy
+// targets it, and the report has the whole timeline, no lost acknowledged
+// write, and a read-back that matches; the drill's rows are gone afterwards.
+func TestDrillPostgres(t *testing.T) {
+	testenv.Need(t, "postgres")
+	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
+	p2 := testenv.MustStandby(t, p1, true)
+
+	dir := t.TempDir()
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "qp.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(pgConfig, admin, listen, p1.Addr(), p2.Addr())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	d := startDaemon(t, cfgPath, admin)
+	waitFor(t, "target p1", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		return s != nil && s.Target == "p1"
+	})
+
+	promoted := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if st, err := d.status(t); err == nil && len(st.Services) > 0 && st.Services[0].Target == "p2" {
+				promoted <- p2.Promote()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
+	var out, errb bytes.Buffer
+	code := run([]string{"drill", "-config", cfgPath, "-service", "pg", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
+		"--", "/bin/sh", "-c", fmt.Sprintf("pkill -KILL -P %[1]d; kill -KILL %[1]d", p1.Pid())}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("drill exit %d:\n%s\n%s", code, errb.String(), out.String())
+	}
+	select {
+	case err := <-promoted:
+		if err != nil {
+			t.Fatalf("promote: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy never targeted p2")
+	}
+	var rep drillReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report: %v\n%s", err, out.String())
+	}
+	t.Logf("drill: down %+.3fs decided %+.3fs routed %+.3fs RTO %.3fs (window %.3fs); %d acknowledged, %d failed, %d lost",
+		rep.DownAt, rep.DecidedAt, rep.RoutedAt, rep.RTO, rep.Window, rep.Acked, rep.Failed, rep.Lost)
+	// The primary is gone until p2 is promoted after the proxy targets it:
+	// writes must have paused at least until the proxy decided.
+	if !rep.Recovered || rep.RTO < rep.DecidedAt || rep.Window <= 0 || rep.OldTarget != "p1" || rep.NewTarget != "p2" {
+		t.Errorf("want a recovery from p1 to p2 with an RTO: %+v", rep)
+	}
+	if rep.DownAt < 0 || rep.DecidedAt < rep.DownAt || rep.RoutedAt < rep.DecidedAt {
+		t.Errorf("timeline out of order or missing (down %v, decided %v, routed %v)", rep.DownAt, rep.DecidedAt, rep.RoutedAt)
+	}
+	if rep.Acked == 0 || rep.Found+rep.Lost != rep.Acked {
+		t.Errorf("read-back does not add up: %d acknowledged, %d found, %d lost", rep.Acked, rep.Found, rep.Lost)
+	}
+	var text bytes.Buffer
+	rep.print(&text)
+	for _, want := range []string{"primary seen down:", "new primary decided:", "p2", "RTO (writes acknowledged again)", "RPO: 0 acknowledged writes lost"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, text.String())
+		}
+	}
+	t.Logf("report:\n%s", text.String())
+	// A synchronous standby holds every acknowledged commit.
+	if rep.Lost != 0 {
+		t.Errorf("%d acknowledged writes lost with a synchronous standby: %v", rep.Lost, rep.LostIDs)
+	}
+
+	// The drill cleans up its own rows.
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	conn, err := pgx.Connect(cctx, p2.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(cctx)
+	var left int
+	if err := conn.QueryRow(cctx, "SELECT count(*) FROM "+drillTable+" WHERE run = $1", rep.Run).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d rows of run %s left behind", left, rep.Run)
+	}
+}
+
+// Bad drills are refused before anything is failed, saying why.
+func TestDrillRefuses(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "qp.toml")
+	cfg := `
+[admin]
+listen = ""
+
+[[service]]
+name = "web"
+listen = "127.0.0.1:1"
+  [[service.backend]]
+  name = "a"
+  address = "127.0.0.1:2"
+`
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(dir, "failed")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-config", cfgPath, "-service", "web"}, 2, "usage"},
+		{[]string{"-config", cfgPath, "-service", "web", "-switchover-to", "a", "--", "/bin/true"}, 2, "usage"},
+		{[]string{"-config", cfgPath, "-service", "nope", "--", "/usr/bin/touch", marker}, 1, `no service "nope"`},
+		{[]string{"-config", cfgPath, "-service", "web", "--", "/usr/bin/touch", marker}, 1, "postgres, redis or mysql"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(append([]string{"drill"}, c.args...), &out, &errb)
+		if code != c.code || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("drill %v: exit %d (want %d), stderr %q (want %q)", c.args, code, c.code, errb.String(), c.want)
+		}
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a refused drill ran its fail command")
+	}
+}
