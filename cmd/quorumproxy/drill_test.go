@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,22 +23,7 @@ import (
 // targets it, and the report has the whole timeline, no lost acknowledged
 // write, and a read-back that matches; the drill's rows are gone afterwards.
 func TestDrillPostgres(t *testing.T) {
-	testenv.Need(t, "postgres")
-	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
-	p2 := testenv.MustStandby(t, p1, true)
-
-	dir := t.TempDir()
-	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(dir, "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(pgConfig, admin, listen, p1.Addr(), p2.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
-	d := startDaemon(t, cfgPath, admin)
-	waitFor(t, "target p1", 20*time.Second, func() bool {
-		s := d.service(t, "pg")
-		return s != nil && s.Target == "p1"
-	})
+	p1, p2, d, cfgPath, _ := startPGPair(t, true)
 
 	promoted := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -150,5 +136,92 @@ listen = "127.0.0.1:1"
 	}
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("a refused drill ran its fail command")
+	}
+}
+
+const redisConfig = `
+[admin]
+listen = %q
+
+[[service]]
+name = "cache"
+listen = %q
+role = "primary"
+switch_hold = "3s"
+
+  [service.health]
+  kind = "redis"
+  password_env = "QP_TEST_REDIS_PASSWORD"
+  interval = "200ms"
+  timeout = "150ms"
+  rise = 1
+  fall = 2
+
+  [[service.backend]]
+  name = "r1"
+  address = %q
+  priority = 10
+
+  [[service.backend]]
+  name = "r2"
+  address = %q
+  priority = 5
+`
+
+// The same drill against Redis: the replica is promoted with REPLICAOF NO
+// ONE once the proxy targets it. Replication is asynchronous, so a write
+// the dying primary acknowledged may be lost; the report must account for
+// every acknowledged write either way.
+func TestDrillRedis(t *testing.T) {
+	r1 := testenv.MustRedis(t, testenv.RedisOptions{})
+	r2 := testenv.MustReplica(t, r1)
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(redisConfig, admin, listen, r1.Addr(), r2.Addr())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QP_TEST_REDIS_PASSWORD", r1.Password())
+	d := startDaemon(t, cfgPath, admin)
+	waitFor(t, "target r1", 20*time.Second, func() bool {
+		s := d.service(t, "cache")
+		return s != nil && s.Target == "r1"
+	})
+	promoted := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if st, err := d.status(t); err == nil && len(st.Services) > 0 && st.Services[0].Target == "r2" {
+				promoted <- r2.Promote()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	var out, errb bytes.Buffer
+	code := run([]string{"drill", "-config", cfgPath, "-service", "cache", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
+		"--", "/bin/kill", "-KILL", strconv.Itoa(r1.Pid())}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("drill exit %d:\n%s\n%s", code, errb.String(), out.String())
+	}
+	if err := <-promoted; err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	var rep drillReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("report: %v\n%s", err, out.String())
+	}
+	t.Logf("drill: down %+.3fs decided %+.3fs routed %+.3fs RTO %.3fs (window %.3fs); %d acknowledged, %d failed, %d lost",
+		rep.DownAt, rep.DecidedAt, rep.RoutedAt, rep.RTO, rep.Window, rep.Acked, rep.Failed, rep.Lost)
+	if !rep.Recovered || rep.RTO < rep.DecidedAt || rep.OldTarget != "r1" || rep.NewTarget != "r2" {
+		t.Errorf("want a recovery from r1 to r2 with an RTO: %+v", rep)
+	}
+	if rep.Acked == 0 || rep.Found+rep.Lost != rep.Acked {
+		t.Errorf("read-back does not add up: %d acknowledged, %d found, %d lost", rep.Acked, rep.Found, rep.Lost)
+	}
+	// The drill's keys are gone.
+	n, err := r2.Client().Keys(context.Background(), "quorumproxy:drill:*").Result()
+	if err != nil || len(n) != 0 {
+		t.Errorf("drill keys left behind: %d (%v)", len(n), err)
 	}
 }

@@ -46,23 +46,33 @@ switch_hold = "3s"
   priority = 5
 `
 
+// startPGPair starts a primary and a standby (synchronous if sync) and a
+// daemon in front of them with pgConfig, and waits until it targets p1.
+func startPGPair(t *testing.T, sync bool) (p1, p2 *testenv.Postgres, d *daemonProc, cfgPath, listen string) {
+	t.Helper()
+	testenv.Need(t, "postgres")
+	p1 = testenv.MustPostgres(t, testenv.PGOptions{})
+	p2 = testenv.MustStandby(t, p1, sync)
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath = filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(pgConfig, admin, listen, p1.Addr(), p2.Addr())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	d = startDaemon(t, cfgPath, admin)
+	waitFor(t, "target p1", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		return s != nil && s.Target == "p1"
+	})
+	return p1, p2, d, cfgPath, listen
+}
+
 // A real primary and standby behind the daemon: the standby is promoted after
 // the primary dies, traffic follows it, and when the old primary comes back
 // still claiming to be primary the proxy raises dual_primary and keeps writes
 // where they are.
 func TestPostgresFailoverAndDualPrimary(t *testing.T) {
-	testenv.Need(t, "postgres")
-	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
-	p2 := testenv.MustStandby(t, p1, false)
-
-	dir := t.TempDir()
-	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(dir, "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(pgConfig, admin, listen, p1.Addr(), p2.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
-	d := startDaemon(t, cfgPath, admin)
+	p1, p2, d, _, listen := startPGPair(t, false)
 
 	dsn := strings.Replace(p1.DSN("postgres"), p1.Addr(), listen, 1)
 	inRecovery := func() (bool, error) {

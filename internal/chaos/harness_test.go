@@ -872,11 +872,7 @@ func (m *monitor) finish(t *testing.T, what string) (rounds int) {
 	<-m.done
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var keys []uint64
-	for e := range m.records {
-		keys = append(keys, e)
-	}
-	slices.Sort(keys)
+	keys := m.sortedEpochs()
 	var epochs []string
 	for _, e := range keys {
 		epochs = append(epochs, fmt.Sprintf("%d:%s", e, m.records[e]))
@@ -910,16 +906,22 @@ func (m *monitor) epochs() int {
 	return len(m.records)
 }
 
+// sortedEpochs lists the epochs seen, lowest first; call with m.mu held.
+func (m *monitor) sortedEpochs() []uint64 {
+	keys := make([]uint64, 0, len(m.records))
+	for e := range m.records {
+		keys = append(keys, e)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 // changes counts the primary changes between consecutive epoch records
 // seen: an epoch that re-affirms the same primary is not a change.
 func (m *monitor) changes() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var keys []uint64
-	for e := range m.records {
-		keys = append(keys, e)
-	}
-	slices.Sort(keys)
+	keys := m.sortedEpochs()
 	n := 0
 	for i := 1; i < len(keys); i++ {
 		if m.records[keys[i]] != m.records[keys[i-1]] {
