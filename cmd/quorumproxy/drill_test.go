@@ -25,18 +25,7 @@ import (
 func TestDrillPostgres(t *testing.T) {
 	p1, p2, d, cfgPath, _ := startPGPair(t, true)
 
-	promoted := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil {
-			if st, err := d.status(t); err == nil && len(st.Services) > 0 && st.Services[0].Target == "p2" {
-				promoted <- p2.Promote()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	promoted := promoteWhenTargeted(t, d, "p2", p2.Promote)
 
 	var out, errb bytes.Buffer
 	code := run([]string{"drill", "-config", cfgPath, "-service", "pg", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
@@ -97,6 +86,24 @@ func TestDrillPostgres(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d rows of run %s left behind", left, rep.Run)
 	}
+}
+
+// promoteWhenTargeted promotes the standby once the daemon targets it, as
+// an operator's promote hook would; the result arrives on the channel.
+func promoteWhenTargeted(t *testing.T, d *daemonProc, standby string, promote func() error) <-chan error {
+	promoted := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		for ctx.Err() == nil {
+			if st, err := d.status(t); err == nil && len(st.Services) > 0 && st.Services[0].Target == standby {
+				promoted <- promote()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return promoted
 }
 
 // Bad drills are refused before anything is failed, saying why.
@@ -186,18 +193,7 @@ func TestDrillRedis(t *testing.T) {
 		s := d.service(t, "cache")
 		return s != nil && s.Target == "r1"
 	})
-	promoted := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil {
-			if st, err := d.status(t); err == nil && len(st.Services) > 0 && st.Services[0].Target == "r2" {
-				promoted <- r2.Promote()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	promoted := promoteWhenTargeted(t, d, "r2", r2.Promote)
 	var out, errb bytes.Buffer
 	code := run([]string{"drill", "-config", cfgPath, "-service", "cache", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
 		"--", "/bin/kill", "-KILL", strconv.Itoa(r1.Pid())}, &out, &errb)
