@@ -574,7 +574,7 @@ func (r *drillReport) print(w io.Writer) {
 	if r.Recovered {
 		fmt.Fprintf(w, "  RTO (writes acknowledged again): +%.3fs; write-unavailable window %.3fs\n", r.RTO, r.Window)
 	} else {
-		fmt.Fprintf(w, "  RTO:                            no write succeeded after the failure\n")
+		fmt.Fprintf(w, "  RTO:                            not recovered: no write reached a new primary in time\n")
 	}
 	fmt.Fprintf(w, "  writes: %d acknowledged, %d failed; read back through the proxy: %d found\n", r.Acked, r.Failed, r.Found)
 	if r.Lost == 0 {

@@ -25,6 +25,16 @@ import (
 func TestDrillPostgres(t *testing.T) {
 	p1, p2, d, cfgPath, _ := startPGPair(t, true)
 
+	// A "failure" that fails nothing: no new primary, so no recovery; the
+	// drill says so, exits 1, and still accounts for every write.
+	var out0, errb0 bytes.Buffer
+	if code := run([]string{"drill", "-config", cfgPath, "-service", "pg", "-warmup", "300ms", "-timeout", "1s", "--", "/bin/true"}, &out0, &errb0); code != 1 {
+		t.Fatalf("drill with a no-op failure: exit %d, want 1:\n%s\n%s", code, errb0.String(), out0.String())
+	}
+	if !strings.Contains(out0.String(), "not recovered") || !strings.Contains(out0.String(), "RPO: 0 acknowledged writes lost") {
+		t.Errorf("no-op drill report:\n%s", out0.String())
+	}
+
 	promoted := promoteWhenTargeted(t, d, "p2", p2.Promote)
 
 	var out, errb bytes.Buffer
