@@ -1230,9 +1230,12 @@ func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.D
 	}
 	// Paxos phase 1: the highest value accepted above our base may have
 	// been chosen already; it is the only value we may propose.
+	// Ties are broken by value so that the choice never depends on map
+	// order: in a correct run one epoch carries one value, but the
+	// simulation must replay a seed exactly even when a rule is off.
 	var high Ballot
 	for _, b := range p.promises {
-		if b.Epoch > p.base && b.Epoch > high.Epoch {
+		if b.Epoch > p.base && (b.Epoch > high.Epoch || b.Epoch == high.Epoch && b.Value > high.Value) {
 			high = b
 		}
 	}
