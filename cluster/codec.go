@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // MaxMessageSize bounds every payload so that it fits one UDP packet with
@@ -12,7 +13,7 @@ import (
 const MaxMessageSize = 1024
 
 // wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 1
+const wireVersion = 2 // 2: values carry the fenced set
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -41,6 +42,8 @@ const (
 	kindReaffirm                      // same primary again (liveness): voter checks Value up
 	kindForced                        // value forced by an earlier vote: no check
 	kindPromoteFailed                 // From's promote hook failed: voter checks Value up
+	kindFence                         // operator fences From: voter checks a new primary up
+	kindUnfence                       // operator unfences From: no check
 )
 
 func (k kind) String() string {
@@ -57,6 +60,10 @@ func (k kind) String() string {
 		return "forced"
 	case kindPromoteFailed:
 		return "promote-failed"
+	case kindFence:
+		return "fence"
+	case kindUnfence:
+		return "unfence"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -75,7 +82,7 @@ type obsMsg struct {
 type proposeMsg struct {
 	Service string
 	Epoch   uint64
-	Value   string
+	Value   Value
 	Kind    kind
 	From    string // the primary being replaced (failover)
 	Base    uint64 // the proposer's record epoch
@@ -86,7 +93,7 @@ type proposeMsg struct {
 type voteMsg struct {
 	Service    string
 	Epoch      uint64
-	Value      string
+	Value      Value
 	Granted    bool
 	Recovering bool
 	Prev       Ballot // the voter's accepted ballot before this vote (granted)
@@ -98,13 +105,13 @@ type voteMsg struct {
 type acceptMsg struct {
 	Service string
 	Epoch   uint64
-	Value   string
+	Value   Value
 }
 
 type acceptedMsg struct {
 	Service  string
 	Epoch    uint64
-	Value    string
+	Value    Value
 	OK       bool
 	Promised uint64
 	Accepted Ballot
@@ -184,8 +191,17 @@ func (e *enc) str(s string) {
 	e.u8(uint8(len(s)))
 	e.b = append(e.b, s...)
 }
-func (e *enc) record(r Record) { e.u64(r.Epoch); e.str(r.Primary) }
-func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.str(b.Value) }
+
+// str16 writes a string of up to 65535 bytes (a fenced set); the payload
+// size bound rejects what does not fit.
+func (e *enc) str16(s string) {
+	s = s[:min(len(s), 0xffff)]
+	e.b = binary.BigEndian.AppendUint16(e.b, uint16(len(s)))
+	e.b = append(e.b, s...)
+}
+func (e *enc) value(v Value)   { e.str(v.Primary); e.str16(string(v.Fenced)) }
+func (e *enc) record(r Record) { e.u64(r.Epoch); e.value(r.Value) }
+func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.value(b.Value) }
 
 // dec reads what enc wrote; the first error sticks.
 type dec struct {
@@ -235,8 +251,40 @@ func (d *dec) str() string {
 	d.b = d.b[n:]
 	return s
 }
-func (d *dec) record() Record { return Record{Epoch: d.u64(), Primary: d.str()} }
-func (d *dec) ballot() Ballot { return Ballot{Epoch: d.u64(), Value: d.str()} }
+func (d *dec) str16() string {
+	if d.err != nil || len(d.b) < 2 {
+		d.err = errShort
+		return ""
+	}
+	n := int(binary.BigEndian.Uint16(d.b))
+	if len(d.b) < 2+n {
+		d.err = errShort
+		return ""
+	}
+	s := string(d.b[2 : 2+n])
+	d.b = d.b[2+n:]
+	return s
+}
+
+// fenced reads a fenced set and insists on its canonical form: Values are
+// compared with ==, so two spellings of one set must not exist.
+func (d *dec) fenced() Fenced {
+	s := d.str16()
+	if d.err != nil || s == "" {
+		return ""
+	}
+	l := strings.Split(s, ",")
+	for i, b := range l {
+		if b == "" || i > 0 && l[i-1] >= b {
+			d.err = errors.New("fenced set not in canonical form")
+			return ""
+		}
+	}
+	return Fenced(s)
+}
+func (d *dec) value() Value   { return Value{Primary: d.str(), Fenced: d.fenced()} }
+func (d *dec) record() Record { return Record{Epoch: d.u64(), Value: d.value()} }
+func (d *dec) ballot() Ballot { return Ballot{Epoch: d.u64(), Value: d.value()} }
 
 // count reads an entry count and bounds it by the bytes left, so garbage
 // cannot make the decoder allocate much.
@@ -281,7 +329,7 @@ func encodePropose(m proposeMsg) ([]byte, error) {
 	e := newEnc(msgPropose)
 	e.str(m.Service)
 	e.u64(m.Epoch)
-	e.str(m.Value)
+	e.value(m.Value)
 	e.u8(uint8(m.Kind))
 	e.str(m.From)
 	e.u64(m.Base)
@@ -292,7 +340,7 @@ func encodeVote(m voteMsg) ([]byte, error) {
 	e := newEnc(msgVote)
 	e.str(m.Service)
 	e.u64(m.Epoch)
-	e.str(m.Value)
+	e.value(m.Value)
 	e.bool(m.Granted)
 	e.bool(m.Recovering)
 	e.ballot(m.Prev)
@@ -306,7 +354,7 @@ func encodeAccept(m acceptMsg) ([]byte, error) {
 	e := newEnc(msgAccept)
 	e.str(m.Service)
 	e.u64(m.Epoch)
-	e.str(m.Value)
+	e.value(m.Value)
 	return e.done()
 }
 
@@ -314,7 +362,7 @@ func encodeAccepted(m acceptedMsg) ([]byte, error) {
 	e := newEnc(msgAccepted)
 	e.str(m.Service)
 	e.u64(m.Epoch)
-	e.str(m.Value)
+	e.value(m.Value)
 	e.bool(m.OK)
 	e.u64(m.Promised)
 	e.ballot(m.Accepted)
@@ -415,24 +463,24 @@ func decObs(d *dec) obsMsg {
 }
 
 func decPropose(d *dec) proposeMsg {
-	m := proposeMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), Kind: kind(d.u8()), From: d.str(), Base: d.u64()}
-	if (m.Kind < kindFailover || m.Kind > kindPromoteFailed) && d.err == nil {
+	m := proposeMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), Kind: kind(d.u8()), From: d.str(), Base: d.u64()}
+	if (m.Kind < kindFailover || m.Kind > kindUnfence) && d.err == nil {
 		d.err = errors.New("bad proposal kind")
 	}
 	return m
 }
 
 func decVote(d *dec) voteMsg {
-	return voteMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), Granted: d.bool(), Recovering: d.bool(),
+	return voteMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), Granted: d.bool(), Recovering: d.bool(),
 		Prev: d.ballot(), Promised: d.u64(), Accepted: d.ballot(), Record: d.record()}
 }
 
 func decAccept(d *dec) acceptMsg {
-	return acceptMsg{Service: d.str(), Epoch: d.u64(), Value: d.str()}
+	return acceptMsg{Service: d.str(), Epoch: d.u64(), Value: d.value()}
 }
 
 func decAccepted(d *dec) acceptedMsg {
-	return acceptedMsg{Service: d.str(), Epoch: d.u64(), Value: d.str(), OK: d.bool(), Promised: d.u64(),
+	return acceptedMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), OK: d.bool(), Promised: d.u64(),
 		Accepted: d.ballot(), Record: d.record()}
 }
 
@@ -512,12 +560,14 @@ func decode(b []byte) (any, error) {
 // Encoded sizes, for splitting long lists over several payloads.
 const listHeader = 2 + 8 + 8 + 1 + 2 // type, version, two u64, flags, count
 
-func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + 1 + len(e.Record.Primary) }
+func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) }
+
+func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + valueSize(e.Record.Value) }
 
 func leaseAckEntrySize(e leaseAckEntry) int {
-	return 1 + len(e.Service) + 8 + 1 + 8 + 1 + len(e.Record.Primary) + 8 + 8 + 1 + len(e.Accepted.Value)
+	return 1 + len(e.Service) + 8 + 1 + 8 + valueSize(e.Record.Value) + 8 + 8 + valueSize(e.Accepted.Value)
 }
 
 func syncEntrySize(e syncEntry) int {
-	return 1 + len(e.Service) + 8 + 1 + len(e.Record.Primary) + 8 + 8 + 1 + len(e.Accepted.Value)
+	return 1 + len(e.Service) + 8 + valueSize(e.Record.Value) + 8 + 8 + valueSize(e.Accepted.Value)
 }

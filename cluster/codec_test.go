@@ -11,20 +11,20 @@ import (
 )
 
 func sampleMessages() []any {
-	rec := Record{Epoch: 9, Primary: "pg-b"}
-	acc := Ballot{Epoch: 8, Value: "pg-a"}
+	rec := Record{Epoch: 9, Value: Value{Primary: "pg-b"}}
+	acc := Ballot{Epoch: 8, Value: Value{Primary: "pg-a"}}
 	return []any{
 		obsMsg{Service: "db", Boot: 1, Seq: 2, Entries: []obsEntry{{"pg-a", Observation{Up: true, Role: RolePrimary}}, {"pg-b", Observation{Role: RoleReplica, LagBytes: 1 << 40}}}},
-		proposeMsg{Service: "db", Epoch: 10, Value: "pg-b", Kind: kindFailover, From: "pg-a", Base: 9},
-		proposeMsg{Service: "db", Epoch: 11, Value: "pg-c", Kind: kindPromoteFailed, From: "pg-b", Base: 10},
-		voteMsg{Service: "db", Epoch: 10, Value: "pg-b", Granted: true, Prev: acc, Promised: 10, Accepted: acc, Record: rec},
+		proposeMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Kind: kindFailover, From: "pg-a", Base: 9},
+		proposeMsg{Service: "db", Epoch: 11, Value: Value{Primary: "pg-c"}, Kind: kindPromoteFailed, From: "pg-b", Base: 10},
+		voteMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Granted: true, Prev: acc, Promised: 10, Accepted: acc, Record: rec},
 		commitMsg{Service: "db", Record: rec},
-		leaseReqMsg{Boot: 5, Counter: 6, Entries: []leaseEntry{{"db", rec}, {"cache", Record{Epoch: 1, Primary: "r"}}}},
+		leaseReqMsg{Boot: 5, Counter: 6, Entries: []leaseEntry{{"db", rec}, {"cache", Record{Epoch: 1, Value: Value{Primary: "r"}}}}},
 		leaseAckMsg{Boot: 5, Counter: 6, Entries: []leaseAckEntry{{Service: "db", Epoch: 9, OK: true, Record: rec, Promised: 9, Accepted: acc}}},
 		syncReqMsg{Boot: 3},
 		syncReplyMsg{Boot: 3, Recovering: true, Entries: []syncEntry{{Service: "db", Record: rec, Promised: 10, Accepted: acc}}},
-		acceptMsg{Service: "db", Epoch: 10, Value: "pg-b"},
-		acceptedMsg{Service: "db", Epoch: 10, Value: "pg-b", OK: true, Promised: 10, Accepted: acc, Record: rec},
+		acceptMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}},
+		acceptedMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, OK: true, Promised: 10, Accepted: acc, Record: rec},
 	}
 }
 
@@ -94,8 +94,8 @@ func TestCodecRejects(t *testing.T) {
 		"unknown type": {200, wireVersion, 0},
 		"type zero":    {0, wireVersion},
 		"oversized":    append([]byte{byte(msgCommit), wireVersion}, make([]byte, MaxMessageSize)...),
-		"bad kind":     mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: "a", Kind: 0}),
-		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: "a", Kind: kindPromoteFailed + 1}),
+		"bad kind":     mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: 0}),
+		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: kindUnfence + 1}),
 	} {
 		if m, err := decode(b); err == nil {
 			t.Errorf("%s: decoded as %+v", name, m)
@@ -197,8 +197,8 @@ func TestManyServicesFitPayloads(t *testing.T) {
 		st := State{Synced: i > 0, Services: map[string]ServiceState{}} // p0 recovers over sync
 		if i > 0 {
 			for _, s := range svcs {
-				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Primary: s.Backends[0].Name}, Promised: 1,
-					Accepted: Ballot{Epoch: 1, Value: s.Backends[0].Name}}
+				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: Value{Primary: s.Backends[0].Name}}, Promised: 1,
+					Accepted: Ballot{Epoch: 1, Value: Value{Primary: s.Backends[0].Name}}}
 			}
 		}
 		m, err := NewMachine(Config{Name: p, Peers: peers, Services: svcs, BootID: uint64(i + 1), LeaseTimeout: time.Second},

@@ -81,7 +81,8 @@ type service struct {
 	leaseAt  time.Duration // when we last held a lease or adopted a record
 	switchTo string        // pending operator switchover
 	switchAt uint64        // record epoch when it was asked for
-	longest  string        // longest backend name, to size payloads
+	widest   Value         // the largest value the config allows, to size payloads
+	fenceOp  *fenceOp      // pending operator fence or unfence
 	hookRun  uint64        // epoch whose hook was handed out in this run
 	decision string        // last decision and why, for status
 	// retry is a failed promote of the record's primary that this proxy
@@ -89,6 +90,14 @@ type service struct {
 	// when its last failed promote stops excluding it from candidates.
 	retry  *promoteFailure
 	failed map[string]time.Duration
+}
+
+// fenceOp is an operator's fence (or unfence) of a backend, asked for
+// when the record was at epoch at.
+type fenceOp struct {
+	backend string
+	fence   bool
+	at      uint64
 }
 
 // promoteFailure is a promote hook that failed: the backend it should have
@@ -112,7 +121,8 @@ type lease struct {
 
 type proposal struct {
 	epoch, base uint64
-	value, from string
+	value       Value
+	from        string
 	kind        kind
 	sentAt      time.Duration
 	lastSend    time.Duration
@@ -181,9 +191,10 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 			failed: map[string]time.Duration{}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
-			if len(b.Name) > len(s.longest) {
-				s.longest = b.Name
+			if len(b.Name) > len(s.widest.Primary) {
+				s.widest.Primary = b.Name
 			}
+			s.widest.Fenced = s.widest.Fenced.With(b.Name)
 		}
 		m.svcs[sc.Name] = s
 		m.order = append(m.order, sc.Name)
@@ -376,9 +387,64 @@ func (m *Machine) Switchover(svc, to string) error {
 	if m.recovering {
 		return fmt.Errorf("cluster: switchover of service %q: this proxy is still recovering its state", svc)
 	}
-	s.switchTo, s.switchAt = to, m.svcState(svc).Record.Epoch
+	rec := m.svcState(svc).Record
+	if rec.Fenced.Has(to) {
+		return fmt.Errorf("cluster: switchover of service %q: backend %q is fenced (since a failover or an operator's fence); unfence it first", svc, to)
+	}
+	s.switchTo, s.switchAt = to, rec.Epoch
 	s.next = m.clock.Now()
 	return nil
+}
+
+// Fence asks the cluster to fence backend off the service: no failover
+// picks it until it is unfenced, and if it is the primary the service
+// moves to the best candidate. Unfence (fence false) takes it back. Both
+// are decided by a vote, at a new epoch.
+func (m *Machine) Fence(svc, backend string, fence bool) error {
+	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
+	s := m.svcs[svc]
+	if s == nil {
+		return fmt.Errorf("cluster: %s: unknown service %q", verb, svc)
+	}
+	rec := m.svcState(svc).Record
+	_, known := s.backends[backend]
+	switch {
+	case !known && !(rec.Fenced.Has(backend) && !fence):
+		// a fenced backend removed from the config can still be unfenced
+		return fmt.Errorf("cluster: %s: service %q has no backend %q", verb, svc, backend)
+	case m.recovering:
+		return fmt.Errorf("cluster: %s in service %q: this proxy is still recovering its state", verb, svc)
+	case rec.Primary == "":
+		return fmt.Errorf("cluster: %s in service %q: the cluster has not chosen a first primary yet", verb, svc)
+	case fence && rec.Fenced.Has(backend):
+		return fmt.Errorf("cluster: fence: backend %q of service %q is already fenced", backend, svc)
+	case !fence && !rec.Fenced.Has(backend):
+		return fmt.Errorf("cluster: unfence: backend %q of service %q is not fenced", backend, svc)
+	}
+	if fence && backend == rec.Primary {
+		if c, why := m.candidate(s, rec.Primary); c == "" {
+			return fmt.Errorf("cluster: fence: %q is the primary of service %q and no backend can take over: %s", backend, svc, why)
+		}
+	}
+	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: rec.Epoch}
+	s.next = m.clock.Now()
+	return nil
+}
+
+// fenceValue is the value that carries out op on rec, or "" and why not.
+func (m *Machine) fenceValue(s *service, rec Record, op *fenceOp) (Value, string) {
+	if !op.fence {
+		return Value{Primary: rec.Primary, Fenced: rec.Fenced.Without(op.backend)}, ""
+	}
+	v := Value{Primary: rec.Primary, Fenced: rec.Fenced.With(op.backend)}
+	if op.backend == rec.Primary {
+		c, why := m.candidate(s, rec.Primary)
+		if c == "" {
+			return Value{}, why
+		}
+		v.Primary = c
+	}
+	return v, ""
 }
 
 // HookDone records that the hooks of the decision at epoch ran.
@@ -405,7 +471,7 @@ func (m *Machine) HookFailed(svc string, epoch uint64, reason string) error {
 	}
 	ss := m.svcState(svc)
 	in := ss.Intent
-	if in.Epoch != epoch || in.Done || in.Promote == "" || ss.Record != (Record{Epoch: epoch, Primary: in.Promote}) {
+	if in.Epoch != epoch || in.Done || in.Promote == "" || ss.Record.Epoch != epoch || ss.Record.Primary != in.Promote {
 		return nil
 	}
 	now := m.clock.Now()
@@ -601,8 +667,13 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 	var cs []cand
 	why := "no other backend"
 	now := m.clock.Now()
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
 	for _, b := range s.cfg.Backends {
 		if b.Name == primary {
+			continue
+		}
+		if fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced {
+			why = "every other backend is fenced (quorumproxy unfence)"
 			continue
 		}
 		if m.excluded(s, b.Name, now) {
@@ -645,8 +716,9 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 // bestUp is the highest-priority backend up in this proxy's own view.
 func (m *Machine) bestUp(s *service) string {
 	best, prio := "", 0
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
 	for _, b := range s.cfg.Backends {
-		if m.ownUp(s, b.Name) && (best == "" || b.Priority > prio) {
+		if m.ownUp(s, b.Name) && !fenced.Has(b.Name) && (best == "" || b.Priority > prio) {
 			best, prio = b.Name, b.Priority
 		}
 	}
@@ -798,7 +870,7 @@ func (m *Machine) finishRecovery() {
 	for _, name := range m.order {
 		s := m.svcs[name]
 		s.leaseAt = now
-		s.switchTo = ""
+		s.switchTo, s.fenceOp = "", nil
 		m.log.Info("cluster: recovered state from peers", "service", name, "epoch", st.Services[name].Record.Epoch)
 	}
 }
@@ -841,9 +913,9 @@ func (m *Machine) requestLeases(now time.Duration) {
 		// carries lets peers that missed a commit catch up.
 		e := leaseEntry{Service: name, Record: ss.Record}
 		// The answer is larger than the request: size the batch by it,
-		// with the longest backend name where the answer has a name.
-		long := m.svcs[name].longest
-		n := leaseAckEntrySize(leaseAckEntry{Service: name, Record: Record{Primary: long}, Accepted: Ballot{Value: long}})
+		// with the largest value the service's config allows.
+		w := m.svcs[name].widest
+		n := leaseAckEntrySize(leaseAckEntry{Service: name, Record: Record{Value: w}, Accepted: Ballot{Value: w}})
 		if size+n > MaxMessageSize || len(entries) == 255 {
 			flush()
 		}
@@ -973,7 +1045,8 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 		s.switchTo = ""
 	}
 	m.endRetry(s, rec)
-	s.decision = fmt.Sprintf("adopted epoch %d primary %q", rec.Epoch, rec.Primary)
+	m.endFenceOp(s, rec)
+	s.decision = fmt.Sprintf("adopted epoch %d %s", rec.Epoch, rec.Value)
 	if relayExcept != "" {
 		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
 		m.sendAll(b, err, relayExcept)
@@ -1006,6 +1079,23 @@ func (m *Machine) endRetry(s *service, rec Record) {
 	}
 }
 
+// endFenceOp ends an operator's fence or unfence at the first decision
+// that lands after it was asked for, its own or another: like a
+// switchover it is one attempt, and the operator sees the outcome. Left
+// pending, it could be carried out long after, on a cluster that moved on.
+func (m *Machine) endFenceOp(s *service, rec Record) {
+	if op := s.fenceOp; op != nil && rec.Epoch > op.at {
+		if rec.Fenced.Has(op.backend) != op.fence {
+			s.decision = fmt.Sprintf("%s dropped: epoch %d was decided first", m.fenceOpString(op), rec.Epoch)
+		}
+		s.fenceOp = nil
+	}
+}
+
+func (m *Machine) fenceOpString(op *fenceOp) string {
+	return map[bool]string{true: "fence ", false: "unfence "}[op.fence] + op.backend
+}
+
 func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	if p := s.prop; p != nil {
 		m.tickProposal(name, s, p, now)
@@ -1033,17 +1123,35 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	if s.retry != nil && forced.Epoch == 0 {
 		retryTo = m.retryCandidate(name, s, rec)
 	}
+	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
 	switch {
-	case s.switchTo != "" && s.switchTo == rec.Primary && forced.Epoch == 0:
-		s.switchTo = ""
-	case s.switchTo != "" && forced.Epoch != 0:
+	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+	case s.switchTo != "" && s.switchTo == rec.Primary:
+		s.switchTo = ""
 	case s.switchTo != "":
-		if m.ownUp(s, s.switchTo) {
-			m.propose(name, s, s.switchTo, kindSwitchover, rec.Primary, now)
-		} else {
+		switch {
+		case rec.Fenced.Has(s.switchTo):
+			s.decision = fmt.Sprintf("switchover to %q dropped: it was fenced meanwhile", s.switchTo)
+			s.switchTo = ""
+		case !m.ownUp(s, s.switchTo):
 			s.decision = fmt.Sprintf("switchover to %q dropped: it is not up here", s.switchTo)
 			s.switchTo = ""
+		default:
+			m.propose(name, s, keep(s.switchTo), kindSwitchover, rec.Primary, now)
+		}
+	case s.fenceOp != nil:
+		op := s.fenceOp
+		v, why := m.fenceValue(s, rec, op)
+		k := map[bool]kind{true: kindFence, false: kindUnfence}[op.fence]
+		switch {
+		case why != "":
+			s.decision = fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why)
+			s.fenceOp = nil
+		case v == rec.Value:
+			s.fenceOp = nil // already done by a decision that landed meanwhile
+		default:
+			m.propose(name, s, v, k, op.backend, now)
 		}
 	case rec.Primary == "":
 		if forced.Epoch != 0 {
@@ -1054,7 +1162,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		}
 		best := m.bestUp(s)
 		if best != "" && m.healthy(s, best) {
-			m.propose(name, s, best, kindBootstrap, "", now)
+			m.propose(name, s, keep(best), kindBootstrap, "", now)
 		}
 	case m.objectivelyDown(s, rec.Primary):
 		if forced.Epoch != 0 {
@@ -1070,16 +1178,23 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			s.decision = "no failover: " + why
 			return
 		}
-		m.propose(name, s, c, kindFailover, rec.Primary, now)
+		v := keep(c)
+		if !s.cfg.RoleAware {
+			// Without a role to report, nothing else would keep the old
+			// primary out of a later failover once it is up again: it
+			// stays fenced until an operator unfences it.
+			v.Fenced = rec.Fenced.With(rec.Primary)
+		}
+		m.propose(name, s, v, kindFailover, rec.Primary, now)
 	case s.retry != nil && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 	case retryTo != "":
-		m.propose(name, s, retryTo, kindPromoteFailed, rec.Primary, now)
+		m.propose(name, s, keep(retryTo), kindPromoteFailed, rec.Primary, now)
 	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
 		if forced.Epoch != 0 {
 			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 		} else if m.ownUp(s, rec.Primary) {
-			m.propose(name, s, rec.Primary, kindReaffirm, rec.Primary, now)
+			m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
 		}
 	}
 }
@@ -1123,7 +1238,7 @@ func (m *Machine) persistVote(name string, ss ServiceState) error {
 
 // propose stops routing (our own vote is above the record), persists our
 // vote, then asks every peer for theirs (phase 1).
-func (m *Machine) propose(name string, s *service, value string, k kind, from string, now time.Duration) {
+func (m *Machine) propose(name string, s *service, value Value, k kind, from string, now time.Duration) {
 	ss := m.svcState(name)
 	e := max(ss.Record.Epoch, ss.Promised) + 1
 	prev := ss.Accepted
@@ -1136,8 +1251,8 @@ func (m *Machine) propose(name string, s *service, value string, k kind, from st
 	m.counters.Proposals++
 	s.prop = &proposal{epoch: e, base: ss.Record.Epoch, value: value, from: from, kind: k, sentAt: now, lastSend: now,
 		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}}
-	s.decision = fmt.Sprintf("proposed epoch %d primary %q (%s)", e, value, k)
-	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value, "kind", k.String())
+	s.decision = fmt.Sprintf("proposed epoch %d %s (%s)", e, value, k)
+	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value.Primary, "fenced", string(value.Fenced), "kind", k.String())
 	m.resend(name, s.prop)
 	m.checkPromises(name, s, s.prop, now)
 }
@@ -1177,9 +1292,12 @@ func (m *Machine) tickProposal(name string, s *service, p *proposal, now time.Du
 
 func (m *Machine) abandon(name string, s *service, now time.Duration, why string) {
 	if p := s.prop; p != nil {
-		if p.kind == kindSwitchover {
+		switch p.kind {
+		case kindSwitchover:
 			// one attempt per request: the operator sees it failed
 			s.switchTo = ""
+		case kindFence, kindUnfence:
+			s.fenceOp = nil
 		}
 		s.decision = fmt.Sprintf("gave up epoch %d: %s", p.epoch, why)
 		m.log.Info("cluster: proposal given up", "service", name, "epoch", p.epoch, "why", why)
@@ -1235,12 +1353,12 @@ func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.D
 	// simulation must replay a seed exactly even when a rule is off.
 	var high Ballot
 	for _, b := range p.promises {
-		if b.Epoch > p.base && (b.Epoch > high.Epoch || b.Epoch == high.Epoch && b.Value > high.Value) {
+		if b.Epoch > p.base && (b.Epoch > high.Epoch || b.Epoch == high.Epoch && high.Value.less(b.Value)) {
 			high = b
 		}
 	}
 	if high.Epoch != 0 && high.Value != p.value && !m.cfg.knobs.noPhase1 {
-		s.decision = fmt.Sprintf("epoch %d forced to %q by a vote at epoch %d", p.epoch, high.Value, high.Epoch)
+		s.decision = fmt.Sprintf("epoch %d forced to %s by a vote at epoch %d", p.epoch, high.Value, high.Epoch)
 		p.value, p.kind = high.Value, kindForced
 	}
 	ss := m.svcState(name)
@@ -1305,11 +1423,14 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 		return
 	}
 	old := ss.Record
-	rec := Record{Epoch: p.epoch, Primary: p.value}
+	rec := Record{Epoch: p.epoch, Value: p.value}
 	ss.Record = rec
 	ss.Intent = HookIntent{}
 	if old.Primary != rec.Primary && old.Primary != "" {
 		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: old.Primary, Promote: rec.Primary}
+	} else if p.kind == kindFence {
+		// an operator fenced a standby: its fence hook runs, nothing is promoted
+		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: p.from}
 	}
 	if err := m.save(name, ss, false); err != nil {
 		m.log.Error("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
@@ -1326,8 +1447,10 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 		s.switchTo = ""
 	}
 	m.endRetry(s, rec)
-	s.decision = fmt.Sprintf("committed epoch %d primary %q (%s, %d votes)", rec.Epoch, rec.Primary, p.kind, len(p.accepts))
-	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "votes", len(p.accepts))
+	m.endFenceOp(s, rec)
+	s.decision = fmt.Sprintf("committed epoch %d %s (%s, %d votes)", rec.Epoch, rec.Value, p.kind, len(p.accepts))
+	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "fenced", string(rec.Fenced),
+		"kind", p.kind.String(), "votes", len(p.accepts))
 	b, err := encodeCommit(commitMsg{Service: name, Record: rec})
 	m.sendAll(b, err, "")
 	if m.cfg.OnRecord != nil {
@@ -1386,7 +1509,7 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 			// our own proposal at this epoch lost the duel
 			m.abandon(x.Service, s, s.votedAt, fmt.Sprintf("yielded to %s at the same epoch", from))
 		}
-		s.decision = fmt.Sprintf("voted epoch %d for %s (%s %q)", x.Epoch, from, x.Kind, x.Value)
+		s.decision = fmt.Sprintf("voted epoch %d for %s (%s, %s)", x.Epoch, from, x.Kind, x.Value)
 	case errors.Is(err, errDuplicate):
 		reply.Granted, reply.Prev = true, ss.PrevAccepted
 	default:
@@ -1412,8 +1535,28 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 	if x.Epoch <= ss.Record.Epoch || x.Base < ss.Record.Epoch {
 		return fmt.Errorf("record is at epoch %d", ss.Record.Epoch)
 	}
-	if _, ok := s.backends[x.Value]; !ok {
-		return fmt.Errorf("unknown backend %q", x.Value)
+	v := x.Value
+	if _, ok := s.backends[v.Primary]; !ok {
+		return fmt.Errorf("unknown backend %q", v.Primary)
+	}
+	if v.Fenced.Has(v.Primary) && !m.cfg.knobs.ignoreFenced {
+		return fmt.Errorf("primary %q is in its own fenced set", v.Primary)
+	}
+	// A fenced backend is never made primary, except by a forced value (an
+	// earlier vote may have chosen it, and phase 1 must finish that) and
+	// by an unfence, which keeps the primary as it is.
+	fenced := ss.Record.Fenced
+	switch x.Kind {
+	case kindForced:
+		return nil
+	case kindUnfence:
+		if v.Primary != ss.Record.Primary && x.Base == ss.Record.Epoch {
+			return fmt.Errorf("unfence of %q moves the primary", x.From)
+		}
+		return nil
+	}
+	if fenced.Has(v.Primary) && !m.cfg.knobs.ignoreFenced {
+		return fmt.Errorf("backend %q is fenced", v.Primary)
 	}
 	switch x.Kind {
 	case kindFailover:
@@ -1421,15 +1564,22 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 			return fmt.Errorf("own check does not see %q down", x.From)
 		}
 	case kindBootstrap:
-		if !m.ownUp(s, x.Value) || m.bestUp(s) != x.Value {
-			return fmt.Errorf("own check does not see %q as the best backend up", x.Value)
+		if !m.ownUp(s, v.Primary) || m.bestUp(s) != v.Primary {
+			return fmt.Errorf("own check does not see %q as the best backend up", v.Primary)
+		}
+	case kindFence:
+		if !v.Fenced.Has(x.From) {
+			return fmt.Errorf("fence of %q leaves it out of the fenced set", x.From)
+		}
+		if v.Primary != ss.Record.Primary && !m.ownUp(s, v.Primary) {
+			return fmt.Errorf("own check does not see %q up", v.Primary)
 		}
 	case kindSwitchover, kindReaffirm, kindPromoteFailed:
-		if !m.ownUp(s, x.Value) {
-			return fmt.Errorf("own check does not see %q up", x.Value)
+		if !m.ownUp(s, v.Primary) {
+			return fmt.Errorf("own check does not see %q up", v.Primary)
 		}
-		if x.Kind == kindPromoteFailed && x.Value == x.From {
-			return fmt.Errorf("move away from %q proposes %q again", x.From, x.Value)
+		if x.Kind == kindPromoteFailed && v.Primary == x.From {
+			return fmt.Errorf("move away from %q proposes %q again", x.From, v.Primary)
 		}
 	}
 	return nil
@@ -1464,7 +1614,7 @@ func (m *Machine) onAccept(from string, x acceptMsg) {
 	}
 	ss := m.svcState(x.Service)
 	reply := acceptedMsg{Service: x.Service, Epoch: x.Epoch, Value: x.Value}
-	_, known := s.backends[x.Value]
+	_, known := s.backends[x.Value.Primary]
 	switch {
 	case m.recovering || !known:
 	case ss.Accepted.Epoch == x.Epoch && ss.Accepted.Value == x.Value:
@@ -1502,6 +1652,7 @@ type ServiceStatus struct {
 	Proposing  uint64
 	Votes      int
 	Switchover string // pending operator switchover target
+	Fencing    string // pending operator fence or unfence: "fence b", "unfence b"
 	Decision   string // the last decision and why
 	// PromoteFailed lists the backends that are no failover candidate on
 	// this proxy now because a promote hook of theirs failed lately.
@@ -1534,6 +1685,9 @@ func (m *Machine) Status() Status {
 		b, rem := m.Route(name)
 		x := ServiceStatus{Service: name, Record: ss.Record, Promised: ss.Promised, Accepted: ss.Accepted,
 			Routing: b, Lease: rem, Switchover: s.switchTo, Decision: s.decision}
+		if op := s.fenceOp; op != nil {
+			x.Fencing = m.fenceOpString(op)
+		}
 		if p := s.prop; p != nil {
 			x.Proposing, x.Votes = p.epoch, len(p.promises)
 		}

@@ -270,6 +270,16 @@ func (n *Node) Switchover(service, to string) error {
 	return err
 }
 
+// Fence asks the cluster to fence backend off service (unfence when fence
+// is false); the change goes through the vote and shows in Status.
+func (n *Node) Fence(service, backend string, fence bool) error {
+	var err error
+	if cerr := n.call(func() { err = n.m.Fence(service, backend, fence) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
 // HookDone records that the hooks of the decision at epoch have run.
 func (n *Node) HookDone(service string, epoch uint64) error {
 	var err error

@@ -244,7 +244,7 @@ func TestMachineDropsHostileInput(t *testing.T) {
 	}
 	obs, _ := encodeObs(obsMsg{Service: "db", Boot: 5, Seq: 9, Entries: []obsEntry{{"pg-a", Observation{Up: true}}}})
 	older, _ := encodeObs(obsMsg{Service: "db", Boot: 5, Seq: 8, Entries: []obsEntry{{"pg-a", Observation{}}}})
-	unknown, _ := encodePropose(proposeMsg{Service: "nope", Epoch: 3, Value: "x", Kind: kindFailover})
+	unknown, _ := encodePropose(proposeMsg{Service: "nope", Epoch: 3, Value: Value{Primary: "x"}, Kind: kindFailover})
 	m.Step("b", []byte{0xde, 0xad, 0xbe, 0xef})
 	m.Step("mallory", obs)
 	m.Step("b", obs)
@@ -361,17 +361,75 @@ func TestNodePromoteFailureMovesOn(t *testing.T) {
 		t.Fatal("HookFailed accepted an unknown service")
 	}
 
-	// A candidate that comes back is moved to: the old primary, healthy
-	// again, is promoted at the next epoch.
+	// The old primary, healthy again, stays fenced: a service checked
+	// without roles has nothing else to keep it out. Once pg-b's hold
+	// ends the cluster moves on to pg-b, never to pg-a.
 	c.failPromote.Store(&[]string{})
 	for _, p := range c.peers {
 		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0)
 	}
-	h3 := c.nextHook("the move to pg-a")
+	h3 := c.nextHook("the move to pg-b once its hold ends")
 	var e3 uint64
 	fmt.Sscanf(h3, "%s epoch %d", &who2, &e3)
-	if !strings.HasSuffix(h3, "fence pg-c promote pg-a") || e3 <= e2 {
-		t.Fatalf("after %q came %q: want fence pg-c promote pg-a at a later epoch", h2, h3)
+	if !strings.HasSuffix(h3, "fence pg-c promote pg-b") || e3 <= e2 {
+		t.Fatalf("after %q came %q: want fence pg-c promote pg-b at a later epoch", h2, h3)
+	}
+	c.waitFor("every proxy to route pg-b", 20*time.Second, c.allRoute("pg-b"))
+	c.waitFor("pg-a fenced in every record", 10*time.Second, c.allFenced("pg-a"))
+
+	// Failback is the operator's: a switchover to a fenced backend is
+	// refused; unfence (an epoch with no hook), then switch over.
+	n := c.nodes[who1]
+	if err := n.Switchover("db", "pg-a"); err == nil || !strings.Contains(err.Error(), "fenced") {
+		t.Fatalf("switchover to fenced pg-a: got %v, want a refusal that says it is fenced", err)
+	}
+	if err := n.Fence("db", "pg-c", false); err == nil || !strings.Contains(err.Error(), "not fenced") {
+		t.Fatalf("unfence of pg-c, which is not fenced: got %v", err)
+	}
+	if err := n.Fence("db", "pg-a", false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("pg-a unfenced in every record", 20*time.Second, c.allFenced(""))
+	c.waitFor("every proxy to route pg-b again", 20*time.Second, c.allRoute("pg-b"))
+	if err := n.Switchover("db", "pg-a"); err != nil {
+		t.Fatal(err)
+	}
+	if h := c.nextHook("the failback to pg-a"); !strings.HasSuffix(h, "fence pg-b promote pg-a") {
+		t.Fatalf("failback hook %q: want fence pg-b promote pg-a", h)
 	}
 	c.waitFor("every proxy to route pg-a", 20*time.Second, c.allRoute("pg-a"))
+
+	// An operator's fence of the primary moves the service to the best
+	// candidate and keeps the fenced one out; a fence of a standby runs
+	// its fence hook and promotes nothing.
+	if err := n.Fence("db", "pg-a", true); err != nil {
+		t.Fatal(err)
+	}
+	if h := c.nextHook("the fence of pg-a"); !strings.HasSuffix(h, "fence pg-a promote pg-b") {
+		t.Fatalf("fence hook %q: want fence pg-a promote pg-b", h)
+	}
+	c.waitFor("every proxy to route pg-b after the fence", 20*time.Second, c.allRoute("pg-b"))
+	if err := n.Fence("db", "pg-c", true); err != nil {
+		t.Fatal(err)
+	}
+	if h := c.nextHook("the fence of pg-c"); !strings.HasSuffix(h, "fence pg-c promote ") {
+		t.Fatalf("fence hook %q: want fence pg-c with nothing promoted", h)
+	}
+	c.waitFor("pg-a and pg-c fenced everywhere", 20*time.Second, c.allFenced("pg-a,pg-c"))
+	if err := n.Fence("db", "pg-b", true); err == nil || !strings.Contains(err.Error(), "no backend can take over") {
+		t.Fatalf("fence of the last unfenced primary: got %v, want a refusal", err)
+	}
+}
+
+// allFenced reports whether every proxy's record has exactly this fenced set.
+func (c *testCluster) allFenced(want Fenced) func() bool {
+	return func() bool {
+		for _, p := range c.peers {
+			st, err := c.nodes[p].Status()
+			if err != nil || st.Services[0].Record.Fenced != want {
+				return false
+			}
+		}
+		return true
+	}
 }

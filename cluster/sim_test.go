@@ -199,10 +199,13 @@ type sim struct {
 	lastDown [][]time.Duration // [node][backend index] last time seen down
 	switchAt map[string]time.Duration
 
-	values    map[uint64]string
+	values    map[uint64]Value
 	firstSeen map[uint64]time.Duration
 	votes     map[Ballot]map[int]bool
-	accepted  map[uint64]string // the value first accepted at each epoch
+	accepted  map[uint64]Value // the value first accepted at each epoch
+	// fenceAt and unfenceAt: when an operator last asked to fence or
+	// unfence each backend; fencedAt: when a commit last added it.
+	fenceAt, unfenceAt, fencedAt map[string]time.Duration
 	// promoteFailed holds the epochs whose promote hook failed (and whose
 	// failure the committing proxy took).
 	promoteFailed map[uint64]bool
@@ -217,6 +220,7 @@ type sim struct {
 type simStats struct {
 	events, commits, failovers, bareQuorum atomic.Int64
 	promoteFails, movesOn                  atomic.Int64
+	fences, unfences                       atomic.Int64 // commits that grew or shrank the fenced set
 }
 
 func (s *sim) logf(format string, args ...any) {
@@ -284,7 +288,8 @@ func newSim(o simOpts) *sim {
 	}
 	s := &sim{o: o, rng: rng, n: n, quor: n/2 + 1, byName: map[string]int{},
 		truth: map[string]bool{}, switchAt: map[string]time.Duration{},
-		values: map[uint64]string{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{}, accepted: map[uint64]string{},
+		values: map[uint64]Value{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{}, accepted: map[uint64]Value{},
+		fenceAt: map[string]time.Duration{}, unfenceAt: map[string]time.Duration{}, fencedAt: map[string]time.Duration{},
 		promoteFailed: map[uint64]bool{}, maxDelay: 20 * time.Millisecond}
 	s.backends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
 	for _, b := range s.backends {
@@ -314,7 +319,7 @@ func newSim(o simOpts) *sim {
 		if warm {
 			// a cluster that has run before: epoch 1 committed everywhere
 			nd.store.st = State{Synced: true, Services: map[string]ServiceState{simService: {
-				Record: Record{Epoch: 1, Primary: "pg-a"}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: "pg-a"}}}}
+				Record: Record{Epoch: 1, Value: Value{Primary: "pg-a"}}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: Value{Primary: "pg-a"}}}}}
 		}
 		for _, b := range s.backends {
 			nd.view[b.Name] = true
@@ -322,7 +327,7 @@ func newSim(o simOpts) *sim {
 		s.nodes = append(s.nodes, nd)
 	}
 	if warm {
-		b := Ballot{Epoch: 1, Value: "pg-a"}
+		b := Ballot{Epoch: 1, Value: Value{Primary: "pg-a"}}
 		s.votes[b] = map[int]bool{}
 		for i := range n {
 			s.votes[b][i] = true
@@ -446,6 +451,7 @@ func (s *sim) run() string {
 		s.after(simLease, func() { s.setTruth(0, false) })
 	}
 	s.at(faultEnd, &simEvent{kind: evFunc, fn: s.heal})
+	s.at(faultEnd+simLease/4, &simEvent{kind: evFunc, fn: s.unfenceUp})
 	// Once the healed cluster has stayed converged for a few lease
 	// periods, the rest of the heal budget is not needed. A change after
 	// convergence (a move after a failed promote) restarts the count.
@@ -660,6 +666,8 @@ func (s *sim) fault() {
 		} else {
 			s.setTruth(b, !s.truth[s.backends[b].Name])
 		}
+	case r < 84:
+		s.operatorFence(s.randomNode(), s.backends[s.rng.IntN(len(s.backends))].Name, s.rng.IntN(2) == 0)
 	case r < 90:
 		nd := s.randomNode()
 		if !nd.alive || nd.paused {
@@ -673,6 +681,42 @@ func (s *sim) fault() {
 		s.switchAt[to] = s.now
 		s.logf("%s switchover to %s requested", nd.name, to)
 	}
+}
+
+// operatorFence is an operator's fence or unfence of backend b through nd.
+func (s *sim) operatorFence(nd *simNode, b string, fence bool) {
+	if !nd.alive || nd.paused {
+		return
+	}
+	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
+	if err := nd.m.Fence(simService, b, fence); err != nil {
+		s.logf("%s %s of %s refused: %v", nd.name, verb, b, err)
+		return
+	}
+	if fence {
+		s.fenceAt[b] = s.now
+	} else {
+		s.unfenceAt[b] = s.now
+	}
+	s.logf("%s %s of %s requested", nd.name, verb, b)
+}
+
+// unfenceUp is the operator after the heal: a backend that is up but
+// fenced could be the only one left, so it is unfenced, through a proxy
+// that runs, again and again until the record agrees.
+func (s *sim) unfenceUp() {
+	fenced := s.globalFenced()
+	for _, b := range s.backends {
+		if s.truth[b.Name] && fenced.Has(b.Name) {
+			for _, i := range s.rng.Perm(s.n) {
+				if nd := s.nodes[i]; nd.alive && !nd.lost && !nd.paused {
+					s.operatorFence(nd, b.Name, false)
+					break
+				}
+			}
+		}
+	}
+	s.after(simLease, s.unfenceUp)
 }
 
 // maybeSilence aims at the schedules the phase-1 rule and the commit wait
@@ -740,10 +784,19 @@ func (s *sim) globalPrimary() string {
 	p := ""
 	for e, v := range s.values {
 		if e > best {
-			best, p = e, v
+			best, p = e, v.Primary
 		}
 	}
 	return p
+}
+
+// globalFenced is the fenced set of the highest committed record.
+func (s *sim) globalFenced() Fenced {
+	var best uint64
+	for e := range s.values {
+		best = max(best, e)
+	}
+	return s.values[best].Fenced
 }
 
 // heal ends the faults: the network is whole again, every proxy runs, all
@@ -832,7 +885,7 @@ func (s *sim) checkNode(nd *simNode) {
 		// One proposal per epoch reaches phase 2, so every proxy that
 		// accepts at an epoch accepts the same value.
 		if v, ok := s.accepted[acc.Epoch]; ok && v != acc.Value {
-			s.fail("two values accepted at epoch %d: %q and %q (%s)", acc.Epoch, v, acc.Value, nd.name)
+			s.fail("two values accepted at epoch %d: %s and %s (%s)", acc.Epoch, v, acc.Value, nd.name)
 			return
 		}
 		s.accepted[acc.Epoch] = acc.Value
@@ -853,8 +906,8 @@ func (s *sim) checkNode(nd *simNode) {
 	}
 	if rec.Epoch > 0 {
 		if v, ok := s.values[rec.Epoch]; ok {
-			if v != rec.Primary {
-				s.fail("two values at epoch %d: %q and %q (%s)", rec.Epoch, v, rec.Primary, nd.name)
+			if v != rec.Value {
+				s.fail("two values at epoch %d: %s and %s (%s)", rec.Epoch, v, rec.Value, nd.name)
 				return
 			}
 		} else {
@@ -890,12 +943,12 @@ func (s *sim) checkNode(nd *simNode) {
 }
 
 func (s *sim) firstCommit(rec Record, nd *simNode) {
-	s.values[rec.Epoch] = rec.Primary
+	s.values[rec.Epoch] = rec.Value
 	s.firstSeen[rec.Epoch] = s.now
 	s.stats.commits.Add(1)
-	s.logf("COMMIT epoch %d primary %s (first seen at %s)", rec.Epoch, rec.Primary, nd.name)
-	if n := len(s.votes[Ballot{Epoch: rec.Epoch, Value: rec.Primary}]); n < s.quor {
-		s.fail("epoch %d primary %q committed with %d voters, quorum is %d", rec.Epoch, rec.Primary, n, s.quor)
+	s.logf("COMMIT epoch %d %s (first seen at %s)", rec.Epoch, rec.Value, nd.name)
+	if n := len(s.votes[Ballot{Epoch: rec.Epoch, Value: rec.Value}]); n < s.quor {
+		s.fail("epoch %d %s committed with %d voters, quorum is %d", rec.Epoch, rec.Value, n, s.quor)
 		return
 	}
 	var pe uint64
@@ -904,7 +957,31 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 			pe = e
 		}
 	}
-	prev := s.values[pe]
+	pv := s.values[pe]
+	// Fencing: a fenced backend never becomes primary, and only an
+	// operator's unfence takes one out of the set.
+	if pv.Fenced.Has(rec.Primary) {
+		s.fail("epoch %d made %q primary while epoch %d has it fenced", rec.Epoch, rec.Primary, pe)
+		return
+	}
+	for _, b := range pv.Fenced.List() {
+		if !rec.Fenced.Has(b) && s.unfenceAt[b] < s.fencedAt[b] {
+			s.fail("epoch %d unfenced %q with no operator's unfence since it was fenced", rec.Epoch, b)
+			return
+		}
+	}
+	for _, b := range rec.Fenced.List() {
+		if !pv.Fenced.Has(b) {
+			s.fencedAt[b] = s.now
+		}
+	}
+	switch {
+	case len(rec.Fenced) > len(pv.Fenced):
+		s.stats.fences.Add(1)
+	case len(rec.Fenced) < len(pv.Fenced):
+		s.stats.unfences.Add(1)
+	}
+	prev := pv.Primary
 	if pe == 0 || prev == rec.Primary {
 		return
 	}
@@ -912,6 +989,9 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 	since := s.firstSeen[pe] - (3*simLease + simLease*3/2)
 	if t, ok := s.switchAt[rec.Primary]; ok && t >= since {
 		return
+	}
+	if t, ok := s.fenceAt[prev]; ok && t >= since {
+		return // an operator fenced the primary: the move needs no one to see it down
 	}
 	if s.promoteFailedRun(pe, prev) {
 		// moving on after a failed promote of prev: no one needs to see it down
@@ -939,12 +1019,12 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 // up to pe from which every committed epoch kept prev as primary.
 func (s *sim) promoteFailedRun(pe uint64, prev string) bool {
 	for e := range s.promoteFailed {
-		if e > pe || s.values[e] != prev {
+		if e > pe || s.values[e].Primary != prev {
 			continue
 		}
 		run := true
 		for x, v := range s.values {
-			if x > e && x <= pe && v != prev {
+			if x > e && x <= pe && v.Primary != prev {
 				run = false
 				break
 			}
@@ -1091,6 +1171,10 @@ func TestSimulation(t *testing.T) {
 	if stats.promoteFails.Load() == 0 || stats.movesOn.Load() == 0 {
 		t.Errorf("no failed promote moved the cluster on: the simulation did not exercise that rule")
 	}
+	t.Logf("%d commits grew the fenced set, %d shrank it", stats.fences.Load(), stats.unfences.Load())
+	if stats.fences.Load() == 0 || stats.unfences.Load() == 0 {
+		t.Errorf("no commit fenced or unfenced a backend: the simulation did not exercise fencing")
+	}
 	if seed >= 0 {
 		t.Fatalf("invariant violated: %s\nreproduce with: go test ./cluster -run TestSimulation -sim.seed=%d -v\n%s", msg, uint64(seed)+seedBase, traceSeed(int(uint64(seed)+seedBase), defaultOpts()))
 	}
@@ -1141,6 +1225,7 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 		{"no phase-1 rule", simOpts{knobs: knobs{noPhase1: true}}, 1000},
 		// Needs three proposals racing at one epoch, hence N=5.
 		{"any vote yields to a higher name", simOpts{knobs: knobs{anyVoteYields: true}, n: 5}, 1000},
+		{"fenced backends are candidates", simOpts{knobs: knobs{ignoreFenced: true}}, 1000},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

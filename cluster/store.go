@@ -20,7 +20,7 @@ const (
 	nodeIDFile  = "node-id"
 	lockFile    = "lock"
 	stateMagic  = "QPST"
-	stateFormat = 1
+	stateFormat = 2 // 2: values carry the fenced set; 1 is still read
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -201,10 +201,17 @@ func decodeState(b []byte) (State, error) {
 	if crc32.Checksum(body, castagnoli) != sum {
 		return State{}, errors.New("checksum mismatch")
 	}
-	if v := body[len(stateMagic)]; v != stateFormat {
+	v := body[len(stateMagic)]
+	if v != stateFormat && v != 1 {
 		return State{}, fmt.Errorf("unknown format %d", v)
 	}
 	d := &dec{b: body[len(stateMagic)+1:]}
+	record, ballot := d.record, d.ballot
+	if v == 1 {
+		// format 1 had no fenced set: a value was its primary alone
+		record = func() Record { return Record{Epoch: d.u64(), Value: Value{Primary: d.str()}} }
+		ballot = func() Ballot { return Ballot{Epoch: d.u64(), Value: Value{Primary: d.str()}} }
+	}
 	st := State{Synced: d.bool(), Services: map[string]ServiceState{}}
 	if len(d.b) < 4 {
 		return State{}, errShort
@@ -214,11 +221,11 @@ func decodeState(b []byte) (State, error) {
 	for i := uint32(0); i < n && d.err == nil; i++ {
 		name := d.str()
 		var ss ServiceState
-		ss.Record = d.record()
+		ss.Record = record()
 		ss.Promised = d.u64()
 		ss.PromisedTo = d.str()
-		ss.Accepted = d.ballot()
-		ss.PrevAccepted = d.ballot()
+		ss.Accepted = ballot()
+		ss.PrevAccepted = ballot()
 		ss.Intent.Epoch = d.u64()
 		ss.Intent.Fence = d.str()
 		ss.Intent.Promote = d.str()

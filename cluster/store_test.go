@@ -9,10 +9,10 @@ import (
 
 func sampleState() State {
 	return State{Synced: true, Services: map[string]ServiceState{
-		"db": {Record: Record{Epoch: 7, Primary: "pg-b"}, Promised: 8, PromisedTo: "proxy-2",
-			Accepted: Ballot{Epoch: 7, Value: "pg-b"}, PrevAccepted: Ballot{Epoch: 5, Value: "pg-a"},
+		"db": {Record: Record{Epoch: 7, Value: Value{Primary: "pg-b"}}, Promised: 8, PromisedTo: "proxy-2",
+			Accepted: Ballot{Epoch: 7, Value: Value{Primary: "pg-b"}}, PrevAccepted: Ballot{Epoch: 5, Value: Value{Primary: "pg-a"}},
 			Intent: HookIntent{Epoch: 7, Fence: "pg-a", Promote: "pg-b"}},
-		"cache": {Record: Record{Epoch: 1, Primary: "r1"}},
+		"cache": {Record: Record{Epoch: 1, Value: Value{Primary: "r1"}}},
 	}}
 }
 

@@ -1,7 +1,10 @@
 package cluster
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -39,17 +42,70 @@ type Store interface {
 	Save(State) error
 }
 
+// Value is what one epoch decides: the primary, and the backends fenced
+// off, which no failover may pick until an operator unfences them.
+type Value struct {
+	Primary string
+	Fenced  Fenced
+}
+
+// String reads as `primary "b"`, with the fenced set when there is one.
+func (v Value) String() string {
+	if v.Fenced == "" {
+		return fmt.Sprintf("primary %q", v.Primary)
+	}
+	return fmt.Sprintf("primary %q, fenced %s", v.Primary, v.Fenced)
+}
+
+// less orders values, only to break ties the same way on every run.
+func (v Value) less(w Value) bool {
+	return v.Primary < w.Primary || v.Primary == w.Primary && v.Fenced < w.Fenced
+}
+
 // Record is a committed routing decision: from Epoch on, Primary is the
 // backend the service routes to. Epoch 0 with no primary is the start.
 type Record struct {
-	Epoch   uint64
-	Primary string
+	Epoch uint64
+	Value
 }
 
-// Ballot is a vote: the epoch voted in and the backend voted for.
+// Ballot is a vote: the epoch voted in and the value voted for.
 type Ballot struct {
 	Epoch uint64
-	Value string
+	Value Value
+}
+
+// Fenced is a set of backend names in one canonical form, sorted and
+// joined by commas (a backend name cannot hold one), so that two Values
+// compare with ==.
+type Fenced string
+
+// Has reports whether b is in the set.
+func (f Fenced) Has(b string) bool { return slices.Contains(f.List(), b) }
+
+// List returns the names in order.
+func (f Fenced) List() []string {
+	if f == "" {
+		return nil
+	}
+	return strings.Split(string(f), ",")
+}
+
+// With returns the set with b added.
+func (f Fenced) With(b string) Fenced {
+	l := f.List()
+	if b == "" || slices.Contains(l, b) {
+		return f
+	}
+	l = append(l, b)
+	slices.Sort(l)
+	return Fenced(strings.Join(l, ","))
+}
+
+// Without returns the set with b removed.
+func (f Fenced) Without(b string) Fenced {
+	l := slices.DeleteFunc(f.List(), func(x string) bool { return x == b })
+	return Fenced(strings.Join(l, ","))
 }
 
 // HookIntent is a persisted promise to run the fence and promote hooks for
@@ -206,6 +262,7 @@ type knobs struct {
 	noVotePersist     bool // votes are not saved
 	noPhase1          bool // ignore earlier votes when choosing and voting
 	anyVoteYields     bool // a higher-named proposer takes any vote at its epoch, not only a proposer's own
+	ignoreFenced      bool // failover candidates are picked without regard to the fenced set
 }
 
 const (
