@@ -42,6 +42,8 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
 	mux.Handle("POST /api/v1/switchover", requireToken(token, http.HandlerFunc(d.handleSwitchover)))
+	mux.Handle("POST /api/v1/fence", requireToken(token, d.handleFence(true)))
+	mux.Handle("POST /api/v1/unfence", requireToken(token, d.handleFence(false)))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -113,8 +115,7 @@ func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "need service and to", http.StatusBadRequest)
 		return
 	}
-	if d.cluster == nil || !d.cluster.owned[service] {
-		http.Error(w, fmt.Sprintf("service %q is not routed by a cluster: switchover needs [cluster] and an active-passive service", service), http.StatusConflict)
+	if !d.clustered(w, service, "switchover") {
 		return
 	}
 	if err := d.cluster.rt.Switchover(service, to); err != nil {
@@ -124,6 +125,39 @@ func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 	d.log.Info("switchover requested", "service", service, "to", to, "remote", r.RemoteAddr)
 	w.WriteHeader(http.StatusAccepted)
 	fmt.Fprintf(w, "switchover of %q to %q proposed; watch quorumproxy status\n", service, to)
+}
+
+// clustered answers 409 and false unless the cluster routes service.
+func (d *daemon) clustered(w http.ResponseWriter, service, what string) bool {
+	if d.cluster == nil || !d.cluster.owned[service] {
+		http.Error(w, fmt.Sprintf("service %q is not routed by a cluster: %s needs [cluster] and an active-passive service", service, what), http.StatusConflict)
+		return false
+	}
+	return true
+}
+
+// handleFence asks the cluster to fence a backend (or unfence it): a fenced
+// backend is no failover candidate until unfenced, and fencing the primary
+// moves the service. Both are voted epochs.
+func (d *daemon) handleFence(fence bool) http.Handler {
+	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		service, backend := r.FormValue("service"), r.FormValue("backend")
+		if service == "" || backend == "" {
+			http.Error(w, "need service and backend", http.StatusBadRequest)
+			return
+		}
+		if !d.clustered(w, service, verb) {
+			return
+		}
+		if err := d.cluster.rt.Fence(service, backend, fence); err != nil {
+			http.Error(w, fmt.Sprintf("%s of %q in %q: %v", verb, backend, service, err), http.StatusConflict)
+			return
+		}
+		d.log.Info(verb+" requested", "service", service, "backend", backend, "remote", r.RemoteAddr)
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, "%s of %q in %q proposed; watch quorumproxy status\n", verb, backend, service)
+	})
 }
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
@@ -149,8 +183,8 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <table><tr><th>peer</th><th>address</th><th>state</th><th>config</th></tr>
 {{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
 </table>
-<table><tr><th>service</th><th>epoch</th><th>primary</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
-{{range .Services}}<tr><td>{{.Service}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
+<table><tr><th>service</th><th>epoch</th><th>primary</th><th>fenced</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
+{{range .Services}}<tr><td>{{.Service}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{range .Fenced}}{{.}} {{end}}{{if .Fencing}}({{.Fencing}} pending){{end}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
 </table>{{end}}
 </body></html>`))
 

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,9 +68,19 @@ func (p *clusterProxy) routing(t *testing.T) (string, uint64) {
 	return s.Routing, s.Epoch
 }
 
+// clusterService is the cluster's view of the one service on this proxy.
+func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
+	st, err := p.d.status(t)
+	if err != nil || st.Cluster == nil || len(st.Cluster.Services) == 0 {
+		return clusterServiceView{}
+	}
+	return st.Cluster.Services[0]
+}
+
 // Three real proxy processes gossiping over loopback agree on the target,
 // fail over together, run the promote hook once per epoch, keep routing
-// with one proxy lost, switch over by vote, and a proxy cut off from the
+// with one proxy lost, keep the old primary fenced until an operator
+// unfences it, switch over by vote, fence the primary away, and a proxy cut off from the
 // majority stops routing.
 func TestClusterOfThree(t *testing.T) {
 	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
@@ -169,6 +181,34 @@ func TestClusterOfThree(t *testing.T) {
 	if r, _ := ps[0].routing(t); r != "b" {
 		t.Fatalf("failback happened without an operator: routing %q", r)
 	}
+	// The echo service has no roles, so the failover fenced a: a switchover
+	// back is refused until an operator unfences it (a voted epoch).
+	if v := ps[0].clusterService(t); !slices.Equal(v.Fenced, []string{"a"}) {
+		t.Fatalf("fenced after the failover: %v, want [a]", v.Fenced)
+	}
+	if out, _, _ := runBin(t, "status", "-admin", ps[0].admin); !regexp.MustCompile(`echo +\d+ +b +a `).MatchString(out) {
+		t.Errorf("quorumproxy status does not show a fenced:\n%s", out)
+	}
+	if _, errOut, code := runBin(t, "switchover", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-to", "a"); code == 0 || !strings.Contains(errOut, "fenced") {
+		t.Fatalf("switchover to fenced a: exit %d, %q; want a refusal that says a is fenced", code, errOut)
+	}
+	if _, errOut, code := runBin(t, "unfence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code == 0 || !strings.Contains(errOut, "not fenced") {
+		t.Fatalf("unfence of b, which is not fenced: exit %d, %q", code, errOut)
+	}
+	// An unfence is one attempt, like a switchover: ask again if it gave up.
+	waitFor(t, "a unfenced", 40*time.Second, func() bool {
+		if len(ps[0].clusterService(t).Fenced) == 0 {
+			return true
+		}
+		if _, errOut, code := runBin(t, "unfence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "a"); code != 0 {
+			t.Logf("unfence: %s", errOut)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) && len(ps[0].clusterService(t).Fenced) != 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		return len(ps[0].clusterService(t).Fenced) == 0
+	})
 	// A switchover is one attempt; the operator (here the test) asks again
 	// if a concurrent decision or a stale view made it give up.
 	waitFor(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
@@ -190,6 +230,33 @@ func TestClusterOfThree(t *testing.T) {
 	// A wrong token is refused.
 	if _, _, code := runBin(t, "switchover", "-admin", ps[0].admin, "-service", "echo", "-to", "b"); code == 0 {
 		t.Fatal("switchover without a token was accepted")
+	}
+	if _, _, code := runBin(t, "fence", "-admin", ps[0].admin, "-service", "echo", "-backend", "b"); code == 0 {
+		t.Fatal("fence without a token was accepted")
+	}
+	// An operator's fence of the primary moves the service to the best
+	// candidate and keeps the fenced backend out of later failovers.
+	waitFor(t, "a fenced and the service on b", 40*time.Second, func() bool {
+		done := func() bool {
+			v := ps[0].clusterService(t)
+			return slices.Equal(v.Fenced, []string{"a"}) && v.Primary == "b"
+		}
+		if done() {
+			return true
+		}
+		if _, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "a"); code != 0 {
+			t.Logf("fence: %s", errOut)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) && !done() {
+			time.Sleep(50 * time.Millisecond)
+		}
+		return done()
+	})
+	waitFor(t, "two proxies routing to b after the fence", 20*time.Second, allRoute("b", ps[:2]))
+	// With a fenced, nothing could take over from b: its fence is refused.
+	if _, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code == 0 || !strings.Contains(errOut, "no backend can take over") {
+		t.Fatalf("fence of primary b with a fenced: exit %d, %q; want a refusal", code, errOut)
 	}
 
 	// A second proxy lost: the last one is cut off from the majority and

@@ -208,7 +208,8 @@ func (cs *clusterSide) close() {
 // onRecord runs on the Node's goroutine for every new record this proxy
 // commits or adopts: the notify hook runs on every proxy.
 func (d *daemon) onRecord(service string, old, new cluster.Record) {
-	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "old_epoch", old.Epoch, "old_primary", old.Primary)
+	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
+		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	svc := d.serviceConfig(service)
 	if svc == nil || len(svc.Hooks.Notify) == 0 {
 		return
@@ -282,6 +283,10 @@ type clusterServiceView struct {
 	Service string `json:"service"`
 	Epoch   uint64 `json:"epoch"`
 	Primary string `json:"primary"`
+	// Fenced lists the backends no failover may pick until an operator
+	// unfences them; Fencing is an operator's fence or unfence in flight.
+	Fenced  []string `json:"fenced,omitempty"`
+	Fencing string   `json:"fencing,omitempty"`
 	// Routing is the backend this proxy forwards new clients to now: the
 	// cluster's leased route, unless the proxy holds it back locally
 	// (Held says why: quarantined, awaiting promotion, lease expired).
@@ -306,6 +311,7 @@ func (cs *clusterSide) view() *clusterView {
 	for _, s := range st.Services {
 		v.Services = append(v.Services, clusterServiceView{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
+			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.Promised,
 			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision, PromoteFailed: s.PromoteFailed,
 		})

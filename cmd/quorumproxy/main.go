@@ -5,6 +5,7 @@
 //	quorumproxy check-config FILE        every problem in FILE, exit 1 if any
 //	quorumproxy status [-admin ADDR]     the admin API's /status as a table
 //	quorumproxy switchover -service S -to B
+//	quorumproxy fence|unfence -service S -backend B
 //	quorumproxy version
 package main
 
@@ -28,6 +29,9 @@ commands:
   check-config FILE           report every problem in FILE; exit 1 if any
   status [-admin ADDR]        show services, backends, health and the cluster from a running proxy
   switchover -service S -to B move a clustered service to backend B (voted; needs the admin token)
+  fence -service S -backend B keep B out of every failover (moves the service if B is its primary)
+  unfence -service S -backend B
+                              make B a failover candidate again (both voted; need the admin token)
   drill -config F -service S -- CMD...
                               failover drill: write through the proxy, fail the primary with CMD
                               (or -switchover-to B), report detection, decision, RTO and lost writes
@@ -48,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "switchover":
 		return cmdSwitchover(args[1:], stdout, stderr)
+	case "fence", "unfence":
+		return cmdFence(args[0], args[1:], stdout, stderr)
 	case "drill":
 		return cmdDrill(args[1:], stdout, stderr)
 	case "version", "-version", "--version":

@@ -118,7 +118,7 @@ func printCluster(w io.Writer, c *clusterView) {
 	}
 	tw.Flush()
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  SERVICE\tEPOCH\tPRIMARY\tROUTING\tLEASE\tMAX VOTED\tIN FLIGHT\tLAST DECISION")
+	fmt.Fprintln(tw, "  SERVICE\tEPOCH\tPRIMARY\tFENCED\tROUTING\tLEASE\tMAX VOTED\tIN FLIGHT\tLAST DECISION")
 	for _, s := range c.Services {
 		lease := "none"
 		if s.LeaseMS > 0 {
@@ -132,7 +132,11 @@ func printCluster(w io.Writer, c *clusterView) {
 		if s.Held != "" {
 			routing = "held"
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), routing, lease, s.MaxVoted, flight, s.Decision)
+		fenced := orNone(strings.Join(s.Fenced, ","))
+		if s.Fencing != "" {
+			fenced += " (" + s.Fencing + " pending)"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), fenced, routing, lease, s.MaxVoted, flight, s.Decision)
 	}
 	tw.Flush()
 	for _, s := range c.Services {
