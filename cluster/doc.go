@@ -34,7 +34,7 @@
 // also checks cluster label, boot id and config hash).
 //
 // State. For each service a proxy persists its routing record
-// (epoch, primary), the highest epoch it voted in (Promised, which DESIGN.md
+// (epoch, value; a value is the primary and the fenced set, below), the highest epoch it voted in (Promised, which DESIGN.md
 // calls max_voted) with the proposer it went to, the highest epoch whose
 // value it accepted (Accepted) and a hook intent. Store.Save is atomic and
 // durable and never lowers an epoch. A corrupt state file stops the start
@@ -60,7 +60,7 @@
 // replica when role-aware, within MaxLagOnFailover, then highest priority,
 // then least lag; none means no proposal and a loud status), when there is
 // no primary yet (bootstrap: the highest-priority backend it sees up), when
-// an operator asks (switchover), when the promote hook of its own decision
+// an operator asks (switchover, fence, unfence), when the promote hook of its own decision
 // failed (move on, below), or for liveness (below). It picks
 // E = max(record, Promised)+1, votes for itself (Promised = E, which stops
 // its own routing of the service at once), saves that, then sends the
@@ -72,8 +72,10 @@
 // and its own check agrees: for a failover it sees the old primary down;
 // for a bootstrap the proposed backend is the best one it sees up; for a
 // switchover, a re-affirmation or a move after a failed promote the
-// proposed backend is up (a value forced by an earlier vote needs no
-// check). It sets Promised = E, saves, which
+// proposed backend is up; for an operator's fence that moves the primary,
+// the new primary is up (a value forced by an earlier vote and an unfence
+// need no check). Except for those two, it refuses a primary that its own
+// record has fenced. It sets Promised = E, saves, which
 // also stops its routing and its lease confirmations at older epochs, and
 // replies with what it had accepted before. A duplicate of the proposal it
 // voted for gets the same answer; a refusal carries its Promised, Accepted
@@ -141,6 +143,25 @@
 // only while it holds a lease at that epoch; the runner calls HookDone
 // after the hooks ran, so a crash before that reruns them. QP_EPOCH is the
 // fencing token. OnRecord fires on every proxy for every new record.
+//
+// Fencing. The agreed value is the primary and a set of fenced backends,
+// which no failover, bootstrap or switchover may make primary. A failover
+// of a service checked without roles adds the old primary to the set: once
+// it is up again nothing else would keep it out of a later failover, and
+// it may hold writes the new primary never saw (DESIGN.md: failback is
+// manual). A role-aware service does not need that, since a candidate must
+// report itself a replica, which a returned old primary does only once it
+// was rebuilt or demoted. An operator's fence (Machine.Fence) adds a
+// backend; if it is the primary the service moves to the best candidate in
+// the same epoch (refused when there is none), and the intent runs the
+// fence hook on it. An unfence removes one and keeps the primary. A
+// switchover to a fenced backend is refused: unfence, then switch over.
+// Fence and unfence are epochs like any other, so 1 to 4 below hold for
+// them; like a switchover each is one attempt, ended by the first decision
+// that lands after it was asked for (left pending it could be carried out
+// much later, on a cluster that had moved on, or undo a later decision).
+// The set travels in every record and ballot, in a canonical form (sorted,
+// comma-joined names) so values compare as a whole.
 //
 // Moving on after a failed promote. When the promote hook fails the runner
 // calls HookFailed instead of HookDone (a failed fence alone moves
@@ -212,8 +233,18 @@
 //     voters that each see it down themselves; switchovers, the liveness
 //     re-affirmation and the move after a failed promote (which the
 //     committing proxy alone can know of, as an operator alone knows of a
-//     switchover) need the proposed backend up at every voter. Each is an
+//     switchover) need the proposed backend up at every voter; an
+//     operator's fence of the primary needs its successor up. Each is an
 //     epoch like any other, so 1 to 4 hold for them unchanged.
+//  6. A fenced backend is never made primary, and only an operator's
+//     unfence takes one out of the set: every value a proxy builds from its
+//     record keeps the record's set (a failover and a fence only add to
+//     it), candidates skip it, and voters refuse a fenced primary. A forced
+//     value comes from an acceptance above the new proposal's base; by the
+//     induction of point 2 it was built from a record at or above that base,
+//     or is the value chosen there, so it keeps the set too (the simulation
+//     checks both at every commit, and finds a violation when fenced
+//     backends are made candidates).
 //
 // What this does not cover: clients that bypass the proxy; bytes already in
 // the old primary's socket buffers when a process pause outlasts its lease
@@ -234,7 +265,7 @@
 // goes best effort when the transport offers SendBestEffort. Payloads are
 // at most [MaxMessageSize] bytes; lists of services are split to fit. The health side calls Observe, the data path calls
 // Route (an atomic read: backend and remaining lease), the admin API calls
-// Switchover and Status.
+// Switchover, Fence and Status.
 //
 // # Status of this package
 //
@@ -245,7 +276,8 @@
 // and a schedule where one backend's promote always fails, the check of
 // the checker (each rule switched off must be caught), in-process Node
 // tests, the memberlist transport (cluster/internal/mesh) and, in
-// internal/chaos, real processes in network namespaces (N = 3 and 5). Not
-// yet: unfence as an explicit operation (a switchover to the old primary is
-// the failback).
+// internal/chaos, real processes in network namespaces (N = 3 and 5),
+// fencing in the agreed value with voted fence and unfence. Not yet: a
+// mixed-version cluster (a wire format change, as 1 to 2 for the fenced
+// set, needs every proxy upgraded together).
 package cluster

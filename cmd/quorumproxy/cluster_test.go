@@ -68,6 +68,16 @@ func (p *clusterProxy) routing(t *testing.T) (string, uint64) {
 	return s.Routing, s.Epoch
 }
 
+func grepLines(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // clusterService is the cluster's view of the one service on this proxy.
 func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
 	st, err := p.d.status(t)
@@ -188,6 +198,9 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	if out, _, _ := runBin(t, "status", "-admin", ps[0].admin); !regexp.MustCompile(`echo +\d+ +b +a `).MatchString(out) {
 		t.Errorf("quorumproxy status does not show a fenced:\n%s", out)
+	}
+	if m := getBody(t, "http://"+ps[0].admin+"/metrics"); !regexp.MustCompile(`quorumproxy_cluster_fenced\{backend="a",service="echo"\} 1`).MatchString(m) {
+		t.Errorf("/metrics does not show a fenced:\n%s", grepLines(m, "fenced"))
 	}
 	if _, errOut, code := runBin(t, "switchover", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-to", "a"); code == 0 || !strings.Contains(errOut, "fenced") {
 		t.Fatalf("switchover to fenced a: exit %d, %q; want a refusal that says a is fenced", code, errOut)

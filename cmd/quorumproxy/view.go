@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
-	gometrics "github.com/hashicorp/go-metrics"
+	"slices"
 	"strings"
+
+	gometrics "github.com/hashicorp/go-metrics"
 
 	"github.com/quorumproxy/quorumproxy/health"
 )
@@ -124,6 +126,15 @@ func (d *daemon) syncMetrics() {
 			m.gauge([]string{"cluster", "epoch"}, sl, float64(s.Epoch))
 			m.gauge([]string{"cluster", "max_voted"}, sl, float64(s.MaxVoted))
 			m.gauge([]string{"cluster", "lease_remaining_seconds"}, sl, s.LeaseMS/1000)
+			if svc := d.serviceConfig(s.Service); svc != nil {
+				for _, b := range svc.Backends {
+					f := 0.0
+					if slices.Contains(s.Fenced, b.Name) {
+						f = 1
+					}
+					m.gauge([]string{"cluster", "fenced"}, backendLabels(s.Service, b.Name), f)
+				}
+			}
 		}
 		rec := 0.0
 		if cv.Recovering {
