@@ -77,3 +77,52 @@ func TestMySQLReadOnlyFlip(t *testing.T) {
 	}
 	waitState(t, m, "a", "up after resume", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
 }
+
+// Against a real GTID replica: role replica with lag 0 when caught up, a
+// growing Seconds_Behind_Master under MASTER_DELAY, and an unknown lag
+// (not zero) while the SQL thread is stopped.
+func TestMySQLReplicaLag(t *testing.T) {
+	m1 := testenv.MustMariaDB(t)
+	m2 := testenv.MustMariaDBReplica(t, m1)
+	spec := Spec{Kind: "mysql", User: testenv.User, Password: testenv.DefaultPassword, Timeout: dbTimeout}
+	ctx := t.Context()
+
+	r := checkOnce(t, spec, m2.Addr())
+	wantUp(t, r, RoleReplica)
+	if r.Lag != 0 {
+		t.Errorf("caught-up replica lag %v, want 0", r.Lag)
+	}
+
+	for _, q := range []string{"STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 3", "START SLAVE"} {
+		if err := m2.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m1.Exec(ctx, "CREATE TABLE IF NOT EXISTS qp.lagprobe (id INT PRIMARY KEY AUTO_INCREMENT)"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := m1.Exec(ctx, "INSERT INTO qp.lagprobe VALUES ()"); err != nil {
+			t.Fatal(err)
+		}
+		r = checkOnce(t, spec, m2.Addr())
+		if r.Role == RoleReplica && r.Lag >= time.Second {
+			t.Logf("delayed replica: lag %v", r.Lag)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica with MASTER_DELAY=3 never showed a lag of 1s or more: last %+v", r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	if err := m2.Exec(ctx, "STOP SLAVE SQL_THREAD"); err != nil {
+		t.Fatal(err)
+	}
+	r = checkOnce(t, spec, m2.Addr())
+	wantUp(t, r, RoleReplica)
+	if r.Lag != -1 {
+		t.Errorf("SQL thread stopped: lag %v, want unknown (-1): a stopped replica must not look current", r.Lag)
+	}
+}
