@@ -81,6 +81,17 @@
 // voted for gets the same answer; a refusal carries its Promised, Accepted
 // and record, so the proposer learns records and earlier votes.
 //
+// Who proposes a failover. Every proxy that sees the primary objectively
+// down may propose, but a proxy waits one tick (LeaseTimeout/8) for each
+// reachable peer with a higher name first, and a proxy that voted in the
+// meantime does not propose. Usually the highest-named proxy proposes and
+// every other votes for it, so all N vote and the commit needs no lease
+// wait; when several propose at once the votes split, and the winner lacks
+// some and waits out the commit wait. In the simulation (each check seeing
+// the death within 200ms) this took the median failover from 1.29 s to
+// 0.28 s at N=5 (TestSimulationFailoverTime). It only delays proposals, so
+// safety is untouched; a silent higher peer costs at most (N-1) ticks.
+//
 // Duels. Two proxies that see the same failure at once both propose
 // E = max+1 and each votes for itself; in a bare quorum each then lacks the
 // other's vote, and random backoff alone parted them only after many rounds

@@ -90,6 +90,10 @@ type service struct {
 	// when its last failed promote stops excluding it from candidates.
 	retry  *promoteFailure
 	failed map[string]time.Duration
+	// downEpoch is the record epoch whose primary this proxy has seen
+	// objectively down since downSince (0: not down).
+	downEpoch uint64
+	downSince time.Duration
 }
 
 // fenceOp is an operator's fence (or unfence) of a backend, asked for
@@ -1124,6 +1128,13 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		retryTo = m.retryCandidate(name, s, rec)
 	}
 	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
+	down := rec.Primary != "" && m.objectivelyDown(s, rec.Primary)
+	switch {
+	case !down:
+		s.downEpoch = 0
+	case s.downEpoch != rec.Epoch:
+		s.downEpoch, s.downSince = rec.Epoch, now
+	}
 	switch {
 	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
@@ -1164,9 +1175,12 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		if best != "" && m.healthy(s, best) {
 			m.propose(name, s, keep(best), kindBootstrap, "", now)
 		}
-	case m.objectivelyDown(s, rec.Primary):
+	case down:
 		if forced.Epoch != 0 {
 			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+			return
+		}
+		if now-s.downSince < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
 			return
 		}
 		c, why := m.candidate(s, rec.Primary)
@@ -1197,6 +1211,23 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
 		}
 	}
+}
+
+// rankDelay is how long this proxy lets a failover wait before it proposes
+// one itself: a tick for each reachable peer with a higher name. The
+// highest proposes at once and the others usually vote for it before their
+// own turn, so one proposal gathers every vote and commits without the
+// lease wait; when several propose at once, votes split between them, the
+// winner lacks some and waits out the commit wait (or nobody reaches Q and
+// all back off). A peer that does not propose costs at most this delay.
+func (m *Machine) rankDelay(now time.Duration) time.Duration {
+	rank := 0
+	for _, p := range m.others {
+		if t, ok := m.heard[p]; ok && p > m.cfg.Name && now-t < m.cfg.LeaseTimeout {
+			rank++
+		}
+	}
+	return time.Duration(rank) * m.cfg.LeaseTimeout / 8
 }
 
 // retryCandidate is the backend to move to after the record's primary

@@ -263,6 +263,7 @@ type knobs struct {
 	noPhase1          bool // ignore earlier votes when choosing and voting
 	anyVoteYields     bool // a higher-named proposer takes any vote at its epoch, not only a proposer's own
 	ignoreFenced      bool // failover candidates are picked without regard to the fenced set
+	noRankDelay       bool // every proxy proposes a failover as soon as it sees the primary down
 }
 
 const (
