@@ -1307,7 +1307,7 @@ func (m *Machine) resend(name string, p *proposal) {
 }
 
 func (m *Machine) tickProposal(name string, s *service, p *proposal, now time.Duration) {
-	if p.phase2 && len(p.accepts) >= m.q && (now >= p.commitAt || len(p.promises) == m.n) {
+	if p.phase2 && len(p.accepts) >= m.q && (now >= p.commitAt || m.allStopped(p)) {
 		m.commit(name, s, p, now)
 		return
 	}
@@ -1365,7 +1365,7 @@ func (m *Machine) onVote(from string, x voteMsg) {
 // checkPromises moves to phase 2 once Q proxies voted for the epoch.
 func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.Duration) {
 	if p.phase2 {
-		if len(p.promises) == m.n {
+		if m.allStopped(p) {
 			m.maybeCommit(name, s, p, now)
 		}
 		return
@@ -1436,8 +1436,23 @@ func (m *Machine) onAccepted(from string, x acceptedMsg) {
 	m.maybeCommit(x.Service, s, p, m.clock.Now())
 }
 
+// allStopped reports whether every proxy voted for the proposal or
+// accepted its value: either saved Promised = E before answering, which
+// stopped its routing and its lease confirmations at older epochs, so no
+// lease at an older epoch is left to wait out. (A peer that refused the
+// vote because its own check lagged accepts on a resent accept.)
+func (m *Machine) allStopped(p *proposal) bool {
+	n := len(p.promises)
+	for peer := range p.accepts {
+		if _, ok := p.promises[peer]; !ok {
+			n++
+		}
+	}
+	return n == m.n
+}
+
 func (m *Machine) maybeCommit(name string, s *service, p *proposal, now time.Duration) {
-	if len(p.accepts) < m.q || (now < p.commitAt && len(p.promises) < m.n) {
+	if len(p.accepts) < m.q || (now < p.commitAt && !m.allStopped(p)) {
 		return
 	}
 	if now > p.sentAt+m.cfg.VoteTimeout+m.commitWait()+m.cfg.LeaseTimeout/2 {
