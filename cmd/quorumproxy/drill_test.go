@@ -192,21 +192,36 @@ switch_hold = "3s"
 func TestDrillRedis(t *testing.T) {
 	r1 := testenv.MustRedis(t, testenv.RedisOptions{})
 	r2 := testenv.MustReplica(t, r1)
+	t.Setenv("QP_TEST_REDIS_PASSWORD", r1.Password())
+	replicaDrill(t, redisConfig, "cache", [2]string{r1.Addr(), r2.Addr()}, [2]string{"r1", "r2"}, r1.Pid(), r2.Promote)
+	// The drill's keys are gone.
+	n, err := r2.Client().Keys(context.Background(), "quorumproxy:drill:*").Result()
+	if err != nil || len(n) != 0 {
+		t.Errorf("drill keys left behind: %d (%v)", len(n), err)
+	}
+}
+
+// replicaDrill runs a daemon with cfg (admin, listen and the two backend
+// addresses to fill in), kills the primary (names[0], process pid) with
+// the drill's fail command, promotes names[1] once the proxy targets it,
+// and checks the report: a recovery between the two, and a read-back that
+// accounts for every acknowledged write.
+func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid int, promote func() error) drillReport {
+	t.Helper()
 	admin, listen := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(redisConfig, admin, listen, r1.Addr(), r2.Addr())), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(cfg, admin, listen, addrs[0], addrs[1])), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("QP_TEST_REDIS_PASSWORD", r1.Password())
 	d := startDaemon(t, cfgPath, admin)
-	waitFor(t, "target r1", 20*time.Second, func() bool {
-		s := d.service(t, "cache")
-		return s != nil && s.Target == "r1"
+	waitFor(t, "target "+names[0], 30*time.Second, func() bool {
+		s := d.service(t, service)
+		return s != nil && s.Target == names[0]
 	})
-	promoted := promoteWhenTargeted(t, d, "r2", r2.Promote)
+	promoted := promoteWhenTargeted(t, d, names[1], promote)
 	var out, errb bytes.Buffer
-	code := run([]string{"drill", "-config", cfgPath, "-service", "cache", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
-		"--", "/bin/kill", "-KILL", strconv.Itoa(r1.Pid())}, &out, &errb)
+	code := run([]string{"drill", "-config", cfgPath, "-service", service, "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
+		"--", "/bin/kill", "-KILL", strconv.Itoa(pid)}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("drill exit %d:\n%s\n%s", code, errb.String(), out.String())
 	}
@@ -219,17 +234,13 @@ func TestDrillRedis(t *testing.T) {
 	}
 	t.Logf("drill: down %+.3fs decided %+.3fs routed %+.3fs RTO %.3fs (window %.3fs); %d acknowledged, %d failed, %d lost",
 		rep.DownAt, rep.DecidedAt, rep.RoutedAt, rep.RTO, rep.Window, rep.Acked, rep.Failed, rep.Lost)
-	if !rep.Recovered || rep.RTO < rep.DecidedAt || rep.OldTarget != "r1" || rep.NewTarget != "r2" {
-		t.Errorf("want a recovery from r1 to r2 with an RTO: %+v", rep)
+	if !rep.Recovered || rep.RTO < rep.DecidedAt || rep.OldTarget != names[0] || rep.NewTarget != names[1] {
+		t.Errorf("want a recovery from %s to %s with an RTO: %+v", names[0], names[1], rep)
 	}
 	if rep.Acked == 0 || rep.Found+rep.Lost != rep.Acked {
 		t.Errorf("read-back does not add up: %d acknowledged, %d found, %d lost", rep.Acked, rep.Found, rep.Lost)
 	}
-	// The drill's keys are gone.
-	n, err := r2.Client().Keys(context.Background(), "quorumproxy:drill:*").Result()
-	if err != nil || len(n) != 0 {
-		t.Errorf("drill keys left behind: %d (%v)", len(n), err)
-	}
+	return rep
 }
 
 const mysqlConfig = `
@@ -270,39 +281,8 @@ switch_hold = "3s"
 func TestDrillMySQL(t *testing.T) {
 	m1 := testenv.MustMariaDB(t)
 	m2 := testenv.MustMariaDBReplica(t, m1)
-	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(mysqlConfig, admin, listen, m1.Addr(), m2.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	t.Setenv("QP_TEST_MYSQL_PASSWORD", testenv.DefaultPassword)
-	d := startDaemon(t, cfgPath, admin)
-	waitFor(t, "target m1", 30*time.Second, func() bool {
-		s := d.service(t, "db")
-		return s != nil && s.Target == "m1"
-	})
-	promoted := promoteWhenTargeted(t, d, "m2", m2.Promote)
-	var out, errb bytes.Buffer
-	code := run([]string{"drill", "-config", cfgPath, "-service", "db", "-warmup", "1s", "-after", "1s", "-timeout", "30s", "-json",
-		"--", "/bin/kill", "-KILL", strconv.Itoa(m1.Pid())}, &out, &errb)
-	if code != 0 {
-		t.Fatalf("drill exit %d:\n%s\n%s", code, errb.String(), out.String())
-	}
-	if err := <-promoted; err != nil {
-		t.Fatalf("promote: %v", err)
-	}
-	var rep drillReport
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatalf("report: %v\n%s", err, out.String())
-	}
-	t.Logf("drill: down %+.3fs decided %+.3fs routed %+.3fs RTO %.3fs (window %.3fs); %d acknowledged, %d failed, %d lost",
-		rep.DownAt, rep.DecidedAt, rep.RoutedAt, rep.RTO, rep.Window, rep.Acked, rep.Failed, rep.Lost)
-	if !rep.Recovered || rep.RTO < rep.DecidedAt || rep.OldTarget != "m1" || rep.NewTarget != "m2" {
-		t.Errorf("want a recovery from m1 to m2 with an RTO: %+v", rep)
-	}
-	if rep.Acked == 0 || rep.Found+rep.Lost != rep.Acked {
-		t.Errorf("read-back does not add up: %d acknowledged, %d found, %d lost", rep.Acked, rep.Found, rep.Lost)
-	}
+	replicaDrill(t, mysqlConfig, "db", [2]string{m1.Addr(), m2.Addr()}, [2]string{"m1", "m2"}, m1.Pid(), m2.Promote)
 	var n int
 	if err := m2.QueryRow(context.Background(), "SELECT COUNT(*) FROM qp."+drillTable).Scan(&n); err != nil || n != 0 {
 		t.Errorf("drill rows left behind: %d (%v)", n, err)
