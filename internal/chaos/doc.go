@@ -1,7 +1,9 @@
 // Package chaos holds real-partition tests of a quorumproxy cluster: every
 // proxy and backend runs in its own network namespace on a private bridge,
-// and the tests cut links with iptables, degrade them with loss (and netem
-// delay where the kernel has it), and pause or kill processes, then check
+// and the tests cut links with iptables, degrade them with delay, jitter
+// and loss (the netem qdisc where the kernel has it; otherwise an NFQUEUE
+// rule and internal/netem, the same in user space), and pause or kill
+// processes, then check
 // the agreement's safety properties from each proxy's /status and from
 // which backend answers through it. The tests need root and skip without it.
 //

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/netem"
 )
 
 // holdFor checks cond every few milliseconds for d and fails at the first
@@ -404,19 +407,30 @@ func TestDegradedNetwork(t *testing.T) {
 	c := newCluster(t, o)
 	// netem on the host side of every proxy veth when the kernel has it;
 	// otherwise loss alone, by iptables in each proxy namespace.
-	how, netem := "netem delay 50ms 10ms loss "+loss+"% on the host side of each proxy veth", true
+	how, qdisc := "netem delay 50ms 10ms loss "+loss+"% on the host side of each proxy veth", true
 	for _, p := range c.proxies {
-		out, err := exec.Command("tc", "qdisc", "add", "dev", p.veth, "root", "netem", "delay", "50ms", "10ms", "loss", loss+"%").CombinedOutput()
-		if err != nil {
-			how = fmt.Sprintf("no netem in this kernel (%s): %s%% random loss by iptables statistic on every proxy's INPUT, no added delay", trimOut(out), loss)
-			netem = false
+		if err := exec.Command("tc", "qdisc", "add", "dev", p.veth, "root", "netem", "delay", "50ms", "10ms", "loss", loss+"%").Run(); err != nil {
+			qdisc = false
 			break
 		}
 	}
-	if !netem {
+	if !qdisc {
 		for _, p := range c.proxies {
 			exec.Command("tc", "qdisc", "del", "dev", p.veth, "root").Run()
-			ipt(t, p.ns, "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(lossP/100, 'f', -1, 64), "-j", "DROP")
+		}
+		if _, err := os.Stat("/proc/net/netfilter/nfnetlink_queue"); err == nil {
+			// The same link in user space: every packet into a proxy
+			// namespace goes through an NFQUEUE that internal/netem holds.
+			how = fmt.Sprintf("no netem qdisc in this kernel: delay 50ms±10ms and %s%% loss on every packet into each proxy namespace, by NFQUEUE and internal/netem", loss)
+			for i, p := range c.proxies {
+				emulateLink(t, p.ns, netem.Config{Queue: 7, Delay: 50 * time.Millisecond, Jitter: 10 * time.Millisecond,
+					Loss: lossP / 100, Seed: uint64(i + 1)})
+			}
+		} else {
+			how = fmt.Sprintf("no netem qdisc and no nfnetlink_queue in this kernel: %s%% random loss by iptables statistic on every proxy's INPUT, no added delay", loss)
+			for _, p := range c.proxies {
+				ipt(t, p.ns, "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(lossP/100, 'f', -1, 64), "-j", "DROP")
+			}
 		}
 	}
 	t.Logf("degradation: %s", how)
@@ -444,20 +458,46 @@ func TestDegradedNetwork(t *testing.T) {
 	t.Logf("FIGURE scenario 8: kill primary -> all 3 route and forward to b on the degraded network: %s (N=1; health interval 1s, timeout 900ms, fall 3, lease 2s)", detect.Round(time.Millisecond))
 }
 
+// emulateLink sends every packet into namespace ns (but its loopback)
+// through an NFQUEUE rule to netem.Run, which delays and drops them as cfg
+// says, until the test ends.
+func emulateLink(t *testing.T, ns string, cfg netem.Config) {
+	t.Helper()
+	cfg.NetNS = "/run/netns/" + ns
+	ready := make(chan struct{})
+	cfg.Ready = func() { close(ready) }
+	type result struct {
+		st  netem.Stats
+		err error
+	}
+	done := make(chan result, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		st, err := netem.Run(ctx, cfg)
+		done <- result{st, err}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		r := <-done
+		if r.err != nil {
+			t.Errorf("netem in %s: %v", ns, r.err)
+		}
+		t.Logf("netem in %s: %d packets, %d dropped, %d let through", ns, r.st.Seen, r.st.Dropped, r.st.Accepted)
+	})
+	select {
+	case <-ready:
+	case r := <-done:
+		t.Fatalf("netem in %s: %v", ns, r.err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("netem in %s: queue not bound after 10s", ns)
+	}
+	// Bound first, then the rule: no packet meets an unbound queue.
+	ipt(t, ns, "-A", "INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.Queue)), "--queue-bypass")
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-func trimOut(b []byte) string {
-	s := string(b)
-	if len(s) > 80 {
-		s = s[:80]
-	}
-	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // Scenario 9: a proxy paused past its lease while the others fail over
