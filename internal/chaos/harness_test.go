@@ -535,13 +535,14 @@ type status struct {
 		Recovering bool     `json:"recovering"`
 		Reachable  []string `json:"reachable"`
 		Services   []struct {
-			Epoch    uint64  `json:"epoch"`
-			Primary  string  `json:"primary"`
-			Routing  string  `json:"routing"`
-			Held     string  `json:"held"`
-			LeaseMS  float64 `json:"lease_ms"`
-			MaxVoted uint64  `json:"max_voted"`
-			Decision string  `json:"decision"`
+			Epoch    uint64   `json:"epoch"`
+			Primary  string   `json:"primary"`
+			Fenced   []string `json:"fenced"`
+			Routing  string   `json:"routing"`
+			Held     string   `json:"held"`
+			LeaseMS  float64  `json:"lease_ms"`
+			MaxVoted uint64   `json:"max_voted"`
+			Decision string   `json:"decision"`
 		} `json:"services"`
 	} `json:"cluster"`
 }
@@ -569,6 +570,7 @@ type view struct {
 	epoch    uint64
 	primary  string
 	decision string
+	fenced   []string
 	why      string
 	held     string
 	health   map[string]string
@@ -580,7 +582,7 @@ func (p *proxyNode) view() view {
 		return view{}
 	}
 	s := st.Cluster.Services[0]
-	v := view{ok: true, routing: s.Routing, epoch: s.Epoch, primary: s.Primary, decision: s.Decision, why: st.Services[0].Why, held: s.Held, health: map[string]string{}}
+	v := view{ok: true, routing: s.Routing, epoch: s.Epoch, primary: s.Primary, decision: s.Decision, fenced: s.Fenced, why: st.Services[0].Why, held: s.Held, health: map[string]string{}}
 	for _, b := range st.Services[0].Backends {
 		v.health[b.Name] = b.Health
 	}

@@ -8,10 +8,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,6 +68,64 @@ func (c *cluster) restorePrimary(who []*proxyNode) {
 		return nil
 	})
 	c.switchTo("a", who)
+}
+
+// Scenario 10, the fenced half: the echo service is checked without roles,
+// so its failover fences the old primary. Back up and healthy, it is not
+// chosen when the new primary dies too: the service stays unrouted, and
+// says why, until an operator unfences it; then it is chosen by the vote.
+func TestFencedOldPrimary(t *testing.T) {
+	c := newCluster(t, defaultOpts())
+	m := c.startMonitor()
+	c.backends["a"].kill()
+	c.waitAllRoute("b", c.proxies, 30*time.Second)
+	c.backends["a"].start()
+	c.sees(c.proxies, "a", "up", 30*time.Second)
+	for _, p := range c.proxies {
+		if v := p.view(); !slices.Equal(v.fenced, []string{"a"}) {
+			t.Fatalf("%s: fenced %v after the failover, want [a]", p.name, v.fenced)
+		}
+	}
+	before := len(c.promotions())
+	c.backends["b"].kill()
+	c.sees(c.proxies, "b", "down", 30*time.Second)
+	holdFor(t, "fenced old primary after the new one died", 3*time.Second, func() error {
+		for _, p := range c.proxies {
+			if v := p.view(); v.ok && v.routing != "" {
+				return fmt.Errorf("%s routes to %q at epoch %d (fenced %v)", p.name, v.routing, v.epoch, v.fenced)
+			}
+			if got, err := p.ask(); err == nil {
+				return fmt.Errorf("a client through %s reached %s", p.name, got)
+			}
+		}
+		return nil
+	})
+	held := c.proxies[0].view().decision
+	if !strings.Contains(held, "fenced") {
+		t.Errorf("decision %q does not say that the only candidate is fenced", held)
+	}
+	if p := c.promotions(); len(p) != before {
+		t.Fatalf("promote hook ran for a fenced backend: %v", p[before:])
+	}
+	t0 := time.Now()
+	waitFor(t, "unfence of a", 30*time.Second, func() bool {
+		// once a is unfenced the failover from b follows and fences b
+		if v := c.proxies[0].view(); v.ok && !slices.Contains(v.fenced, "a") {
+			return true
+		}
+		if err := c.proxies[0].control("unfence", url.Values{"service": {"echo"}, "backend": {"a"}}); err != nil {
+			t.Logf("%v", err)
+		}
+		time.Sleep(time.Second)
+		return false
+	})
+	c.waitAllRoute("a", c.proxies, 30*time.Second)
+	if v := c.proxies[0].view(); !slices.Equal(v.fenced, []string{"b"}) {
+		t.Errorf("fenced %v after the failover from b to a, want [b]", v.fenced)
+	}
+	m.finish(t, "scenario 10 (fenced)")
+	t.Logf("FIGURE scenario 10: a returned, fenced old primary chosen when the new primary died: 0 (service unrouted for 3s: %q); after the operator's unfence, all 3 route to it in %s",
+		held, time.Since(t0).Round(time.Millisecond))
 }
 
 // Failover time with all three proxies connected, and with one proxy cut
