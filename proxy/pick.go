@@ -13,6 +13,7 @@ type candidate struct {
 	priority int
 	order    int // position in ServiceConfig.Backends
 	h        Health
+	draining bool // no failover to it; it may stay the target
 }
 
 // decision is the pure picker's verdict for an active-passive service.
@@ -112,7 +113,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 	var excluded []string
 	for i := range cands {
 		c := &cands[i]
-		if !c.up() {
+		if !c.up() || c.draining && c.name != cur {
 			continue
 		}
 		if roleAware && c.h.Role != RoleReplica && c.name != cur {

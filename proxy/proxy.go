@@ -315,6 +315,41 @@ func (p *Proxy) SetRoute(service, backend string, lease Lease) {
 	}
 }
 
+// ErrDrainTarget refuses to drain the backend an active-passive service
+// sends all its connections to: that would move writes, which is a
+// failover's or a switchover's business, not a drain's.
+var ErrDrainTarget = errors.New("it is the active-passive target: drain would move writes; fail it over or switch over instead")
+
+// SetDrain takes a backend out of new connections (on) or puts it back
+// (off). Sessions already open run on until they end. In an active-active
+// service it leaves the rotation; in an active-passive one it is no
+// failover candidate, and the current target cannot be drained.
+func (p *Proxy) SetDrain(service, backend string, on bool) error {
+	s := p.service(service)
+	if s == nil {
+		return fmt.Errorf("unknown service %q", service)
+	}
+	s.mu.Lock()
+	b := s.byName[backend]
+	switch {
+	case b == nil:
+		s.mu.Unlock()
+		return fmt.Errorf("service %q has no backend %q", service, backend)
+	case on && !s.cfg.balanced() && (s.target == b || s.cfg.External && s.route == backend):
+		s.mu.Unlock()
+		return fmt.Errorf("drain of %q in %q: %w", backend, service, ErrDrainTarget)
+	case b.draining == on:
+		s.mu.Unlock()
+		return nil
+	}
+	b.draining = on
+	ev, _ := s.recompute("drain of " + backend)
+	s.mu.Unlock()
+	p.log.Info("drain", "service", service, "backend", backend, "draining", on, "sessions", b.active.Load())
+	p.emit(ev)
+	return nil
+}
+
 // CloseSessions closes every session of the service to the backend now
 // (fencing) and returns how many there were.
 func (p *Proxy) CloseSessions(service, backend string) int {

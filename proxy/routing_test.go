@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -194,6 +195,75 @@ func TestActiveActiveDistribution(t *testing.T) {
 	}
 	if st := p.statusOf("lc"); st.backend("b").Active != 3 {
 		t.Fatalf("CloseOnDown off should keep b's sessions: %d", st.backend("b").Active)
+	}
+}
+
+// An operator's drain takes a backend out of new connections while its
+// open sessions run on; undrain puts it back. The active-passive target
+// cannot be drained, a standby can (it is then no failover candidate).
+func TestDrainBackend(t *testing.T) {
+	a, b := startNamed(t, "a"), startNamed(t, "b")
+	p := newProxy(t, Options{},
+		ServiceConfig{Name: "rr", Listen: "127.0.0.1:0", Mode: ActiveActive, Backends: []Backend{
+			{Name: "a", Address: a.addr()}, {Name: "b", Address: b.addr()}}},
+		ServiceConfig{Name: "ap", Listen: "127.0.0.1:0", Backends: []Backend{
+			{Name: "a", Address: a.addr(), Priority: 2}, {Name: "b", Address: b.addr(), Priority: 1}}})
+	for _, s := range []string{"rr", "ap"} {
+		p.SetHealth(s, "a", upAny)
+		p.SetHealth(s, "b", upAny)
+	}
+	rr := p.addrOf(t, "rr")
+	var open *net.TCPConn
+	for open == nil {
+		if name, c := backendOf(t, rr); name == "b" {
+			open = c
+		}
+	}
+	if err := p.SetDrain("rr", "b", true); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		if name, c := backendOf(t, rr); name != "a" {
+			t.Fatalf("draining b got a new connection")
+		} else {
+			_ = c.Close()
+		}
+	}
+	roundTrip(t, open, "still here")
+	if bs := p.statusOf("rr").backend("b"); !bs.Draining || bs.Eligible || bs.Active != 1 {
+		t.Fatalf("draining b: %+v, want draining, not eligible, 1 session", bs)
+	}
+	if err := p.SetDrain("rr", "b", false); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		name, c := backendOf(t, rr)
+		got[name] = true
+		_ = c.Close()
+	}
+	if !got["b"] {
+		t.Fatalf("undrained b got no new connection: %v", got)
+	}
+
+	if err := p.SetDrain("ap", "a", true); !errors.Is(err, ErrDrainTarget) {
+		t.Fatalf("drain of the active-passive target: %v, want ErrDrainTarget", err)
+	}
+	if err := p.SetDrain("ap", "b", true); err != nil {
+		t.Fatal(err)
+	}
+	p.SetHealth("ap", "a", down)
+	if st := p.statusOf("ap"); st.Target != "" || !strings.Contains(st.Reason, "no eligible") {
+		t.Fatalf("failover to a draining standby: target %q (%s)", st.Target, st.Reason)
+	}
+	if err := p.SetDrain("ap", "b", false); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.statusOf("ap"); st.Target != "b" {
+		t.Fatalf("undrained standby not chosen: target %q (%s)", st.Target, st.Reason)
+	}
+	if err := p.SetDrain("ap", "zz", true); err == nil {
+		t.Fatal("drain of an unknown backend accepted")
 	}
 }
 

@@ -15,6 +15,9 @@ type backend struct {
 	cfg Backend  // guarded by service.mu
 	h   Health   // guarded by service.mu
 	wrr wrrState // guarded by service.mu
+	// draining: an operator took it out of new connections; its sessions
+	// run on. Guarded by service.mu; kept across reloads, not restarts.
+	draining bool
 
 	max atomic.Int64 // MaxConns; <= 0 no limit
 
@@ -218,7 +221,7 @@ func (s *service) plan() (plan, <-chan struct{}) {
 	if c.balanced() {
 		var el []*backend
 		for _, b := range s.list {
-			if balancedEligible(c, b.h) {
+			if balancedEligible(c, b.h) && !b.draining {
 				el = append(el, b)
 			}
 		}
@@ -381,7 +384,7 @@ func (s *service) dialAndRun(c *net.TCPConn, pl plan) bool {
 func (s *service) candidates() []candidate {
 	cs := make([]candidate, len(s.list))
 	for i, b := range s.list {
-		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h}
+		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining}
 	}
 	return cs
 }
@@ -507,10 +510,10 @@ func (s *service) status() ServiceStatus {
 		bs := BackendStatus{
 			Backend: b.cfg, Health: b.h, Active: b.active.Load(), Sessions: b.sessions.Load(),
 			BytesIn: b.bytesIn.Load(), BytesOut: b.bytesOut.Load(),
-			DialFailures: b.dialFail.Load(), Refused: b.refused.Load(),
+			DialFailures: b.dialFail.Load(), Refused: b.refused.Load(), Draining: b.draining,
 		}
 		if s.cfg.balanced() {
-			bs.Eligible = balancedEligible(&s.cfg, b.h)
+			bs.Eligible = balancedEligible(&s.cfg, b.h) && !b.draining
 		} else {
 			bs.Eligible = usable && b == s.target
 		}

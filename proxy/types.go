@@ -258,6 +258,8 @@ type BackendStatus struct {
 	Health Health
 	// Eligible says whether new connections may go to this backend now.
 	Eligible bool
+	// Draining says an operator took it out of new connections (Drain).
+	Draining bool
 	// Active is the number of open sessions to this backend.
 	Active int64
 	// Sessions counts sessions ever established to this backend.

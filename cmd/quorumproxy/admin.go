@@ -44,6 +44,8 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	mux.Handle("POST /api/v1/switchover", requireToken(token, http.HandlerFunc(d.handleSwitchover)))
 	mux.Handle("POST /api/v1/fence", requireToken(token, d.handleFence(true)))
 	mux.Handle("POST /api/v1/unfence", requireToken(token, d.handleFence(false)))
+	mux.Handle("POST /api/v1/drain", requireToken(token, d.handleDrain(true)))
+	mux.Handle("POST /api/v1/undrain", requireToken(token, d.handleDrain(false)))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -160,6 +162,31 @@ func (d *daemon) handleFence(fence bool) http.Handler {
 	})
 }
 
+// handleDrain takes a backend out of this proxy's new connections (or
+// puts it back); its open sessions run on. Local to this proxy: a cluster
+// does not vote on it.
+func (d *daemon) handleDrain(on bool) http.Handler {
+	verb := map[bool]string{true: "drain", false: "undrain"}[on]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		service, backend := r.FormValue("service"), r.FormValue("backend")
+		if service == "" || backend == "" {
+			http.Error(w, "need service and backend", http.StatusBadRequest)
+			return
+		}
+		if err := d.px.SetDrain(service, backend, on); err != nil {
+			http.Error(w, fmt.Sprintf("%s: %v", verb, err), http.StatusConflict)
+			return
+		}
+		d.log.Info(verb+" requested", "service", service, "backend", backend, "remote", r.RemoteAddr)
+		w.WriteHeader(http.StatusAccepted)
+		if on {
+			fmt.Fprintf(w, "%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)\n", backend, service)
+		} else {
+			fmt.Fprintf(w, "%q of %q takes new connections again on this proxy\n", backend, service)
+		}
+	})
+}
+
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"ms": func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) },
 }).Parse(`<!doctype html>
@@ -174,7 +201,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
 {{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
 <table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
-{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}</td><td>{{.Role}}</td>
+{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}</td><td>{{.Role}}</td>
 <td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
 <td>{{ms .CheckLatency}}</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
 </table>{{end}}

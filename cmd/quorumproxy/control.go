@@ -31,10 +31,12 @@ func cmdSwitchover(args []string, stdout, stderr io.Writer) int {
 	})
 }
 
-// cmdFence asks a running proxy to fence a backend of a clustered service
-// (or unfence it): a fenced backend is no failover candidate until it is
-// unfenced, and fencing the primary moves the service. Both are voted.
-func cmdFence(verb string, args []string, stdout, stderr io.Writer) int {
+// cmdBackendControl runs fence, unfence, drain and undrain: it posts
+// -service and -backend to /api/v1/VERB. A fenced backend is no failover
+// candidate until it is unfenced, and fencing the primary moves the service
+// (both voted); a drained backend takes no new connections on this proxy
+// while its open sessions run on (local: run it on each proxy).
+func cmdBackendControl(verb string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	admin, tokenFile := adminFlags(fs)

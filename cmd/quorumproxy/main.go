@@ -6,6 +6,7 @@
 //	quorumproxy status [-admin ADDR]     the admin API's /status as a table
 //	quorumproxy switchover -service S -to B
 //	quorumproxy fence|unfence -service S -backend B
+//	quorumproxy drain|undrain -service S -backend B
 //	quorumproxy version
 package main
 
@@ -32,6 +33,9 @@ commands:
   fence -service S -backend B keep B out of every failover (moves the service if B is its primary)
   unfence -service S -backend B
                               make B a failover candidate again (both voted; need the admin token)
+  drain -service S -backend B no new connections to B on this proxy; open sessions run on
+  undrain -service S -backend B
+                              new connections to B again (both local to this proxy; need the token)
   drill -config F -service S -- CMD...
                               failover drill: write through the proxy, fail the primary with CMD
                               (or -switchover-to B), report detection, decision, RTO and lost writes
@@ -52,8 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "switchover":
 		return cmdSwitchover(args[1:], stdout, stderr)
-	case "fence", "unfence":
-		return cmdFence(args[0], args[1:], stdout, stderr)
+	case "fence", "unfence", "drain", "undrain":
+		return cmdBackendControl(args[0], args[1:], stdout, stderr)
 	case "drill":
 		return cmdDrill(args[1:], stdout, stderr)
 	case "version", "-version", "--version":

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -390,5 +391,79 @@ mode = "active-active"
 	held.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := held.Read(make([]byte, 1)); err == nil {
 		t.Fatal("held session still open after shutdown")
+	}
+}
+
+// quorumproxy drain takes a backend of an active-active service out of new
+// connections on this proxy, status shows it, and undrain puts it back;
+// without the token, or for a backend the service lacks, it is refused.
+func TestDrainCommand(t *testing.T) {
+	dir := t.TempDir()
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	admin, listen := freeAddr(t), freeAddr(t)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "qp.toml")
+	cfg := fmt.Sprintf(`
+[admin]
+listen = %q
+token_file = %q
+
+[[service]]
+name = "web"
+listen = %q
+mode = "active-active"
+
+  [service.health]
+  kind = "tcp"
+  interval = "100ms"
+  timeout = "50ms"
+  rise = 1
+
+  [[service.backend]]
+  name = "a"
+  address = %q
+
+  [[service.backend]]
+  name = "b"
+  address = %q
+`, admin, tokenFile, listen, a.addr(), b.addr())
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, cfgPath, admin)
+	seen := func(n int) map[string]int {
+		got := map[string]int{}
+		for range n {
+			if r, err := ask(listen, "x"); err == nil {
+				got[strings.TrimSuffix(r, ":x")]++
+			}
+		}
+		return got
+	}
+	waitFor(t, "both backends in rotation", 10*time.Second, func() bool { g := seen(4); return g["a"] > 0 && g["b"] > 0 })
+
+	if _, _, code := runBin(t, "drain", "-admin", admin, "-service", "web", "-backend", "b"); code == 0 {
+		t.Fatal("drain without the token was accepted")
+	}
+	if _, errOut, code := runBin(t, "drain", "-admin", admin, "-token-file", tokenFile, "-service", "web", "-backend", "zz"); code != 1 || !strings.Contains(errOut, `no backend "zz"`) {
+		t.Fatalf("drain of an unknown backend: exit %d, %q", code, errOut)
+	}
+	if out, errOut, code := runBin(t, "drain", "-admin", admin, "-token-file", tokenFile, "-service", "web", "-backend", "b"); code != 0 {
+		t.Fatalf("drain: exit %d: %s %s", code, out, errOut)
+	}
+	if g := seen(8); g["b"] != 0 || g["a"] != 8 {
+		t.Fatalf("after the drain of b: %v, want every connection on a", g)
+	}
+	if out, _, _ := runBin(t, "status", "-admin", admin); !regexp.MustCompile(`b +\S+ +up, draining`).MatchString(out) {
+		t.Errorf("status does not show b draining:\n%s", out)
+	}
+	if _, _, code := runBin(t, "undrain", "-admin", admin, "-token-file", tokenFile, "-service", "web", "-backend", "b"); code != 0 {
+		t.Fatal("undrain failed")
+	}
+	if g := seen(8); g["b"] == 0 {
+		t.Fatalf("after the undrain of b: %v, want b back in rotation", g)
 	}
 }

@@ -41,6 +41,7 @@ type backendView struct {
 	Priority       int           `json:"priority"`
 	Weight         int           `json:"weight"`
 	Health         string        `json:"health"` // unknown | up | down
+	Draining       bool          `json:"draining,omitempty"`
 	Role           string        `json:"role"`
 	LagBytes       int64         `json:"lag_bytes"`   // -1: unknown
 	LagSeconds     float64       `json:"lag_seconds"` // -1: unknown
@@ -183,7 +184,11 @@ func printStatus(w io.Writer, st *statusView) {
 			if b.Name == s.Target {
 				mark = "*"
 			}
-			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, b.Health, b.Role,
+			h := b.Health
+			if b.Draining {
+				h += ", draining"
+			}
+			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, h, b.Role,
 				lagString(b), b.CheckLatencyMS, b.Active, changeString(b), b.LastError)
 		}
 		tw.Flush()

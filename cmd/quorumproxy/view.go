@@ -52,6 +52,7 @@ func (d *daemon) status() *statusView {
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
 				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1,
 				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
+				Draining: b.Draining,
 			}
 			if hs, ok := states[[2]string{ps.Name, b.Name}]; ok {
 				bv.Health = hs.Status.String()
@@ -117,6 +118,11 @@ func (d *daemon) syncMetrics() {
 				target = 1
 			}
 			m.gauge([]string{"backend", "target"}, bl, target)
+			draining := 0.0
+			if b.Draining {
+				draining = 1
+			}
+			m.gauge([]string{"backend", "draining"}, bl, draining)
 		}
 	}
 	if d.cluster != nil {
