@@ -7,10 +7,25 @@ import (
 	"strings"
 )
 
-// MaxMessageSize bounds every payload so that it fits one UDP packet with
-// the transport's envelope and encryption overhead (memberlist's 1400-byte
-// packets leave about 1150 bytes after label, encryption and envelope).
+// MaxMessageSize bounds the payloads that travel in one UDP packet
+// (observations, lease requests and answers), with the transport's
+// envelope and encryption overhead (memberlist's 1400-byte packets leave
+// about 1150 bytes after label, encryption and envelope).
 const MaxMessageSize = 1024
+
+// MaxReliableSize bounds the payloads sent reliably (over TCP): proposals,
+// votes, accepts, commits and sync. A vote carries four values, each of
+// which may list every backend as fenced.
+const MaxReliableSize = 16 << 10
+
+// limit is the largest payload of type t.
+func (t msgType) limit() int {
+	switch t {
+	case msgObservation, msgLeaseReq, msgLeaseAck:
+		return MaxMessageSize
+	}
+	return MaxReliableSize
+}
 
 // wireVersion is the payload format version; a receiver drops other versions.
 const wireVersion = 2 // 2: values carry the fenced set
@@ -304,8 +319,8 @@ func (d *dec) finish() error {
 }
 
 func (e *enc) done() ([]byte, error) {
-	if len(e.b) > MaxMessageSize {
-		return nil, fmt.Errorf("message type %d is %d bytes, above the %d-byte limit", e.b[0], len(e.b), MaxMessageSize)
+	if limit := msgType(e.b[0]).limit(); len(e.b) > limit {
+		return nil, fmt.Errorf("message type %d is %d bytes, above the %d-byte limit", e.b[0], len(e.b), limit)
 	}
 	return e.b, nil
 }
@@ -435,8 +450,8 @@ func header(b []byte) (msgType, *dec, error) {
 	if len(b) < 2 {
 		return 0, nil, errShort
 	}
-	if len(b) > MaxMessageSize {
-		return 0, nil, fmt.Errorf("payload of %d bytes above the limit", len(b))
+	if limit := msgType(b[0]).limit(); len(b) > limit {
+		return 0, nil, fmt.Errorf("payload of %d bytes above the limit of %d", len(b), limit)
 	}
 	if b[1] != wireVersion {
 		return 0, nil, errVersion

@@ -163,8 +163,8 @@ type queueTransport struct {
 }
 
 func (q queueTransport) Send(to string, msg []byte) error {
-	if len(msg) > MaxMessageSize {
-		q.n.t.Fatalf("payload type %d of %d bytes above MaxMessageSize", msg[0], len(msg))
+	if limit := msgType(msg[0]).limit(); len(msg) > limit {
+		q.n.t.Fatalf("payload type %d of %d bytes above its limit of %d", msg[0], len(msg), limit)
 	}
 	q.n.q = append(q.n.q, queued{q.from, to, msg})
 	return nil
@@ -188,17 +188,81 @@ func TestManyServicesFitPayloads(t *testing.T) {
 	for i := range 40 {
 		name := fmt.Sprintf("%s-%02d", strings.Repeat("service", 30), i)
 		svcs = append(svcs, ServiceConfig{Name: name, Backends: []BackendConfig{
-			{Name: strings.Repeat("a", 200), Priority: 2}, {Name: strings.Repeat("b", 200), Priority: 1}}})
+			{Name: strings.Repeat("a", 100), Priority: 2}, {Name: strings.Repeat("b", 100), Priority: 1}}})
 	}
+	allRoute(t, svcs, "", true)
+}
+
+// A fenced set can name a backend since removed from the config, which
+// the lease requests' batching (by the config's widest value) cannot
+// foresee: the answers must be split to fit, or no service gets a lease.
+func TestLeaseAnswersSplitForRemovedFencedNames(t *testing.T) {
+	var svcs []ServiceConfig
+	for i := range 30 {
+		svcs = append(svcs, ServiceConfig{Name: fmt.Sprintf("svc-%02d", i), Backends: []BackendConfig{
+			{Name: "db-a", Priority: 3}, {Name: "db-b", Priority: 2}, {Name: "db-c", Priority: 1}}})
+	}
+	allRoute(t, svcs, Fenced("retired-"+strings.Repeat("x", 150)), false)
+}
+
+// A peer whose values are wider than the requester foresaw answers in
+// several payloads, each within the packet limit, covering every entry.
+func TestLeaseAnswerSplits(t *testing.T) {
+	var svcs []ServiceConfig
+	st := State{Synced: true, Services: map[string]ServiceState{}}
+	var req leaseReqMsg
+	for i := range 30 {
+		sc := ServiceConfig{Name: fmt.Sprintf("svc-%02d", i), Backends: []BackendConfig{{Name: "db-a"}, {Name: "db-b"}}}
+		svcs = append(svcs, sc)
+		v := Value{Primary: "db-a", Fenced: Fenced("retired-" + strings.Repeat("x", 150))}
+		st.Services[sc.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: v}}
+		req.Entries = append(req.Entries, leaseEntry{Service: sc.Name, Record: Record{Epoch: 1, Value: Value{Primary: "db-a"}}})
+	}
+	net := &queueNet{t: t, nodes: map[string]*Machine{}}
+	m, err := NewMachine(Config{Name: "p1", Peers: []string{"p0", "p1", "p2"}, Services: svcs, BootID: 2, LeaseTimeout: time.Second},
+		&manualClock{now: time.Second}, queueTransport{net, "p1"}, &memStore{st: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.onLeaseReq("p0", req)
+	answered := map[string]bool{}
+	msgs := 0
+	for _, x := range net.q {
+		if x.to != "p0" || msgType(x.msg[0]) != msgLeaseAck {
+			continue
+		}
+		msgs++
+		v, err := decode(x.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range v.(leaseAckMsg).Entries {
+			if !e.OK {
+				t.Errorf("%s not confirmed", e.Service)
+			}
+			answered[e.Service] = true
+		}
+	}
+	if msgs < 2 || len(answered) != len(svcs) {
+		t.Fatalf("%d answers covering %d of %d services; want the answer split and complete", msgs, len(answered), len(svcs))
+	}
+}
+
+// allRoute runs three Machines over an in-memory network from a state in
+// which every service's record is at epoch 1 on its first backend (with
+// fenced as its fenced set), and requires every proxy to route every
+// service. With recover, p0 starts empty and learns the state over sync.
+func allRoute(t *testing.T, svcs []ServiceConfig, fenced Fenced, recover bool) {
+	t.Helper()
 	peers := []string{"p0", "p1", "p2"}
 	clk := &manualClock{now: time.Second}
 	net := &queueNet{t: t, nodes: map[string]*Machine{}}
 	for i, p := range peers {
-		st := State{Synced: i > 0, Services: map[string]ServiceState{}} // p0 recovers over sync
-		if i > 0 {
+		st := State{Synced: !recover || i > 0, Services: map[string]ServiceState{}}
+		if st.Synced {
 			for _, s := range svcs {
-				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: Value{Primary: s.Backends[0].Name}}, Promised: 1,
-					Accepted: Ballot{Epoch: 1, Value: Value{Primary: s.Backends[0].Name}}}
+				v := Value{Primary: s.Backends[0].Name, Fenced: fenced}
+				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: v}}
 			}
 		}
 		m, err := NewMachine(Config{Name: p, Peers: peers, Services: svcs, BootID: uint64(i + 1), LeaseTimeout: time.Second},
@@ -229,5 +293,31 @@ func TestManyServicesFitPayloads(t *testing.T) {
 				t.Fatalf("%s does not route %s: status %+v", p, s.Name, m.Status().Counters)
 			}
 		}
+	}
+}
+
+// A service whose backend names could not fit a lease answer (two values,
+// each naming every backend) is refused when the Machine is built, with a
+// message that says so; one that fits is taken.
+func TestServiceFitsCheck(t *testing.T) {
+	build := func(names ...string) error {
+		var bs []BackendConfig
+		for _, n := range names {
+			bs = append(bs, BackendConfig{Name: n})
+		}
+		_, err := NewMachine(Config{Name: "p0", Peers: []string{"p0", "p1", "p2"}, BootID: 1, LeaseTimeout: time.Second,
+			Services: []ServiceConfig{{Name: "db", Backends: bs}}}, &manualClock{}, queueTransport{}, &memStore{})
+		return err
+	}
+	long := func(c string) string { return strings.Repeat(c, 201) }
+	if err := build(long("a"), long("b"), long("c")); err == nil || !strings.Contains(err.Error(), "lease answer") {
+		t.Fatalf("three 201-byte backend names: %v, want a refusal about the lease answer", err)
+	}
+	mid := func(c string) string { return strings.Repeat(c, 60) }
+	if err := build(mid("a"), mid("b"), mid("c"), mid("d"), mid("e")); err != nil {
+		t.Fatalf("five 60-byte backend names: %v", err)
+	}
+	if err := build("a,b", "c"); err == nil || !strings.Contains(err.Error(), "no commas") {
+		t.Fatalf("a comma in a backend name: %v", err)
 	}
 }

@@ -75,7 +75,8 @@
 // proposed backend is up; for an operator's fence that moves the primary,
 // the new primary is up (a value forced by an earlier vote and an unfence
 // need no check). Except for those two, it refuses a primary that its own
-// record has fenced. It sets Promised = E, saves, which
+// record has fenced; it always refuses a value whose primary is in its own
+// fenced set, and an unfence that moves the primary. It sets Promised = E, saves, which
 // also stops its routing and its lease confirmations at older epochs, and
 // replies with what it had accepted before. A duplicate of the proposal it
 // voted for gets the same answer; a refusal carries its Promised, Accepted
@@ -88,10 +89,12 @@
 // every other votes for it, so all N vote and the commit needs no lease
 // wait; when several propose at once the votes split, and the winner lacks
 // some and waits out the commit wait. In the simulation (each check seeing
-// the death within 200ms) this took the median failover from 1.29 s to
-// 0.28 s at N=5, and with late acceptances counted (Commit, below) to
-// 0.22 s, p90 0.30 s (TestSimulationFailoverTime). It only delays proposals, so
-// safety is untouched; a silent higher peer costs at most (N-1) ticks.
+// the death within 200ms, N=5) the delay alone took the median failover
+// from 1.29 s to 0.28 s; with late acceptances counted as well (Commit,
+// below) the median is 0.22 s with the delay and 0.19 s without it, and
+// the delay is what keeps p90 at 0.30 s instead of 1.41 s
+// (TestSimulationFailoverTime). It only delays proposals, so safety is
+// untouched; a silent higher peer costs at most (N-1) ticks.
 //
 // Duels. Two proxies that see the same failure at once both propose
 // E = max+1 and each votes for itself; in a bare quorum each then lacks the
@@ -153,7 +156,8 @@
 // leave a service unrouted for ever.
 //
 // Hooks. The committing proxy saves a hook intent (fence the old primary,
-// promote the new one) with the record and hands it to OnHook once per run,
+// promote the new one; or, when a decision fenced a standby and kept the
+// primary, fence that standby alone) with the record and hands it to OnHook once per run,
 // only while it holds a lease at that epoch; the runner calls HookDone
 // after the hooks ran, so a crash before that reruns them. QP_EPOCH is the
 // fencing token. OnRecord fires on every proxy for every new record.
@@ -172,8 +176,10 @@
 // switchover to a fenced backend is refused: unfence, then switch over.
 // Fence and unfence are epochs like any other, so 1 to 4 below hold for
 // them; like a switchover each is one attempt, ended by the first decision
-// that lands after it was asked for (left pending it could be carried out
-// much later, on a cluster that had moved on, or undo a later decision).
+// above the epochs known or voted for when it was asked for (left pending
+// it could be carried out much later, on a cluster that had moved on, or
+// undo a later decision). As for a switchover, an attempt given up after
+// some peer accepted its value may still be finished by a later phase 1.
 // The set travels in every record and ballot, in a canonical form (sorted,
 // comma-joined names) so values compare as a whole.
 //
@@ -230,7 +236,10 @@
 //     lease ends by t + LeaseTimeout/(1−ρ) in real time, and the commit
 //     waits LeaseTimeout×(1+ρ)/(1−ρ) on a clock running at most 1+ρ, that
 //     is at least LeaseTimeout/(1−ρ) after the Q-th vote. If all N voted
-//     or accepted, every proxy stopped routing at e before the commit. A lease at E needs
+//     or accepted, every proxy stopped routing at e before the commit (a
+//     Node publishes the route a step changed before that step's messages
+//     leave, and the data path reads the route before every dial and
+//     write; see below for writes already under way). A lease at E needs
 //     Q proxies whose record is E, so it starts after the commit. Leases at
 //     epochs below e end likewise before e committed. So no two leases at
 //     different epochs overlap, and one epoch has one primary.
@@ -261,9 +270,12 @@
 //     backends are made candidates).
 //
 // What this does not cover: clients that bypass the proxy; bytes already in
-// the old primary's socket buffers when a process pause outlasts its lease
-// (the fence hook, with QP_EPOCH as a token the database can check, covers
-// that); writes an async primary acknowledged but never replicated;
+// the old primary's socket buffers when a process pause outlasts its lease,
+// and a write the data path had begun before its route was cleared, which
+// the route applier cuts by resetting the old primary's sessions (SO_LINGER
+// 0, so unsent bytes are dropped) a moment later, possibly after an
+// immediate commit (the fence hook, with QP_EPOCH as a token the database
+// can check, covers both); writes an async primary acknowledged but never replicated;
 // more than N−Q proxies losing their state at once (they may then forget a
 // vote that mattered). A proxy whose state_dir was emptied cannot tell that
 // from a new cluster, so a lone wiped cluster (every state_dir empty)
@@ -276,8 +288,13 @@
 // Node itself (OnMessage, OnPeerChange, LocalState, MergeRemoteState never
 // block and never save). Reliable sends leave from one goroutine per peer
 // (a TCP dial to a dead peer must not stall the machine); lease traffic
-// goes best effort when the transport offers SendBestEffort. Payloads are
-// at most [MaxMessageSize] bytes; lists of services are split to fit. The health side calls Observe, the data path calls
+// goes best effort when the transport offers SendBestEffort. Packet payloads
+// (observations, lease requests and answers) are at most [MaxMessageSize]
+// bytes and reliable ones at most [MaxReliableSize]; lists of services are
+// split to fit, and a peer splits a lease answer that grew wider than the
+// request foresaw (a fenced set naming a backend removed from the config).
+// NewMachine refuses a service whose backend names could not fit a vote or
+// a lease answer even when all are fenced. The health side calls Observe, the data path calls
 // Route (an atomic read: backend and remaining lease), the admin API calls
 // Switchover, Fence and Status.
 //

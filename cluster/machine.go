@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -195,11 +196,8 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 			failed: map[string]time.Duration{}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
-			if len(b.Name) > len(s.widest.Primary) {
-				s.widest.Primary = b.Name
-			}
-			s.widest.Fenced = s.widest.Fenced.With(b.Name)
 		}
+		s.widest = widestValue(sc.Backends)
 		m.svcs[sc.Name] = s
 		m.order = append(m.order, sc.Name)
 	}
@@ -395,7 +393,9 @@ func (m *Machine) Switchover(svc, to string) error {
 	if rec.Fenced.Has(to) {
 		return fmt.Errorf("cluster: switchover of service %q: backend %q is fenced (since a failover or an operator's fence); unfence it first", svc, to)
 	}
-	s.switchTo, s.switchAt = to, rec.Epoch
+	// A decision in flight (ours, or one we voted for) does not end the
+	// request: only one above it does.
+	s.switchTo, s.switchAt = to, max(rec.Epoch, m.svcState(svc).Promised)
 	s.next = m.clock.Now()
 	return nil
 }
@@ -430,7 +430,7 @@ func (m *Machine) Fence(svc, backend string, fence bool) error {
 			return fmt.Errorf("cluster: fence: %q is the primary of service %q and no backend can take over: %s", backend, svc, why)
 		}
 	}
-	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: rec.Epoch}
+	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: max(rec.Epoch, m.svcState(svc).Promised)}
 	s.next = m.clock.Now()
 	return nil
 }
@@ -917,9 +917,12 @@ func (m *Machine) requestLeases(now time.Duration) {
 		// carries lets peers that missed a commit catch up.
 		e := leaseEntry{Service: name, Record: ss.Record}
 		// The answer is larger than the request: size the batch by it,
-		// with the largest value the service's config allows.
+		// with the largest value the service's config allows, or ours if
+		// larger (a fenced set can name a backend removed since). The
+		// answering peer splits its answer if its values are larger still.
 		w := m.svcs[name].widest
-		n := leaseAckEntrySize(leaseAckEntry{Service: name, Record: Record{Value: w}, Accepted: Ballot{Value: w}})
+		n := leaseAckEntrySize(leaseAckEntry{Service: name, Record: Record{Value: wider(w, ss.Record.Value)},
+			Accepted: Ballot{Value: wider(w, ss.Accepted.Value)}})
 		if size+n > MaxMessageSize || len(entries) == 255 {
 			flush()
 		}
@@ -931,6 +934,15 @@ func (m *Machine) requestLeases(now time.Duration) {
 
 func (m *Machine) onLeaseReq(from string, x leaseReqMsg) {
 	ack := leaseAckMsg{Boot: x.Boot, Counter: x.Counter}
+	size := listHeader
+	flush := func() {
+		if len(ack.Entries) == 0 {
+			return
+		}
+		b, err := encodeLeaseAck(ack)
+		m.sendLossy(from, b, err)
+		ack.Entries, size = nil, listHeader
+	}
 	for _, e := range x.Entries {
 		if m.svcs[e.Service] == nil {
 			m.counters.UnknownService++
@@ -941,12 +953,18 @@ func (m *Machine) onLeaseReq(from string, x leaseReqMsg) {
 		}
 		ss := m.svcState(e.Service)
 		ok := !m.recovering && ss.Record.Epoch == e.Record.Epoch && ss.Promised <= e.Record.Epoch
-		ack.Entries = append(ack.Entries, leaseAckEntry{Service: e.Service, Epoch: e.Record.Epoch, OK: ok, Record: ss.Record,
-			Promised: ss.Promised, Accepted: ss.Accepted})
+		ae := leaseAckEntry{Service: e.Service, Epoch: e.Record.Epoch, OK: ok, Record: ss.Record,
+			Promised: ss.Promised, Accepted: ss.Accepted}
+		// The request was sized for its answer to fit one payload, by the
+		// config's widest value; a fenced set that names backends since
+		// removed from the config can be wider, so split if need be.
+		if n := leaseAckEntrySize(ae); size+n > MaxMessageSize {
+			flush()
+		}
+		ack.Entries = append(ack.Entries, ae)
+		size += leaseAckEntrySize(ae)
 	}
-	// The request was sized so that its answer fits one payload.
-	b, err := encodeLeaseAck(ack)
-	m.sendLossy(from, b, err)
+	flush()
 }
 
 func (m *Machine) onLeaseAck(from string, x leaseAckMsg) {
@@ -1101,6 +1119,16 @@ func (m *Machine) fenceOpString(op *fenceOp) string {
 }
 
 func (m *Machine) tickService(name string, s *service, now time.Duration) {
+	// The rank delay counts from when this proxy first saw the primary
+	// down, even if a backoff or a vote holds its own proposal back.
+	rec := m.svcState(name).Record
+	down := rec.Primary != "" && m.objectivelyDown(s, rec.Primary)
+	switch {
+	case !down:
+		s.downEpoch = 0
+	case s.downEpoch != rec.Epoch:
+		s.downEpoch, s.downSince = rec.Epoch, now
+	}
 	if p := s.prop; p != nil {
 		m.tickProposal(name, s, p, now)
 		return
@@ -1122,19 +1150,11 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	if forced.Epoch <= ss.Record.Epoch || m.cfg.knobs.noPhase1 {
 		forced = Ballot{}
 	}
-	rec := ss.Record
 	retryTo := ""
 	if s.retry != nil && forced.Epoch == 0 {
 		retryTo = m.retryCandidate(name, s, rec)
 	}
 	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
-	down := rec.Primary != "" && m.objectivelyDown(s, rec.Primary)
-	switch {
-	case !down:
-		s.downEpoch = 0
-	case s.downEpoch != rec.Epoch:
-		s.downEpoch, s.downSince = rec.Epoch, now
-	}
 	switch {
 	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
@@ -1474,9 +1494,10 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	ss.Intent = HookIntent{}
 	if old.Primary != rec.Primary && old.Primary != "" {
 		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: old.Primary, Promote: rec.Primary}
-	} else if p.kind == kindFence {
-		// an operator fenced a standby: its fence hook runs, nothing is promoted
-		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: p.from}
+	} else if f := newlyFenced(old.Fenced, rec.Fenced); f != "" {
+		// a standby was fenced (by an operator, or by a forced value that
+		// finishes such a fence): its fence hook runs, nothing is promoted
+		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: f}
 	}
 	if err := m.save(name, ss, false); err != nil {
 		m.log.Error("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
@@ -1502,6 +1523,16 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	if m.cfg.OnRecord != nil {
 		m.cfg.OnRecord(name, old, rec)
 	}
+}
+
+// newlyFenced is a backend in to that is not in from ("" if none).
+func newlyFenced(from, to Fenced) string {
+	for _, b := range to.List() {
+		if !from.Has(b) {
+			return b
+		}
+	}
+	return ""
 }
 
 // maybeHook hands out the persisted hook intent once per run, only while
@@ -1747,6 +1778,31 @@ func (m *Machine) Status() Status {
 	return st
 }
 
+// widestValue is a value as long as any the backends allow: a primary and
+// every other backend fenced (whichever is primary, that is every name once).
+func widestValue(bs []BackendConfig) Value {
+	var w Value
+	for _, b := range bs {
+		if len(b.Name) > len(w.Primary) {
+			w.Primary = b.Name
+		}
+	}
+	for _, b := range bs {
+		if b.Name != w.Primary {
+			w.Fenced = w.Fenced.With(b.Name)
+		}
+	}
+	return w
+}
+
+// wider is whichever of a and b takes more bytes on the wire.
+func wider(a, b Value) Value {
+	if valueSize(b) > valueSize(a) {
+		return b
+	}
+	return a
+}
+
 // checkServiceFits rejects names the wire format cannot carry and services
 // whose full observation would not fit one payload.
 func checkServiceFits(sc ServiceConfig) error {
@@ -1759,6 +1815,10 @@ func checkServiceFits(sc ServiceConfig) error {
 		if b.Name == "" || len(b.Name) > 255 {
 			return fmt.Errorf("cluster: service %q: backend name %q: want 1 to 255 bytes", sc.Name, b.Name)
 		}
+		if strings.Contains(b.Name, ",") {
+			// the fenced set joins names with commas
+			return fmt.Errorf("cluster: service %q: backend name %q: no commas", sc.Name, b.Name)
+		}
 		if seen[b.Name] {
 			return fmt.Errorf("cluster: service %q: backend %q listed twice", sc.Name, b.Name)
 		}
@@ -1770,6 +1830,14 @@ func checkServiceFits(sc ServiceConfig) error {
 	}
 	if _, err := encodeObs(msg); err != nil {
 		return fmt.Errorf("cluster: service %q: its backends' names are too long for one gossip packet: %w", sc.Name, err)
+	}
+	w := widestValue(sc.Backends)
+	wb := Ballot{Epoch: 1, Value: w}
+	if _, err := encodeVote(voteMsg{Service: sc.Name, Value: w, Prev: wb, Accepted: wb, Record: Record{Value: w}}); err != nil {
+		return fmt.Errorf("cluster: service %q: its backends' names are too long for a vote (which may name them all four times): %w", sc.Name, err)
+	}
+	if _, err := encodeLeaseAck(leaseAckMsg{Entries: []leaseAckEntry{{Service: sc.Name, Record: Record{Value: w}, Accepted: wb}}}); err != nil {
+		return fmt.Errorf("cluster: service %q: its backends' names are too long for a lease answer in one packet (which may name them all twice): %w", sc.Name, err)
 	}
 	return nil
 }

@@ -51,6 +51,36 @@ type asyncTransport struct {
 	tr      Transport
 	queues  map[string]chan []byte
 	dropped *atomic.Uint64
+	// While hold is set (during one step of the machine, on the Node's
+	// goroutine) payloads wait in out: they leave only after the step's
+	// route changes are published, so that a proxy's vote, which stops its
+	// routing, never reaches a proposer before its data path has stopped.
+	hold bool
+	out  []outMsg
+}
+
+type outMsg struct {
+	to, key    string
+	msg        []byte
+	bestEffort bool
+	broadcast  bool
+}
+
+// release sends what a step produced, in order.
+func (a *asyncTransport) release() {
+	a.hold = false
+	for i, o := range a.out {
+		switch {
+		case o.broadcast:
+			_ = a.Broadcast(o.key, o.msg)
+		case o.bestEffort:
+			_ = a.SendBestEffort(o.to, o.msg)
+		default:
+			_ = a.Send(o.to, o.msg)
+		}
+		a.out[i] = outMsg{}
+	}
+	a.out = a.out[:0]
 }
 
 const peerQueue = 256
@@ -59,6 +89,10 @@ func (a *asyncTransport) Send(to string, msg []byte) error {
 	q := a.queues[to]
 	if q == nil {
 		return fmt.Errorf("cluster: send to unknown peer %q", to)
+	}
+	if a.hold {
+		a.out = append(a.out, outMsg{to: to, msg: msg})
+		return nil
 	}
 	select {
 	case q <- msg:
@@ -70,6 +104,10 @@ func (a *asyncTransport) Send(to string, msg []byte) error {
 }
 
 func (a *asyncTransport) SendBestEffort(to string, msg []byte) error {
+	if a.hold {
+		a.out = append(a.out, outMsg{to: to, msg: msg, bestEffort: true})
+		return nil
+	}
 	switch t := a.tr.(type) {
 	case bestEffortSender:
 		return t.SendBestEffort(to, msg)
@@ -83,6 +121,10 @@ func (a *asyncTransport) SendBestEffort(to string, msg []byte) error {
 func (a *asyncTransport) Broadcast(key string, msg []byte) error {
 	if a.tr == nil {
 		return errors.New("cluster: transport not started")
+	}
+	if a.hold {
+		a.out = append(a.out, outMsg{key: key, msg: msg, broadcast: true})
+		return nil
 	}
 	return a.tr.Broadcast(key, msg)
 }
@@ -160,18 +202,23 @@ func (n *Node) run() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.tick)
 	defer t.Stop()
+	n.tr.hold = true
 	n.m.Tick()
 	n.publish()
+	n.tr.release()
 	for {
 		select {
 		case <-n.done:
 			return
 		case f := <-n.in:
+			n.tr.hold = true
 			f()
 		case <-t.C:
+			n.tr.hold = true
 			n.m.Tick()
 		}
 		n.publish()
+		n.tr.release()
 	}
 }
 

@@ -180,7 +180,7 @@ func (p *Proxy) removeService(s *service) {
 	s.mu.Unlock()
 	s.cancel()
 	for _, b := range list {
-		b.closeSessions(true)
+		b.closeSessions(true, false)
 	}
 }
 
@@ -229,10 +229,10 @@ func (p *Proxy) updateService(s *service, c ServiceConfig) error {
 	s.mu.Unlock()
 
 	for _, b := range drop {
-		b.closeSessions(true)
+		b.closeSessions(true, false)
 	}
 	if closeOld != nil {
-		closeOld.closeSessions(false)
+		closeOld.closeSessions(false, false)
 	}
 	p.emit(ev)
 
@@ -281,12 +281,12 @@ func (p *Proxy) SetHealth(service, backend string, h Health) {
 	closeDown := wentDown && s.cfg.CloseOnDown
 	s.mu.Unlock()
 	if closeDown {
-		if n := b.closeSessions(false); n > 0 {
+		if n := b.closeSessions(false, false); n > 0 {
 			p.log.Info("closed sessions of a backend that went down", "service", service, "backend", backend, "sessions", n)
 		}
 	}
 	if closeOld != nil && closeOld != b {
-		closeOld.closeSessions(false)
+		closeOld.closeSessions(false, false)
 	}
 	p.emit(ev)
 }
@@ -311,7 +311,7 @@ func (p *Proxy) SetRoute(service, backend string, lease Lease) {
 	_, closeOld := s.recompute("route set")
 	s.mu.Unlock()
 	if closeOld != nil {
-		closeOld.closeSessions(false)
+		closeOld.closeSessions(false, true) // fenced: unsent bytes are dropped (RST)
 	}
 }
 
@@ -351,7 +351,9 @@ func (p *Proxy) SetDrain(service, backend string, on bool) error {
 }
 
 // CloseSessions closes every session of the service to the backend now
-// (fencing) and returns how many there were.
+// (fencing) and returns how many there were. It resets the connections
+// (SO_LINGER 0): bytes still in the socket buffers are dropped instead of
+// being delivered to a backend that was fenced.
 func (p *Proxy) CloseSessions(service, backend string) int {
 	s := p.service(service)
 	if s == nil {
@@ -363,7 +365,7 @@ func (p *Proxy) CloseSessions(service, backend string) int {
 	if b == nil {
 		return 0
 	}
-	return b.closeSessions(false)
+	return b.closeSessions(false, true)
 }
 
 // Status returns a snapshot of every service, sorted by name.
@@ -433,7 +435,7 @@ func (p *Proxy) closeAll() {
 	}
 	p.mu.Unlock()
 	for _, b := range bs {
-		b.closeSessions(false)
+		b.closeSessions(false, false)
 	}
 }
 

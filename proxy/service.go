@@ -72,7 +72,7 @@ func (b *backend) removeSession(s *session) {
 }
 
 // closeSessions closes every session to b; remove also bars new ones.
-func (b *backend) closeSessions(remove bool) int {
+func (b *backend) closeSessions(remove, reset bool) int {
 	b.smu.Lock()
 	b.gen++
 	if remove {
@@ -84,7 +84,7 @@ func (b *backend) closeSessions(remove bool) int {
 	}
 	b.smu.Unlock()
 	for _, s := range ss {
-		s.abort(false)
+		s.abort(reset)
 	}
 	return len(ss)
 }
