@@ -138,27 +138,39 @@ func (d *daemon) clustered(w http.ResponseWriter, service, what string) bool {
 	return true
 }
 
-// handleFence asks the cluster to fence a backend (or unfence it): a fenced
-// backend is no failover candidate until unfenced, and fencing the primary
-// moves the service. Both are voted epochs.
-func (d *daemon) handleFence(fence bool) http.Handler {
-	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
+// backendControl is a state-changing endpoint about one backend of one
+// service: do returns an error (409 with it) or the 202 answer's text.
+func (d *daemon) backendControl(verb string, do func(service, backend string) (string, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		service, backend := r.FormValue("service"), r.FormValue("backend")
 		if service == "" || backend == "" {
 			http.Error(w, "need service and backend", http.StatusBadRequest)
 			return
 		}
-		if !d.clustered(w, service, verb) {
-			return
-		}
-		if err := d.cluster.rt.Fence(service, backend, fence); err != nil {
+		answer, err := do(service, backend)
+		if err != nil {
 			http.Error(w, fmt.Sprintf("%s of %q in %q: %v", verb, backend, service, err), http.StatusConflict)
 			return
 		}
 		d.log.Info(verb+" requested", "service", service, "backend", backend, "remote", r.RemoteAddr)
 		w.WriteHeader(http.StatusAccepted)
-		fmt.Fprintf(w, "%s of %q in %q proposed; watch quorumproxy status\n", verb, backend, service)
+		fmt.Fprintln(w, answer)
+	})
+}
+
+// handleFence asks the cluster to fence a backend (or unfence it): a fenced
+// backend is no failover candidate until unfenced, and fencing the primary
+// moves the service. Both are voted epochs.
+func (d *daemon) handleFence(fence bool) http.Handler {
+	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
+	return d.backendControl(verb, func(service, backend string) (string, error) {
+		if d.cluster == nil || !d.cluster.owned[service] {
+			return "", fmt.Errorf("not routed by a cluster: %s needs [cluster] and an active-passive service", verb)
+		}
+		if err := d.cluster.rt.Fence(service, backend, fence); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s of %q in %q proposed; watch quorumproxy status", verb, backend, service), nil
 	})
 }
 
@@ -167,23 +179,14 @@ func (d *daemon) handleFence(fence bool) http.Handler {
 // does not vote on it.
 func (d *daemon) handleDrain(on bool) http.Handler {
 	verb := map[bool]string{true: "drain", false: "undrain"}[on]
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		service, backend := r.FormValue("service"), r.FormValue("backend")
-		if service == "" || backend == "" {
-			http.Error(w, "need service and backend", http.StatusBadRequest)
-			return
-		}
+	return d.backendControl(verb, func(service, backend string) (string, error) {
 		if err := d.px.SetDrain(service, backend, on); err != nil {
-			http.Error(w, fmt.Sprintf("%s: %v", verb, err), http.StatusConflict)
-			return
+			return "", err
 		}
-		d.log.Info(verb+" requested", "service", service, "backend", backend, "remote", r.RemoteAddr)
-		w.WriteHeader(http.StatusAccepted)
 		if on {
-			fmt.Fprintf(w, "%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)\n", backend, service)
-		} else {
-			fmt.Fprintf(w, "%q of %q takes new connections again on this proxy\n", backend, service)
+			return fmt.Sprintf("%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)", backend, service), nil
 		}
+		return fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service), nil
 	})
 }
 

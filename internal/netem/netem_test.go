@@ -50,14 +50,7 @@ func TestConfigValidation(t *testing.T) {
 // trip contains exactly one held packet and takes at least Delay-Jitter.
 func TestDelay(t *testing.T) {
 	ns := newNS(t)
-	var srv, cli *net.UDPConn
-	ns.do(t, func() (err error) {
-		if srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: queuedPort}); err != nil {
-			return err
-		}
-		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
-		return err
-	})
+	srv, cli := ns.udpPair(t)
 	echo(t, srv)
 	t.Cleanup(func() { cli.Close() })
 
@@ -124,14 +117,7 @@ func TestDelay(t *testing.T) {
 // that exactly the accepted ones arrive.
 func TestLoss(t *testing.T) {
 	ns := newNS(t)
-	var srv, cli *net.UDPConn
-	ns.do(t, func() (err error) {
-		if srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: queuedPort}); err != nil {
-			return err
-		}
-		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
-		return err
-	})
+	srv, cli := ns.udpPair(t)
 	t.Cleanup(func() { cli.Close() })
 	// A full socket buffer would add loss we did not ask for.
 	forceRcvBuf(t, srv, 4<<20)
@@ -175,14 +161,7 @@ func TestLoss(t *testing.T) {
 // not left in (or flushed as dropped from) the kernel queue.
 func TestShutdownReleasesHeld(t *testing.T) {
 	ns := newNS(t)
-	var srv, cli *net.UDPConn
-	ns.do(t, func() (err error) {
-		if srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: queuedPort}); err != nil {
-			return err
-		}
-		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
-		return err
-	})
+	srv, cli := ns.udpPair(t)
 	t.Cleanup(func() { cli.Close() })
 	var received atomic.Int64
 	count(t, srv, &received)
@@ -217,14 +196,7 @@ func TestShutdownReleasesHeld(t *testing.T) {
 // lost, neither held ones nor those queued during the shutdown.
 func TestShutdownUnderLoad(t *testing.T) {
 	ns := newNS(t)
-	var srv, cli *net.UDPConn
-	ns.do(t, func() (err error) {
-		if srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: queuedPort}); err != nil {
-			return err
-		}
-		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
-		return err
-	})
+	srv, cli := ns.udpPair(t)
 	t.Cleanup(func() { cli.Close() })
 	forceRcvBuf(t, srv, 4<<20)
 	var received atomic.Int64
@@ -361,6 +333,20 @@ func newNS(t *testing.T) *netNS {
 	cmd(t, "ip", "netns", "exec", ns.name, "iptables", "-A", "INPUT", "-i", "lo", "-p", "udp",
 		"--dport", strconv.Itoa(queuedPort), "-j", "NFQUEUE", "--queue-num", strconv.Itoa(queueNum), "--queue-bypass")
 	return ns
+}
+
+// udpPair opens, inside the namespace, a server on the queued port and a
+// client connected to it.
+func (ns *netNS) udpPair(t *testing.T) (srv, cli *net.UDPConn) {
+	t.Helper()
+	ns.do(t, func() (err error) {
+		if srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: queuedPort}); err != nil {
+			return err
+		}
+		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+		return err
+	})
+	return srv, cli
 }
 
 // do runs fn on a thread inside the namespace, so sockets it creates live
