@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // TestCompareHAProxy measures quorumproxy's data path against HAProxy and a
@@ -141,12 +143,11 @@ func parseRB(out string) map[string]float64 {
 }
 
 func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func startProc(t *testing.T, name string, args ...string) {

@@ -12,11 +12,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 var binPath string
@@ -138,14 +141,16 @@ func listenEcho(name, addr string) (*echoServer, error) {
 func (e *echoServer) close()       { e.ln.Close() }
 func (e *echoServer) addr() string { return e.ln.Addr().String() }
 
+// freeAddr is a loopback address whose port is free for TCP and UDP (the
+// gossip binds both), taken below the ephemeral range so that no outgoing
+// connection takes it before the daemon binds it.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 }
 
 type daemonProc struct {

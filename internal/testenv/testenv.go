@@ -179,28 +179,68 @@ var (
 	// portsGiven keeps FreePort from handing one port out twice in a
 	// process while an earlier caller has not bound it yet.
 	portsGiven = map[int]bool{}
+	// portNext is where FreePort looks next; it starts at a place of its
+	// own in each process, so parallel test processes rarely meet.
+	portNext = -1
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// has not been returned before by this process.
+// FreePort returns a port on 127.0.0.1, free for TCP and UDP a moment ago,
+// that this process has not returned before. It is taken below the
+// kernel's ephemeral range: a port from that range (what listening on
+// port 0 gives) can be taken by any process's outgoing connection between
+// this check and the server's bind, which made tests fail at random.
 func FreePort() (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("free port: %w", err)
+	lo, hi := 10000, ephemeralLow()
+	if hi-lo < 1000 {
+		lo = 1024 // an unusual range: take what is below it
+	}
+	if portNext < 0 {
+		portNext = lo + (os.Getpid()*7919+int(time.Now().UnixNano()%1000))%(hi-lo)
+	}
+	for range hi - lo {
+		port := portNext
+		portNext++
+		if portNext >= hi {
+			portNext = lo
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		if err := l.Close(); err != nil {
-			return 0, fmt.Errorf("free port: %w", err)
+		if portsGiven[port] || !bindable(port) {
+			continue
 		}
-		if !portsGiven[port] {
-			portsGiven[port] = true
-			return port, nil
+		portsGiven[port] = true
+		return port, nil
+	}
+	return 0, fmt.Errorf("free port: none free in %d-%d", lo, hi-1)
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 1024 {
+				return n
+			}
 		}
 	}
-	return 0, errors.New("free port: no unused port after 100 tries")
+	return 32768
+}
+
+// bindable reports whether 127.0.0.1:port can be bound for TCP and UDP.
+func bindable(port int) bool {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	_ = u.Close()
+	return true
 }
 
 // portBusy reports whether something listens on 127.0.0.1:port already.
