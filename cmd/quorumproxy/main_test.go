@@ -423,9 +423,10 @@ mode = "active-active"
 
   [service.health]
   kind = "tcp"
-  interval = "100ms"
-  timeout = "50ms"
+  interval = "300ms"
+  timeout = "250ms"
   rise = 1
+  fall = 10
 
   [[service.backend]]
   name = "a"
