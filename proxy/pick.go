@@ -14,6 +14,7 @@ type candidate struct {
 	order    int // position in ServiceConfig.Backends
 	h        Health
 	draining bool // no failover to it; it may stay the target
+	fenced   bool // no failover to it, and not the target either
 }
 
 // decision is the pure picker's verdict for an active-passive service.
@@ -86,17 +87,21 @@ func lagString(h Health) string {
 func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) decision {
 	var primaries []string
 	var curC *candidate
+	onePrimary := "" // the only backend that reports primary, unless fenced
 	for i := range cands {
 		c := &cands[i]
 		if c.up() && c.h.Role == RolePrimary {
 			primaries = append(primaries, c.name)
+			if !c.fenced {
+				onePrimary = c.name
+			}
 		}
 		if c.name == cur {
 			curC = c
 		}
 	}
 	roleAware := cfg.Want == RolePrimary
-	curUp := curC != nil && curC.up()
+	curUp := curC != nil && curC.up() && !curC.fenced
 
 	if len(primaries) >= 2 {
 		list := strings.Join(primaries, ", ")
@@ -113,7 +118,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 	var excluded []string
 	for i := range cands {
 		c := &cands[i]
-		if !c.up() || c.draining && c.name != cur {
+		if !c.up() || c.fenced || c.draining && c.name != cur {
 			continue
 		}
 		if roleAware && c.h.Role != RoleReplica && c.name != cur {
@@ -139,12 +144,12 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 				return decision{target: cur, reason: cur + " is primary"}
 			case pending == cur:
 				return decision{target: cur, pending: cur, reason: cur + " chosen, awaiting promotion"}
-			case len(primaries) == 1:
-				return decision{target: primaries[0],
-					reason: fmt.Sprintf("%s reports %s; %s is primary", cur, curC.h.Role, primaries[0])}
+			case len(primaries) == 1 && onePrimary != "":
+				return decision{target: onePrimary,
+					reason: fmt.Sprintf("%s reports %s; %s is primary", cur, curC.h.Role, onePrimary)}
 			}
-		} else if len(primaries) == 1 {
-			return decision{target: primaries[0], reason: primaries[0] + " is primary"}
+		} else if len(primaries) == 1 && onePrimary != "" {
+			return decision{target: onePrimary, reason: onePrimary + " is primary"}
 		}
 		// No usable primary: a standby may be chosen only once every backend
 		// has reported, since an unknown one may be the primary.

@@ -350,6 +350,54 @@ func (p *Proxy) SetDrain(service, backend string, on bool) error {
 	return nil
 }
 
+// SetFence fences a backend of an active-passive service that routes by
+// itself (not External): no failover picks it until it is unfenced. If it
+// is the target the service moves to the best other backend (refused when
+// there is none), as on a failover. A failover of a service without roles
+// fences the primary it moves away from on its own. Kept across reloads,
+// not restarts.
+func (p *Proxy) SetFence(service, backend string, on bool) error {
+	s := p.service(service)
+	if s == nil {
+		return fmt.Errorf("unknown service %q", service)
+	}
+	s.mu.Lock()
+	b := s.byName[backend]
+	switch {
+	case b == nil:
+		s.mu.Unlock()
+		return fmt.Errorf("service %q has no backend %q", service, backend)
+	case s.cfg.balanced():
+		s.mu.Unlock()
+		return fmt.Errorf("service %q is active-active: take a backend out of the rotation with drain", service)
+	case s.cfg.External:
+		s.mu.Unlock()
+		return fmt.Errorf("service %q follows the cluster: fence through it", service)
+	case b.fenced == on:
+		s.mu.Unlock()
+		return fmt.Errorf("backend %q of service %q is %s", backend, service, map[bool]string{true: "already fenced", false: "not fenced"}[on])
+	}
+	if on && s.target == b {
+		cs := s.candidates()
+		for i := range cs {
+			cs[i].fenced = cs[i].fenced || cs[i].name == backend
+		}
+		if d := chooseTarget(&s.cfg, cs, backend, s.pending); d.target == "" {
+			s.mu.Unlock()
+			return fmt.Errorf("%q is the target of %q and no backend can take over (%s)", backend, service, d.reason)
+		}
+	}
+	b.fenced = on
+	ev, closeOld := s.recompute(map[bool]string{true: "fence of ", false: "unfence of "}[on] + backend)
+	s.mu.Unlock()
+	p.log.Info("fence", "service", service, "backend", backend, "fenced", on)
+	if closeOld != nil {
+		closeOld.closeSessions(false, true)
+	}
+	p.emit(ev)
+	return nil
+}
+
 // CloseSessions closes every session of the service to the backend now
 // (fencing) and returns how many there were. It resets the connections
 // (SO_LINGER 0): bytes still in the socket buffers are dropped instead of

@@ -267,6 +267,64 @@ func TestDrainBackend(t *testing.T) {
 	}
 }
 
+// A service without roles fences the primary it fails over from: back up,
+// it is not chosen when the new primary fails too, until an operator
+// unfences it. An operator's fence of the target moves the service; one
+// that would leave no target is refused. With roles, or with automatic
+// failback, nothing is fenced on its own.
+func TestFenceStandalone(t *testing.T) {
+	a, b := startNamed(t, "a"), startNamed(t, "b")
+	two := func(name string, want Role, auto bool) ServiceConfig {
+		return ServiceConfig{Name: name, Listen: "127.0.0.1:0", Want: want, FailbackAuto: auto, SwitchHold: -1, Backends: []Backend{
+			{Name: "a", Address: a.addr(), Priority: 2}, {Name: "b", Address: b.addr(), Priority: 1}}}
+	}
+	p := newProxy(t, Options{}, two("ap", RoleAny, false), two("roles", RolePrimary, false), two("auto", RoleAny, true))
+	for _, s := range []string{"ap", "auto"} {
+		p.SetHealth(s, "a", upAny)
+		p.SetHealth(s, "b", upAny)
+	}
+	p.SetHealth("roles", "a", upRole(RolePrimary, 0))
+	p.SetHealth("roles", "b", upRole(RoleReplica, 0))
+	for _, s := range []string{"ap", "roles", "auto"} {
+		if st := p.statusOf(s); st.Target != "a" {
+			t.Fatalf("%s: target %q, want a", s, st.Target)
+		}
+		p.SetHealth(s, "a", down)
+	}
+	p.SetHealth("roles", "b", upRole(RolePrimary, 0)) // promoted
+	for s, want := range map[string]bool{"ap": true, "roles": false, "auto": false} {
+		if got := p.statusOf(s).backend("a").Fenced; got != want {
+			t.Errorf("%s: a fenced %v after the failover, want %v", s, got, want)
+		}
+	}
+
+	p.SetHealth("ap", "a", upAny)
+	p.SetHealth("ap", "b", down)
+	if st := p.statusOf("ap"); st.Target != "" || !strings.Contains(st.Reason, "no eligible") {
+		t.Fatalf("b down with a fenced: target %q (%s), want none", st.Target, st.Reason)
+	}
+	expectClosed(t, dial(t, p.addrOf(t, "ap")))
+	if err := p.SetFence("ap", "a", false); err != nil {
+		t.Fatal(err)
+	}
+	if name, _ := backendOf(t, p.addrOf(t, "ap")); name != "a" {
+		t.Fatalf("after the unfence got %s, want a", name)
+	}
+	p.SetHealth("ap", "b", upAny)
+	if err := p.SetFence("ap", "a", true); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.statusOf("ap"); st.Target != "b" || !st.backend("a").Fenced {
+		t.Fatalf("fence of the target: target %q, a fenced %v; want b and fenced", st.Target, st.backend("a").Fenced)
+	}
+	if err := p.SetFence("ap", "b", true); err == nil || !strings.Contains(err.Error(), "no backend can take over") {
+		t.Fatalf("fence of the last unfenced target: %v", err)
+	}
+	if err := p.SetFence("ap", "a", true); err == nil {
+		t.Fatal("fencing a fenced backend again was accepted")
+	}
+}
+
 func TestCloseOnDownAndFence(t *testing.T) {
 	cfg, _, _ := twoBackends(t, ServiceConfig{Name: "keep", Mode: ActiveActive})
 	p := newProxy(t, Options{}, cfg)

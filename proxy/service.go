@@ -18,6 +18,11 @@ type backend struct {
 	// draining: an operator took it out of new connections; its sessions
 	// run on. Guarded by service.mu; kept across reloads, not restarts.
 	draining bool
+	// fenced: no failover picks it and it is not the target (an active-
+	// passive service without roles fences the primary it failed over
+	// from; an operator fences and unfences). Guarded by service.mu; kept
+	// across reloads, not restarts.
+	fenced bool
 
 	max atomic.Int64 // MaxConns; <= 0 no limit
 
@@ -384,7 +389,7 @@ func (s *service) dialAndRun(c *net.TCPConn, pl plan) bool {
 func (s *service) candidates() []candidate {
 	cs := make([]candidate, len(s.list))
 	for i, b := range s.list {
-		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining}
+		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining, fenced: b.fenced}
 	}
 	return cs
 }
@@ -430,6 +435,12 @@ func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 	newName := ""
 	if nt != nil {
 		newName = nt.cfg.Name
+	}
+	if old != nil && nt != nil && !s.cfg.External && s.cfg.Want == RoleAny && !s.cfg.FailbackAuto && !(old.h.Known && old.h.Up) {
+		// Without a role to report, nothing else would keep the old
+		// primary out of a later failover once it is up again: it stays
+		// fenced until an operator unfences it.
+		old.fenced = true
 	}
 	s.p.log.Info("target changed", "service", s.name, "old", oldName, "new", newName, "reason", d.reason, "cause", why)
 	if old != nil && s.cfg.CloseOnDown {
@@ -510,7 +521,7 @@ func (s *service) status() ServiceStatus {
 		bs := BackendStatus{
 			Backend: b.cfg, Health: b.h, Active: b.active.Load(), Sessions: b.sessions.Load(),
 			BytesIn: b.bytesIn.Load(), BytesOut: b.bytesOut.Load(),
-			DialFailures: b.dialFail.Load(), Refused: b.refused.Load(), Draining: b.draining,
+			DialFailures: b.dialFail.Load(), Refused: b.refused.Load(), Draining: b.draining, Fenced: b.fenced,
 		}
 		if s.cfg.balanced() {
 			bs.Eligible = balancedEligible(&s.cfg, b.h) && !b.draining

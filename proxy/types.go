@@ -260,6 +260,8 @@ type BackendStatus struct {
 	Eligible bool
 	// Draining says an operator took it out of new connections (Drain).
 	Draining bool
+	// Fenced says no failover picks it until it is unfenced (SetFence).
+	Fenced bool
 	// Active is the number of open sessions to this backend.
 	Active int64
 	// Sessions counts sessions ever established to this backend.

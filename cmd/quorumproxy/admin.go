@@ -158,14 +158,17 @@ func (d *daemon) backendControl(verb string, do func(service, backend string) (s
 	})
 }
 
-// handleFence asks the cluster to fence a backend (or unfence it): a fenced
-// backend is no failover candidate until unfenced, and fencing the primary
-// moves the service. Both are voted epochs.
+// handleFence fences a backend (or unfences it): a fenced backend is no
+// failover candidate until unfenced, and fencing the primary moves the
+// service. In a cluster both are voted epochs; a proxy alone does it at once.
 func (d *daemon) handleFence(fence bool) http.Handler {
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
 	return d.backendControl(verb, func(service, backend string) (string, error) {
 		if d.cluster == nil || !d.cluster.owned[service] {
-			return "", fmt.Errorf("not routed by a cluster: %s needs [cluster] and an active-passive service", verb)
+			if err := d.px.SetFence(service, backend, fence); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service), nil
 		}
 		if err := d.cluster.rt.Fence(service, backend, fence); err != nil {
 			return "", err
@@ -204,7 +207,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
 {{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
 <table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
-{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}</td><td>{{.Role}}</td>
+{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}</td>
 <td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
 <td>{{ms .CheckLatency}}</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
 </table>{{end}}

@@ -319,6 +319,10 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 		return err == nil && strings.Contains(string(data), "QP_NEW_BACKEND=b\n") &&
 			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.addr()+"\n")
 	})
+	// The echo service has no roles: the failover fenced a on this proxy.
+	if s := d.service(t, "echo"); s == nil || len(s.Backends) != 2 || !s.Backends[0].Fenced {
+		t.Errorf("a not fenced after the failover: %+v", s)
+	}
 
 	// An invalid file on SIGHUP is reported and the running config stays.
 	if err := os.WriteFile(cfgPath, []byte("[[service]]\nname = \"echo\"\nlisten = 12\n"), 0o600); err != nil {
@@ -453,6 +457,9 @@ mode = "active-active"
 
 	if _, _, code := runBin(t, "drain", "-admin", admin, "-service", "web", "-backend", "b"); code == 0 {
 		t.Fatal("drain without the token was accepted")
+	}
+	if _, errOut, code := runBin(t, "fence", "-admin", admin, "-token-file", tokenFile, "-service", "web", "-backend", "b"); code != 1 || !strings.Contains(errOut, "drain") {
+		t.Fatalf("fence in an active-active service: exit %d, %q; want a refusal pointing to drain", code, errOut)
 	}
 	if _, errOut, code := runBin(t, "drain", "-admin", admin, "-token-file", tokenFile, "-service", "web", "-backend", "zz"); code != 1 || !strings.Contains(errOut, `no backend "zz"`) {
 		t.Fatalf("drain of an unknown backend: exit %d, %q", code, errOut)

@@ -42,6 +42,7 @@ type backendView struct {
 	Weight         int           `json:"weight"`
 	Health         string        `json:"health"` // unknown | up | down
 	Draining       bool          `json:"draining,omitempty"`
+	Fenced         bool          `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
 	Role           string        `json:"role"`
 	LagBytes       int64         `json:"lag_bytes"`   // -1: unknown
 	LagSeconds     float64       `json:"lag_seconds"` // -1: unknown
@@ -187,6 +188,9 @@ func printStatus(w io.Writer, st *statusView) {
 			h := b.Health
 			if b.Draining {
 				h += ", draining"
+			}
+			if b.Fenced {
+				h += ", fenced"
 			}
 			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, h, b.Role,
 				lagString(b), b.CheckLatencyMS, b.Active, changeString(b), b.LastError)

@@ -52,7 +52,7 @@ func (d *daemon) status() *statusView {
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
 				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1,
 				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
-				Draining: b.Draining,
+				Draining: b.Draining, Fenced: b.Fenced,
 			}
 			if hs, ok := states[[2]string{ps.Name, b.Name}]; ok {
 				bv.Health = hs.Status.String()
@@ -123,6 +123,11 @@ func (d *daemon) syncMetrics() {
 				draining = 1
 			}
 			m.gauge([]string{"backend", "draining"}, bl, draining)
+			fenced := 0.0
+			if b.Fenced {
+				fenced = 1
+			}
+			m.gauge([]string{"backend", "fenced"}, bl, fenced)
 		}
 	}
 	if d.cluster != nil {
