@@ -214,7 +214,7 @@ func (e *enc) str16(s string) {
 	e.b = binary.BigEndian.AppendUint16(e.b, uint16(len(s)))
 	e.b = append(e.b, s...)
 }
-func (e *enc) value(v Value)   { e.str(v.Primary); e.str16(string(v.Fenced)) }
+func (e *enc) value(v Value)   { e.str(v.Primary); e.str16(string(v.Fenced)); e.u64(v.Since) }
 func (e *enc) record(r Record) { e.u64(r.Epoch); e.value(r.Value) }
 func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.value(b.Value) }
 
@@ -297,7 +297,7 @@ func (d *dec) fenced() Fenced {
 	}
 	return Fenced(s)
 }
-func (d *dec) value() Value   { return Value{Primary: d.str(), Fenced: d.fenced()} }
+func (d *dec) value() Value   { return Value{Primary: d.str(), Fenced: d.fenced(), Since: d.u64()} }
 func (d *dec) record() Record { return Record{Epoch: d.u64(), Value: d.value()} }
 func (d *dec) ballot() Ballot { return Ballot{Epoch: d.u64(), Value: d.value()} }
 
@@ -575,7 +575,7 @@ func decode(b []byte) (any, error) {
 // Encoded sizes, for splitting long lists over several payloads.
 const listHeader = 2 + 8 + 8 + 1 + 2 // type, version, two u64, flags, count
 
-func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) }
+func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) + 8 }
 
 func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + valueSize(e.Record.Value) }
 

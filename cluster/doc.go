@@ -47,7 +47,9 @@
 // and takes the maximum.
 //
 // Observations. Each proxy gossips its view of every backend (up, role,
-// lag) keyed by (boot id, sequence); older or replayed views are dropped
+// lag) keyed by (boot id, sequence), and sends a change straight to every
+// peer as well (best effort), since a failover waits for Q proxies to see
+// the primary down and gossip adds up to an interval per hop; older or replayed views are dropped
 // (a lower boot id is accepted only after the peer was silent for a whole
 // TTL, in case its wall clock went back across a restart), and a view
 // counts for ObservationTTL after it was received. A backend is
@@ -181,7 +183,13 @@
 // undo a later decision). As for a switchover, an attempt given up after
 // some peer accepted its value may still be finished by a later phase 1.
 // The set travels in every record and ballot, in a canonical form (sorted,
-// comma-joined names) so values compare as a whole.
+// comma-joined names) so values compare as a whole. A value also carries
+// Since, the epoch that made its primary the primary: a proxy that missed
+// the records in between can then tell a later decision for the same
+// backend (a new promote) from a re-affirmation of the one whose promote
+// failed, and drops its pending move in the first case (the simulation
+// found a move away from a freshly, successfully promoted primary without
+// it).
 //
 // Moving on after a failed promote. When the promote hook fails the runner
 // calls HookFailed instead of HookDone (a failed fence alone moves

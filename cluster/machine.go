@@ -320,11 +320,15 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 		return nil
 	}
 	s.local[backend] = o
-	m.broadcastObs(svc, s)
+	m.broadcastObs(svc, s, true)
 	return nil
 }
 
-func (m *Machine) broadcastObs(name string, s *service) {
+// broadcastObs gossips this proxy's view of a service. A change (direct)
+// also goes straight to every peer, best effort: a failover waits for Q
+// proxies to see the primary down, and gossip alone adds up to a gossip
+// interval to every hop.
+func (m *Machine) broadcastObs(name string, s *service, direct bool) {
 	m.obsSeq++
 	msg := obsMsg{Service: name, Boot: m.cfg.BootID, Seq: m.obsSeq}
 	for _, b := range s.cfg.Backends {
@@ -342,6 +346,11 @@ func (m *Machine) broadcastObs(name string, s *service) {
 	}
 	if err := m.tr.Broadcast("obs/"+name, b); err != nil {
 		m.log.Debug("cluster: gossip failed", "service", name, "err", err)
+	}
+	if direct {
+		for _, p := range m.others {
+			m.sendLossy(p, b, nil)
+		}
 	}
 }
 
@@ -749,7 +758,7 @@ func (m *Machine) Tick() {
 		m.started = true
 		m.lastObs = now
 		for _, name := range m.order {
-			m.broadcastObs(name, m.svcs[name])
+			m.broadcastObs(name, m.svcs[name], false)
 		}
 	}
 	if m.recovering {
@@ -1096,7 +1105,9 @@ func (m *Machine) onCommit(from string, x commitMsg) {
 // the same backend again is a new one (checked here, at the decision, since
 // two decisions can land between two ticks).
 func (m *Machine) endRetry(s *service, rec Record) {
-	if s.retry != nil && rec.Primary != s.retry.backend {
+	// A record that names the same backend from a later decision (this
+	// proxy may have missed the records in between) is a new promote.
+	if s.retry != nil && (rec.Primary != s.retry.backend || rec.Since != s.retry.epoch) {
 		s.retry = nil
 	}
 }
@@ -1292,6 +1303,13 @@ func (m *Machine) persistVote(name string, ss ServiceState) error {
 func (m *Machine) propose(name string, s *service, value Value, k kind, from string, now time.Duration) {
 	ss := m.svcState(name)
 	e := max(ss.Record.Epoch, ss.Promised) + 1
+	if k != kindForced {
+		// a forced value keeps the Since it was proposed with
+		value.Since = ss.Record.Since
+		if value.Primary != ss.Record.Primary {
+			value.Since = e
+		}
+	}
 	prev := ss.Accepted
 	ss.Promised, ss.PromisedTo, ss.PrevAccepted = e, m.cfg.Name, prev
 	if err := m.persistVote(name, ss); err != nil {

@@ -710,19 +710,24 @@ func (s *sim) operatorFence(nd *simNode, b string, fence bool) {
 }
 
 // unfenceUp is the operator after the heal: a backend that is up but
-// fenced could be the only one left, so it is unfenced, through a proxy
-// that runs, again and again until the record agrees.
+// fenced could be the only one left, so it is unfenced through one proxy
+// that runs, asking again (as an operator would, after looking at the
+// status) only once that proxy has nothing of it in flight.
 func (s *sim) unfenceUp() {
 	fenced := s.globalFenced()
-	for _, b := range s.backends {
-		if s.truth[b.Name] && fenced.Has(b.Name) {
-			for _, i := range s.rng.Perm(s.n) {
-				if nd := s.nodes[i]; nd.alive && !nd.lost && !nd.paused {
+	for _, nd := range s.nodes {
+		if !nd.alive || nd.lost || nd.paused {
+			continue
+		}
+		if sv := nd.m.svcs[simService]; sv.fenceOp == nil && sv.prop == nil {
+			for _, b := range s.backends {
+				if s.truth[b.Name] && fenced.Has(b.Name) {
 					s.operatorFence(nd, b.Name, false)
 					break
 				}
 			}
 		}
+		break
 	}
 	s.after(simLease, s.unfenceUp)
 }

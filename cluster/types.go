@@ -43,10 +43,13 @@ type Store interface {
 }
 
 // Value is what one epoch decides: the primary, and the backends fenced
-// off, which no failover may pick until an operator unfences them.
+// off, which no failover may pick until an operator unfences them. Since
+// is the epoch that made Primary the primary (a re-affirmation or a fence
+// of a standby keeps it): a failed promote is about that decision only.
 type Value struct {
 	Primary string
 	Fenced  Fenced
+	Since   uint64
 }
 
 // String reads as `primary "b"`, with the fenced set when there is one.
@@ -59,7 +62,13 @@ func (v Value) String() string {
 
 // less orders values, only to break ties the same way on every run.
 func (v Value) less(w Value) bool {
-	return v.Primary < w.Primary || v.Primary == w.Primary && v.Fenced < w.Fenced
+	if v.Primary != w.Primary {
+		return v.Primary < w.Primary
+	}
+	if v.Fenced != w.Fenced {
+		return v.Fenced < w.Fenced
+	}
+	return v.Since < w.Since
 }
 
 // Record is a committed routing decision: from Epoch on, Primary is the
