@@ -155,7 +155,10 @@
 // LeaseTimeout and hears from Q-1 peers proposes max+1 again: the value an
 // earlier acceptance forces, or else the current primary if it sees it up
 // (re-affirmation). So a proposer that dies after gathering votes cannot
-// leave a service unrouted for ever.
+// leave a service unrouted for ever. The rank delay (above) applies here
+// too: proxies that lost their lease together, or voted together, all get
+// here at the same moment, and in a bare quorum (the simulation found this
+// at N=5 with three proxies left) their duels otherwise repeat in step.
 //
 // Hooks. The committing proxy saves a hook intent (fence the old primary,
 // promote the new one; or, when a decision fenced a standby and kept the

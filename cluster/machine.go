@@ -1236,6 +1236,13 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	case retryTo != "":
 		m.propose(name, s, keep(retryTo), kindPromoteFailed, rec.Primary, now)
 	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
+		// Every proxy that lost its lease with the others, or voted with
+		// them, gets here at the same moment; in a bare quorum their
+		// duels then repeat in step. The rank delay breaks the tie.
+		since := max(s.leaseAt+m.livenessAfter(), s.votedAt+m.cfg.VoteTimeout+m.commitWait())
+		if now-since < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
+			return
+		}
 		if forced.Epoch != 0 {
 			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 		} else if m.ownUp(s, rec.Primary) {
