@@ -324,30 +324,18 @@ var ErrDrainTarget = errors.New("it is the active-passive target: drain would mo
 // (off). Sessions already open run on until they end. In an active-active
 // service it leaves the rotation; in an active-passive one it is no
 // failover candidate, and the current target cannot be drained.
-func (p *Proxy) SetDrain(service, backend string, on bool) error {
-	s := p.service(service)
-	if s == nil {
-		return fmt.Errorf("unknown service %q", service)
-	}
-	s.mu.Lock()
-	b := s.byName[backend]
-	switch {
-	case b == nil:
-		s.mu.Unlock()
-		return fmt.Errorf("service %q has no backend %q", service, backend)
-	case on && !s.cfg.balanced() && (s.target == b || s.cfg.External && s.route == backend):
-		s.mu.Unlock()
-		return fmt.Errorf("drain of %q in %q: %w", backend, service, ErrDrainTarget)
-	case b.draining == on:
-		s.mu.Unlock()
-		return nil
-	}
-	b.draining = on
-	ev, _ := s.recompute("drain of " + backend)
-	s.mu.Unlock()
-	p.log.Info("drain", "service", service, "backend", backend, "draining", on, "sessions", b.active.Load())
-	p.emit(ev)
-	return nil
+func (p *Proxy) SetDrain(svc, name string, on bool) error {
+	return p.setBackendFlag(svc, name, map[bool]string{true: "drain", false: "undrain"}[on],
+		func(s *service, b *backend) error {
+			switch {
+			case on && !s.cfg.balanced() && (s.target == b || s.cfg.External && s.route == name):
+				return fmt.Errorf("drain of %q in %q: %w", name, svc, ErrDrainTarget)
+			case b.draining == on:
+				return errUnchanged
+			}
+			return nil
+		},
+		func(b *backend) { b.draining = on })
 }
 
 // SetFence fences a backend of an active-passive service that routes by
@@ -356,41 +344,59 @@ func (p *Proxy) SetDrain(service, backend string, on bool) error {
 // there is none), as on a failover. A failover of a service without roles
 // fences the primary it moves away from on its own. Kept across reloads,
 // not restarts.
-func (p *Proxy) SetFence(service, backend string, on bool) error {
+func (p *Proxy) SetFence(svc, name string, on bool) error {
+	return p.setBackendFlag(svc, name, map[bool]string{true: "fence", false: "unfence"}[on],
+		func(s *service, b *backend) error {
+			switch {
+			case s.cfg.balanced():
+				return fmt.Errorf("service %q is active-active: take a backend out of the rotation with drain", svc)
+			case s.cfg.External:
+				return fmt.Errorf("service %q follows the cluster: fence through it", svc)
+			case b.fenced == on:
+				return fmt.Errorf("backend %q of service %q is %s", name, svc, map[bool]string{true: "already fenced", false: "not fenced"}[on])
+			case on && s.target == b:
+				cs := s.candidates()
+				for i := range cs {
+					cs[i].fenced = cs[i].fenced || cs[i].name == name
+				}
+				if d := chooseTarget(&s.cfg, cs, name, s.pending); d.target == "" {
+					return fmt.Errorf("%q is the target of %q and no backend can take over (%s)", name, svc, d.reason)
+				}
+			}
+			return nil
+		},
+		func(b *backend) { b.fenced = on })
+}
+
+// errUnchanged tells setBackendFlag that there is nothing to do.
+var errUnchanged = errors.New("unchanged")
+
+// setBackendFlag is an operator's change to one backend: under the
+// service's lock, check refuses it (or finds it already done) and set
+// applies it; then the target is decided again, the sessions of a target
+// it moved away from are reset, and the move is reported.
+func (p *Proxy) setBackendFlag(service, backend, verb string, check func(*service, *backend) error, set func(*backend)) error {
 	s := p.service(service)
 	if s == nil {
 		return fmt.Errorf("unknown service %q", service)
 	}
 	s.mu.Lock()
 	b := s.byName[backend]
-	switch {
-	case b == nil:
+	if b == nil {
 		s.mu.Unlock()
 		return fmt.Errorf("service %q has no backend %q", service, backend)
-	case s.cfg.balanced():
-		s.mu.Unlock()
-		return fmt.Errorf("service %q is active-active: take a backend out of the rotation with drain", service)
-	case s.cfg.External:
-		s.mu.Unlock()
-		return fmt.Errorf("service %q follows the cluster: fence through it", service)
-	case b.fenced == on:
-		s.mu.Unlock()
-		return fmt.Errorf("backend %q of service %q is %s", backend, service, map[bool]string{true: "already fenced", false: "not fenced"}[on])
 	}
-	if on && s.target == b {
-		cs := s.candidates()
-		for i := range cs {
-			cs[i].fenced = cs[i].fenced || cs[i].name == backend
+	if err := check(s, b); err != nil {
+		s.mu.Unlock()
+		if errors.Is(err, errUnchanged) {
+			return nil
 		}
-		if d := chooseTarget(&s.cfg, cs, backend, s.pending); d.target == "" {
-			s.mu.Unlock()
-			return fmt.Errorf("%q is the target of %q and no backend can take over (%s)", backend, service, d.reason)
-		}
+		return err
 	}
-	b.fenced = on
-	ev, closeOld := s.recompute(map[bool]string{true: "fence of ", false: "unfence of "}[on] + backend)
+	set(b)
+	ev, closeOld := s.recompute(verb + " of " + backend)
 	s.mu.Unlock()
-	p.log.Info("fence", "service", service, "backend", backend, "fenced", on)
+	p.log.Info(verb, "service", service, "backend", backend, "sessions", b.active.Load())
 	if closeOld != nil {
 		closeOld.closeSessions(false, true)
 	}
