@@ -52,7 +52,6 @@ func TestDelay(t *testing.T) {
 	ns := newNS(t)
 	srv, cli := ns.udpPair(t)
 	echo(t, srv)
-	t.Cleanup(func() { cli.Close() })
 
 	const delay, jitter, n = 50 * time.Millisecond, 10 * time.Millisecond, 50
 	r := start(t, Config{Queue: queueNum, Delay: delay, Jitter: jitter, Seed: 1, NetNS: ns.path})
@@ -117,12 +116,7 @@ func TestDelay(t *testing.T) {
 // that exactly the accepted ones arrive.
 func TestLoss(t *testing.T) {
 	ns := newNS(t)
-	srv, cli := ns.udpPair(t)
-	t.Cleanup(func() { cli.Close() })
-	// A full socket buffer would add loss we did not ask for.
-	forceRcvBuf(t, srv, 4<<20)
-	var received atomic.Int64
-	count(t, srv, &received)
+	cli, received := ns.counted(t)
 
 	const n, loss = 1000, 0.2
 	r := start(t, Config{Queue: queueNum, Loss: loss, Seed: 42, NetNS: ns.path})
@@ -161,10 +155,7 @@ func TestLoss(t *testing.T) {
 // not left in (or flushed as dropped from) the kernel queue.
 func TestShutdownReleasesHeld(t *testing.T) {
 	ns := newNS(t)
-	srv, cli := ns.udpPair(t)
-	t.Cleanup(func() { cli.Close() })
-	var received atomic.Int64
-	count(t, srv, &received)
+	cli, received := ns.counted(t)
 
 	const n = 20
 	r := start(t, Config{Queue: queueNum, Delay: time.Hour, NetNS: ns.path})
@@ -196,11 +187,7 @@ func TestShutdownReleasesHeld(t *testing.T) {
 // lost, neither held ones nor those queued during the shutdown.
 func TestShutdownUnderLoad(t *testing.T) {
 	ns := newNS(t)
-	srv, cli := ns.udpPair(t)
-	t.Cleanup(func() { cli.Close() })
-	forceRcvBuf(t, srv, 4<<20)
-	var received atomic.Int64
-	count(t, srv, &received)
+	cli, received := ns.counted(t)
 
 	r := start(t, Config{Queue: queueNum, Delay: 2 * time.Millisecond, Jitter: time.Millisecond, NetNS: ns.path})
 	var stopSending atomic.Bool
@@ -346,7 +333,19 @@ func (ns *netNS) udpPair(t *testing.T) (srv, cli *net.UDPConn) {
 		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
 		return err
 	})
+	t.Cleanup(func() { cli.Close() })
 	return srv, cli
+}
+
+// counted is a udpPair whose server counts what it receives, with a
+// receive buffer large enough not to add loss of its own.
+func (ns *netNS) counted(t *testing.T) (*net.UDPConn, *atomic.Int64) {
+	t.Helper()
+	srv, cli := ns.udpPair(t)
+	forceRcvBuf(t, srv, 4<<20)
+	received := new(atomic.Int64)
+	count(t, srv, received)
+	return cli, received
 }
 
 // do runs fn on a thread inside the namespace, so sockets it creates live
