@@ -156,34 +156,7 @@ listen = "127.0.0.1:1"
 	}
 }
 
-const redisConfig = `
-[admin]
-listen = %q
-
-[[service]]
-name = "cache"
-listen = %q
-role = "primary"
-switch_hold = "3s"
-
-  [service.health]
-  kind = "redis"
-  password_env = "QP_TEST_REDIS_PASSWORD"
-  interval = "200ms"
-  timeout = "150ms"
-  rise = 1
-  fall = 2
-
-  [[service.backend]]
-  name = "r1"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "r2"
-  address = %q
-  priority = 5
-`
+var redisConfig = pairConfig("cache", "redis", `  password_env = "QP_TEST_REDIS_PASSWORD"`, [2]string{"r1", "r2"})
 
 // The same drill against Redis: the replica is promoted with REPLICAOF NO
 // ONE once the proxy targets it. Replication is asynchronous, so a write
@@ -243,36 +216,9 @@ func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid
 	return rep
 }
 
-const mysqlConfig = `
-[admin]
-listen = %q
-
-[[service]]
-name = "db"
-listen = %q
-role = "primary"
-switch_hold = "3s"
-
-  [service.health]
-  kind = "mysql"
-  user = "qp"
+var mysqlConfig = pairConfig("db", "mysql", `  user = "qp"
   database = "qp"
-  password_env = "QP_TEST_MYSQL_PASSWORD"
-  interval = "200ms"
-  timeout = "150ms"
-  rise = 1
-  fall = 2
-
-  [[service.backend]]
-  name = "m1"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "m2"
-  address = %q
-  priority = 5
-`
+  password_env = "QP_TEST_MYSQL_PASSWORD"`, [2]string{"m1", "m2"})
 
 // The drill against a real MariaDB primary and its GTID replica: the
 // replica is promoted (replication stopped, read_only off) once the proxy

@@ -15,36 +15,45 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
-const pgConfig = `
+// pairConfig is a daemon config with one active-passive service (role
+// primary) named service in front of two backends, names[0] preferred;
+// kind and auth are its health check's kind and login keys. The admin
+// address, the listen address and the two backend addresses are left as
+// %q verbs.
+func pairConfig(service, kind, auth string, names [2]string) string {
+	return fmt.Sprintf(`
 [admin]
-listen = %q
+listen = %%q
 
 [[service]]
-name = "pg"
-listen = %q
+name = %q
+listen = %%q
 role = "primary"
 switch_hold = "3s"
 
   [service.health]
-  kind = "postgres"
-  user = "qp"
-  database = "postgres"
-  password_env = "QP_TEST_PG_PASSWORD"
+  kind = %q
+%s
   interval = "200ms"
   timeout = "150ms"
   rise = 1
   fall = 2
 
   [[service.backend]]
-  name = "p1"
-  address = %q
+  name = %q
+  address = %%q
   priority = 10
 
   [[service.backend]]
-  name = "p2"
-  address = %q
+  name = %q
+  address = %%q
   priority = 5
-`
+`, service, kind, auth, names[0], names[1])
+}
+
+var pgConfig = pairConfig("pg", "postgres", `  user = "qp"
+  database = "postgres"
+  password_env = "QP_TEST_PG_PASSWORD"`, [2]string{"p1", "p2"})
 
 // startPGPair starts a primary and a standby (synchronous if sync) and a
 // daemon in front of them with pgConfig, and waits until it targets p1.
