@@ -112,6 +112,7 @@ type loop struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
+	poke    chan chan State // CheckNow: check at once and answer here
 
 	// Guarded by Monitor.mu.
 	state    State
@@ -184,7 +185,7 @@ func (m *Monitor) Set(targets []Target) error {
 			continue
 		}
 		l := &loop{target: t, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
-			position: -1}
+			poke: make(chan chan State), position: -1}
 		l.ctx, l.cancel = context.WithCancel(m.ctx)
 		l.state = State{Service: t.Service, Backend: t.Backend, Address: t.Address,
 			LagBytes: -1, Lag: -1}
@@ -245,6 +246,36 @@ func (m *Monitor) States() []State {
 	return out
 }
 
+// CheckNow checks one backend at once, outside its interval, and returns
+// its state after that check (the check also counts toward rise and fall,
+// and onChange runs as after any check). Actions on a database use it: a
+// promote is judged by the role the backend reports right after it, not
+// at the next interval.
+func (m *Monitor) CheckNow(ctx context.Context, service, backend string) (State, error) {
+	m.mu.Lock()
+	l := m.loops[targetKey{service, backend}]
+	m.mu.Unlock()
+	if l == nil {
+		return State{}, fmt.Errorf("service %q backend %q: not checked", service, backend)
+	}
+	reply := make(chan State, 1)
+	select {
+	case l.poke <- reply:
+	case <-l.done:
+		return State{}, fmt.Errorf("service %q backend %q: checks stopped", service, backend)
+	case <-ctx.Done():
+		return State{}, ctx.Err()
+	}
+	select {
+	case st := <-reply:
+		return st, nil
+	case <-l.done:
+		return State{}, fmt.Errorf("service %q backend %q: checks stopped", service, backend)
+	case <-ctx.Done():
+		return State{}, ctx.Err()
+	}
+}
+
 // Close stops every loop, cancelling checks in flight, and waits for them. It is idempotent.
 func (m *Monitor) Close() {
 	m.mu.Lock()
@@ -263,10 +294,13 @@ func (m *Monitor) run(l *loop) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		var reply chan State
 		select {
 		case <-l.ctx.Done():
 			return
 		case <-timer.C:
+		case reply = <-l.poke:
+			timer.Stop()
 		}
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(l.ctx, l.spec.Timeout)
@@ -278,6 +312,9 @@ func (m *Monitor) run(l *loop) {
 		}
 		if changed {
 			m.onChange(st)
+		}
+		if reply != nil {
+			reply <- st
 		}
 		timer.Reset(max(0, next-time.Since(start)))
 	}

@@ -324,3 +324,46 @@ func TestReplicaLag(t *testing.T) {
 		t.Errorf("replica position unknown: %d, want -1", got)
 	}
 }
+
+// CheckNow checks at once, outside the interval, and returns the state
+// that check left (a promote is judged right after its hook by this).
+func TestMonitorCheckNow(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	rec := &recorder{}
+	m := NewMonitor(testLogger(t), rec.onChange)
+	defer m.Close()
+	spec := Spec{Kind: "tcp", Interval: time.Hour, FastInterval: time.Hour, DownInterval: time.Hour, Timeout: 2 * time.Second, Rise: 1, Fall: 1}
+	if err := m.Set([]Target{{Service: "svc", Backend: "a", Address: addr, Spec: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "a", "down after the first check", func(s State) bool { return s.Status == StatusDown })
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := m.CheckNow(ctx, "svc", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != StatusUp || st.Checks != 2 {
+		t.Fatalf("after CheckNow: %+v; want up after the second check (the interval is an hour)", st)
+	}
+	if got := rec.statuses("a"); fmt.Sprint(got) != "[down up]" {
+		t.Errorf("onChange statuses %v, want [down up]", got)
+	}
+	if _, err := m.CheckNow(ctx, "svc", "nope"); err == nil {
+		t.Error("CheckNow of an unknown backend: no error")
+	}
+	m.Close()
+	if _, err := m.CheckNow(ctx, "svc", "a"); err == nil {
+		t.Error("CheckNow after Close: no error")
+	}
+}
