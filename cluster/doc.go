@@ -10,9 +10,10 @@
 // the passage of time (Tick), this proxy's own health view (Observe) and
 // operator switchovers; its outputs are payloads, saves (always completed
 // before the payloads or actions that depend on them), the route
-// ([Machine.Route]) and the OnRecord/OnHook callbacks. A deterministic
+// ([Machine.Route]) and the OnRecord/OnAction callbacks. A deterministic
 // simulation (sim_test.go) drives this same code with fake clocks, a fake
-// network and crashes over thousands of seeds.
+// network, crashes, failing disks and databases with roles over thousands
+// of seeds.
 //
 // Typical use, with [Node] running the Machine on its own goroutine:
 //
@@ -22,8 +23,7 @@
 //	node.Start(mesh)
 //	node.Observe("db", "pg-a", up, cluster.RolePrimary, 0) // on every health transition
 //	backend, remaining := node.Route("db")                  // before dialling; "" = hold or refuse
-//	node.HookDone("db", epoch)                              // after OnHook's fence and promote ran
-//	node.HookFailed("db", epoch, "promote: exit status 1")  // or: the promote failed, move on
+//	node.ActionDone("db", action, result)                   // after OnAction's hook ran and the backend was checked
 //	defer func() { mesh.Close(); node.Close(); store.Close() }()
 //
 // # Protocol
@@ -58,23 +58,35 @@
 // proxy's view moves nobody.
 //
 // Proposal (phase 1). A proxy proposes when the primary is objectively
-// down (failover, to the best candidate: healthy in a quorum's view, a
-// replica when role-aware, within MaxLagOnFailover, then highest priority,
-// then least lag; none means no proposal and a loud status), when there is
-// no primary yet (bootstrap: the highest-priority backend it sees up), when
-// an operator asks (switchover, fence, unfence), when the promote hook of its own decision
-// failed (move on, below), or for liveness (below). It picks
+// down (failover, to the best candidate: for a role-aware service the one
+// other backend that already reports primary if there is one, and none if
+// there are two; else healthy in a quorum's view, a replica when
+// role-aware, within MaxLagOnFailover, then highest priority, then least
+// lag; none means no proposal and a loud status), when there is no primary
+// yet (bootstrap: for a role-aware service the one backend that reports
+// primary, once every backend has been checked, whatever the priorities;
+// with none or two, nothing: the status says so and an operator's
+// switchover chooses; without roles, the highest-priority backend it sees
+// up), when an operator asks (switchover, fence, unfence), when the promote
+// of its own decision failed and the backend is known not to be primary
+// (move on, below), when the record's primary reports replica while
+// another backend reports primary (roles are facts, below), or for
+// liveness (below). It picks
 // E = max(record, Promised)+1, votes for itself (Promised = E, which stops
 // its own routing of the service at once), saves that, then sends the
 // proposal (epoch, value, kind, the primary it replaces, its record epoch
 // as base) to every peer, retrying until answered or VoteTimeout.
 //
-// Vote. A voter grants a proposal only if it is not recovering, E is above
-// its Promised and its record, the proposer's base is not below its record,
-// and its own check agrees: for a failover it sees the old primary down;
-// for a bootstrap the proposed backend is the best one it sees up; for a
+// Vote. A voter grants a proposal only if it is not recovering, its disk
+// works, E is above its Promised and its record, the proposer's base is not
+// below its record, and its own check agrees: for a failover it sees the
+// old primary down; for a bootstrap the proposed backend is the one it
+// sees reporting primary (without roles: the best one it sees up); for a
 // switchover, a re-affirmation or a move after a failed promote the
-// proposed backend is up; for an operator's fence that moves the primary,
+// proposed backend is up (and a re-affirmation that moves the primary
+// needs it to report primary while the record's primary does not; a move
+// after a failed promote needs the failed backend not to report primary);
+// for an operator's fence that moves the primary,
 // the new primary is up (a value forced by an earlier vote and an unfence
 // need no check). Except for those two, it refuses a primary that its own
 // record has fenced; it always refuses a value whose primary is in its own
@@ -154,18 +166,80 @@
 // Liveness. A proxy that has had no lease for VoteTimeout + commit wait +
 // LeaseTimeout and hears from Q-1 peers proposes max+1 again: the value an
 // earlier acceptance forces, or else the current primary if it sees it up
-// (re-affirmation). So a proposer that dies after gathering votes cannot
+// (re-affirmation; for a role-aware service whose primary does not report
+// primary, the one backend that does). So a proposer that dies after gathering votes cannot
 // leave a service unrouted for ever. The rank delay (above) applies here
 // too: proxies that lost their lease together, or voted together, all get
 // here at the same moment, and in a bare quorum (the simulation found this
 // at N=5 with three proxies left) their duels otherwise repeat in step.
 //
-// Hooks. The committing proxy saves a hook intent (fence the old primary,
-// promote the new one; or, when a decision fenced a standby and kept the
-// primary, fence that standby alone) with the record and hands it to OnHook once per run,
-// only while it holds a lease at that epoch; the runner calls HookDone
-// after the hooks ran, so a crash before that reruns them. QP_EPOCH is the
-// fencing token. OnRecord fires on every proxy for every new record.
+// Actions on databases. The committing proxy saves an intent with the
+// record (fence the old primary, promote the new one; only promote when
+// the decision follows a backend that reports primary, or when an
+// operator's switchover chose the first primary of a role-aware service;
+// fence a standby an operator fenced; promote a primary that reports
+// replica when a decision keeps it, since the decision that made it
+// primary was not carried out) and carries it out one action at a time
+// through OnAction, only while it holds a lease at that epoch, with
+// QP_EPOCH as the fencing token; the runner checks the backend at once
+// after each hook and reports through ActionDone. A crash before the
+// intent is done acts on it again. The rules (actions.go):
+//
+//   - A promote is idempotent and verified: the runner skips the hook when
+//     the backend already reports primary; afterwards the role it reports
+//     decides, whatever the exit status (a service without roles goes by
+//     the exit status).
+//   - The decision's own fence runs first, unless the old primary already
+//     reports replica, and not while the new primary is down here (it
+//     would only take the last good backend away).
+//   - No promote starts while another backend may be primary: one that
+//     reports primary (in this proxy's own view, or a peer's when this
+//     proxy cannot reach it), one whose promote of ours may still land, or,
+//     without roles, the old primary or a fenced backend that is up. Such a
+//     backend is fenced first by the fence hook (retried every max(hook
+//     timeout, 3×LeaseTimeout)); failing that, the promote is held, the
+//     status says why (promote_held), and when the blocking backend is the
+//     one that reports primary, this proxy proposes to route to it instead
+//     (nothing was promoted, so nothing is lost). A backend counts as not
+//     primary once a fence hook on it succeeded (until it comes up again),
+//     or while a quorum sees it down: the agreement fenced it from all
+//     traffic, and one that is alive but cut off from every proxy is what
+//     the fence hook is for.
+//   - A promote that was not verified may still land: for the settle
+//     period (twice the hook timeout, at least the timeout plus
+//     LeaseTimeout) after its hook ended its backend counts as maybe
+//     primary. The proxy moves on to the next candidate only once it is
+//     known not to be primary: a fence hook on it succeeded (run at once
+//     when the hook failed; after the settle period when it exited 0), or,
+//     with roles, it reported replica for the settle period. A service
+//     without roles moves on only after a fence hook. Otherwise the
+//     service stays on it, unrouted while it does not report primary, and
+//     the status says what the operator must check. A backend that reports
+//     primary after all ends it: promoted.
+//   - With no other candidate, the promote is tried again (as carefully)
+//     every max(hook timeout, 3×LeaseTimeout) while the backend is up.
+//   - Roles are facts: a role-aware record whose primary has reported
+//     replica for the settle period while exactly one other backend,
+//     healthy in a quorum's view, reports primary is moved there (a
+//     re-affirmation; voters check the roles themselves). And when nobody
+//     carries out a promote (the committing proxy died, or lost its state)
+//     a proxy that sees the record's primary reporting replica for the
+//     settle period plus the liveness wait decides the same value again, so
+//     that it acts on it.
+//
+// Operators see how it ended: Switchover and Fence return the id of an
+// [Operation] that Status reports until it is done (committed, acted on,
+// the new primary verified) or failed (dropped, given up, another
+// decision first, a failed fence hook, a promote that did not verify).
+//
+// Disks that fail. Nothing is answered that is not on disk: a save that
+// fails leaves the in-memory state as it was on disk, so a duplicate gets
+// the answer that was saved, never one that was only in memory (a voter
+// that kept an unsaved vote in memory once granted a resent proposal from
+// it, and could vote twice in an epoch after a crash). The proxy then
+// stops voting, proposing, confirming leases and routing, logs it once at
+// ERROR, shows it in Status (StoreError), and probes the store every
+// LeaseTimeout/4 until a save works again.
 //
 // Fencing. The agreed value is the primary and a set of fenced backends,
 // which no failover, bootstrap or switchover may make primary. A failover
@@ -194,26 +268,23 @@
 // found a move away from a freshly, successfully promoted primary without
 // it).
 //
-// Moving on after a failed promote. When the promote hook fails the runner
-// calls HookFailed instead of HookDone (a failed fence alone moves
-// nothing). The intent stays not done, so a restart of that proxy before
-// the move runs the hooks again. That proxy holds the failed backend out of
-// its candidates for FailedPromoteHold (default 30×LeaseTimeout; a timer,
-// not a health signal, since a backend whose promote failed usually still
-// reports itself a healthy replica) and, while its record still names that
-// backend, proposes the next epoch with the next candidate (the failover
-// choice above, without the primary and the held-out backends), through
-// the whole usual path: its own vote stops its routing and is saved first,
-// phase 1 (an earlier acceptance still forces the value), the commit wait,
-// and a new intent that fences the failed backend and promotes the next
-// one. Voters check that the proposed backend is up in their own view, and
-// hold the failed backend (the proposal's From) out of their own
-// candidates for the same time. With no candidate the record stays, the
-// status says so (NoCandidate counts it) and the move is made as soon as a
-// candidate appears; a decision that names another primary ends it. The
-// hold lives in memory: a restart forgets it. Only the proxy that ran the
-// hooks knows the promote failed, so if it dies the move waits for its
-// restart (and the rerun of the hooks).
+// Moving on after a failed promote. Once the backend whose promote
+// failed is known not to be primary (above), the proxy holds it out of its
+// candidates for FailedPromoteHold (a timer, not a health signal, since a
+// backend whose promote failed usually still reports itself a healthy
+// replica) and, while its record still names that backend, proposes the
+// next epoch with the next candidate (the failover choice above, without
+// the primary and the held-out backends; a backend that a fence hook
+// fenced, and any for a service without roles, joins the fenced set),
+// through the whole usual path: its own vote stops its routing and is
+// saved first, phase 1 (an earlier acceptance still forces the value), the
+// commit wait, and a new intent. Voters check that the proposed backend is
+// up and that the failed one does not report primary in their own view,
+// and hold the failed backend (the proposal's From) out of their own
+// candidates for the same time. A decision that names another primary
+// ends it. Only the proxy that ran the hooks knows the promote failed, so
+// if it dies the move waits for its restart (which acts on the intent
+// again) or for another proxy to decide the value again (above).
 //
 // # Safety argument
 //
@@ -279,8 +350,28 @@
 //     or is the value chosen there, so it keeps the set too (the simulation
 //     checks both at every commit, and finds a violation when fenced
 //     backends are made candidates).
+//  7. At the databases: no proxy starts a promote while another backend
+//     that no fence hook fenced may be primary (reports primary, or has a
+//     promote of ours under way), unless a quorum sees it down; and a new
+//     cluster's first primary is one that reports primary (for a service
+//     with roles). The promote runs only under a lease at its epoch, after
+//     the checks above on this proxy's own fresh view; a failed promote is
+//     counted as maybe landed for the settle period; and the value carries
+//     the fenced set (6). The simulation models databases with roles,
+//     backends that restart as primary, fence hooks that fail, and
+//     promotes that succeed, fail before promoting, promote and then report
+//     failure, hang past their timeout or land late, and checks both at
+//     every step; with each of those rules switched off it finds a second
+//     primary.
+//  8. Nothing is answered that is not on disk (above): the simulation
+//     checks every vote, acceptance and proposal that leaves against the
+//     disk, with disks that fail for a while.
 //
-// What this does not cover: clients that bypass the proxy; bytes already in
+// What this does not cover: a promote that lands later than the settle
+// period after its hook ended (a hook should wait for the promotion it
+// asks for, as pg_promote() does by default); a backend that is alive and
+// primary but that a quorum of proxies cannot reach (the fence hook);
+// clients that bypass the proxy; bytes already in
 // the old primary's socket buffers when a process pause outlasts its lease,
 // and a write the data path had begun before its route was cleared, which
 // the route applier cuts by resetting the old primary's sessions (SO_LINGER
@@ -314,9 +405,10 @@
 // Done: the state machine with every rule above, the payload codec,
 // FileStore and BootClock, Node, the simulation (N = 3, 4, 5; 10,000 seeds by
 // default, QP_SIM_SEEDS / -sim.seeds for more, QP_SIM_LONG=1 for longer
-// runs, -sim.seed=K to trace one), with promote hooks that fail (seeded)
-// and a schedule where one backend's promote always fails, the check of
-// the checker (each rule switched off must be caught), in-process Node
+// runs, -sim.seed=K to trace one), with databases with roles, promotes
+// that fail in four ways, fence hooks that fail, disks that fail, and a
+// schedule where one backend's promote always fails, the check of the
+// checker (each rule switched off must be caught), in-process Node
 // tests, the memberlist transport (cluster/internal/mesh) and, in
 // internal/chaos, real processes in network namespaces (N = 3 and 5),
 // fencing in the agreed value with voted fence and unfence. Not yet: a

@@ -65,6 +65,12 @@ type Machine struct {
 	// routes only under a lease at its epoch, and waiting for the next
 	// periodic request would add up to LeaseTimeout/4 to every switch.
 	leaseSoon bool
+	// storeErr is the last failed save, nil once a save worked again:
+	// while it is set the proxy answers nothing it could not persist, so
+	// it neither votes, proposes, confirms leases nor routes.
+	storeErr   error
+	storeProbe time.Duration
+	opSeq      uint64
 
 	counters Counters
 }
@@ -84,7 +90,7 @@ type service struct {
 	switchAt uint64        // record epoch when it was asked for
 	widest   Value         // the largest value the config allows, to size payloads
 	fenceOp  *fenceOp      // pending operator fence or unfence
-	hookRun  uint64        // epoch whose hook was handed out in this run
+	op       *Operation    // the last operator request and how it ended
 	decision string        // last decision and why, for status
 	// retry is a failed promote of the record's primary that this proxy
 	// reported and has not yet moved away from; failed holds, per backend,
@@ -95,6 +101,17 @@ type service struct {
 	// objectively down since downSince (0: not down).
 	downEpoch uint64
 	downSince time.Duration
+
+	// Actions on databases (actions.go).
+	hooks       HookConfig
+	act         actState
+	hookFenced  map[string]bool          // a fence hook succeeded on it and it has not come up since
+	fenceFailed map[string]time.Duration // when a fence hook on it last failed
+	latePromote map[string]time.Duration // until when a promote of ours on it may still land
+	obsAt       map[string]time.Duration // when this proxy's own view of it last changed
+	recordAt    time.Duration            // when the current record was committed or adopted here
+	followTo    string                   // the one backend reporting primary, to route to instead
+	said        map[string]string        // what was last logged per topic, to log a change once
 }
 
 // fenceOp is an operator's fence (or unfence) of a backend, asked for
@@ -111,6 +128,8 @@ type promoteFailure struct {
 	epoch   uint64
 	backend string
 	reason  string
+	fenced  bool          // a fence hook fenced it: it joins the fenced set
+	at      time.Duration // when it was known not to be primary
 }
 
 type peerView struct {
@@ -193,7 +212,8 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 			return nil, err
 		}
 		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{},
-			failed: map[string]time.Duration{}}
+			failed: map[string]time.Duration{}, hooks: sc.Hooks, hookFenced: map[string]bool{}, fenceFailed: map[string]time.Duration{},
+			latePromote: map[string]time.Duration{}, obsAt: map[string]time.Duration{}, said: map[string]string{}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
 		}
@@ -213,6 +233,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 	m.startedAt = clock.Now()
 	for _, s := range m.svcs {
 		s.leaseAt = m.startedAt
+		s.recordAt = m.startedAt
 		s.next = m.startedAt
 	}
 	return m, nil
@@ -243,25 +264,64 @@ func (m *Machine) recoverWait() time.Duration {
 
 func (m *Machine) svcState(name string) ServiceState { return m.st.Services[name] }
 
-// save persists the state with one service changed. On error the in-memory
-// state keeps the change only if keepOnError (a vote: the higher
-// max_voted is the safe side); the caller must not send what depends on it.
-func (m *Machine) save(name string, ss ServiceState, keepOnError bool) error {
+// save persists the state with one service changed. On error the
+// in-memory state stays what is on disk, so nothing that depends on the
+// change is ever answered (a duplicate gets the answer that was saved),
+// and the proxy takes no part until a save works again (storeFailed).
+func (m *Machine) save(name string, ss ServiceState) error {
 	old, had := m.st.Services[name]
 	m.st.Services[name] = ss
 	if err := m.store.Save(m.st.clone()); err != nil {
-		m.counters.PersistErrors++
-		if !keepOnError {
-			if had {
-				m.st.Services[name] = old
-			} else {
-				delete(m.st.Services, name)
-			}
+		if had {
+			m.st.Services[name] = old
+		} else {
+			delete(m.st.Services, name)
 		}
+		m.storeFailed(err)
 		return fmt.Errorf("service %q: saving state: %w", name, err)
 	}
 	return nil
 }
+
+// storeFailed stops the proxy's part in the agreement until the store
+// works again: it votes, proposes, confirms leases and routes nothing it
+// could not persist. Said once, at ERROR; Tick probes the store.
+func (m *Machine) storeFailed(err error) {
+	m.counters.PersistErrors++
+	if m.storeErr == nil {
+		m.log.Error("cluster: state_dir cannot be written: this proxy stops voting, proposing and routing until it can", "err", err)
+		m.storeProbe = m.clock.Now()
+		for _, s := range m.svcs {
+			if s.prop != nil {
+				m.abandon(s.cfg.Name, s, m.storeProbe, "the state could not be saved")
+			}
+		}
+	}
+	m.storeErr = err
+}
+
+// probeStore saves the state again, at most every LeaseTimeout/4, while
+// the store fails, and resumes once it works.
+func (m *Machine) probeStore(now time.Duration) {
+	if m.storeErr == nil || now-m.storeProbe < m.cfg.LeaseTimeout/4 {
+		return
+	}
+	m.storeProbe = now
+	if err := m.store.Save(m.st.clone()); err != nil {
+		m.counters.PersistErrors++
+		m.storeErr = err
+		return
+	}
+	m.storeErr = nil
+	m.log.Info("cluster: state_dir can be written again: this proxy takes part again")
+	for _, s := range m.svcs {
+		s.leaseAt = now // no liveness proposal before the others had a chance
+	}
+}
+
+// StoreError is the error of the failed save that keeps this proxy out of
+// the agreement, or nil.
+func (m *Machine) StoreError() error { return m.storeErr }
 
 func (m *Machine) send(to string, b []byte, err error) {
 	if err != nil {
@@ -316,8 +376,16 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 	if _, ok := s.backends[backend]; !ok {
 		return fmt.Errorf("cluster: observe: service %q has no backend %q", svc, backend)
 	}
-	if old, ok := s.local[backend]; ok && old == o {
+	old, had := s.local[backend]
+	if had && old == o {
 		return nil
+	}
+	if !had || old.Up != o.Up || old.Role != o.Role {
+		s.obsAt[backend] = m.clock.Now()
+	}
+	if had && !old.Up && o.Up {
+		// Back up after a fence: whatever the hook did is undone.
+		delete(s.hookFenced, backend)
 	}
 	s.local[backend] = o
 	m.broadcastObs(svc, s, true)
@@ -364,7 +432,7 @@ func (m *Machine) Route(svc string) (string, time.Duration) {
 		return "", 0
 	}
 	ss := m.svcState(svc)
-	if ss.Record.Primary == "" {
+	if ss.Record.Primary == "" || m.storeErr != nil {
 		return "", 0
 	}
 	if rem := m.leaseRemaining(svc, s, ss); rem > 0 {
@@ -386,62 +454,119 @@ func (m *Machine) leaseRemaining(svc string, s *service, ss ServiceState) time.D
 	return s.lease.expiry - m.clock.Now()
 }
 
-// Switchover asks the cluster to move the service to backend to.
-func (m *Machine) Switchover(svc, to string) error {
+// Switchover asks the cluster to move the service to backend to. It
+// returns the id of the operation, whose outcome Status reports.
+func (m *Machine) Switchover(svc, to string) (uint64, error) {
 	s := m.svcs[svc]
 	if s == nil {
-		return fmt.Errorf("cluster: switchover: unknown service %q", svc)
+		return 0, fmt.Errorf("cluster: switchover: unknown service %q", svc)
 	}
 	if _, ok := s.backends[to]; !ok {
-		return fmt.Errorf("cluster: switchover: service %q has no backend %q", svc, to)
+		return 0, fmt.Errorf("cluster: switchover: service %q has no backend %q", svc, to)
 	}
-	if m.recovering {
-		return fmt.Errorf("cluster: switchover of service %q: this proxy is still recovering its state", svc)
+	if err := m.operable(svc, "switchover"); err != nil {
+		return 0, err
 	}
 	rec := m.svcState(svc).Record
 	if rec.Fenced.Has(to) {
-		return fmt.Errorf("cluster: switchover of service %q: backend %q is fenced (since a failover or an operator's fence); unfence it first", svc, to)
+		return 0, fmt.Errorf("cluster: switchover of service %q: backend %q is fenced (since a failover or an operator's fence); unfence it first", svc, to)
+	}
+	if err := m.switchCheck(s, rec, to); err != nil {
+		return 0, fmt.Errorf("cluster: switchover of service %q to %q: %w", svc, to, err)
 	}
 	// A decision in flight (ours, or one we voted for) does not end the
 	// request: only one above it does.
 	s.switchTo, s.switchAt = to, max(rec.Epoch, m.svcState(svc).Promised)
 	s.next = m.clock.Now()
+	id := m.newOp(s, "switchover", to)
+	if to == rec.Primary {
+		// Nothing to decide; what remains is that it reports primary.
+		s.op.State, s.op.Epoch, s.op.primary, s.op.fenceSeen = OpCommitted, rec.Epoch, to, true
+		s.op.Detail = fmt.Sprintf("%q is already the primary at epoch %d", to, rec.Epoch)
+		if !s.cfg.RoleAware || m.ownPrimary(s, to) {
+			m.opEnd(s, OpDone, s.op.Detail)
+		}
+	}
+	return id, nil
+}
+
+// operable refuses an operator's request while this proxy cannot carry it.
+func (m *Machine) operable(svc, verb string) error {
+	switch {
+	case m.recovering:
+		return fmt.Errorf("cluster: %s of service %q: this proxy is still recovering its state", verb, svc)
+	case m.storeErr != nil:
+		return fmt.Errorf("cluster: %s of service %q: this proxy cannot save its state (%v); ask another proxy", verb, svc, m.storeErr)
+	}
+	return nil
+}
+
+// switchCheck refuses, up front, a move of the primary to `to` that would
+// leave two primaries: promoting it while another backend, which no hook
+// here can fence, reports primary (or, without roles, while the current
+// primary is up).
+func (m *Machine) switchCheck(s *service, rec Record, to string) error {
+	if !s.hooks.Promote || s.hooks.Fence {
+		return nil
+	}
+	if !s.cfg.RoleAware {
+		if p := rec.Primary; p != "" && p != to && m.ownUp(s, p) {
+			return fmt.Errorf("the primary %q is up and there is no fence hook to fence it before %q is promoted, "+
+				"which would leave two primaries: stop %q first, or configure [service.hooks] fence", p, to, p)
+		}
+		return nil
+	}
+	if m.ownPrimary(s, to) {
+		return nil // nothing to promote
+	}
+	for _, p := range m.reportedPrimaries(s) {
+		if p != to {
+			return fmt.Errorf("%q reports primary and there is no fence hook to fence it before %q is promoted, "+
+				"which would leave two primaries: demote or stop %q first, or configure [service.hooks] fence", p, to, p)
+		}
+	}
 	return nil
 }
 
 // Fence asks the cluster to fence backend off the service: no failover
 // picks it until it is unfenced, and if it is the primary the service
 // moves to the best candidate. Unfence (fence false) takes it back. Both
-// are decided by a vote, at a new epoch.
-func (m *Machine) Fence(svc, backend string, fence bool) error {
+// are decided by a vote, at a new epoch. It returns the operation's id.
+func (m *Machine) Fence(svc, backend string, fence bool) (uint64, error) {
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
 	s := m.svcs[svc]
 	if s == nil {
-		return fmt.Errorf("cluster: %s: unknown service %q", verb, svc)
+		return 0, fmt.Errorf("cluster: %s: unknown service %q", verb, svc)
 	}
 	rec := m.svcState(svc).Record
 	_, known := s.backends[backend]
-	switch {
-	case !known && !(rec.Fenced.Has(backend) && !fence):
+	if !known && !(rec.Fenced.Has(backend) && !fence) {
 		// a fenced backend removed from the config can still be unfenced
-		return fmt.Errorf("cluster: %s: service %q has no backend %q", verb, svc, backend)
-	case m.recovering:
-		return fmt.Errorf("cluster: %s in service %q: this proxy is still recovering its state", verb, svc)
+		return 0, fmt.Errorf("cluster: %s: service %q has no backend %q", verb, svc, backend)
+	}
+	if err := m.operable(svc, verb); err != nil {
+		return 0, err
+	}
+	switch {
 	case rec.Primary == "":
-		return fmt.Errorf("cluster: %s in service %q: the cluster has not chosen a first primary yet", verb, svc)
+		return 0, fmt.Errorf("cluster: %s in service %q: the cluster has not chosen a first primary yet", verb, svc)
 	case fence && rec.Fenced.Has(backend):
-		return fmt.Errorf("cluster: fence: backend %q of service %q is already fenced", backend, svc)
+		return 0, fmt.Errorf("cluster: fence: backend %q of service %q is already fenced", backend, svc)
 	case !fence && !rec.Fenced.Has(backend):
-		return fmt.Errorf("cluster: unfence: backend %q of service %q is not fenced", backend, svc)
+		return 0, fmt.Errorf("cluster: unfence: backend %q of service %q is not fenced", backend, svc)
 	}
 	if fence && backend == rec.Primary {
-		if c, why := m.candidate(s, rec.Primary); c == "" {
-			return fmt.Errorf("cluster: fence: %q is the primary of service %q and no backend can take over: %s", backend, svc, why)
+		c, why := m.candidate(s, rec.Primary)
+		if c == "" {
+			return 0, fmt.Errorf("cluster: fence: %q is the primary of service %q and no backend can take over: %s", backend, svc, why)
+		}
+		if err := m.switchCheck(s, rec, c); err != nil {
+			return 0, fmt.Errorf("cluster: fence of primary %q in service %q: %w", backend, svc, err)
 		}
 	}
 	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: max(rec.Epoch, m.svcState(svc).Promised)}
 	s.next = m.clock.Now()
-	return nil
+	return m.newOp(s, verb, backend), nil
 }
 
 // fenceValue is the value that carries out op on rec, or "" and why not.
@@ -458,43 +583,6 @@ func (m *Machine) fenceValue(s *service, rec Record, op *fenceOp) (Value, string
 		v.Primary = c
 	}
 	return v, ""
-}
-
-// HookDone records that the hooks of the decision at epoch ran.
-func (m *Machine) HookDone(svc string, epoch uint64) error {
-	ss, ok := m.st.Services[svc]
-	if !ok || ss.Intent.Epoch != epoch || ss.Intent.Done {
-		return nil
-	}
-	ss.Intent.Done = true
-	return m.save(svc, ss, false)
-}
-
-// HookFailed records that the promote hook of the decision at epoch failed
-// (reason says how, for status and logs). The decision's hooks count as
-// not done, so a restart of this proxy runs them again; meanwhile this
-// proxy proposes the next epoch with the next candidate, through the usual
-// vote, and excludes the failed backend from its candidates for
-// FailedPromoteHold. A report about an epoch that is no longer the
-// record's, or whose hooks are done, is ignored.
-func (m *Machine) HookFailed(svc string, epoch uint64, reason string) error {
-	s := m.svcs[svc]
-	if s == nil {
-		return fmt.Errorf("cluster: hook failed: unknown service %q", svc)
-	}
-	ss := m.svcState(svc)
-	in := ss.Intent
-	if in.Epoch != epoch || in.Done || in.Promote == "" || ss.Record.Epoch != epoch || ss.Record.Primary != in.Promote {
-		return nil
-	}
-	now := m.clock.Now()
-	s.failed[in.Promote] = now + m.cfg.FailedPromoteHold
-	s.retry = &promoteFailure{epoch: epoch, backend: in.Promote, reason: reason}
-	s.next = now
-	s.decision = fmt.Sprintf("promote of %q at epoch %d failed (%s): moving on", in.Promote, epoch, reason)
-	m.log.Warn("cluster: promote hook failed, moving on to the next candidate", "service", svc, "epoch", epoch,
-		"backend", in.Promote, "reason", reason)
-	return nil
 }
 
 // excluded reports whether backend's promote failed too recently for it to
@@ -681,6 +769,23 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 	why := "no other backend"
 	now := m.clock.Now()
 	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	if s.cfg.RoleAware {
+		// Roles are facts: a backend that already reports primary is the
+		// successor (promoting a replica would make a second primary), and
+		// with two there is no choosing.
+		var ps []string
+		for _, b := range s.cfg.Backends {
+			if b.Name != primary && !fenced.Has(b.Name) && m.ownPrimary(s, b.Name) {
+				ps = append(ps, b.Name)
+			}
+		}
+		switch {
+		case len(ps) >= 2:
+			return "", fmt.Sprintf("dual primary: %s all report primary", strings.Join(ps, ", "))
+		case len(ps) == 1 && m.healthy(s, ps[0]) && !m.excluded(s, ps[0], now):
+			return ps[0], ""
+		}
+	}
 	for _, b := range s.cfg.Backends {
 		if b.Name == primary {
 			continue
@@ -764,6 +869,12 @@ func (m *Machine) Tick() {
 	if m.recovering {
 		m.tickRecover(now)
 		return
+	}
+	if m.storeErr != nil {
+		m.probeStore(now)
+		if m.storeErr != nil {
+			return
+		}
 	}
 	if now-m.lastReq >= m.cfg.LeaseTimeout/4 || m.lastReq == 0 {
 		m.lastReq = now
@@ -961,7 +1072,7 @@ func (m *Machine) onLeaseReq(from string, x leaseReqMsg) {
 			m.adopt(e.Service, e.Record, "")
 		}
 		ss := m.svcState(e.Service)
-		ok := !m.recovering && ss.Record.Epoch == e.Record.Epoch && ss.Promised <= e.Record.Epoch
+		ok := !m.recovering && m.storeErr == nil && ss.Record.Epoch == e.Record.Epoch && ss.Promised <= e.Record.Epoch
 		ae := leaseAckEntry{Service: e.Service, Epoch: e.Record.Epoch, OK: ok, Record: ss.Record,
 			Promised: ss.Promised, Accepted: ss.Accepted}
 		// The request was sized for its answer to fit one payload, by the
@@ -1025,7 +1136,7 @@ func (m *Machine) maybeLease(sl *leaseSlot, sentAt, now time.Duration) {
 	if m.leaseRemaining(name, s, ss) > 0 {
 		s.leaseAt = now
 	}
-	m.maybeHook(name, s, now)
+	m.actuate(name, s, now)
 }
 
 // learn takes what a peer told about its state: a higher record is
@@ -1057,13 +1168,15 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	if ss.Intent.Epoch < rec.Epoch {
 		ss.Intent = HookIntent{}
 	}
-	if err := m.save(name, ss, false); err != nil {
+	if err := m.save(name, ss); err != nil {
 		m.log.Error("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
 		return
 	}
 	m.counters.Adoptions++
 	s.lease = lease{}
 	s.leaseAt = m.clock.Now()
+	s.recordAt = s.leaseAt
+	s.followTo = ""
 	m.leaseSoon = true
 	if s.hint.Epoch <= rec.Epoch {
 		s.hint = Ballot{}
@@ -1077,6 +1190,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	}
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
+	m.opDecided(s, rec, old)
 	s.decision = fmt.Sprintf("adopted epoch %d %s", rec.Epoch, rec.Value)
 	if relayExcept != "" {
 		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
@@ -1144,7 +1258,8 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		m.tickProposal(name, s, p, now)
 		return
 	}
-	m.maybeHook(name, s, now)
+	m.actuate(name, s, now)
+	m.opCheck(s)
 	if now < s.next {
 		return
 	}
@@ -1161,26 +1276,61 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	if forced.Epoch <= ss.Record.Epoch || m.cfg.knobs.noPhase1 {
 		forced = Ballot{}
 	}
+	if s.retry != nil && m.ownPrimary(s, s.retry.backend) {
+		// Its promote landed after all: there is nothing to move on from.
+		m.log.Info("cluster: the backend whose promote failed reports primary: not moving on", "service", name, "backend", s.retry.backend)
+		delete(s.failed, s.retry.backend)
+		s.retry = nil
+	}
 	retryTo := ""
-	if s.retry != nil && forced.Epoch == 0 {
+	if s.retry != nil && forced.Epoch == 0 && !down {
 		retryTo = m.retryCandidate(name, s, rec)
+		if r := s.retry; retryTo == "" && !s.hookFenced[r.backend] && r.epoch == rec.Epoch && now-r.at >= m.fenceRetry(s) &&
+			ss.Intent.Epoch == rec.Epoch && !ss.Intent.Done && m.ownUp(s, r.backend) {
+			// Nothing else can take over: try the promote again, as
+			// carefully as the first time (a failure may be passing).
+			m.log.Info("cluster: no other candidate: trying the promote again", "service", name, "backend", r.backend, "epoch", rec.Epoch)
+			s.retry = nil
+			delete(s.failed, r.backend)
+			if s.act.epoch == rec.Epoch {
+				s.act.promoted, s.act.failed = false, nil
+			}
+			m.actuate(name, s, now)
+			return
+		}
 	}
 	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
+	drop := func(why string) {
+		s.decision = why
+		m.opEnd(s, OpFailed, why)
+	}
 	switch {
 	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 	case s.switchTo != "" && s.switchTo == rec.Primary:
 		s.switchTo = ""
 	case s.switchTo != "":
+		to := s.switchTo
+		err := m.switchCheck(s, rec, to)
 		switch {
-		case rec.Fenced.Has(s.switchTo):
-			s.decision = fmt.Sprintf("switchover to %q dropped: it was fenced meanwhile", s.switchTo)
+		case rec.Fenced.Has(to):
+			drop(fmt.Sprintf("switchover to %q dropped: it was fenced meanwhile", to))
 			s.switchTo = ""
-		case !m.ownUp(s, s.switchTo):
-			s.decision = fmt.Sprintf("switchover to %q dropped: it is not up here", s.switchTo)
+		case !m.ownUp(s, to):
+			drop(fmt.Sprintf("switchover to %q dropped: it is not up here", to))
+			s.switchTo = ""
+		case err != nil:
+			drop(fmt.Sprintf("switchover to %q dropped: %v", to, err))
 			s.switchTo = ""
 		default:
-			m.propose(name, s, keep(s.switchTo), kindSwitchover, rec.Primary, now)
+			v := keep(to)
+			if !s.cfg.RoleAware && rec.Primary != "" {
+				// Without roles, nothing tells the old primary from a
+				// standby later: it stays fenced until an operator
+				// unfences it (and so vouches that it is one).
+				v.Fenced = rec.Fenced.With(rec.Primary)
+			}
+			m.propose(name, s, v, kindSwitchover, rec.Primary, now)
 		}
 	case s.fenceOp != nil:
 		op := s.fenceOp
@@ -1188,10 +1338,11 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		k := map[bool]kind{true: kindFence, false: kindUnfence}[op.fence]
 		switch {
 		case why != "":
-			s.decision = fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why)
+			drop(fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why))
 			s.fenceOp = nil
 		case v == rec.Value:
 			s.fenceOp = nil // already done by a decision that landed meanwhile
+			m.opEnd(s, OpDone, fmt.Sprintf("already so at epoch %d", rec.Epoch))
 		default:
 			m.propose(name, s, v, k, op.backend, now)
 		}
@@ -1202,8 +1353,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			}
 			return
 		}
-		best := m.bestUp(s)
-		if best != "" && m.healthy(s, best) {
+		if best := m.bootstrapChoice(name, s); best != "" && m.healthy(s, best) {
 			m.propose(name, s, keep(best), kindBootstrap, "", now)
 		}
 	case down:
@@ -1216,11 +1366,9 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		}
 		c, why := m.candidate(s, rec.Primary)
 		if c == "" {
-			if s.decision != "no failover: "+why {
+			if m.say(name, s, "candidate", fmt.Sprintf("no failover from %q: %s", rec.Primary, why)) {
 				m.counters.NoCandidate++
-				m.log.Warn("cluster: primary down but no candidate", "service", name, "primary", rec.Primary, "why", why)
 			}
-			s.decision = "no failover: " + why
 			return
 		}
 		v := keep(c)
@@ -1234,7 +1382,24 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	case s.retry != nil && forced.Epoch != 0:
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 	case retryTo != "":
-		m.propose(name, s, keep(retryTo), kindPromoteFailed, rec.Primary, now)
+		v := keep(retryTo)
+		if s.retry.fenced || !s.cfg.RoleAware {
+			// fenced by a hook: it stays out until an operator unfences it
+			v.Fenced = rec.Fenced.With(rec.Primary)
+		}
+		m.propose(name, s, v, kindPromoteFailed, rec.Primary, now)
+	case forced.Epoch == 0 && m.promoteStalled(s, rec, ss, now):
+		// Nobody carries out the promote of the record's primary (the
+		// proxy that committed it failed, or lost its state): decide it
+		// again, so that this proxy acts on it.
+		m.log.Warn("cluster: the primary of the record still reports replica and no proxy promotes it: deciding it again",
+			"service", name, "primary", rec.Primary)
+		m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
+	case forced.Epoch == 0 && m.followTarget(name, s, rec, now) != "":
+		y := m.followTarget(name, s, rec, now)
+		m.log.Warn("cluster: the primary of the record does not report primary and another backend does: routing there",
+			"service", name, "record_primary", rec.Primary, "reports_primary", y)
+		m.propose(name, s, keep(y), kindReaffirm, rec.Primary, now)
 	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
 		// Every proxy that lost its lease with the others, or voted with
 		// them, gets here at the same moment; in a bare quorum their
@@ -1243,12 +1408,57 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		if now-since < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
 			return
 		}
-		if forced.Epoch != 0 {
+		switch {
+		case forced.Epoch != 0:
 			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
-		} else if m.ownUp(s, rec.Primary) {
+		case s.cfg.RoleAware && !m.ownPrimary(s, rec.Primary) && m.onlyPrimary(s, rec.Fenced) != "":
+			// Roles are facts: re-affirm the backend that reports primary.
+			m.propose(name, s, keep(m.onlyPrimary(s, rec.Fenced)), kindReaffirm, rec.Primary, now)
+		case m.ownUp(s, rec.Primary):
 			m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
 		}
 	}
+}
+
+// bootstrapChoice is the first primary of a new cluster ("" to wait): for
+// a service with roles, the one backend that reports primary, once this
+// proxy has heard from every backend (roles are facts; priorities only
+// break ties between equals, and there are none: with no primary or two,
+// nothing is chosen and the status says why); without roles, the
+// highest-priority backend up.
+func (m *Machine) bootstrapChoice(name string, s *service) string {
+	if !s.cfg.RoleAware || m.cfg.knobs.bootstrapByPriority {
+		return m.bestUp(s)
+	}
+	for _, b := range s.cfg.Backends {
+		if _, ok := s.local[b.Name]; !ok {
+			m.say(name, s, "bootstrap", "no primary yet: waiting for the first health report of "+b.Name)
+			return ""
+		}
+	}
+	switch ps := m.reportedPrimaries(s); len(ps) {
+	case 0:
+		m.say(name, s, "bootstrap", "no primary yet: no backend reports primary; a new cluster promotes nothing by itself: "+
+			"start the primary, or choose one with quorumproxy switchover")
+	case 1:
+		return ps[0]
+	default:
+		m.say(name, s, "bootstrap", fmt.Sprintf("no primary yet: dual primary: %s all report primary; routing none", strings.Join(ps, ", ")))
+	}
+	return ""
+}
+
+// say sets the service's decision to what and logs it at WARN when it
+// differs from what was last said on the same topic; it reports whether
+// it logged.
+func (m *Machine) say(name string, s *service, topic, what string) bool {
+	s.decision = what
+	if s.said[topic] == what {
+		return false
+	}
+	s.said[topic] = what
+	m.log.Warn("cluster: "+what, "service", name)
+	return true
 }
 
 // rankDelay is how long this proxy lets a failover wait before it proposes
@@ -1275,11 +1485,9 @@ func (m *Machine) retryCandidate(name string, s *service, rec Record) string {
 	if c != "" {
 		return c
 	}
-	d := fmt.Sprintf("promote of %q at epoch %d failed (%s); no other candidate: %s", s.retry.backend, s.retry.epoch, s.retry.reason, why)
-	if s.decision != d {
+	if m.say(name, s, "candidate", fmt.Sprintf("promote of %q at epoch %d failed (%s); no other candidate: %s",
+		s.retry.backend, s.retry.epoch, s.retry.reason, why)) {
 		m.counters.NoCandidate++
-		m.log.Warn("cluster: promote failed but no other candidate", "service", name, "backend", s.retry.backend, "why", why)
-		s.decision = d
 	}
 	return ""
 }
@@ -1295,19 +1503,32 @@ func (m *Machine) backoff(s *service, now time.Duration) {
 	s.next = now + cw + time.Duration(m.rng.Int64N(int64(cw+m.cfg.LeaseTimeout)))
 }
 
-// persist saves a vote (promise or acceptance) unless the test knob says
+// persistVote saves a vote (promise or acceptance) unless a test knob says
 // not to; a vote that cannot be saved is not sent.
 func (m *Machine) persistVote(name string, ss ServiceState) error {
 	if m.cfg.knobs.noVotePersist {
 		m.st.Services[name] = ss
 		return nil
 	}
-	return m.save(name, ss, true)
+	if m.cfg.knobs.answerUnpersisted {
+		// The rule this knob breaks: an unsaved vote stays in memory,
+		// where a duplicate finds it and is answered from it.
+		m.st.Services[name] = ss
+		if err := m.store.Save(m.st.clone()); err != nil {
+			m.counters.PersistErrors++
+			return err
+		}
+		return nil
+	}
+	return m.save(name, ss)
 }
 
 // propose stops routing (our own vote is above the record), persists our
 // vote, then asks every peer for theirs (phase 1).
 func (m *Machine) propose(name string, s *service, value Value, k kind, from string, now time.Duration) {
+	if m.storeErr != nil {
+		return
+	}
 	ss := m.svcState(name)
 	e := max(ss.Record.Epoch, ss.Promised) + 1
 	if k != kindForced {
@@ -1372,8 +1593,10 @@ func (m *Machine) abandon(name string, s *service, now time.Duration, why string
 		case kindSwitchover:
 			// one attempt per request: the operator sees it failed
 			s.switchTo = ""
+			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
 		case kindFence, kindUnfence:
 			s.fenceOp = nil
+			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
 		}
 		s.decision = fmt.Sprintf("gave up epoch %d: %s", p.epoch, why)
 		m.log.Info("cluster: proposal given up", "service", name, "epoch", p.epoch, "why", why)
@@ -1516,15 +1739,8 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	old := ss.Record
 	rec := Record{Epoch: p.epoch, Value: p.value}
 	ss.Record = rec
-	ss.Intent = HookIntent{}
-	if old.Primary != rec.Primary && old.Primary != "" {
-		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: old.Primary, Promote: rec.Primary}
-	} else if f := newlyFenced(old.Fenced, rec.Fenced); f != "" {
-		// a standby was fenced (by an operator, or by a forced value that
-		// finishes such a fence): its fence hook runs, nothing is promoted
-		ss.Intent = HookIntent{Epoch: rec.Epoch, Fence: f}
-	}
-	if err := m.save(name, ss, false); err != nil {
+	ss.Intent = m.intentFor(s, p.kind, old, rec)
+	if err := m.save(name, ss); err != nil {
 		m.log.Error("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
 		m.abandon(name, s, now, "could not persist the commit")
 		return
@@ -1533,6 +1749,8 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	s.prop = nil
 	s.lease = lease{}
 	s.leaseAt = now
+	s.recordAt = now
+	s.followTo = ""
 	m.leaseSoon = true
 	s.hint = Ballot{}
 	if rec.Epoch > s.switchAt {
@@ -1540,6 +1758,7 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	}
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
+	m.opDecided(s, rec, old)
 	s.decision = fmt.Sprintf("committed epoch %d %s (%s, %d votes)", rec.Epoch, rec.Value, p.kind, len(p.accepts))
 	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "fenced", string(rec.Fenced),
 		"kind", p.kind.String(), "votes", len(p.accepts))
@@ -1560,26 +1779,42 @@ func newlyFenced(from, to Fenced) string {
 	return ""
 }
 
-// maybeHook hands out the persisted hook intent once per run, only while
-// this proxy holds a lease at the intent's epoch.
-func (m *Machine) maybeHook(name string, s *service, now time.Duration) {
-	ss := m.svcState(name)
-	in := ss.Intent
-	if in.Epoch == 0 || in.Done || in.Epoch != ss.Record.Epoch || s.hookRun == in.Epoch {
-		return
+// intentFor is what the committing proxy must do to the databases for a
+// decision of kind k from old to rec: fence the old primary and promote
+// the new one on a failover or a switchover; only promote (nothing is to
+// be fenced) when the first primary is an operator's choice or when the
+// decision follows a backend that reports primary; fence a standby that
+// an operator fenced; and finish a promote that an earlier decision's
+// proxy did not carry out when a decision keeps a primary that reports
+// replica.
+func (m *Machine) intentFor(s *service, k kind, old, rec Record) HookIntent {
+	in := HookIntent{Epoch: rec.Epoch}
+	switch {
+	case old.Primary == rec.Primary || old.Primary == "":
+		in.Fence = newlyFenced(old.Fenced, rec.Fenced)
+	case k == kindReaffirm:
+		in.Promote = rec.Primary
+	default:
+		in.Fence, in.Promote = old.Primary, rec.Primary
 	}
-	if m.leaseRemaining(name, s, ss) <= 0 {
-		return
+	if in.Promote == "" && s.cfg.RoleAware && m.ownReplica(s, rec.Primary) {
+		// The decision that made it primary was not carried out (its
+		// proxy failed, or its intent gave way to this record), or an
+		// operator chose it as the first primary. (Without roles, a
+		// first primary is never promoted: nothing tells whether another
+		// backend is one already.)
+		in.Promote = rec.Primary
 	}
-	s.hookRun = in.Epoch
-	if m.cfg.OnHook != nil {
-		m.cfg.OnHook(name, in)
+	if in.Fence == "" && in.Promote == "" {
+		return HookIntent{}
 	}
+	return in
 }
 
 var (
 	errRecovering = errors.New("recovering")
 	errDuplicate  = errors.New("duplicate of the proposal voted for")
+	errStore      = errors.New("this proxy cannot save its state")
 )
 
 // onPropose is phase 1 at a voter: the vote for an epoch.
@@ -1628,6 +1863,11 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 	if m.recovering {
 		return errRecovering
 	}
+	if m.storeErr != nil {
+		// Not even a duplicate: its answer is on disk, but a proxy whose
+		// disk fails takes no part until it works again.
+		return errStore
+	}
 	if x.Epoch == ss.Promised && from == ss.PromisedTo {
 		return errDuplicate
 	}
@@ -1666,7 +1906,11 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 			return fmt.Errorf("own check does not see %q down", x.From)
 		}
 	case kindBootstrap:
-		if !m.ownUp(s, v.Primary) || m.bestUp(s) != v.Primary {
+		if s.cfg.RoleAware && !m.cfg.knobs.bootstrapByPriority {
+			if ps := m.reportedPrimaries(s); len(ps) != 1 || ps[0] != v.Primary {
+				return fmt.Errorf("own check does not see %q as the one backend reporting primary (primaries: %v)", v.Primary, ps)
+			}
+		} else if !m.ownUp(s, v.Primary) || m.bestUp(s) != v.Primary {
 			return fmt.Errorf("own check does not see %q as the best backend up", v.Primary)
 		}
 	case kindFence:
@@ -1682,6 +1926,19 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		}
 		if x.Kind == kindPromoteFailed && v.Primary == x.From {
 			return fmt.Errorf("move away from %q proposes %q again", x.From, v.Primary)
+		}
+		if x.Kind == kindPromoteFailed && s.cfg.RoleAware && m.ownPrimary(s, x.From) {
+			return fmt.Errorf("move away from %q, whose promote failed, but it reports primary here", x.From)
+		}
+		if x.Kind == kindReaffirm && s.cfg.RoleAware && v.Primary != ss.Record.Primary {
+			// Roles are facts: a re-affirmation moves the primary only to
+			// the backend that reports primary, from one that does not.
+			if !m.ownPrimary(s, v.Primary) {
+				return fmt.Errorf("own check does not see %q reporting primary", v.Primary)
+			}
+			if m.ownPrimary(s, ss.Record.Primary) {
+				return fmt.Errorf("the record's primary %q still reports primary here", ss.Record.Primary)
+			}
 		}
 	}
 	return nil
@@ -1718,7 +1975,7 @@ func (m *Machine) onAccept(from string, x acceptMsg) {
 	reply := acceptedMsg{Service: x.Service, Epoch: x.Epoch, Value: x.Value}
 	_, known := s.backends[x.Value.Primary]
 	switch {
-	case m.recovering || !known:
+	case m.recovering || !known || m.storeErr != nil:
 	case ss.Accepted.Epoch == x.Epoch && ss.Accepted.Value == x.Value:
 		reply.OK = true
 	case x.Epoch > ss.Accepted.Epoch && x.Epoch > ss.Record.Epoch &&
@@ -1759,6 +2016,11 @@ type ServiceStatus struct {
 	// PromoteFailed lists the backends that are no failover candidate on
 	// this proxy now because a promote hook of theirs failed lately.
 	PromoteFailed []string
+	// Alerts say what needs an operator: "dual_primary: ...",
+	// "no_primary: ...", "promote_held: ...".
+	Alerts []string
+	// Operation is the last operator request made on this proxy.
+	Operation *Operation
 }
 
 // Status is a snapshot of the Machine for /status.
@@ -1768,6 +2030,9 @@ type Status struct {
 	Quorum     int
 	Recovering bool
 	Reachable  []string // peers heard from within LeaseTimeout
+	// StoreError is set while state_dir cannot be written: the proxy then
+	// neither votes, proposes nor routes.
+	StoreError string
 	Services   []ServiceStatus
 	Counters   Counters
 }
@@ -1776,6 +2041,9 @@ type Status struct {
 func (m *Machine) Status() Status {
 	now := m.clock.Now()
 	st := Status{Node: m.cfg.Name, Peers: m.n, Quorum: m.q, Recovering: m.recovering, Counters: m.counters}
+	if m.storeErr != nil {
+		st.StoreError = m.storeErr.Error()
+	}
 	for _, p := range m.others {
 		if t, ok := m.heard[p]; ok && now-t < m.cfg.LeaseTimeout {
 			st.Reachable = append(st.Reachable, p)
@@ -1798,9 +2066,29 @@ func (m *Machine) Status() Status {
 				x.PromoteFailed = append(x.PromoteFailed, b.Name)
 			}
 		}
+		x.Alerts = m.alerts(s, ss)
+		if s.op != nil {
+			op := *s.op
+			x.Operation = &op
+		}
 		st.Services = append(st.Services, x)
 	}
 	return st
+}
+
+// alerts say what about a service needs an operator.
+func (m *Machine) alerts(s *service, ss ServiceState) []string {
+	var out []string
+	if ps := m.reportedPrimaries(s); s.cfg.RoleAware && len(ps) >= 2 {
+		out = append(out, fmt.Sprintf("dual_primary: %s all report primary", strings.Join(ps, ", ")))
+	}
+	if ss.Record.Primary == "" && !m.recovering && strings.HasPrefix(s.decision, "no primary yet") {
+		out = append(out, "no_primary: "+strings.TrimPrefix(s.decision, "no primary yet: "))
+	}
+	if ss.Intent.Epoch == ss.Record.Epoch && !ss.Intent.Done && s.act.epoch == ss.Intent.Epoch && s.act.held != "" {
+		out = append(out, "promote_held: "+s.act.held)
+	}
+	return out
 }
 
 // widestValue is a value as long as any the backends allow: a primary and

@@ -151,9 +151,9 @@ type NodeOptions struct {
 }
 
 // NewNode loads the state from store and builds the Node; nothing runs
-// before Start. cfg.OnRecord and cfg.OnHook, if set, run on the Node's
-// goroutine and must not block (run hooks elsewhere, then call HookDone,
-// or HookFailed when the promote hook failed).
+// before Start. cfg.OnRecord and cfg.OnAction, if set, run on the Node's
+// goroutine and must not block (run hooks elsewhere, then call
+// ActionDone).
 func NewNode(cfg Config, store Store, clock Clock, opts NodeOptions) (*Node, error) {
 	if cfg.BootID == 0 {
 		cfg.BootID = uint64(time.Now().UnixNano())
@@ -308,44 +308,44 @@ func (n *Node) Observe(service, backend string, up bool, role Role, lagBytes int
 }
 
 // Switchover asks the cluster to move service to backend to; the move
-// itself goes through the vote and shows in Status.
-func (n *Node) Switchover(service, to string) error {
+// itself goes through the vote, and Status reports the outcome of the
+// operation whose id it returns.
+func (n *Node) Switchover(service, to string) (uint64, error) {
+	var id uint64
 	var err error
-	if cerr := n.call(func() { err = n.m.Switchover(service, to) }); cerr != nil {
-		return cerr
+	if cerr := n.call(func() { id, err = n.m.Switchover(service, to) }); cerr != nil {
+		return 0, cerr
 	}
-	return err
+	return id, err
 }
 
 // Fence asks the cluster to fence backend off service (unfence when fence
-// is false); the change goes through the vote and shows in Status.
-func (n *Node) Fence(service, backend string, fence bool) error {
+// is false); the change goes through the vote, and Status reports the
+// outcome of the operation whose id it returns.
+func (n *Node) Fence(service, backend string, fence bool) (uint64, error) {
+	var id uint64
 	var err error
-	if cerr := n.call(func() { err = n.m.Fence(service, backend, fence) }); cerr != nil {
+	if cerr := n.call(func() { id, err = n.m.Fence(service, backend, fence) }); cerr != nil {
+		return 0, cerr
+	}
+	return id, err
+}
+
+// ActionDone reports how an action handed out through Config.OnAction
+// ended (the runner runs the hook, checks the backend at once, and calls
+// this).
+func (n *Node) ActionDone(service string, a Action, r ActionResult) error {
+	var err error
+	if cerr := n.call(func() { err = n.m.ActionDone(service, a, r) }); cerr != nil {
 		return cerr
 	}
 	return err
 }
 
-// HookDone records that the hooks of the decision at epoch have run.
-func (n *Node) HookDone(service string, epoch uint64) error {
+// SetHooks tells the Node which hooks a service has (after a reload).
+func (n *Node) SetHooks(service string, h HookConfig) error {
 	var err error
-	if cerr := n.call(func() { err = n.m.HookDone(service, epoch) }); cerr != nil {
-		return cerr
-	}
-	return err
-}
-
-// HookFailed reports that the promote hook of the decision at epoch failed
-// (non-zero exit or timeout; reason is shown in status and logs). Call it
-// instead of HookDone: the cluster then moves on to the next candidate at
-// the next epoch through the usual vote, and the failed backend is no
-// candidate for Config.FailedPromoteHold. A failed fence hook alone is not
-// a failed promote. Reports about an epoch that is no longer current are
-// ignored.
-func (n *Node) HookFailed(service string, epoch uint64, reason string) error {
-	var err error
-	if cerr := n.call(func() { err = n.m.HookFailed(service, epoch, reason) }); cerr != nil {
+	if cerr := n.call(func() { err = n.m.SetHooks(service, h) }); cerr != nil {
 		return cerr
 	}
 	return err

@@ -95,17 +95,18 @@ func (c *testCluster) start(name string) {
 	}
 	var node *Node
 	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()), LeaseTimeout: testLease,
-		Services: []ServiceConfig{{Name: "db", Backends: testBackends}},
-		OnHook: func(svc string, in HookIntent) {
-			c.hooks <- fmt.Sprintf("%s epoch %d fence %s promote %s", name, in.Epoch, in.Fence, in.Promote)
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends,
+			Hooks: HookConfig{Fence: true, Promote: true, Timeout: testLease}}},
+		OnAction: func(svc string, a Action) {
+			c.hooks <- fmt.Sprintf("%s epoch %d %s %s", name, a.Epoch, a.Kind, a.Backend)
 			c.hookWG.Add(1)
 			go func() {
 				defer c.hookWG.Done()
-				if f := c.failPromote.Load(); f != nil && slices.Contains(*f, in.Promote) {
-					_ = node.HookFailed(svc, in.Epoch, "promote exited 1")
-					return
+				r := ActionResult{Ran: true, OK: true, Up: true, Timeout: testLease}
+				if f := c.failPromote.Load(); a.Kind == ActionPromote && f != nil && slices.Contains(*f, a.Backend) {
+					r.OK, r.Detail = false, "promote exited 1"
 				}
-				_ = node.HookDone(svc, in.Epoch)
+				_ = node.ActionDone(svc, a, r)
 			}()
 		}}
 	node, err = NewNode(cfg, store, BootClock{}, NodeOptions{})
@@ -226,11 +227,11 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 func TestNodeSwitchover(t *testing.T) {
 	c := newTestCluster(t, 3)
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
-	if err := c.nodes["proxy-1"].Switchover("db", "pg-c"); err != nil {
+	if _, err := c.nodes["proxy-1"].Switchover("db", "pg-c"); err != nil {
 		t.Fatal(err)
 	}
 	c.waitFor("switchover to pg-c", 20*time.Second, c.allRoute("pg-c"))
-	if err := c.nodes["proxy-1"].Switchover("db", "nope"); err == nil {
+	if _, err := c.nodes["proxy-1"].Switchover("db", "nope"); err == nil {
 		t.Fatal("switchover to an unknown backend accepted")
 	}
 }
@@ -316,107 +317,101 @@ func (c *testCluster) nextHook(what string) string {
 	}
 }
 
+// expectHooks takes the next hook runs and requires them to be want, in
+// order, on one proxy ("" for the proxy lets the first run decide it).
+// Each run reads "NAME epoch E ACTION BACKEND"; it returns the proxy and
+// the epochs.
+func (c *testCluster) expectHooks(who string, want ...string) (string, []uint64) {
+	c.t.Helper()
+	var epochs []uint64
+	for _, w := range want {
+		h := c.nextHook(w)
+		var name, action, backend string
+		var e uint64
+		fmt.Sscanf(h, "%s epoch %d %s %s", &name, &e, &action, &backend)
+		if who == "" {
+			who = name
+		}
+		if name != who || action+" "+backend != w {
+			c.t.Fatalf("hook %q: want %q on %s (so far epochs %v)", h, w, who, epochs)
+		}
+		epochs = append(epochs, e)
+	}
+	return who, epochs
+}
+
+// A service without roles whose promote of pg-b fails: the proxy that
+// committed the failover fences pg-b (a service without roles moves on
+// only after a fence hook succeeded) and moves on to pg-c at the next
+// epoch; the fenced backends stay out until an operator unfences them.
 func TestNodePromoteFailureMovesOn(t *testing.T) {
 	c := newTestCluster(t, 3)
-	c.failPromote.Store(&[]string{"pg-b", "pg-c"})
+	c.failPromote.Store(&[]string{"pg-b"})
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
 		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
 	}
-	// pg-a is down: failover to pg-b, whose promote fails; the same proxy
-	// moves on to pg-c at the next epoch, whose promote fails too; with
-	// pg-a down and pg-b held out there is no candidate left.
-	h1 := c.nextHook("the failover")
-	if !strings.HasSuffix(h1, "fence pg-a promote pg-b") {
-		t.Fatalf("first hook %q: want fence pg-a promote pg-b", h1)
-	}
-	h2 := c.nextHook("the move after pg-b's failed promote")
-	var who1, who2 string
-	var e1, e2 uint64
-	fmt.Sscanf(h1, "%s epoch %d", &who1, &e1)
-	fmt.Sscanf(h2, "%s epoch %d", &who2, &e2)
-	if !strings.HasSuffix(h2, "fence pg-b promote pg-c") || e2 <= e1 || who2 != who1 {
-		t.Fatalf("after %q came %q: want the same proxy to fence pg-b and promote pg-c at a later epoch", h1, h2)
+	who, es := c.expectHooks("", "fence pg-a", "promote pg-b", "fence pg-b", "promote pg-c")
+	if es[0] != es[1] || es[1] != es[2] || es[3] <= es[2] {
+		t.Fatalf("epochs %v: want the failover's fence, promote and fence at one epoch, the move at a later one", es)
 	}
 	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
-	c.waitFor("no other candidate in status", 10*time.Second, func() bool {
-		st, err := c.nodes[who1].Status()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := st.Services[0]
-		return strings.Contains(s.Decision, "no other candidate") && slices.Equal(s.PromoteFailed, []string{"pg-b", "pg-c"})
-	})
+	c.waitFor("pg-a and pg-b fenced everywhere", 10*time.Second, c.allFenced("pg-a,pg-b"))
 	select {
 	case h := <-c.hooks:
-		t.Fatalf("hook %q ran with no candidate left", h)
+		t.Fatalf("hook %q ran after the move", h)
 	default:
 	}
 
-	// Reports about an old epoch, or after the record moved, change nothing.
-	if err := c.nodes[who1].HookFailed("db", e1, "late report"); err != nil {
+	// Reports about an old epoch change nothing; an unknown service is an error.
+	n := c.nodes[who]
+	if err := n.ActionDone("db", Action{Kind: ActionPromote, Epoch: es[0], Backend: "pg-b"}, ActionResult{Ran: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.nodes[who1].HookFailed("nope", e2, "x"); err == nil {
-		t.Fatal("HookFailed accepted an unknown service")
+	if err := n.ActionDone("nope", Action{Kind: ActionPromote, Epoch: es[3], Backend: "pg-c"}, ActionResult{}); err == nil {
+		t.Fatal("ActionDone accepted an unknown service")
 	}
+	c.waitFor("every proxy still routing pg-c", 5*time.Second, c.allRoute("pg-c"))
 
 	// The old primary, healthy again, stays fenced: a service checked
-	// without roles has nothing else to keep it out. Once pg-b's hold
-	// ends the cluster moves on to pg-b, never to pg-a.
-	c.failPromote.Store(&[]string{})
+	// without roles has nothing else to keep it out. Failback is the
+	// operator's: a switchover to a fenced backend is refused; unfence
+	// (an epoch with no hook), then switch over.
 	for _, p := range c.peers {
 		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0)
 	}
-	h3 := c.nextHook("the move to pg-b once its hold ends")
-	var e3 uint64
-	fmt.Sscanf(h3, "%s epoch %d", &who2, &e3)
-	if !strings.HasSuffix(h3, "fence pg-c promote pg-b") || e3 <= e2 {
-		t.Fatalf("after %q came %q: want fence pg-c promote pg-b at a later epoch", h2, h3)
-	}
-	c.waitFor("every proxy to route pg-b", 20*time.Second, c.allRoute("pg-b"))
-	c.waitFor("pg-a fenced in every record", 10*time.Second, c.allFenced("pg-a"))
-
-	// Failback is the operator's: a switchover to a fenced backend is
-	// refused; unfence (an epoch with no hook), then switch over.
-	n := c.nodes[who1]
-	if err := n.Switchover("db", "pg-a"); err == nil || !strings.Contains(err.Error(), "fenced") {
+	if _, err := n.Switchover("db", "pg-a"); err == nil || !strings.Contains(err.Error(), "fenced") {
 		t.Fatalf("switchover to fenced pg-a: got %v, want a refusal that says it is fenced", err)
 	}
-	if err := n.Fence("db", "pg-c", false); err == nil || !strings.Contains(err.Error(), "not fenced") {
+	if _, err := n.Fence("db", "pg-c", false); err == nil || !strings.Contains(err.Error(), "not fenced") {
 		t.Fatalf("unfence of pg-c, which is not fenced: got %v", err)
 	}
-	if err := n.Fence("db", "pg-a", false); err != nil {
+	if _, err := n.Fence("db", "pg-a", false); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor("pg-a unfenced in every record", 20*time.Second, c.allFenced(""))
-	c.waitFor("every proxy to route pg-b again", 20*time.Second, c.allRoute("pg-b"))
-	if err := n.Switchover("db", "pg-a"); err != nil {
+	c.waitFor("pg-a unfenced in every record", 20*time.Second, c.allFenced("pg-b"))
+	c.waitFor("every proxy to route pg-c again", 20*time.Second, c.allRoute("pg-c"))
+	if _, err := n.Switchover("db", "pg-a"); err != nil {
 		t.Fatal(err)
 	}
-	if h := c.nextHook("the failback to pg-a"); !strings.HasSuffix(h, "fence pg-b promote pg-a") {
-		t.Fatalf("failback hook %q: want fence pg-b promote pg-a", h)
-	}
+	c.expectHooks(who, "fence pg-c", "promote pg-a")
 	c.waitFor("every proxy to route pg-a", 20*time.Second, c.allRoute("pg-a"))
+	// Without roles the old primary of a switchover is fenced too.
+	c.waitFor("pg-b and pg-c fenced everywhere", 10*time.Second, c.allFenced("pg-b,pg-c"))
 
 	// An operator's fence of the primary moves the service to the best
-	// candidate and keeps the fenced one out; a fence of a standby runs
-	// its fence hook and promotes nothing.
-	if err := n.Fence("db", "pg-a", true); err != nil {
+	// candidate and keeps the fenced one out.
+	if _, err := n.Fence("db", "pg-c", false); err != nil {
 		t.Fatal(err)
 	}
-	if h := c.nextHook("the fence of pg-a"); !strings.HasSuffix(h, "fence pg-a promote pg-b") {
-		t.Fatalf("fence hook %q: want fence pg-a promote pg-b", h)
-	}
-	c.waitFor("every proxy to route pg-b after the fence", 20*time.Second, c.allRoute("pg-b"))
-	if err := n.Fence("db", "pg-c", true); err != nil {
+	c.waitFor("pg-c unfenced in every record", 20*time.Second, c.allFenced("pg-b"))
+	if _, err := n.Fence("db", "pg-a", true); err != nil {
 		t.Fatal(err)
 	}
-	if h := c.nextHook("the fence of pg-c"); !strings.HasSuffix(h, "fence pg-c promote ") {
-		t.Fatalf("fence hook %q: want fence pg-c with nothing promoted", h)
-	}
-	c.waitFor("pg-a and pg-c fenced everywhere", 20*time.Second, c.allFenced("pg-a,pg-c"))
-	if err := n.Fence("db", "pg-b", true); err == nil || !strings.Contains(err.Error(), "no backend can take over") {
+	c.expectHooks(who, "fence pg-a", "promote pg-c")
+	c.waitFor("every proxy to route pg-c after the fence", 20*time.Second, c.allRoute("pg-c"))
+	c.waitFor("pg-a and pg-b fenced everywhere", 20*time.Second, c.allFenced("pg-a,pg-b"))
+	if _, err := n.Fence("db", "pg-c", true); err == nil || !strings.Contains(err.Error(), "no backend can take over") {
 		t.Fatalf("fence of the last unfenced primary: got %v, want a refusal", err)
 	}
 }

@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"container/heap"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -21,9 +23,17 @@ import (
 // (each running at its own rate within the configured margin), a fake
 // network (partitions, also one-way and non-transitive, loss, delay,
 // duplication, reordering), crashes and restarts (with kept, wiped or
-// corrupted state), pauses, backends failing as each proxy sees them and
-// operator switchovers, and checks the protocol's invariants after every
-// event. Each seed is deterministic: a failure prints the seed and a trace.
+// corrupted state), disks that fail for a while, pauses, backends failing
+// as each proxy sees them, operator switchovers, fences and unfences, and
+// databases with roles: backends that restart as primary, and fence and
+// promote hooks whose promotes succeed, fail before promoting, promote
+// and then report failure, hang past their timeout, or land late. It
+// checks the protocol's invariants after every event, at the proxies
+// (one value per epoch, no split brain, nothing answered that is not on
+// disk) and at the databases (no promote starts while another backend may
+// be primary; a new cluster routes only to a backend that reports
+// primary). Each seed is deterministic: a failure prints the seed and a
+// trace.
 
 var (
 	flagSeeds = flag.Int("sim.seeds", 0, "number of simulation seeds (default 10000, 1000 with -short; env QP_SIM_SEEDS)")
@@ -56,6 +66,10 @@ type simOpts struct {
 	// check sees it down at a random moment within spread of that.
 	script bool
 	spread time.Duration
+	// roles: 0 lets the seed choose whether the service's checks report
+	// roles (three in four do), 1 always, 2 never. fence likewise chooses
+	// whether a fence hook is configured (0: seven in ten, 1 yes, 2 no).
+	roles, fence int
 }
 
 // defaultOpts gives the length of each run: short enough that 10,000
@@ -101,11 +115,13 @@ func (q *eventQueue) Push(x any)       { e := x.(*simEvent); e.idx = len(*q); *q
 func (q *eventQueue) Pop() any         { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
 func (q *eventQueue) push(e *simEvent) { heap.Push(q, e) }
 
-// memStore is the simulated disk: Save is atomic and durable at once.
+// memStore is the simulated disk: Save is atomic and durable at once,
+// or fails while failing is set (a disk gone read-only).
 type memStore struct {
 	st      State
 	written bool
 	corrupt bool
+	failing bool
 }
 
 var errCorrupt = errors.New("state file: checksum mismatch")
@@ -117,7 +133,12 @@ func (s *memStore) Load() (State, error) {
 	return s.st.clone(), nil
 }
 
+var errDiskFailing = errors.New("state_dir: read-only file system")
+
 func (s *memStore) Save(st State) error {
+	if s.failing {
+		return errDiskFailing
+	}
 	for name, n := range st.Services {
 		o := s.st.Services[name]
 		if n.Record.Epoch < o.Record.Epoch || n.Promised < o.Promised || n.Accepted.Epoch < o.Accepted.Epoch {
@@ -153,6 +174,31 @@ type simNode struct {
 	silentUntil time.Duration
 }
 
+// traceHandler writes a traced run's log lines into its trace.
+type traceHandler struct {
+	s     *sim
+	node  string
+	attrs []slog.Attr
+}
+
+func (h *traceHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *traceHandler) WithGroup(string) slog.Handler            { return h }
+func (h *traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &traceHandler{s: h.s, node: h.node, attrs: append(slices.Clip(h.attrs), as...)}
+}
+func (h *traceHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	for _, a := range h.attrs {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	h.s.logf("%s log %s: %s%s", h.node, r.Level, r.Message, b.String())
+	return nil
+}
+
 type simClock struct {
 	s *sim
 	n *simNode
@@ -168,6 +214,7 @@ type simTransport struct {
 }
 
 func (t simTransport) Send(to string, msg []byte) error {
+	t.s.checkAnswer(t.from, to, msg)
 	t.s.sendMsg(t.from, t.s.byName[to], msg)
 	return nil
 }
@@ -202,6 +249,17 @@ type sim struct {
 	lastDown [][]time.Duration // [node][backend index] last time seen down
 	switchAt map[string]time.Duration
 
+	// The databases: whether checks report roles, whether a fence hook
+	// exists, each backend's role, whether a fence hook stopped it (until
+	// it restarts), and when a promote of it that is under way lands (0:
+	// none).
+	roleAware, fenceHook bool
+	role                 map[string]Role
+	hookFenced           map[string]bool
+	landAt               map[string]time.Duration
+	proposed             map[[2]uint64]bool // (node, epoch) of proposals sent
+	follows              map[Value]bool     // values proposed because their primary reported primary
+
 	values    map[uint64]Value
 	firstSeen map[uint64]time.Duration
 	votes     map[Ballot]map[int]bool
@@ -224,6 +282,9 @@ type simStats struct {
 	events, commits, failovers, bareQuorum atomic.Int64
 	promoteFails, movesOn                  atomic.Int64
 	fences, unfences                       atomic.Int64 // commits that grew or shrank the fenced set
+	// the databases: promotes that landed after their hook reported a
+	// failure, moves to the backend that reports primary, disk failures
+	late, follows, disks atomic.Int64
 }
 
 func (s *sim) logf(format string, args ...any) {
@@ -298,6 +359,10 @@ func newSim(o simOpts) *sim {
 	for _, b := range s.backends {
 		s.truth[b.Name] = true
 	}
+	s.role, s.hookFenced, s.landAt = map[string]Role{}, map[string]bool{}, map[string]time.Duration{}
+	s.proposed, s.follows = map[[2]uint64]bool{}, map[Value]bool{}
+	s.roleAware = o.roles == 1 || (o.roles == 0 && rng.IntN(4) != 0)
+	s.fenceHook = o.fence == 1 || (o.fence == 0 && rng.IntN(10) < 7)
 	s.cut = make([][]bool, n)
 	s.lastDown = make([][]time.Duration, n)
 	for i := range n {
@@ -309,6 +374,23 @@ func newSim(o simOpts) *sim {
 	}
 	margin := defaultClockMargin
 	warm := rng.IntN(2) == 0 || o.script
+	// The databases' roles: a warm cluster routes to its primary pg-a; a
+	// new one finds one primary (any of the three, whatever its priority),
+	// now and then none or two.
+	for _, b := range s.backends {
+		s.role[b.Name] = RoleReplica
+	}
+	switch r := rng.IntN(10); {
+	case warm || !s.roleAware:
+		// without roles, the proxies pick by priority: the operator's
+		// highest-priority backend is the primary
+		s.role["pg-a"] = RolePrimary
+	case r == 0: // no primary yet
+	case r == 1:
+		s.role["pg-a"], s.role[s.backends[1+rng.IntN(2)].Name] = RolePrimary, RolePrimary
+	default:
+		s.role[s.backends[rng.IntN(3)].Name] = RolePrimary
+	}
 	for i := range n {
 		rate := 1 + margin*(2*rng.Float64()-1)
 		switch rng.IntN(4) {
@@ -339,47 +421,23 @@ func newSim(o simOpts) *sim {
 	return s
 }
 
+// simHookTimeout is the hooks' timeout in the simulation.
+const simHookTimeout = simLease
+
 func (s *sim) start(nd *simNode) {
 	cfg := Config{
 		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, LeaseTimeout: simLease, Seed: s.rng.Uint64() | 1,
-		Services: []ServiceConfig{{Name: simService, Backends: s.backends}},
-		knobs:    s.o.knobs, FailedPromoteHold: time.Duration(1+s.rng.IntN(3)) * simLease,
+		Services: []ServiceConfig{{Name: simService, Backends: s.backends, RoleAware: s.roleAware,
+			Hooks: HookConfig{Fence: s.fenceHook, Promote: true, Timeout: simHookTimeout}}},
+		knobs: s.o.knobs, FailedPromoteHold: time.Duration(1+s.rng.IntN(3)) * simLease,
 	}
 	if s.o.keep {
 		cfg.OnQuorumLoss = QuorumLossKeep
 	}
 	clk := simClock{s, nd}
-	cfg.OnHook = func(svc string, in HookIntent) {
-		ss := nd.m.svcState(svc)
-		if rem := nd.m.leaseRemaining(svc, nd.m.svcs[svc], ss); rem <= 0 || ss.Record.Epoch != in.Epoch {
-			s.fail("%s ran hooks for epoch %d without a lease at it", nd.name, in.Epoch)
-		}
-		s.logf("%s hooks epoch %d fence %q promote %q", nd.name, in.Epoch, in.Fence, in.Promote)
-		fail := in.Promote != "" && (in.Promote == s.o.failOn || (s.now < s.o.faults && s.rng.Float64() < s.o.promoteFail))
-		m := nd.m
-		// The hooks take a while; their runner reports back to the
-		// machine of the run that handed them out, if it still runs.
-		var report func()
-		report = func() {
-			if nd.m != m {
-				return
-			}
-			if nd.paused {
-				s.after(simLease/4, report)
-				return
-			}
-			if !fail {
-				_ = m.HookDone(svc, in.Epoch)
-				return
-			}
-			_ = m.HookFailed(svc, in.Epoch, "simulated")
-			if r := m.svcs[svc].retry; r != nil && r.epoch == in.Epoch {
-				s.promoteFailed[in.Epoch] = true
-				s.stats.promoteFails.Add(1)
-				s.logf("%s promote of %s at epoch %d failed", nd.name, in.Promote, in.Epoch)
-			}
-		}
-		s.after(time.Duration(s.rng.Int64N(int64(simLease/2))), report)
+	cfg.OnAction = func(svc string, a Action) { s.runAction(nd, svc, a) }
+	if s.o.trace {
+		cfg.Logger = slog.New(&traceHandler{s: s, node: nd.name})
 	}
 	m, err := NewMachine(cfg, clk, simTransport{s, nd.idx}, nd.store)
 	if err != nil {
@@ -404,7 +462,216 @@ func (s *sim) start(nd *simNode) {
 	nd.m, nd.alive, nd.paused = m, true, false
 	s.logf("%s started (recovering=%v)", nd.name, m.Recovering())
 	for _, b := range s.backends {
-		_ = m.Observe(simService, b.Name, Observation{Up: nd.view[b.Name]})
+		s.observe(nd, b.Name)
+	}
+}
+
+// observe hands nd's machine its view of backend b: up or down, and the
+// role the database reports when the checks know roles.
+func (s *sim) observe(nd *simNode, b string) {
+	if !nd.alive {
+		return
+	}
+	o := Observation{Up: nd.view[b]}
+	if o.Up && s.roleAware {
+		o.Role = s.role[b]
+	}
+	_ = nd.m.Observe(simService, b, o)
+}
+
+// setRole changes what database b reports; every proxy's check sees it.
+func (s *sim) setRole(b string, r Role) {
+	if s.role[b] == r {
+		return
+	}
+	s.role[b] = r
+	s.logf("%s is now %s", b, r)
+	for _, nd := range s.nodes {
+		s.observe(nd, b)
+	}
+}
+
+// runAction is the hook runner: it acts on the simulated database (after
+// the check that the action is safe), then reports back to the machine of
+// the run that handed it out, if that run still goes on.
+func (s *sim) runAction(nd *simNode, svc string, a Action) {
+	ss := nd.m.svcState(svc)
+	if rem := nd.m.leaseRemaining(svc, nd.m.svcs[svc], ss); rem <= 0 || ss.Record.Epoch != a.Epoch {
+		s.fail("%s acted (%s %s) for epoch %d without a lease at it", nd.name, a.Kind, a.Backend, a.Epoch)
+	}
+	m := nd.m
+	b := a.Backend
+	faulty := s.now < s.o.faults
+	var res ActionResult
+	took := time.Duration(s.rng.Int64N(int64(simHookTimeout / 2)))
+	var effect func()
+	switch a.Kind {
+	case ActionFence:
+		res.Ran = s.fenceHook
+		ok := res.Ran && !(faulty && s.rng.IntN(3) == 0)
+		if !s.truth[b] && faulty && s.rng.IntN(2) == 0 {
+			ok = false // the host is gone and the fence cannot reach it
+		}
+		res.OK = ok
+		if ok {
+			effect = func() {
+				s.hookFenced[b] = true
+				delete(s.landAt, b)
+				s.logf("%s fenced %s (stopped)", nd.name, b)
+				s.setTruth(s.backendIndex(b), false)
+			}
+		}
+	case ActionPromote:
+		if s.truth[b] && s.role[b] == RolePrimary {
+			res.Skipped = true
+			took = time.Millisecond
+			break
+		}
+		res.Ran = true
+		s.checkPromoteStart(nd, a)
+		s.logf("%s promotes %s at epoch %d", nd.name, b, a.Epoch)
+		mode := 0
+		if b == s.o.failOn {
+			mode = 1
+		} else if faulty && s.rng.Float64() < s.o.promoteFail {
+			mode = 1 + s.rng.IntN(4)
+		}
+		land := func(at time.Duration) {
+			s.landAt[b] = s.now + at
+			s.after(at, func() {
+				if s.landAt[b] != 0 && s.truth[b] && !s.hookFenced[b] {
+					s.setRole(b, RolePrimary)
+					if at > took {
+						s.stats.late.Add(1)
+					}
+				}
+				delete(s.landAt, b)
+			})
+		}
+		switch mode {
+		case 0: // promotes
+			res.OK = s.truth[b]
+			if res.OK {
+				land(took / 2)
+			}
+		case 1: // fails before promoting
+		case 2: // promotes, then reports failure
+			land(took / 2)
+		case 3: // hangs past its timeout; half the time it promoted meanwhile or will
+			took = simHookTimeout
+			if s.rng.IntN(2) == 0 {
+				land(time.Duration(s.rng.Int64N(int64(simHookTimeout))))
+			}
+		case 4: // fails now, and its promotion lands later, within the timeout
+			land(took + time.Duration(s.rng.Int64N(int64(simHookTimeout-took))))
+		}
+		if !s.truth[b] {
+			delete(s.landAt, b) // a stopped server promotes nothing
+		}
+		res.Timeout = simHookTimeout
+		if mode != 0 {
+			res.Detail = fmt.Sprintf("simulated failure %d", mode)
+			s.promoteFailed[a.Epoch] = true
+			s.stats.promoteFails.Add(1)
+		}
+	}
+	var report func()
+	report = func() {
+		if effect != nil {
+			effect()
+			effect = nil
+		}
+		if nd.m != m {
+			return
+		}
+		if nd.paused {
+			s.after(simLease/4, report)
+			return
+		}
+		r := res
+		r.Up = s.truth[b] && nd.view[b]
+		if r.Up && s.roleAware {
+			r.Role = s.role[b]
+		}
+		_ = m.ActionDone(svc, a, r)
+	}
+	s.after(took, report)
+}
+
+func (s *sim) backendIndex(name string) int {
+	for i, b := range s.backends {
+		if b.Name == name {
+			return i
+		}
+	}
+	panic("unknown backend " + name)
+}
+
+// checkPromoteStart is the invariant at the databases: a promote starts
+// only while no other backend may be primary (reports primary, or has a
+// promote under way) unless a fence hook stopped it, or the promoting
+// proxy sees it down with a quorum (it is then fenced from all traffic;
+// one that is alive but cut off from the proxies is what a fence hook is
+// for).
+func (s *sim) checkPromoteStart(nd *simNode, a Action) {
+	for _, b := range s.backends {
+		y := b.Name
+		if y == a.Backend || !s.truth[y] || s.hookFenced[y] {
+			continue
+		}
+		pending := s.landAt[y] > s.now
+		if s.role[y] != RolePrimary && !pending {
+			continue
+		}
+		if !nd.view[y] && nd.m.objectivelyDown(nd.m.svcs[simService], y) {
+			continue
+		}
+		what := "is primary"
+		if pending {
+			what = "has a promote under way"
+		}
+		s.fail("%s starts a promote of %s at epoch %d while %s %s and was not fenced", nd.name, a.Backend, a.Epoch, y, what)
+		return
+	}
+}
+
+// checkAnswer is the rule that nothing is answered that is not on disk: a
+// proposal, a granted vote or an acknowledged acceptance leaves only once
+// the vote it depends on is saved.
+func (s *sim) checkAnswer(from int, to string, msg []byte) {
+	if len(msg) == 0 || (msgType(msg[0]) != msgVote && msgType(msg[0]) != msgAccepted && msgType(msg[0]) != msgPropose) {
+		return
+	}
+	x, err := decode(msg)
+	if err != nil {
+		return
+	}
+	nd := s.nodes[from]
+	disk := nd.store.st.Services[simService]
+	switch x := x.(type) {
+	case voteMsg:
+		if x.Granted && disk.Promised < x.Epoch {
+			s.fail("%s granted its vote at epoch %d to %s, but its disk holds a vote at %d", nd.name, x.Epoch, to, disk.Promised)
+		}
+	case acceptedMsg:
+		if x.OK && disk.Accepted.Epoch < x.Epoch {
+			s.fail("%s acknowledged %s at epoch %d to %s, but its disk holds an acceptance at %d", nd.name, x.Value, x.Epoch, to, disk.Accepted.Epoch)
+		}
+	case proposeMsg:
+		if disk.Promised < x.Epoch {
+			s.fail("%s proposes epoch %d, but its disk holds its vote at %d", nd.name, x.Epoch, disk.Promised)
+		}
+		// A new cluster routes only to a backend that reports primary: a
+		// bootstrap proposes one (a forced value finishes such a proposal).
+		first := !s.proposed[[2]uint64{uint64(from), x.Epoch}]
+		s.proposed[[2]uint64{uint64(from), x.Epoch}] = true
+		if first && x.Kind == kindBootstrap && s.roleAware && s.role[x.Value.Primary] != RolePrimary {
+			s.fail("%s proposes to bootstrap to %q at epoch %d, which does not report primary", nd.name, x.Value.Primary, x.Epoch)
+		}
+		if first && x.Kind == kindReaffirm && x.From != x.Value.Primary && s.roleAware &&
+			s.role[x.Value.Primary] == RolePrimary && s.role[x.From] != RolePrimary {
+			s.follows[x.Value] = true // a move to the backend that reports primary
+		}
 	}
 }
 
@@ -423,13 +690,23 @@ func (s *sim) setView(nd *simNode, b int, up bool) {
 	}
 	nd.view[name] = up
 	s.logf("%s sees %s %s", nd.name, name, map[bool]string{true: "up", false: "down"}[up])
-	if nd.alive {
-		_ = nd.m.Observe(simService, name, Observation{Up: up})
-	}
+	s.observe(nd, name)
 }
 
+// setTruth stops or starts backend b. A stopped server loses a promote
+// under way; one that starts again comes back in the role it had (an old
+// primary restarts as a primary) and whatever a fence did is undone.
 func (s *sim) setTruth(b int, up bool) {
-	s.truth[s.backends[b].Name] = up
+	name := s.backends[b].Name
+	if s.truth[name] != up {
+		s.logf("%s %s", name, map[bool]string{true: "starts", false: "stops"}[up])
+	}
+	s.truth[name] = up
+	if up {
+		delete(s.hookFenced, name)
+	} else {
+		delete(s.landAt, name)
+	}
 	for _, nd := range s.nodes {
 		s.setView(nd, b, up)
 	}
@@ -459,7 +736,7 @@ func (s *sim) run() string {
 		})
 	}
 	s.at(faultEnd, &simEvent{kind: evFunc, fn: s.heal})
-	s.at(faultEnd+simLease/4, &simEvent{kind: evFunc, fn: s.unfenceUp})
+	s.at(faultEnd+simLease/4, &simEvent{kind: evFunc, fn: s.operatorAfterHeal})
 	// Once the healed cluster has stayed converged for a few lease
 	// periods, the rest of the heal budget is not needed. A change after
 	// convergence (a move after a failed promote) restarts the count.
@@ -682,12 +959,24 @@ func (s *sim) fault() {
 			return
 		}
 		to := s.backends[s.rng.IntN(len(s.backends))].Name
-		if err := nd.m.Switchover(simService, to); err != nil {
+		if _, err := nd.m.Switchover(simService, to); err != nil {
 			s.logf("%s switchover to %s refused: %v", nd.name, to, err)
 			return
 		}
 		s.switchAt[to] = s.now
 		s.logf("%s switchover to %s requested", nd.name, to)
+	case r < 94: // a disk that fails for a while (read-only state_dir)
+		nd := s.randomNode()
+		if nd.store.failing {
+			return
+		}
+		nd.store.failing = true
+		s.stats.disks.Add(1)
+		s.logf("%s disk fails", nd.name)
+		s.after(time.Duration(200+s.rng.IntN(4000))*time.Millisecond, func() {
+			nd.store.failing = false
+			s.logf("%s disk works again", nd.name)
+		})
 	}
 }
 
@@ -697,7 +986,11 @@ func (s *sim) operatorFence(nd *simNode, b string, fence bool) {
 		return
 	}
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
-	if err := nd.m.Fence(simService, b, fence); err != nil {
+	if !fence && s.globalFenced().Has(b) {
+		// An operator unfences a backend once it is rebuilt as a replica.
+		s.setRole(b, RoleReplica)
+	}
+	if _, err := nd.m.Fence(simService, b, fence); err != nil {
 		s.logf("%s %s of %s refused: %v", nd.name, verb, b, err)
 		return
 	}
@@ -709,27 +1002,58 @@ func (s *sim) operatorFence(nd *simNode, b string, fence bool) {
 	s.logf("%s %s of %s requested", nd.name, verb, b)
 }
 
-// unfenceUp is the operator after the heal: a backend that is up but
-// fenced could be the only one left, so it is unfenced through one proxy
+// operatorAfterHeal is the operator after the heal, through one proxy
 // that runs, asking again (as an operator would, after looking at the
-// status) only once that proxy has nothing of it in flight.
-func (s *sim) unfenceUp() {
+// status) only once that proxy has nothing in flight: a backend that is up
+// but fenced could be the only one left, so it is unfenced; and a new
+// cluster whose databases report no primary gets one by a switchover.
+func (s *sim) operatorAfterHeal() {
 	fenced := s.globalFenced()
 	for _, nd := range s.nodes {
 		if !nd.alive || nd.lost || nd.paused {
 			continue
 		}
-		if sv := nd.m.svcs[simService]; sv.fenceOp == nil && sv.prop == nil {
+		sv := nd.m.svcs[simService]
+		if sv.fenceOp != nil || sv.prop != nil || sv.switchTo != "" {
+			break
+		}
+		anyUp := false
+		for _, b := range s.backends {
+			anyUp = anyUp || s.truth[b.Name]
+		}
+		if !anyUp {
+			// every server was stopped (fences land late): one is started
+			b := s.rng.IntN(len(s.backends))
+			s.logf("operator: nothing runs: starting %s", s.backends[b].Name)
+			s.setTruth(b, true)
+			break
+		}
+		for _, b := range s.backends {
+			if s.truth[b.Name] && fenced.Has(b.Name) {
+				s.operatorFence(nd, b.Name, false)
+				break
+			}
+		}
+		if len(s.values) == 0 && s.roleAware {
+			primary := false
+			var up []string
 			for _, b := range s.backends {
-				if s.truth[b.Name] && fenced.Has(b.Name) {
-					s.operatorFence(nd, b.Name, false)
-					break
+				primary = primary || (s.truth[b.Name] && s.role[b.Name] == RolePrimary)
+				if s.truth[b.Name] {
+					up = append(up, b.Name)
+				}
+			}
+			if !primary && len(up) > 0 {
+				to := up[s.rng.IntN(len(up))]
+				if _, err := nd.m.Switchover(simService, to); err == nil {
+					s.switchAt[to] = s.now
+					s.logf("operator: no primary: switchover to %s through %s", to, nd.name)
 				}
 			}
 		}
 		break
 	}
-	s.after(simLease, s.unfenceUp)
+	s.after(simLease, s.operatorAfterHeal)
 }
 
 // maybeSilence aims at the schedules the phase-1 rule and the commit wait
@@ -850,11 +1174,32 @@ func (s *sim) heal() {
 		anyUp = anyUp || s.truth[b.Name]
 	}
 	if !anyUp {
-		s.truth[s.backends[s.rng.IntN(len(s.backends))].Name] = true
+		b := s.backends[s.rng.IntN(len(s.backends))].Name
+		s.truth[b] = true
+		delete(s.hookFenced, b)
+	}
+	// The operator sets the databases right: of several up primaries only
+	// the one the cluster routes to (or one) stays; the others are
+	// rewound into replicas.
+	keep := s.globalPrimary()
+	if !s.truth[keep] || s.role[keep] != RolePrimary {
+		keep = ""
+	}
+	for _, b := range s.backends {
+		if s.truth[b.Name] && s.role[b.Name] == RolePrimary {
+			if keep == "" {
+				keep = b.Name
+			} else if b.Name != keep {
+				s.logf("operator rewinds %s into a replica", b.Name)
+				s.role[b.Name] = RoleReplica
+			}
+		}
 	}
 	for _, nd := range s.nodes {
+		nd.store.failing = false
 		for i, b := range s.backends {
 			s.setView(nd, i, s.truth[b.Name])
+			s.observe(nd, b.Name)
 		}
 		if nd.paused {
 			nd.paused = false
@@ -995,13 +1340,20 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 		s.stats.unfences.Add(1)
 	}
 	prev := pv.Primary
-	if pe == 0 || prev == rec.Primary {
+	if pe == 0 {
+		return // checked when the bootstrap was proposed (checkAnswer)
+	}
+	if prev == rec.Primary {
 		return
 	}
 	s.stats.failovers.Add(1)
 	since := s.firstSeen[pe] - (3*simLease + simLease*3/2)
 	if t, ok := s.switchAt[rec.Primary]; ok && t >= since {
 		return
+	}
+	if s.follows[rec.Value] {
+		s.stats.follows.Add(1)
+		return // roles are facts: it moved to the backend that reported primary
 	}
 	if t, ok := s.fenceAt[prev]; ok && t >= since {
 		return // an operator fenced the primary: the move needs no one to see it down
@@ -1079,6 +1431,11 @@ func (s *sim) converged() string {
 		}
 		if want != "" && b != want {
 			return fmt.Sprintf("%s routes to %s, another to %s", nd.name, b, want)
+		}
+		if s.roleAware && s.role[b] != RolePrimary {
+			sv := nd.m.svcs[simService]
+			return fmt.Sprintf("%s routes to %s, which does not report primary (status: %s; intent %+v)",
+				nd.name, b, sv.decision, nd.m.svcState(simService).Intent)
 		}
 		want = b
 		// A failed promote must lead to another candidate when one exists.
@@ -1185,6 +1542,11 @@ func TestSimulation(t *testing.T) {
 		t.Errorf("no failed promote moved the cluster on: the simulation did not exercise that rule")
 	}
 	t.Logf("%d commits grew the fenced set, %d shrank it", stats.fences.Load(), stats.unfences.Load())
+	t.Logf("%d promotes landed after their hook reported a failure, %d moves to the backend that reports primary, %d disk failures",
+		stats.late.Load(), stats.follows.Load(), stats.disks.Load())
+	if stats.late.Load() == 0 || stats.follows.Load() == 0 || stats.disks.Load() == 0 {
+		t.Errorf("the simulation did not exercise late promotes, moves to a reported primary and failing disks")
+	}
 	if stats.fences.Load() == 0 || stats.unfences.Load() == 0 {
 		t.Errorf("no commit fenced or unfenced a backend: the simulation did not exercise fencing")
 	}
@@ -1286,6 +1648,11 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 		// Needs three proposals racing at one epoch, hence N=5.
 		{"any vote yields to a higher name", simOpts{knobs: knobs{anyVoteYields: true}, n: 5}, 1000},
 		{"fenced backends are candidates", simOpts{knobs: knobs{ignoreFenced: true}}, 1000},
+		// The rules about the databases and the disk.
+		{"a new cluster bootstraps by priority", simOpts{knobs: knobs{bootstrapByPriority: true}}, 1000},
+		{"a failed promote moves on at once", simOpts{knobs: knobs{moveOnAtOnce: true}}, 1000},
+		{"promote without looking for other primaries", simOpts{knobs: knobs{promoteBlind: true}}, 1000},
+		{"an unsaved vote is answered from memory", simOpts{knobs: knobs{answerUnpersisted: true}}, 1000},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1304,12 +1671,18 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 // TestSimulationPromoteFailureMovesOn runs one schedule over many seeds:
 // the primary of a warm cluster goes down, the promote of the first
 // candidate (pg-b) always fails, and the cluster must move on to the next
-// one (pg-c) through the vote, with every invariant checked on the way.
+// one (pg-c) through the vote once pg-b is known not to be primary, with
+// every invariant checked on the way.
 func TestSimulationPromoteFailureMovesOn(t *testing.T) {
 	d := defaultOpts()
 	const seeds = 100
 	for i := range seeds {
-		o := simOpts{seed: uint64(i) + seedBase, faults: 5 * simLease, heal: d.heal, failOn: "pg-b", script: true}
+		// With roles the move waits for pg-b to be fenced or to report
+		// replica for the settle period; without, for a fence hook.
+		o := simOpts{seed: uint64(i) + seedBase, faults: 5 * simLease, heal: d.heal, failOn: "pg-b", script: true, roles: 1 + i%2}
+		if o.roles == 2 {
+			o.fence = 1
+		}
 		s := newSim(o)
 		s.stats = &simStats{}
 		msg := s.run()

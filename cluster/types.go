@@ -117,13 +117,73 @@ func (f Fenced) Without(b string) Fenced {
 	return Fenced(strings.Join(l, ","))
 }
 
-// HookIntent is a persisted promise to run the fence and promote hooks for
-// a decision this proxy committed, so that a crash reruns them.
+// HookIntent is a persisted promise to act on the databases for a decision
+// this proxy committed (fence the old primary, promote the new one), so
+// that a crash acts again. Done is set once the promote is verified (the
+// backend reports primary, or no promote hook acts) or nothing is to be
+// promoted.
 type HookIntent struct {
 	Epoch   uint64
 	Fence   string // backend to fence (the old primary); empty for none
-	Promote string // backend to promote
+	Promote string // backend to promote; empty for none
 	Done    bool
+}
+
+// ActionKind is what a hook does to a database.
+type ActionKind uint8
+
+// The actions a committing proxy hands to its hook runner.
+const (
+	ActionFence   ActionKind = iota + 1 // run the fence hook on Backend
+	ActionPromote                       // run the promote hook on Backend, unless it already reports primary
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case ActionFence:
+		return "fence"
+	case ActionPromote:
+		return "promote"
+	}
+	return fmt.Sprintf("action(%d)", uint8(k))
+}
+
+// Action is one hook run on one backend, handed out by the proxy that
+// committed Epoch while it holds a lease at Epoch (QP_EPOCH, the fencing
+// token). Old and New are the decision's old and new primary.
+type Action struct {
+	Kind     ActionKind
+	Epoch    uint64
+	Backend  string
+	Old, New string
+}
+
+// ActionResult is how an Action ended, as the runner saw it.
+type ActionResult struct {
+	// Ran is false when no hook of that kind is configured: nothing acted.
+	Ran bool
+	// OK: the hook exited 0. A promote is judged by Role, not by this.
+	OK bool
+	// Skipped: a promote that did not run because Backend already
+	// reported primary.
+	Skipped bool
+	// Up and Role are what a check of Backend reported right after the
+	// hook (the runner checks at once, not at the next interval).
+	Up   bool
+	Role Role
+	// Timeout is the hook's timeout: a promote that failed or timed out
+	// may still land until about this long after it started.
+	Timeout time.Duration
+	// Detail says how it ended (exit status, output tail) for the log.
+	Detail string
+}
+
+// HookConfig says which hooks a service has: the actions a proxy takes on
+// the databases depend on it.
+type HookConfig struct {
+	Fence, Promote bool
+	// Timeout bounds one hook run; zero means defaultHookTimeout.
+	Timeout time.Duration
 }
 
 // ServiceState is the persisted agreement state of one service. A vote is
@@ -217,6 +277,8 @@ type ServiceConfig struct {
 	// MaxLagOnFailover excludes candidates lagging more bytes than this.
 	// Zero or negative means no bound.
 	MaxLagOnFailover int64
+	// Hooks are the service's fence and promote hooks.
+	Hooks HookConfig
 }
 
 // Config configures a Machine. The zero value of every duration selects
@@ -249,13 +311,13 @@ type Config struct {
 	// OnRecord is called when this proxy commits or adopts a new record:
 	// close sessions to any backend other than new.Primary and notify.
 	OnRecord func(service string, old, new Record)
-	// OnHook is called once per run when this proxy committed a decision
-	// with hooks and holds a lease at its epoch: run fence and promote with
-	// QP_EPOCH, then call Machine.HookDone, or Machine.HookFailed when the
-	// promote hook failed.
-	OnHook func(service string, intent HookIntent)
-	// FailedPromoteHold is how long a backend whose promote hook failed is
-	// no failover candidate on this proxy (and on the proxies that vote on
+	// OnAction is called when this proxy, holding a lease at the epoch it
+	// committed, acts on a database: run the hook (QP_EPOCH = a.Epoch),
+	// check the backend at once, then call Machine.ActionDone. At most one
+	// action per service is out at a time.
+	OnAction func(service string, a Action)
+	// FailedPromoteHold is how long a backend whose promote failed is no
+	// failover candidate on this proxy (and on the proxies that vote on
 	// the move away from it). Default 30×LeaseTimeout.
 	FailedPromoteHold time.Duration
 	Logger            *slog.Logger
@@ -273,11 +335,17 @@ type knobs struct {
 	anyVoteYields     bool // a higher-named proposer takes any vote at its epoch, not only a proposer's own
 	ignoreFenced      bool // failover candidates are picked without regard to the fenced set
 	noRankDelay       bool // every proxy proposes a failover as soon as it sees the primary down
+	// Actions on databases and the store (the rules of issue "promotion safety").
+	bootstrapByPriority bool // a new cluster picks the highest-priority backend up, whatever it reports
+	moveOnAtOnce        bool // a failed promote moves on at once, as if the backend could not be primary
+	promoteBlind        bool // promote without checking that no other backend may be primary
+	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 
 const (
-	defaultLeaseTimeout = 2 * time.Second // a few gossip round trips on a LAN, short enough for a quick switch
-	defaultClockMargin  = 0.05            // far above the drift of real clocks, below any sane pause
+	defaultLeaseTimeout = 2 * time.Second  // a few gossip round trips on a LAN, short enough for a quick switch
+	defaultClockMargin  = 0.05             // far above the drift of real clocks, below any sane pause
+	defaultHookTimeout  = 30 * time.Second // the hook runner's own default: long enough for a database promotion
 )
 
 func (c *Config) setDefaults() {

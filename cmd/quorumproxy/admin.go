@@ -120,13 +120,29 @@ func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 	if !d.clustered(w, service, "switchover") {
 		return
 	}
-	if err := d.cluster.rt.Switchover(service, to); err != nil {
+	id, err := d.cluster.rt.Switchover(service, to)
+	if err != nil {
 		http.Error(w, fmt.Sprintf("switchover of %q to %q: %v", service, to, err), http.StatusConflict)
 		return
 	}
-	d.log.Info("switchover requested", "service", service, "to", to, "remote", r.RemoteAddr)
+	d.log.Info("switchover requested", "service", service, "to", to, "operation", id, "remote", r.RemoteAddr)
+	writeAccepted(w, controlAnswer{Service: service, Operation: id,
+		Message: fmt.Sprintf("switchover of %q to %q proposed (operation %d)", service, to, id)})
+}
+
+// controlAnswer is the 202 answer of a state-changing endpoint. Operation
+// is the id of the cluster operation it started (0: done at once, on this
+// proxy); its outcome shows in /status under cluster.services[].operation.
+type controlAnswer struct {
+	Service   string `json:"service"`
+	Operation uint64 `json:"operation,omitempty"`
+	Message   string `json:"message"`
+}
+
+func writeAccepted(w http.ResponseWriter, a controlAnswer) {
+	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
-	fmt.Fprintf(w, "switchover of %q to %q proposed; watch quorumproxy status\n", service, to)
+	json.NewEncoder(w).Encode(a)
 }
 
 // clustered answers 409 and false unless the cluster routes service.
@@ -139,8 +155,8 @@ func (d *daemon) clustered(w http.ResponseWriter, service, what string) bool {
 }
 
 // backendControl is a state-changing endpoint about one backend of one
-// service: do returns an error (409 with it) or the 202 answer's text.
-func (d *daemon) backendControl(verb string, do func(service, backend string) (string, error)) http.Handler {
+// service: do returns an error (409 with it) or the 202 answer.
+func (d *daemon) backendControl(verb string, do func(service, backend string) (controlAnswer, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		service, backend := r.FormValue("service"), r.FormValue("backend")
 		if service == "" || backend == "" {
@@ -152,9 +168,9 @@ func (d *daemon) backendControl(verb string, do func(service, backend string) (s
 			http.Error(w, fmt.Sprintf("%s of %q in %q: %v", verb, backend, service, err), http.StatusConflict)
 			return
 		}
-		d.log.Info(verb+" requested", "service", service, "backend", backend, "remote", r.RemoteAddr)
-		w.WriteHeader(http.StatusAccepted)
-		fmt.Fprintln(w, answer)
+		d.log.Info(verb+" requested", "service", service, "backend", backend, "operation", answer.Operation, "remote", r.RemoteAddr)
+		answer.Service = service
+		writeAccepted(w, answer)
 	})
 }
 
@@ -163,17 +179,18 @@ func (d *daemon) backendControl(verb string, do func(service, backend string) (s
 // service. In a cluster both are voted epochs; a proxy alone does it at once.
 func (d *daemon) handleFence(fence bool) http.Handler {
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
-	return d.backendControl(verb, func(service, backend string) (string, error) {
+	return d.backendControl(verb, func(service, backend string) (controlAnswer, error) {
 		if d.cluster == nil || !d.cluster.owned[service] {
 			if err := d.px.SetFence(service, backend, fence); err != nil {
-				return "", err
+				return controlAnswer{}, err
 			}
-			return fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service), nil
+			return controlAnswer{Message: fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service)}, nil
 		}
-		if err := d.cluster.rt.Fence(service, backend, fence); err != nil {
-			return "", err
+		id, err := d.cluster.rt.Fence(service, backend, fence)
+		if err != nil {
+			return controlAnswer{}, err
 		}
-		return fmt.Sprintf("%s of %q in %q proposed; watch quorumproxy status", verb, backend, service), nil
+		return controlAnswer{Operation: id, Message: fmt.Sprintf("%s of %q in %q proposed (operation %d)", verb, backend, service, id)}, nil
 	})
 }
 
@@ -182,14 +199,14 @@ func (d *daemon) handleFence(fence bool) http.Handler {
 // does not vote on it.
 func (d *daemon) handleDrain(on bool) http.Handler {
 	verb := map[bool]string{true: "drain", false: "undrain"}[on]
-	return d.backendControl(verb, func(service, backend string) (string, error) {
+	return d.backendControl(verb, func(service, backend string) (controlAnswer, error) {
 		if err := d.px.SetDrain(service, backend, on); err != nil {
-			return "", err
+			return controlAnswer{}, err
 		}
 		if on {
-			return fmt.Sprintf("%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)", backend, service), nil
+			return controlAnswer{Message: fmt.Sprintf("%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)", backend, service)}, nil
 		}
-		return fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service), nil
+		return controlAnswer{Message: fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service)}, nil
 	})
 }
 

@@ -41,6 +41,7 @@ listen = %q
 
   [service.hooks]
   promote = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_NEW_BACKEND\" >> \"$0\"", %q]
+  fence = ["/bin/sh", "-c", "echo \"$QP_EPOCH fence $QP_OLD_BACKEND\" >> \"$0\"", %q]
 
   [[service.backend]]
   name = "a"
@@ -116,7 +117,7 @@ func TestClusterOfThree(t *testing.T) {
 		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".promoted")}
 		p.cfgPath = filepath.Join(dir, n+".toml")
 		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, filepath.Join(dir, n+".state"),
-			peers.String(), p.listen, p.hookOut, a.addr(), b.addr())
+			peers.String(), p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -246,6 +247,14 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	if _, _, code := runBin(t, "fence", "-admin", ps[0].admin, "-service", "echo", "-backend", "b"); code == 0 {
 		t.Fatal("fence without a token was accepted")
+	}
+	// Without roles, the switchover fenced the old primary b: nothing else
+	// would tell it from a standby. The operator vouches for it.
+	if v := ps[0].clusterService(t); !slices.Equal(v.Fenced, []string{"b"}) {
+		t.Fatalf("fenced after the switchover: %v, want [b]", v.Fenced)
+	}
+	if out, errOut, code := runBin(t, "unfence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code != 0 {
+		t.Fatalf("unfence of b: exit %d: %s %s", code, out, errOut)
 	}
 	// An operator's fence of the primary moves the service to the best
 	// candidate and keeps the fenced backend out of later failovers.

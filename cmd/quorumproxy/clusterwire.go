@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/cluster"
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
+	"github.com/quorumproxy/quorumproxy/internal/hooks"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
@@ -103,7 +105,7 @@ func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
 		ClockMargin:  c.ClockDrift,
 		Logger:       d.log.With("component", "cluster"),
 		OnRecord:     func(service string, old, new cluster.Record) { d.onRecord(service, old, new) },
-		OnHook:       func(service string, in cluster.HookIntent) { d.onClusterHook(service, in) },
+		OnAction:     func(service string, a cluster.Action) { d.onClusterAction(service, a) },
 	}
 	if c.OnQuorumLoss == config.ActionKeep {
 		ccfg.OnQuorumLoss = cluster.QuorumLossKeep
@@ -112,7 +114,8 @@ func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
 		if !cs.owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.Health.Kind.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover}
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.Health.Kind.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover,
+			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
 			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})
 		}
@@ -188,14 +191,7 @@ func (cs *clusterSide) observe(s health.State) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
-	role := cluster.RoleUnknown
-	switch s.Role {
-	case health.RolePrimary:
-		role = cluster.RolePrimary
-	case health.RoleReplica:
-		role = cluster.RoleReplica
-	}
-	cs.rt.Observe(s.Service, s.Backend, s.Status == health.StatusUp, role, s.LagBytes)
+	cs.rt.Observe(s.Service, s.Backend, s.Status == health.StatusUp, clusterRole(s.Role), s.LagBytes)
 }
 
 // close leaves the cluster and stops the route applier.
@@ -221,39 +217,90 @@ func (d *daemon) onRecord(service string, old, new cluster.Record) {
 	})
 }
 
-// onClusterHook runs on the Node's goroutine when this proxy committed a
-// decision and holds a lease at its epoch: fence, then promote, with the
-// epoch as a fencing token, then tell the Node they ran.
-func (d *daemon) onClusterHook(service string, in cluster.HookIntent) {
-	svc := d.serviceConfig(service)
-	done := func() {
-		if err := d.cluster.rt.HookDone(service, in.Epoch); err != nil {
-			d.log.Warn("cluster: hook done", "service", service, "epoch", in.Epoch, "err", err)
+// clusterHooks is what the agreement needs to know of a service's hooks.
+func clusterHooks(s config.Service) cluster.HookConfig {
+	return cluster.HookConfig{Fence: len(s.Hooks.Fence) > 0, Promote: len(s.Hooks.Promote) > 0, Timeout: s.Hooks.Timeout}
+}
+
+// onClusterAction runs on the Node's goroutine when this proxy, holding a
+// lease at the epoch it committed, acts on a database: the hook runs on
+// the service's queue, the backend is checked at once, and the Node hears
+// how it ended. It must not block: ActionDone goes through the Node's inbox.
+func (d *daemon) onClusterAction(service string, a cluster.Action) {
+	report := func(r cluster.ActionResult) {
+		if err := d.cluster.rt.ActionDone(service, a, r); err != nil {
+			d.log.Warn("cluster: action result", "service", service, "epoch", a.Epoch, "action", a.Kind.String(), "err", err)
 		}
 	}
+	svc := d.serviceConfig(service)
 	if svc == nil {
-		go done()
+		go report(cluster.ActionResult{})
 		return
 	}
-	env := hookEnv(svc, in.Fence, in.Promote, "cluster decision")
-	env["QP_EPOCH"] = strconv.FormatUint(in.Epoch, 10)
-	d.hooks.enqueue(service, func() {
-		if in.Fence != "" && len(svc.Hooks.Fence) > 0 {
-			// A failed fence is logged and counted; the promotion still runs,
-			// since the fenced backend already gets no traffic from any proxy.
-			_ = d.hooks.runOne(service, "fence", svc.Hooks.Fence, env, svc.Hooks.Timeout)
+	if !d.hooks.enqueue(service, func() { report(d.runAction(svc, a)) }) {
+		go report(cluster.ActionResult{Ran: true, Detail: "hook queue full"})
+	}
+}
+
+// runAction runs one action's hook with the epoch as fencing token and
+// checks the backend right after: a promote is skipped when the backend
+// already reports primary, and judged by the role it reports afterwards.
+func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
+	timeout := svc.Hooks.Timeout
+	if timeout <= 0 {
+		timeout = hooks.DefaultTimeout
+	}
+	res := cluster.ActionResult{Timeout: timeout}
+	env := hookEnv(svc, a.Old, a.New, "cluster decision")
+	env["QP_EPOCH"] = strconv.FormatUint(a.Epoch, 10)
+	env["QP_ACTION"] = a.Kind.String()
+	env["QP_BACKEND"], env["QP_ADDRESS"] = a.Backend, backendAddress(svc, a.Backend)
+	var argv []string
+	switch a.Kind {
+	case cluster.ActionFence:
+		argv = svc.Hooks.Fence
+		// A fence hook fences QP_OLD_BACKEND, whichever backend it is.
+		env["QP_OLD_BACKEND"], env["QP_OLD_ADDRESS"] = a.Backend, env["QP_ADDRESS"]
+	case cluster.ActionPromote:
+		argv = svc.Hooks.Promote
+		if up, role := d.checkNow(svc.Name, a.Backend); up && role == cluster.RolePrimary {
+			d.log.Info("promote hook skipped: the backend already reports primary", "service", svc.Name, "backend", a.Backend, "epoch", a.Epoch)
+			res.Skipped, res.Up, res.Role = true, up, role
+			return res
 		}
-		if in.Promote != "" && len(svc.Hooks.Promote) > 0 {
-			if err := d.hooks.runOne(service, "promote", svc.Hooks.Promote, env, svc.Hooks.Timeout); err != nil {
-				// The cluster moves on to the next candidate at the next epoch.
-				if ferr := d.cluster.rt.HookFailed(service, in.Epoch, err.Error()); ferr != nil {
-					d.log.Warn("cluster: hook failed report", "service", service, "epoch", in.Epoch, "err", ferr)
-				}
-				return
-			}
+	}
+	if len(argv) > 0 {
+		res.Ran = true
+		if err := d.hooks.runOne(svc.Name, a.Kind.String(), argv, env, timeout); err != nil {
+			res.Detail = err.Error()
+		} else {
+			res.OK = true
 		}
-		done()
-	})
+	}
+	res.Up, res.Role = d.checkNow(svc.Name, a.Backend)
+	return res
+}
+
+// checkNow checks a backend at once; up is false unless that check
+// succeeded.
+func (d *daemon) checkNow(service, backend string) (up bool, role cluster.Role) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := d.mon.CheckNow(ctx, service, backend)
+	if err != nil || st.Status != health.StatusUp || st.LastError != "" {
+		return false, cluster.RoleUnknown
+	}
+	return true, clusterRole(st.Role)
+}
+
+func clusterRole(r health.Role) cluster.Role {
+	switch r {
+	case health.RolePrimary:
+		return cluster.RolePrimary
+	case health.RoleReplica:
+		return cluster.RoleReplica
+	}
+	return cluster.RoleUnknown
 }
 
 func (d *daemon) serviceConfig(name string) *config.Service {
@@ -277,6 +324,9 @@ type clusterView struct {
 	Services   []clusterServiceView `json:"services"`
 	Counters   cluster.Counters     `json:"counters"`
 	Error      string               `json:"error,omitempty"`
+	// StoreError is set while state_dir cannot be written: this proxy
+	// then neither votes, proposes nor routes.
+	StoreError string `json:"store_error,omitempty"`
 }
 
 type clusterServiceView struct {
@@ -299,22 +349,43 @@ type clusterServiceView struct {
 	Decision  string  `json:"decision,omitempty"`
 	// PromoteFailed lists backends held out after a failed promote hook.
 	PromoteFailed []string `json:"promote_failed,omitempty"`
+	// Alerts say what needs an operator (dual_primary, no_primary,
+	// promote_held).
+	Alerts []string `json:"alerts,omitempty"`
+	// Operation is the last switchover, fence or unfence asked of this
+	// proxy and how it ended.
+	Operation *operationView `json:"operation,omitempty"`
+}
+
+// operationView is an operator's request as /status shows it.
+type operationView struct {
+	ID      uint64 `json:"id"`
+	Kind    string `json:"kind"`
+	Backend string `json:"backend"`
+	State   string `json:"state"` // pending, committed, done, failed
+	Epoch   uint64 `json:"epoch,omitempty"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 func (cs *clusterSide) view() *clusterView {
 	st, err := cs.rt.Status()
 	v := &clusterView{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
-		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters}
+		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters, StoreError: st.StoreError}
 	if err != nil {
 		v.Error = err.Error()
 	}
 	for _, s := range st.Services {
-		v.Services = append(v.Services, clusterServiceView{
+		sv := clusterServiceView{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
 			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.Promised,
 			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision, PromoteFailed: s.PromoteFailed,
-		})
+			Alerts: s.Alerts,
+		}
+		if op := s.Operation; op != nil {
+			sv.Operation = &operationView{ID: op.ID, Kind: op.Kind, Backend: op.Backend, State: string(op.State), Epoch: op.Epoch, Detail: op.Detail}
+		}
+		v.Services = append(v.Services, sv)
 	}
 	return v
 }

@@ -18,6 +18,10 @@ import (
 type hookRunner struct {
 	log *slog.Logger
 	wg  sync.WaitGroup
+	// check checks a backend at once (the health monitor's CheckNow): a
+	// promote is skipped when its backend already reports primary and
+	// judged by the role it reports right after.
+	check func(service, backend string) (up bool, primary bool)
 
 	mu     sync.Mutex
 	queues map[string]chan func() // service -> its serial queue
@@ -45,12 +49,37 @@ func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
 			_ = h.runOne(ev.Service, "fence", svc.Hooks.Fence, env, timeout)
 		}
 		if !initial && ev.New.Name != "" && len(svc.Hooks.Promote) > 0 {
-			_ = h.runOne(ev.Service, "promote", svc.Hooks.Promote, env, timeout)
+			h.promote(svc, ev.New.Name, env, timeout)
 		}
 		if len(svc.Hooks.Notify) > 0 {
 			_ = h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
 		}
 	})
+}
+
+// promote runs the promote hook for a proxy alone: skipped when the backend
+// already reports primary, and judged afterwards by the role it reports,
+// not by the exit status. (A proxy alone never moves on to another
+// candidate after a failed promote: it keeps the target and holds its
+// connections until it reports primary.)
+func (h *hookRunner) promote(svc config.Service, backend string, env map[string]string, timeout time.Duration) {
+	if h.check != nil {
+		if up, primary := h.check(svc.Name, backend); up && primary {
+			h.log.Info("promote hook skipped: the backend already reports primary", "service", svc.Name, "backend", backend)
+			return
+		}
+	}
+	err := h.runOne(svc.Name, "promote", svc.Hooks.Promote, env, timeout)
+	if h.check == nil || !svc.Health.Kind.RoleAware() {
+		return
+	}
+	switch up, primary := h.check(svc.Name, backend); {
+	case primary && err != nil:
+		h.log.Warn("promote hook failed, but the backend reports primary: promoted", "service", svc.Name, "backend", backend)
+	case !primary:
+		h.log.Error("promote not verified: the backend does not report primary after the promote hook; connections stay held",
+			"service", svc.Name, "backend", backend, "up", up)
+	}
 }
 
 func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]string, timeout time.Duration) error {
@@ -67,11 +96,13 @@ func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]
 	return nil
 }
 
-func (h *hookRunner) enqueue(service string, fn func()) {
+// enqueue queues fn on the service's serial queue; false when it was
+// dropped (shutting down, or the queue is full).
+func (h *hookRunner) enqueue(service string, fn func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.ctx.Err() != nil {
-		return
+		return false
 	}
 	q, ok := h.queues[service]
 	if !ok {
@@ -82,8 +113,10 @@ func (h *hookRunner) enqueue(service string, fn func()) {
 	}
 	select {
 	case q <- fn:
+		return true
 	default:
 		h.log.Error("hook queue full: event dropped", "service", service)
+		return false
 	}
 }
 
@@ -111,16 +144,18 @@ func (h *hookRunner) wait() {
 // hookEnv is the environment of every hook: the service, the old and new
 // backends with their addresses from the config, and why.
 func hookEnv(svc *config.Service, oldName, newName, reason string) map[string]string {
-	addr := func(name string) string {
-		for _, b := range svc.Backends {
-			if b.Name == name {
-				return b.Address
-			}
-		}
-		return ""
-	}
 	return map[string]string{
-		"QP_SERVICE": svc.Name, "QP_OLD_BACKEND": oldName, "QP_OLD_ADDRESS": addr(oldName),
-		"QP_NEW_BACKEND": newName, "QP_NEW_ADDRESS": addr(newName), "QP_REASON": reason,
+		"QP_SERVICE": svc.Name, "QP_OLD_BACKEND": oldName, "QP_OLD_ADDRESS": backendAddress(svc, oldName),
+		"QP_NEW_BACKEND": newName, "QP_NEW_ADDRESS": backendAddress(svc, newName), "QP_REASON": reason,
 	}
+}
+
+// backendAddress is the configured address of a service's backend ("" if none).
+func backendAddress(svc *config.Service, name string) string {
+	for _, b := range svc.Backends {
+		if b.Name == name {
+			return b.Address
+		}
+	}
+	return ""
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/cluster"
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/proxy"
@@ -125,6 +126,10 @@ func newDaemon(path string, cfg *config.Config, log *slog.Logger) (*daemon, erro
 		d.cluster = cs
 	}
 	d.mon = health.NewMonitor(log, d.onHealth)
+	d.hooks.check = func(service, backend string) (bool, bool) {
+		up, role := d.checkNow(service, backend)
+		return up, role == cluster.RolePrimary
+	}
 	if err := d.mon.Set(healthTargets(cfg)); err != nil {
 		log.Error("health checks", "err", err)
 	}
@@ -185,6 +190,15 @@ func (d *daemon) reload() {
 	if err := d.mon.Set(healthTargets(cfg)); err != nil {
 		res.OK, res.Error = false, err.Error()
 		d.log.Error("reload: health checks", "err", err)
+	}
+	if d.cluster != nil {
+		for _, s := range cfg.Services {
+			if d.cluster.owned[s.Name] {
+				if err := d.cluster.rt.SetHooks(s.Name, clusterHooks(s)); err != nil {
+					d.log.Warn("reload: cluster hooks", "service", s.Name, "err", err)
+				}
+			}
+		}
 	}
 	d.mu.Lock()
 	oldAdmin := d.cfg.Admin

@@ -104,6 +104,9 @@ func printCluster(w io.Writer, c *clusterView) {
 	if c.Error != "" {
 		fmt.Fprintf(w, ", error: %s", c.Error)
 	}
+	if c.StoreError != "" {
+		fmt.Fprintf(w, ", STATE_DIR CANNOT BE WRITTEN (%s): not voting or routing until it can", c.StoreError)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  PEER\tADDRESS\tSTATE\tCONFIG")
@@ -144,6 +147,13 @@ func printCluster(w io.Writer, c *clusterView) {
 	for _, s := range c.Services {
 		if s.Held != "" {
 			fmt.Fprintf(w, "  %s: %s\n", s.Service, s.Held)
+		}
+		if op := s.Operation; op != nil {
+			fmt.Fprintf(w, "  %s: last operation %d: %s of %s: %s", s.Service, op.ID, op.Kind, op.Backend, op.State)
+			if op.Detail != "" {
+				fmt.Fprintf(w, ": %s", op.Detail)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 }

@@ -75,8 +75,31 @@ func (d *daemon) status() *statusView {
 	if d.cluster != nil {
 		st.Cluster = d.cluster.view()
 		st.Cluster.holdBack(forwarding, why)
+		st.mergeClusterAlerts()
 	}
 	return st
+}
+
+// mergeClusterAlerts adds the cluster's alerts about each service (and a
+// store that cannot be written) to the service's own.
+func (st *statusView) mergeClusterAlerts() {
+	for _, cs := range st.Cluster.Services {
+		for i := range st.Services {
+			sv := &st.Services[i]
+			if sv.Name != cs.Service {
+				continue
+			}
+			for _, a := range cs.Alerts {
+				if strings.HasPrefix(a, "dual_primary") && slices.ContainsFunc(sv.Alerts, func(x string) bool { return strings.HasPrefix(x, "dual_primary") }) {
+					continue // the local view said it already
+				}
+				sv.Alerts = append(sv.Alerts, a)
+			}
+			if st.Cluster.StoreError != "" {
+				sv.Alerts = append(sv.Alerts, "store_failed: state_dir cannot be written ("+st.Cluster.StoreError+"): this proxy neither votes nor routes until it can")
+			}
+		}
+	}
 }
 
 // holdBack makes each service's Routing what this proxy forwards to now:
@@ -137,6 +160,13 @@ func (d *daemon) syncMetrics() {
 			m.gauge([]string{"cluster", "epoch"}, sl, float64(s.Epoch))
 			m.gauge([]string{"cluster", "max_voted"}, sl, float64(s.MaxVoted))
 			m.gauge([]string{"cluster", "lease_remaining_seconds"}, sl, s.LeaseMS/1000)
+			for _, kind := range []string{"promote_held", "no_primary"} {
+				on := 0.0
+				if slices.ContainsFunc(s.Alerts, func(a string) bool { return strings.HasPrefix(a, kind) }) {
+					on = 1
+				}
+				m.gauge([]string{"alert", kind}, sl, on)
+			}
 			if svc := d.serviceConfig(s.Service); svc != nil {
 				for _, b := range svc.Backends {
 					f := 0.0
@@ -152,6 +182,11 @@ func (d *daemon) syncMetrics() {
 			rec = 1
 		}
 		m.gauge([]string{"cluster", "recovering"}, nil, rec)
+		storeFailed := 0.0
+		if cv.StoreError != "" {
+			storeFailed = 1
+		}
+		m.gauge([]string{"cluster", "store_failed"}, nil, storeFailed)
 		m.gauge([]string{"cluster", "reachable_peers"}, nil, float64(len(cv.Reachable)))
 		c := cv.Counters
 		for name, v := range map[string]uint64{

@@ -380,7 +380,7 @@ func newCluster(t *testing.T, o opts) *cluster {
 		p.hookOut = filepath.Join(c.dir, p.name+".promoted")
 		p.cfgPath = filepath.Join(c.dir, p.name+".toml")
 		cfg := fmt.Sprintf(configTmpl, p.ip, adminPort, tok, p.name, p.ip, gossipPort, key, p.stateDir, o.lease, o.onQuorumLoss,
-			peers.String(), p.ip, servicePort, o.interval, o.timeout, o.fall, p.hookOut,
+			peers.String(), p.ip, servicePort, o.interval, o.timeout, o.fall, p.hookOut, p.hookOut+".fenced",
 			c.backends["a"].ip, backendPort, c.backends["b"].ip, backendPort)
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -425,6 +425,8 @@ connect_timeout = "1s"
 
   [service.hooks]
   promote = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_NEW_BACKEND\" >> \"$0\"", %q]
+  # a service without roles fences its old primary before the promote
+  fence = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_OLD_BACKEND\" >> \"$0\"", %q]
 
   [[service.backend]]
   name = "a"
