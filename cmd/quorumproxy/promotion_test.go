@@ -514,6 +514,9 @@ func TestPromotionNoPrimaryWaitsForTheOperator(t *testing.T) {
 			t.Fatalf("%s: %+v; want no decision and no route", px.name, v)
 		}
 	}
+	if m := getBody(t, "http://"+c.ps[0].admin+"/metrics"); !strings.Contains(m, `quorumproxy_alert_no_primary{service="db"} 1`) {
+		t.Errorf("/metrics lacks the no_primary alert:\n%s", grepLines(m, "alert"))
+	}
 	if h := c.hooks(); len(h) != 0 {
 		t.Fatalf("hooks ran: %v", h)
 	}
