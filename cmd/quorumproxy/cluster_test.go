@@ -56,7 +56,7 @@ listen = %q
 
 type clusterProxy struct {
 	name, admin, listen, hookOut string
-	cfgPath                      string
+	cfgPath, stateDir            string
 	d                            *daemonProc
 }
 
@@ -94,38 +94,8 @@ func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
 // unfences it, switch over by vote, fence the primary away, and a proxy cut off from the
 // majority stops routing.
 func TestClusterOfThree(t *testing.T) {
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
-	dir := t.TempDir()
 	a, b := startEcho(t, "a"), startEcho(t, "b")
-	keyFile := filepath.Join(dir, "gossip.key")
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	names := []string{"qp1", "qp2", "qp3"}
-	gossip := map[string]string{}
-	var peers strings.Builder
-	for _, n := range names {
-		gossip[n] = freeAddr(t)
-		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
-	}
-	var ps []*clusterProxy
-	for _, n := range names {
-		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".promoted")}
-		p.cfgPath = filepath.Join(dir, n+".toml")
-		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, filepath.Join(dir, n+".state"),
-			peers.String(), p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
-		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		ps = append(ps, p)
-	}
-	for _, p := range ps {
-		p.d = startDaemon(t, p.cfgPath, p.admin)
-	}
+	ps, tokenFile := startEchoCluster(t, a, b)
 	allRoute := func(want string, who []*clusterProxy) func() bool {
 		return func() bool {
 			for _, p := range who {
@@ -292,6 +262,55 @@ func TestClusterOfThree(t *testing.T) {
 		_, err := ask(ps[0].listen, "y")
 		return err != nil
 	})
+}
+
+// clusterNames are the proxies of the test clusters.
+var clusterNames = []string{"qp1", "qp2", "qp3"}
+
+// clusterFiles writes a gossip key and an admin token into dir and gives
+// the [[cluster.peer]] list of the three proxies clusterNames, each with a
+// free gossip address.
+func clusterFiles(t *testing.T, dir string) (keyFile, tokenFile, peers string, gossip map[string]string) {
+	t.Helper()
+	keyFile, tokenFile = filepath.Join(dir, "gossip.key"), filepath.Join(dir, "token")
+	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gossip = map[string]string{}
+	var b strings.Builder
+	for _, n := range clusterNames {
+		gossip[n] = freeAddr(t)
+		fmt.Fprintf(&b, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
+	}
+	return keyFile, tokenFile, b.String(), gossip
+}
+
+// startEchoCluster starts three proxy processes with clusterConfig in
+// front of echo servers a and b and returns them and the token file.
+func startEchoCluster(t *testing.T, a, b *echoServer) ([]*clusterProxy, string) {
+	t.Helper()
+	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
+	dir := t.TempDir()
+	keyFile, tokenFile, peers, gossip := clusterFiles(t, dir)
+	var ps []*clusterProxy
+	for _, n := range clusterNames {
+		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".hooks"),
+			stateDir: filepath.Join(dir, n+".state")}
+		p.cfgPath = filepath.Join(dir, n+".toml")
+		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, p.stateDir,
+			peers, p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
+		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for _, p := range ps {
+		p.d = startDaemon(t, p.cfgPath, p.admin)
+	}
+	return ps, tokenFile
 }
 
 func getBody(t *testing.T, url string) string {

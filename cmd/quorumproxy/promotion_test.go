@@ -177,14 +177,8 @@ func newPromoCluster(t *testing.T, k promoKind, backends []promoBackend, h promo
 	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	c := &promoCluster{t: t, k: k, dir: t.TempDir()}
 	c.hookLog = filepath.Join(c.dir, "hooks.log")
-	keyFile := filepath.Join(c.dir, "gossip.key")
-	c.tokenFile = filepath.Join(c.dir, "token")
-	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(c.tokenFile, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile, tokenFile, peers, gossip := clusterFiles(t, c.dir)
+	c.tokenFile = tokenFile
 	var hooks strings.Builder
 	for _, hk := range []struct{ name, cmd string }{{"promote", h.promote}, {"fence", h.fence}} {
 		if hk.cmd == "" {
@@ -204,17 +198,10 @@ func newPromoCluster(t *testing.T, k promoKind, backends []promoBackend, h promo
 	for _, b := range backends {
 		fmt.Fprintf(&bs, "\n  [[service.backend]]\n  name = %q\n  address = %q\n  priority = %d\n", b.name, b.addr, b.priority)
 	}
-	names := []string{"qp1", "qp2", "qp3"}
-	gossip := map[string]string{}
-	var peers strings.Builder
-	for _, n := range names {
-		gossip[n] = freeAddr(t)
-		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
-	}
-	for _, n := range names {
-		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t)}
+	for _, n := range clusterNames {
+		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), stateDir: filepath.Join(c.dir, n+".state")}
 		p.cfgPath = filepath.Join(c.dir, n+".toml")
-		cfg := fmt.Sprintf(promoConfig, p.admin, c.tokenFile, n, gossip[n], keyFile, c.stateDir(n), peers.String(),
+		cfg := fmt.Sprintf(promoConfig, p.admin, c.tokenFile, n, gossip[n], keyFile, p.stateDir, peers,
 			p.listen, k.kind, k.auth, h.timeout.String(), hooks.String(), bs.String())
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -223,8 +210,6 @@ func newPromoCluster(t *testing.T, k promoKind, backends []promoBackend, h promo
 	}
 	return c
 }
-
-func (c *promoCluster) stateDir(name string) string { return filepath.Join(c.dir, name+".state") }
 
 func (c *promoCluster) start() {
 	for _, p := range c.ps {
@@ -427,23 +412,32 @@ func seedState(t *testing.T, dir, service, primary string) {
 	}
 }
 
-// The second primary of the issue: a cluster whose record names a replica
-// (as an earlier version's bootstrap left it) while another backend is the
-// primary. An operator's switchover to the real primary must not run the
-// promote hook on it (an ordinary hook fails on a primary) and must not
-// move on to promote the replica.
-func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
+// seededPair starts a PostgreSQL primary p (priority 50), its standby s
+// (priority 100) and three proxies (hook timeout timeout, 0 for the
+// default) whose state names s, as an earlier version's bootstrap left it.
+func seededPair(t *testing.T, timeout time.Duration) (*promoCluster, []promoBackend) {
+	t.Helper()
 	testenv.Need(t, "postgres")
 	p := testenv.MustPostgres(t, testenv.PGOptions{})
 	s := testenv.MustStandby(t, p, false)
 	t.Setenv("QP_TEST_PG_PASSWORD", p.Password())
 	hookLogins(t, p.Password(), "")
 	backends := []promoBackend{{"p", p.Addr(), 50}, {"s", s.Addr(), 100}}
-	c := newPromoCluster(t, promoPostgres, backends, promoHooks{promote: promoPostgres.promote})
+	c := newPromoCluster(t, promoPostgres, backends, promoHooks{timeout: timeout, promote: promoPostgres.promote})
 	for _, px := range c.ps {
-		seedState(t, c.stateDir(px.name), "db", "s")
+		seedState(t, px.stateDir, "db", "s")
 	}
 	c.start()
+	return c, backends
+}
+
+// The second primary of the issue: a cluster whose record names a replica
+// (as an earlier version's bootstrap left it) while another backend is the
+// primary. An operator's switchover to the real primary must not run the
+// promote hook on it (an ordinary hook fails on a primary) and must not
+// move on to promote the replica.
+func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
+	c, backends := seededPair(t, 0)
 	waitFor(t, "every proxy holding epoch 1 on s", 30*time.Second, func() bool {
 		for _, px := range c.ps {
 			if v := px.clusterService(t); v.Epoch != 1 || v.Primary != "s" || v.LeaseMS <= 0 {
@@ -467,17 +461,7 @@ func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
 // primary once the record's primary has reported replica for the settle
 // period, and promotes nothing.
 func TestPromotionFollowsTheReportedPrimary(t *testing.T) {
-	testenv.Need(t, "postgres")
-	p := testenv.MustPostgres(t, testenv.PGOptions{})
-	s := testenv.MustStandby(t, p, false)
-	t.Setenv("QP_TEST_PG_PASSWORD", p.Password())
-	hookLogins(t, p.Password(), "")
-	backends := []promoBackend{{"p", p.Addr(), 50}, {"s", s.Addr(), 100}}
-	c := newPromoCluster(t, promoPostgres, backends, promoHooks{timeout: time.Second, promote: promoPostgres.promote})
-	for _, px := range c.ps {
-		seedState(t, c.stateDir(px.name), "db", "s")
-	}
-	c.start()
+	c, backends := seededPair(t, time.Second)
 	waitFor(t, "every proxy routing to p", 60*time.Second, c.routes("p"))
 	c.holdsOnePrimary(backends, "p", 2*time.Second)
 	if h := c.hooks(); len(h) != 0 {
@@ -538,35 +522,8 @@ func TestPromotionStoreFailure(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the test mounts a proxy's state_dir read-only")
 	}
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
-	dir := t.TempDir()
 	a, b := startEcho(t, "a"), startEcho(t, "b")
-	keyFile, tokenFile := filepath.Join(dir, "gossip.key"), filepath.Join(dir, "token")
-	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	names := []string{"qp1", "qp2", "qp3"}
-	gossip := map[string]string{}
-	var peers strings.Builder
-	for _, n := range names {
-		gossip[n] = freeAddr(t)
-		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
-	}
-	var ps []*clusterProxy
-	for _, n := range names {
-		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".hooks")}
-		p.cfgPath = filepath.Join(dir, n+".toml")
-		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, filepath.Join(dir, n+".state"),
-			peers.String(), p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
-		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		p.d = startDaemon(t, p.cfgPath, p.admin)
-		ps = append(ps, p)
-	}
+	ps, tokenFile := startEchoCluster(t, a, b)
 	routes := func(want string, who ...*clusterProxy) func() bool {
 		return func() bool {
 			for _, p := range who {
@@ -588,7 +545,7 @@ func TestPromotionStoreFailure(t *testing.T) {
 	}
 	granted := st0.Cluster.Counters.VotesGranted
 
-	stateDir := filepath.Join(dir, "qp3.state")
+	stateDir := q3.stateDir
 	if out, err := exec.Command("mount", "--bind", stateDir, stateDir).CombinedOutput(); err != nil {
 		t.Skipf("cannot bind-mount state_dir here: %v: %s", err, out)
 	}

@@ -736,9 +736,13 @@ func (p *proxyNode) control(verb string, form url.Values) error {
 }
 
 // switchTo moves the cluster to backend to (unfencing it first if it is
-// fenced) and waits until who route there.
+// fenced) and waits until who route there. The echo service has no roles,
+// so the switchover fences the old primary; the operator (this helper)
+// then unfences it again, vouching that it is a standby, so that later
+// scenarios can fail over to it.
 func (c *cluster) switchTo(to string, who []*proxyNode) {
 	c.t.Helper()
+	defer c.unfenceAll(who)
 	waitFor(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
 		all := func() bool {
 			for _, p := range who {
@@ -764,6 +768,34 @@ func (c *cluster) switchTo(to string, who []*proxyNode) {
 		for time.Now().Before(deadline) {
 			if all() {
 				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	})
+}
+
+// unfenceAll unfences every fenced backend through who[0] and waits until
+// who see an empty fenced set.
+func (c *cluster) unfenceAll(who []*proxyNode) {
+	c.t.Helper()
+	waitFor(c.t, names(who)+" seeing no fenced backend", 60*time.Second, func() bool {
+		fenced := who[0].view().fenced
+		for _, p := range who {
+			if v := p.view(); len(v.fenced) > 0 {
+				fenced = v.fenced
+			}
+		}
+		if len(fenced) == 0 {
+			return true
+		}
+		if err := who[0].control("unfence", url.Values{"service": {"echo"}, "backend": {fenced[0]}}); err != nil {
+			c.t.Logf("%v", err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if v := who[0].view(); len(v.fenced) == 0 || v.fenced[0] != fenced[0] {
+				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
