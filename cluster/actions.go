@@ -51,6 +51,7 @@ type failedPromote struct {
 	backend, reason string
 	at              time.Duration // when the hook ended
 	exitOK          bool          // the hook said it worked: give it the settle period first
+	notStarted      bool          // the hook never started: nothing of it can land
 }
 
 // forever marks a promote in flight: it may land at any time.
@@ -188,8 +189,10 @@ func (m *Machine) ActionDone(svc string, a Action, r ActionResult) error {
 			m.promoteVerified(svc, s, a.Epoch, a.Backend)
 		default:
 			s.latePromote[a.Backend] = now + m.settle(s, r.Timeout)
-			if m.cfg.knobs.moveOnAtOnce {
-				delete(s.latePromote, a.Backend) // as if a failed promote could not land
+			if m.cfg.knobs.moveOnAtOnce || r.NotStarted {
+				// a hook that never started cannot land (the knob: as if
+				// no failed promote could)
+				delete(s.latePromote, a.Backend)
 			}
 			reason := r.Detail
 			if reason == "" {
@@ -202,7 +205,7 @@ func (m *Machine) ActionDone(svc string, a Action, r ActionResult) error {
 			}
 			ss := m.svcState(svc)
 			if in := ss.Intent; in.Epoch == a.Epoch && in.Promote == a.Backend && !in.Done && ss.Record.Epoch == a.Epoch {
-				s.act.failed = &failedPromote{backend: a.Backend, reason: reason, at: now, exitOK: r.Ran && r.OK}
+				s.act.failed = &failedPromote{backend: a.Backend, reason: reason, at: now, exitOK: r.Ran && r.OK, notStarted: r.NotStarted}
 				s.decision = fmt.Sprintf("promote of %q at epoch %d not verified (%s)", a.Backend, a.Epoch, reason)
 			}
 			log.Warn("cluster: promote not verified: the backend does not report primary", "detail", reason)
@@ -218,6 +221,7 @@ func (m *Machine) promoteVerified(name string, s *service, epoch uint64, backend
 	ss := m.svcState(name)
 	if in := ss.Intent; in.Epoch == epoch && in.Promote == backend && !in.Done {
 		s.act.failed, s.act.held = nil, ""
+		s.decision = fmt.Sprintf("epoch %d: %q reports primary (promote verified)", epoch, backend)
 		m.finishIntent(name, s)
 	}
 	m.opPromoted(s, epoch, backend)
@@ -376,6 +380,10 @@ func (m *Machine) verifyFailed(name string, s *service, in HookIntent, now time.
 	case s.hookFenced[x]:
 		m.promoteFailed(name, s, in, true)
 	case m.cfg.knobs.moveOnAtOnce:
+		m.promoteFailed(name, s, in, false)
+	case f.notStarted && !m.mayReportPrimary(s, x):
+		// Nothing ran, so nothing was promoted: no settle period and no
+		// fence needed (the status says what failed to start).
 		m.promoteFailed(name, s, in, false)
 	case s.hooks.Fence && (!f.exitOK || settled) && m.fenceDue(s, x, now):
 		m.hand(name, s, Action{Kind: ActionFence, Epoch: in.Epoch, Backend: x, Old: x})

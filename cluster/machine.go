@@ -2082,8 +2082,13 @@ func (m *Machine) alerts(s *service, ss ServiceState) []string {
 	if ps := m.reportedPrimaries(s); s.cfg.RoleAware && len(ps) >= 2 {
 		out = append(out, fmt.Sprintf("dual_primary: %s all report primary", strings.Join(ps, ", ")))
 	}
-	if ss.Record.Primary == "" && !m.recovering && strings.HasPrefix(s.decision, "no primary yet") {
+	if ss.Record.Primary == "" && !m.recovering && strings.HasPrefix(s.decision, "no primary yet: no backend reports primary") {
 		out = append(out, "no_primary: "+strings.TrimPrefix(s.decision, "no primary yet: "))
+	}
+	if p := ss.Record.Primary; s.cfg.RoleAware && m.ownReplica(s, p) && m.clock.Now()-max(s.obsAt[p], s.recordAt) > m.cfg.LeaseTimeout {
+		// Seen on every proxy, not only on the one that acts: the record's
+		// primary is not promoted (yet), and writes wait for it.
+		out = append(out, fmt.Sprintf("awaiting_promotion: %q, the primary since epoch %d, reports replica; the proxy that committed it promotes it (see its status)", p, ss.Record.Since))
 	}
 	if ss.Intent.Epoch == ss.Record.Epoch && !ss.Intent.Done && s.act.epoch == ss.Intent.Epoch && s.act.held != "" {
 		out = append(out, "promote_held: "+s.act.held)

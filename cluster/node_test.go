@@ -66,17 +66,27 @@ type testCluster struct {
 	stores map[string]*FileStore
 	hooks  chan string
 	hookWG sync.WaitGroup
-	// failPromote, when set, names the backends whose promote hook fails.
-	failPromote atomic.Pointer[[]string]
+	// failPromote, when set, names the backends whose promote hook fails;
+	// notStarted those whose hook cannot even be started.
+	failPromote, notStarted atomic.Pointer[[]string]
+	// roles, when set, is the role each backend reports (the service is
+	// then role-aware); a promote that works makes it primary.
+	roles   map[string]Role
+	rolesMu sync.Mutex
 }
 
 const testLease = 200 * time.Millisecond
 
 var testBackends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
 
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t, n, nil) }
+
+// newRoleCluster is newTestCluster for a role-aware service whose backends
+// report roles (nil: a service without roles).
+func newRoleCluster(t *testing.T, n int, roles map[string]Role) *testCluster {
 	c := &testCluster{t: t, net: &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}},
-		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100)}
+		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100),
+		roles: roles}
 	for i := range n {
 		c.peers = append(c.peers, fmt.Sprintf("proxy-%d", i))
 	}
@@ -95,8 +105,8 @@ func (c *testCluster) start(name string) {
 	}
 	var node *Node
 	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()), LeaseTimeout: testLease,
-		Services: []ServiceConfig{{Name: "db", Backends: testBackends,
-			Hooks: HookConfig{Fence: true, Promote: true, Timeout: testLease}}},
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil,
+			Hooks: HookConfig{Fence: c.roles == nil, Promote: true, Timeout: c.hookTimeout()}}},
 		OnAction: func(svc string, a Action) {
 			c.hooks <- fmt.Sprintf("%s epoch %d %s %s", name, a.Epoch, a.Kind, a.Backend)
 			c.hookWG.Add(1)
@@ -105,6 +115,22 @@ func (c *testCluster) start(name string) {
 				r := ActionResult{Ran: true, OK: true, Up: true, Timeout: testLease}
 				if f := c.failPromote.Load(); a.Kind == ActionPromote && f != nil && slices.Contains(*f, a.Backend) {
 					r.OK, r.Detail = false, "promote exited 1"
+				}
+				if f := c.notStarted.Load(); a.Kind == ActionPromote && f != nil && slices.Contains(*f, a.Backend) {
+					r.OK, r.NotStarted, r.Detail = false, true, "fork/exec /no/such/hook: no such file or directory"
+				}
+				if c.roles != nil {
+					c.rolesMu.Lock()
+					if a.Kind == ActionPromote && r.OK {
+						c.roles[a.Backend] = RolePrimary
+						c.net.mu.Lock()
+						for _, n := range c.net.nodes {
+							n.Observe("db", a.Backend, true, RolePrimary, 0)
+						}
+						c.net.mu.Unlock()
+					}
+					r.Role = c.roles[a.Backend]
+					c.rolesMu.Unlock()
 				}
 				_ = node.ActionDone(svc, a, r)
 			}()
@@ -118,9 +144,20 @@ func (c *testCluster) start(name string) {
 	c.net.mu.Unlock()
 	c.nodes[name], c.stores[name] = node, store
 	node.Start(memTransport{net: c.net, from: name})
+	c.rolesMu.Lock()
+	defer c.rolesMu.Unlock()
 	for _, b := range testBackends {
-		node.Observe("db", b.Name, true, RoleUnknown, 0)
+		node.Observe("db", b.Name, true, c.roles[b.Name], 0)
 	}
+}
+
+// hookTimeout is the hooks' timeout: short without roles; with roles long
+// enough that waiting out a settle period (twice it) would show.
+func (c *testCluster) hookTimeout() time.Duration {
+	if c.roles != nil {
+		return 5 * time.Minute
+	}
+	return testLease
 }
 
 func (c *testCluster) stop(name string) {
@@ -427,4 +464,19 @@ func (c *testCluster) allFenced(want Fenced) func() bool {
 		}
 		return true
 	}
+}
+
+// A promote hook that cannot even be started (a wrong path) did nothing:
+// the proxy moves on to the next candidate at once, without the settle
+// period a hook that ran would need (ten minutes here: waiting it out
+// would time the test out), and no fence hook is needed (there is none).
+func TestNodePromoteNotStartedMovesOnAtOnce(t *testing.T) {
+	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica})
+	c.notStarted.Store(&[]string{"pg-b"})
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+	}
+	c.expectHooks("", "promote pg-b", "promote pg-c")
+	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
 }

@@ -164,6 +164,9 @@ type ActionResult struct {
 	Ran bool
 	// OK: the hook exited 0. A promote is judged by Role, not by this.
 	OK bool
+	// NotStarted: the hook could not be started (a wrong path, no
+	// permission): it did nothing, so nothing of it can land later.
+	NotStarted bool
 	// Skipped: a promote that did not run because Backend already
 	// reported primary.
 	Skipped bool

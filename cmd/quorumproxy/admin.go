@@ -122,7 +122,7 @@ func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := d.cluster.rt.Switchover(service, to)
 	if err != nil {
-		http.Error(w, fmt.Sprintf("switchover of %q to %q: %v", service, to, err), http.StatusConflict)
+		http.Error(w, err.Error(), http.StatusConflict)
 		return
 	}
 	d.log.Info("switchover requested", "service", service, "to", to, "operation", id, "remote", r.RemoteAddr)

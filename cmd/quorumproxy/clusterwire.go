@@ -273,6 +273,7 @@ func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.Action
 		res.Ran = true
 		if err := d.hooks.runOne(svc.Name, a.Kind.String(), argv, env, timeout); err != nil {
 			res.Detail = err.Error()
+			res.NotStarted = hookNotStarted(err)
 		} else {
 			res.OK = true
 		}

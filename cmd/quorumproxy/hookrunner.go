@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"log/slog"
+	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
@@ -139,6 +143,14 @@ func (h *hookRunner) wait() {
 	h.cancel()
 	h.mu.Unlock()
 	h.wg.Wait()
+}
+
+// hookNotStarted reports whether a hook failed because it could not be
+// started at all (a wrong path, no permission to run it).
+func hookNotStarted(err error) bool {
+	var pe *fs.PathError
+	var ee *exec.Error
+	return (errors.As(err, &pe) && strings.HasPrefix(pe.Op, "fork/exec")) || errors.As(err, &ee)
 }
 
 // hookEnv is the environment of every hook: the service, the old and new

@@ -45,7 +45,11 @@ func (d *daemon) status() *statusView {
 			sv.Alerts = append(sv.Alerts, "not listening: "+ps.ListenError)
 		}
 		if ps.DualPrimary {
-			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; writes stay on %q", strings.Join(ps.Primaries, ", "), ps.Target))
+			where := fmt.Sprintf("writes stay on %q", ps.Target)
+			if ps.Target == "" {
+				where = "routing none"
+			}
+			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; %s", strings.Join(ps.Primaries, ", "), where))
 		}
 		for _, b := range ps.Backends {
 			bv := backendView{
