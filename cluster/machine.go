@@ -983,9 +983,13 @@ func (m *Machine) finishRecovery() {
 	}
 	st.Synced = true
 	if err := m.store.Save(st.clone()); err != nil {
-		m.counters.PersistErrors++
-		m.log.Error("cluster: saving recovered state", "err", err)
+		// Still recovering: tried again at the next answer; said once.
+		m.storeFailed(err)
 		return
+	}
+	if m.storeErr != nil {
+		m.storeErr = nil
+		m.log.Info("cluster: state_dir can be written again: this proxy takes part again")
 	}
 	m.st = st
 	m.recovering = false

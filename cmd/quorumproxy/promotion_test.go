@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -616,4 +617,41 @@ func TestHookNotStarted(t *testing.T) {
 			t.Errorf("%v: err %v, not started %v; want %v", c.argv, res.Err, hookNotStarted(res.Err), c.want)
 		}
 	}
+}
+
+// An operator sees how a request ended: a fence whose hook fails is
+// committed, but the command exits 1 and says the hook failed; -no-wait
+// returns once the request is accepted.
+func TestOperatorSeesTheOutcome(t *testing.T) {
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	ps, tokenFile := startEchoCluster(t, a, b)
+	waitFor(t, "all three proxies routing to a", 30*time.Second, func() bool {
+		for _, p := range ps {
+			if r, _ := p.routing(t); r != "a" {
+				return false
+			}
+		}
+		return true
+	})
+	// The hooks append to hookOut: a directory there makes them fail.
+	for _, p := range ps {
+		if err := os.Remove(p.hookOut); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(p.hookOut, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b")
+	if code != 1 || !strings.Contains(errOut, "fence hook") {
+		t.Fatalf("fence of b with a failing fence hook: exit %d\n%s%s; want exit 1 saying the fence hook failed", code, out, errOut)
+	}
+	if v := ps[0].clusterService(t); !slices.Equal(v.Fenced, []string{"b"}) {
+		t.Fatalf("fenced %v: the fence itself was decided and should show", v.Fenced)
+	}
+	out, errOut, code = runBin(t, "unfence", "-no-wait", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b")
+	if code != 0 || strings.Contains(out, "done") {
+		t.Fatalf("unfence -no-wait: exit %d\n%s%s; want the accepted answer only", code, out, errOut)
+	}
+	waitFor(t, "b unfenced", 30*time.Second, func() bool { return len(ps[0].clusterService(t).Fenced) == 0 })
 }
