@@ -39,8 +39,9 @@ import (
 type actState struct {
 	epoch    uint64
 	inFlight bool
-	fenced   bool // the decision's own fence was handed out
-	promoted bool // the promote was handed out
+	handedAt time.Duration // when the action in flight was handed out
+	fenced   bool          // the decision's own fence was handed out
+	promoted bool          // the promote was handed out
 	failed   *failedPromote
 	held     string // why the promote waits ("" when it does not)
 }
@@ -79,6 +80,19 @@ func (m *Machine) fenceRetry(s *service) time.Duration {
 		t = defaultHookTimeout
 	}
 	return max(t, 3*m.cfg.LeaseTimeout)
+}
+
+// resumed notes that this proxy stood still for gap (a SIGSTOP, a long
+// pause): a fence hook's success from before may have been undone by a
+// restart it could not see, so it is forgotten.
+func (m *Machine) resumed(now, gap time.Duration) {
+	m.resumedAt = now
+	for _, s := range m.svcs {
+		if len(s.hookFenced) > 0 {
+			m.log.Info("cluster: this proxy stood still: forgetting which backends fence hooks fenced", "service", s.cfg.Name, "pause", gap)
+			clear(s.hookFenced)
+		}
+	}
 }
 
 // SetHooks tells the machine which hooks a service has now (after a
@@ -151,6 +165,8 @@ func (m *Machine) ActionDone(svc string, a Action, r ActionResult) error {
 		return fmt.Errorf("cluster: action done: service %q has no backend %q", svc, a.Backend)
 	}
 	now := m.clock.Now()
+	m.wake(now)
+	handed := s.act.handedAt
 	if s.act.epoch == a.Epoch {
 		s.act.inFlight = false
 	}
@@ -158,6 +174,10 @@ func (m *Machine) ActionDone(svc string, a Action, r ActionResult) error {
 	switch a.Kind {
 	case ActionFence:
 		switch {
+		case r.Ran && r.OK && m.resumedAt > handed:
+			// This proxy stood still while the hook ran: the backend may
+			// have come back meanwhile unseen. Fence it again.
+			log.Info("cluster: fence hook succeeded during a pause of this proxy: not counted")
 		case r.Ran && r.OK:
 			s.hookFenced[a.Backend] = true
 			delete(s.fenceFailed, a.Backend)
@@ -241,7 +261,7 @@ func (m *Machine) finishIntent(name string, s *service) {
 
 // hand gives one action to the runner.
 func (m *Machine) hand(name string, s *service, a Action) {
-	s.act.inFlight = true
+	s.act.inFlight, s.act.handedAt = true, m.clock.Now()
 	m.log.Info("cluster: acting on a database", "service", name, "epoch", a.Epoch, "action", a.Kind.String(), "backend", a.Backend)
 	if m.cfg.OnAction != nil {
 		m.cfg.OnAction(name, a)
@@ -325,7 +345,14 @@ func (m *Machine) promoteBlocker(name string, s *service, in HookIntent, now tim
 	fenced := m.svcState(name).Record.Fenced
 	for _, b := range s.cfg.Backends {
 		y := b.Name
-		if y == in.Promote || s.hookFenced[y] || m.objectivelyDown(s, y) {
+		if y == in.Promote || m.objectivelyDown(s, y) {
+			continue
+		}
+		if s.cfg.RoleAware && m.mayReportPrimary(s, y) {
+			// whatever a fence hook did, it does not hold (or was undone)
+			return y, fmt.Sprintf("%q reports primary and no fence hook fenced it", y)
+		}
+		if s.hookFenced[y] {
 			continue
 		}
 		if until, ok := s.latePromote[y]; ok && now < until {
@@ -450,6 +477,22 @@ func (m *Machine) followTarget(name string, s *service, rec Record, now time.Dur
 		return ""
 	}
 	return y
+}
+
+// unverified notes, when a record moves the primary away from a backend
+// that this proxy never saw report primary under the decision that made it
+// primary, that the promote of that decision may still be under way on the
+// proxy that committed it (it started before this record committed, while
+// that proxy held its lease): for the settle period it counts as maybe
+// primary here, as a promote of our own would.
+func (m *Machine) unverified(s *service, old, rec Record) {
+	x := old.Primary
+	if x == "" || x == rec.Primary || !s.hooks.Promote || old.Since == 0 || s.primarySeen[x] >= old.Since {
+		return
+	}
+	if until := m.clock.Now() + m.settle(s, 0); until > s.latePromote[x] {
+		s.latePromote[x] = until
+	}
 }
 
 // promoteStalled reports whether the record's primary has reported replica

@@ -71,6 +71,10 @@ type Machine struct {
 	storeErr   error
 	storeProbe time.Duration
 	opSeq      uint64
+	// lastInput and resumedAt notice a pause (ticks alone come every
+	// LeaseTimeout/8): what this proxy knew of the databases may have
+	// changed unseen meanwhile.
+	lastInput, resumedAt time.Duration
 
 	counters Counters
 }
@@ -84,14 +88,16 @@ type service struct {
 	prop     *proposal
 	next     time.Duration // no proposal before this (backoff)
 	hint     Ballot        // highest vote heard of above our record
-	votedAt  time.Duration // when we last cast a vote
-	leaseAt  time.Duration // when we last held a lease or adopted a record
-	switchTo string        // pending operator switchover
-	switchAt uint64        // record epoch when it was asked for
-	widest   Value         // the largest value the config allows, to size payloads
-	fenceOp  *fenceOp      // pending operator fence or unfence
-	op       *Operation    // the last operator request and how it ended
-	decision string        // last decision and why, for status
+	// peerPromised is the highest Promised a peer's answer carried.
+	peerPromised uint64
+	votedAt      time.Duration // when we last cast a vote
+	leaseAt      time.Duration // when we last held a lease or adopted a record
+	switchTo     string        // pending operator switchover
+	switchAt     uint64        // record epoch when it was asked for
+	widest       Value         // the largest value the config allows, to size payloads
+	fenceOp      *fenceOp      // pending operator fence or unfence
+	op           *Operation    // the last operator request and how it ended
+	decision     string        // last decision and why, for status
 	// retry is a failed promote of the record's primary that this proxy
 	// reported and has not yet moved away from; failed holds, per backend,
 	// when its last failed promote stops excluding it from candidates.
@@ -111,7 +117,11 @@ type service struct {
 	obsAt       map[string]time.Duration // when this proxy's own view of it last changed
 	recordAt    time.Duration            // when the current record was committed or adopted here
 	followTo    string                   // the one backend reporting primary, to route to instead
-	said        map[string]string        // what was last logged per topic, to log a change once
+	// primarySeen is, per backend, the highest Since of a record naming it
+	// primary under which this proxy saw it report primary: its promote
+	// for that decision is done.
+	primarySeen map[string]uint64
+	said        map[string]string // what was last logged per topic, to log a change once
 }
 
 // fenceOp is an operator's fence (or unfence) of a backend, asked for
@@ -213,7 +223,8 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 		}
 		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{},
 			failed: map[string]time.Duration{}, hooks: sc.Hooks, hookFenced: map[string]bool{}, fenceFailed: map[string]time.Duration{},
-			latePromote: map[string]time.Duration{}, obsAt: map[string]time.Duration{}, said: map[string]string{}}
+			latePromote: map[string]time.Duration{}, obsAt: map[string]time.Duration{}, said: map[string]string{},
+			primarySeen: map[string]uint64{}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
 		}
@@ -592,8 +603,18 @@ func (m *Machine) excluded(s *service, backend string, now time.Duration) bool {
 	return ok && now < until
 }
 
+// wake notes an input at now; a gap of more than LeaseTimeout/2 since the
+// last one means this proxy stood still.
+func (m *Machine) wake(now time.Duration) {
+	if m.lastInput != 0 && now-m.lastInput > m.cfg.LeaseTimeout/2 {
+		m.resumed(now, now-m.lastInput)
+	}
+	m.lastInput = now
+}
+
 // Step handles one payload from peer from.
 func (m *Machine) Step(from string, payload []byte) {
+	m.wake(m.clock.Now())
 	if !m.members[from] || from == m.cfg.Name {
 		m.counters.Stranger++
 		return
@@ -859,6 +880,7 @@ func (m *Machine) reachesQuorum() bool {
 // retries and hooks. Call it every LeaseTimeout/8 or more often.
 func (m *Machine) Tick() {
 	now := m.clock.Now()
+	m.wake(now)
 	if !m.started || now-m.lastObs >= m.cfg.LeaseTimeout/2 {
 		m.started = true
 		m.lastObs = now
@@ -1195,6 +1217,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
 	m.opDecided(s, rec, old)
+	m.unverified(s, old, rec)
 	s.decision = fmt.Sprintf("adopted epoch %d %s", rec.Epoch, rec.Value)
 	if relayExcept != "" {
 		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
@@ -1257,6 +1280,9 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		s.downEpoch = 0
 	case s.downEpoch != rec.Epoch:
 		s.downEpoch, s.downSince = rec.Epoch, now
+	}
+	if m.ownPrimary(s, rec.Primary) {
+		s.primarySeen[rec.Primary] = max(s.primarySeen[rec.Primary], rec.Since)
 	}
 	if p := s.prop; p != nil {
 		m.tickProposal(name, s, p, now)
@@ -1534,7 +1560,9 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 		return
 	}
 	ss := m.svcState(name)
-	e := max(ss.Record.Epoch, ss.Promised) + 1
+	// Any epoch above our own promise is ours to propose; above what peers
+	// promised, it can win.
+	e := max(ss.Record.Epoch, ss.Promised, s.peerPromised) + 1
 	if k != kindForced {
 		// a forced value keeps the Since it was proposed with
 		value.Since = ss.Record.Since
@@ -1619,6 +1647,9 @@ func (m *Machine) onVote(from string, x voteMsg) {
 		return
 	}
 	m.learn(x.Service, x.Record, x.Accepted)
+	// A refusal says how far the voter has promised: the next proposal
+	// starts above it rather than climbing one refused epoch at a time.
+	s.peerPromised = max(s.peerPromised, x.Promised)
 	p := s.prop
 	if p == nil || x.Epoch != p.epoch {
 		m.counters.Stale++
@@ -1763,6 +1794,10 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
 	m.opDecided(s, rec, old)
+	if p.kind != kindPromoteFailed {
+		// (moving on, this proxy already knows the old primary is not one)
+		m.unverified(s, old, rec)
+	}
 	s.decision = fmt.Sprintf("committed epoch %d %s (%s, %d votes)", rec.Epoch, rec.Value, p.kind, len(p.accepts))
 	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "fenced", string(rec.Fenced),
 		"kind", p.kind.String(), "votes", len(p.accepts))

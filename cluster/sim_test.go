@@ -469,8 +469,8 @@ func (s *sim) start(nd *simNode) {
 // observe hands nd's machine its view of backend b: up or down, and the
 // role the database reports when the checks know roles.
 func (s *sim) observe(nd *simNode, b string) {
-	if !nd.alive {
-		return
+	if !nd.alive || nd.paused {
+		return // a paused proxy checks nothing; it looks again on resume
 	}
 	o := Observation{Up: nd.view[b]}
 	if o.Up && s.roleAware {
@@ -924,6 +924,9 @@ func (s *sim) fault() {
 			}
 			nd.paused = false
 			s.logf("%s resumed with %d held messages", nd.name, len(nd.held))
+			for _, b := range s.backends {
+				s.observe(nd, b.Name)
+			}
 			held := nd.held
 			nd.held = nil
 			for _, e := range held {
@@ -1203,6 +1206,9 @@ func (s *sim) heal() {
 		}
 		if nd.paused {
 			nd.paused = false
+			for _, b := range s.backends {
+				s.observe(nd, b.Name)
+			}
 			for _, e := range nd.held {
 				e.at = s.now
 				s.seq++
