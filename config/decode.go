@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"slices"
@@ -12,9 +13,32 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Load reads and parses the config file at path. See Parse.
+// Bounds on what Parse accepts. A config is a few kilobytes and nests four
+// levels at most (service.health.command[0]). The toml parser's cost grows
+// much faster than the file with nesting (20,000 levels in 40 KB took
+// gigabytes), and within these bounds it allocates at most a few hundred
+// bytes per byte of input, so hostile input is refused before it runs.
+const (
+	// MaxFileSize is the largest config file, in bytes: room for hundreds
+	// of services; a hostile file of this size peaks below 100 MB.
+	MaxFileSize = 256 << 10
+	// MaxDepth bounds how deep keys nest, counting table header parts,
+	// dotted key parts, array elements and inline tables together.
+	MaxDepth = 10
+)
+
+// maxDepth is MaxDepth, for the scanner.
+const maxDepth = MaxDepth
+
+// Load reads and parses the config file at path. See Parse. A file larger
+// than MaxFileSize is refused without reading it whole.
 func Load(path string) (*Config, []Problem, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
@@ -26,6 +50,14 @@ func Load(path string) (*Config, []Problem, error) {
 // warnings found. If the file has any error, the config is nil and the error
 // is a Problems listing every error found (syntax errors stop at the first).
 func Parse(filename string, data []byte) (*Config, []Problem, error) {
+	if len(data) > MaxFileSize {
+		return nil, nil, Problems{{File: filename, Msg: fmt.Sprintf("file is larger than %d KiB, the most a config may be", MaxFileSize>>10)}}
+	}
+	scan := keyPositions(string(data))
+	if line, col, deep := scan.tooDeep(); deep {
+		return nil, nil, Problems{{File: filename, Line: line, Col: col,
+			Msg: fmt.Sprintf("keys nested deeper than %d levels (table headers, dotted keys, arrays and inline tables together): not a quorumproxy config", MaxDepth)}}
+	}
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
 		p := Problem{File: filename, Msg: err.Error()}
@@ -36,7 +68,7 @@ func Parse(filename string, data []byte) (*Config, []Problem, error) {
 		return nil, nil, Problems{p}
 	}
 
-	d := &decoder{file: filename, scan: keyPositions(string(data)), present: map[string]bool{}, bad: map[string]bool{}}
+	d := &decoder{file: filename, scan: scan, present: map[string]bool{}, bad: map[string]bool{}}
 	cfg := &Config{}
 	cfg.setDefaults()
 	d.table("", raw, reflect.ValueOf(cfg).Elem())
