@@ -307,8 +307,25 @@ type Health struct {
 	// (postgres, redis, mysql). Default "". At most one of PasswordFile and
 	// PasswordEnv.
 	PasswordEnv string `toml:"password_env"`
-	// TLS makes postgres, redis, mysql and http checks use TLS. Default false.
+	// TLS makes postgres, redis, mysql and http checks use TLS and verify
+	// the server's certificate (chain and name, as PostgreSQL's
+	// sslmode=verify-full) before sending anything. Default false.
 	TLS bool `toml:"tls"`
+	// TLSCAFile names a PEM file of the CA certificates to trust. Default
+	// "": the system's roots. Needs tls = true.
+	TLSCAFile string `toml:"tls_ca_file"`
+	// TLSServerName is the name the server's certificate must carry.
+	// Default "": the host part of each backend's address (an IP address
+	// must be among the certificate's IP addresses). Needs tls = true.
+	TLSServerName string `toml:"tls_server_name"`
+	// TLSCertFile and TLSKeyFile name a PEM client certificate and its key,
+	// for servers that ask for one. Default "": none. Both or neither.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// TLSSkipVerify accepts any server certificate, so that anyone on the
+	// path can pose as the backend and receive the check's credentials.
+	// Default false; check-config warns when it is set.
+	TLSSkipVerify bool `toml:"tls_skip_verify"`
 
 	// Method is the http check's request method. Default "GET".
 	Method string `toml:"method"`

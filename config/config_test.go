@@ -102,6 +102,14 @@ func TestBadConfigs(t *testing.T) {
 			`health.toml:10:3: service "pg" health: fast_interval: must be positive, not 0s`,
 			`health.toml:11:3: service "pg" health: down_interval: must be positive, not -1s`,
 		},
+		"tls.toml": {
+			`tls.toml:7:3: service "pg" health: tls_ca_file: has no effect without tls = true`,
+			`tls.toml:8:3: service "pg" health: tls_cert_file: has no effect without tls = true`,
+			`tls.toml:8:3: service "pg" health: tls_cert_file and tls_key_file: give both or neither`,
+			`tls.toml:25:3: service "redis" health: tls_skip_verify = true with tls_ca_file or tls_server_name: verification is either on or off; choose one`,
+			`tls.toml:26:3: service "redis" health: tls_server_name "bad name!": not a host name or IP address`,
+			`tls.toml:37:3: service "tcp" health: tls: only for kind "postgres", "redis", "mysql" or "http", not "tcp"`,
+		},
 		"hook_string.toml": {
 			`hook_string.toml:6:3: service "pg" hooks: promote: must be an array of strings (argv), not the string "pg_ctl promote -D /data": commands never run through a shell; write ["/path/to/cmd", "arg", ...]`,
 			`hook_string.toml:7:3: service "pg" hooks: fence[1]: must be a string, not the integer 7`,
@@ -326,6 +334,7 @@ func TestWarnings(t *testing.T) {
 		`warnings.toml:19:1: warning: service "single": max_lag and max_lag_bytes apply only to role = "replica"`,
 		`warnings.toml:30:3: warning: service "aa" hooks: promote and fence hooks never run in active-active mode`,
 		`warnings.toml:39:3: warning: service "aa" backend "b2": address "127.0.0.1:7003": also the address of backend "b1"`,
+		`warnings.toml:48:3: warning: service "redis" health: tls_skip_verify = true: the backend's certificate is not checked, so anyone on the network path can pose as it and receive the check's credentials; give tls_ca_file instead`,
 	}
 	var got []string
 	for _, w := range warns {
