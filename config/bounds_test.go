@@ -100,3 +100,25 @@ func TestScannerLinear(t *testing.T) {
 		t.Errorf("4x the input took %.1fx the memory", float64(a2)/float64(a1))
 	}
 }
+
+// A Check's problems come with the key's position, in file order among the
+// others, also when the config has other errors.
+func TestChecksReportWithPositions(t *testing.T) {
+	src := "[[service]]\nname = \"pg\"\nlisten = \"bad\"\n  [service.hooks]\n  promote = [\"/nope\"]\n  [[service.backend]]\n  name = \"a\"\n  address = \"h:1\"\n"
+	check := func(cfg *Config, report func(table, key, msg string, warn bool)) {
+		for i, s := range cfg.Services {
+			if len(s.Hooks.Promote) > 0 {
+				report(indexPath("service", i)+".hooks", "promote", "promote: "+s.Hooks.Promote[0]+": no such file", false)
+			}
+		}
+		report("", "", "a warning of the check", true)
+	}
+	_, warns, err := Parse("c.toml", []byte(src), check)
+	want := "c.toml:3:1: service \"pg\": listen \"bad\": missing port\nc.toml:5:3: service \"pg\" hooks: promote: /nope: no such file"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	if len(warns) != 2 || warns[1].Msg != "a warning of the check" { // and the one-backend warning
+		t.Fatalf("warnings %v", warns)
+	}
+}

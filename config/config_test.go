@@ -102,6 +102,13 @@ func TestBadConfigs(t *testing.T) {
 			`health.toml:10:3: service "pg" health: fast_interval: must be positive, not 0s`,
 			`health.toml:11:3: service "pg" health: down_interval: must be positive, not -1s`,
 		},
+		"overflow.toml": {
+			`overflow.toml:3:1: admin: listen "bad": missing port`,
+			`overflow.toml:8:1: service "pg": max_connections: 99999999999999999999 is out of range: an integer must fit in 64 bits`,
+			`overflow.toml:12:3: service "pg" backend "a": address "nope": missing port`,
+			`overflow.toml:13:3: service "pg" backend "a": weight: 0x1_0000_0000_0000_0000 is out of range: an integer must fit in 64 bits`,
+			`overflow.toml:18:3: service "pg" backend "b": weight: must be at least 1, not 0 (to take a backend out of rotation, remove it and reload)`,
+		},
 		"tls.toml": {
 			`tls.toml:7:3: service "pg" health: tls_ca_file: has no effect without tls = true`,
 			`tls.toml:8:3: service "pg" health: tls_cert_file: has no effect without tls = true`,

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +27,15 @@ type scanner struct {
 	// deepAt is the offset of the first key or value nested deeper than
 	// maxDepth, or -1; scanning stops there.
 	deepAt int
+	// overflows are integer values too large for int64, which the toml
+	// parser would stop at.
+	overflows []overflow
+}
+
+// overflow is an integer literal out of int64's range.
+type overflow struct {
+	node       int // its key or array element
+	start, end int // byte offsets of the literal
 }
 
 // node is one key part or array element of a path.
@@ -437,10 +447,42 @@ func (s *scanner) value(path int) {
 			}
 		}
 	default: // number, boolean or date: runs to a delimiter
+		start := s.i
 		for !s.eof() && !strings.ContainsRune(",]}\n#", rune(s.src[s.i])) {
 			s.i++
 		}
+		s.checkInt(path, start, s.i)
 	}
+}
+
+// checkInt records the literal in src[start:end] if it is an integer out
+// of int64's range.
+func (s *scanner) checkInt(node, start, end int) {
+	tok := strings.TrimRight(s.src[start:end], " \t\r")
+	if tok == "" || strings.Trim(tok, "0123456789abcdefABCDEF_+-xob") != "" {
+		return
+	}
+	if _, err := strconv.ParseInt(strings.ReplaceAll(tok, "_", ""), 0, 64); errors.Is(err, strconv.ErrRange) {
+		s.overflows = append(s.overflows, overflow{node: node, start: start, end: start + len(tok)})
+	}
+}
+
+// pathOf returns node n's path in the decoder's form.
+func (s *scanner) pathOf(n int) string {
+	var parts []int
+	for ; n > root; n = s.nodes[n].parent {
+		parts = append(parts, n)
+	}
+	path := ""
+	for i := len(parts) - 1; i >= 0; i-- {
+		nd := s.nodes[parts[i]]
+		if nd.index >= 0 {
+			path = indexPath(path, nd.index)
+		} else {
+			path = joinPath(path, nd.key)
+		}
+	}
+	return path
 }
 
 // multiline scans a multi-line string of quote q; up to two quotes may precede the
