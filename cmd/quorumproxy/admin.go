@@ -8,7 +8,6 @@ import (
 	"html/template"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -23,13 +22,9 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	}
 	var token []byte
 	if c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
+		var err error
+		if token, err = readToken(c.TokenFile); err != nil {
 			return fmt.Errorf("admin.token_file: %w", err)
-		}
-		token = []byte(strings.TrimSpace(string(b)))
-		if len(token) == 0 {
-			return fmt.Errorf("admin.token_file %s: empty token", c.TokenFile)
 		}
 	}
 	ln, err := net.Listen("tcp", c.Listen)

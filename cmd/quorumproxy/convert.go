@@ -11,37 +11,6 @@ import (
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
-// loadConfig is config.Load plus what only the running proxy can check:
-// that password files and variables are there. For `run` (secrets true) a
-// missing secret is an error; check-config may run on another machine than
-// the proxy, so there it is a warning. A reload reads the secrets again.
-func loadConfig(path string, secrets bool) (*config.Config, []config.Problem, error) {
-	cfg, warnings, err := config.Load(path)
-	if err != nil {
-		return nil, warnings, err
-	}
-	var probs config.Problems
-	for i := range cfg.Services {
-		_, err := servicePassword(&cfg.Services[i])
-		if err == nil {
-			_, err = serviceTLS(&cfg.Services[i])
-		}
-		if err != nil {
-			p := config.Problem{File: path, Path: fmt.Sprintf("service %q health", cfg.Services[i].Name), Msg: err.Error()}
-			if secrets {
-				probs = append(probs, p)
-			} else {
-				p.Warning = true
-				warnings = append(warnings, p)
-			}
-		}
-	}
-	if len(probs) > 0 {
-		return nil, warnings, probs
-	}
-	return cfg, warnings, nil
-}
-
 func servicePassword(s *config.Service) (string, error) {
 	h := &s.Health
 	switch {

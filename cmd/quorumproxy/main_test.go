@@ -57,9 +57,14 @@ func runBin(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestCheckConfigExitCodes(t *testing.T) {
-	out, errOut, code := runBin(t, "check-config", "../../testdata/example.toml")
+	out, errOut, code := runBin(t, "check-config", "-skip-files", "../../testdata/example.toml")
 	if code != 0 {
 		t.Fatalf("example.toml: exit %d\n%s%s", code, out, errOut)
+	}
+	// Without -skip-files the files it names are read, and they are not here.
+	if _, errOut, code := runBin(t, "check-config", "../../testdata/example.toml"); code != 1 ||
+		!strings.Contains(errOut, "secret_key_file: gossip key: open /etc/quorumproxy/gossip.key") {
+		t.Errorf("example.toml with its files missing: exit %d\n%s", code, errOut)
 	}
 	bad, err := filepath.Glob("../../testdata/bad/*.toml")
 	if err != nil || len(bad) == 0 {
