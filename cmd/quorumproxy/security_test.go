@@ -18,7 +18,8 @@ import (
 // floodCluster is three real proxies of one cluster over loopback, routing
 // one echo service, with sessions held open through the first.
 type floodCluster struct {
-	ps []*clusterProxy
+	ps   []*clusterProxy
+	a, b *echoServer // the backends; a is the first primary
 }
 
 // startFloodCluster starts three proxies from bin and waits until all route.
@@ -38,7 +39,7 @@ func startFloodCluster(t *testing.T, bin, lease string) *floodCluster {
 		gossip[n] = freeAddr(t)
 		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = %q\n", n, gossip[n])
 	}
-	c := &floodCluster{}
+	c := &floodCluster{a: a, b: b}
 	for _, n := range names {
 		p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, n+".promoted")}
 		p.cfgPath = filepath.Join(dir, n+".toml")
