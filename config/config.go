@@ -35,7 +35,7 @@ type Config struct {
 // Admin is the [admin] table: the admin HTTP API.
 type Admin struct {
 	// Listen is the host:port of the admin HTTP server. Default
-	// "127.0.0.1:9090" (loopback: the API can change routing). "" disables it.
+	// DefaultAdminListen (loopback: the API can change routing). "" disables it.
 	Listen string `toml:"listen"`
 	// TokenFile names a file holding the bearer token required by
 	// state-changing endpoints. Default "": those endpoints are refused.
@@ -372,9 +372,16 @@ type Backend struct {
 	MaxConnections int `toml:"max_connections"`
 }
 
+// DefaultAdminListen is the admin API's address when [admin] listen is
+// left out, and where the commands that talk to it look by default:
+// loopback, because the API can change routing; port 7654, which no common
+// service uses (9090, the first choice, is Prometheus's own port, and
+// 9100-9999 its exporters').
+const DefaultAdminListen = "127.0.0.1:7654"
+
 // Defaults, written once. Parse applies them to keys the file leaves out.
 const (
-	defaultAdminListen    = "127.0.0.1:9090" // loopback: the API can change routing
+	defaultAdminListen    = DefaultAdminListen
 	defaultLogLevel       = "info"
 	defaultLogFormat      = "text"
 	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish

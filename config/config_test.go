@@ -142,7 +142,7 @@ func TestBadConfigs(t *testing.T) {
 			`password.toml:4:45: service "pg" health: unknown key "password": a password is never written in the config; use password_file or password_env`,
 		},
 		"ports.toml": {
-			`ports.toml:14:1: service "one": listen ":9090": overlaps [admin] listen "127.0.0.1:9090"`,
+			`ports.toml:14:1: service "one": listen ":7654": overlaps [admin] listen "127.0.0.1:7654"`,
 			`ports.toml:19:1: service "two": listen "10.1.2.3:7946": overlaps [cluster] bind "0.0.0.0:7946"`,
 		},
 		"role_tcp.toml": {
@@ -228,7 +228,7 @@ func TestMinimalDefaults(t *testing.T) {
 		t.Fatalf("err %v, warnings %v", err, warns)
 	}
 	want := &Config{
-		Admin: Admin{Listen: "127.0.0.1:9090"},
+		Admin: Admin{Listen: "127.0.0.1:7654"},
 		Log:   Log{Level: "info", Format: "text"},
 		Proxy: Proxy{DrainTimeout: 10 * time.Second},
 		Services: []Service{{
