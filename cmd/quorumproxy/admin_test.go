@@ -14,8 +14,8 @@ import (
 
 // adminDaemon starts a proxy alone with an active-passive service "web"
 // (backends a, b) and an admin token; it returns the config path, the
-// admin address and the token file.
-func adminDaemon(t *testing.T) (cfgPath, admin, tokenFile string) {
+// admin address, the token file and the daemon.
+func adminDaemon(t *testing.T) (cfgPath, admin, tokenFile string, d *daemonProc) {
 	t.Helper()
 	dir := t.TempDir()
 	a, b := startEcho(t, "a"), startEcho(t, "b")
@@ -49,9 +49,9 @@ listen = %q
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, cfgPath, admin)
+	d = startDaemon(t, cfgPath, admin)
 	waitFor(t, "web routing to a", 20*time.Second, func() bool { s := d.service(t, "web"); return s != nil && s.Target == "a" })
-	return cfgPath, admin, tokenFile
+	return cfgPath, admin, tokenFile, d
 }
 
 func post(t *testing.T, admin, path, token string, form url.Values) (int, string) {
@@ -78,7 +78,7 @@ func post(t *testing.T, admin, path, token string, form url.Values) (int, string
 // unknown service or backend is 404, not 409; a refusal says what was
 // refused once.
 func TestSecurityAdminAuth(t *testing.T) {
-	_, admin, _ := adminDaemon(t)
+	_, admin, _, _ := adminDaemon(t)
 	drainB := url.Values{"service": {"web"}, "backend": {"b"}}
 	for _, tc := range []struct{ name, token string }{{"missing", ""}, {"wrong", "s3cret-tokem"}, {"prefix", "s3cret"}, {"longer", "s3cret-token-and-more"}} {
 		code, body := post(t, admin, "/api/v1/drain", tc.token, drainB)
@@ -138,7 +138,7 @@ func TestSecurityTokenCompareTime(t *testing.T) {
 // status, drain and the other commands find the admin address and token
 // file in the proxy's config file (-config).
 func TestAdminCommandsTakeConfig(t *testing.T) {
-	cfgPath, admin, _ := adminDaemon(t)
+	cfgPath, admin, _, _ := adminDaemon(t)
 	if out, errOut, code := runBin(t, "drain", "-config", cfgPath, "-service", "web", "-backend", "b"); code != 0 {
 		t.Fatalf("drain -config: exit %d: %s%s", code, out, errOut)
 	}

@@ -11,8 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // floodCluster is three real proxies of one cluster over loopback, routing
@@ -247,5 +250,135 @@ func TestSecurityGossipFlood(t *testing.T) {
 	}
 	if lines > 5 {
 		t.Errorf("%d log lines during the flood:\n%s", lines, p.d.logs.String())
+	}
+}
+
+// vmHWM is a process's peak resident memory, from /proc.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+// TestSecurityExecAndHookHygiene: exec checks and a hook that print 100 MB
+// and leave a child in the background. The proxy's memory stays bounded,
+// each is judged by its own exit status (the backends are up, the hook
+// ran), no child outlives its check or hook, and nothing outlives the proxy.
+func TestSecurityExecAndHookHygiene(t *testing.T) {
+	mark := testenv.Mark(t)
+	t.Cleanup(func() { testenv.KillMarked(mark) })
+	dir := t.TempDir()
+	admin, listen := freeAddr(t), freeAddr(t)
+	noisy := `head -c 100000000 /dev/zero; sleep 1000 & echo primary`
+	cfgPath := filepath.Join(dir, "qp.toml")
+	cfg := fmt.Sprintf(`[admin]
+listen = %q
+
+[[service]]
+name = "db"
+listen = %q
+
+  [service.health]
+  kind = "exec"
+  command = ["/bin/sh", "-c", %q]
+  interval = "1s"
+  timeout = "900ms"
+
+  [service.hooks]
+  notify = ["/bin/sh", "-c", %q]
+
+  [[service.backend]]
+  name = "a"
+  address = "127.0.0.1:1"
+
+  [[service.backend]]
+  name = "b"
+  address = "127.0.0.1:2"
+`, admin, listen, noisy, noisy+"; touch "+filepath.Join(dir, "notified"))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfgPath, admin)
+	pid := d.cmd.Process.Pid
+	waitFor(t, "both backends up as primary or replica", 30*time.Second, func() bool {
+		s := d.service(t, "db")
+		return s != nil && len(s.Backends) == 2 && s.Backends[0].Health == "up" && s.Backends[1].Health == "up"
+	})
+	waitFor(t, "the notify hook ran", 30*time.Second, func() bool { _, err := os.Stat(filepath.Join(dir, "notified")); return err == nil })
+	time.Sleep(3 * time.Second) // a few more rounds of checks
+	children := func() int {
+		n := 0
+		for _, p := range testenv.Marked(mark) {
+			if p != pid {
+				n++
+			}
+		}
+		return n
+	}
+	// A check in flight has its own children; none may pile up.
+	if n := children(); n > 4 {
+		t.Errorf("%d processes of checks and hooks alive beside the proxy, want only those in flight", n)
+	}
+	hwm := vmHWM(t, pid)
+	t.Logf("FIGURE proxy (race build) peak RSS with two exec checks and a hook printing 100 MB each: %d MiB", hwm>>20)
+	if hwm > 200<<20 {
+		t.Errorf("peak RSS %d MiB: output is not bounded", hwm>>20)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err // for startDaemon's cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("the proxy did not stop on SIGTERM")
+	}
+	waitFor(t, "nothing left of the proxy's checks and hooks", 10*time.Second, func() bool { return len(testenv.Marked(mark)) == 0 })
+}
+
+// TestSecurityReloadBounded: a config of 20,000 nested levels given by
+// SIGHUP is refused at once with its position, costs the proxy little
+// memory, and the running config stays.
+func TestSecurityReloadBounded(t *testing.T) {
+	cfgPath, _, _, d := adminDaemon(t)
+	st, err := d.status(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := d.cmd.Process.Pid
+	good, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := string(good) + "x = " + strings.Repeat("{a=", 20000) + "1" + strings.Repeat("}", 20000) + "\n"
+	if err := os.WriteFile(cfgPath, []byte(deep), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := vmHWM(t, pid)
+	syscall.Kill(pid, syscall.SIGHUP)
+	waitFor(t, "the reload refused", 20*time.Second, func() bool {
+		s, err := d.status(t)
+		return err == nil && !s.LastReload.OK && s.LastReload.At.After(st.LastReload.At)
+	})
+	s, _ := d.status(t)
+	if !strings.Contains(s.LastReload.Error, "nested deeper than") || !strings.Contains(s.LastReload.Error, "qp.toml:") {
+		t.Errorf("reload error %q: want the depth bound and the position", s.LastReload.Error)
+	}
+	if len(s.Services) != 1 || s.Services[0].Target != "a" {
+		t.Errorf("the running config did not stay: %+v", s.Services)
+	}
+	after := vmHWM(t, pid)
+	t.Logf("FIGURE SIGHUP with 20,000 nested levels: peak RSS %d MiB before, %d MiB after", before>>20, after>>20)
+	if after-before > 64<<20 {
+		t.Errorf("the refused reload took the peak RSS from %d to %d MiB", before>>20, after>>20)
 	}
 }
