@@ -382,3 +382,64 @@ func TestSecurityReloadBounded(t *testing.T) {
 		t.Errorf("the refused reload took the peak RSS from %d to %d MiB", before>>20, after>>20)
 	}
 }
+
+// TestSecurityAcceptBackoffUnderEMFILE: a proxy out of file descriptors
+// while clients keep connecting (some accepts succeed in between, as
+// sessions end) backs off by the error rate and logs about once a second,
+// with a count, instead of a line per failed accept.
+func TestSecurityAcceptBackoffUnderEMFILE(t *testing.T) {
+	dir := t.TempDir()
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "qp.toml")
+	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.out"), a.addr(), b.addr(), "")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$0" run -config "$1"`, binPath, cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.exited
+		if t.Failed() {
+			t.Logf("daemon logs:\n%s", d.logs.String())
+		}
+	})
+	waitFor(t, "routing", 20*time.Second, func() bool { r, err := ask(listen, "x"); return err == nil && r == "a:x" })
+
+	before := strings.Count(d.logs.String(), "accept failed")
+	stop := time.Now().Add(5 * time.Second)
+	var wg sync.WaitGroup
+	for time.Now().Before(stop) {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { // each session lives 50ms: fds free up now and then
+			defer wg.Done()
+			time.Sleep(50 * time.Millisecond)
+			c.Close()
+		}()
+		time.Sleep(time.Millisecond)
+	}
+	wg.Wait()
+	logs := d.logs.String()
+	lines := strings.Count(logs, "accept failed") - before
+	t.Logf("FIGURE 5s out of file descriptors: %d 'accept failed' lines", lines)
+	if lines == 0 {
+		t.Fatalf("no accept failed: the descriptors never ran out\n%s", logs)
+	}
+	if lines > 8 {
+		t.Errorf("%d 'accept failed' lines in 5s, want about one a second", lines)
+	}
+	if !strings.Contains(logs, "errors=") {
+		t.Errorf("the lines do not count the errors")
+	}
+	waitFor(t, "routing again", 20*time.Second, func() bool { r, err := ask(listen, "x"); return err == nil && r == "a:x" })
+}
