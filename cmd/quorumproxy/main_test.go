@@ -184,8 +184,13 @@ func (s *syncBuffer) String() string {
 
 func startDaemon(t *testing.T, cfgPath, admin string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
-	d.cmd = exec.Command(binPath, "run", "-config", cfgPath)
+	return startDaemonCmd(t, exec.Command(binPath, "run", "-config", cfgPath), admin)
+}
+
+// startDaemonCmd is startDaemon with a command of the caller's.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd, admin string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: cmd, admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

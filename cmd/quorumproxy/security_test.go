@@ -56,7 +56,7 @@ func startFloodCluster(t *testing.T, bin, lease string) *floodCluster {
 		c.ps = append(c.ps, p)
 	}
 	for _, p := range c.ps {
-		p.d = startDaemonBin(t, bin, p.cfgPath, p.admin)
+		p.d = startDaemonCmd(t, exec.Command(bin, "run", "-config", p.cfgPath), p.admin)
 	}
 	waitFor(t, "all three routing to a", 60*time.Second, func() bool {
 		for _, p := range c.ps {
@@ -186,15 +186,6 @@ func watchLease(t *testing.T, p *clusterProxy, run func()) int {
 	close(stop)
 	<-done
 	return int(n.Load())
-}
-
-// startDaemonBin is startDaemon with another binary.
-func startDaemonBin(t *testing.T, bin, cfgPath, admin string) *daemonProc {
-	t.Helper()
-	old := binPath
-	binPath = bin
-	defer func() { binPath = old }()
-	return startDaemon(t, cfgPath, admin)
 }
 
 // TestMeasureGossipFlood finds the rate of garbage UDP on one proxy's
@@ -396,20 +387,7 @@ func TestSecurityAcceptBackoffUnderEMFILE(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemonProc{admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
-	d.cmd = exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$0" run -config "$1"`, binPath, cfgPath)
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.exited <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.exited
-		if t.Failed() {
-			t.Logf("daemon logs:\n%s", d.logs.String())
-		}
-	})
+	d := startDaemonCmd(t, exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$0" run -config "$1"`, binPath, cfgPath), admin)
 	waitFor(t, "routing", 20*time.Second, func() bool { r, err := ask(listen, "x"); return err == nil && r == "a:x" })
 
 	before := strings.Count(d.logs.String(), "accept failed")
