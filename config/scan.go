@@ -80,9 +80,12 @@ func (s *scanner) child(parent int, key string, index int) int {
 		return n
 	}
 	d := s.nodes[parent].depth + 1
-	if d > maxDepth && s.deepAt < 0 {
-		s.deepAt = min(s.i, len(s.src))
-		s.i = len(s.src) // every loop of the scanner ends at EOF
+	if d > maxDepth {
+		if s.deepAt < 0 {
+			s.deepAt = min(s.i, len(s.src))
+			s.i = len(s.src) // every loop of the scanner ends at EOF
+		}
+		return parent // nothing deeper is recorded
 	}
 	s.nodes = append(s.nodes, node{parent: parent, depth: d, off: -1, key: key, index: index})
 	n := len(s.nodes) - 1
