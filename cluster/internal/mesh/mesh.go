@@ -722,39 +722,55 @@ func (m *Mesh) countSent() {
 	metrics.IncrCounterWithLabels([]string{"mesh", "sent"}, 1, m.metricLabels)
 }
 
-// countDrop counts a refused packet or message. Nothing is logged here:
-// hostile traffic must not be able to flood the log; reportDrops sums the
-// counters up once per DropLogInterval.
+// countDrop counts a refused packet or message: an atomic add, no more,
+// since hostile traffic sets the pace. Nothing is logged here, so that it
+// cannot flood the log; reportDrops passes the counts on to the metrics
+// every second and sums them up in the log once per DropLogInterval.
 func (m *Mesh) countDrop(r dropReason, sender string) {
 	m.drops[r].Add(1)
-	metrics.IncrCounterWithLabels([]string{"mesh", "dropped"}, 1, m.dropLabels[r])
 	if sender != "" {
 		m.lastDropSender.Store(&sender)
 	}
 }
 
-// reportDrops logs, at most once per DropLogInterval, how many packets and
-// messages were dropped since the last report, by reason.
+// dropMetricsEvery is how often drop counts reach the metrics.
+const dropMetricsEvery = time.Second
+
+// reportDrops adds the drops to the metrics every dropMetricsEvery and
+// logs, at most once per DropLogInterval, how many packets and messages
+// were dropped since the last report, by reason.
 func (m *Mesh) reportDrops() {
 	defer m.wg.Done()
-	t := time.NewTicker(m.cfg.DropLogInterval)
+	t := time.NewTicker(min(dropMetricsEvery, m.cfg.DropLogInterval))
 	defer t.Stop()
-	var last [numDropReasons]uint64
+	var metered, logged [numDropReasons]uint64
+	nextLog := time.Now().Add(m.cfg.DropLogInterval)
 	for {
 		select {
 		case <-m.stop:
 			return
 		case <-t.C:
 		}
+		for r := dropGarbage; r < numDropReasons; r++ {
+			n := m.drops[r].Load()
+			if d := n - metered[r]; d > 0 {
+				metrics.IncrCounterWithLabels([]string{"mesh", "dropped"}, float32(d), m.dropLabels[r])
+			}
+			metered[r] = n
+		}
+		if time.Now().Before(nextLog) {
+			continue
+		}
+		nextLog = time.Now().Add(m.cfg.DropLogInterval)
 		var total uint64
 		attrs := []any{"interval", m.cfg.DropLogInterval}
 		for r := dropGarbage; r < numDropReasons; r++ {
 			n := m.drops[r].Load()
-			if d := n - last[r]; d > 0 {
+			if d := n - logged[r]; d > 0 {
 				total += d
 				attrs = append(attrs, r.String(), d)
 			}
-			last[r] = n
+			logged[r] = n
 		}
 		if total == 0 {
 			continue
