@@ -8,7 +8,7 @@ import "time"
 // backlog of clients (often already gone) to drain a few at a time.
 const (
 	acceptDelayMin = 5 * time.Millisecond
-	acceptDelayMax = 100 * time.Millisecond
+	acceptDelayMax = 50 * time.Millisecond
 	// acceptQuiet is how long accepts must go without an error (beyond the
 	// wait itself) before the
 	// delay starts again from the first: under fd exhaustion most accepts
