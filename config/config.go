@@ -35,7 +35,7 @@ type Config struct {
 // Admin is the [admin] table: the admin HTTP API.
 type Admin struct {
 	// Listen is the host:port of the admin HTTP server. Default
-	// "127.0.0.1:9090" (loopback: the API can change routing). "" disables it.
+	// DefaultAdminListen (loopback: the API can change routing). "" disables it.
 	Listen string `toml:"listen"`
 	// TokenFile names a file holding the bearer token required by
 	// state-changing endpoints. Default "": those endpoints are refused.
@@ -307,8 +307,25 @@ type Health struct {
 	// (postgres, redis, mysql). Default "". At most one of PasswordFile and
 	// PasswordEnv.
 	PasswordEnv string `toml:"password_env"`
-	// TLS makes postgres, redis, mysql and http checks use TLS. Default false.
+	// TLS makes postgres, redis, mysql and http checks use TLS and verify
+	// the server's certificate (chain and name, as PostgreSQL's
+	// sslmode=verify-full) before sending anything. Default false.
 	TLS bool `toml:"tls"`
+	// TLSCAFile names a PEM file of the CA certificates to trust. Default
+	// "": the system's roots. Needs tls = true.
+	TLSCAFile string `toml:"tls_ca_file"`
+	// TLSServerName is the name the server's certificate must carry.
+	// Default "": the host part of each backend's address (an IP address
+	// must be among the certificate's IP addresses). Needs tls = true.
+	TLSServerName string `toml:"tls_server_name"`
+	// TLSCertFile and TLSKeyFile name a PEM client certificate and its key,
+	// for servers that ask for one. Default "": none. Both or neither.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// TLSSkipVerify accepts any server certificate, so that anyone on the
+	// path can pose as the backend and receive the check's credentials.
+	// Default false; check-config warns when it is set.
+	TLSSkipVerify bool `toml:"tls_skip_verify"`
 
 	// Method is the http check's request method. Default "GET".
 	Method string `toml:"method"`
@@ -355,9 +372,16 @@ type Backend struct {
 	MaxConnections int `toml:"max_connections"`
 }
 
+// DefaultAdminListen is the admin API's address when [admin] listen is
+// left out, and where the commands that talk to it look by default:
+// loopback, because the API can change routing; port 7654, which no common
+// service uses (9090, the first choice, is Prometheus's own port, and
+// 9100-9999 its exporters').
+const DefaultAdminListen = "127.0.0.1:7654"
+
 // Defaults, written once. Parse applies them to keys the file leaves out.
 const (
-	defaultAdminListen    = "127.0.0.1:9090" // loopback: the API can change routing
+	defaultAdminListen    = DefaultAdminListen
 	defaultLogLevel       = "info"
 	defaultLogFormat      = "text"
 	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish

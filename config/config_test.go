@@ -102,6 +102,21 @@ func TestBadConfigs(t *testing.T) {
 			`health.toml:10:3: service "pg" health: fast_interval: must be positive, not 0s`,
 			`health.toml:11:3: service "pg" health: down_interval: must be positive, not -1s`,
 		},
+		"overflow.toml": {
+			`overflow.toml:3:1: admin: listen "bad": missing port`,
+			`overflow.toml:8:1: service "pg": max_connections: 99999999999999999999 is out of range: an integer must fit in 64 bits`,
+			`overflow.toml:12:3: service "pg" backend "a": address "nope": missing port`,
+			`overflow.toml:13:3: service "pg" backend "a": weight: 0x1_0000_0000_0000_0000 is out of range: an integer must fit in 64 bits`,
+			`overflow.toml:18:3: service "pg" backend "b": weight: must be at least 1, not 0 (to take a backend out of rotation, remove it and reload)`,
+		},
+		"tls.toml": {
+			`tls.toml:7:3: service "pg" health: tls_ca_file: has no effect without tls = true`,
+			`tls.toml:8:3: service "pg" health: tls_cert_file: has no effect without tls = true`,
+			`tls.toml:8:3: service "pg" health: tls_cert_file and tls_key_file: give both or neither`,
+			`tls.toml:25:3: service "redis" health: tls_skip_verify = true with tls_ca_file or tls_server_name: verification is either on or off; choose one`,
+			`tls.toml:26:3: service "redis" health: tls_server_name "bad name!": not a host name or IP address`,
+			`tls.toml:37:3: service "tcp" health: tls: only for kind "postgres", "redis", "mysql" or "http", not "tcp"`,
+		},
 		"hook_string.toml": {
 			`hook_string.toml:6:3: service "pg" hooks: promote: must be an array of strings (argv), not the string "pg_ctl promote -D /data": commands never run through a shell; write ["/path/to/cmd", "arg", ...]`,
 			`hook_string.toml:7:3: service "pg" hooks: fence[1]: must be a string, not the integer 7`,
@@ -127,7 +142,7 @@ func TestBadConfigs(t *testing.T) {
 			`password.toml:4:45: service "pg" health: unknown key "password": a password is never written in the config; use password_file or password_env`,
 		},
 		"ports.toml": {
-			`ports.toml:14:1: service "one": listen ":9090": overlaps [admin] listen "127.0.0.1:9090"`,
+			`ports.toml:14:1: service "one": listen ":7654": overlaps [admin] listen "127.0.0.1:7654"`,
 			`ports.toml:19:1: service "two": listen "10.1.2.3:7946": overlaps [cluster] bind "0.0.0.0:7946"`,
 		},
 		"role_tcp.toml": {
@@ -213,7 +228,7 @@ func TestMinimalDefaults(t *testing.T) {
 		t.Fatalf("err %v, warnings %v", err, warns)
 	}
 	want := &Config{
-		Admin: Admin{Listen: "127.0.0.1:9090"},
+		Admin: Admin{Listen: "127.0.0.1:7654"},
 		Log:   Log{Level: "info", Format: "text"},
 		Proxy: Proxy{DrainTimeout: 10 * time.Second},
 		Services: []Service{{
@@ -326,6 +341,7 @@ func TestWarnings(t *testing.T) {
 		`warnings.toml:19:1: warning: service "single": max_lag and max_lag_bytes apply only to role = "replica"`,
 		`warnings.toml:30:3: warning: service "aa" hooks: promote and fence hooks never run in active-active mode`,
 		`warnings.toml:39:3: warning: service "aa" backend "b2": address "127.0.0.1:7003": also the address of backend "b1"`,
+		`warnings.toml:48:3: warning: service "redis" health: tls_skip_verify = true: the backend's certificate is not checked, so anyone on the network path can pose as it and receive the check's credentials; give tls_ca_file instead`,
 	}
 	var got []string
 	for _, w := range warns {

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"slices"
@@ -12,22 +13,76 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Load reads and parses the config file at path. See Parse.
-func Load(path string) (*Config, []Problem, error) {
-	data, err := os.ReadFile(path)
+// Bounds on what Parse accepts. A config is a few kilobytes and nests four
+// levels at most (service.health.command[0]). The toml parser's cost grows
+// much faster than the file with nesting (20,000 levels in 40 KB took
+// gigabytes), and within these bounds it allocates at most a few hundred
+// bytes per byte of input, so hostile input is refused before it runs.
+const (
+	// MaxFileSize is the largest config file, in bytes: room for hundreds
+	// of services; a hostile file of this size peaks below 100 MB.
+	MaxFileSize = 256 << 10
+	// MaxDepth bounds how deep keys nest, counting table header parts,
+	// dotted key parts, array elements and inline tables together.
+	MaxDepth = 10
+)
+
+// maxDepth is MaxDepth, for the scanner.
+const maxDepth = MaxDepth
+
+// Check is a check of a decoded config that Parse cannot make alone, such
+// as whether the files that keys name are there; the caller passes it to
+// Load or Parse so that its problems come with positions, in file order,
+// among the others. report records a problem about key of the table at
+// path, in the decoder's form (`service[0].hooks`, "promote"); a warning
+// when warn is set. A Check runs even when the config has other errors, so
+// cfg may hold zero values where the file's were invalid.
+type Check func(cfg *Config, report func(table, key, msg string, warn bool))
+
+// Load reads and parses the config file at path. See Parse. A file larger
+// than MaxFileSize is refused without reading it whole.
+func Load(path string, checks ...Check) (*Config, []Problem, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(path, data)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data, checks...)
 }
 
 // Parse decodes and validates a config file's contents; filename is used in
 // problems only. It returns the config with every default applied and the
 // warnings found. If the file has any error, the config is nil and the error
-// is a Problems listing every error found (syntax errors stop at the first).
-func Parse(filename string, data []byte) (*Config, []Problem, error) {
+// is a Problems listing every error found (syntax errors stop at the first;
+// an integer too large for int64 does not). checks run after validation.
+func Parse(filename string, data []byte, checks ...Check) (*Config, []Problem, error) {
+	if len(data) > MaxFileSize {
+		return nil, nil, Problems{{File: filename, Msg: fmt.Sprintf("file is larger than %d KiB, the most a config may be", MaxFileSize>>10)}}
+	}
+	scan := keyPositions(string(data))
+	if line, col, deep := scan.tooDeep(); deep {
+		return nil, nil, Problems{{File: filename, Line: line, Col: col,
+			Msg: fmt.Sprintf("keys nested deeper than %d levels (table headers, dotted keys, arrays and inline tables together): not a quorumproxy config", MaxDepth)}}
+	}
+	// An integer out of range stops the toml parser; read it as 0, report
+	// it, and go on, so that every other problem is reported too.
+	text := string(data)
+	if len(scan.overflows) > 0 {
+		b := []byte(text)
+		for _, o := range scan.overflows {
+			b[o.start] = '0'
+			for i := o.start + 1; i < o.end; i++ {
+				b[i] = ' '
+			}
+		}
+		text = string(b)
+	}
 	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
+	if _, err := toml.Decode(text, &raw); err != nil {
 		p := Problem{File: filename, Msg: err.Error()}
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
@@ -36,13 +91,41 @@ func Parse(filename string, data []byte) (*Config, []Problem, error) {
 		return nil, nil, Problems{p}
 	}
 
-	d := &decoder{file: filename, scan: keyPositions(string(data)), present: map[string]bool{}, bad: map[string]bool{}}
+	d := &decoder{file: filename, scan: scan, present: map[string]bool{}, bad: map[string]bool{}}
 	cfg := &Config{}
 	cfg.setDefaults()
+	overflowed := map[string]bool{}
+	for _, o := range scan.overflows {
+		p := scan.pathOf(o.node)
+		overflowed[p] = true
+		d.bad[p] = true
+		d.probs = append(d.probs, rawProblem{table: parentPath(p), key: lastPart(p),
+			msg: fmt.Sprintf("%s: %s is out of range: an integer must fit in 64 bits", lastPart(p), data[o.start:o.end])})
+	}
 	d.table("", raw, reflect.ValueOf(cfg).Elem())
 	d.derive(cfg)
 	d.validate(cfg)
+	for _, check := range checks {
+		check(cfg, func(table, key, msg string, warn bool) {
+			d.probs = append(d.probs, rawProblem{table: table, key: key, msg: msg, warning: warn})
+		})
+	}
+	if len(overflowed) > 0 {
+		// What validation said of the stand-in 0 is not news.
+		kept := d.probs[:0]
+		for i, p := range d.probs {
+			if i < len(scan.overflows) || !overflowed[joinPath(p.table, p.key)] {
+				kept = append(kept, p)
+			}
+		}
+		d.probs = kept
+	}
 	return d.result(cfg)
+}
+
+// lastPart is the last key or index of path: a.b[1] -> [1], a.b -> b.
+func lastPart(path string) string {
+	return strings.TrimPrefix(path[len(parentPath(path)):], ".")
 }
 
 // decoder maps the decoded TOML tree onto the config structs by their toml

@@ -450,9 +450,7 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 		d.errorf(hp, "database", "database: only for kind \"postgres\" or \"mysql\", not %q", h.Kind)
 	}
 	httpKeys := []string{"method", "path", "expect_status", "expect_body"}
-	if d.present[joinPath(hp, "tls")] && !oneOf(h.Kind, KindPostgres, KindRedis, KindMySQL, KindHTTP) {
-		d.errorf(hp, "tls", "tls: only for kind \"postgres\", \"redis\", \"mysql\" or \"http\", not %q", h.Kind)
-	}
+	d.validateTLS(h, hp)
 	for _, k := range httpKeys {
 		if d.present[joinPath(hp, k)] && h.Kind != KindHTTP {
 			d.errorf(hp, k, "%s: only for kind \"http\", not %q", k, h.Kind)
@@ -480,6 +478,36 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 			d.errorf(hp, "command", "command: required for kind \"exec\" (an argv array)")
 		} else if len(h.Command) > 0 && h.Command[0] == "" {
 			d.errorf(hp, "command", "command: the program name (first element) is empty")
+		}
+	}
+}
+
+// tlsKeys are the [service.health] keys about TLS; all but tls need tls = true.
+var tlsKeys = []string{"tls", "tls_ca_file", "tls_server_name", "tls_cert_file", "tls_key_file", "tls_skip_verify"}
+
+func (d *decoder) validateTLS(h *Health, hp string) {
+	for _, k := range tlsKeys {
+		if !d.present[joinPath(hp, k)] {
+			continue
+		}
+		switch {
+		case !oneOf(h.Kind, KindPostgres, KindRedis, KindMySQL, KindHTTP):
+			d.errorf(hp, k, "%s: only for kind \"postgres\", \"redis\", \"mysql\" or \"http\", not %q", k, h.Kind)
+		case k != "tls" && !h.TLS:
+			d.errorf(hp, k, "%s: has no effect without tls = true", k)
+		}
+	}
+	if (h.TLSCertFile == "") != (h.TLSKeyFile == "") {
+		d.errorf(hp, "tls_cert_file", "tls_cert_file and tls_key_file: give both or neither")
+	}
+	if h.TLSServerName != "" && !validHost(h.TLSServerName) {
+		d.errorf(hp, "tls_server_name", "tls_server_name %q: not a host name or IP address", h.TLSServerName)
+	}
+	if h.TLS && h.TLSSkipVerify {
+		if h.TLSCAFile != "" || h.TLSServerName != "" {
+			d.errorf(hp, "tls_skip_verify", "tls_skip_verify = true with tls_ca_file or tls_server_name: verification is either on or off; choose one")
+		} else {
+			d.warnf(hp, "tls_skip_verify", "tls_skip_verify = true: the backend's certificate is not checked, so anyone on the network path can pose as it and receive the check's credentials; give tls_ca_file instead")
 		}
 	}
 }

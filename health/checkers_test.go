@@ -1,6 +1,7 @@
 package health
 
 import (
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -172,8 +173,12 @@ func TestHTTPCheckerTLS(t *testing.T) {
 	}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "https://")
-	spec := Spec{Kind: "http", TLS: true, ExpectBody: "ok", Timeout: 2 * time.Second}
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	spec := Spec{Kind: "http", TLS: true, TLSCA: ca, ExpectBody: "ok", Timeout: 2 * time.Second}
 	wantUp(t, checkOnce(t, spec, addr), RoleUnknown)
+	untrusted := spec
+	untrusted.TLSCA = nil // the system's roots do not know httptest's certificate
+	wantDown(t, checkOnce(t, untrusted, addr), ErrTLS)
 	spec.TLS = false // plain HTTP to a TLS port: the server answers 400
 	wantDown(t, checkOnce(t, spec, addr), ErrUnexpected)
 }

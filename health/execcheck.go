@@ -1,7 +1,6 @@
 package health
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,17 +8,16 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
-)
 
-// execWaitDelay bounds how long a killed command's pipes may stay open (held by a grandchild
-// that escaped the process group) before the check stops waiting for them.
-const execWaitDelay = 50 * time.Millisecond
+	"github.com/quorumproxy/quorumproxy/internal/groupexec"
+)
 
 // execChecker runs an argv without a shell; exit status 0 means up. The command gets
 // QP_ADDRESS, QP_HOST and QP_PORT in its environment and may print its role on a line of its
 // own: "role=primary", "primary", "master", "role=replica", "replica", "standby" or "slave".
+// It runs in a process group of its own, killed when it exits or times out, and at most
+// maxBody bytes of each of its streams are kept (see internal/groupexec).
 type execChecker struct {
 	argv    []string
 	env     []string
@@ -37,27 +35,10 @@ func newExecChecker(spec Spec, address string) (*execChecker, error) {
 	return &execChecker{argv: append([]string(nil), spec.Command...), env: env, timeout: spec.Timeout}, nil
 }
 
-// limitedBuffer keeps the first maxBody bytes written to it and drops the rest.
-type limitedBuffer struct{ bytes.Buffer }
-
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := maxBody - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
 func (c *execChecker) Check(ctx context.Context) Result {
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, c.argv[0], c.argv[1:]...)
-	cmd.Env = c.env
-	// Its own process group, so the timeout kills whatever the command started too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = execWaitDelay
-	var stdout, stderr limitedBuffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	res := groupexec.Run(ctx, c.argv, c.env, groupexec.Options{Limit: maxBody})
+	err := res.Err
 	switch {
 	case err != nil && ctx.Err() != nil:
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -67,9 +48,9 @@ func (c *execChecker) Check(ctx context.Context) Result {
 	case err != nil:
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
-			msg := lastLine(stderr.String())
+			msg := lastLine(string(res.Stderr))
 			if msg == "" {
-				msg = lastLine(stdout.String())
+				msg = lastLine(string(res.Stdout))
 			}
 			if msg != "" {
 				return down(start, fmt.Errorf("%w: %v: %s", ErrUnexpected, exitErr, msg))
@@ -78,7 +59,7 @@ func (c *execChecker) Check(ctx context.Context) Result {
 		}
 		return down(start, fmt.Errorf("%w: %w", ErrUnexpected, err))
 	}
-	return Result{Up: true, Role: parseRole(stdout.String()), LagBytes: -1, Lag: -1, Position: -1,
+	return Result{Up: true, Role: parseRole(string(res.Stdout)), LagBytes: -1, Lag: -1, Position: -1,
 		Latency: time.Since(start)}
 }
 

@@ -19,6 +19,7 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -101,10 +102,21 @@ type Spec struct {
 	// User, Database and Password authenticate postgres, redis (ACL user) and mysql checks.
 	// The password is never logged. Database defaults to "postgres" for postgres.
 	User, Database, Password string
-	// TLS makes postgres (sslmode=require), redis, mysql and http (https) checks use TLS.
-	// Certificates are not verified: a check proves liveness and role, not identity, and sends
-	// no credentials over http.
+	// TLS makes postgres, redis, mysql and http (https) checks use TLS, and verify the
+	// server's certificate before anything is sent (PostgreSQL's sslmode=verify-full): it must
+	// chain to TLSCA and name TLSServerName. A check never falls back to plain text.
 	TLS bool
+	// TLSCA is the PEM bundle of CA certificates to trust; empty: the system's roots.
+	TLSCA []byte
+	// TLSServerName is the name the certificate must carry; empty: the host part of the
+	// backend's address (an IP address is matched against the certificate's IP SANs).
+	TLSServerName string
+	// TLSCert and TLSKey are a PEM client certificate and its key, for servers that ask
+	// for one; both or neither. TLSKey is never logged.
+	TLSCert, TLSKey []byte
+	// TLSSkipVerify accepts any certificate: an impostor then receives the credentials.
+	// An explicit opt-in only.
+	TLSSkipVerify bool
 	// Method, Path, ExpectStatus and ExpectBody configure http checks. Method defaults to GET,
 	// Path to "/"; ExpectStatus zero accepts any 2xx or 3xx; ExpectBody, when set, must occur
 	// in the first 64 KiB of the body.
@@ -131,6 +143,12 @@ func (s Spec) String() string {
 	if p.Password != "" {
 		p.Password = "[redacted]"
 	}
+	if len(p.TLSKey) > 0 {
+		p.TLSKey = []byte("[redacted]")
+	}
+	// Certificates are long and public: their size says enough.
+	p.TLSCA = []byte(fmt.Sprintf("[%d bytes]", len(s.TLSCA)))
+	p.TLSCert = []byte(fmt.Sprintf("[%d bytes]", len(s.TLSCert)))
 	return fmt.Sprintf("%+v", p)
 }
 
@@ -175,7 +193,7 @@ func NewChecker(spec Spec, address string) (Checker, error) {
 	case "postgres":
 		return newPostgresChecker(spec, address)
 	case "redis":
-		return newRedisChecker(spec, address), nil
+		return newRedisChecker(spec, address)
 	case "mysql":
 		return newMySQLChecker(spec, address)
 	case "http":
@@ -198,6 +216,9 @@ var (
 	ErrServer     = errors.New("server error")
 	ErrUnexpected = errors.New("unexpected answer")
 	ErrNetwork    = errors.New("network error")
+	// ErrTLS: the server's certificate could not be verified (or the TLS
+	// handshake failed); nothing was sent to it.
+	ErrTLS = errors.New("TLS")
 	// ErrUnknownKind is returned by NewChecker for a Spec.Kind it does not know.
 	ErrUnknownKind = errors.New("unknown kind")
 )
@@ -211,9 +232,20 @@ func timeoutError(timeout time.Duration) error {
 // whether an interrupted read was the check's deadline.
 func netError(ctx context.Context, err error, timeout time.Duration) error {
 	var ne net.Error
+	var certErr *tls.CertificateVerificationError
+	var recordErr tls.RecordHeaderError
+	var opErr *net.OpError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &certErr):
+		return fmt.Errorf("%w: server certificate not trusted: %w", ErrTLS, certErr.Err)
+	case errors.As(err, &opErr) && opErr.Op == "remote error":
+		// crypto/tls's form for an alert from the server: it refused our certificate or
+		// our TLS parameters.
+		return fmt.Errorf("%w: the server refused the handshake: %w", ErrTLS, opErr.Err)
+	case errors.As(err, &recordErr):
+		return fmt.Errorf("%w: handshake failed (is the server speaking TLS?): %w", ErrTLS, err)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return timeoutError(timeout)

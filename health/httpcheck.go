@@ -3,7 +3,6 @@ package health
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -39,10 +38,14 @@ func newHTTPChecker(spec Spec, address string) (*httpChecker, error) {
 	if method == "" {
 		method = http.MethodGet
 	}
+	tlsCfg, err := spec.tlsConfig(address)
+	if err != nil {
+		return nil, fmt.Errorf("http check %s: %w", address, err)
+	}
 	tr := &http.Transport{
 		// A fresh connection per check: a kept one would hide a server that stopped accepting.
 		DisableKeepAlives: true,
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see Spec.TLS
+		TLSClientConfig:   tlsCfg,
 		Proxy:             nil,
 	}
 	c := &httpChecker{

@@ -2,7 +2,6 @@ package health
 
 import (
 	"context"
-	"crypto/tls"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -73,9 +72,11 @@ func newMySQLChecker(spec Spec, address string) (*mysqlChecker, error) {
 	cfg.WriteTimeout = spec.Timeout
 	cause := &causeLog{}
 	cfg.Logger = cause
-	if spec.TLS {
-		cfg.TLS = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // see Spec.TLS
+	tlsCfg, err := spec.tlsConfig(address)
+	if err != nil {
+		return nil, fmt.Errorf("mysql check %s: %w", address, err)
 	}
+	cfg.TLS = tlsCfg // nil: plain text; set: the driver refuses a server without TLS
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mysql check %s: %w", address, err)

@@ -2,7 +2,6 @@ package health
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -51,9 +50,13 @@ func newPostgresChecker(spec Spec, address string) (*postgresChecker, error) {
 	cfg.RuntimeParams = map[string]string{"application_name": "quorumproxy-health"}
 	// The simple protocol needs one round trip per check and no prepared statement cache.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	if spec.TLS && cfg.TLSConfig == nil {
-		cfg.TLSConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // see Spec.TLS
+	// Our own TLS configuration (verify-full unless skipped), never the string's: require
+	// alone would accept any certificate.
+	tlsCfg, err := spec.tlsConfig(address)
+	if err != nil {
+		return nil, fmt.Errorf("postgres check %s: %w", address, err)
 	}
+	cfg.TLSConfig = tlsCfg
 	return &postgresChecker{config: cfg, timeout: spec.Timeout}, nil
 }
 

@@ -26,10 +26,15 @@ import (
 type redisChecker struct {
 	spec    Spec
 	address string
+	tls     *tls.Config // nil: plain text
 }
 
-func newRedisChecker(spec Spec, address string) *redisChecker {
-	return &redisChecker{spec: spec, address: address}
+func newRedisChecker(spec Spec, address string) (*redisChecker, error) {
+	tlsCfg, err := spec.tlsConfig(address)
+	if err != nil {
+		return nil, fmt.Errorf("redis check %s: %w", address, err)
+	}
+	return &redisChecker{spec: spec, address: address, tls: tlsCfg}, nil
 }
 
 // errNoRedial is what the one-shot client's dialer answers if go-redis asks for a second
@@ -43,8 +48,8 @@ func (c *redisChecker) dial(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.spec.TLS {
-		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // see Spec.TLS
+	if c.tls != nil {
+		tc := tls.Client(conn, c.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return nil, err

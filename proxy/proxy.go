@@ -329,7 +329,7 @@ func (p *Proxy) SetDrain(svc, name string, on bool) error {
 		func(s *service, b *backend) error {
 			switch {
 			case on && !s.cfg.balanced() && (s.target == b || s.cfg.External && s.route == name):
-				return fmt.Errorf("drain of %q in %q: %w", name, svc, ErrDrainTarget)
+				return ErrDrainTarget // the caller names the drain, the backend and the service
 			case b.draining == on:
 				return errUnchanged
 			}

@@ -159,22 +159,20 @@ func (l *listener) close() {
 }
 
 // acceptLoop accepts until the listener closes, backing off on other errors
-// (EMFILE) by doubling a delay up to 1s.
+// (EMFILE) by their rate (see acceptBackoff).
 func (s *service) acceptLoop(l *listener) {
 	defer s.p.wg.Done()
-	var delay time.Duration
+	var bo acceptBackoff
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else if delay *= 2; delay > time.Second {
-				delay = time.Second
+			delay, logNow, n := bo.failed(time.Now())
+			if logNow {
+				s.p.log.Warn("accept failed", "service", s.name, "err", err, "errors", n, "retry_in", delay)
 			}
-			s.p.log.Warn("accept failed", "service", s.name, "err", err, "retry_in", delay)
 			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
@@ -184,7 +182,6 @@ func (s *service) acceptLoop(l *listener) {
 			}
 			continue
 		}
-		delay = 0
 		s.accepted.Add(1)
 		tc := c.(*net.TCPConn)
 		max := s.maxConns.Load()

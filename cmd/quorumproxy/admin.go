@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -8,7 +9,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
-	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,13 +24,9 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	}
 	var token []byte
 	if c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
+		var err error
+		if token, err = readToken(c.TokenFile); err != nil {
 			return fmt.Errorf("admin.token_file: %w", err)
-		}
-		token = []byte(strings.TrimSpace(string(b)))
-		if len(token) == 0 {
-			return fmt.Errorf("admin.token_file %s: empty token", c.TokenFile)
 		}
 	}
 	ln, err := net.Listen("tcp", c.Listen)
@@ -41,11 +38,11 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
-	mux.Handle("POST /api/v1/switchover", requireToken(token, http.HandlerFunc(d.handleSwitchover)))
-	mux.Handle("POST /api/v1/fence", requireToken(token, d.handleFence(true)))
-	mux.Handle("POST /api/v1/unfence", requireToken(token, d.handleFence(false)))
-	mux.Handle("POST /api/v1/drain", requireToken(token, d.handleDrain(true)))
-	mux.Handle("POST /api/v1/undrain", requireToken(token, d.handleDrain(false)))
+	mux.Handle("POST /api/v1/switchover", requireToken(token, d.knownTarget("to", http.HandlerFunc(d.handleSwitchover))))
+	mux.Handle("POST /api/v1/fence", requireToken(token, d.knownTarget("backend", d.handleFence(true))))
+	mux.Handle("POST /api/v1/unfence", requireToken(token, d.knownTarget("backend", d.handleFence(false))))
+	mux.Handle("POST /api/v1/drain", requireToken(token, d.knownTarget("backend", d.handleDrain(true))))
+	mux.Handle("POST /api/v1/undrain", requireToken(token, d.knownTarget("backend", d.handleDrain(false))))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -82,8 +79,41 @@ func requireToken(token []byte, next http.Handler) http.Handler {
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
-			http.Error(w, "missing or wrong token", http.StatusUnauthorized)
+		if !ok || !tokenMatches([]byte(got), token) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="quorumproxy"`)
+			http.Error(w, "missing or wrong token: send the token of [admin] token_file as the header "+
+				"'Authorization: Bearer TOKEN' (the quorumproxy commands: -token-file FILE, or -config with the proxy's config file)",
+				http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// tokenMatches compares in time that depends on neither token: both are
+// hashed first, because subtle.ConstantTimeCompare returns at once on a
+// length mismatch and so tells the token's length.
+func tokenMatches(got, token []byte) bool {
+	a, b := sha256.Sum256(got), sha256.Sum256(token)
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// knownTarget answers 404 for a service, or a backend of it (the form
+// value key names), that the running config does not have.
+func (d *daemon) knownTarget(key string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		service, backend := r.FormValue("service"), r.FormValue(key)
+		d.mu.Lock()
+		svc := findService(d.cfg, service)
+		d.mu.Unlock()
+		switch {
+		case service == "" || backend == "":
+			// the handler says what is missing
+		case svc == nil:
+			http.Error(w, fmt.Sprintf("unknown service %q", service), http.StatusNotFound)
+			return
+		case !slices.ContainsFunc(svc.Backends, func(b config.Backend) bool { return b.Name == backend }):
+			http.Error(w, fmt.Sprintf("service %q has no backend %q", service, backend), http.StatusNotFound)
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -13,6 +13,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "config file (or give it as the argument)")
+	skipFiles := fs.Bool("skip-files", false, "check the file alone: do not read the key, token, password and TLS files, programs and state_dir it names (for a config checked away from its proxy's machine)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -20,10 +21,10 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		*path = fs.Arg(0)
 	}
 	if *path == "" || fs.NArg() > 1 {
-		fmt.Fprintln(stderr, "usage: quorumproxy check-config FILE")
+		fmt.Fprintln(stderr, "usage: quorumproxy check-config [-skip-files] FILE")
 		return 2
 	}
-	cfg, warnings, err := loadConfig(*path, false)
+	cfg, warnings, err := loadConfig(*path, *skipFiles)
 	for _, w := range warnings {
 		fmt.Fprintln(stdout, w.Error()) // Error() already says "warning:"
 	}

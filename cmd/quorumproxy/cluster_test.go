@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -292,6 +293,18 @@ func clusterFiles(t *testing.T, dir string) (keyFile, tokenFile, peers string, g
 // front of echo servers a and b and returns them and the token file.
 func startEchoCluster(t *testing.T, a, b *echoServer) ([]*clusterProxy, string) {
 	t.Helper()
+	return startEchoClusterWith(t, a, b, echoClusterOpts{})
+}
+
+// echoClusterOpts change what startEchoClusterWith starts.
+type echoClusterOpts struct {
+	bin     string // the binary; "" for the one built for the tests
+	lease   string // lease_timeout; "" for clusterConfig's
+	noToken bool   // no [admin] token_file
+}
+
+func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]*clusterProxy, string) {
+	t.Helper()
 	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	dir := t.TempDir()
 	keyFile, tokenFile, peers, gossip := clusterFiles(t, dir)
@@ -302,13 +315,23 @@ func startEchoCluster(t *testing.T, a, b *echoServer) ([]*clusterProxy, string) 
 		p.cfgPath = filepath.Join(dir, n+".toml")
 		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, p.stateDir,
 			peers, p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
+		if o.lease != "" {
+			cfg = strings.Replace(cfg, `lease_timeout = "600ms"`, "lease_timeout = "+o.lease, 1)
+		}
+		if o.noToken {
+			cfg = strings.Replace(cfg, "token_file = ", "# token_file = ", 1)
+		}
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		ps = append(ps, p)
 	}
 	for _, p := range ps {
-		p.d = startDaemon(t, p.cfgPath, p.admin)
+		if o.bin != "" {
+			p.d = startDaemonCmd(t, exec.Command(o.bin, "run", "-config", p.cfgPath), p.admin)
+		} else {
+			p.d = startDaemon(t, p.cfgPath, p.admin)
+		}
 	}
 	return ps, tokenFile
 }

@@ -165,9 +165,14 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 		if rc.backend != "" {
 			lease = cs.lease(rc.service, rc.backend)
 		}
+		// Close the old primary's sessions before SetRoute, which would
+		// close them uncounted (it closes only what slips in between).
+		n := 0
+		if prev != "" && prev != rc.backend {
+			n = px.CloseSessions(rc.service, prev)
+		}
 		px.SetRoute(rc.service, rc.backend, lease)
 		if prev != "" && prev != rc.backend {
-			n := px.CloseSessions(rc.service, prev)
 			log.Info("cluster: route changed", "service", rc.service, "from", prev, "to", rc.backend, "sessions_closed", n)
 		} else {
 			log.Info("cluster: route", "service", rc.service, "backend", rc.backend)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/config"
 )
 
 // cmdSwitchover asks a running proxy to move a clustered service to another
@@ -82,8 +84,9 @@ func cmdBackendControl(verb string, args []string, stdout, stderr io.Writer) int
 }
 
 func adminFlags(fs *flag.FlagSet) (admin, tokenFile *string) {
-	admin = fs.String("admin", "127.0.0.1:9090", "admin API address")
+	admin = fs.String("admin", config.DefaultAdminListen, "admin API address")
 	tokenFile = fs.String("token-file", "", "file holding the admin token ([admin] token_file)")
+	configFlag(fs, admin, tokenFile)
 	return admin, tokenFile
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"strings"
@@ -9,33 +10,6 @@ import (
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
-
-// loadConfig is config.Load plus what only the running proxy can check:
-// that password files and variables are there. For `run` (secrets true) a
-// missing secret is an error; check-config may run on another machine than
-// the proxy, so there it is a warning. A reload reads the secrets again.
-func loadConfig(path string, secrets bool) (*config.Config, []config.Problem, error) {
-	cfg, warnings, err := config.Load(path)
-	if err != nil {
-		return nil, warnings, err
-	}
-	var probs config.Problems
-	for i := range cfg.Services {
-		if _, err := servicePassword(&cfg.Services[i]); err != nil {
-			p := config.Problem{File: path, Path: fmt.Sprintf("service %q health", cfg.Services[i].Name), Msg: err.Error()}
-			if secrets {
-				probs = append(probs, p)
-			} else {
-				p.Warning = true
-				warnings = append(warnings, p)
-			}
-		}
-	}
-	if len(probs) > 0 {
-		return nil, warnings, probs
-	}
-	return cfg, warnings, nil
-}
 
 func servicePassword(s *config.Service) (string, error) {
 	h := &s.Health
@@ -54,6 +28,43 @@ func servicePassword(s *config.Service) (string, error) {
 		return v, nil
 	}
 	return "", nil
+}
+
+// healthTLS is the TLS material of a service's checks, read from its files.
+type healthTLS struct{ ca, cert, key []byte }
+
+// serviceTLS reads and checks the service's tls_ca_file, tls_cert_file and
+// tls_key_file; errors name the key and the file.
+func serviceTLS(s *config.Service) (healthTLS, error) {
+	h := &s.Health
+	var out healthTLS
+	if !h.TLS {
+		return out, nil
+	}
+	for _, f := range []struct {
+		key, path string
+		dst       *[]byte
+	}{{"tls_ca_file", h.TLSCAFile, &out.ca}, {"tls_cert_file", h.TLSCertFile, &out.cert}, {"tls_key_file", h.TLSKeyFile, &out.key}} {
+		if f.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", f.key, err)
+		}
+		*f.dst = b
+	}
+	if out.ca != nil {
+		if _, err := health.ParseCA(out.ca); err != nil {
+			return out, fmt.Errorf("tls_ca_file %s: %w", h.TLSCAFile, err)
+		}
+	}
+	if out.cert != nil {
+		if _, err := tls.X509KeyPair(out.cert, out.key); err != nil {
+			return out, fmt.Errorf("tls_cert_file %s and tls_key_file %s: %w", h.TLSCertFile, h.TLSKeyFile, err)
+		}
+	}
+	return out, nil
 }
 
 func findService(cfg *config.Config, name string) *config.Service {
@@ -117,13 +128,16 @@ func healthTargets(cfg *config.Config) []health.Target {
 	var out []health.Target
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
-		pw, _ := servicePassword(s) // loadConfig has checked it
+		pw, _ := servicePassword(s)  // loadConfig has checked it
+		tlsFiles, _ := serviceTLS(s) // and this
 		h := s.Health
 		spec := health.Spec{
 			Kind: string(h.Kind), Interval: h.Interval, Timeout: h.Timeout,
 			FastInterval: h.FastInterval, DownInterval: h.DownInterval, Rise: h.Rise, Fall: h.Fall,
 			User: h.User, Database: h.Database, Password: pw, TLS: h.TLS,
-			Method: h.Method, Path: h.Path, ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody,
+			TLSCA: tlsFiles.ca, TLSServerName: h.TLSServerName, TLSCert: tlsFiles.cert, TLSKey: tlsFiles.key,
+			TLSSkipVerify: h.TLSSkipVerify,
+			Method:        h.Method, Path: h.Path, ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody,
 			Command: h.Command,
 		}
 		for _, b := range s.Backends {

@@ -103,7 +103,7 @@ func cmdDrill(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, _, err := loadConfig(*cfgPath, true)
+	cfg, _, err := loadConfig(*cfgPath, true) // the drill reads what it needs itself
 	if err != nil {
 		fmt.Fprintf(stderr, "quorumproxy drill: %v\n", err)
 		return 1

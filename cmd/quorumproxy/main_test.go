@@ -57,9 +57,14 @@ func runBin(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestCheckConfigExitCodes(t *testing.T) {
-	out, errOut, code := runBin(t, "check-config", "../../testdata/example.toml")
+	out, errOut, code := runBin(t, "check-config", "-skip-files", "../../testdata/example.toml")
 	if code != 0 {
 		t.Fatalf("example.toml: exit %d\n%s%s", code, out, errOut)
+	}
+	// Without -skip-files the files it names are read, and they are not here.
+	if _, errOut, code := runBin(t, "check-config", "../../testdata/example.toml"); code != 1 ||
+		!strings.Contains(errOut, "secret_key_file: gossip key: open /etc/quorumproxy/gossip.key") {
+		t.Errorf("example.toml with its files missing: exit %d\n%s", code, errOut)
 	}
 	bad, err := filepath.Glob("../../testdata/bad/*.toml")
 	if err != nil || len(bad) == 0 {
@@ -179,8 +184,13 @@ func (s *syncBuffer) String() string {
 
 func startDaemon(t *testing.T, cfgPath, admin string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
-	d.cmd = exec.Command(binPath, "run", "-config", cfgPath)
+	return startDaemonCmd(t, exec.Command(binPath, "run", "-config", cfgPath), admin)
+}
+
+// startDaemonCmd is startDaemon with a command of the caller's.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd, admin string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: cmd, admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: quorumproxy run -config FILE")
 		return 2
 	}
-	cfg, warnings, err := loadConfig(*path, true)
+	cfg, warnings, err := loadConfig(*path, false)
 	if err != nil {
 		fmt.Fprintf(stderr, "quorumproxy: %s\n", err)
 		return 1
@@ -166,7 +166,7 @@ func (d *daemon) onTarget(ev proxy.TargetChange) {
 // reload applies the file again; an invalid file is reported and the running
 // config stays.
 func (d *daemon) reload() {
-	cfg, warnings, err := loadConfig(d.cfgPath, true)
+	cfg, warnings, err := loadConfig(d.cfgPath, false)
 	if err == nil && clusterHash(cfg) != d.clusterHash() {
 		// The Node's peers and services are fixed for its life: changing
 		// them is a restart, done proxy by proxy (see the README).

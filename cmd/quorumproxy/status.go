@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/config"
 )
 
 // statusView is the /status document: what the proxy routes and why.
@@ -62,7 +64,8 @@ type backendView struct {
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", "127.0.0.1:9090", "admin API address")
+	admin := fs.String("admin", config.DefaultAdminListen, "admin API address")
+	configFlag(fs, admin, nil)
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2

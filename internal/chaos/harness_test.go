@@ -33,7 +33,7 @@ const prefix = "qpc"
 const (
 	echoEnv     = "QP_CHAOS_ECHO" // set in a re-exec of the test binary: serve echo
 	servicePort = 7000
-	adminPort   = 9090
+	adminPort   = 7654
 	gossipPort  = 7946
 	backendPort = 6000
 	token       = "chaos-token"

@@ -42,7 +42,7 @@ func (w tlog) Write(p []byte) (int, error) {
 // The configs the demo writes must pass the real config parser, with no
 // warnings, and mean what the demo says.
 func TestRenderedConfigParses(t *testing.T) {
-	conf := renderConfig("127.0.0.1:19090",
+	conf := renderConfig("127.0.0.1:17654",
 		serviceConf{
 			Name: "pg", Listen: "127.0.0.1:15432", Kind: "postgres", Role: "primary",
 			Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond, Rise: 2, Fall: 2,
@@ -77,7 +77,7 @@ func TestRenderedConfigParses(t *testing.T) {
 	if pg.Backends[0].Priority != 100 || pg.Backends[1].Address != "127.0.0.1:5002" {
 		t.Errorf("backends %+v", pg.Backends)
 	}
-	if cfg.Admin.Listen != "127.0.0.1:19090" || cfg.Cluster != nil {
+	if cfg.Admin.Listen != "127.0.0.1:17654" || cfg.Cluster != nil {
 		t.Errorf("admin %+v cluster %+v", cfg.Admin, cfg.Cluster)
 	}
 }

@@ -1,18 +1,23 @@
 // Package hooks runs operator hooks (promote, fence, notify): an argv, never
-// through a shell, with QP_* variables in its environment, under a timeout
-// that kills the hook's whole process group.
+// through a shell, with QP_* variables in its environment, under a timeout.
+//
+// A hook is judged by its own exit status: Run returns when the hook exits.
+// It runs in a process group of its own, and that group is killed when the
+// hook exits or times out, so a child left in the background (`cmd &`)
+// does not outlive it. A hook that means to leave a daemon running must
+// detach it into a session of its own (setsid), as daemons do; such a
+// daemon is the operator's, and its output is not read.
 package hooks
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"sort"
-	"syscall"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/groupexec"
 )
 
 // DefaultTimeout bounds a hook when the caller gives none: long enough for a
@@ -28,11 +33,13 @@ type Result struct {
 	Output   string // last maxOutput bytes of stdout and stderr
 	Duration time.Duration
 	Err      error // nil when the hook exited 0
+	// Truncated is true when the hook wrote more than Output holds.
+	Truncated bool
 }
 
 // Run runs argv with env (KEY -> value, added to the proxy's own environment)
-// and waits for it, at most timeout (zero: DefaultTimeout). On timeout or ctx
-// cancellation the hook's process group is killed.
+// and waits for it to exit, at most timeout (zero: DefaultTimeout). Then, or
+// on timeout or ctx cancellation, the hook's process group is killed.
 func Run(ctx context.Context, argv []string, env map[string]string, timeout time.Duration) Result {
 	res := Result{Argv: argv}
 	if len(argv) == 0 {
@@ -45,26 +52,17 @@ func Run(ctx context.Context, argv []string, env map[string]string, timeout time
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), envList(env)...)
-	var out tailBuffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	// A group of its own, so that a timeout also kills what the hook started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	// Children that keep the output pipes open must not hold Wait for ever.
-	cmd.WaitDelay = time.Second
-
 	start := time.Now()
-	err := cmd.Run()
+	out := groupexec.Run(ctx, argv, append(os.Environ(), envList(env)...),
+		groupexec.Options{Limit: maxOutput, Tail: true, Combined: true})
 	res.Duration = time.Since(start)
-	res.Output = out.String()
-	switch {
+	res.Output = string(out.Stdout)
+	res.Truncated = out.Truncated
+	switch err := out.Err; {
 	case err == nil:
-	case ctx.Err() == context.DeadlineExceeded:
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == context.DeadlineExceeded:
 		res.Err = fmt.Errorf("hook %q: timed out after %s", argv[0], timeout)
-	case ctx.Err() != nil:
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		res.Err = fmt.Errorf("hook %q: %w", argv[0], ctx.Err())
 	default:
 		res.Err = fmt.Errorf("hook %q: %w", argv[0], err)
@@ -84,23 +82,3 @@ func envList(env map[string]string) []string {
 	}
 	return list
 }
-
-// tailBuffer keeps the last maxOutput bytes written to it.
-type tailBuffer struct{ b bytes.Buffer }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	n := len(p)
-	if len(p) > maxOutput {
-		p = p[len(p)-maxOutput:]
-	}
-	if t.b.Len()+len(p) > maxOutput {
-		rest := t.b.Bytes()[t.b.Len()+len(p)-maxOutput:]
-		kept := append([]byte(nil), rest...)
-		t.b.Reset()
-		t.b.Write(kept)
-	}
-	t.b.Write(p)
-	return n, nil
-}
-
-func (t *tailBuffer) String() string { return t.b.String() }

@@ -73,13 +73,3 @@ func TestRunTimeoutKillsGroup(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-func TestTailBuffer(t *testing.T) {
-	var b tailBuffer
-	b.Write([]byte(strings.Repeat("a", maxOutput)))
-	b.Write([]byte("tail"))
-	s := b.String()
-	if len(s) != maxOutput || !strings.HasSuffix(s, "tail") {
-		t.Fatalf("len %d suffix %q", len(s), s[len(s)-4:])
-	}
-}

@@ -34,7 +34,8 @@ type MariaDB struct {
 	server
 	base    string
 	primary *MariaDB // set for a replica
-	admin   *sql.DB  // guarded by mu
+	tls     *ServerTLS
+	admin   *sql.DB // guarded by mu
 }
 
 var mariaTemplate struct {
@@ -76,14 +77,26 @@ func makeMariaTemplate() (string, error) {
 	return data, nil
 }
 
+// MariaOptions configures StartMariaDBWith. The zero value works.
+type MariaOptions struct {
+	// TLS, when set, turns ssl on with this certificate and key; clients
+	// may still connect without TLS.
+	TLS *ServerTLS
+}
+
 // StartMariaDB starts a mariadbd on 127.0.0.1:<free port> with User
 // (password DefaultPassword, all privileges) and a database named "qp", and
 // waits until it answers a query.
 func StartMariaDB() (*MariaDB, error) {
-	return startMariaDB(nil)
+	return startMariaDB(nil, MariaOptions{})
 }
 
-func startMariaDB(primary *MariaDB) (*MariaDB, error) {
+// StartMariaDBWith is StartMariaDB with options.
+func StartMariaDBWith(opts MariaOptions) (*MariaDB, error) {
+	return startMariaDB(nil, opts)
+}
+
+func startMariaDB(primary *MariaDB, opts MariaOptions) (*MariaDB, error) {
 	tmpl, err := mariaTemplateDir()
 	if err != nil {
 		return nil, err
@@ -92,7 +105,7 @@ func startMariaDB(primary *MariaDB) (*MariaDB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mariadb: %w", err)
 	}
-	m := &MariaDB{server: server{kind: "mariadb"}, base: base, primary: primary}
+	m := &MariaDB{server: server{kind: "mariadb"}, base: base, primary: primary, tls: opts.TLS}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := runTool(ctx, nil, "cp", "-a", tmpl, m.dataDir()); err != nil {
@@ -159,6 +172,13 @@ func (m *MariaDB) start(ctx context.Context) error {
 	}, mariadbArgs...)
 	if os.Geteuid() == 0 {
 		argv = append(argv, "--user=root")
+	}
+	if m.tls != nil {
+		cert, key, ca, err := m.tls.write(m.base, nil)
+		if err != nil {
+			return fmt.Errorf("mariadb %s: tls: %w", m.Addr(), err)
+		}
+		argv = append(argv, "--ssl-cert="+cert, "--ssl-key="+key, "--ssl-ca="+ca)
 	}
 	pr, err := startProc(argv, m.base, m.LogPath(), nil)
 	if err != nil {
@@ -318,7 +338,7 @@ func (m *MariaDB) Stop() error {
 // the start of m's binary log), read_only, and waits until both replication
 // threads run and it has applied everything m had logged.
 func (m *MariaDB) StartReplica() (*MariaDB, error) {
-	r, err := startMariaDB(m)
+	r, err := startMariaDB(m, MariaOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("mariadb replica of %s: %w", m.Addr(), err)
 	}

@@ -60,6 +60,14 @@ func MustMariaDB(t testing.TB) *MariaDB {
 	return owned(t, m, err)
 }
 
+// MustMariaDBWith is MustMariaDB with options.
+func MustMariaDBWith(t testing.TB, opts MariaOptions) *MariaDB {
+	t.Helper()
+	Need(t, "mariadb")
+	m, err := StartMariaDBWith(opts)
+	return owned(t, m, err)
+}
+
 // MustMariaDBReplica starts a replica of m for t (see StartReplica) and
 // stops it when t ends.
 func MustMariaDBReplica(t testing.TB, m *MariaDB) *MariaDB {

@@ -26,6 +26,9 @@ type PGOptions struct {
 	// still loses nothing when a server process is killed; only a machine
 	// crash would. Synchronous standbys are made by StartStandby(true).
 	Sync bool
+	// TLS, when set, turns ssl on with this certificate and key; clients
+	// may still connect without TLS.
+	TLS *ServerTLS
 }
 
 // pgConf is appended to the template's postgresql.conf; port, socket
@@ -65,6 +68,7 @@ type Postgres struct {
 	server
 	password string
 	fsync    bool
+	tls      *ServerTLS
 	name     string // application_name / cluster_name, unique
 	base     string // temp dir: data/, sock/, postgres.log
 	user     *osUser
@@ -143,6 +147,7 @@ func StartPostgres(opts PGOptions) (*Postgres, error) {
 		return nil, err
 	}
 	p.fsync = opts.Sync
+	p.tls = opts.TLS
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := runTool(ctx, u, "cp", "-a", tmpl, p.dataDir()); err != nil {
@@ -236,6 +241,13 @@ func (p *Postgres) start(ctx context.Context) error {
 	}
 	if p.fsync {
 		argv = append(argv, "-c", "fsync=on")
+	}
+	if p.tls != nil {
+		cert, key, _, err := p.tls.write(p.base, p.user)
+		if err != nil {
+			return fmt.Errorf("postgres %s: tls: %w", p.Addr(), err)
+		}
+		argv = append(argv, "-c", "ssl=on", "-c", "ssl_cert_file="+cert, "-c", "ssl_key_file="+key)
 	}
 	pr, err := startProc(argv, p.base, p.LogPath(), p.user.cred())
 	if err != nil {

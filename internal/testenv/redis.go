@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,9 @@ type RedisOptions struct {
 	// Password for requirepass (and masterauth of replicas). Empty means no
 	// authentication.
 	Password string
+	// TLS, when set, also serves TLS with this certificate and key on a
+	// port of its own (TLSAddr); clients need no certificate.
+	TLS *ServerTLS
 }
 
 // Redis is a redis-server on a loopback port with no persistence, its log
@@ -27,6 +31,8 @@ type Redis struct {
 	server
 	password string
 	base     string
+	tls      *ServerTLS
+	tlsPort  int
 
 	replicaOf int           // primary's port, 0 when a primary; guarded by mu
 	client    *redis.Client // guarded by mu
@@ -35,31 +41,45 @@ type Redis struct {
 // StartRedis starts a redis-server on 127.0.0.1:<free port> and waits until
 // it answers PING.
 func StartRedis(opts RedisOptions) (*Redis, error) {
-	return startRedis(opts.Password, 0)
+	return startRedis(opts.Password, 0, opts.TLS)
+}
+
+// TLSAddr returns the TLS listener's host:port ("" without RedisOptions.TLS).
+func (r *Redis) TLSAddr() string {
+	if r.tls == nil {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.tlsPort))
 }
 
 // StartReplica starts a replica of r (replicaof + masterauth) and waits
 // until its master_link_status is up.
 func (r *Redis) StartReplica() (*Redis, error) {
-	s, err := startRedis(r.password, r.port)
+	s, err := startRedis(r.password, r.port, nil)
 	if err != nil {
 		return nil, fmt.Errorf("redis replica of %s: %w", r.Addr(), err)
 	}
 	return s, nil
 }
 
-func startRedis(pw string, replicaOf int) (*Redis, error) {
+func startRedis(pw string, replicaOf int, tls *ServerTLS) (*Redis, error) {
 	base, err := makeBaseDir("redis", nil)
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	r := &Redis{server: server{kind: "redis"}, password: pw, base: base, replicaOf: replicaOf}
+	r := &Redis{server: server{kind: "redis"}, password: pw, base: base, replicaOf: replicaOf, tls: tls}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		if r.port, err = FreePort(); err != nil {
 			_ = r.Stop()
 			return nil, fmt.Errorf("redis: %w", err)
+		}
+		if tls != nil {
+			if r.tlsPort, err = FreePort(); err != nil {
+				_ = r.Stop()
+				return nil, fmt.Errorf("redis: %w", err)
+			}
 		}
 		err = r.start(ctx, true)
 		if err == nil {
@@ -100,6 +120,14 @@ func (r *Redis) start(ctx context.Context, waitLink bool) error {
 	}
 	if replicaOf != 0 {
 		argv = append(argv, "--replicaof", "127.0.0.1", strconv.Itoa(replicaOf))
+	}
+	if r.tls != nil {
+		cert, key, _, err := r.tls.write(r.base, nil)
+		if err != nil {
+			return fmt.Errorf("redis %s: tls: %w", r.Addr(), err)
+		}
+		argv = append(argv, "--tls-port", strconv.Itoa(r.tlsPort), "--tls-cert-file", cert, "--tls-key-file", key,
+			"--tls-auth-clients", "no")
 	}
 	pr, err := startProc(argv, r.base, r.LogPath(), nil)
 	if err != nil {

@@ -17,6 +17,13 @@
 // fatal. Gossip is encrypted and authenticated with memberlist's keyring
 // (Config.SecretKey) and labelled (memberlist's Config.Label).
 //
+// The mesh's own transport authenticates every UDP datagram (label, then
+// AES-GCM with the key) before memberlist sees it, reading into one reused
+// buffer, so a flood of garbage costs a decryption attempt per packet and
+// never crowds lease and vote traffic out of memberlist's packet goroutine.
+// Drops are logged at most once per DropLogInterval, with their counts,
+// and memberlist's repeated warnings and errors likewise.
+//
 // Delivery: Send (reliable, TCP) and SendBestEffort (one UDP packet) to a
 // named peer, for proposals, votes, commits and lease requests; Broadcast
 // through memberlist's TransmitLimitedQueue, where a newer broadcast with

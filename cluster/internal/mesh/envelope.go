@@ -67,6 +67,8 @@ const (
 	dropTooLarge
 	dropVersion
 	dropOverflow
+	dropUnauthenticated
+	numDropReasons // keep last
 )
 
 func (r dropReason) String() string {
@@ -85,6 +87,8 @@ func (r dropReason) String() string {
 		return "version"
 	case dropOverflow:
 		return "overflow"
+	case dropUnauthenticated:
+		return "unauthenticated"
 	default:
 		return "none"
 	}

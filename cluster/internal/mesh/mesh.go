@@ -37,6 +37,10 @@ const (
 	// joinRetryMin is the first retry delay while a peer is not joined;
 	// it doubles up to RejoinInterval.
 	joinRetryMin = 100 * time.Millisecond
+	// DefaultDropLogInterval: dropped packets and messages are logged at
+	// most this often, with their counts, so hostile traffic cannot flood
+	// the log.
+	DefaultDropLogInterval = 10 * time.Second
 )
 
 // Errors returned by the send methods.
@@ -90,8 +94,13 @@ type Config struct {
 	// RejoinInterval is how often peers that are not alive are joined
 	// again. Zero: DefaultRejoinInterval.
 	RejoinInterval time.Duration
-	// Transport replaces memberlist's NetTransport (Bind is then unused),
-	// for example a FaultyTransport in tests. New owns it, even on error.
+	// DropLogInterval is how often dropped packets and messages are
+	// summarised in the log (one line with the counts). Zero:
+	// DefaultDropLogInterval.
+	DropLogInterval time.Duration
+	// Transport replaces the mesh's own transport, which authenticates
+	// datagrams before memberlist sees them (Bind is then unused), for
+	// example a FaultyTransport in tests. New owns it, even on error.
 	Transport memberlist.Transport
 }
 
@@ -173,11 +182,14 @@ type Drops struct {
 	TooLarge   uint64 // over the size bound
 	Version    uint64 // an envelope version this build does not speak
 	Overflow   uint64 // the handler fell behind
+	// Unauthenticated counts datagrams that failed decryption with the
+	// gossip key: another key, or random bytes.
+	Unauthenticated uint64
 }
 
 // Total is the sum of all drops.
 func (d Drops) Total() uint64 {
-	return d.Garbage + d.WrongLabel + d.Stranger + d.ConfigHash + d.TooLarge + d.Version + d.Overflow
+	return d.Garbage + d.WrongLabel + d.Stranger + d.ConfigHash + d.TooLarge + d.Version + d.Overflow + d.Unauthenticated
 }
 
 // Stats are the mesh's counters since New.
@@ -234,8 +246,10 @@ type Mesh struct {
 	mu sync.Mutex // guards peerInfo's mutable fields
 
 	sent, received atomic.Uint64
-	joinAttempts   atomic.Uint64 // for tests: the rejoin loop's Join calls
-	drops          [dropOverflow + 1]atomic.Uint64
+	lastDropSender atomic.Pointer[string] // for the drop report
+	joinAttempts   atomic.Uint64          // for tests: the rejoin loop's Join calls
+	drops          [numDropReasons]atomic.Uint64
+	dropLabels     [numDropReasons][]metrics.Label
 
 	disp      dispatcher
 	stop      chan struct{}
@@ -275,6 +289,9 @@ func newMesh(cfg Config, h Handler) (*Mesh, error) {
 	if cfg.RejoinInterval <= 0 {
 		cfg.RejoinInterval = DefaultRejoinInterval
 	}
+	if cfg.DropLogInterval <= 0 {
+		cfg.DropLogInterval = DefaultDropLogInterval
+	}
 	m := &Mesh{
 		cfg:   cfg,
 		log:   cfg.Logger.With("node", cfg.NodeName),
@@ -292,6 +309,10 @@ func newMesh(cfg Config, h Handler) (*Mesh, error) {
 	m.metricLabels = []metrics.Label{{Name: "node", Value: cfg.NodeName}}
 	if cfg.Label != "" {
 		m.metricLabels = append(m.metricLabels, metrics.Label{Name: "cluster", Value: cfg.Label})
+	}
+	for r := range m.dropLabels {
+		m.dropLabels[r] = append(m.metricLabels[:len(m.metricLabels):len(m.metricLabels)],
+			metrics.Label{Name: "reason", Value: dropReason(r).String()})
 	}
 	id, err := m.newIdentity(cfg.ConfigHash)
 	if err != nil {
@@ -311,8 +332,9 @@ func newMesh(cfg Config, h Handler) (*Mesh, error) {
 		return nil, err
 	}
 	m.disp.init()
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.dispatchLoop()
+	go m.reportDrops()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		close(m.stop)
@@ -415,7 +437,7 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = m.self
 	mc.Label = cfg.Label
-	mc.Logger = newStdLogger(cfg.Logger)
+	mc.Logger = newLimitedStdLogger(cfg.Logger, cfg.DropLogInterval)
 	mc.MetricLabels = m.metricLabels
 	mc.TCPTimeout = tcpTimeout
 	mc.GossipInterval = cfg.GossipInterval
@@ -455,16 +477,15 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("mesh: node %q: bind address: %w", m.self, err)
 		}
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs:    []string{bip.String()},
-			BindPort:     bport,
-			Logger:       mc.Logger,
-			MetricLabels: m.metricLabels,
-		})
+		auth, err := newPacketAuth(cfg.Label, cfg.SecretKey)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: node %q: %w", m.self, err)
+		}
+		gt, err := newGuardTransport(bip, bport, auth, func(r dropReason) { m.countDrop(r, "") }, mc.Logger)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: node %q: listen on %s: %w", m.self, bind, err)
 		}
-		inner = nt
+		inner = gt
 	}
 	m.tr = newClosingTransport(inner)
 	mc.Transport = m.tr
@@ -668,6 +689,8 @@ func (m *Mesh) Stats() Stats {
 		TooLarge:   m.drops[dropTooLarge].Load(),
 		Version:    m.drops[dropVersion].Load(),
 		Overflow:   m.drops[dropOverflow].Load(),
+
+		Unauthenticated: m.drops[dropUnauthenticated].Load(),
 	}
 	return s
 }
@@ -699,13 +722,64 @@ func (m *Mesh) countSent() {
 	metrics.IncrCounterWithLabels([]string{"mesh", "sent"}, 1, m.metricLabels)
 }
 
+// countDrop counts a refused packet or message: an atomic add, no more,
+// since hostile traffic sets the pace. Nothing is logged here, so that it
+// cannot flood the log; reportDrops passes the counts on to the metrics
+// every second and sums them up in the log once per DropLogInterval.
 func (m *Mesh) countDrop(r dropReason, sender string) {
 	m.drops[r].Add(1)
-	labels := append(m.metricLabels[:len(m.metricLabels):len(m.metricLabels)], metrics.Label{Name: "reason", Value: r.String()})
-	metrics.IncrCounterWithLabels([]string{"mesh", "dropped"}, 1, labels)
-	// Debug only: hostile traffic must not be able to flood the log; the
-	// counters are the signal.
-	m.log.Debug("mesh: dropped message", "reason", r.String(), "sender", sender)
+	if sender != "" {
+		m.lastDropSender.Store(&sender)
+	}
+}
+
+// dropMetricsEvery is how often drop counts reach the metrics.
+const dropMetricsEvery = time.Second
+
+// reportDrops adds the drops to the metrics every dropMetricsEvery and
+// logs, at most once per DropLogInterval, how many packets and messages
+// were dropped since the last report, by reason.
+func (m *Mesh) reportDrops() {
+	defer m.wg.Done()
+	t := time.NewTicker(min(dropMetricsEvery, m.cfg.DropLogInterval))
+	defer t.Stop()
+	var metered, logged [numDropReasons]uint64
+	nextLog := time.Now().Add(m.cfg.DropLogInterval)
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		for r := dropGarbage; r < numDropReasons; r++ {
+			n := m.drops[r].Load()
+			if d := n - metered[r]; d > 0 {
+				metrics.IncrCounterWithLabels([]string{"mesh", "dropped"}, float32(d), m.dropLabels[r])
+			}
+			metered[r] = n
+		}
+		if time.Now().Before(nextLog) {
+			continue
+		}
+		nextLog = time.Now().Add(m.cfg.DropLogInterval)
+		var total uint64
+		attrs := []any{"interval", m.cfg.DropLogInterval}
+		for r := dropGarbage; r < numDropReasons; r++ {
+			n := m.drops[r].Load()
+			if d := n - logged[r]; d > 0 {
+				total += d
+				attrs = append(attrs, r.String(), d)
+			}
+			logged[r] = n
+		}
+		if total == 0 {
+			continue
+		}
+		if s := m.lastDropSender.Swap(nil); s != nil {
+			attrs = append(attrs, "last_named_sender", *s)
+		}
+		m.log.Warn("mesh: dropped bad gossip packets or messages", append([]any{"count", total}, attrs...)...)
+	}
 }
 
 // accept checks an incoming envelope of the wanted kind; on success it

@@ -31,6 +31,8 @@ func newClosingTransport(inner memberlist.Transport) *closingTransport {
 	switch v := inner.(type) {
 	case *memberlist.NetTransport:
 		t.NodeAwareTransport, t.direct = v, true
+	case *guardTransport:
+		t.NodeAwareTransport, t.direct = v, true
 	case memberlist.NodeAwareTransport:
 		t.NodeAwareTransport = v
 	default:
