@@ -133,6 +133,24 @@ func (m *Machine) mayReportPrimary(s *service, b string) bool {
 	return false
 }
 
+// freshReports counts the proxies, this one included, with a fresh view
+// of backend b (whatever it says).
+func (m *Machine) freshReports(s *service, b string) int {
+	n := 0
+	if _, ok := s.local[b]; ok {
+		n++
+	}
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
+			if _, ok := pv.view[b]; ok {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // reportedPrimaries lists the backends this proxy's own checks see up and
 // reporting primary, in config order.
 func (m *Machine) reportedPrimaries(s *service) []string {
@@ -255,7 +273,7 @@ func (m *Machine) finishIntent(name string, s *service) {
 	}
 	ss.Intent.Done = true
 	if err := m.save(name, ss); err != nil {
-		m.log.Error("cluster: saving hook intent", "service", name, "err", err)
+		m.log.Debug("cluster: saving hook intent", "service", name, "err", err)
 	}
 }
 
@@ -348,9 +366,16 @@ func (m *Machine) promoteBlocker(name string, s *service, in HookIntent, now tim
 		if y == in.Promote || m.objectivelyDown(s, y) {
 			continue
 		}
-		if s.cfg.RoleAware && m.mayReportPrimary(s, y) {
-			// whatever a fence hook did, it does not hold (or was undone)
-			return y, fmt.Sprintf("%q reports primary and no fence hook fenced it", y)
+		if s.cfg.RoleAware {
+			if m.mayReportPrimary(s, y) {
+				// whatever a fence hook did, it does not hold (or was undone)
+				return y, fmt.Sprintf("%q reports primary and no fence hook fenced it", y)
+			}
+			if !m.ownUp(s, y) && !s.hookFenced[y] && m.freshReports(s, y) < m.q {
+				// Not seen from here, and too few fresh views of it (a
+				// proxy that just started) to know it is not a primary.
+				return y, fmt.Sprintf("%q is not seen from here and too few proxies report on it to know its role", y)
+			}
 		}
 		if s.hookFenced[y] {
 			continue

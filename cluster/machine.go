@@ -1195,7 +1195,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 		ss.Intent = HookIntent{}
 	}
 	if err := m.save(name, ss); err != nil {
-		m.log.Error("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
+		m.log.Debug("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
 		return
 	}
 	m.counters.Adoptions++
@@ -1241,14 +1241,13 @@ func (m *Machine) onCommit(from string, x commitMsg) {
 	m.adopt(x.Service, x.Record, from)
 }
 
-// endRetry forgets a failed promote once a decision names another
-// primary: that promote no longer matters, and a later decision that names
-// the same backend again is a new one (checked here, at the decision, since
-// two decisions can land between two ticks).
+// endRetry forgets a failed promote at any later decision (checked here,
+// at the decision, since two can land between two ticks): one that names
+// another primary makes it moot, and one that keeps the same backend as
+// primary makes the proxy that committed it act on it (intentFor), so
+// moving away from it now could cross that proxy's promote.
 func (m *Machine) endRetry(s *service, rec Record) {
-	// A record that names the same backend from a later decision (this
-	// proxy may have missed the records in between) is a new promote.
-	if s.retry != nil && (rec.Primary != s.retry.backend || rec.Since != s.retry.epoch) {
+	if s.retry != nil && rec.Epoch > s.retry.epoch {
 		s.retry = nil
 	}
 }
@@ -1573,7 +1572,7 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 	prev := ss.Accepted
 	ss.Promised, ss.PromisedTo, ss.PrevAccepted = e, m.cfg.Name, prev
 	if err := m.persistVote(name, ss); err != nil {
-		m.log.Error("cluster: saving own vote", "service", name, "epoch", e, "err", err)
+		m.log.Debug("cluster: saving own vote", "service", name, "epoch", e, "err", err)
 		m.backoff(s, now)
 		return
 	}
@@ -1703,7 +1702,7 @@ func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.D
 	}
 	ss.Accepted = Ballot{Epoch: p.epoch, Value: p.value}
 	if err := m.persistVote(name, ss); err != nil {
-		m.log.Error("cluster: saving own acceptance", "service", name, "epoch", p.epoch, "err", err)
+		m.log.Debug("cluster: saving own acceptance", "service", name, "epoch", p.epoch, "err", err)
 		m.abandon(name, s, now, "could not persist")
 		return
 	}
@@ -1776,7 +1775,7 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	ss.Record = rec
 	ss.Intent = m.intentFor(s, p.kind, old, rec)
 	if err := m.save(name, ss); err != nil {
-		m.log.Error("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
+		m.log.Debug("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
 		m.abandon(name, s, now, "could not persist the commit")
 		return
 	}
@@ -1875,7 +1874,7 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 		prev := ss.Accepted
 		ss.Promised, ss.PromisedTo, ss.PrevAccepted = x.Epoch, from, prev
 		if err := m.persistVote(x.Service, ss); err != nil {
-			m.log.Error("cluster: saving vote", "service", x.Service, "epoch", x.Epoch, "err", err)
+			m.log.Debug("cluster: saving vote", "service", x.Service, "epoch", x.Epoch, "err", err)
 			return
 		}
 		s.votedAt = m.clock.Now()
@@ -2025,7 +2024,7 @@ func (m *Machine) onAccept(from string, x acceptMsg) {
 		}
 		ss.Accepted = Ballot{Epoch: x.Epoch, Value: x.Value}
 		if err := m.persistVote(x.Service, ss); err != nil {
-			m.log.Error("cluster: saving acceptance", "service", x.Service, "epoch", x.Epoch, "err", err)
+			m.log.Debug("cluster: saving acceptance", "service", x.Service, "epoch", x.Epoch, "err", err)
 			return
 		}
 		reply.OK = true

@@ -569,7 +569,7 @@ func (s *sim) runAction(nd *simNode, svc string, a Action) {
 			delete(s.landAt, b) // a stopped server promotes nothing
 		}
 		res.Timeout = simHookTimeout
-		if mode != 0 {
+		if mode != 0 || !s.truth[b] {
 			res.Detail = fmt.Sprintf("simulated failure %d", mode)
 			s.promoteFailed[a.Epoch] = true
 			s.stats.promoteFails.Add(1)
@@ -1347,7 +1347,14 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 	}
 	prev := pv.Primary
 	if pe == 0 {
-		return // checked when the bootstrap was proposed (checkAnswer)
+		if !s.roleAware {
+			// Without roles the cluster's first choice is the primary:
+			// the operator's databases follow it (nothing else could).
+			for _, b := range s.backends {
+				s.setRole(b.Name, map[bool]Role{true: RolePrimary, false: RoleReplica}[b.Name == rec.Primary])
+			}
+		}
+		return // with roles, checked when the bootstrap was proposed (checkAnswer)
 	}
 	if prev == rec.Primary {
 		return
