@@ -665,8 +665,15 @@ func (s *sim) checkAnswer(from int, to string, msg []byte) {
 		// bootstrap proposes one (a forced value finishes such a proposal).
 		first := !s.proposed[[2]uint64{uint64(from), x.Epoch}]
 		s.proposed[[2]uint64{uint64(from), x.Epoch}] = true
-		if first && x.Kind == kindBootstrap && s.roleAware && s.role[x.Value.Primary] != RolePrimary {
-			s.fail("%s proposes to bootstrap to %q at epoch %d, which does not report primary", nd.name, x.Value.Primary, x.Epoch)
+		if first && x.Kind == kindBootstrap && s.roleAware {
+			if s.role[x.Value.Primary] != RolePrimary {
+				s.fail("%s proposes to bootstrap to %q at epoch %d, which does not report primary", nd.name, x.Value.Primary, x.Epoch)
+			}
+			for _, b := range s.backends {
+				if b.Name != x.Value.Primary && s.role[b.Name] == RolePrimary && nd.view[b.Name] && s.truth[b.Name] {
+					s.fail("%s proposes to bootstrap to %q at epoch %d while it sees %q report primary too", nd.name, x.Value.Primary, x.Epoch, b.Name)
+				}
+			}
 		}
 		if first && x.Kind == kindReaffirm && x.From != x.Value.Primary && s.roleAware &&
 			s.role[x.Value.Primary] == RolePrimary && s.role[x.From] != RolePrimary {

@@ -655,3 +655,35 @@ func TestOperatorSeesTheOutcome(t *testing.T) {
 	}
 	waitFor(t, "b unfenced", 30*time.Second, func() bool { return len(ps[0].clusterService(t).Fenced) == 0 })
 }
+
+// Two backends that report primary at bootstrap: the new cluster routes
+// none and says which; once one of them is gone it chooses the other.
+func TestPromotionTwoPrimariesAtBootstrap(t *testing.T) {
+	testenv.Need(t, "postgres")
+	p := testenv.MustPostgres(t, testenv.PGOptions{})
+	q := testenv.MustPostgres(t, testenv.PGOptions{Password: p.Password()})
+	t.Setenv("QP_TEST_PG_PASSWORD", p.Password())
+	hookLogins(t, p.Password(), "")
+	backends := []promoBackend{{"p", p.Addr(), 50}, {"q", q.Addr(), 100}}
+	c := newPromoCluster(t, promoPostgres, backends, promoHooks{promote: promoPostgres.promote})
+	c.start()
+	waitFor(t, "a dual_primary alert naming p and q on every proxy", 60*time.Second, func() bool {
+		for _, px := range c.ps {
+			sv := px.d.service(t, "db")
+			if sv == nil || !strings.Contains(strings.Join(sv.Alerts, "\n"), "dual_primary: p, q") {
+				return false
+			}
+			if v := px.clusterService(t); v.Epoch != 0 || v.Routing != "" {
+				t.Fatalf("%s: %+v; want no decision and no route with two primaries", px.name, v)
+			}
+		}
+		return true
+	})
+	if err := q.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every proxy routing to p once q is gone", 60*time.Second, c.routes("p"))
+	if h := c.hooks(); len(h) != 0 {
+		t.Fatalf("hooks ran: %v", h)
+	}
+}
