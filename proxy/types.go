@@ -101,6 +101,12 @@ const (
 	DefaultSwitchHold = 2 * time.Second
 )
 
+// DefaultParkAfter is how long a direction of the goroutine data plane
+// (platforms other than Linux) waits for data before it would be parked
+// with no goroutine, where the platform offers a poller for that. The Linux
+// event loops hold no goroutine per session and do not use it.
+const DefaultParkAfter = time.Second
+
 // ServiceConfig describes one proxied service. The zero value of each
 // optional field works.
 type ServiceConfig struct {
@@ -217,6 +223,11 @@ type Options struct {
 	// active-passive service's target changes by the proxy's own choice
 	// (not for External services).
 	OnTarget func(TargetChange)
+
+	// Loops is the number of event loops of the Linux data plane, each on
+	// its own OS thread. Zero or negative: GOMAXPROCS. Other platforms
+	// ignore it.
+	Loops int
 
 	// parkAfter overrides DefaultParkAfter (tests); negative disables
 	// parking.
