@@ -68,6 +68,11 @@ type Proxy struct {
 	// DrainTimeout is how long a graceful shutdown waits for client sessions
 	// to end before closing them. Default 10s. Zero closes them at once.
 	DrainTimeout time.Duration `toml:"drain_timeout"`
+	// Loops is the number of event loops of the data plane (Linux), each
+	// on its own OS thread. Default 0: one per CPU the Go runtime uses
+	// (GOMAXPROCS). At most 1024. Read at start; a reload keeps the
+	// running count.
+	Loops int `toml:"loops"`
 }
 
 // Action says what happens to sessions when their backend goes down or

@@ -70,6 +70,9 @@ func (d *decoder) nonNegativeInt(table, key string, v int64) {
 	}
 }
 
+// maxLoops bounds [proxy] loops: each loop is an OS thread.
+const maxLoops = 1024
+
 // addrRule says what an address may be.
 type addrRule int
 
@@ -199,6 +202,9 @@ func (d *decoder) validate(cfg *Config) {
 	enum(d, "log", "level", cfg.Log.Level, "debug", "info", "warn", "error")
 	enum(d, "log", "format", cfg.Log.Format, "text", "json")
 	d.nonNegative("proxy", "drain_timeout", cfg.Proxy.DrainTimeout)
+	if l := cfg.Proxy.Loops; l < 0 || l > maxLoops {
+		d.errorf("proxy", "loops", "loops: must be 0 (one per CPU) to %d, not %d", maxLoops, l)
+	}
 	if cfg.Cluster != nil {
 		d.validateCluster(cfg.Cluster)
 	}

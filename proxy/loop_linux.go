@@ -36,7 +36,7 @@ type pollable interface {
 }
 
 // loop is one event loop: an edge-triggered epoll set served by one
-// goroutine locked to its OS thread. Every fd of a session is registered
+// goroutine. Every fd of a session is registered
 // on the loop that accepted it, and only that loop touches the session,
 // so the data path takes no lock.
 type loop struct {
@@ -211,10 +211,16 @@ func (l *loop) runTasks() {
 // run is the loop: wait for events and timers, serve them, until stopped.
 func (l *loop) run() {
 	defer l.p.wg.Done()
-	// The loop keeps its thread: a wake-up then needs no hand-off between
-	// threads. The thread exits with the goroutine (no UnlockOSThread).
-	runtime.LockOSThread()
+	// Not locked to its thread: measured, a locked loop made more context
+	// switches (sysmon keeps retaking the P of a goroutine that never
+	// passes through the scheduler, and each retake costs a hand-off). A
+	// yield every yieldEvery keeps the scheduler's view current instead.
+	lastYield := nanotime()
 	for !l.stopping {
+		if l.nowNS-lastYield > yieldEvery {
+			lastYield = l.nowNS
+			runtime.Gosched()
+		}
 		timeout := -1
 		if len(l.ready) > 0 {
 			timeout = 0
@@ -304,6 +310,10 @@ func (l *loop) putBuf(b []byte) {
 // now is the loop's clock, read once per wake-up: precise enough for idle
 // timeouts, and free.
 func (l *loop) now() int64 { return l.nowNS }
+
+// yieldEvery is how often a busy loop passes through the scheduler: well
+// under sysmon's 10ms forced preemption.
+const yieldEvery = int64(time.Millisecond)
 
 // epoch is the origin of nanotime.
 var epoch = time.Now()

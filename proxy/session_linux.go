@@ -90,6 +90,7 @@ type direction struct {
 	pipe *pipe
 	full int // consecutive reads that filled the buffer
 
+	short  bool // a short read drains src (set for one wake-up)
 	eof    bool // src ended; dst was shut for writing
 	parked bool // waiting for src with nothing kept
 	queued bool // on the loop's ready list
@@ -355,7 +356,12 @@ func (e *endpoint) onEvent(ev uint32) {
 		rd, wr = &s.down, &s.up
 	}
 	if ev&in != 0 {
+		// Without a hang-up in the event, a short read means the socket
+		// is drained and a later arrival raises a new edge: no read is
+		// needed just to see EAGAIN. With one, read on to the EOF.
+		rd.short = ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0
 		rd.wake()
+		rd.short = false
 	}
 	if ev&out != 0 && !s.closed && wr.kept() {
 		wr.pump()
@@ -585,6 +591,11 @@ func (d *direction) pump() {
 		}
 		s.last = l.now()
 		if !d.write(l.buf[:n]) {
+			return
+		}
+		if n < len(l.buf) && d.short {
+			d.full = 0
+			d.park()
 			return
 		}
 		if n == len(l.buf) {
