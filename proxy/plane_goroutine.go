@@ -235,3 +235,16 @@ type resolvedAddr struct{}
 // wakeHeld: held connections here wait on the service's channel and
 // context.
 func (s *service) wakeHeld() {}
+
+// planeSupports refuses what only the Linux event loops implement.
+func planeSupports(c *ServiceConfig) error {
+	if len(c.AcceptProxy) > 0 {
+		return errors.New("accepting the PROXY protocol needs the Linux data plane")
+	}
+	for _, b := range c.Backends {
+		if b.SendProxy != ProxyNone {
+			return fmt.Errorf("backend %q: sending the PROXY protocol needs the Linux data plane", b.Name)
+		}
+	}
+	return nil
+}

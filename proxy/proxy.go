@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -142,6 +143,9 @@ func validate(cfgs []ServiceConfig) error {
 			errs = append(errs, fmt.Errorf("service %q: duplicate name", c.Name))
 		}
 		names[c.Name] = true
+		if err := planeSupports(&c); err != nil {
+			errs = append(errs, fmt.Errorf("service %q: %w", c.Name, err))
+		}
 		bn := map[string]bool{}
 		for j, b := range c.Backends {
 			switch {
@@ -184,6 +188,8 @@ func (p *Proxy) updateService(s *service, c ServiceConfig) error {
 	s.cfg = c
 	s.cfg.Backends = nil
 	s.maxConns.Store(int64(c.MaxConns))
+	ap := append([]netip.Prefix(nil), c.AcceptProxy...)
+	s.acceptProxy.Store(&ap)
 
 	var drop []*backend
 	keep := map[string]bool{}

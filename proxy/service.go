@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,11 +117,13 @@ type service struct {
 	ctx      context.Context // cancelled when the service is removed or the proxy closes
 	cancel   context.CancelFunc
 	maxConns atomic.Int64
-	version  atomic.Uint64 // bumped on every state change (held connections look again)
-	conns    atomic.Int64  // open client connections, held ones included
-	held     atomic.Int64
-	accepted atomic.Uint64
-	refused  atomic.Uint64
+	// acceptProxy: networks whose connections start with a PROXY header.
+	acceptProxy atomic.Pointer[[]netip.Prefix]
+	version     atomic.Uint64 // bumped on every state change (held connections look again)
+	conns       atomic.Int64  // open client connections, held ones included
+	held        atomic.Int64
+	accepted    atomic.Uint64
+	refused     atomic.Uint64
 }
 
 func (s *service) release() {
@@ -137,9 +140,10 @@ func (s *service) bump() {
 
 // dialTarget is a backend with its address as planned.
 type dialTarget struct {
-	b    *backend
-	name string
-	addr string
+	b     *backend
+	name  string
+	addr  string
+	proxy ProxyVersion
 }
 
 // plan is what a new connection needs, read under the service lock.
@@ -166,14 +170,14 @@ func (s *service) plan() (plan, <-chan struct{}) {
 			}
 		}
 		for _, b := range orderBalanced(c.Balance, el) {
-			pl.try = append(pl.try, dialTarget{b: b, name: b.cfg.Name, addr: b.cfg.Address})
+			pl.try = append(pl.try, dialTarget{b: b, name: b.cfg.Name, addr: b.cfg.Address, proxy: b.cfg.SendProxy})
 		}
 		return pl, s.changed
 	}
 	if !s.usable() {
 		return pl, s.changed
 	}
-	pl.try = []dialTarget{{b: s.target, name: s.target.cfg.Name, addr: s.target.cfg.Address}}
+	pl.try = []dialTarget{{b: s.target, name: s.target.cfg.Name, addr: s.target.cfg.Address, proxy: s.target.cfg.SendProxy}}
 	if c.External {
 		pl.lease = s.lease
 	}

@@ -15,7 +15,8 @@ import (
 
 // Session states on a loop.
 const (
-	stHeld        = iota // waiting for a usable target (switch_hold)
+	stHeader      = iota // reading the PROXY header of a client from an AcceptProxy network
+	stHeld               // waiting for a usable target (switch_hold)
 	stResolving          // the backend's host name is being looked up
 	stConnecting         // nonblocking connect in progress
 	stEstablished        // bytes flow
@@ -62,8 +63,10 @@ type session struct {
 	last int64 // loop time of the last read either way
 	tm   ltimer
 
-	peer  unix.Sockaddr // the client's address
-	local unix.Sockaddr // the address the client connected to
+	peer      unix.Sockaddr // the client's address, as the socket says
+	hdrSrc    net.Addr      // the client's address, as a PROXY header said
+	hdrDst    net.Addr
+	sendProxy ProxyVersion // the header the backend being dialled wants
 
 	up, down direction // client→backend, backend→client
 }
@@ -87,6 +90,7 @@ type direction struct {
 	pend []byte // pooled; pend[off:n] waits for dst
 	off  int
 	n    int
+	hdr  int // leading bytes of pend that are a PROXY header, not counted
 	pipe *pipe
 	full int // consecutive reads that filled the buffer
 
@@ -125,6 +129,14 @@ func (l *loop) newSession(svc *service, fd int, peer unix.Sockaddr) {
 	}
 	s.ctok = tok
 	l.sessions[s] = struct{}{}
+	if svc.wantsProxyHeader(peer) {
+		s.state = stHeader
+		s.tryEnd = nanotime() + int64(proxyHeaderTimeout)
+		s.armTimer()
+		s.readHeader()
+		return
+	}
+	s.state = stHeld
 	s.route()
 }
 
@@ -226,6 +238,7 @@ func (s *session) dialNext() {
 			break
 		}
 		s.b, s.gen, s.tryEnd = b, gen, end
+		s.sendProxy = t.proxy
 		s.attempt++
 		sa := b.dialAddr(t.addr)
 		if sa == nil {
@@ -346,8 +359,11 @@ func (e *endpoint) onEvent(ev uint32) {
 	const in = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 	const out = unix.EPOLLOUT | unix.EPOLLHUP | unix.EPOLLERR
 	if s.state != stEstablished {
-		if e.server && s.state == stConnecting && ev&out != 0 {
+		switch {
+		case e.server && s.state == stConnecting && ev&out != 0:
 			s.connectDone()
+		case !e.server && s.state == stHeader && ev&in != 0:
+			s.readHeader()
 		}
 		return // a held client's bytes wait in its socket
 	}
@@ -389,6 +405,18 @@ func (s *session) established() {
 	b.sessions.Add(1)
 	s.up.src, s.up.dst, s.up.count, s.up.lease = s.cfd, s.sfd, &b.bytesIn, s.pl.lease
 	s.down.src, s.down.dst, s.down.count = s.sfd, s.cfd, &b.bytesOut
+	if s.sendProxy != ProxyNone {
+		hdr, err := s.proxyHeader(s.sendProxy)
+		if err != nil {
+			s.l.p.log.Warn("PROXY header not built; session closed", "service", s.svc.name, "backend", b.cfg.Name, "err", err)
+			s.abortNow(false)
+			return
+		}
+		// Sent before any client byte; not counted as client bytes.
+		s.up.pend = s.l.getBuf()
+		s.up.off, s.up.n = 0, copy(s.up.pend, hdr)
+		s.up.hdr = s.up.n
+	}
 	s.last = nanotime()
 	s.armTimer()
 	// Edge-triggered: bytes that arrived while dialling raised their edge
@@ -408,6 +436,8 @@ func (s *session) armTimer() {
 		}
 	}
 	switch s.state {
+	case stHeader:
+		min(s.tryEnd)
 	case stHeld:
 		min(s.holdEnd)
 		if s.pl.poll {
@@ -441,6 +471,11 @@ func (s *session) onTimer(now int64) {
 		return
 	}
 	switch s.state {
+	case stHeader:
+		if now >= s.tryEnd {
+			s.badHeader(errors.New("no PROXY header within " + proxyHeaderTimeout.String()))
+			return
+		}
 	case stHeld:
 		s.route()
 		return
@@ -665,7 +700,13 @@ func (d *direction) flushBuf() bool {
 	}
 	n, err := writeFD(d.dst, d.pend[d.off:d.n])
 	if n > 0 {
-		d.count.Add(uint64(n))
+		counted := n
+		if d.hdr > 0 {
+			h := min(d.hdr, n)
+			d.hdr -= h
+			counted -= h
+		}
+		d.count.Add(uint64(counted))
 		d.off += n
 	}
 	if d.off == d.n {
