@@ -214,7 +214,8 @@ func (l *loop) run() {
 	// Not locked to its thread: measured, a locked loop made more context
 	// switches (sysmon keeps retaking the P of a goroutine that never
 	// passes through the scheduler, and each retake costs a hand-off). A
-	// yield every yieldEvery keeps the scheduler's view current instead.
+	// yield every yieldEvery keeps the scheduler's view current instead,
+	// and lets the proxy's other goroutines run (see epollWait).
 	lastYield := nanotime()
 	for !l.stopping {
 		if l.nowNS-lastYield > yieldEvery {
@@ -235,7 +236,10 @@ func (l *loop) run() {
 				timeout = int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 			}
 		}
-		n, err := unix.EpollWait(l.epfd, l.events, timeout)
+		if timeout < 0 || timeout > maxWaitMS {
+			timeout = maxWaitMS
+		}
+		n, err := epollWait(l.epfd, l.events, timeout)
 		l.nowNS = nanotime()
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.p.log.Error("epoll_wait failed; the loop stops", "loop", l.id, "err", err)
