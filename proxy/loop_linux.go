@@ -67,11 +67,12 @@ type loop struct {
 	lns      map[*lfd]struct{}
 	stopping bool
 	nowNS    int64 // nanotime when the last epoll_wait returned
-	pipesOut int   // pipes lent to directions
 
 	// Read by other goroutines (status, tests); written by the loop.
 	parked  atomic.Int64  // directions waiting for data, holding nothing
 	resumed atomic.Uint64 // parked directions woken by data, ever
+	spliced atomic.Uint64 // directions moved to splice, ever
+	lent    atomic.Int64  // pipes lent to directions now
 	_       [64]byte      // keep other loops' counters off this cache line
 }
 

@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -73,6 +71,49 @@ func TestSlowReaderBounded(t *testing.T) {
 	}
 }
 
+// TestSpliceBulk: a bulk stream moves to splice and comes back exact; once
+// it is idle the session holds no pipe (two fds), the pipes back in the
+// loop's pool.
+func TestSpliceBulk(t *testing.T) {
+	be := startEcho(t)
+	p := newProxy(t, Options{}, oneBackend("svc", be.addr()))
+	p.SetHealth("svc", "a", upAny)
+	c := dial(t, p.addrOf(t, "svc"))
+	payload := make([]byte, 32<<20)
+	rng := rand.New(rand.NewPCG(5, 5))
+	for i := range payload {
+		payload[i] = byte(rng.Uint32())
+	}
+	go func() { _, _ = c.Write(payload) }()
+	got := make([]byte, len(payload))
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(payload) {
+		t.Fatal("spliced bytes differ")
+	}
+	var spliced uint64
+	for _, l := range p.loops {
+		spliced += l.spliced.Load()
+	}
+	if spliced == 0 {
+		t.Fatal("32 MiB each way and no direction moved to splice")
+	}
+	waitParked(t, p, 2)
+	waitFor(t, "pipes back in the pool", func() bool {
+		var lent int64
+		for _, l := range p.loops {
+			lent += l.lent.Load()
+		}
+		return lent == 0
+	})
+	if b := p.statusOf("svc").backend("a"); b.BytesIn != uint64(len(payload)) || b.BytesOut != uint64(len(payload)) {
+		t.Fatalf("bytes in/out %d/%d", b.BytesIn, b.BytesOut)
+	}
+	roundTrip(t, c, "still flowing")
+}
+
 func heapInUse() uint64 {
 	runtime.GC()
 	var ms runtime.MemStats
@@ -91,6 +132,9 @@ func TestRandomCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ln.Close()
+	// Earlier tests' echo servers leave splice pipes that finalizers close
+	// (see TestNoFDLeakUnderFaults): collect them first, and accept fewer.
+	runtime.GC()
 	fdsBefore := countFDs(t)
 	t.Run("sessions", func(t *testing.T) {
 		echoBE := startEcho(t)
@@ -151,7 +195,7 @@ func TestRandomCloses(t *testing.T) {
 	})
 	waitFor(t, "fds back to the start", func() bool {
 		runtime.GC()
-		return countFDs(t) == fdsBefore
+		return countFDs(t) <= fdsBefore
 	})
 }
 
@@ -192,25 +236,7 @@ func floodHelper() {
 // again as soon as fds free up.
 func TestLowFDLimitFlood(t *testing.T) {
 	be := startEcho(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), floodHelperEnv+"=48", "QP_FLOOD_BACKEND="+be.addr())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	}()
-	sc := bufio.NewScanner(stdout)
+	_, sc, cmd := startHelper(t, floodHelperEnv+"=48", "QP_FLOOD_BACKEND="+be.addr())
 	if !sc.Scan() {
 		t.Fatalf("helper: %v", sc.Err())
 	}

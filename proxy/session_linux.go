@@ -361,7 +361,7 @@ func (e *endpoint) onEvent(ev uint32) {
 	if s.state != stEstablished {
 		switch {
 		case e.server && s.state == stConnecting && ev&out != 0:
-			s.connectDone()
+			s.connectDone(ev)
 		case !e.server && s.state == stHeader && ev&in != 0:
 			s.readHeader()
 		}
@@ -385,16 +385,19 @@ func (e *endpoint) onEvent(ev uint32) {
 }
 
 // connectDone finishes a nonblocking connect.
-func (s *session) connectDone() {
-	errno, err := unix.GetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && errno != 0 {
-		err = unix.Errno(errno)
-	}
-	if err != nil {
-		s.dialFailed(err, true)
+func (s *session) connectDone(ev uint32) {
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		s.established() // writable and no error: connected
 		return
 	}
-	s.established()
+	errno, err := unix.GetsockoptInt(s.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil {
+		err = unix.ECONNREFUSED // a hang-up with no error recorded
+		if errno != 0 {
+			err = unix.Errno(errno)
+		}
+	}
+	s.dialFailed(err, true)
 }
 
 // established starts the byte flow of a connected session.
@@ -583,35 +586,22 @@ func (d *direction) pump() {
 		return
 	}
 	for i := 0; i < readBudget; i++ {
+		var n int
+		var err error
 		if d.pipe != nil {
-			n, err := unix.Splice(d.src, nil, d.pipe.w, nil, loopBufSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			switch {
-			case err == unix.EAGAIN:
+			var n64 int64
+			n64, err = unix.Splice(d.src, nil, d.pipe.w, nil, loopBufSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n = int(n64)
+		} else {
+			n, err = unix.Read(d.src, l.buf)
+		}
+		switch {
+		case err == unix.EAGAIN:
+			if d.pipe != nil {
 				// Drained: give the pipe back; an idle session holds none.
 				l.putPipe(d.pipe)
 				d.pipe = nil
-				d.full = 0
-				d.park()
-				return
-			case err == unix.EINTR:
-				continue
-			case err != nil:
-				s.abortNow(errors.Is(err, unix.ECONNRESET))
-				return
-			case n == 0:
-				d.ended()
-				return
 			}
-			s.last = l.now()
-			d.pipe.n = int(n)
-			if !d.flushPipe() {
-				return
-			}
-			continue
-		}
-		n, err := unix.Read(d.src, l.buf)
-		switch {
-		case err == unix.EAGAIN:
 			d.full = 0
 			d.park()
 			return
@@ -625,6 +615,13 @@ func (d *direction) pump() {
 			return
 		}
 		s.last = l.now()
+		if d.pipe != nil {
+			d.pipe.n = n
+			if !d.flushPipe() {
+				return
+			}
+			continue
+		}
 		if !d.write(l.buf[:n]) {
 			return
 		}
@@ -635,7 +632,9 @@ func (d *direction) pump() {
 		}
 		if n == len(l.buf) {
 			if d.full++; d.full >= spliceAfter {
-				d.pipe = l.getPipe() // nil: keep copying
+				if d.pipe = l.getPipe(); d.pipe != nil { // nil: keep copying
+					l.spliced.Add(1)
+				}
 			}
 		} else {
 			d.full = 0
@@ -756,11 +755,12 @@ func (d *direction) ended() {
 		d.s.l.putPipe(d.pipe)
 		d.pipe = nil
 	}
-	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
-	_ = unix.Shutdown(d.src, unix.SHUT_RD)
 	if d.s.up.eof && d.s.down.eof {
-		d.s.close()
+		d.s.close() // both read to their end: close sends the last FIN
+		return
 	}
+	// src is at its end already: only the half-close is passed on.
+	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
 }
 
 func writeFD(fd int, b []byte) (int, error) {
@@ -777,23 +777,23 @@ func (l *loop) getPipe() *pipe {
 	if n := len(l.pipes); n > 0 {
 		pp := l.pipes[n-1]
 		l.pipes = l.pipes[:n-1]
-		l.pipesOut++
+		l.lent.Add(1)
 		return pp
 	}
-	if l.pipesOut >= maxPipesPerLoop {
+	if l.lent.Load() >= maxPipesPerLoop {
 		return nil
 	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return nil
 	}
-	l.pipesOut++
+	l.lent.Add(1)
 	return &pipe{r: fds[0], w: fds[1]}
 }
 
 // putPipe takes a pipe back; one still holding bytes is closed.
 func (l *loop) putPipe(pp *pipe) {
-	l.pipesOut--
+	l.lent.Add(-1)
 	if pp.n != 0 || len(l.pipes) >= maxPooledPipes {
 		pp.close()
 		return

@@ -237,6 +237,7 @@ func (b *bench) params(haMaxconn int) []string {
 		fmt.Sprintf("iperf3 -c -t %d (one stream, receiver Gbit/s)", b.l.iperfSecs),
 		fmt.Sprintf("redis-benchmark -k 0 -t ping_inline -c 50 -n %d -q (calibrated to ~%.0f s on the slowest target)", b.l.churnN, b.o.churnSecs),
 		fmt.Sprintf("idle: %d connections opened through each proxy (clients on %d source addresses 127.0.0.2 and up) to an accept-and-hold server on %d ports (the proxy's backends), each sent one byte; proxy RSS (VmRSS) and /proc/PID/fd count after minus before", b.o.idleConns, idleSources, holdPorts),
+		b.o.idleNote,
 		fmt.Sprintf("scaling: redis-benchmark -t get -c N --csv for N in %v, the same request count on every target", scaleClients),
 		"context switches: voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/PID/task/*/status, before and after each workload",
 		fmt.Sprintf("HAProxy: nbthread %d (= cores), option splice-auto (splice-request/response on the iperf3 proxy), maxconn %d, maxpipes %d, 1h timeouts, no logging, check inter 1s", runtime.NumCPU(), haMaxconn, haMaxPipes),

@@ -188,6 +188,9 @@ func report(m machine, res results) string {
 
 	b.WriteString("\n## Parameters\n\n")
 	for _, p := range res.params {
+		if p == "" {
+			continue
+		}
 		b.WriteString("- " + p + "\n")
 	}
 
