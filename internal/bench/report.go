@@ -209,6 +209,25 @@ func report(m machine, res results) string {
 		}
 		b.WriteString("\n")
 	}
+	for _, pt := range res.scale {
+		for _, x := range []struct {
+			what string
+			r    row
+		}{{"req/s", pt.rps}, {"p99 ms", pt.p99}, {"CPU µs per request", pt.cpu}} {
+			fmt.Fprintf(&b, "- GET, %d clients, %s:", pt.clients, x.what)
+			for _, t := range []string{tDirect, tHAProxy, tQP} {
+				if len(x.r.samples[t]) == 0 {
+					continue
+				}
+				vals := make([]string, len(x.r.samples[t]))
+				for i, v := range x.r.samples[t] {
+					vals[i] = fmtVal(v)
+				}
+				fmt.Fprintf(&b, " %s [%s];", t, strings.Join(vals, ", "))
+			}
+			b.WriteString("\n")
+		}
+	}
 	for _, t := range []string{tHAProxy, tQP} {
 		ir, ok := res.idle[t]
 		if !ok {
