@@ -165,7 +165,7 @@ func report(m machine, res results) string {
 			fmt.Fprintf(&b, "| %s (%s) | %s | %s | %s |\n", r.name, r.unit, fmtVal(h), fmtVal(q), ratio(q, h))
 		}
 	}
-	perUnit("CPU time the proxy process used per unit of work (user+system, all threads; lower is better):", cpu)
+	perUnit("CPU time the proxy process used per unit of work (run time of all its threads, from /proc/PID/task/*/schedstat; lower is better):", cpu)
 	perUnit("Context switches of the proxy process per unit of work (voluntary and involuntary, all threads; lower is better):", res.cs)
 
 	if len(res.scale) > 0 {
