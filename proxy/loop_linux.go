@@ -242,9 +242,16 @@ func (l *loop) run() {
 		}
 		n, err := epollWait(l.epfd, l.events, timeout)
 		l.nowNS = nanotime()
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			l.p.log.Error("epoll_wait failed; the loop stops", "loop", l.id, "err", err)
-			break
+		if err != nil {
+			if !errors.Is(err, unix.EINTR) {
+				l.p.log.Error("epoll_wait failed; the loop stops", "loop", l.id, "err", err)
+				break
+			}
+			// A signal: most likely the runtime asking this goroutine to
+			// stop for the garbage collector. Yield now, so that a
+			// stop-the-world does not wait for the next wait to end.
+			runtime.Gosched()
+			lastYield = l.nowNS
 		}
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
