@@ -88,5 +88,9 @@ func raiseNoFile(p *Proxy) {
 			return
 		}
 	}
-	p.log.Info("open-file limit raised to the hard limit", "soft", rl.Cur, "hard", rl.Max, "was", old, "sessions_at_most", rl.Cur/2)
+	if old != rl.Cur {
+		p.log.Info("open-file limit raised to the hard limit", "soft", rl.Cur, "was", old, "hard", rl.Max, "sessions_at_most", rl.Cur/2)
+		return
+	}
+	p.log.Info("open-file limit at the hard limit", "soft", rl.Cur, "hard", rl.Max, "sessions_at_most", rl.Cur/2)
 }
