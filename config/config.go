@@ -18,6 +18,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -68,6 +69,11 @@ type Proxy struct {
 	// DrainTimeout is how long a graceful shutdown waits for client sessions
 	// to end before closing them. Default 10s. Zero closes them at once.
 	DrainTimeout time.Duration `toml:"drain_timeout"`
+	// Loops is the number of event loops of the data plane (Linux), each
+	// on its own OS thread. Default 0: one per CPU the Go runtime uses
+	// (GOMAXPROCS). At most 1024. Read at start; a reload keeps the
+	// running count.
+	Loops int `toml:"loops"`
 }
 
 // Action says what happens to sessions when their backend goes down or
@@ -123,6 +129,32 @@ type Cluster struct {
 type Peer struct {
 	Name    string `toml:"name"`    // unique, required
 	Address string `toml:"address"` // gossip host:port, unique, required
+}
+
+// ProxyPrefixes parses AcceptProxy (valid after Parse); a single address is
+// a prefix of its full length.
+func (s *Service) ProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range s.AcceptProxy {
+		p, err := parsePrefix(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parsePrefix(n string) (netip.Prefix, error) {
+	if strings.Contains(n, "/") {
+		p, err := netip.ParsePrefix(n)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(n)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Quorum returns the number of distinct peers a decision needs: N/2+1.
@@ -196,6 +228,12 @@ type Service struct {
 	Role Role `toml:"role"`
 	// MaxConnections caps concurrent client sessions. Default 0: unlimited.
 	MaxConnections int `toml:"max_connections"`
+	// AcceptProxy lists networks ("10.0.0.0/24", or one address) whose
+	// connections must start with a PROXY protocol header, v1 or v2: a load
+	// balancer in front. The client address it carries is what backends
+	// with send_proxy get. Connections from other addresses are taken as
+	// they are. Default none. Linux only.
+	AcceptProxy []string `toml:"accept_proxy"`
 	// ConnectTimeout bounds dialing backends for one client, all attempts
 	// together. Default 3s. Must be positive.
 	ConnectTimeout time.Duration `toml:"connect_timeout"`
@@ -370,6 +408,11 @@ type Backend struct {
 	Weight int `toml:"weight"`
 	// MaxConnections caps concurrent sessions to this backend. Default 0: unlimited.
 	MaxConnections int `toml:"max_connections"`
+	// SendProxy is "v1" or "v2": each connection to this backend starts
+	// with a PROXY protocol header carrying the client's address (MariaDB's
+	// proxy_protocol_networks, pgbouncer, HAProxy-aware servers). Default
+	// "": none. Linux only.
+	SendProxy string `toml:"send_proxy"`
 }
 
 // DefaultAdminListen is the admin API's address when [admin] listen is

@@ -66,6 +66,12 @@ func TestBadConfigs(t *testing.T) {
 			`cluster_required.toml:2:1: cluster: bind "0.0.0.0": missing port`,
 			`cluster_required.toml:3:1: cluster: lease_timeout: must be positive, not 0s`,
 		},
+		"data_plane.toml": {
+			`data_plane.toml:2:1: proxy: loops: must be 0 (one per CPU) to 1024, not -1`,
+			`data_plane.toml:7:1: service "pg": accept_proxy: "10.0.0.0/33" is not a network ("10.0.0.0/24") or an address`,
+			`data_plane.toml:7:1: service "pg": accept_proxy: "lb.example" is not a network ("10.0.0.0/24") or an address`,
+			`data_plane.toml:12:3: service "pg" backend "a": send_proxy: unknown value "v3": want "", "v1", "v2"`,
+		},
 		"duplicates.toml": {
 			`duplicates.toml:7:1: service "pg": name "pg": already used by the service at line 2`,
 			`duplicates.toml:8:1: service "pg": listen "0.0.0.0:6432": overlaps the listen address "127.0.0.1:6432" of service "pg"`,

@@ -70,6 +70,9 @@ func (d *decoder) nonNegativeInt(table, key string, v int64) {
 	}
 }
 
+// maxLoops bounds [proxy] loops: each loop is an OS thread.
+const maxLoops = 1024
+
 // addrRule says what an address may be.
 type addrRule int
 
@@ -199,6 +202,9 @@ func (d *decoder) validate(cfg *Config) {
 	enum(d, "log", "level", cfg.Log.Level, "debug", "info", "warn", "error")
 	enum(d, "log", "format", cfg.Log.Format, "text", "json")
 	d.nonNegative("proxy", "drain_timeout", cfg.Proxy.DrainTimeout)
+	if l := cfg.Proxy.Loops; l < 0 || l > maxLoops {
+		d.errorf("proxy", "loops", "loops: must be 0 (one per CPU) to %d, not %d", maxLoops, l)
+	}
 	if cfg.Cluster != nil {
 		d.validateCluster(cfg.Cluster)
 	}
@@ -348,6 +354,11 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	enum(d, sp, "on_backend_down", s.OnBackendDown, ActionClose, ActionKeep)
 	enum(d, sp, "failback", s.Failback, FailbackManual, FailbackAuto)
 	d.nonNegativeInt(sp, "max_connections", int64(s.MaxConnections))
+	for _, n := range s.AcceptProxy {
+		if _, err := parsePrefix(n); err != nil {
+			d.errorf(sp, "accept_proxy", "accept_proxy: %q is not a network (\"10.0.0.0/24\") or an address", n)
+		}
+	}
 	d.positive(sp, "connect_timeout", s.ConnectTimeout)
 	d.nonNegative(sp, "idle_timeout", s.IdleTimeout)
 	d.nonNegative(sp, "switch_hold", s.SwitchHold)
@@ -413,6 +424,7 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 			d.errorf(bp, "weight", "weight: must be at least 1, not %d (to take a backend out of rotation, remove it and reload)", b.Weight)
 		}
 		d.nonNegativeInt(bp, "max_connections", int64(b.MaxConnections))
+		enum(d, bp, "send_proxy", b.SendProxy, "", "v1", "v2")
 	}
 }
 

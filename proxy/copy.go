@@ -1,3 +1,5 @@
+//go:build !linux
+
 package proxy
 
 import (
@@ -24,12 +26,6 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // leaseSlack is how much a lease may extend before the write deadline is
 // moved; a shorter deadline only errs on the safe side.
 const leaseSlack = time.Millisecond
-
-// DefaultParkAfter is how long a direction waits for data on a goroutine
-// before it is parked in the proxy's epoll set with none: long enough that
-// request/response traffic never pays the extra wake-up, short enough that
-// idle pooled connections soon cost no stack.
-const DefaultParkAfter = time.Second
 
 // Direction states; a parked direction has no goroutine.
 const (

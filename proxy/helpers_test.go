@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -246,6 +247,32 @@ func roundTrip(t testing.TB, c net.Conn, msg string) {
 	if string(buf) != msg {
 		t.Fatalf("echo %q, want %q", buf, msg)
 	}
+}
+
+// startHelper runs this test binary again as a helper process with env
+// added, and returns its stdin and a scanner over its stdout; the helper
+// is waited for when the test ends (closing stdin tells it to exit).
+func startHelper(t *testing.T, env ...string) (io.WriteCloser, *bufio.Scanner, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	return stdin, bufio.NewScanner(stdout), cmd
 }
 
 // helperMain is a separate process holding the clients and the backend of

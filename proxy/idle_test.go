@@ -1,11 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -101,25 +98,7 @@ func testIdle(t *testing.T, parkAfter time.Duration) {
 		}
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "QP_PROXY_HELPER=1")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	}()
-	out := bufio.NewScanner(stdout)
+	stdin, out, _ := startHelper(t, "QP_PROXY_HELPER=1")
 	line := func() string {
 		if !out.Scan() {
 			t.Fatalf("helper exited: %v", out.Err())
@@ -170,7 +149,9 @@ func testIdle(t *testing.T, parkAfter time.Duration) {
 	}
 	_ = stdin.Close()
 	waitFor(t, "all sessions closed", func() bool { return p.statusOf("idle").Active == 0 })
-	if _, err := io.Copy(io.Discard, stdout); err != nil {
+	for out.Scan() {
+	}
+	if err := out.Err(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ type Proxy struct {
 
 	poller    *poller // nil: idle directions wait on goroutines
 	parkAfter time.Duration
+	plane     // the data plane's own state (event loops on Linux)
 
 	closing atomic.Bool  // set before sessions are swept, so none escapes
 	active  atomic.Int64 // client connections, all services
@@ -50,16 +52,7 @@ func New(opts Options) *Proxy {
 	if opts.parkAfter != 0 {
 		p.parkAfter = opts.parkAfter
 	}
-	if p.parkAfter >= 0 {
-		if pl, err := newPoller(); err != nil {
-			p.log.Warn("idle connections will keep their goroutines", "err", err)
-		} else {
-			p.poller = pl
-			p.wg.Add(2)
-			go pl.run(p)
-			go p.reclaimLoop()
-		}
-	}
+	p.startPlane(opts)
 	p.evCond = sync.NewCond(&p.evMu)
 	if p.onTarget != nil {
 		p.evWG.Add(1)
@@ -150,6 +143,9 @@ func validate(cfgs []ServiceConfig) error {
 			errs = append(errs, fmt.Errorf("service %q: duplicate name", c.Name))
 		}
 		names[c.Name] = true
+		if err := planeSupports(&c); err != nil {
+			errs = append(errs, fmt.Errorf("service %q: %w", c.Name, err))
+		}
 		bn := map[string]bool{}
 		for j, b := range c.Backends {
 			switch {
@@ -172,13 +168,13 @@ func (p *Proxy) newService(c ServiceConfig) *service {
 
 func (p *Proxy) removeService(s *service) {
 	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.close()
-		s.ln = nil
-	}
+	ln := s.ln
+	s.ln = nil
 	list := s.list
 	s.mu.Unlock()
+	ln.close() // outside the lock: the loops take it to route
 	s.cancel()
+	s.wakeHeld() // held connections are refused now
 	for _, b := range list {
 		b.closeSessions(true, false)
 	}
@@ -192,6 +188,8 @@ func (p *Proxy) updateService(s *service, c ServiceConfig) error {
 	s.cfg = c
 	s.cfg.Backends = nil
 	s.maxConns.Store(int64(c.MaxConns))
+	ap := append([]netip.Prefix(nil), c.AcceptProxy...)
+	s.acceptProxy.Store(&ap)
 
 	var drop []*backend
 	keep := map[string]bool{}
@@ -241,17 +239,17 @@ func (p *Proxy) updateService(s *service, c ServiceConfig) error {
 	}
 	l, err := s.listen(c.Listen)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err != nil {
 		// Keep serving on the old address, if any, and say why.
 		s.lnErr = err
+		s.mu.Unlock()
 		return err
 	}
-	if s.ln != nil {
-		s.ln.close()
-	}
+	old := s.ln
 	s.ln, s.lnErr = l, nil
 	s.startAccept(l)
+	s.mu.Unlock()
+	old.close()
 	return nil
 }
 
@@ -449,15 +447,17 @@ const drainPoll = 5 * time.Millisecond
 func (p *Proxy) Drain(ctx context.Context) error {
 	p.mu.Lock()
 	p.draining = true
+	var lns []*listener
 	for _, s := range p.services {
 		s.mu.Lock()
-		if s.ln != nil {
-			s.ln.close()
-			s.ln = nil
-		}
+		lns = append(lns, s.ln)
+		s.ln = nil
 		s.mu.Unlock()
 	}
 	p.mu.Unlock()
+	for _, ln := range lns {
+		ln.close()
+	}
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	for p.active.Load() > 0 {
@@ -478,16 +478,19 @@ func (p *Proxy) closeAll() {
 	p.cancel()
 	p.mu.Lock()
 	var bs []*backend
+	var lns []*listener
 	for _, s := range p.services {
 		s.mu.Lock()
-		if s.ln != nil {
-			s.ln.close()
-			s.ln = nil
-		}
+		lns = append(lns, s.ln)
+		s.ln = nil
 		bs = append(bs, s.list...)
 		s.mu.Unlock()
+		s.wakeHeld() // held connections are refused now
 	}
 	p.mu.Unlock()
+	for _, ln := range lns {
+		ln.close()
+	}
 	for _, b := range bs {
 		b.closeSessions(false, false)
 	}
@@ -500,11 +503,7 @@ func (p *Proxy) Close() error {
 	p.closed = true
 	p.mu.Unlock()
 	p.closeAll()
-	p.stopOnce.Do(func() {
-		if p.poller != nil {
-			p.poller.stop()
-		}
-	})
+	p.stopOnce.Do(p.stopPlane)
 	p.wg.Wait()
 	p.evMu.Lock()
 	p.evStop = true

@@ -2,9 +2,8 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +23,8 @@ type backend struct {
 	// across reloads, not restarts.
 	fenced bool
 
-	max atomic.Int64 // MaxConns; <= 0 no limit
+	max      atomic.Int64                 // MaxConns; <= 0 no limit
+	resolved atomic.Pointer[resolvedAddr] // the data plane's cached dial address
 
 	active                               atomic.Int64
 	sessions                             atomic.Uint64
@@ -117,16 +117,13 @@ type service struct {
 	ctx      context.Context // cancelled when the service is removed or the proxy closes
 	cancel   context.CancelFunc
 	maxConns atomic.Int64
-	conns    atomic.Int64 // open client connections, held ones included
-	held     atomic.Int64
-	accepted atomic.Uint64
-	refused  atomic.Uint64
-}
-
-type listener struct {
-	ln   net.Listener
-	addr string
-	stop chan struct{}
+	// acceptProxy: networks whose connections start with a PROXY header.
+	acceptProxy atomic.Pointer[[]netip.Prefix]
+	version     atomic.Uint64 // bumped on every state change (held connections look again)
+	conns       atomic.Int64  // open client connections, held ones included
+	held        atomic.Int64
+	accepted    atomic.Uint64
+	refused     atomic.Uint64
 }
 
 func (s *service) release() {
@@ -138,70 +135,15 @@ func (s *service) release() {
 func (s *service) bump() {
 	close(s.changed)
 	s.changed = make(chan struct{})
-}
-
-func (s *service) listen(addr string) (*listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
-	}
-	return &listener{ln: ln, addr: ln.Addr().String(), stop: make(chan struct{})}, nil
-}
-
-func (s *service) startAccept(l *listener) {
-	s.p.wg.Add(1)
-	go s.acceptLoop(l)
-}
-
-func (l *listener) close() {
-	close(l.stop)
-	_ = l.ln.Close()
-}
-
-// acceptLoop accepts until the listener closes, backing off on other errors
-// (EMFILE) by their rate (see acceptBackoff).
-func (s *service) acceptLoop(l *listener) {
-	defer s.p.wg.Done()
-	var bo acceptBackoff
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay, logNow, n := bo.failed(time.Now())
-			if logNow {
-				s.p.log.Warn("accept failed", "service", s.name, "err", err, "errors", n, "retry_in", delay)
-			}
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-l.stop:
-				t.Stop()
-				return
-			}
-			continue
-		}
-		s.accepted.Add(1)
-		tc := c.(*net.TCPConn)
-		max := s.maxConns.Load()
-		if n := s.conns.Add(1); max > 0 && n > max {
-			s.conns.Add(-1)
-			s.refused.Add(1)
-			_ = tc.Close()
-			continue
-		}
-		s.p.active.Add(1)
-		s.p.wg.Add(1)
-		go s.handle(tc)
-	}
+	s.wakeHeld()
 }
 
 // dialTarget is a backend with its address as planned.
 type dialTarget struct {
-	b    *backend
-	name string
-	addr string
+	b     *backend
+	name  string
+	addr  string
+	proxy ProxyVersion
 }
 
 // plan is what a new connection needs, read under the service lock.
@@ -228,14 +170,14 @@ func (s *service) plan() (plan, <-chan struct{}) {
 			}
 		}
 		for _, b := range orderBalanced(c.Balance, el) {
-			pl.try = append(pl.try, dialTarget{b: b, name: b.cfg.Name, addr: b.cfg.Address})
+			pl.try = append(pl.try, dialTarget{b: b, name: b.cfg.Name, addr: b.cfg.Address, proxy: b.cfg.SendProxy})
 		}
 		return pl, s.changed
 	}
 	if !s.usable() {
 		return pl, s.changed
 	}
-	pl.try = []dialTarget{{b: s.target, name: s.target.cfg.Name, addr: s.target.cfg.Address}}
+	pl.try = []dialTarget{{b: s.target, name: s.target.cfg.Name, addr: s.target.cfg.Address, proxy: s.target.cfg.SendProxy}}
 	if c.External {
 		pl.lease = s.lease
 	}
@@ -256,130 +198,6 @@ func (s *service) usable() bool {
 		return false
 	}
 	return true
-}
-
-// leasePoll is how often a held connection of an External service looks at
-// its lease, whose renewal is not signalled.
-const leasePoll = 20 * time.Millisecond
-
-// handle holds, dials and proxies one client connection.
-func (s *service) handle(c *net.TCPConn) {
-	defer s.p.wg.Done()
-	var holdEnd time.Time
-	held := false
-	unhold := func() {
-		if held {
-			held = false
-			s.held.Add(-1)
-		}
-	}
-hold:
-	for {
-		pl, changed := s.plan()
-		if len(pl.try) > 0 {
-			unhold()
-			if s.dialAndRun(c, pl) {
-				return
-			}
-			break
-		}
-		now := time.Now()
-		if !held {
-			if pl.hold <= 0 {
-				break
-			}
-			held = true
-			s.held.Add(1)
-			holdEnd = now.Add(pl.hold)
-		}
-		left := holdEnd.Sub(now)
-		if left <= 0 {
-			break
-		}
-		if pl.poll && left > leasePoll {
-			left = leasePoll
-		}
-		t := time.NewTimer(left)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-s.ctx.Done():
-			t.Stop()
-			break hold // removed or closing: refuse now
-		}
-		t.Stop()
-	}
-	unhold()
-	s.refused.Add(1)
-	s.release()
-	_ = c.Close()
-}
-
-// dialAndRun dials pl.try in order within the connect timeout and proxies
-// c. It returns false (c still open, not counted) if no session started.
-func (s *service) dialAndRun(c *net.TCPConn, pl plan) bool {
-	var deadline time.Time
-	if pl.connect > 0 {
-		deadline = time.Now().Add(pl.connect)
-	}
-	anyFull := false
-	for i, t := range pl.try {
-		b := t.b
-		if !b.reserve() {
-			anyFull = true
-			continue
-		}
-		d := net.Dialer{}
-		if !deadline.IsZero() {
-			left := time.Until(deadline)
-			if left <= 0 {
-				b.active.Add(-1)
-				break
-			}
-			// Share what is left among the remaining candidates, so one
-			// black hole cannot use up the whole budget.
-			d.Deadline = time.Now().Add(left / time.Duration(len(pl.try)-i))
-		}
-		if pl.lease != nil {
-			rem := pl.lease.Remaining()
-			if rem <= 0 {
-				b.active.Add(-1)
-				break
-			}
-			if ld := time.Now().Add(rem); d.Deadline.IsZero() || ld.Before(d.Deadline) {
-				d.Deadline = ld
-			}
-		}
-		gen := b.generation()
-		nc, err := d.DialContext(s.ctx, "tcp", t.addr)
-		if err != nil {
-			b.active.Add(-1)
-			b.dialFail.Add(1)
-			s.p.log.Debug("dial failed", "service", s.name, "backend", t.name, "address", t.addr, "err", err)
-			continue
-		}
-		sc := nc.(*net.TCPConn)
-		sess, err := newSession(s, b, c, sc, pl.idle, pl.lease)
-		if err != nil || !b.addSession(sess, gen, &s.p.closing) {
-			b.active.Add(-1)
-			_ = sc.Close()
-			return false
-		}
-		b.sessions.Add(1)
-		sess.start()
-		s.p.wg.Add(1)
-		go sess.copyClientToBackend()
-		sess.copyBackendToClient()
-		return true
-	}
-	if anyFull {
-		for _, t := range pl.try {
-			if m := t.b.max.Load(); m > 0 && t.b.active.Load() >= m {
-				t.b.refused.Add(1)
-			}
-		}
-	}
-	return false
 }
 
 // candidates snapshots the backends for the pure picker; call with s.mu held.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
@@ -90,6 +91,35 @@ type Backend struct {
 	// means no limit. A connection that finds no backend below its cap is
 	// refused and counted.
 	MaxConns int
+	// SendProxy sends a PROXY protocol header with the client's address
+	// first on each connection to this backend. Zero: none.
+	SendProxy ProxyVersion
+}
+
+// ProxyVersion is a PROXY protocol version (HAProxy's send-proxy and
+// send-proxy-v2).
+type ProxyVersion int
+
+const (
+	// ProxyNone sends no header.
+	ProxyNone ProxyVersion = iota
+	// ProxyV1 is the text header.
+	ProxyV1
+	// ProxyV2 is the binary header.
+	ProxyV2
+)
+
+// String returns the config spelling of v.
+func (v ProxyVersion) String() string {
+	switch v {
+	case ProxyNone:
+		return ""
+	case ProxyV1:
+		return "v1"
+	case ProxyV2:
+		return "v2"
+	}
+	return "invalid"
 }
 
 // Defaults used where a ServiceConfig leaves a duration at zero.
@@ -100,6 +130,12 @@ const (
 	// DefaultSwitchHold is long enough to ride out a promotion hook.
 	DefaultSwitchHold = 2 * time.Second
 )
+
+// DefaultParkAfter is how long a direction of the goroutine data plane
+// (platforms other than Linux) waits for data before it would be parked
+// with no goroutine, where the platform offers a poller for that. The Linux
+// event loops hold no goroutine per session and do not use it.
+const DefaultParkAfter = time.Second
 
 // ServiceConfig describes one proxied service. The zero value of each
 // optional field works.
@@ -149,6 +185,12 @@ type ServiceConfig struct {
 	// External: the active-passive target is set from outside (the
 	// cluster) with SetRoute and never chosen locally.
 	External bool
+	// AcceptProxy lists the networks (a load balancer in front) whose
+	// connections must start with a PROXY protocol header, v1 or v2; the
+	// address it carries is then the client's (for backends with
+	// SendProxy). Connections from elsewhere are taken as they are. Linux
+	// data plane only.
+	AcceptProxy []netip.Prefix
 	// Backends are the servers behind the service.
 	Backends []Backend
 }
@@ -217,6 +259,11 @@ type Options struct {
 	// active-passive service's target changes by the proxy's own choice
 	// (not for External services).
 	OnTarget func(TargetChange)
+
+	// Loops is the number of event loops of the Linux data plane, each on
+	// its own OS thread. Zero or negative: GOMAXPROCS. Other platforms
+	// ignore it.
+	Loops int
 
 	// parkAfter overrides DefaultParkAfter (tests); negative disables
 	// parking.

@@ -102,6 +102,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 		if s.SwitchHold == 0 {
 			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does
 		}
+		pc.AcceptProxy, _ = s.ProxyPrefixes() // validated by Parse
 		if s.Mode == config.ModeActiveActive {
 			pc.Mode = proxy.ActiveActive
 		}
@@ -117,6 +118,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 		for _, b := range s.Backends {
 			pc.Backends = append(pc.Backends, proxy.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight, MaxConns: b.MaxConnections,
+				SendProxy: map[string]proxy.ProxyVersion{"v1": proxy.ProxyV1, "v2": proxy.ProxyV2}[b.SendProxy],
 			})
 		}
 		out = append(out, pc)

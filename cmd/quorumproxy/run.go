@@ -111,7 +111,7 @@ func newDaemon(path string, cfg *config.Config, log *slog.Logger) (*daemon, erro
 	}
 	d.metrics = m
 	d.hooks = newHookRunner(log)
-	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget})
+	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
 		return nil, err

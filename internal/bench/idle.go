@@ -24,7 +24,7 @@ const holdMark = 'h'
 // holdServer accepts TCP connections and holds them open, counting those
 // that sent holdMark, until the peer closes.
 type holdServer struct {
-	ln    net.Listener
+	lns   []net.Listener
 	ready atomic.Int64 // open connections that sent holdMark
 	wg    sync.WaitGroup
 
@@ -32,27 +32,46 @@ type holdServer struct {
 	conns map[net.Conn]struct{}
 }
 
-// startHold listens on a free loopback port.
+// holdPorts is how many ports the hold server listens on: one destination
+// gives a proxy ~28,000 ephemeral ports to dial from, and the idle test
+// holds more connections than that.
+const holdPorts = 4
+
+// startHold listens on holdPorts free loopback ports.
 func startHold() (*holdServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("hold server: %w", err)
+	h := &holdServer{conns: make(map[net.Conn]struct{})}
+	for range holdPorts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("hold server: %w", err)
+		}
+		h.lns = append(h.lns, ln)
+		h.wg.Add(1)
+		go h.acceptLoop(ln)
 	}
-	h := &holdServer{ln: ln, conns: make(map[net.Conn]struct{})}
-	h.wg.Add(1)
-	go h.acceptLoop()
 	return h, nil
 }
 
-// addr is where the hold server listens.
-func (h *holdServer) addr() string { return h.ln.Addr().String() }
+// addr is the hold server's first address.
+func (h *holdServer) addr() string { return h.lns[0].Addr().String() }
+
+// addrs lists every address, space-separated: the proxies balance over
+// them as one service's backends.
+func (h *holdServer) addrs() string {
+	var s []string
+	for _, ln := range h.lns {
+		s = append(s, ln.Addr().String())
+	}
+	return strings.Join(s, " ")
+}
 
 // acceptLoop accepts until the listener is closed.
-func (h *holdServer) acceptLoop() {
+func (h *holdServer) acceptLoop(ln net.Listener) {
 	defer h.wg.Done()
 	delay := 5 * time.Millisecond
 	for {
-		c, err := h.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -117,7 +136,9 @@ func (h *holdServer) probe(addr string) error {
 
 // close stops accepting, closes every held connection and waits.
 func (h *holdServer) close() {
-	h.ln.Close()
+	for _, ln := range h.lns {
+		ln.Close()
+	}
 	h.mu.Lock()
 	for c := range h.conns {
 		c.Close()
@@ -174,7 +195,7 @@ func measureIdle(ctx context.Context, pid int, addr string, h *holdServer, n int
 	if openErr != nil {
 		return res, openErr
 	}
-	if err := waitCount(ctx, h, int64(n), 60*time.Second); err != nil {
+	if err := waitCount(ctx, h, int64(n), 60*time.Second+time.Duration(n)*time.Millisecond); err != nil {
 		return res, fmt.Errorf("idle connections through %s: %w", addr, err)
 	}
 	res.SecondsToOpenConns = time.Since(start).Seconds()
@@ -203,6 +224,9 @@ func measureIdle(ctx context.Context, pid int, addr string, h *holdServer, n int
 	return res, nil
 }
 
+// idleSources is how many 127.0.0.x addresses idle clients dial from.
+const idleSources = 8
+
 // openIdle dials n connections to addr in parallel and sends each the
 // mark. On error the connections opened so far are returned too.
 func openIdle(ctx context.Context, addr string, n int) ([]net.Conn, error) {
@@ -214,11 +238,14 @@ func openIdle(ctx context.Context, addr string, n int) ([]net.Conn, error) {
 		wg      sync.WaitGroup
 	)
 	const workers = 64
-	for range workers {
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d := net.Dialer{Timeout: 10 * time.Second}
+			// Spread the clients over several source addresses: one gives
+			// only ~28,000 ephemeral ports towards the proxy.
+			src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+w%idleSources))}
+			d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: src}
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= n || ctx.Err() != nil {
@@ -383,9 +410,33 @@ func raiseNoFile(want, need uint64) (uint64, error) {
 // (100 on every Linux architecture Go supports).
 const clockTicks = 100
 
-// cpuSeconds is the user+system CPU time pid has used so far, threads
-// included.
+// cpuSeconds is the CPU time pid has used so far, threads included: the
+// sum of its threads' run time in nanoseconds from /proc/PID/task/*/schedstat
+// (utime and stime count in 10ms ticks, too coarse for a few thousand
+// requests), or /proc/PID/stat where schedstat is missing.
 func cpuSeconds(pid int) (float64, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	if ents, err := os.ReadDir(dir); err == nil {
+		var ns float64
+		read := 0
+		for _, e := range ents {
+			b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+			if err != nil {
+				continue // the thread exited meanwhile
+			}
+			f := strings.Fields(string(b))
+			if len(f) == 0 {
+				continue
+			}
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				ns += v
+				read++
+			}
+		}
+		if read > 0 {
+			return ns / 1e9, nil
+		}
+	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, fmt.Errorf("cpu of pid %d: %w", pid, err)
@@ -411,6 +462,39 @@ func parseStatCPU(stat string) (float64, error) {
 		return 0, fmt.Errorf("stat: %w", err)
 	}
 	return float64(ut+st) / clockTicks, nil
+}
+
+// ctxSwitches sums the voluntary and involuntary context switches of every
+// thread of pid so far.
+func ctxSwitches(pid int) (float64, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("threads of pid %d: %w", pid, err)
+	}
+	var n float64
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/status")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		n += parseCtxSwitches(string(b))
+	}
+	return n, nil
+}
+
+// parseCtxSwitches adds the *_ctxt_switches lines of a status file.
+func parseCtxSwitches(status string) float64 {
+	var n float64
+	for _, line := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.HasSuffix(k, "ctxt_switches") {
+			if x, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				n += x
+			}
+		}
+	}
+	return n
 }
 
 // loadAvg is the first field of /proc/loadavg (1-minute load average).

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -37,6 +38,7 @@ type options struct {
 	pgSecs    int
 	iperfSecs int
 	quick     bool
+	idleNote  string // why idleConns was lowered, if it was
 }
 
 func main() {
@@ -44,7 +46,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "bin/quorumproxy", "quorumproxy binary to measure")
 	flag.StringVar(&o.out, "out", "bench-results.md", "write the Markdown results here too")
 	flag.IntVar(&o.runs, "runs", 3, "measured runs per workload and target (the median is reported)")
-	flag.IntVar(&o.idleConns, "idle", 8000, "idle connections held through each proxy")
+	flag.IntVar(&o.idleConns, "idle", 50000, "idle connections held through each proxy")
 	flag.Float64Var(&o.redisSecs, "redis-seconds", 5, "approximate length of each redis-benchmark test on the slowest target")
 	flag.Float64Var(&o.churnSecs, "churn-seconds", 3, "approximate length of the connection-churn test on the slowest target")
 	flag.IntVar(&o.pgSecs, "pgbench-seconds", 10, "pgbench -T")
@@ -96,7 +98,17 @@ func run(ctx context.Context, o options) (err error) {
 	// and each proxy holds two fds per connection.
 	nofile, err := raiseNoFile(uint64(max(65536, 4*o.idleConns+4096)), uint64(2*o.idleConns+1024))
 	if err != nil {
-		return err
+		// A hard limit that cannot be raised (no CAP_SYS_RESOURCE): hold
+		// as many as it allows, and say so in the report.
+		// HAProxy's maxconn gets the same limit (below), with room for
+		// its pipes; both proxies hold the same number, a margin under it.
+		fit := (int(nofile)-2*haMaxPipes-1024)/2 - 500
+		if fit < 1000 {
+			return err
+		}
+		logf("%v: holding %d idle connections instead of %d", err, fit, o.idleConns)
+		o.idleNote = fmt.Sprintf("asked for %d idle connections; the open-file hard limit %d (not raisable here) allows %d", o.idleConns, nofile, fit)
+		o.idleConns = fit
 	}
 
 	tmp, err := os.MkdirTemp("", "qp-bench-")
@@ -138,7 +150,7 @@ func run(ctx context.Context, o options) (err error) {
 		svcRedis: rd.Addr(),
 		svcPG:    pg.Addr(),
 		svcIperf: iperfAddr,
-		svcHold:  hold.addr(),
+		svcHold:  hold.addrs(),
 	}
 	// serverState says whether the server behind a failed workload still
 	// answers directly, with the tail of its log when it does not.
@@ -160,7 +172,8 @@ func run(ctx context.Context, o options) (err error) {
 		}
 		return fmt.Sprintf(" (the server does not answer directly: %v; last lines of its log:\n%s)", err, testenv.Tail(log, 15))
 	}
-	direct := &target{name: tDirect, addrs: backends}
+	direct := &target{name: tDirect, addrs: maps.Clone(backends)}
+	direct.addrs[svcHold] = hold.addr()
 	if err := waitRoutes(ctx, direct, hold, 30*time.Second); err != nil {
 		if iperfSrv.exited() {
 			return iperfSrv.failure()
@@ -226,12 +239,17 @@ func run(ctx context.Context, o options) (err error) {
 	if err := b.warmUp(); err != nil {
 		return err
 	}
-	tput, cpu, err := b.throughput()
+	tput, cpu, cs, err := b.throughput()
+	if err != nil {
+		return err
+	}
+	scale, err := b.scaling()
 	if err != nil {
 		return err
 	}
 	m.loadEnd = loadAvg()
-	text := report(m, append(tput, rows...), cpu, b.params(haMaxconn), b.idle, o.runs)
+	text := report(m, results{rows: append(tput, rows...), cpu: cpu, cs: cs, scale: scale,
+		params: b.params(haMaxconn), idle: b.idle, runs: o.runs})
 	fmt.Print(text)
 	if err := os.WriteFile(o.out, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)

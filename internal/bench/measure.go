@@ -102,13 +102,14 @@ func (b *bench) warmUp() error {
 
 // measure runs one workload on t and, for a proxy, records the CPU time the
 // proxy spent per unit of work (f returns how many units it did).
-func (b *bench) measure(t *target, what string, cpuRow *row, perUnit float64, f func() (units float64, err error)) {
+func (b *bench) measure(t *target, what string, cpuRow, csRow *row, perUnit float64, f func() (units float64, err error)) {
 	if t.proc != nil && t.proc.exited() {
 		return // reported after this run
 	}
-	var before float64
+	var before, csBefore float64
 	if t.proc != nil {
 		before, _ = cpuSeconds(t.proc.pid())
+		csBefore, _ = ctxSwitches(t.proc.pid())
 	}
 	units, err := f()
 	if b.ctx.Err() != nil {
@@ -122,12 +123,15 @@ func (b *bench) measure(t *target, what string, cpuRow *row, perUnit float64, f 
 		if after, err := cpuSeconds(t.proc.pid()); err == nil {
 			cpuRow.samples[t.name] = append(cpuRow.samples[t.name], (after-before)/units*perUnit)
 		}
+		if after, err := ctxSwitches(t.proc.pid()); err == nil {
+			csRow.samples[t.name] = append(csRow.samples[t.name], (after-csBefore)/units)
+		}
 	}
 }
 
 // throughput runs every workload o.runs times on every target, interleaved,
 // and returns the throughput rows and the proxies' CPU-cost rows.
-func (b *bench) throughput() (tput, cpu []row, err error) {
+func (b *bench) throughput() (tput, cpu, cs []row, err error) {
 	tput = []row{
 		{name: "redis-benchmark GET, 50 clients", unit: "req/s", samples: map[string][]float64{}},
 		{name: "redis-benchmark SET, 50 clients", unit: "req/s", samples: map[string][]float64{}},
@@ -141,10 +145,16 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 		{name: "iperf3 bulk", unit: "ms per GB", lowerBetter: true, samples: map[string][]float64{}},
 		{name: "connection churn", unit: "µs per connection", lowerBetter: true, samples: map[string][]float64{}},
 	}
+	cs = []row{
+		{name: "redis-benchmark GET+SET", unit: "per request", lowerBetter: true, samples: map[string][]float64{}},
+		{name: "pgbench -S", unit: "per transaction", lowerBetter: true, samples: map[string][]float64{}},
+		{name: "iperf3 bulk", unit: "per GB", lowerBetter: true, samples: map[string][]float64{}},
+		{name: "connection churn", unit: "per connection", lowerBetter: true, samples: map[string][]float64{}},
+	}
 	ctx, l, runs := b.ctx, b.l, b.o.runs
 	for run := range runs {
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
 		// Rotate the order each run so no target always goes first.
 		order := make([]*target, len(b.targets))
@@ -152,7 +162,7 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 			order[i] = b.targets[(i+run)%len(b.targets)]
 		}
 		for _, t := range order {
-			b.measure(t, "redis-benchmark", &cpu[0], 1e6, func() (float64, error) {
+			b.measure(t, "redis-benchmark", &cpu[0], &cs[0], 1e6, func() (float64, error) {
 				g, s, err := redisGetSet(ctx, t.addrs[svcRedis], l.redisN)
 				if err != nil {
 					return 0, err
@@ -164,7 +174,7 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 			})
 		}
 		for _, t := range order {
-			b.measure(t, "pgbench", &cpu[1], 1e6, func() (float64, error) {
+			b.measure(t, "pgbench", &cpu[1], &cs[1], 1e6, func() (float64, error) {
 				tps, err := pgbenchSelect(ctx, t.addrs[svcPG], l, l.pgSeconds)
 				if err != nil {
 					return 0, err
@@ -175,7 +185,7 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 			})
 		}
 		for _, t := range order {
-			b.measure(t, "iperf3", &cpu[2], 1e3, func() (float64, error) {
+			b.measure(t, "iperf3", &cpu[2], &cs[2], 1e3, func() (float64, error) {
 				g, err := iperfBulk(ctx, t.addrs[svcIperf], l.iperfSecs)
 				if err != nil {
 					return 0, err
@@ -186,7 +196,7 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 			})
 		}
 		for _, t := range order {
-			b.measure(t, "connection churn", &cpu[3], 1e6, func() (float64, error) {
+			b.measure(t, "connection churn", &cpu[3], &cs[3], 1e6, func() (float64, error) {
 				c, err := redisChurn(ctx, t.addrs[svcRedis], l.churnN)
 				if err != nil {
 					return 0, err
@@ -199,9 +209,9 @@ func (b *bench) throughput() (tput, cpu []row, err error) {
 		b.dropDead()
 	}
 	if ctx.Err() != nil {
-		return nil, nil, ctx.Err()
+		return nil, nil, nil, ctx.Err()
 	}
-	return tput, cpu, nil
+	return tput, cpu, cs, nil
 }
 
 // dropDead reports proxies that died and leaves them out of later runs; the
@@ -226,8 +236,66 @@ func (b *bench) params(haMaxconn int) []string {
 		fmt.Sprintf("pgbench -i -s 10 once; pgbench -n -S -c 20 -j 2 -T %d", b.l.pgSeconds),
 		fmt.Sprintf("iperf3 -c -t %d (one stream, receiver Gbit/s)", b.l.iperfSecs),
 		fmt.Sprintf("redis-benchmark -k 0 -t ping_inline -c 50 -n %d -q (calibrated to ~%.0f s on the slowest target)", b.l.churnN, b.o.churnSecs),
-		fmt.Sprintf("idle: %d connections opened through each proxy to an accept-and-hold server, each sent one byte; proxy RSS (VmRSS) and /proc/PID/fd count after minus before", b.o.idleConns),
+		fmt.Sprintf("idle: %d connections opened through each proxy (clients on %d source addresses 127.0.0.2 and up) to an accept-and-hold server on %d ports (the proxy's backends), each sent one byte; proxy RSS (VmRSS) and /proc/PID/fd count after minus before", b.o.idleConns, idleSources, holdPorts),
+		b.o.idleNote,
+		fmt.Sprintf("scaling: redis-benchmark -t get -c N --csv for N in %v, the same request count on every target", scaleClients),
+		"context switches: voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/PID/task/*/status, before and after each workload",
 		fmt.Sprintf("HAProxy: nbthread %d (= cores), option splice-auto (splice-request/response on the iperf3 proxy), maxconn %d, maxpipes %d, 1h timeouts, no logging, check inter 1s", runtime.NumCPU(), haMaxconn, haMaxPipes),
 		"quorumproxy: one active-active service per workload, one backend, tcp check every 1s, log level warn",
 	}
+}
+
+// scaleClients are the client counts of the scaling table.
+var scaleClients = []int{1, 10, 50, 200, 1000}
+
+// scalePoint is one client count of the scaling table: throughput, p99
+// latency and the proxies' CPU per request, each with samples per target.
+type scalePoint struct {
+	clients       int
+	rps, p99, cpu row
+}
+
+// scaling runs redis-benchmark GET at each client count on every target,
+// o.runs times, interleaved.
+func (b *bench) scaling() ([]scalePoint, error) {
+	pts := make([]scalePoint, len(scaleClients))
+	for i, c := range scaleClients {
+		pts[i] = scalePoint{clients: c,
+			rps: row{samples: map[string][]float64{}},
+			p99: row{samples: map[string][]float64{}},
+			cpu: row{samples: map[string][]float64{}}}
+	}
+	var ignored row
+	ignored.samples = map[string][]float64{}
+	for run := range b.o.runs {
+		order := make([]*target, len(b.targets))
+		for i := range order {
+			order[i] = b.targets[(i+run)%len(b.targets)]
+		}
+		for i := range pts {
+			pt := &pts[i]
+			// Fewer requests for one client: it is latency-bound.
+			n := max(2000, b.l.redisN/2)
+			if pt.clients == 1 {
+				n = max(2000, b.l.redisN/6)
+			}
+			for _, t := range order {
+				if b.ctx.Err() != nil {
+					return nil, b.ctx.Err()
+				}
+				b.measure(t, "redis-benchmark", &pt.cpu, &ignored, 1e6, func() (float64, error) {
+					rps, p99, err := redisGet(b.ctx, t.addrs[svcRedis], pt.clients, n)
+					if err != nil {
+						return 0, err
+					}
+					pt.rps.samples[t.name] = append(pt.rps.samples[t.name], rps)
+					pt.p99.samples[t.name] = append(pt.p99.samples[t.name], p99)
+					logf("run %d/%d %s GET, %d clients: %.0f req/s, p99 %.3f ms", run+1, b.o.runs, t.name, pt.clients, rps, p99)
+					return float64(n), nil
+				})
+			}
+		}
+		b.dropDead()
+	}
+	return pts, nil
 }

@@ -84,13 +84,16 @@ defaults
 		if s == svcIperf {
 			b.WriteString("    option splice-request\n    option splice-response\n")
 		}
-		fmt.Fprintf(&b, "    server %s1 %s check inter 1s\n", s, backends[s])
+		for i, a := range strings.Fields(backends[s]) {
+			fmt.Fprintf(&b, "    server %s%d %s check inter 1s\n", s, i+1, a)
+		}
 	}
 	return b.String()
 }
 
 // qpConfig is quorumproxy's config: one active-active service per workload
-// with a single backend and a TCP check every second.
+// with its backends (space-separated in backends) and a TCP check every
+// second.
 func qpConfig(admin string, listen, backends map[string]string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[admin]\nlisten = %q\n\n[log]\nlevel = \"warn\"\n", admin)
@@ -107,11 +110,10 @@ interval = "1s"
 timeout = "500ms"
 rise = 1
 fall = 3
-
-[[service.backend]]
-name = "%s1"
-address = %q
-`, s, listen[s], s, backends[s])
+`, s, listen[s])
+		for i, a := range strings.Fields(backends[s]) {
+			fmt.Fprintf(&b, "\n[[service.backend]]\nname = \"%s%d\"\naddress = %q\n", s, i+1, a)
+		}
 	}
 	return b.String()
 }

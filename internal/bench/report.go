@@ -115,15 +115,27 @@ func cpuModel() string {
 	return "unknown"
 }
 
-// report renders the Markdown results: machine, table, targets, every run.
-func report(m machine, rows, cpu []row, params []string, idle map[string]idleResult, runs int) string {
+// results is everything one bench run measured.
+type results struct {
+	rows   []row // throughput and idle rows, with a direct column
+	cpu    []row // proxy CPU per unit of work
+	cs     []row // proxy context switches per unit of work
+	scale  []scalePoint
+	params []string
+	idle   map[string]idleResult
+	runs   int
+}
+
+// report renders the Markdown results: machine, tables, targets, every run.
+func report(m machine, res results) string {
+	rows, cpu := res.rows, res.cpu
 	var b strings.Builder
 	b.WriteString("# quorumproxy benchmark\n\n")
 	fmt.Fprintf(&b, "- date: %s\n", m.date)
 	fmt.Fprintf(&b, "- machine: %s CPUs, %s, Linux %s\n", m.cpus, m.cpuModel, m.kernel)
 	fmt.Fprintf(&b, "- Go: %s; quorumproxy: %s\n", m.goVersion, m.qpVersion)
 	fmt.Fprintf(&b, "- %s\n- %s; %s\n", m.haproxy, m.redis, m.postgres)
-	fmt.Fprintf(&b, "- values are the median of %d runs, targets interleaved, after a warm-up; all traffic on loopback\n", runs)
+	fmt.Fprintf(&b, "- values are the median of %d runs, targets interleaved, after a warm-up; all traffic on loopback\n", res.runs)
 	fmt.Fprintf(&b, "- load average (1 min) at start %s, at end %s: anything else running on the machine skews every column\n\n", m.loadStart, m.loadEnd)
 
 	b.WriteString("| workload | direct | HAProxy | quorumproxy | qp/HAProxy | qp/direct |\n")
@@ -142,22 +154,43 @@ func report(m machine, rows, cpu []row, params []string, idle map[string]idleRes
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", name, fmtVal(d), fmtVal(h), fmtVal(q), ratio(q, h), qd)
 	}
 
-	if len(cpu) > 0 {
-		b.WriteString("\nCPU time the proxy process used per unit of work (user+system, all threads; lower is better):\n\n")
+	perUnit := func(title string, rs []row) {
+		if len(rs) == 0 {
+			return
+		}
+		b.WriteString("\n" + title + "\n\n")
 		b.WriteString("| workload | HAProxy | quorumproxy | qp/HAProxy |\n|---|---:|---:|---:|\n")
-		for _, r := range cpu {
+		for _, r := range rs {
 			h, q := median(r.samples[tHAProxy]), median(r.samples[tQP])
 			fmt.Fprintf(&b, "| %s (%s) | %s | %s | %s |\n", r.name, r.unit, fmtVal(h), fmtVal(q), ratio(q, h))
 		}
 	}
+	perUnit("CPU time the proxy process used per unit of work (run time of all its threads, from /proc/PID/task/*/schedstat; lower is better):", cpu)
+	perUnit("Context switches of the proxy process per unit of work (voluntary and involuntary, all threads; lower is better):", res.cs)
+
+	if len(res.scale) > 0 {
+		b.WriteString("\nScaling: redis-benchmark GET by number of clients (throughput in req/s, p99 latency in ms, proxy CPU in µs per request):\n\n")
+		b.WriteString("| clients | direct | HAProxy | quorumproxy | qp/HAProxy | p99 direct | p99 HAProxy | p99 quorumproxy | CPU HAProxy | CPU quorumproxy | CPU qp/HAProxy |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, pt := range res.scale {
+			med := func(r row, t string) float64 { return median(r.samples[t]) }
+			fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.3f | %.3f | %.3f | %s | %s | %s |\n", pt.clients,
+				fmtVal(med(pt.rps, tDirect)), fmtVal(med(pt.rps, tHAProxy)), fmtVal(med(pt.rps, tQP)), ratio(med(pt.rps, tQP), med(pt.rps, tHAProxy)),
+				med(pt.p99, tDirect), med(pt.p99, tHAProxy), med(pt.p99, tQP),
+				fmtVal(med(pt.cpu, tHAProxy)), fmtVal(med(pt.cpu, tQP)), ratio(med(pt.cpu, tQP), med(pt.cpu, tHAProxy)))
+		}
+	}
 
 	b.WriteString("\n## Targets\n\n")
-	for _, line := range targets(rows) {
+	for _, line := range targets(res) {
 		b.WriteString("- " + line + "\n")
 	}
 
 	b.WriteString("\n## Parameters\n\n")
-	for _, p := range params {
+	for _, p := range res.params {
+		if p == "" {
+			continue
+		}
 		b.WriteString("- " + p + "\n")
 	}
 
@@ -176,8 +209,27 @@ func report(m machine, rows, cpu []row, params []string, idle map[string]idleRes
 		}
 		b.WriteString("\n")
 	}
+	for _, pt := range res.scale {
+		for _, x := range []struct {
+			what string
+			r    row
+		}{{"req/s", pt.rps}, {"p99 ms", pt.p99}, {"CPU µs per request", pt.cpu}} {
+			fmt.Fprintf(&b, "- GET, %d clients, %s:", pt.clients, x.what)
+			for _, t := range []string{tDirect, tHAProxy, tQP} {
+				if len(x.r.samples[t]) == 0 {
+					continue
+				}
+				vals := make([]string, len(x.r.samples[t]))
+				for i, v := range x.r.samples[t] {
+					vals[i] = fmtVal(v)
+				}
+				fmt.Fprintf(&b, " %s [%s];", t, strings.Join(vals, ", "))
+			}
+			b.WriteString("\n")
+		}
+	}
 	for _, t := range []string{tHAProxy, tQP} {
-		ir, ok := idle[t]
+		ir, ok := res.idle[t]
 		if !ok {
 			continue
 		}
@@ -187,10 +239,12 @@ func report(m machine, rows, cpu []row, params []string, idle map[string]idleRes
 	return b.String()
 }
 
-// targets checks the data-path targets: throughput ≥ 1.0× HAProxy on every
-// throughput workload, RSS per idle connection ≤ 8 KiB, fds per idle
-// connection = 2.
-func targets(rows []row) []string {
+// targets checks the data-path targets of the event-loop plane:
+// throughput ≥ 1.1× HAProxy with ≤ 0.9× its CPU per request on Redis and
+// pgbench, ≥ 1.0× with ≤ 1.0× the CPU on connection churn, ≥ 1.0× on bulk,
+// p99 no worse at every client count, and per idle connection 2 fds and
+// ≤ 4 KiB of RSS.
+func targets(res results) []string {
 	var out []string
 	mark := func(ok bool) string {
 		if ok {
@@ -198,7 +252,7 @@ func targets(rows []row) []string {
 		}
 		return "NOT met"
 	}
-	for _, r := range rows {
+	for _, r := range res.rows {
 		h, q := median(r.samples[tHAProxy]), median(r.samples[tQP])
 		if math.IsNaN(h) || math.IsNaN(q) {
 			out = append(out, fmt.Sprintf("%s: no result", r.name))
@@ -206,14 +260,33 @@ func targets(rows []row) []string {
 		}
 		switch r.name {
 		case rowIdleKiB:
-			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 8 KiB, right after the connect burst: quorumproxy %.2f KiB (HAProxy %.2f) — %s", q, h, mark(q <= 8)))
+			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 4 KiB, right after the connect burst: quorumproxy %.2f KiB (HAProxy %.2f) — %s", q, h, mark(q <= 4)))
 		case rowIdleKiBSteady:
-			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 8 KiB, after %s idle: quorumproxy %.2f KiB (HAProxy %.2f) — %s", idleSteady, q, h, mark(q <= 8)))
+			out = append(out, fmt.Sprintf("RSS per idle connection ≤ 4 KiB, after %s idle: quorumproxy %.2f KiB (HAProxy %.2f) — %s", idleSteady, q, h, mark(q <= 4)))
 		case rowIdleFDs:
 			out = append(out, fmt.Sprintf("fds per idle connection = 2: quorumproxy %.2f (HAProxy %.2f) — %s", q, h, mark(math.Abs(q-2) < 0.01)))
 		default:
-			out = append(out, fmt.Sprintf("%s ≥ 1.0× HAProxy: %.2f× — %s", r.name, q/h, mark(q >= h)))
+			want := 1.0
+			if strings.HasPrefix(r.name, "redis-benchmark") || strings.HasPrefix(r.name, "pgbench") {
+				want = 1.1
+			}
+			out = append(out, fmt.Sprintf("%s ≥ %.1f× HAProxy: %.2f× — %s", r.name, want, q/h, mark(q >= want*h)))
 		}
+	}
+	for _, r := range res.cpu {
+		want := map[string]float64{"redis-benchmark GET+SET": 0.9, "pgbench -S": 0.9, "connection churn": 1.0}[r.name]
+		h, q := median(r.samples[tHAProxy]), median(r.samples[tQP])
+		if want == 0 || math.IsNaN(h) || math.IsNaN(q) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("CPU %s ≤ %.1f× HAProxy's: %.2f× — %s", r.name, want, q/h, mark(q <= want*h)))
+	}
+	for _, pt := range res.scale {
+		h, q := median(pt.p99.samples[tHAProxy]), median(pt.p99.samples[tQP])
+		if math.IsNaN(h) || math.IsNaN(q) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("p99 at %d clients no worse than HAProxy's: %.3f ms vs %.3f ms — %s", pt.clients, q, h, mark(q <= h)))
 	}
 	return out
 }

@@ -132,6 +132,37 @@ func redisChurn(ctx context.Context, addr string, n int) (float64, error) {
 	return v, nil
 }
 
+// redisGet runs redis-benchmark GET with the given clients and returns
+// requests/s and the p99 latency in ms (from --csv).
+func redisGet(ctx context.Context, addr string, clients, n int) (rps, p99 float64, err error) {
+	h, p := hostPort(addr)
+	out, err := runTool(ctx, toolLimit, nil, "redis-benchmark", "-h", h, "-p", p,
+		"-t", "get", "-c", strconv.Itoa(clients), "-n", strconv.Itoa(n), "--csv")
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseRedisCSV(out, "GET")
+}
+
+// parseRedisCSV finds test's line in redis-benchmark --csv output
+// ("test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",
+// "p95_latency_ms","p99_latency_ms","max_latency_ms").
+func parseRedisCSV(out, test string) (rps, p99 float64, err error) {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(strings.TrimSpace(line), ",")
+		if len(f) < 7 || strings.Trim(f[0], `"`) != test {
+			continue
+		}
+		rps, err1 := strconv.ParseFloat(strings.Trim(f[1], `"`), 64)
+		p99, err2 := strconv.ParseFloat(strings.Trim(f[6], `"`), 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return 0, 0, fmt.Errorf("redis-benchmark csv line %q: %w", line, err)
+		}
+		return rps, p99, nil
+	}
+	return 0, 0, fmt.Errorf("redis-benchmark: no %s line in %q", test, lastLines(out, 5))
+}
+
 // pgEnv is the environment for pgbench: the password only through
 // PGPASSWORD, never on the command line.
 func (l loads) pgEnv() []string {

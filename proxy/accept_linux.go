@@ -1,0 +1,337 @@
+//go:build linux
+
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// acceptBudget bounds the connections a listener accepts per wake-up.
+const acceptBudget = 64
+
+// listenBacklog is passed to listen(2); the kernel caps it at somaxconn.
+const listenBacklog = 65535
+
+// listener is a service's listening address: one SO_REUSEPORT socket per
+// loop, so the kernel spreads new connections over the loops and each loop
+// accepts its own without a hand-off. Measured against one acceptor that
+// posts each new session to the loops in turn (2 loops, 2 cores,
+// redis-benchmark -k 0, 3 interleaved pairs): 5218, 10672 and 5875
+// connections/s against 3595, 7809 and 5843, the same CPU per connection.
+type listener struct {
+	svc  *service
+	addr string
+	fds  []*lfd
+}
+
+// lfd is one listening socket, owned by its loop once started.
+type lfd struct {
+	l      *loop
+	ln     *listener
+	fd     int
+	tok    uint64
+	closed bool
+	paused bool
+	queued bool
+	bo     acceptBackoff // paces accepts that meet errors, by their rate
+	tm     ltimer
+}
+
+func (s *service) listen(addr string) (*listener, error) {
+	loops := s.p.loops
+	if len(loops) == 0 {
+		return nil, fmt.Errorf("service %q: listen %s: no event loop running", s.name, addr)
+	}
+	fds, bound, err := listenGroup(addr, len(loops))
+	if err != nil {
+		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
+	}
+	ln := &listener{svc: s, addr: bound}
+	for i, fd := range fds {
+		a := &lfd{l: loops[i], ln: ln, fd: fd}
+		a.tm.idx = -1
+		a.tm.fire = a.resume
+		ln.fds = append(ln.fds, a)
+	}
+	return ln, nil
+}
+
+// startAccept hands each socket to its loop.
+func (s *service) startAccept(ln *listener) {
+	for _, a := range ln.fds {
+		if !a.l.post(a.start) {
+			a.close()
+		}
+	}
+}
+
+// close closes every socket of the listener, each on its loop, and
+// returns once they are closed (the address can then be bound again).
+func (ln *listener) close() {
+	if ln == nil {
+		return
+	}
+	for _, a := range ln.fds {
+		a.l.call(a.close)
+	}
+}
+
+func (a *lfd) start() {
+	if a.closed {
+		return
+	}
+	tok, err := a.l.register(a.fd, a)
+	if err != nil {
+		a.l.p.log.Error("epoll_ctl on a listener failed", "service", a.ln.svc.name, "err", err)
+		a.close()
+		return
+	}
+	a.tok = tok
+	a.l.lns[a] = struct{}{}
+	a.accept() // connections queued before registration raised no edge
+}
+
+func (a *lfd) close() {
+	if a.closed {
+		return
+	}
+	a.closed = true
+	a.l.unregister(a.tok)
+	a.l.unschedule(&a.tm)
+	delete(a.l.lns, a)
+	_ = unix.Close(a.fd)
+}
+
+func (a *lfd) onEvent(uint32) {
+	if !a.paused && !a.closed {
+		a.accept()
+	}
+}
+
+func (a *lfd) again() {
+	a.queued = false
+	if !a.paused && !a.closed {
+		a.accept()
+	}
+}
+
+// resume ends a back-off pause.
+func (a *lfd) resume(int64) {
+	a.paused = false
+	if !a.closed {
+		a.accept()
+	}
+}
+
+// accept takes new connections until none is left, the budget is spent
+// (then it comes back after the next poll) or an error pauses it.
+func (a *lfd) accept() {
+	svc := a.ln.svc
+	for i := 0; i < acceptBudget; i++ {
+		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR || err == unix.ECONNABORTED:
+			continue
+		case err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM:
+			a.refuseQueued()
+			a.pause(err)
+			return
+		default:
+			a.pause(err)
+			return
+		}
+		svc.accepted.Add(1)
+		max := svc.maxConns.Load()
+		if n := svc.conns.Add(1); max > 0 && n > max {
+			svc.conns.Add(-1)
+			svc.refused.Add(1)
+			_ = unix.Close(fd)
+			continue
+		}
+		svc.p.active.Add(1)
+		a.l.newSession(svc, fd, sa)
+	}
+	if !a.queued {
+		a.queued = true
+		a.l.ready = append(a.l.ready, a)
+	}
+}
+
+// refuseQueued closes connections waiting in the accept queue while the
+// process is out of fds, each through the loop's spare fd, so their
+// clients get a clean close at once instead of waiting in the queue.
+func (a *lfd) refuseQueued() {
+	l, svc := a.l, a.ln.svc
+	for i := 0; i < acceptBudget && l.spare >= 0; i++ {
+		_ = unix.Close(l.spare)
+		fd, _, err := unix.Accept4(a.fd, unix.SOCK_CLOEXEC)
+		if err == nil {
+			_ = unix.Close(fd)
+			svc.accepted.Add(1)
+			svc.refused.Add(1)
+		}
+		l.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if l.spare < 0 {
+			l.spare = -1
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// pause stops accepting for a delay that grows while errors go on (by
+// their rate, not the last accept's outcome: under fd exhaustion most
+// accepts in between succeed), and logs at most once a second.
+func (a *lfd) pause(err error) {
+	delay, logNow, n := a.bo.failed(time.Now())
+	if logNow {
+		a.l.p.log.Warn("accept failed", "service", a.ln.svc.name, "err", err, "errors", n, "retry_in", delay)
+	}
+	a.paused = true
+	a.l.schedule(&a.tm, nanotime()+int64(delay))
+}
+
+// wakeHeld makes held connections of s look at the service again.
+func (s *service) wakeHeld() {
+	s.version.Add(1)
+	if s.held.Load() == 0 {
+		return
+	}
+	for _, l := range s.p.loops {
+		l.post(func() {
+			for sess := range l.sessions {
+				if sess.held && sess.svc == s && !sess.closed {
+					sess.route()
+				}
+			}
+		})
+	}
+}
+
+// listenGroup binds n SO_REUSEPORT sockets to addr (the same port when
+// addr asks for port 0) and returns them with the bound address.
+func listenGroup(addr string, n int) ([]int, string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, "", err
+	}
+	pn, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return nil, "", err
+	}
+	family, v6only := unix.AF_INET6, false
+	var ip net.IP
+	switch {
+	case host == "":
+		ip = net.IPv6unspecified // dual stack, as Go's net.Listen
+	default:
+		ta, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, "", err
+		}
+		ip = ta.IP
+		if ip.To4() != nil {
+			family = unix.AF_INET
+		} else {
+			v6only = true
+		}
+	}
+	if pn != 0 {
+		// SO_REUSEPORT would let this group share a port that another
+		// process's group (an instance already running) holds: a plain
+		// bind first says "address in use" as net.Listen would.
+		if err := probeBind(family, sockaddr(ip, pn), v6only); err != nil {
+			return nil, "", err
+		}
+	}
+	var fds []int
+	fail := func(err error) ([]int, string, error) {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+		return nil, "", err
+	}
+	for i := 0; i < n; i++ {
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fail(err)
+		}
+		fds = append(fds, fd)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail(fmt.Errorf("SO_REUSEPORT: %w", err))
+		}
+		if family == unix.AF_INET6 {
+			_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, boolInt(v6only))
+		}
+		// Accepted sockets inherit TCP_NODELAY: no setsockopt per client.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if err := unix.Bind(fd, sockaddr(ip, pn)); err != nil {
+			return fail(&net.OpError{Op: "listen", Net: "tcp", Addr: &net.TCPAddr{IP: ip, Port: pn}, Err: err})
+		}
+		if pn == 0 {
+			sa, err := unix.Getsockname(fd)
+			if err != nil {
+				return fail(err)
+			}
+			pn = sockaddrPort(sa)
+		}
+		if err := unix.Listen(fd, listenBacklog); err != nil {
+			return fail(err)
+		}
+	}
+	return fds, net.JoinHostPort(ip.String(), strconv.Itoa(pn)), nil
+}
+
+func probeBind(family int, sa unix.Sockaddr, v6only bool) error {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if family == unix.AF_INET6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, boolInt(v6only))
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return &net.OpError{Op: "listen", Net: "tcp", Addr: sockaddrTCP(sa), Err: err}
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func sockaddrPort(sa unix.Sockaddr) int {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return a.Port
+	case *unix.SockaddrInet6:
+		return a.Port
+	}
+	return 0
+}
+
+// sockaddrTCP converts an inet sockaddr; nil for other kinds.
+func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+//go:build linux
+
+package proxy
+
+import (
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// plane is the Linux data plane: event loops, each on its own thread.
+type plane struct {
+	loops []*loop
+}
+
+// poller sums the loops' counters of parked directions (waiting for data,
+// holding no buffer) and of their wake-ups.
+type poller struct {
+	parked  loopSum
+	resumed loopSum
+}
+
+// loopSum is a counter kept per loop (no cache line shared between loops
+// on the data path) and summed when read.
+type loopSum struct {
+	p   *Proxy
+	get func(*loop) int64
+}
+
+// Load sums the counter over the loops.
+func (c loopSum) Load() int64 {
+	var n int64
+	for _, l := range c.p.loops {
+		n += c.get(l)
+	}
+	return n
+}
+
+func (p *Proxy) startPlane(opts Options) {
+	raiseNoFileOnce.Do(func() { raiseNoFile(p) })
+	n := opts.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for i := 0; i < n; i++ {
+		l, err := newLoop(p, i)
+		if err != nil {
+			p.log.Error("event loop could not start", "loop", i, "err", err)
+			break
+		}
+		p.loops = append(p.loops, l)
+	}
+	p.poller = &poller{
+		parked:  loopSum{p, func(l *loop) int64 { return l.parked.Load() }},
+		resumed: loopSum{p, func(l *loop) int64 { return int64(l.resumed.Load()) }},
+	}
+	for _, l := range p.loops {
+		p.wg.Add(1)
+		go l.run()
+	}
+}
+
+// stopPlane makes every loop close what it still owns and exit.
+func (p *Proxy) stopPlane() {
+	for _, l := range p.loops {
+		l.post(func() { l.stopping = true })
+	}
+}
+
+var raiseNoFileOnce sync.Once
+
+// raiseNoFile lifts the soft RLIMIT_NOFILE to the hard limit, as HAProxy
+// does: every proxied connection holds two fds.
+func raiseNoFile(p *Proxy) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		p.log.Warn("RLIMIT_NOFILE unknown", "err", err)
+		return
+	}
+	// The Go runtime already raises it when the process starts; this
+	// covers a limit lowered since, and says what it is.
+	old := rl.Cur
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+			p.log.Warn("RLIMIT_NOFILE could not be raised", "soft", old, "hard", rl.Max, "err", err)
+			return
+		}
+	}
+	if old != rl.Cur {
+		p.log.Info("open-file limit raised to the hard limit", "soft", rl.Cur, "was", old, "hard", rl.Max, "sessions_at_most", rl.Cur/2)
+		return
+	}
+	p.log.Info("open-file limit at the hard limit", "soft", rl.Cur, "hard", rl.Max, "sessions_at_most", rl.Cur/2)
+}
