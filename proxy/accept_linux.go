@@ -27,6 +27,7 @@ type listener struct {
 	svc  *service
 	addr string
 	fds  []*lfd
+	errs logEvery // accept errors, logged once a second for all its loops
 }
 
 // lfd is one listening socket, owned by its loop once started.
@@ -192,8 +193,9 @@ func (a *lfd) refuseQueued() {
 // their rate, not the last accept's outcome: under fd exhaustion most
 // accepts in between succeed), and logs at most once a second.
 func (a *lfd) pause(err error) {
-	delay, logNow, n := a.bo.failed(time.Now())
-	if logNow {
+	now := time.Now()
+	delay, _, _ := a.bo.failed(now)
+	if logNow, n := a.ln.errs.tick(now, acceptLogEvery); logNow {
 		a.l.p.log.Warn("accept failed", "service", a.ln.svc.name, "err", err, "errors", n, "retry_in", delay)
 	}
 	a.paused = true

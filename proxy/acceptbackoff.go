@@ -1,6 +1,9 @@
 package proxy
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Accept back-off bounds. The delay doubles from the first to the last
 // while errors go on; it falls back only after a quiet spell. The last is
@@ -48,4 +51,28 @@ func (b *acceptBackoff) failed(now time.Time) (wait time.Duration, logNow bool, 
 		return b.delay, true, count
 	}
 	return b.delay, false, 0
+}
+
+// logEvery lets a line about repeated errors through at most once per
+// interval, with the count since the last one. Safe for concurrent use
+// (the loops of one listener share one).
+type logEvery struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+// tick counts one event at now and reports whether to log, with how many
+// events the line covers.
+func (e *logEvery) tick(now time.Time, every time.Duration) (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	if now.Sub(e.last) < every {
+		return false, 0
+	}
+	e.last = now
+	n := e.n
+	e.n = 0
+	return true, n
 }

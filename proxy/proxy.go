@@ -420,6 +420,23 @@ func (p *Proxy) CloseSessions(service, backend string) int {
 	return b.closeSessions(false, true)
 }
 
+// LeaseLost is how many sessions to backend of service the data plane has
+// closed by itself since it started because their route's lease ran out
+// (on Linux; elsewhere they end at their next write and are not counted).
+func (p *Proxy) LeaseLost(service, backend string) uint64 {
+	s := p.service(service)
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	b := s.byName[backend]
+	s.mu.Unlock()
+	if b == nil {
+		return 0
+	}
+	return b.leaseLost.Load()
+}
+
 // Status returns a snapshot of every service, sorted by name.
 func (p *Proxy) Status() []ServiceStatus {
 	p.mu.Lock()

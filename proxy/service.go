@@ -29,6 +29,9 @@ type backend struct {
 	active                               atomic.Int64
 	sessions                             atomic.Uint64
 	bytesIn, bytesOut, dialFail, refused atomic.Uint64
+	// leaseLost counts sessions the data plane closed itself because the
+	// route's lease ran out (the route change that follows finds them gone).
+	leaseLost atomic.Uint64
 
 	smu    sync.Mutex
 	gen    uint64 // bumped by every close-all; a dial begun before it is void
@@ -120,6 +123,7 @@ type service struct {
 	// acceptProxy: networks whose connections start with a PROXY header.
 	acceptProxy atomic.Pointer[[]netip.Prefix]
 	version     atomic.Uint64 // bumped on every state change (held connections look again)
+	socketErrs  logEvery      // failed backend sockets (EMFILE), logged once a second
 	conns       atomic.Int64  // open client connections, held ones included
 	held        atomic.Int64
 	accepted    atomic.Uint64

@@ -270,7 +270,9 @@ func (s *session) connect(sa unix.Sockaddr) bool {
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		s.dropBackend()
-		l.p.log.Warn("socket for a backend connection failed", "service", s.svc.name, "err", err)
+		if logNow, n := s.svc.socketErrs.tick(time.Now(), acceptLogEvery); logNow {
+			l.p.log.Warn("socket for a backend connection failed", "service", s.svc.name, "err", err, "errors", n)
+		}
 		return false
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
@@ -493,7 +495,7 @@ func (s *session) onTimer(now int64) {
 			return
 		}
 		if s.pl.lease != nil && s.pl.lease.Remaining() <= 0 {
-			s.abortNow(true) // lease lost: unsent bytes are dropped
+			s.leaseLost()
 			return
 		}
 	}
@@ -664,10 +666,22 @@ func (d *direction) park() {
 // leaseOK checks the lease before a write to the backend.
 func (d *direction) leaseOK() bool {
 	if d.lease != nil && d.lease.Remaining() <= 0 {
-		d.s.abortNow(true)
+		d.s.leaseLost()
 		return false
 	}
 	return true
+}
+
+// leaseLost closes a session whose route's lease ran out, counted for the
+// route change that follows (unsent bytes are dropped: a reset).
+func (s *session) leaseLost() {
+	if s.closed {
+		return
+	}
+	if s.b != nil {
+		s.b.leaseLost.Add(1)
+	}
+	s.abortNow(true)
 }
 
 // write sends b to dst; what dst cannot take is kept. It reports whether

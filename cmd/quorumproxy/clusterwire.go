@@ -158,6 +158,7 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 	defer cs.wg.Done()
 	<-cs.ready
 	current := map[string]string{}
+	lost := map[[2]string]uint64{} // lease-lost sessions already counted, per service and backend
 	for rc := range cs.routes {
 		prev := current[rc.service]
 		current[rc.service] = rc.backend
@@ -166,10 +167,15 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 			lease = cs.lease(rc.service, rc.backend)
 		}
 		// Close the old primary's sessions before SetRoute, which would
-		// close them uncounted (it closes only what slips in between).
+		// close them uncounted (it closes only what slips in between), and
+		// count those the data plane closed itself when the lease ran out.
 		n := 0
 		if prev != "" && prev != rc.backend {
 			n = px.CloseSessions(rc.service, prev)
+			k := [2]string{rc.service, prev}
+			total := px.LeaseLost(rc.service, prev)
+			n += int(total - lost[k])
+			lost[k] = total
 		}
 		px.SetRoute(rc.service, rc.backend, lease)
 		if prev != "" && prev != rc.backend {
