@@ -307,6 +307,12 @@ const (
 )
 
 // RoleAware reports whether checks of this kind report a backend's role.
+// RoleAware reports whether the service's checks report roles: the one
+// place that decides it, for a proxy alone and for a cluster alike. A
+// failover then picks only a backend that reports replica, and the old
+// primary needs no fence to be kept out.
+func (s *Service) RoleAware() bool { return s.Health.Kind.RoleAware() }
+
 func (k Kind) RoleAware() bool {
 	return k == KindPostgres || k == KindRedis || k == KindMySQL || k == KindExec
 }

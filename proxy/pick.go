@@ -100,7 +100,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			curC = c
 		}
 	}
-	roleAware := cfg.Want == RolePrimary
+	roleAware := cfg.roleAware()
 	curUp := curC != nil && curC.up() && !curC.fenced
 
 	if len(primaries) >= 2 {

@@ -19,6 +19,10 @@ func TestChooseTarget(t *testing.T) {
 	any := ServiceConfig{}
 	auto := ServiceConfig{FailbackAuto: true}
 	primary := ServiceConfig{Want: RolePrimary}
+	// A service whose checks report roles but that routes to any role
+	// (kind postgres, role any) fails over as one with role primary does,
+	// in a cluster and alone alike.
+	rolesAny := ServiceConfig{RoleAware: true}
 	bounded := ServiceConfig{Want: RolePrimary, MaxLagBytesOnFailover: 100}
 	boundedT := ServiceConfig{Want: RolePrimary, MaxLagOnFailover: time.Second}
 	cases := []struct {
@@ -62,6 +66,9 @@ func TestChooseTarget(t *testing.T) {
 		{"primary: fenced primary is not targeted", primary, []candidate{{"a", 3, 0, prim, false, true}, {"b", 2, 1, rep(0), false, false}}, "a", "", "b", "b", "awaiting promotion", false},
 		{"draining standby is no failover candidate", any, []candidate{{"a", 3, 0, down, false, false}, {"b", 2, 1, upAny, true, false}, {"c", 1, 2, upAny, false, false}}, "a", "", "c", "", "", false},
 		{"draining target stays while up", any, []candidate{{"a", 3, 0, upAny, true, false}, {"b", 2, 1, upAny, false, false}}, "a", "", "a", "", "a is up", false},
+		{"roles, role any: failover picks a replica, not one of unknown role", rolesAny, three(upAny, down, rep(0)), "b", "", "c", "c", "awaiting promotion", false},
+		{"roles, role any: the one other primary", rolesAny, three(prim, down, rep(0)), "b", "", "a", "", "a is primary", false},
+		{"roles, role any: no replica, no candidate", rolesAny, three(down, down, upAny), "a", "", "", "", "no eligible", false},
 		{"primary: draining replica is no candidate", primary, []candidate{{"a", 3, 0, down, false, false}, {"b", 2, 1, rep(0), true, false}}, "a", "", "", "", "no eligible", false},
 	}
 	for _, tc := range cases {

@@ -255,7 +255,7 @@ func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 	if nt != nil {
 		newName = nt.cfg.Name
 	}
-	if old != nil && nt != nil && !s.cfg.External && s.cfg.Want == RoleAny && !s.cfg.FailbackAuto && !(old.h.Known && old.h.Up) {
+	if old != nil && nt != nil && !s.cfg.External && !s.cfg.roleAware() && !s.cfg.FailbackAuto && !(old.h.Known && old.h.Up) {
 		// Without a role to report, nothing else would keep the old
 		// primary out of a later failover once it is up again: it stays
 		// fenced until an operator unfences it.

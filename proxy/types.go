@@ -153,6 +153,12 @@ type ServiceConfig struct {
 	// (only a backend that reports primary; writes) or RoleReplica
 	// (balanced over replicas within MaxLag/MaxLagBytes; reads).
 	Want Role
+	// RoleAware says that the service's checks report roles: an
+	// active-passive failover then picks only a backend that reports
+	// replica, and a backend it fails over from needs no fence (it must
+	// report replica to be picked again). Want == RolePrimary implies it.
+	// The cluster decides the same way (cluster.ServiceConfig.RoleAware).
+	RoleAware bool
 	// MaxConns caps the service's concurrent client connections (held
 	// ones included). Zero or negative: no limit.
 	MaxConns int
@@ -217,6 +223,9 @@ func (c *ServiceConfig) switchHold() time.Duration {
 func (c *ServiceConfig) balanced() bool {
 	return c.Mode == ActiveActive || c.Want == RoleReplica
 }
+
+// roleAware reports whether the service's checks report roles.
+func (c *ServiceConfig) roleAware() bool { return c.RoleAware || c.Want == RolePrimary }
 
 // Health is what the health checker last said about a backend.
 type Health struct {

@@ -114,7 +114,7 @@ func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
 		if !cs.owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.Health.Kind.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover,
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover,
 			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
 			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})

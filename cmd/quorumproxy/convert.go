@@ -98,6 +98,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			MaxLagOnFailover:      s.MaxLagOnFailover,
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			External:              clustered[s.Name],
+			RoleAware:             s.RoleAware(),
 		}
 		if s.SwitchHold == 0 {
 			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does
