@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // MaxMessageSize bounds the payloads that travel in one UDP packet
@@ -28,7 +29,7 @@ func (t msgType) limit() int {
 }
 
 // wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 2 // 2: values carry the fenced set
+const wireVersion = 3 // 2: values carry the fenced set; 3: observations carry the lag in time
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -336,6 +337,7 @@ func encodeObs(m obsMsg) ([]byte, error) {
 		e.bool(x.Obs.Up)
 		e.u8(uint8(x.Obs.Role))
 		e.u64(uint64(x.Obs.LagBytes))
+		e.u64(uint64(x.Obs.Lag))
 	}
 	return e.done()
 }
@@ -461,7 +463,7 @@ func header(b []byte) (msgType, *dec, error) {
 
 func decObs(d *dec) obsMsg {
 	m := obsMsg{Service: d.str(), Boot: d.u64(), Seq: d.u64()}
-	n := d.count(11)
+	n := d.count(19)
 	m.Entries = make([]obsEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		var x obsEntry
@@ -469,6 +471,7 @@ func decObs(d *dec) obsMsg {
 		x.Obs.Up = d.bool()
 		x.Obs.Role = Role(d.u8())
 		x.Obs.LagBytes = int64(d.u64())
+		x.Obs.Lag = time.Duration(d.u64())
 		if x.Obs.Role > RoleReplica && d.err == nil {
 			d.err = errors.New("bad role")
 		}

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/failover"
 )
 
 // Counters count what a Machine dropped or refused, for /status and metrics.
@@ -764,92 +766,53 @@ func (m *Machine) ownDown(s *service, b string) bool {
 	return ok && !o.Up
 }
 
-// maxLag is the largest lag any fresh report gives for backend.
-func (m *Machine) maxLag(s *service, b string) int64 {
-	lag := s.local[b].LagBytes
+// maxLag is the largest lag, in bytes and in time, that any fresh report
+// gives for backend (negative: unknown to every report).
+func (m *Machine) maxLag(s *service, b string) (int64, time.Duration) {
+	o := s.local[b]
+	bytes, lag := o.LagBytes, o.Lag
 	now := m.clock.Now()
 	for _, p := range m.others {
 		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
-			if o, ok := pv.view[b]; ok && o.Up && o.LagBytes > lag {
-				lag = o.LagBytes
+			if o, ok := pv.view[b]; ok && o.Up {
+				bytes, lag = max(bytes, o.LagBytes), max(lag, o.Lag)
 			}
 		}
 	}
-	return lag
+	return bytes, lag
 }
 
-// candidate picks the successor of primary: healthy in the majority's view,
-// a replica when role-aware, within the lag bound; then priority, least lag.
+// policy is the service's failover policy (package failover, shared with
+// a proxy alone).
+func (s *service) policy() failover.Policy {
+	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover}
+}
+
+// candidate picks the successor of primary by the one failover policy,
+// from what this cluster knows: healthy in a quorum's view, the role this
+// proxy's own check reports, the largest lag any fresh report gives, not
+// fenced by the record and not held out after a failed promote here.
 func (m *Machine) candidate(s *service, primary string) (string, string) {
-	type cand struct {
-		name string
-		prio int
-		lag  int64
-	}
-	var cs []cand
-	why := "no other backend"
 	now := m.clock.Now()
 	fenced := m.svcState(s.cfg.Name).Record.Fenced
-	if s.cfg.RoleAware {
-		// Roles are facts: a backend that already reports primary is the
-		// successor (promoting a replica would make a second primary), and
-		// with two there is no choosing.
-		var ps []string
-		for _, b := range s.cfg.Backends {
-			if b.Name != primary && !fenced.Has(b.Name) && m.ownPrimary(s, b.Name) {
-				ps = append(ps, b.Name)
-			}
-		}
-		switch {
-		case len(ps) >= 2:
-			return "", fmt.Sprintf("dual primary: %s all report primary", strings.Join(ps, ", "))
-		case len(ps) == 1 && m.healthy(s, ps[0]) && !m.excluded(s, ps[0], now):
-			return ps[0], ""
-		}
+	cs := make([]failover.Candidate, 0, len(s.cfg.Backends))
+	for i, b := range s.cfg.Backends {
+		bytes, lag := m.maxLag(s, b.Name)
+		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
+			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
+			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
 	}
-	for _, b := range s.cfg.Backends {
-		if b.Name == primary {
-			continue
-		}
-		if fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced {
-			why = "every other backend is fenced (quorumproxy unfence)"
-			continue
-		}
-		if m.excluded(s, b.Name, now) {
-			why = "held out after a failed promote"
-			continue
-		}
-		if !m.healthy(s, b.Name) {
-			why = "no backend is up in a quorum's view"
-			continue
-		}
-		if s.cfg.RoleAware && s.local[b.Name].Role != RoleReplica {
-			why = "no healthy backend reports itself a replica"
-			continue
-		}
-		lag := m.maxLag(s, b.Name)
-		if s.cfg.MaxLagOnFailover > 0 && lag > s.cfg.MaxLagOnFailover {
-			why = "every healthy replica lags beyond max_lag_on_failover"
-			continue
-		}
-		cs = append(cs, cand{b.Name, b.Priority, lag})
+	return failover.Successor(s.policy(), cs, primary)
+}
+
+func failoverRole(r Role) failover.Role {
+	switch r {
+	case RolePrimary:
+		return failover.RolePrimary
+	case RoleReplica:
+		return failover.RoleReplica
 	}
-	if len(cs) == 0 {
-		return "", why
-	}
-	slices.SortStableFunc(cs, func(a, b cand) int {
-		if a.prio != b.prio {
-			return b.prio - a.prio
-		}
-		if a.lag != b.lag {
-			if a.lag < b.lag {
-				return -1
-			}
-			return 1
-		}
-		return 0
-	})
-	return cs[0].name, ""
+	return failover.RoleUnknown
 }
 
 // bestUp is the highest-priority backend up in this proxy's own view.
@@ -1353,7 +1316,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			s.switchTo = ""
 		default:
 			v := keep(to)
-			if !s.cfg.RoleAware && rec.Primary != "" {
+			if failover.FenceOldPrimary(s.policy()) && rec.Primary != "" {
 				// Without roles, nothing tells the old primary from a
 				// standby later: it stays fenced until an operator
 				// unfences it (and so vouches that it is one).
@@ -1401,10 +1364,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			return
 		}
 		v := keep(c)
-		if !s.cfg.RoleAware {
-			// Without a role to report, nothing else would keep the old
-			// primary out of a later failover once it is up again: it
-			// stays fenced until an operator unfences it.
+		if failover.FenceOldPrimary(s.policy()) {
 			v.Fenced = rec.Fenced.With(rec.Primary)
 		}
 		m.propose(name, s, v, kindFailover, rec.Primary, now)
@@ -1412,7 +1372,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
 	case retryTo != "":
 		v := keep(retryTo)
-		if s.retry.fenced || !s.cfg.RoleAware {
+		if s.retry.fenced || failover.FenceOldPrimary(s.policy()) {
 			// fenced by a hook: it stays out until an operator unfences it
 			v.Fenced = rec.Fenced.With(rec.Primary)
 		}

@@ -73,20 +73,22 @@ type testCluster struct {
 	// then role-aware); a promote that works makes it primary.
 	roles   map[string]Role
 	rolesMu sync.Mutex
+	maxLag  time.Duration
 }
 
 const testLease = 200 * time.Millisecond
 
 var testBackends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
 
-func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t, n, nil) }
+func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t, n, nil, 0) }
 
 // newRoleCluster is newTestCluster for a role-aware service whose backends
-// report roles (nil: a service without roles).
-func newRoleCluster(t *testing.T, n int, roles map[string]Role) *testCluster {
+// report roles (nil: a service without roles), with max_lag_on_failover
+// maxLag.
+func newRoleCluster(t *testing.T, n int, roles map[string]Role, maxLag time.Duration) *testCluster {
 	c := &testCluster{t: t, net: &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}},
 		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100),
-		roles: roles}
+		roles: roles, maxLag: maxLag}
 	for i := range n {
 		c.peers = append(c.peers, fmt.Sprintf("proxy-%d", i))
 	}
@@ -105,7 +107,7 @@ func (c *testCluster) start(name string) {
 	}
 	var node *Node
 	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()), LeaseTimeout: testLease,
-		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil,
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil, MaxLagOnFailover: c.maxLag,
 			Hooks: HookConfig{Fence: c.roles == nil, Promote: true, Timeout: c.hookTimeout()}}},
 		OnAction: func(svc string, a Action) {
 			c.hooks <- fmt.Sprintf("%s epoch %d %s %s", name, a.Epoch, a.Kind, a.Backend)
@@ -125,7 +127,7 @@ func (c *testCluster) start(name string) {
 						c.roles[a.Backend] = RolePrimary
 						c.net.mu.Lock()
 						for _, n := range c.net.nodes {
-							n.Observe("db", a.Backend, true, RolePrimary, 0)
+							n.Observe("db", a.Backend, true, RolePrimary, 0, -1)
 						}
 						c.net.mu.Unlock()
 					}
@@ -147,7 +149,7 @@ func (c *testCluster) start(name string) {
 	c.rolesMu.Lock()
 	defer c.rolesMu.Unlock()
 	for _, b := range testBackends {
-		node.Observe("db", b.Name, true, c.roles[b.Name], 0)
+		node.Observe("db", b.Name, true, c.roles[b.Name], 0, -1)
 	}
 }
 
@@ -213,7 +215,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 
 	// One proxy alone seeing the primary down moves nobody.
-	c.nodes["proxy-0"].Observe("db", "pg-a", false, RoleUnknown, 0)
+	c.nodes["proxy-0"].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
 	time.Sleep(3 * testLease) // a negative check: nothing must happen in this window
 	for _, p := range []string{"proxy-1", "proxy-2"} {
 		if b, _ := c.nodes[p].Route("db"); b != "pg-a" {
@@ -223,7 +225,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 
 	start := time.Now()
 	for _, p := range c.peers[1:] {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
 	}
 	c.waitFor("failover to pg-b", 20*time.Second, c.allRoute("pg-b"))
 	t.Logf("failover with lease_timeout %v: %v from the quorum seeing pg-a down to every proxy routing pg-b", testLease, time.Since(start).Round(time.Millisecond))
@@ -249,7 +251,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	c.stop("proxy-2")
 	c.start("proxy-2")
 	for _, b := range []string{"pg-a"} {
-		c.nodes["proxy-2"].Observe("db", b, false, RoleUnknown, 0)
+		c.nodes["proxy-2"].Observe("db", b, false, RoleUnknown, 0, -1)
 	}
 	c.waitFor("restarted proxy-2 to route pg-b", 10*time.Second, c.allRoute("pg-b", "proxy-2"))
 	st, err := c.nodes["proxy-2"].Status()
@@ -386,7 +388,7 @@ func TestNodePromoteFailureMovesOn(t *testing.T) {
 	c.failPromote.Store(&[]string{"pg-b"})
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
 	}
 	who, es := c.expectHooks("", "fence pg-a", "promote pg-b", "fence pg-b", "promote pg-c")
 	if es[0] != es[1] || es[1] != es[2] || es[3] <= es[2] {
@@ -415,7 +417,7 @@ func TestNodePromoteFailureMovesOn(t *testing.T) {
 	// operator's: a switchover to a fenced backend is refused; unfence
 	// (an epoch with no hook), then switch over.
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0)
+		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0, -1)
 	}
 	if _, err := n.Switchover("db", "pg-a"); err == nil || !strings.Contains(err.Error(), "fenced") {
 		t.Fatalf("switchover to fenced pg-a: got %v, want a refusal that says it is fenced", err)
@@ -471,12 +473,29 @@ func (c *testCluster) allFenced(want Fenced) func() bool {
 // period a hook that ran would need (ten minutes here: waiting it out
 // would time the test out), and no fence hook is needed (there is none).
 func TestNodePromoteNotStartedMovesOnAtOnce(t *testing.T) {
-	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica})
+	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica}, 0)
 	c.notStarted.Store(&[]string{"pg-b"})
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0)
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
 	}
 	c.expectHooks("", "promote pg-b", "promote pg-c")
+	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
+}
+
+// max_lag_on_failover in time bounds a cluster's candidates as it bounds a
+// proxy alone's (the one failover policy): pg-b, preferred by priority,
+// replays 5s behind and is passed over for pg-c.
+func TestNodeLagInTimeBoundsCandidates(t *testing.T) {
+	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica}, time.Second)
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-b", true, RoleReplica, 0, 5*time.Second)
+		c.nodes[p].Observe("db", "pg-c", true, RoleReplica, 0, 10*time.Millisecond)
+	}
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, -1, -1)
+	}
+	c.expectHooks("", "promote pg-c")
 	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
 }

@@ -249,6 +249,8 @@ type Observation struct {
 	Up       bool
 	Role     Role
 	LagBytes int64
+	// Lag is how far behind in time it replays; negative: unknown.
+	Lag time.Duration
 }
 
 // QuorumLoss says what a proxy does when its lease expires.
@@ -277,9 +279,12 @@ type ServiceConfig struct {
 	Backends []BackendConfig
 	// RoleAware requires a failover candidate to report itself a replica.
 	RoleAware bool
-	// MaxLagOnFailover excludes candidates lagging more bytes than this.
-	// Zero or negative means no bound.
-	MaxLagOnFailover int64
+	// MaxLagOnFailover and MaxLagBytesOnFailover exclude candidates
+	// lagging more than this in time or in bytes (in any fresh report);
+	// zero or negative means no bound, and a bound excludes an unknown lag
+	// of its kind (the one failover policy, package failover).
+	MaxLagOnFailover      time.Duration
+	MaxLagBytesOnFailover int64
 	// Hooks are the service's fence and promote hooks.
 	Hooks HookConfig
 }

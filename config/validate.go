@@ -383,9 +383,6 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 		if s.Failback == FailbackAuto {
 			d.warnf(sp, "failback", "failback = \"auto\" has no effect under [cluster]: a clustered service fails back only by `quorumproxy switchover`")
 		}
-		if s.MaxLagOnFailover > 0 {
-			d.warnf(sp, "max_lag_on_failover", "max_lag_on_failover (time) is not used under [cluster]; bound candidates with max_lag_bytes_on_failover")
-		}
 	}
 	d.validateHealth(s, joinPath(sp, "health"))
 	d.validateHooks(&s.Hooks, joinPath(sp, "hooks"))

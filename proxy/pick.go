@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/failover"
 )
 
 // candidate is what the pure target picker knows about one backend.
@@ -40,31 +42,6 @@ func lagWithin(h Health, maxLag time.Duration, maxBytes int64) bool {
 		return false
 	}
 	return true
-}
-
-// lessLag orders by known lag, bytes first, then time; unknown lag last.
-func lessLag(a, b Health) bool {
-	if (a.LagBytes >= 0) != (b.LagBytes >= 0) {
-		return a.LagBytes >= 0
-	}
-	if a.LagBytes != b.LagBytes {
-		return a.LagBytes < b.LagBytes
-	}
-	if (a.Lag >= 0) != (b.Lag >= 0) {
-		return a.Lag >= 0
-	}
-	return a.Lag < b.Lag
-}
-
-// better ranks failover candidates: priority, then least lag, then order.
-func better(a, b *candidate) bool {
-	if a.priority != b.priority {
-		return a.priority > b.priority
-	}
-	if lessLag(a.h, b.h) || lessLag(b.h, a.h) {
-		return lessLag(a.h, b.h)
-	}
-	return a.order < b.order
 }
 
 func lagString(h Health) string {
@@ -113,25 +90,8 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			reason: fmt.Sprintf("dual primary (%s): refusing to choose", list)}
 	}
 
-	// Failover candidates: up, replica when role-aware, lag within bounds.
-	var best *candidate
-	var excluded []string
-	for i := range cands {
-		c := &cands[i]
-		if !c.up() || c.fenced || c.draining && c.name != cur {
-			continue
-		}
-		if roleAware && c.h.Role != RoleReplica && c.name != cur {
-			continue
-		}
-		if !lagWithin(c.h, cfg.MaxLagOnFailover, cfg.MaxLagBytesOnFailover) {
-			excluded = append(excluded, fmt.Sprintf("%s (%s)", c.name, lagString(c.h)))
-			continue
-		}
-		if best == nil || better(c, best) {
-			best = c
-		}
-	}
+	// The successor of the current target: the one policy a cluster asks too.
+	best, noBest := successor(cfg, cands, cur)
 
 	if roleAware {
 		if curUp {
@@ -159,7 +119,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			}
 		}
 		if best == nil {
-			return decision{reason: noEligible(excluded)}
+			return decision{reason: noEligible(noBest)}
 		}
 		return decision{target: best.name, pending: best.name,
 			reason: fmt.Sprintf("failover to %s (priority %d, %s), awaiting promotion", best.name, best.priority, lagString(best.h))}
@@ -174,7 +134,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 				return decision{reason: "waiting for the first health report of " + cands[i].name}
 			}
 		}
-		return decision{reason: noEligible(excluded)}
+		return decision{reason: noEligible(noBest)}
 	}
 	// Do not settle on a lower-ranked backend while a better-ranked one has
 	// not reported yet: with manual failback the choice would stick.
@@ -193,12 +153,34 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 	return decision{target: best.name, reason: fmt.Sprintf("%s: %s", best.name, why)}
 }
 
-func noEligible(excluded []string) string {
-	if len(excluded) == 0 {
-		return "no eligible backend"
+func noEligible(why string) string { return "no eligible backend: " + why }
+
+func failoverRole(r Role) failover.Role {
+	switch r {
+	case RolePrimary:
+		return failover.RolePrimary
+	case RoleReplica:
+		return failover.RoleReplica
 	}
-	sort.Strings(excluded)
-	return "no eligible backend: lag beyond bound: " + strings.Join(excluded, ", ")
+	return failover.RoleUnknown
+}
+
+// successor asks the failover policy for the backend that takes over from
+// cur ("" and why when none).
+func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, string) {
+	fc := make([]failover.Candidate, len(cands))
+	for i, c := range cands {
+		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
+			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
+	}
+	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover}
+	name, why := failover.Successor(pol, fc, cur)
+	for i := range cands {
+		if cands[i].name == name {
+			return &cands[i], ""
+		}
+	}
+	return nil, why
 }
 
 // balancedEligible says whether a balanced service may use a backend.

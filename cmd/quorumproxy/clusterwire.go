@@ -114,7 +114,7 @@ func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
 		if !cs.owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover,
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
 			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})
@@ -202,7 +202,7 @@ func (cs *clusterSide) observe(s health.State) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
-	cs.rt.Observe(s.Service, s.Backend, s.Status == health.StatusUp, clusterRole(s.Role), s.LagBytes)
+	cs.rt.Observe(s.Service, s.Backend, s.Status == health.StatusUp, clusterRole(s.Role), s.LagBytes, s.Lag)
 }
 
 // close leaves the cluster and stops the route applier.

@@ -1,0 +1,196 @@
+// Package failover is the one failover policy of quorumproxy: which
+// backend takes over an active-passive service from its primary, and
+// whether the old primary must be fenced. A proxy alone (package proxy)
+// and a cluster (package cluster) both ask it, so that they behave the
+// same for the same configuration; each supplies what it knows of the
+// backends (its own checks, or a quorum's) and keeps its own rules about
+// when to move.
+//
+//	next, why := failover.Successor(failover.Policy{RoleAware: true, MaxLagBytes: 1 << 20}, cands, "pg1")
+//	if next == "" {
+//		log.Printf("no failover: %s", why)
+//	}
+package failover
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Role is what a backend reports itself to be.
+type Role uint8
+
+// Roles a check can report.
+const (
+	RoleUnknown Role = iota
+	RolePrimary
+	RoleReplica
+)
+
+// Policy is what a service's configuration says about failover.
+type Policy struct {
+	// RoleAware: the service's checks report roles. A successor must then
+	// report replica (or, the one other backend that reports primary, is
+	// one already), and the old primary needs no fence.
+	RoleAware bool
+	// MaxLag and MaxLagBytes bound a successor's replication lag; zero or
+	// negative means no bound. A bound excludes a backend whose lag of
+	// that kind is unknown.
+	MaxLag      time.Duration
+	MaxLagBytes int64
+}
+
+// Candidate is one backend as the caller sees it.
+type Candidate struct {
+	Name     string
+	Priority int // higher is preferred
+	Order    int // position in the configuration, the last tie-break
+	// Up: healthy in the caller's view (its own check, or a quorum's).
+	Up   bool
+	Role Role
+	// Lag behind the primary; negative: unknown.
+	LagBytes int64
+	Lag      time.Duration
+	// Fenced, Draining and Held are kept out: fenced by an operator or by
+	// a failover, drained by an operator, held out by the caller (a
+	// failed promote, for a while).
+	Fenced, Draining, Held bool
+}
+
+// FenceOldPrimary reports whether a failover must fence the primary it
+// moves away from: without roles, nothing else would keep it out of a
+// later failover once it is up again (it may hold writes the new primary
+// never saw); with roles it must report replica to be picked again.
+func FenceOldPrimary(p Policy) bool { return !p.RoleAware }
+
+// Successor picks the backend that takes over from primary ("" for none,
+// with why). With roles, the one other healthy backend that already
+// reports primary is the successor whatever its priority (promoting a
+// replica would make a second primary), and with two there is none.
+// Otherwise: healthy, not fenced, drained or held, a replica when the
+// checks know roles, lag within the bounds; then the highest priority,
+// then the least lag (bytes first, then time; unknown last), then the
+// configuration's order.
+func Successor(p Policy, cands []Candidate, primary string) (string, string) {
+	if p.RoleAware {
+		var ps []string
+		for _, c := range cands {
+			if c.Name != primary && c.Up && c.Role == RolePrimary && !c.Fenced && !c.Held {
+				ps = append(ps, c.Name)
+			}
+		}
+		switch {
+		case len(ps) >= 2:
+			return "", fmt.Sprintf("dual primary: %s all report primary", strings.Join(ps, ", "))
+		case len(ps) == 1:
+			return ps[0], ""
+		}
+	}
+	why := "no other backend"
+	var best *Candidate
+	var lagging []string
+	for i := range cands {
+		c := &cands[i]
+		switch {
+		case c.Name == primary:
+			continue
+		case c.Fenced:
+			why = "every other backend is fenced (quorumproxy unfence)"
+			continue
+		case c.Draining:
+			why = "every other backend is draining"
+			continue
+		case c.Held:
+			why = "held out after a failed promote"
+			continue
+		case !c.Up:
+			why = "no other backend is up"
+			continue
+		case p.RoleAware && c.Role != RoleReplica:
+			why = "no healthy backend reports itself a replica"
+			continue
+		case !LagWithin(p, c.LagBytes, c.Lag):
+			lagging = append(lagging, fmt.Sprintf("%s (%s)", c.Name, lagString(c.LagBytes, c.Lag)))
+			continue
+		}
+		if best == nil || Better(c, best) {
+			best = c
+		}
+	}
+	if best != nil {
+		return best.Name, ""
+	}
+	if len(lagging) > 0 {
+		sort.Strings(lagging)
+		return "", "lag beyond bound: " + strings.Join(lagging, ", ")
+	}
+	return "", why
+}
+
+// LagWithin reports whether a lag is within the policy's bounds; a bound
+// that is set excludes an unknown lag of its kind.
+func LagWithin(p Policy, bytes int64, lag time.Duration) bool {
+	if p.MaxLag > 0 && (lag < 0 || lag > p.MaxLag) {
+		return false
+	}
+	if p.MaxLagBytes > 0 && (bytes < 0 || bytes > p.MaxLagBytes) {
+		return false
+	}
+	return true
+}
+
+// Better ranks candidates: priority, then least lag, then order.
+func Better(a, b *Candidate) bool {
+	if a.Priority != b.Priority {
+		return a.Priority > b.Priority
+	}
+	if c := cmpLag(a, b); c != 0 {
+		return c < 0
+	}
+	return a.Order < b.Order
+}
+
+// cmpLag orders by known lag, bytes first, then time; unknown last.
+func cmpLag(a, b *Candidate) int {
+	if (a.LagBytes >= 0) != (b.LagBytes >= 0) {
+		if a.LagBytes >= 0 {
+			return -1
+		}
+		return 1
+	}
+	if a.LagBytes != b.LagBytes {
+		if a.LagBytes < b.LagBytes {
+			return -1
+		}
+		return 1
+	}
+	if (a.Lag >= 0) != (b.Lag >= 0) {
+		if a.Lag >= 0 {
+			return -1
+		}
+		return 1
+	}
+	switch {
+	case a.Lag < b.Lag:
+		return -1
+	case a.Lag > b.Lag:
+		return 1
+	}
+	return 0
+}
+
+func lagString(bytes int64, lag time.Duration) string {
+	var parts []string
+	if bytes >= 0 {
+		parts = append(parts, fmt.Sprintf("%dB", bytes))
+	}
+	if lag >= 0 {
+		parts = append(parts, lag.String())
+	}
+	if len(parts) == 0 {
+		return "lag unknown"
+	}
+	return "lag " + strings.Join(parts, "/")
+}

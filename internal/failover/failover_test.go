@@ -1,0 +1,77 @@
+package failover
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSuccessor is the one table of the failover ranking that a proxy
+// alone and a cluster share.
+func TestSuccessor(t *testing.T) {
+	rep := func(name string, prio int, bytes int64, lag time.Duration) Candidate {
+		return Candidate{Name: name, Priority: prio, Up: true, Role: RoleReplica, LagBytes: bytes, Lag: lag}
+	}
+	any := func(name string, prio int) Candidate {
+		return Candidate{Name: name, Priority: prio, Up: true, LagBytes: -1, Lag: -1}
+	}
+	down := func(name string, prio int) Candidate {
+		return Candidate{Name: name, Priority: prio, LagBytes: -1, Lag: -1}
+	}
+	prim := func(name string, prio int) Candidate {
+		return Candidate{Name: name, Priority: prio, Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0}
+	}
+	with := func(c Candidate, f func(*Candidate)) Candidate { f(&c); return c }
+	roles := Policy{RoleAware: true}
+	cases := []struct {
+		name  string
+		p     Policy
+		cands []Candidate
+		want  string
+		why   string // substring when want is ""
+	}{
+		{"highest priority up", Policy{}, []Candidate{down("a", 9), any("b", 5), any("c", 7)}, "c", ""},
+		{"the primary is never its own successor", Policy{}, []Candidate{any("a", 9), any("b", 5)}, "b", ""},
+		{"nothing up", Policy{}, []Candidate{down("a", 9), down("b", 5)}, "", "no other backend is up"},
+		{"only the primary", Policy{}, []Candidate{any("a", 9)}, "", "no other backend"},
+		{"fenced, drained and held are out", Policy{},
+			[]Candidate{down("a", 9), with(any("b", 8), func(c *Candidate) { c.Fenced = true }),
+				with(any("c", 7), func(c *Candidate) { c.Draining = true }), with(any("d", 6), func(c *Candidate) { c.Held = true }), any("e", 1)},
+			"e", ""},
+		{"every other fenced", Policy{}, []Candidate{down("a", 9), with(any("b", 8), func(c *Candidate) { c.Fenced = true })}, "", "fenced"},
+		{"roles: a replica, not one of unknown role", roles, []Candidate{down("a", 9), any("b", 8), rep("c", 1, 0, 0)}, "c", ""},
+		{"roles: the one other primary whatever its priority", roles, []Candidate{down("a", 9), rep("b", 8, 0, 0), prim("c", 1)}, "c", ""},
+		{"roles: two other primaries, none", roles, []Candidate{down("a", 9), prim("b", 8), prim("c", 1)}, "", "dual primary: b, c"},
+		{"roles: a fenced primary does not count", roles, []Candidate{down("a", 9), rep("b", 8, 0, 0), with(prim("c", 1), func(c *Candidate) { c.Fenced = true })}, "b", ""},
+		{"roles: no replica", roles, []Candidate{down("a", 9), any("b", 8)}, "", "reports itself a replica"},
+		{"equal priority: least lag in bytes", roles, []Candidate{down("a", 9), rep("b", 5, 90, 0), rep("c", 5, 10, 0)}, "c", ""},
+		{"equal priority: known lag beats unknown", roles, []Candidate{down("a", 9), rep("b", 5, -1, -1), rep("c", 5, 10, 0)}, "c", ""},
+		{"equal priority: then time", roles, []Candidate{down("a", 9), rep("b", 5, -1, 2*time.Second), rep("c", 5, -1, time.Second)}, "c", ""},
+		{"equal everything: configuration order", roles, []Candidate{down("a", 9), with(rep("b", 5, 10, 0), func(c *Candidate) { c.Order = 2 }), with(rep("c", 5, 10, 0), func(c *Candidate) { c.Order = 1 })}, "c", ""},
+		{"priority beats lag", roles, []Candidate{down("a", 9), rep("b", 6, 1000, 0), rep("c", 5, 0, 0)}, "b", ""},
+		{"byte bound", Policy{RoleAware: true, MaxLagBytes: 100}, []Candidate{down("a", 9), rep("b", 6, 500, 0), rep("c", 5, 50, 0)}, "c", ""},
+		{"byte bound excludes unknown", Policy{RoleAware: true, MaxLagBytes: 100}, []Candidate{down("a", 9), rep("b", 6, -1, 0), rep("c", 5, 50, 0)}, "c", ""},
+		{"time bound", Policy{RoleAware: true, MaxLag: time.Second}, []Candidate{down("a", 9), rep("b", 6, 0, 2*time.Second), rep("c", 5, 0, time.Millisecond)}, "c", ""},
+		{"time bound excludes unknown", Policy{RoleAware: true, MaxLag: time.Second}, []Candidate{down("a", 9), rep("b", 6, 0, -1)}, "", "lag beyond bound: b (lag 0B)"},
+		{"nothing within the bound", Policy{RoleAware: true, MaxLagBytes: 100}, []Candidate{down("a", 9), rep("b", 6, 500, -1), rep("c", 5, 101, -1)}, "", "lag beyond bound: b (lag 500B), c (lag 101B)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := range tc.cands {
+				if tc.cands[i].Order == 0 {
+					tc.cands[i].Order = i
+				}
+			}
+			got, why := Successor(tc.p, tc.cands, "a")
+			if got != tc.want {
+				t.Fatalf("successor %q (%s), want %q", got, why, tc.want)
+			}
+			if got == "" && !strings.Contains(why, tc.why) {
+				t.Fatalf("why %q lacks %q", why, tc.why)
+			}
+		})
+	}
+	if FenceOldPrimary(roles) || !FenceOldPrimary(Policy{}) {
+		t.Error("FenceOldPrimary: want a fence exactly when no role is known")
+	}
+}
