@@ -541,3 +541,20 @@ func (m *Machine) promoteStalled(s *service, rec Record, ss ServiceState, now ti
 	since := max(s.obsAt[p], s.recordAt) + m.settle(s, 0) + m.livenessAfter()
 	return now-since >= m.rankDelay(now) || (now >= since && m.cfg.knobs.noRankDelay)
 }
+
+// promoteFailure is a promote hook that failed: the backend it should have
+// promoted, the epoch of that decision and what the runner said.
+type promoteFailure struct {
+	epoch   uint64
+	backend string
+	reason  string
+	fenced  bool          // a fence hook fenced it: it joins the fenced set
+	at      time.Duration // when it was known not to be primary
+}
+
+// excluded reports whether backend's promote failed too recently for it to
+// be a candidate. (s.failed holds at most one entry per backend.)
+func (m *Machine) excluded(s *service, backend string, now time.Duration) bool {
+	until, ok := s.failed[backend]
+	return ok && now < until
+}

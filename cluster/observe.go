@@ -1,0 +1,216 @@
+package cluster
+
+// Observations: this proxy's own view of the backends and its peers' views,
+// what a quorum sees (objectively down, healthy), and the successor they
+// point to.
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/failover"
+)
+
+type peerView struct {
+	boot, seq uint64
+	at        time.Duration
+	view      map[string]Observation
+}
+
+// Observe records this proxy's own view of a backend and gossips it when it
+// changed.
+func (m *Machine) Observe(svc, backend string, o Observation) error {
+	s := m.svcs[svc]
+	if s == nil {
+		return fmt.Errorf("cluster: observe: unknown service %q", svc)
+	}
+	if _, ok := s.backends[backend]; !ok {
+		return fmt.Errorf("cluster: observe: service %q has no backend %q", svc, backend)
+	}
+	old, had := s.local[backend]
+	if had && old == o {
+		return nil
+	}
+	if !had || old.Up != o.Up || old.Role != o.Role {
+		s.obsAt[backend] = m.clock.Now()
+	}
+	if had && !old.Up && o.Up {
+		// Back up after a fence: whatever the hook did is undone.
+		delete(s.hookFenced, backend)
+	}
+	s.local[backend] = o
+	m.broadcastObs(svc, s, true)
+	return nil
+}
+
+// broadcastObs gossips this proxy's view of a service. A change (direct)
+// also goes straight to every peer, best effort: a failover waits for Q
+// proxies to see the primary down, and gossip alone adds up to a gossip
+// interval to every hop.
+func (m *Machine) broadcastObs(name string, s *service, direct bool) {
+	m.obsSeq++
+	msg := obsMsg{Service: name, Boot: m.cfg.BootID, Seq: m.obsSeq}
+	for _, b := range s.cfg.Backends {
+		if o, ok := s.local[b.Name]; ok {
+			msg.Entries = append(msg.Entries, obsEntry{Backend: b.Name, Obs: o})
+		}
+	}
+	if len(msg.Entries) == 0 {
+		return
+	}
+	b, err := encodeObs(msg)
+	if err != nil {
+		m.log.Error("cluster: encoding observation", "service", name, "err", err)
+		return
+	}
+	if err := m.tr.Broadcast("obs/"+name, b); err != nil {
+		m.log.Debug("cluster: gossip failed", "service", name, "err", err)
+	}
+	if direct {
+		for _, p := range m.others {
+			m.sendLossy(p, b, nil)
+		}
+	}
+}
+
+func (m *Machine) onObs(from string, x obsMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	pv := s.remote[from]
+	now := m.clock.Now()
+	// A lower boot id is a replay, unless the peer has been silent for a
+	// whole TTL (its wall clock may have been set back across a restart).
+	if pv != nil && ((x.Boot < pv.boot && now-pv.at < m.cfg.ObservationTTL) || (x.Boot == pv.boot && x.Seq <= pv.seq)) {
+		m.counters.Replay++
+		return
+	}
+	if pv == nil {
+		pv = &peerView{}
+		s.remote[from] = pv
+	}
+	pv.boot, pv.seq, pv.at = x.Boot, x.Seq, now
+	if pv.view == nil {
+		pv.view = make(map[string]Observation, len(x.Entries))
+	}
+	clear(pv.view)
+	for _, e := range x.Entries {
+		if _, ok := s.backends[e.Backend]; ok {
+			pv.view[e.Backend] = e.Obs
+		}
+	}
+}
+
+// reports counts proxies, self included, whose fresh view of backend
+// satisfies pred; self must satisfy it.
+func (m *Machine) reports(s *service, backend string, pred func(Observation) bool) int {
+	o, ok := s.local[backend]
+	if !ok || !pred(o) {
+		return 0
+	}
+	n := 1
+	now := m.clock.Now()
+	for _, p := range m.others {
+		pv := s.remote[p]
+		if pv == nil || now-pv.at >= m.cfg.ObservationTTL {
+			continue
+		}
+		if o, ok := pv.view[backend]; ok && pred(o) {
+			n++
+		}
+	}
+	return n
+}
+
+func isDown(o Observation) bool { return !o.Up }
+
+func isUp(o Observation) bool { return o.Up }
+
+func (m *Machine) objectivelyDown(s *service, b string) bool { return m.reports(s, b, isDown) >= m.q }
+
+func (m *Machine) healthy(s *service, b string) bool { return m.reports(s, b, isUp) >= m.q }
+
+func (m *Machine) ownUp(s *service, b string) bool {
+	o, ok := s.local[b]
+	return ok && o.Up
+}
+
+func (m *Machine) ownDown(s *service, b string) bool {
+	o, ok := s.local[b]
+	return ok && !o.Up
+}
+
+// maxLag is the largest lag, in bytes and in time, that any fresh report
+// gives for backend (negative: unknown to every report).
+func (m *Machine) maxLag(s *service, b string) (int64, time.Duration) {
+	o := s.local[b]
+	bytes, lag := o.LagBytes, o.Lag
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
+			if o, ok := pv.view[b]; ok && o.Up {
+				bytes, lag = max(bytes, o.LagBytes), max(lag, o.Lag)
+			}
+		}
+	}
+	return bytes, lag
+}
+
+// policy is the service's failover policy (package failover, shared with
+// a proxy alone).
+func (s *service) policy() failover.Policy {
+	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover}
+}
+
+// candidate picks the successor of primary by the one failover policy,
+// from what this cluster knows: healthy in a quorum's view, the role this
+// proxy's own check reports, the largest lag any fresh report gives, not
+// fenced by the record and not held out after a failed promote here.
+func (m *Machine) candidate(s *service, primary string) (string, string) {
+	now := m.clock.Now()
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	cs := make([]failover.Candidate, 0, len(s.cfg.Backends))
+	for i, b := range s.cfg.Backends {
+		bytes, lag := m.maxLag(s, b.Name)
+		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
+			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
+			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
+	}
+	return failover.Successor(s.policy(), cs, primary)
+}
+
+func failoverRole(r Role) failover.Role {
+	switch r {
+	case RolePrimary:
+		return failover.RolePrimary
+	case RoleReplica:
+		return failover.RoleReplica
+	}
+	return failover.RoleUnknown
+}
+
+// bestUp is the highest-priority backend up in this proxy's own view.
+func (m *Machine) bestUp(s *service) string {
+	best, prio := "", 0
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	for _, b := range s.cfg.Backends {
+		if m.ownUp(s, b.Name) && !fenced.Has(b.Name) && (best == "" || b.Priority > prio) {
+			best, prio = b.Name, b.Priority
+		}
+	}
+	return best
+}
+
+// reachesQuorum reports whether this proxy heard from Q-1 peers lately.
+func (m *Machine) reachesQuorum() bool {
+	n := 1
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if t, ok := m.heard[p]; ok && now-t < m.cfg.LeaseTimeout {
+			n++
+		}
+	}
+	return n >= m.q
+}

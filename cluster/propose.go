@@ -1,0 +1,664 @@
+package cluster
+
+// Proposing: what a proxy decides to propose at each tick, the two phases
+// of its proposal, the commit, and records learned from peers.
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/failover"
+)
+
+type proposal struct {
+	epoch, base uint64
+	value       Value
+	from        string
+	kind        kind
+	sentAt      time.Duration
+	lastSend    time.Duration
+	promises    map[string]Ballot // voter -> what it had accepted before
+	accepts     map[string]bool
+	phase2      bool
+	commitAt    time.Duration
+}
+
+// commitWait is how long a proposer waits after the Q-th vote so that a
+// lease confirmed before any of those votes has expired in real time on
+// any proxy whose clock runs within the margin.
+func (m *Machine) commitWait() time.Duration {
+	r := m.cfg.ClockMargin
+	return time.Duration(float64(m.cfg.LeaseTimeout) * (1 + r) / (1 - r))
+}
+
+// learn takes what a peer told about its state: a higher record is
+// adopted, an accepted value above our record is remembered as a hint of
+// what phase 1 will force.
+func (m *Machine) learn(name string, rec Record, accepted Ballot) {
+	ss := m.svcState(name)
+	if rec.Epoch > ss.Record.Epoch {
+		m.adopt(name, rec, "")
+		ss = m.svcState(name)
+	}
+	s := m.svcs[name]
+	if accepted.Epoch > ss.Record.Epoch && accepted.Epoch > s.hint.Epoch {
+		s.hint = accepted
+	}
+}
+
+// adopt persists a higher record and announces it. relayExcept is the
+// peer the commit came from ("" when it did not come as a commit).
+func (m *Machine) adopt(name string, rec Record, relayExcept string) {
+	s := m.svcs[name]
+	ss := m.svcState(name)
+	if rec.Epoch <= ss.Record.Epoch {
+		m.counters.Stale++
+		return
+	}
+	old := ss.Record
+	ss.Record = rec
+	if ss.Intent.Epoch < rec.Epoch {
+		ss.Intent = HookIntent{}
+	}
+	if err := m.save(name, ss); err != nil {
+		m.log.Debug("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
+		return
+	}
+	m.counters.Adoptions++
+	s.lease = lease{}
+	s.leaseAt = m.clock.Now()
+	s.recordAt = s.leaseAt
+	s.followTo = ""
+	m.leaseSoon = true
+	if s.hint.Epoch <= rec.Epoch {
+		s.hint = Ballot{}
+	}
+	if s.prop != nil && s.prop.epoch <= rec.Epoch {
+		s.prop = nil
+	}
+	if rec.Epoch > s.switchAt {
+		// any decision that lands first ends the switchover request
+		s.switchTo = ""
+	}
+	m.endRetry(s, rec)
+	m.endFenceOp(s, rec)
+	m.opDecided(s, rec, old)
+	m.unverified(s, old, rec)
+	s.decision = fmt.Sprintf("adopted epoch %d %s", rec.Epoch, rec.Value)
+	if relayExcept != "" {
+		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
+		m.sendAll(b, err, relayExcept)
+	}
+	if m.cfg.OnRecord != nil {
+		m.cfg.OnRecord(name, old, rec)
+	}
+}
+
+func (m *Machine) onCommit(from string, x commitMsg) {
+	if m.svcs[x.Service] == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		// It is learned again through sync; adopting now could not be
+		// relied on before the sync finishes anyway.
+		return
+	}
+	m.adopt(x.Service, x.Record, from)
+}
+
+// endRetry forgets a failed promote at any later decision (checked here,
+// at the decision, since two can land between two ticks): one that names
+// another primary makes it moot, and one that keeps the same backend as
+// primary makes the proxy that committed it act on it (intentFor), so
+// moving away from it now could cross that proxy's promote.
+func (m *Machine) endRetry(s *service, rec Record) {
+	if s.retry != nil && rec.Epoch > s.retry.epoch {
+		s.retry = nil
+	}
+}
+
+func (m *Machine) tickService(name string, s *service, now time.Duration) {
+	// The rank delay counts from when this proxy first saw the primary
+	// down, even if a backoff or a vote holds its own proposal back.
+	rec := m.svcState(name).Record
+	down := rec.Primary != "" && m.objectivelyDown(s, rec.Primary)
+	switch {
+	case !down:
+		s.downEpoch = 0
+	case s.downEpoch != rec.Epoch:
+		s.downEpoch, s.downSince = rec.Epoch, now
+	}
+	if m.ownPrimary(s, rec.Primary) {
+		s.primarySeen[rec.Primary] = max(s.primarySeen[rec.Primary], rec.Since)
+	}
+	if p := s.prop; p != nil {
+		m.tickProposal(name, s, p, now)
+		return
+	}
+	m.actuate(name, s, now)
+	m.opCheck(s)
+	if now < s.next {
+		return
+	}
+	ss := m.svcState(name)
+	// A vote we cast above our record belongs to a proposal that may still
+	// commit: give its proposer the time to do so.
+	if ss.Promised > ss.Record.Epoch && now-s.votedAt < m.cfg.VoteTimeout+m.commitWait() {
+		return
+	}
+	forced := s.hint
+	if ss.Accepted.Epoch > forced.Epoch {
+		forced = ss.Accepted
+	}
+	if forced.Epoch <= ss.Record.Epoch || m.cfg.knobs.noPhase1 {
+		forced = Ballot{}
+	}
+	if s.retry != nil && m.ownPrimary(s, s.retry.backend) {
+		// Its promote landed after all: there is nothing to move on from.
+		m.log.Info("cluster: the backend whose promote failed reports primary: not moving on", "service", name, "backend", s.retry.backend)
+		delete(s.failed, s.retry.backend)
+		s.retry = nil
+	}
+	retryTo := ""
+	if s.retry != nil && forced.Epoch == 0 && !down {
+		retryTo = m.retryCandidate(name, s, rec)
+		if r := s.retry; retryTo == "" && !s.hookFenced[r.backend] && r.epoch == rec.Epoch && now-r.at >= m.fenceRetry(s) &&
+			ss.Intent.Epoch == rec.Epoch && !ss.Intent.Done && m.ownUp(s, r.backend) {
+			// Nothing else can take over: try the promote again, as
+			// carefully as the first time (a failure may be passing).
+			m.log.Info("cluster: no other candidate: trying the promote again", "service", name, "backend", r.backend, "epoch", rec.Epoch)
+			s.retry = nil
+			delete(s.failed, r.backend)
+			if s.act.epoch == rec.Epoch {
+				s.act.promoted, s.act.failed = false, nil
+			}
+			m.actuate(name, s, now)
+			return
+		}
+	}
+	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
+	drop := func(why string) {
+		s.decision = why
+		m.opEnd(s, OpFailed, why)
+	}
+	switch {
+	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
+		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+	case s.switchTo != "" && s.switchTo == rec.Primary:
+		s.switchTo = ""
+	case s.switchTo != "":
+		to := s.switchTo
+		err := m.switchCheck(s, rec, to)
+		switch {
+		case rec.Fenced.Has(to):
+			drop(fmt.Sprintf("switchover to %q dropped: it was fenced meanwhile", to))
+			s.switchTo = ""
+		case !m.ownUp(s, to):
+			drop(fmt.Sprintf("switchover to %q dropped: it is not up here", to))
+			s.switchTo = ""
+		case err != nil:
+			drop(fmt.Sprintf("switchover to %q dropped: %v", to, err))
+			s.switchTo = ""
+		default:
+			v := keep(to)
+			if failover.FenceOldPrimary(s.policy()) && rec.Primary != "" {
+				// Without roles, nothing tells the old primary from a
+				// standby later: it stays fenced until an operator
+				// unfences it (and so vouches that it is one).
+				v.Fenced = rec.Fenced.With(rec.Primary)
+			}
+			m.propose(name, s, v, kindSwitchover, rec.Primary, now)
+		}
+	case s.fenceOp != nil:
+		op := s.fenceOp
+		v, why := m.fenceValue(s, rec, op)
+		k := map[bool]kind{true: kindFence, false: kindUnfence}[op.fence]
+		switch {
+		case why != "":
+			drop(fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why))
+			s.fenceOp = nil
+		case v == rec.Value:
+			s.fenceOp = nil // already done by a decision that landed meanwhile
+			m.opEnd(s, OpDone, fmt.Sprintf("already so at epoch %d", rec.Epoch))
+		default:
+			m.propose(name, s, v, k, op.backend, now)
+		}
+	case rec.Primary == "":
+		if forced.Epoch != 0 {
+			if m.reachesQuorum() {
+				m.propose(name, s, forced.Value, kindForced, "", now)
+			}
+			return
+		}
+		if best := m.bootstrapChoice(name, s); best != "" && m.healthy(s, best) {
+			m.propose(name, s, keep(best), kindBootstrap, "", now)
+		}
+	case down:
+		if forced.Epoch != 0 {
+			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+			return
+		}
+		if now-s.downSince < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
+			return
+		}
+		c, why := m.candidate(s, rec.Primary)
+		if c == "" {
+			if m.say(name, s, "candidate", fmt.Sprintf("no failover from %q: %s", rec.Primary, why)) {
+				m.counters.NoCandidate++
+			}
+			return
+		}
+		v := keep(c)
+		if failover.FenceOldPrimary(s.policy()) {
+			v.Fenced = rec.Fenced.With(rec.Primary)
+		}
+		m.propose(name, s, v, kindFailover, rec.Primary, now)
+	case s.retry != nil && forced.Epoch != 0:
+		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+	case retryTo != "":
+		v := keep(retryTo)
+		if s.retry.fenced || failover.FenceOldPrimary(s.policy()) {
+			// fenced by a hook: it stays out until an operator unfences it
+			v.Fenced = rec.Fenced.With(rec.Primary)
+		}
+		m.propose(name, s, v, kindPromoteFailed, rec.Primary, now)
+	case forced.Epoch == 0 && m.promoteStalled(s, rec, ss, now):
+		// Nobody carries out the promote of the record's primary (the
+		// proxy that committed it failed, or lost its state): decide it
+		// again, so that this proxy acts on it.
+		m.log.Warn("cluster: the primary of the record still reports replica and no proxy promotes it: deciding it again",
+			"service", name, "primary", rec.Primary)
+		m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
+	case forced.Epoch == 0 && m.followTarget(name, s, rec, now) != "":
+		y := m.followTarget(name, s, rec, now)
+		m.log.Warn("cluster: the primary of the record does not report primary and another backend does: routing there",
+			"service", name, "record_primary", rec.Primary, "reports_primary", y)
+		m.propose(name, s, keep(y), kindReaffirm, rec.Primary, now)
+	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
+		// Every proxy that lost its lease with the others, or voted with
+		// them, gets here at the same moment; in a bare quorum their
+		// duels then repeat in step. The rank delay breaks the tie.
+		since := max(s.leaseAt+m.livenessAfter(), s.votedAt+m.cfg.VoteTimeout+m.commitWait())
+		if now-since < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
+			return
+		}
+		switch {
+		case forced.Epoch != 0:
+			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
+		case s.cfg.RoleAware && !m.ownPrimary(s, rec.Primary) && m.onlyPrimary(s, rec.Fenced) != "":
+			// Roles are facts: re-affirm the backend that reports primary.
+			m.propose(name, s, keep(m.onlyPrimary(s, rec.Fenced)), kindReaffirm, rec.Primary, now)
+		case m.ownUp(s, rec.Primary):
+			m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
+		}
+	}
+}
+
+// bootstrapChoice is the first primary of a new cluster ("" to wait): for
+// a service with roles, the one backend that reports primary, once this
+// proxy has heard from every backend (roles are facts; priorities only
+// break ties between equals, and there are none: with no primary or two,
+// nothing is chosen and the status says why); without roles, the
+// highest-priority backend up.
+func (m *Machine) bootstrapChoice(name string, s *service) string {
+	if !s.cfg.RoleAware || m.cfg.knobs.bootstrapByPriority {
+		return m.bestUp(s)
+	}
+	for _, b := range s.cfg.Backends {
+		if _, ok := s.local[b.Name]; !ok {
+			m.say(name, s, "bootstrap", "no primary yet: waiting for the first health report of "+b.Name)
+			return ""
+		}
+	}
+	switch ps := m.reportedPrimaries(s); len(ps) {
+	case 0:
+		m.say(name, s, "bootstrap", "no primary yet: no backend reports primary; a new cluster promotes nothing by itself: "+
+			"start the primary, or choose one with quorumproxy switchover")
+	case 1:
+		return ps[0]
+	default:
+		m.say(name, s, "bootstrap", fmt.Sprintf("no primary yet: dual primary: %s all report primary; routing none", strings.Join(ps, ", ")))
+	}
+	return ""
+}
+
+// rankDelay is how long this proxy lets a failover wait before it proposes
+// one itself: a tick for each reachable peer with a higher name. The
+// highest proposes at once and the others usually vote for it before their
+// own turn, so one proposal gathers every vote and commits without the
+// lease wait; when several propose at once, votes split between them, the
+// winner lacks some and waits out the commit wait (or nobody reaches Q and
+// all back off). A peer that does not propose costs at most this delay.
+func (m *Machine) rankDelay(now time.Duration) time.Duration {
+	rank := 0
+	for _, p := range m.others {
+		if t, ok := m.heard[p]; ok && p > m.cfg.Name && now-t < m.cfg.LeaseTimeout {
+			rank++
+		}
+	}
+	return time.Duration(rank) * m.cfg.LeaseTimeout / 8
+}
+
+// retryCandidate is the backend to move to after the record's primary
+// failed to promote, or "" (with a loud status) when there is none.
+func (m *Machine) retryCandidate(name string, s *service, rec Record) string {
+	c, why := m.candidate(s, rec.Primary)
+	if c != "" {
+		return c
+	}
+	if m.say(name, s, "candidate", fmt.Sprintf("promote of %q at epoch %d failed (%s); no other candidate: %s",
+		s.retry.backend, s.retry.epoch, s.retry.reason, why)) {
+		m.counters.NoCandidate++
+	}
+	return ""
+}
+
+// livenessAfter is how long a proxy goes without a lease before it
+// re-proposes: longer than a proposal's whole life, so it does not cut in.
+func (m *Machine) livenessAfter() time.Duration {
+	return m.cfg.VoteTimeout + m.commitWait() + m.cfg.LeaseTimeout
+}
+
+func (m *Machine) backoff(s *service, now time.Duration) {
+	cw := m.commitWait()
+	s.next = now + cw + time.Duration(m.rng.Int64N(int64(cw+m.cfg.LeaseTimeout)))
+}
+
+// propose stops routing (our own vote is above the record), persists our
+// vote, then asks every peer for theirs (phase 1).
+func (m *Machine) propose(name string, s *service, value Value, k kind, from string, now time.Duration) {
+	if m.storeErr != nil {
+		return
+	}
+	ss := m.svcState(name)
+	// Any epoch above our own promise is ours to propose; above what peers
+	// promised, it can win.
+	e := max(ss.Record.Epoch, ss.Promised, s.peerPromised) + 1
+	if k != kindForced {
+		// a forced value keeps the Since it was proposed with
+		value.Since = ss.Record.Since
+		if value.Primary != ss.Record.Primary {
+			value.Since = e
+		}
+	}
+	prev := ss.Accepted
+	ss.Promised, ss.PromisedTo, ss.PrevAccepted = e, m.cfg.Name, prev
+	if err := m.persistVote(name, ss); err != nil {
+		m.log.Debug("cluster: saving own vote", "service", name, "epoch", e, "err", err)
+		m.backoff(s, now)
+		return
+	}
+	m.counters.Proposals++
+	s.prop = &proposal{epoch: e, base: ss.Record.Epoch, value: value, from: from, kind: k, sentAt: now, lastSend: now,
+		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}}
+	s.decision = fmt.Sprintf("proposed epoch %d %s (%s)", e, value, k)
+	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value.Primary, "fenced", string(value.Fenced), "kind", k.String())
+	m.resend(name, s.prop)
+	m.checkPromises(name, s, s.prop, now)
+}
+
+// resend sends the current phase's request to every peer that has not
+// answered it yet.
+func (m *Machine) resend(name string, p *proposal) {
+	var b []byte
+	var err error
+	if p.phase2 {
+		b, err = encodeAccept(acceptMsg{Service: name, Epoch: p.epoch, Value: p.value})
+	} else {
+		b, err = encodePropose(proposeMsg{Service: name, Epoch: p.epoch, Value: p.value, Kind: p.kind, From: p.from, Base: p.base})
+	}
+	for _, peer := range m.others {
+		_, promised := p.promises[peer]
+		if (p.phase2 && !p.accepts[peer]) || (!p.phase2 && !promised) {
+			m.send(peer, b, err)
+		}
+	}
+}
+
+func (m *Machine) tickProposal(name string, s *service, p *proposal, now time.Duration) {
+	if p.phase2 && len(p.accepts) >= m.q && (now >= p.commitAt || m.allStopped(p)) {
+		m.commit(name, s, p, now)
+		return
+	}
+	if now-p.sentAt > m.cfg.VoteTimeout && len(p.accepts) < m.q {
+		m.abandon(name, s, now, "no quorum of votes in time")
+		return
+	}
+	if now-p.lastSend >= m.cfg.LeaseTimeout/4 {
+		p.lastSend = now
+		m.resend(name, p)
+	}
+}
+
+func (m *Machine) abandon(name string, s *service, now time.Duration, why string) {
+	if p := s.prop; p != nil {
+		switch p.kind {
+		case kindSwitchover:
+			// one attempt per request: the operator sees it failed
+			s.switchTo = ""
+			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
+		case kindFence, kindUnfence:
+			s.fenceOp = nil
+			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
+		}
+		s.decision = fmt.Sprintf("gave up epoch %d: %s", p.epoch, why)
+		m.log.Info("cluster: proposal given up", "service", name, "epoch", p.epoch, "why", why)
+	}
+	s.prop = nil
+	m.backoff(s, now)
+}
+
+func (m *Machine) onVote(from string, x voteMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		return
+	}
+	m.learn(x.Service, x.Record, x.Accepted)
+	// A refusal says how far the voter has promised: the next proposal
+	// starts above it rather than climbing one refused epoch at a time.
+	s.peerPromised = max(s.peerPromised, x.Promised)
+	p := s.prop
+	if p == nil || x.Epoch != p.epoch {
+		m.counters.Stale++
+		return
+	}
+	if !x.Granted {
+		return
+	}
+	if _, dup := p.promises[from]; dup {
+		return
+	}
+	p.promises[from] = x.Prev
+	m.checkPromises(x.Service, s, p, m.clock.Now())
+}
+
+// checkPromises moves to phase 2 once Q proxies voted for the epoch.
+func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.Duration) {
+	if p.phase2 {
+		if m.allStopped(p) {
+			m.maybeCommit(name, s, p, now)
+		}
+		return
+	}
+	if len(p.promises) < m.q {
+		return
+	}
+	if now > p.sentAt+m.cfg.VoteTimeout {
+		m.abandon(name, s, now, "quorum came too late")
+		return
+	}
+	// Paxos phase 1: the highest value accepted above our base may have
+	// been chosen already; it is the only value we may propose.
+	// Ties are broken by value so that the choice never depends on map
+	// order: in a correct run one epoch carries one value, but the
+	// simulation must replay a seed exactly even when a rule is off.
+	var high Ballot
+	for _, b := range p.promises {
+		if b.Epoch > p.base && (b.Epoch > high.Epoch || b.Epoch == high.Epoch && high.Value.less(b.Value)) {
+			high = b
+		}
+	}
+	if high.Epoch != 0 && high.Value != p.value && !m.cfg.knobs.noPhase1 {
+		s.decision = fmt.Sprintf("epoch %d forced to %s by a vote at epoch %d", p.epoch, high.Value, high.Epoch)
+		p.value, p.kind = high.Value, kindForced
+	}
+	ss := m.svcState(name)
+	if ss.Promised != p.epoch || ss.PromisedTo != m.cfg.Name {
+		// we voted for someone else's higher epoch meanwhile
+		m.abandon(name, s, now, "superseded by a higher epoch")
+		return
+	}
+	ss.Accepted = Ballot{Epoch: p.epoch, Value: p.value}
+	if err := m.persistVote(name, ss); err != nil {
+		m.log.Debug("cluster: saving own acceptance", "service", name, "epoch", p.epoch, "err", err)
+		m.abandon(name, s, now, "could not persist")
+		return
+	}
+	p.phase2 = true
+	p.accepts[m.cfg.Name] = true
+	// The lease wait starts now: every proxy that confirmed a lease at the
+	// old epoch before it voted is among any quorum's reach.
+	p.commitAt = now + m.commitWait()
+	if m.cfg.knobs.noLeaseWait {
+		p.commitAt = now
+	}
+	p.lastSend = now
+	m.resend(name, p)
+	m.maybeCommit(name, s, p, now)
+}
+
+func (m *Machine) onAccepted(from string, x acceptedMsg) {
+	s := m.svcs[x.Service]
+	if s == nil {
+		m.counters.UnknownService++
+		return
+	}
+	if m.recovering {
+		return
+	}
+	m.learn(x.Service, x.Record, x.Accepted)
+	p := s.prop
+	if p == nil || !p.phase2 || x.Epoch != p.epoch || x.Value != p.value || !x.OK {
+		m.counters.Stale++
+		return
+	}
+	p.accepts[from] = true
+	m.maybeCommit(x.Service, s, p, m.clock.Now())
+}
+
+// allStopped reports whether every proxy voted for the proposal or
+// accepted its value: either saved Promised = E before answering, which
+// stopped its routing and its lease confirmations at older epochs, so no
+// lease at an older epoch is left to wait out. (A peer that refused the
+// vote because its own check lagged accepts on a resent accept.)
+func (m *Machine) allStopped(p *proposal) bool {
+	n := len(p.promises)
+	for peer := range p.accepts {
+		if _, ok := p.promises[peer]; !ok {
+			n++
+		}
+	}
+	return n == m.n
+}
+
+func (m *Machine) maybeCommit(name string, s *service, p *proposal, now time.Duration) {
+	if len(p.accepts) < m.q || (now < p.commitAt && !m.allStopped(p)) {
+		return
+	}
+	if now > p.sentAt+m.cfg.VoteTimeout+m.commitWait()+m.cfg.LeaseTimeout/2 {
+		m.abandon(name, s, now, "commit came too late")
+		return
+	}
+	m.commit(name, s, p, now)
+}
+
+func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration) {
+	ss := m.svcState(name)
+	if p.epoch <= ss.Record.Epoch {
+		s.prop = nil
+		return
+	}
+	old := ss.Record
+	rec := Record{Epoch: p.epoch, Value: p.value}
+	ss.Record = rec
+	ss.Intent = m.intentFor(s, p.kind, old, rec)
+	if err := m.save(name, ss); err != nil {
+		m.log.Debug("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
+		m.abandon(name, s, now, "could not persist the commit")
+		return
+	}
+	m.counters.Commits++
+	s.prop = nil
+	s.lease = lease{}
+	s.leaseAt = now
+	s.recordAt = now
+	s.followTo = ""
+	m.leaseSoon = true
+	s.hint = Ballot{}
+	if rec.Epoch > s.switchAt {
+		s.switchTo = ""
+	}
+	m.endRetry(s, rec)
+	m.endFenceOp(s, rec)
+	m.opDecided(s, rec, old)
+	if p.kind != kindPromoteFailed {
+		// (moving on, this proxy already knows the old primary is not one)
+		m.unverified(s, old, rec)
+	}
+	s.decision = fmt.Sprintf("committed epoch %d %s (%s, %d votes)", rec.Epoch, rec.Value, p.kind, len(p.accepts))
+	m.log.Info("cluster: committed", "service", name, "epoch", rec.Epoch, "primary", rec.Primary, "fenced", string(rec.Fenced),
+		"kind", p.kind.String(), "votes", len(p.accepts))
+	b, err := encodeCommit(commitMsg{Service: name, Record: rec})
+	m.sendAll(b, err, "")
+	if m.cfg.OnRecord != nil {
+		m.cfg.OnRecord(name, old, rec)
+	}
+}
+
+// newlyFenced is a backend in to that is not in from ("" if none).
+func newlyFenced(from, to Fenced) string {
+	for _, b := range to.List() {
+		if !from.Has(b) {
+			return b
+		}
+	}
+	return ""
+}
+
+// intentFor is what the committing proxy must do to the databases for a
+// decision of kind k from old to rec: fence the old primary and promote
+// the new one on a failover or a switchover; only promote (nothing is to
+// be fenced) when the first primary is an operator's choice or when the
+// decision follows a backend that reports primary; fence a standby that
+// an operator fenced; and finish a promote that an earlier decision's
+// proxy did not carry out when a decision keeps a primary that reports
+// replica.
+func (m *Machine) intentFor(s *service, k kind, old, rec Record) HookIntent {
+	in := HookIntent{Epoch: rec.Epoch}
+	switch {
+	case old.Primary == rec.Primary || old.Primary == "":
+		in.Fence = newlyFenced(old.Fenced, rec.Fenced)
+	case k == kindReaffirm:
+		in.Promote = rec.Primary
+	default:
+		in.Fence, in.Promote = old.Primary, rec.Primary
+	}
+	if in.Promote == "" && s.cfg.RoleAware && m.ownReplica(s, rec.Primary) {
+		// The decision that made it primary was not carried out (its
+		// proxy failed, or its intent gave way to this record), or an
+		// operator chose it as the first primary. (Without roles, a
+		// first primary is never promoted: nothing tells whether another
+		// backend is one already.)
+		in.Promote = rec.Primary
+	}
+	if in.Fence == "" && in.Promote == "" {
+		return HookIntent{}
+	}
+	return in
+}
