@@ -371,7 +371,7 @@ func (m *Machine) promoteBlocker(name string, s *service, in HookIntent, now tim
 				// whatever a fence hook did, it does not hold (or was undone)
 				return y, fmt.Sprintf("%q reports primary and no fence hook fenced it", y)
 			}
-			if !m.ownUp(s, y) && !s.hookFenced[y] && m.freshReports(s, y) < m.q {
+			if !m.ownUp(s, y) && !s.hookFenced[y] && !m.q.reached(m.freshReports(s, y)) {
 				// Not seen from here, and too few fresh views of it (a
 				// proxy that just started) to know it is not a primary.
 				return y, fmt.Sprintf("%q is not seen from here and too few proxies report on it to know its role", y)

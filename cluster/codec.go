@@ -113,7 +113,7 @@ type voteMsg struct {
 	Granted    bool
 	Recovering bool
 	Prev       Ballot // the voter's accepted ballot before this vote (granted)
-	Promised   uint64
+	MaxVoted   uint64
 	Accepted   Ballot
 	Record     Record
 }
@@ -129,7 +129,7 @@ type acceptedMsg struct {
 	Epoch    uint64
 	Value    Value
 	OK       bool
-	Promised uint64
+	MaxVoted uint64
 	Accepted Ballot
 	Record   Record
 }
@@ -156,7 +156,7 @@ type leaseAckEntry struct {
 	Epoch    uint64
 	OK       bool
 	Record   Record
-	Promised uint64
+	MaxVoted uint64
 	Accepted Ballot
 }
 
@@ -172,7 +172,7 @@ type syncReqMsg struct {
 type syncEntry struct {
 	Service  string
 	Record   Record
-	Promised uint64
+	MaxVoted uint64
 	Accepted Ballot
 }
 
@@ -361,7 +361,7 @@ func encodeVote(m voteMsg) ([]byte, error) {
 	e.bool(m.Granted)
 	e.bool(m.Recovering)
 	e.ballot(m.Prev)
-	e.u64(m.Promised)
+	e.u64(m.MaxVoted)
 	e.ballot(m.Accepted)
 	e.record(m.Record)
 	return e.done()
@@ -381,7 +381,7 @@ func encodeAccepted(m acceptedMsg) ([]byte, error) {
 	e.u64(m.Epoch)
 	e.value(m.Value)
 	e.bool(m.OK)
-	e.u64(m.Promised)
+	e.u64(m.MaxVoted)
 	e.ballot(m.Accepted)
 	e.record(m.Record)
 	return e.done()
@@ -416,7 +416,7 @@ func encodeLeaseAck(m leaseAckMsg) ([]byte, error) {
 		e.u64(x.Epoch)
 		e.bool(x.OK)
 		e.record(x.Record)
-		e.u64(x.Promised)
+		e.u64(x.MaxVoted)
 		e.ballot(x.Accepted)
 	}
 	return e.done()
@@ -437,7 +437,7 @@ func encodeSyncReply(m syncReplyMsg) ([]byte, error) {
 	for _, x := range m.Entries {
 		e.str(x.Service)
 		e.record(x.Record)
-		e.u64(x.Promised)
+		e.u64(x.MaxVoted)
 		e.ballot(x.Accepted)
 	}
 	return e.done()
@@ -490,7 +490,7 @@ func decPropose(d *dec) proposeMsg {
 
 func decVote(d *dec) voteMsg {
 	return voteMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), Granted: d.bool(), Recovering: d.bool(),
-		Prev: d.ballot(), Promised: d.u64(), Accepted: d.ballot(), Record: d.record()}
+		Prev: d.ballot(), MaxVoted: d.u64(), Accepted: d.ballot(), Record: d.record()}
 }
 
 func decAccept(d *dec) acceptMsg {
@@ -498,7 +498,7 @@ func decAccept(d *dec) acceptMsg {
 }
 
 func decAccepted(d *dec) acceptedMsg {
-	return acceptedMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), OK: d.bool(), Promised: d.u64(),
+	return acceptedMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), OK: d.bool(), MaxVoted: d.u64(),
 		Accepted: d.ballot(), Record: d.record()}
 }
 
@@ -520,7 +520,7 @@ func decLeaseAck(d *dec) leaseAckMsg {
 	m.Entries = make([]leaseAckEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		m.Entries = append(m.Entries, leaseAckEntry{Service: d.str(), Epoch: d.u64(), OK: d.bool(), Record: d.record(),
-			Promised: d.u64(), Accepted: d.ballot()})
+			MaxVoted: d.u64(), Accepted: d.ballot()})
 	}
 	return m
 }
@@ -532,7 +532,7 @@ func decSyncReply(d *dec) syncReplyMsg {
 	n := d.count(27)
 	m.Entries = make([]syncEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
-		m.Entries = append(m.Entries, syncEntry{Service: d.str(), Record: d.record(), Promised: d.u64(), Accepted: d.ballot()})
+		m.Entries = append(m.Entries, syncEntry{Service: d.str(), Record: d.record(), MaxVoted: d.u64(), Accepted: d.ballot()})
 	}
 	return m
 }

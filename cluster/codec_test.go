@@ -17,14 +17,14 @@ func sampleMessages() []any {
 		obsMsg{Service: "db", Boot: 1, Seq: 2, Entries: []obsEntry{{"pg-a", Observation{Up: true, Role: RolePrimary}}, {"pg-b", Observation{Role: RoleReplica, LagBytes: 1 << 40}}}},
 		proposeMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Kind: kindFailover, From: "pg-a", Base: 9},
 		proposeMsg{Service: "db", Epoch: 11, Value: Value{Primary: "pg-c"}, Kind: kindPromoteFailed, From: "pg-b", Base: 10},
-		voteMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Granted: true, Prev: acc, Promised: 10, Accepted: acc, Record: rec},
+		voteMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Granted: true, Prev: acc, MaxVoted: 10, Accepted: acc, Record: rec},
 		commitMsg{Service: "db", Record: rec},
 		leaseReqMsg{Boot: 5, Counter: 6, Entries: []leaseEntry{{"db", rec}, {"cache", Record{Epoch: 1, Value: Value{Primary: "r"}}}}},
-		leaseAckMsg{Boot: 5, Counter: 6, Entries: []leaseAckEntry{{Service: "db", Epoch: 9, OK: true, Record: rec, Promised: 9, Accepted: acc}}},
+		leaseAckMsg{Boot: 5, Counter: 6, Entries: []leaseAckEntry{{Service: "db", Epoch: 9, OK: true, Record: rec, MaxVoted: 9, Accepted: acc}}},
 		syncReqMsg{Boot: 3},
-		syncReplyMsg{Boot: 3, Recovering: true, Entries: []syncEntry{{Service: "db", Record: rec, Promised: 10, Accepted: acc}}},
+		syncReplyMsg{Boot: 3, Recovering: true, Entries: []syncEntry{{Service: "db", Record: rec, MaxVoted: 10, Accepted: acc}}},
 		acceptMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}},
-		acceptedMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, OK: true, Promised: 10, Accepted: acc, Record: rec},
+		acceptedMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, OK: true, MaxVoted: 10, Accepted: acc, Record: rec},
 	}
 }
 
@@ -215,7 +215,7 @@ func TestLeaseAnswerSplits(t *testing.T) {
 		sc := ServiceConfig{Name: fmt.Sprintf("svc-%02d", i), Backends: []BackendConfig{{Name: "db-a"}, {Name: "db-b"}}}
 		svcs = append(svcs, sc)
 		v := Value{Primary: "db-a", Fenced: Fenced("retired-" + strings.Repeat("x", 150))}
-		st.Services[sc.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: v}}
+		st.Services[sc.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, MaxVoted: 1, Accepted: Ballot{Epoch: 1, Value: v}}
 		req.Entries = append(req.Entries, leaseEntry{Service: sc.Name, Record: Record{Epoch: 1, Value: Value{Primary: "db-a"}}})
 	}
 	net := &queueNet{t: t, nodes: map[string]*Machine{}}
@@ -262,7 +262,7 @@ func allRoute(t *testing.T, svcs []ServiceConfig, fenced Fenced, recover bool) {
 		if st.Synced {
 			for _, s := range svcs {
 				v := Value{Primary: s.Backends[0].Name, Fenced: fenced}
-				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: v}}
+				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, MaxVoted: 1, Accepted: Ballot{Epoch: 1, Value: v}}
 			}
 		}
 		m, err := NewMachine(Config{Name: p, Peers: peers, Services: svcs, BootID: uint64(i + 1), LeaseTimeout: time.Second},

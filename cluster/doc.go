@@ -15,16 +15,22 @@
 // network, crashes, failing disks and databases with roles over thousands
 // of seeds.
 //
-// Typical use, with [Node] running the Machine on its own goroutine:
+// Typical use: [Start] opens state_dir, builds the [Node] that runs the
+// Machine on its own goroutine, and joins the gossip; the daemon feeds it
+// health observations and asks it for routes:
 //
-//	store, err := cluster.OpenFileStore(stateDir) // locks state_dir
-//	node, err := cluster.NewNode(cfg, store, cluster.BootClock{}, cluster.NodeOptions{OnRoute: closeOthers})
-//	mesh, err := mesh.New(meshCfg, node) // node is the transport's message handler
-//	node.Start(mesh)
-//	node.Observe("db", "pg-a", up, cluster.RolePrimary, 0) // on every health transition
-//	backend, remaining := node.Route("db")                  // before dialling; "" = hold or refuse
-//	node.ActionDone("db", action, result)                   // after OnAction's hook ran and the backend was checked
-//	defer func() { mesh.Close(); node.Close(); store.Close() }()
+//	rt, err := cluster.Start(cfg, cluster.GossipConfig{Peers: peers, SecretKeyFile: keyFile}, stateDir,
+//		cluster.NodeOptions{OnRoute: applyRoute}) // cfg.OnAction runs the hooks
+//	if err != nil {
+//		return err
+//	}
+//	defer rt.Close()
+//	rt.Observe("db", "pg-a", true, cluster.RolePrimary, 0, 0) // on every health change
+//	backend, remaining := rt.Route("db")                     // before dialling; "" = hold or refuse
+//	rt.ActionDone("db", action, result)                      // after OnAction's hook ran and the backend was checked
+//
+// [NewNode] with a [Store] and a [Transport] of one's own runs the same
+// Node without memberlist (the tests do).
 //
 // # Protocol
 //
@@ -34,8 +40,7 @@
 // also checks cluster label, boot id and config hash).
 //
 // State. For each service a proxy persists its routing record
-// (epoch, value; a value is the primary and the fenced set, below), the highest epoch it voted in (Promised, which DESIGN.md
-// calls max_voted) with the proposer it went to, the highest epoch whose
+// (epoch, value; a value is the primary and the fenced set, below), the highest epoch it voted in (MaxVoted) with the proposer it went to, the highest epoch whose
 // value it accepted (Accepted) and a hook intent. Store.Save is atomic and
 // durable and never lowers an epoch. A corrupt state file stops the start
 // ([ErrCorruptState]). A store that was never written starts the proxy
@@ -72,13 +77,13 @@
 // (move on, below), when the record's primary reports replica while
 // another backend reports primary (roles are facts, below), or for
 // liveness (below). It picks
-// E = max(record, Promised)+1, votes for itself (Promised = E, which stops
+// E = max(record, MaxVoted)+1, votes for itself (MaxVoted = E, which stops
 // its own routing of the service at once), saves that, then sends the
 // proposal (epoch, value, kind, the primary it replaces, its record epoch
 // as base) to every peer, retrying until answered or VoteTimeout.
 //
 // Vote. A voter grants a proposal only if it is not recovering, its disk
-// works, E is above its Promised and its record, the proposer's base is not
+// works, E is above its MaxVoted and its record, the proposer's base is not
 // below its record, and its own check agrees: for a failover it sees the
 // old primary down; for a bootstrap the proposed backend is the one it
 // sees reporting primary (without roles: the best one it sees up); for a
@@ -90,10 +95,10 @@
 // the new primary is up (a value forced by an earlier vote and an unfence
 // need no check). Except for those two, it refuses a primary that its own
 // record has fenced; it always refuses a value whose primary is in its own
-// fenced set, and an unfence that moves the primary. It sets Promised = E, saves, which
+// fenced set, and an unfence that moves the primary. It sets MaxVoted = E, saves, which
 // also stops its routing and its lease confirmations at older epochs, and
 // replies with what it had accepted before. A duplicate of the proposal it
-// voted for gets the same answer; a refusal carries its Promised, Accepted
+// voted for gets the same answer; a refusal carries its MaxVoted, Accepted
 // and record, so the proposer learns records and earlier votes.
 //
 // Who proposes a failover. Every proxy that sees the primary objectively
@@ -102,12 +107,9 @@
 // meantime does not propose. Usually the highest-named proxy proposes and
 // every other votes for it, so all N vote and the commit needs no lease
 // wait; when several propose at once the votes split, and the winner lacks
-// some and waits out the commit wait. In the simulation (each check seeing
-// the death within 200ms, N=5) the delay alone took the median failover
-// from 1.29 s to 0.28 s; with late acceptances counted as well (Commit,
-// below) the median is 0.22 s with the delay and 0.19 s without it, and
-// the delay is what keeps p90 at 0.30 s instead of 1.41 s
-// (TestSimulationFailoverTime). It only delays proposals, so safety is
+// some and waits out the commit wait. The delay keeps most failovers free
+// of the commit wait (TestSimulationFailoverTime measures it; the figures
+// are in docs/design.md). It only delays proposals, so safety is
 // untouched; a silent higher peer costs at most (N-1) ticks.
 //
 // Duels. Two proxies that see the same failure at once both propose
@@ -132,7 +134,7 @@
 // every peer. A peer accepts (E, v) only from the proxy it voted for at E,
 // or at an epoch above any vote it cast, and saves before it answers. One
 // proposer at most gathers Q votes at an epoch, so each epoch has at most
-// one value. (DESIGN.md's vote carries the value at once. On its own that
+// one value. (The founding design's vote carried the value at once. On its own that
 // lets two proposers at one epoch split the votes between two values, after
 // which no later proposer can tell which of them may have been chosen; the
 // simulation found both a livelock and a wrongly forced value that way.
@@ -142,7 +144,7 @@
 // Commit. With Q acceptances the proposer saves the record (E, v) and sends
 // it to every peer. If every proxy voted for E or accepted its value (a
 // proxy whose own check lagged refuses the vote, then accepts the resent
-// accept: either way it saved Promised = E first) it commits at once; otherwise not
+// accept: either way it saved MaxVoted = E first) it commits at once; otherwise not
 // before LeaseTimeout×(1+ρ)/(1−ρ) after the Q-th vote (ρ = ClockMargin). A
 // proposal that takes longer than VoteTimeout to gather its quorum, or whose
 // commit falls later than VoteTimeout + that wait (+ LeaseTimeout/2), is
@@ -155,11 +157,11 @@
 //
 // Leases. Every LeaseTimeout/4 a proxy sends every peer a lease request for
 // each service, with the nonce (boot id, counter) and its record. A peer
-// confirms only if its record is that epoch and its Promised is not above
+// confirms only if its record is that epoch and its MaxVoted is not above
 // it. A proxy routes a service to its record's primary only while it holds a
 // lease at its record's epoch: Q-1 distinct confirmations of one request,
 // valid LeaseTimeout from the moment that request was sent, measured on its
-// CLOCK_BOOTTIME, and only while its own Promised is not above its record.
+// CLOCK_BOOTTIME, and only while its own MaxVoted is not above its record.
 // Adopting a record is not a lease. On expiry, on_quorum_loss "close" stops
 // routing; "keep" routes on to the last primary and voids the guarantee.
 //
@@ -245,7 +247,7 @@
 // which no failover, bootstrap or switchover may make primary. A failover
 // of a service checked without roles adds the old primary to the set: once
 // it is up again nothing else would keep it out of a later failover, and
-// it may hold writes the new primary never saw (DESIGN.md: failback is
+// it may hold writes the new primary never saw (failback is
 // manual). A role-aware service does not need that, since a candidate must
 // report itself a replica, which a returned old primary does only once it
 // was rebuilt or demoted. An operator's fence (Machine.Fence) adds a
@@ -296,7 +298,7 @@
 // lose their state at once, and on_quorum_loss "close".
 //
 //  1. One value per epoch. A proxy votes at most once per epoch (E must be
-//     above Promised, which is saved before the answer and never lowered),
+//     above MaxVoted, which is saved before the answer and never lowered),
 //     except that a proposer's vote for itself may move to a higher-named
 //     proposer at E while its own proposal has not reached phase 2, which
 //     it then never does. So every vote at E counts toward at most one
@@ -331,7 +333,7 @@
 //     counted its forgotten vote has committed or been given up (recoverWait
 //     exceeds a proposal's whole life on any clock within the margin), then
 //     learns from N−Q+1 peers that are not recovering: any quorum that
-//     voted or accepted includes one of them, so it learns a Promised and an
+//     voted or accepted includes one of them, so it learns a MaxVoted and an
 //     Accepted at least as high as any that mattered.
 //  5. No failover without a quorum seeing the primary down: a failover
 //     proposal needs the primary objectively down at the proposer and Q
@@ -400,18 +402,15 @@
 // Route (an atomic read: backend and remaining lease), the admin API calls
 // Switchover, Fence and Status.
 //
-// # Status of this package
+// # Tests
 //
-// Done: the state machine with every rule above, the payload codec,
-// FileStore and BootClock, Node, the simulation (N = 3, 4, 5; 10,000 seeds by
-// default, QP_SIM_SEEDS / -sim.seeds for more, QP_SIM_LONG=1 for longer
-// runs, -sim.seed=K to trace one), with databases with roles, promotes
-// that fail in four ways, fence hooks that fail, disks that fail, and a
-// schedule where one backend's promote always fails, the check of the
-// checker (each rule switched off must be caught), in-process Node
-// tests, the memberlist transport (cluster/internal/mesh) and, in
-// internal/chaos, real processes in network namespaces (N = 3 and 5),
-// fencing in the agreed value with voted fence and unfence. Not yet: a
-// mixed-version cluster (a wire format change, as 1 to 2 for the fenced
-// set, needs every proxy upgraded together).
+// The simulation (sim_test.go: N = 3, 4, 5; 10,000 seeds by default,
+// QP_SIM_SEEDS or -sim.seeds for more, QP_SIM_LONG=1 for longer runs,
+// -sim.seed=K to trace one) models databases with roles, promotes that fail
+// in four ways, fence hooks and disks that fail, and checks every rule
+// above; with each rule switched off it must find a violation. The Node
+// tests run the Machine in-process; cluster/internal/mesh is the
+// memberlist transport; internal/chaos runs real processes in network
+// namespaces. A mixed-version cluster is not supported: a wire format
+// change needs every proxy upgraded together.
 package cluster

@@ -59,7 +59,7 @@ func (m *Machine) leaseRemaining(svc string, s *service, ss ServiceState) time.D
 	if m.recovering || s.lease.epoch != ss.Record.Epoch || ss.Record.Epoch == 0 {
 		return 0
 	}
-	if ss.Promised > ss.Record.Epoch && !m.cfg.knobs.voterKeepsRouting {
+	if ss.MaxVoted > ss.Record.Epoch && !m.cfg.knobs.voterKeepsRouting {
 		return 0
 	}
 	return s.lease.expiry - m.clock.Now()
@@ -98,7 +98,7 @@ func (m *Machine) requestLeases(now time.Duration) {
 		for _, p := range m.others {
 			m.sendLossy(p, b, err)
 		}
-		if m.q == 1 {
+		if m.q.leaseAcks() == 0 {
 			for i := range req.slots {
 				m.maybeLease(&req.slots[i], req.sentAt, now)
 			}
@@ -149,9 +149,9 @@ func (m *Machine) onLeaseReq(from string, x leaseReqMsg) {
 			m.adopt(e.Service, e.Record, "")
 		}
 		ss := m.svcState(e.Service)
-		ok := !m.recovering && m.storeErr == nil && ss.Record.Epoch == e.Record.Epoch && ss.Promised <= e.Record.Epoch
+		ok := !m.recovering && m.storeErr == nil && ss.Record.Epoch == e.Record.Epoch && ss.MaxVoted <= e.Record.Epoch
 		ae := leaseAckEntry{Service: e.Service, Epoch: e.Record.Epoch, OK: ok, Record: ss.Record,
-			Promised: ss.Promised, Accepted: ss.Accepted}
+			MaxVoted: ss.MaxVoted, Accepted: ss.Accepted}
 		// The request was sized for its answer to fit one payload, by the
 		// config's widest value; a fenced set that names backends since
 		// removed from the config can be wider, so split if need be.
@@ -201,7 +201,7 @@ func (m *Machine) maybeLease(sl *leaseSlot, sentAt, now time.Duration) {
 	s := m.svcs[name]
 	ss := m.svcState(name)
 	e := sl.epoch
-	if e != ss.Record.Epoch || len(sl.acks) < m.q-1 {
+	if e != ss.Record.Epoch || len(sl.acks) < m.q.leaseAcks() {
 		return
 	}
 	exp := sentAt + m.cfg.LeaseTimeout

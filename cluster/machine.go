@@ -33,7 +33,7 @@ type Counters struct {
 // safe for concurrent use: one goroutine owns it.
 type Machine struct {
 	cfg     Config
-	n, q    int
+	q       quorum
 	others  []string
 	members map[string]bool
 	clock   Clock
@@ -85,8 +85,8 @@ type service struct {
 	prop     *proposal
 	next     time.Duration // no proposal before this (backoff)
 	hint     Ballot        // highest vote heard of above our record
-	// peerPromised is the highest Promised a peer's answer carried.
-	peerPromised uint64
+	// peerMaxVoted is the highest MaxVoted a peer's answer carried.
+	peerMaxVoted uint64
 	votedAt      time.Duration // when we last cast a vote
 	leaseAt      time.Duration // when we last held a lease or adopted a record
 	switchTo     string        // pending operator switchover
@@ -141,8 +141,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 		return nil, fmt.Errorf("cluster: node name %q is not in the peer list", cfg.Name)
 	}
 	sort.Strings(m.others)
-	m.n = len(cfg.Peers)
-	m.q = m.n/2 + 1
+	m.q = quorum{n: len(cfg.Peers)}
 	m.rng = rand.New(rand.NewPCG(cfg.Seed, cfg.BootID^0x9e3779b97f4a7c15))
 	for _, p := range cfg.Peers {
 		if p == "" || len(p) > 255 {
@@ -186,7 +185,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 }
 
 // Quorum returns Q, the number of distinct proxies a decision needs.
-func (m *Machine) Quorum() int { return m.q }
+func (m *Machine) Quorum() int { return m.q.size() }
 
 // Recovering reports whether the machine is still learning its state.
 func (m *Machine) Recovering() bool { return m.recovering }

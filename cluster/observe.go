@@ -128,9 +128,11 @@ func isDown(o Observation) bool { return !o.Up }
 
 func isUp(o Observation) bool { return o.Up }
 
-func (m *Machine) objectivelyDown(s *service, b string) bool { return m.reports(s, b, isDown) >= m.q }
+func (m *Machine) objectivelyDown(s *service, b string) bool {
+	return m.q.reached(m.reports(s, b, isDown))
+}
 
-func (m *Machine) healthy(s *service, b string) bool { return m.reports(s, b, isUp) >= m.q }
+func (m *Machine) healthy(s *service, b string) bool { return m.q.reached(m.reports(s, b, isUp)) }
 
 func (m *Machine) ownUp(s *service, b string) bool {
 	o, ok := s.local[b]
@@ -212,5 +214,5 @@ func (m *Machine) reachesQuorum() bool {
 			n++
 		}
 	}
-	return n >= m.q
+	return m.q.reached(n)
 }

@@ -35,7 +35,7 @@ func (m *Machine) Switchover(svc, to string) (uint64, error) {
 	}
 	// A decision in flight (ours, or one we voted for) does not end the
 	// request: only one above it does.
-	s.switchTo, s.switchAt = to, max(rec.Epoch, m.svcState(svc).Promised)
+	s.switchTo, s.switchAt = to, max(rec.Epoch, m.svcState(svc).MaxVoted)
 	s.next = m.clock.Now()
 	id := m.newOp(s, "switchover", to)
 	if to == rec.Primary {
@@ -123,7 +123,7 @@ func (m *Machine) Fence(svc, backend string, fence bool) (uint64, error) {
 			return 0, fmt.Errorf("cluster: fence of primary %q in service %q: %w", backend, svc, err)
 		}
 	}
-	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: max(rec.Epoch, m.svcState(svc).Promised)}
+	s.fenceOp = &fenceOp{backend: backend, fence: fence, at: max(rec.Epoch, m.svcState(svc).MaxVoted)}
 	s.next = m.clock.Now()
 	return m.newOp(s, verb, backend), nil
 }

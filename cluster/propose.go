@@ -20,6 +20,7 @@ type proposal struct {
 	lastSend    time.Duration
 	promises    map[string]Ballot // voter -> what it had accepted before
 	accepts     map[string]bool
+	refused     map[string]bool // voters that can no longer grant this epoch
 	phase2      bool
 	commitAt    time.Duration
 }
@@ -145,7 +146,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	ss := m.svcState(name)
 	// A vote we cast above our record belongs to a proposal that may still
 	// commit: give its proposer the time to do so.
-	if ss.Promised > ss.Record.Epoch && now-s.votedAt < m.cfg.VoteTimeout+m.commitWait() {
+	if ss.MaxVoted > ss.Record.Epoch && now-s.votedAt < m.cfg.VoteTimeout+m.commitWait() {
 		return
 	}
 	forced := s.hint
@@ -375,7 +376,7 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 	ss := m.svcState(name)
 	// Any epoch above our own promise is ours to propose; above what peers
 	// promised, it can win.
-	e := max(ss.Record.Epoch, ss.Promised, s.peerPromised) + 1
+	e := max(ss.Record.Epoch, ss.MaxVoted, s.peerMaxVoted) + 1
 	if k != kindForced {
 		// a forced value keeps the Since it was proposed with
 		value.Since = ss.Record.Since
@@ -384,7 +385,7 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 		}
 	}
 	prev := ss.Accepted
-	ss.Promised, ss.PromisedTo, ss.PrevAccepted = e, m.cfg.Name, prev
+	ss.MaxVoted, ss.VotedFor, ss.PrevAccepted = e, m.cfg.Name, prev
 	if err := m.persistVote(name, ss); err != nil {
 		m.log.Debug("cluster: saving own vote", "service", name, "epoch", e, "err", err)
 		m.backoff(s, now)
@@ -392,7 +393,7 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 	}
 	m.counters.Proposals++
 	s.prop = &proposal{epoch: e, base: ss.Record.Epoch, value: value, from: from, kind: k, sentAt: now, lastSend: now,
-		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}}
+		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}, refused: map[string]bool{}}
 	s.decision = fmt.Sprintf("proposed epoch %d %s (%s)", e, value, k)
 	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value.Primary, "fenced", string(value.Fenced), "kind", k.String())
 	m.resend(name, s.prop)
@@ -418,11 +419,11 @@ func (m *Machine) resend(name string, p *proposal) {
 }
 
 func (m *Machine) tickProposal(name string, s *service, p *proposal, now time.Duration) {
-	if p.phase2 && len(p.accepts) >= m.q && (now >= p.commitAt || m.allStopped(p)) {
+	if p.phase2 && m.q.reached(len(p.accepts)) && (now >= p.commitAt || m.allStopped(p)) {
 		m.commit(name, s, p, now)
 		return
 	}
-	if now-p.sentAt > m.cfg.VoteTimeout && len(p.accepts) < m.q {
+	if now-p.sentAt > m.cfg.VoteTimeout && !m.q.reached(len(p.accepts)) {
 		m.abandon(name, s, now, "no quorum of votes in time")
 		return
 	}
@@ -462,13 +463,24 @@ func (m *Machine) onVote(from string, x voteMsg) {
 	m.learn(x.Service, x.Record, x.Accepted)
 	// A refusal says how far the voter has promised: the next proposal
 	// starts above it rather than climbing one refused epoch at a time.
-	s.peerPromised = max(s.peerPromised, x.Promised)
+	s.peerMaxVoted = max(s.peerMaxVoted, x.MaxVoted)
 	p := s.prop
 	if p == nil || x.Epoch != p.epoch {
 		m.counters.Stale++
 		return
 	}
 	if !x.Granted {
+		// A voter that promised this epoch or a later one elsewhere, or
+		// holds a record at it, never grants it: once too many did, the
+		// proposal cannot reach a quorum and stops now rather than at
+		// VoteTimeout. (A refusal for a check that lags may turn into a
+		// grant when the proposal is sent again: it does not count.)
+		if !p.phase2 && (x.MaxVoted >= p.epoch || x.Record.Epoch >= p.epoch) {
+			p.refused[from] = true
+			if m.q.lost(len(p.refused)) {
+				m.abandon(x.Service, s, m.clock.Now(), "refused by too many proxies to reach a quorum")
+			}
+		}
 		return
 	}
 	if _, dup := p.promises[from]; dup {
@@ -486,7 +498,7 @@ func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.D
 		}
 		return
 	}
-	if len(p.promises) < m.q {
+	if !m.q.reached(len(p.promises)) {
 		return
 	}
 	if now > p.sentAt+m.cfg.VoteTimeout {
@@ -509,7 +521,7 @@ func (m *Machine) checkPromises(name string, s *service, p *proposal, now time.D
 		p.value, p.kind = high.Value, kindForced
 	}
 	ss := m.svcState(name)
-	if ss.Promised != p.epoch || ss.PromisedTo != m.cfg.Name {
+	if ss.MaxVoted != p.epoch || ss.VotedFor != m.cfg.Name {
 		// we voted for someone else's higher epoch meanwhile
 		m.abandon(name, s, now, "superseded by a higher epoch")
 		return
@@ -553,7 +565,7 @@ func (m *Machine) onAccepted(from string, x acceptedMsg) {
 }
 
 // allStopped reports whether every proxy voted for the proposal or
-// accepted its value: either saved Promised = E before answering, which
+// accepted its value: either saved MaxVoted = E before answering, which
 // stopped its routing and its lease confirmations at older epochs, so no
 // lease at an older epoch is left to wait out. (A peer that refused the
 // vote because its own check lagged accepts on a resent accept.)
@@ -564,11 +576,11 @@ func (m *Machine) allStopped(p *proposal) bool {
 			n++
 		}
 	}
-	return n == m.n
+	return m.q.all(n)
 }
 
 func (m *Machine) maybeCommit(name string, s *service, p *proposal, now time.Duration) {
-	if len(p.accepts) < m.q || (now < p.commitAt && !m.allStopped(p)) {
+	if !m.q.reached(len(p.accepts)) || (now < p.commitAt && !m.allStopped(p)) {
 		return
 	}
 	if now > p.sentAt+m.cfg.VoteTimeout+m.commitWait()+m.cfg.LeaseTimeout/2 {

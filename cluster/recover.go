@@ -38,7 +38,7 @@ func (m *Machine) onSyncReq(from string, x syncReqMsg) {
 	size := listHeader
 	for _, name := range m.order {
 		ss := m.svcState(name)
-		e := syncEntry{Service: name, Record: ss.Record, Promised: ss.Promised, Accepted: ss.Accepted}
+		e := syncEntry{Service: name, Record: ss.Record, MaxVoted: ss.MaxVoted, Accepted: ss.Accepted}
 		if n := syncEntrySize(e); size+n > MaxMessageSize || len(reply.Entries) == 255 {
 			reply.More = true
 			b, err := encodeSyncReply(reply)
@@ -66,7 +66,7 @@ func (m *Machine) onSyncReply(from string, x syncReplyMsg) {
 		if e.Record.Epoch > ss.Record.Epoch {
 			ss.Record = e.Record
 		}
-		ss.Promised = max(ss.Promised, e.Promised)
+		ss.MaxVoted = max(ss.MaxVoted, e.MaxVoted)
 		if e.Accepted.Epoch > ss.Accepted.Epoch {
 			ss.Accepted = e.Accepted
 		}
@@ -92,7 +92,7 @@ func (m *Machine) synced() bool {
 			good++
 		}
 	}
-	return good >= m.n-m.q+1 || len(m.sync) == m.n-1
+	return good >= m.q.syncFrom() || len(m.sync) == m.q.n-1
 }
 
 func (m *Machine) finishRecovery() {
@@ -102,8 +102,8 @@ func (m *Machine) finishRecovery() {
 		if learned.Record.Epoch > ss.Record.Epoch {
 			ss.Record = learned.Record
 		}
-		ss.Promised = max(ss.Promised, learned.Promised, learned.Accepted.Epoch)
-		ss.PromisedTo = ""
+		ss.MaxVoted = max(ss.MaxVoted, learned.MaxVoted, learned.Accepted.Epoch)
+		ss.VotedFor = ""
 		if learned.Accepted.Epoch > ss.Accepted.Epoch {
 			ss.Accepted = learned.Accepted
 		}

@@ -141,7 +141,7 @@ func (s *memStore) Save(st State) error {
 	}
 	for name, n := range st.Services {
 		o := s.st.Services[name]
-		if n.Record.Epoch < o.Record.Epoch || n.Promised < o.Promised || n.Accepted.Epoch < o.Accepted.Epoch {
+		if n.Record.Epoch < o.Record.Epoch || n.MaxVoted < o.MaxVoted || n.Accepted.Epoch < o.Accepted.Epoch {
 			return fmt.Errorf("service %q: refusing to lower an epoch", name)
 		}
 	}
@@ -404,7 +404,7 @@ func newSim(o simOpts) *sim {
 		if warm {
 			// a cluster that has run before: epoch 1 committed everywhere
 			nd.store.st = State{Synced: true, Services: map[string]ServiceState{simService: {
-				Record: Record{Epoch: 1, Value: Value{Primary: "pg-a"}}, Promised: 1, Accepted: Ballot{Epoch: 1, Value: Value{Primary: "pg-a"}}}}}
+				Record: Record{Epoch: 1, Value: Value{Primary: "pg-a"}}, MaxVoted: 1, Accepted: Ballot{Epoch: 1, Value: Value{Primary: "pg-a"}}}}}
 		}
 		for _, b := range s.backends {
 			nd.view[b.Name] = true
@@ -650,16 +650,16 @@ func (s *sim) checkAnswer(from int, to string, msg []byte) {
 	disk := nd.store.st.Services[simService]
 	switch x := x.(type) {
 	case voteMsg:
-		if x.Granted && disk.Promised < x.Epoch {
-			s.fail("%s granted its vote at epoch %d to %s, but its disk holds a vote at %d", nd.name, x.Epoch, to, disk.Promised)
+		if x.Granted && disk.MaxVoted < x.Epoch {
+			s.fail("%s granted its vote at epoch %d to %s, but its disk holds a vote at %d", nd.name, x.Epoch, to, disk.MaxVoted)
 		}
 	case acceptedMsg:
 		if x.OK && disk.Accepted.Epoch < x.Epoch {
 			s.fail("%s acknowledged %s at epoch %d to %s, but its disk holds an acceptance at %d", nd.name, x.Value, x.Epoch, to, disk.Accepted.Epoch)
 		}
 	case proposeMsg:
-		if disk.Promised < x.Epoch {
-			s.fail("%s proposes epoch %d, but its disk holds its vote at %d", nd.name, x.Epoch, disk.Promised)
+		if disk.MaxVoted < x.Epoch {
+			s.fail("%s proposes epoch %d, but its disk holds its vote at %d", nd.name, x.Epoch, disk.MaxVoted)
 		}
 		// A new cluster routes only to a backend that reports primary: a
 		// bootstrap proposes one (a forced value finishes such a proposal).
@@ -1247,9 +1247,9 @@ func (s *sim) checkNode(nd *simNode) {
 	}
 	ss := nd.m.svcState(simService)
 	rec, acc := ss.Record, ss.Accepted
-	if rec.Epoch < nd.lastRec.Epoch || ss.Promised < nd.lastPro || acc.Epoch < nd.lastAcc.Epoch {
+	if rec.Epoch < nd.lastRec.Epoch || ss.MaxVoted < nd.lastPro || acc.Epoch < nd.lastAcc.Epoch {
 		s.fail("%s went back: record %d->%d voted %d->%d accepted %d->%d", nd.name, nd.lastRec.Epoch, rec.Epoch,
-			nd.lastPro, ss.Promised, nd.lastAcc.Epoch, acc.Epoch)
+			nd.lastPro, ss.MaxVoted, nd.lastAcc.Epoch, acc.Epoch)
 		return
 	}
 	if acc != nd.lastAcc && acc.Epoch > 0 {
@@ -1267,7 +1267,7 @@ func (s *sim) checkNode(nd *simNode) {
 		}
 		vs[nd.idx] = true
 	}
-	nd.lastRec, nd.lastPro, nd.lastAcc = rec, ss.Promised, acc
+	nd.lastRec, nd.lastPro, nd.lastAcc = rec, ss.MaxVoted, acc
 	if p := nd.m.svcs[simService].prop; p != nil && p.phase2 && p.epoch != nd.phase2 && s.now < s.o.faults {
 		nd.phase2 = p.epoch
 		s.maybeSilence(nd, p)
@@ -1293,7 +1293,7 @@ func (s *sim) checkNode(nd *simNode) {
 	local := simClock{s, nd}.Now()
 	started := b != "" && (b != nd.routes || local >= nd.until)
 	if s.o.trace && (b != nd.routes || started) {
-		s.logf("%s routes to %q (record %+v promised %d)", nd.name, b, rec, ss.Promised)
+		s.logf("%s routes to %q (record %+v promised %d)", nd.name, b, rec, ss.MaxVoted)
 	}
 	nd.routes, nd.until = b, local+rem
 	if rem <= 0 {

@@ -25,7 +25,7 @@ func (m *Machine) say(name string, s *service, topic, what string) bool {
 type ServiceStatus struct {
 	Service  string
 	Record   Record
-	Promised uint64 // highest epoch voted in (max_voted)
+	MaxVoted uint64 // highest epoch voted in (max_voted)
 	Accepted Ballot
 	// Routing is the backend this proxy forwards to now ("" for none) and
 	// Lease how long its lease still runs (zero or negative: no lease).
@@ -85,7 +85,7 @@ func (m *Machine) alerts(s *service, ss ServiceState) []string {
 // Status returns a snapshot of the machine's state.
 func (m *Machine) Status() Status {
 	now := m.clock.Now()
-	st := Status{Node: m.cfg.Name, Peers: m.n, Quorum: m.q, Recovering: m.recovering, Counters: m.counters}
+	st := Status{Node: m.cfg.Name, Peers: m.q.n, Quorum: m.q.size(), Recovering: m.recovering, Counters: m.counters}
 	if m.storeErr != nil {
 		st.StoreError = m.storeErr.Error()
 	}
@@ -98,7 +98,7 @@ func (m *Machine) Status() Status {
 		s := m.svcs[name]
 		ss := m.svcState(name)
 		b, rem := m.Route(name)
-		x := ServiceStatus{Service: name, Record: ss.Record, Promised: ss.Promised, Accepted: ss.Accepted,
+		x := ServiceStatus{Service: name, Record: ss.Record, MaxVoted: ss.MaxVoted, Accepted: ss.Accepted,
 			Routing: b, Lease: rem, Switchover: s.switchTo, Decision: s.decision}
 		if op := s.fenceOp; op != nil {
 			x.Fencing = m.fenceOpString(op)

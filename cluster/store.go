@@ -127,9 +127,9 @@ func (s *FileStore) Save(st State) error {
 		if !ok {
 			n = ServiceState{}
 		}
-		if n.Record.Epoch < old.Record.Epoch || n.Promised < old.Promised || n.Accepted.Epoch < old.Accepted.Epoch {
+		if n.Record.Epoch < old.Record.Epoch || n.MaxVoted < old.MaxVoted || n.Accepted.Epoch < old.Accepted.Epoch {
 			return fmt.Errorf("service %q: refusing to save a lower epoch (record %d<%d, voted %d<%d, accepted %d<%d)",
-				name, n.Record.Epoch, old.Record.Epoch, n.Promised, old.Promised, n.Accepted.Epoch, old.Accepted.Epoch)
+				name, n.Record.Epoch, old.Record.Epoch, n.MaxVoted, old.MaxVoted, n.Accepted.Epoch, old.Accepted.Epoch)
 		}
 	}
 	if err := s.writeAtomic(stateFile, encodeState(st)); err != nil {
@@ -181,8 +181,8 @@ func encodeState(st State) []byte {
 		ss := st.Services[n]
 		e.str(n)
 		e.record(ss.Record)
-		e.u64(ss.Promised)
-		e.str(ss.PromisedTo)
+		e.u64(ss.MaxVoted)
+		e.str(ss.VotedFor)
 		e.ballot(ss.Accepted)
 		e.ballot(ss.PrevAccepted)
 		e.u64(ss.Intent.Epoch)
@@ -222,8 +222,8 @@ func decodeState(b []byte) (State, error) {
 		name := d.str()
 		var ss ServiceState
 		ss.Record = record()
-		ss.Promised = d.u64()
-		ss.PromisedTo = d.str()
+		ss.MaxVoted = d.u64()
+		ss.VotedFor = d.str()
 		ss.Accepted = ballot()
 		ss.PrevAccepted = ballot()
 		ss.Intent.Epoch = d.u64()

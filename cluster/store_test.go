@@ -9,7 +9,7 @@ import (
 
 func sampleState() State {
 	return State{Synced: true, Services: map[string]ServiceState{
-		"db": {Record: Record{Epoch: 7, Value: Value{Primary: "pg-b"}}, Promised: 8, PromisedTo: "proxy-2",
+		"db": {Record: Record{Epoch: 7, Value: Value{Primary: "pg-b"}}, MaxVoted: 8, VotedFor: "proxy-2",
 			Accepted: Ballot{Epoch: 7, Value: Value{Primary: "pg-b"}}, PrevAccepted: Ballot{Epoch: 5, Value: Value{Primary: "pg-a"}},
 			Intent: HookIntent{Epoch: 7, Fence: "pg-a", Promote: "pg-b"}},
 		"cache": {Record: Record{Epoch: 1, Value: Value{Primary: "r1"}}},
@@ -72,7 +72,7 @@ func TestFileStoreRefusesLowerEpochs(t *testing.T) {
 	}
 	for name, mut := range map[string]func(*ServiceState){
 		"record":   func(ss *ServiceState) { ss.Record.Epoch = 6 },
-		"voted":    func(ss *ServiceState) { ss.Promised = 7 },
+		"voted":    func(ss *ServiceState) { ss.MaxVoted = 7 },
 		"accepted": func(ss *ServiceState) { ss.Accepted.Epoch = 6 },
 	} {
 		st := sampleState()

@@ -190,17 +190,17 @@ type HookConfig struct {
 }
 
 // ServiceState is the persisted agreement state of one service. A vote is
-// cast in two steps, as in Paxos: a promise for an epoch (Promised is
-// max_voted) and then the acceptance of the value the proposer sends.
+// cast in two steps, as in Paxos: a promise for an epoch (MaxVoted) and
+// then the acceptance of the value the proposer sends.
 type ServiceState struct {
 	Record Record
-	// Promised is the highest epoch voted in (max_voted); PromisedTo is the
+	// MaxVoted is the highest epoch voted in (a Paxos promise); VotedFor is the
 	// proposer that vote went to.
-	Promised   uint64
-	PromisedTo string
+	MaxVoted uint64
+	VotedFor string
 	// Accepted is the highest epoch whose value this proxy accepted.
 	Accepted Ballot
-	// PrevAccepted is what Accepted was when Promised was granted; a
+	// PrevAccepted is what Accepted was when MaxVoted was granted; a
 	// duplicate proposal gets it again.
 	PrevAccepted Ballot
 	Intent       HookIntent

@@ -51,7 +51,7 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 	switch {
 	case err == nil:
 		prev := ss.Accepted
-		ss.Promised, ss.PromisedTo, ss.PrevAccepted = x.Epoch, from, prev
+		ss.MaxVoted, ss.VotedFor, ss.PrevAccepted = x.Epoch, from, prev
 		if err := m.persistVote(x.Service, ss); err != nil {
 			m.log.Debug("cluster: saving vote", "service", x.Service, "epoch", x.Epoch, "err", err)
 			return
@@ -70,7 +70,7 @@ func (m *Machine) onPropose(from string, x proposeMsg) {
 		m.counters.VotesRefused++
 		m.log.Debug("cluster: vote refused", "service", x.Service, "epoch", x.Epoch, "peer", from, "why", err)
 	}
-	reply.Promised, reply.Accepted, reply.Record = ss.Promised, ss.Accepted, ss.Record
+	reply.MaxVoted, reply.Accepted, reply.Record = ss.MaxVoted, ss.Accepted, ss.Record
 	b, e := encodeVote(reply)
 	m.send(from, b, e)
 }
@@ -85,11 +85,11 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		// disk fails takes no part until it works again.
 		return errStore
 	}
-	if x.Epoch == ss.Promised && from == ss.PromisedTo {
+	if x.Epoch == ss.MaxVoted && from == ss.VotedFor {
 		return errDuplicate
 	}
-	if x.Epoch < ss.Promised || (x.Epoch == ss.Promised && !m.outranks(from, ss)) {
-		return fmt.Errorf("already voted at epoch %d", ss.Promised)
+	if x.Epoch < ss.MaxVoted || (x.Epoch == ss.MaxVoted && !m.outranks(from, ss)) {
+		return fmt.Errorf("already voted at epoch %d", ss.MaxVoted)
 	}
 	if x.Epoch <= ss.Record.Epoch || x.Base < ss.Record.Epoch {
 		return fmt.Errorf("record is at epoch %d", ss.Record.Epoch)
@@ -161,7 +161,7 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 	return nil
 }
 
-// outranks reports whether a proposal from `from` at our Promised epoch
+// outranks reports whether a proposal from `from` at our MaxVoted epoch
 // may take the vote we gave ourselves at that epoch. When two proxies
 // propose one epoch at once each has voted for itself, and in a bare quorum
 // both are refused until their random backoffs part them, round after
@@ -174,10 +174,10 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 // move: with two values accepted at one epoch, a later phase 1 could not
 // tell which one may have been chosen.
 func (m *Machine) outranks(from string, ss ServiceState) bool {
-	if m.cfg.knobs.anyVoteYields && ss.PromisedTo != "" {
-		return from > ss.PromisedTo && ss.Accepted.Epoch < ss.Promised
+	if m.cfg.knobs.anyVoteYields && ss.VotedFor != "" {
+		return from > ss.VotedFor && ss.Accepted.Epoch < ss.MaxVoted
 	}
-	return ss.PromisedTo == m.cfg.Name && from > m.cfg.Name && ss.Accepted.Epoch < ss.Promised
+	return ss.VotedFor == m.cfg.Name && from > m.cfg.Name && ss.Accepted.Epoch < ss.MaxVoted
 }
 
 // onAccept is phase 2 at a voter: only the proxy it voted for at this
@@ -196,9 +196,9 @@ func (m *Machine) onAccept(from string, x acceptMsg) {
 	case ss.Accepted.Epoch == x.Epoch && ss.Accepted.Value == x.Value:
 		reply.OK = true
 	case x.Epoch > ss.Accepted.Epoch && x.Epoch > ss.Record.Epoch &&
-		((x.Epoch == ss.Promised && from == ss.PromisedTo) || x.Epoch > ss.Promised):
-		if x.Epoch > ss.Promised {
-			ss.Promised, ss.PromisedTo, ss.PrevAccepted = x.Epoch, from, ss.Accepted
+		((x.Epoch == ss.MaxVoted && from == ss.VotedFor) || x.Epoch > ss.MaxVoted):
+		if x.Epoch > ss.MaxVoted {
+			ss.MaxVoted, ss.VotedFor, ss.PrevAccepted = x.Epoch, from, ss.Accepted
 			s.votedAt = m.clock.Now()
 		}
 		ss.Accepted = Ballot{Epoch: x.Epoch, Value: x.Value}
@@ -208,7 +208,7 @@ func (m *Machine) onAccept(from string, x acceptMsg) {
 		}
 		reply.OK = true
 	}
-	reply.Promised, reply.Accepted, reply.Record = ss.Promised, ss.Accepted, ss.Record
+	reply.MaxVoted, reply.Accepted, reply.Record = ss.MaxVoted, ss.Accepted, ss.Record
 	b, e := encodeAccepted(reply)
 	m.send(from, b, e)
 }

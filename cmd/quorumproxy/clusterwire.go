@@ -390,7 +390,7 @@ func (cs *clusterSide) view() *clusterView {
 		sv := clusterServiceView{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
 			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
-			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.Promised,
+			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.MaxVoted,
 			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision, PromoteFailed: s.PromoteFailed,
 			Alerts: s.Alerts,
 		}

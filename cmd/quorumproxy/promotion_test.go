@@ -409,7 +409,7 @@ func seedState(t *testing.T, dir, service, primary string) {
 	defer st.Close()
 	v := cluster.Value{Primary: primary, Since: 1}
 	if err := st.Save(cluster.State{Synced: true, Services: map[string]cluster.ServiceState{service: {
-		Record: cluster.Record{Epoch: 1, Value: v}, Promised: 1, Accepted: cluster.Ballot{Epoch: 1, Value: v}}}}); err != nil {
+		Record: cluster.Record{Epoch: 1, Value: v}, MaxVoted: 1, Accepted: cluster.Ballot{Epoch: 1, Value: v}}}}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -142,7 +142,7 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 }
 
 // AckPayload adds nothing to probe acks: acks are matched by sequence
-// number only, so the protocol must not rely on them (DESIGN.md).
+// number only, so the protocol must not rely on them (docs/design.md).
 func (d *delegate) AckPayload() []byte { return nil }
 
 // NotifyPingComplete records a successful probe as a sign of life.
