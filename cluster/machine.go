@@ -76,49 +76,80 @@ type Machine struct {
 	counters Counters
 }
 
+// service is one service's state on this proxy (what is persisted lives
+// in State), grouped by the concern that owns it.
 type service struct {
-	cfg      ServiceConfig
-	backends map[string]BackendConfig
-	local    map[string]Observation
-	remote   map[string]*peerView
+	cfg       ServiceConfig
+	backends  map[string]BackendConfig
+	widest    Value // the largest value the config allows, to size payloads
+	views           // what this proxy and its peers see (observe.go)
+	leasing         // this proxy's lease on the record (lease.go)
+	proposing       // this proxy's proposal and its votes' timing (propose.go)
+	requests        // operators' requests (operator.go)
+	acting          // actions on the databases (actions.go)
+	reporting       // what status and the logs say (status.go)
+}
+
+// views is what this proxy and its peers see of a service's backends.
+type views struct {
+	local  map[string]Observation
+	remote map[string]*peerView
+	obsAt  map[string]time.Duration // when this proxy's own view of it last changed
+}
+
+// leasing is this proxy's lease on the service's record.
+type leasing struct {
 	lease    lease
-	prop     *proposal
-	next     time.Duration // no proposal before this (backoff)
-	hint     Ballot        // highest vote heard of above our record
+	leaseAt  time.Duration // when we last held a lease or adopted a record
+	recordAt time.Duration // when the current record was committed or adopted here
+}
+
+// proposing is this proxy's proposal and what paces its next one.
+type proposing struct {
+	prop *proposal
+	next time.Duration // no proposal before this (backoff)
+	hint Ballot        // highest vote heard of above our record
 	// peerMaxVoted is the highest MaxVoted a peer's answer carried.
 	peerMaxVoted uint64
 	votedAt      time.Duration // when we last cast a vote
-	leaseAt      time.Duration // when we last held a lease or adopted a record
-	switchTo     string        // pending operator switchover
-	switchAt     uint64        // record epoch when it was asked for
-	widest       Value         // the largest value the config allows, to size payloads
-	fenceOp      *fenceOp      // pending operator fence or unfence
-	op           *Operation    // the last operator request and how it ended
-	decision     string        // last decision and why, for status
-	// retry is a failed promote of the record's primary that this proxy
-	// reported and has not yet moved away from; failed holds, per backend,
-	// when its last failed promote stops excluding it from candidates.
-	retry  *promoteFailure
-	failed map[string]time.Duration
 	// downEpoch is the record epoch whose primary this proxy has seen
 	// objectively down since downSince (0: not down).
 	downEpoch uint64
 	downSince time.Duration
+}
 
-	// Actions on databases (actions.go).
+// requests are operators' requests made on this proxy.
+type requests struct {
+	switchTo string     // pending operator switchover
+	switchAt uint64     // record epoch when it was asked for
+	fenceOp  *fenceOp   // pending operator fence or unfence
+	op       *Operation // the last operator request and how it ended
+}
+
+// acting is what this proxy knows of its actions on the databases.
+type acting struct {
 	hooks       HookConfig
 	act         actState
 	hookFenced  map[string]bool          // a fence hook succeeded on it and it has not come up since
 	fenceFailed map[string]time.Duration // when a fence hook on it last failed
 	latePromote map[string]time.Duration // until when a promote of ours on it may still land
-	obsAt       map[string]time.Duration // when this proxy's own view of it last changed
-	recordAt    time.Duration            // when the current record was committed or adopted here
-	followTo    string                   // the one backend reporting primary, to route to instead
 	// primarySeen is, per backend, the highest Since of a record naming it
 	// primary under which this proxy saw it report primary: its promote
 	// for that decision is done.
 	primarySeen map[string]uint64
-	said        map[string]string // what was last logged per topic, to log a change once
+	// retry is a failed promote of the record's primary that this proxy
+	// knows not to be primary and has not yet moved away from; failed
+	// holds, per backend, when its last failed promote stops excluding it
+	// from candidates.
+	retry    *promoteFailure
+	failed   map[string]time.Duration
+	followTo string // the one backend reporting primary, to route to instead
+}
+
+// reporting is what status and the logs say.
+type reporting struct {
+	decision string            // last decision and why
+	said     map[string]string // what was last logged per topic, to log a change once
 }
 
 // NewMachine builds the state machine from cfg and the state in store. A
@@ -155,10 +186,11 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 		if err := checkServiceFits(sc); err != nil {
 			return nil, err
 		}
-		s := &service{cfg: sc, backends: map[string]BackendConfig{}, local: map[string]Observation{}, remote: map[string]*peerView{},
-			failed: map[string]time.Duration{}, hooks: sc.Hooks, hookFenced: map[string]bool{}, fenceFailed: map[string]time.Duration{},
-			latePromote: map[string]time.Duration{}, obsAt: map[string]time.Duration{}, said: map[string]string{},
-			primarySeen: map[string]uint64{}}
+		s := &service{cfg: sc, backends: map[string]BackendConfig{},
+			views: views{local: map[string]Observation{}, remote: map[string]*peerView{}, obsAt: map[string]time.Duration{}},
+			acting: acting{hooks: sc.Hooks, hookFenced: map[string]bool{}, fenceFailed: map[string]time.Duration{},
+				latePromote: map[string]time.Duration{}, primarySeen: map[string]uint64{}, failed: map[string]time.Duration{}},
+			reporting: reporting{said: map[string]string{}}}
 		for _, b := range sc.Backends {
 			s.backends[b.Name] = b
 		}

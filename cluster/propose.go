@@ -179,122 +179,238 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 			return
 		}
 	}
-	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
-	drop := func(why string) {
-		s.decision = why
-		m.opEnd(s, OpFailed, why)
+	f := tickFacts{
+		rec: rec, forced: forced, switchTo: s.switchTo, fenceOp: s.fenceOp, down: down,
+		retry: s.retry, retryTo: retryTo, fenceOld: failover.FenceOldPrimary(s.policy()),
+		switchWhy: func() string {
+			to := s.switchTo
+			switch err := m.switchCheck(s, rec, to); {
+			case rec.Fenced.Has(to):
+				return "it was fenced meanwhile"
+			case !m.ownUp(s, to):
+				return "it is not up here"
+			case err != nil:
+				return err.Error()
+			}
+			return ""
+		},
+		fenceValue: func() (Value, string) { return m.fenceValue(s, rec, s.fenceOp) },
+		bootstrap: func() string {
+			if best := m.bootstrapChoice(name, s); best != "" && m.healthy(s, best) {
+				return best
+			}
+			return ""
+		},
+		rankWait:  func() bool { return now-s.downSince < m.rankDelay(now) && !m.cfg.knobs.noRankDelay },
+		candidate: func() (string, string) { return m.candidate(s, rec.Primary) },
+		stalled:   func() bool { return m.promoteStalled(s, rec, ss, now) },
+		follow:    func() string { return m.followTarget(name, s, rec, now) },
+		liveness: func() bool {
+			if m.leaseRemaining(name, s, ss) > 0 || now-s.leaseAt <= m.livenessAfter() || !m.reachesQuorum() {
+				return false
+			}
+			// Every proxy that lost its lease with the others, or voted
+			// with them, gets here at the same moment; in a bare quorum
+			// their duels then repeat in step. The rank delay breaks the tie.
+			since := max(s.leaseAt+m.livenessAfter(), s.votedAt+m.cfg.VoteTimeout+m.commitWait())
+			return now-since >= m.rankDelay(now) || m.cfg.knobs.noRankDelay
+		},
+		rolesTo: func() string {
+			if s.cfg.RoleAware && !m.ownPrimary(s, rec.Primary) {
+				return m.onlyPrimary(s, rec.Fenced)
+			}
+			return ""
+		},
+		primaryUp: func() bool { return m.ownUp(s, rec.Primary) },
+		quorum:    m.reachesQuorum,
 	}
-	switch {
-	case (s.switchTo != "" || s.fenceOp != nil) && forced.Epoch != 0:
-		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
-	case s.switchTo != "" && s.switchTo == rec.Primary:
+	m.apply(name, s, decide(f), now)
+}
+
+// apply carries out a tick's decision.
+func (m *Machine) apply(name string, s *service, d tickDecision, now time.Duration) {
+	switch d.what {
+	case decidePropose:
+		if d.note != "" {
+			m.log.Warn("cluster: "+d.note, "service", name, "primary", d.value.Primary)
+		}
+		m.propose(name, s, d.value, d.kind, d.from, now)
+	case decideSwitchDone:
 		s.switchTo = ""
-	case s.switchTo != "":
-		to := s.switchTo
-		err := m.switchCheck(s, rec, to)
-		switch {
-		case rec.Fenced.Has(to):
-			drop(fmt.Sprintf("switchover to %q dropped: it was fenced meanwhile", to))
-			s.switchTo = ""
-		case !m.ownUp(s, to):
-			drop(fmt.Sprintf("switchover to %q dropped: it is not up here", to))
-			s.switchTo = ""
-		case err != nil:
-			drop(fmt.Sprintf("switchover to %q dropped: %v", to, err))
-			s.switchTo = ""
-		default:
-			v := keep(to)
-			if failover.FenceOldPrimary(s.policy()) && rec.Primary != "" {
-				// Without roles, nothing tells the old primary from a
-				// standby later: it stays fenced until an operator
-				// unfences it (and so vouches that it is one).
-				v.Fenced = rec.Fenced.With(rec.Primary)
-			}
-			m.propose(name, s, v, kindSwitchover, rec.Primary, now)
+	case decideDropSwitch:
+		s.switchTo = ""
+		s.decision = d.why
+		m.opEnd(s, OpFailed, d.why)
+	case decideDropFence:
+		s.fenceOp = nil
+		s.decision = d.why
+		m.opEnd(s, OpFailed, d.why)
+	case decideFenceDone:
+		s.fenceOp = nil
+		m.opEnd(s, OpDone, d.why)
+	case decideNoCandidate:
+		if m.say(name, s, "candidate", d.why) {
+			m.counters.NoCandidate++
 		}
-	case s.fenceOp != nil:
-		op := s.fenceOp
-		v, why := m.fenceValue(s, rec, op)
-		k := map[bool]kind{true: kindFence, false: kindUnfence}[op.fence]
-		switch {
-		case why != "":
-			drop(fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why))
-			s.fenceOp = nil
-		case v == rec.Value:
-			s.fenceOp = nil // already done by a decision that landed meanwhile
-			m.opEnd(s, OpDone, fmt.Sprintf("already so at epoch %d", rec.Epoch))
-		default:
-			m.propose(name, s, v, k, op.backend, now)
-		}
-	case rec.Primary == "":
-		if forced.Epoch != 0 {
-			if m.reachesQuorum() {
-				m.propose(name, s, forced.Value, kindForced, "", now)
-			}
-			return
-		}
-		if best := m.bootstrapChoice(name, s); best != "" && m.healthy(s, best) {
-			m.propose(name, s, keep(best), kindBootstrap, "", now)
-		}
-	case down:
-		if forced.Epoch != 0 {
-			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
-			return
-		}
-		if now-s.downSince < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
-			return
-		}
-		c, why := m.candidate(s, rec.Primary)
-		if c == "" {
-			if m.say(name, s, "candidate", fmt.Sprintf("no failover from %q: %s", rec.Primary, why)) {
-				m.counters.NoCandidate++
-			}
-			return
-		}
-		v := keep(c)
-		if failover.FenceOldPrimary(s.policy()) {
+	}
+}
+
+// tickFacts is what a tick's decision reads about one service with no
+// proposal in flight. The Machine fills it from its state (tickService),
+// with the costlier facts as functions so that only the ones a decision
+// needs are worked out; a table test fills it with literals.
+type tickFacts struct {
+	rec    Record
+	forced Ballot // the value an earlier acceptance forces (zero: none)
+	// An operator's switchover in flight, and why it cannot go ahead now
+	// ("": it can).
+	switchTo  string
+	switchWhy func() string
+	// An operator's fence or unfence in flight, and the value that carries
+	// it out (or why there is none).
+	fenceOp    *fenceOp
+	fenceValue func() (Value, string)
+	// bootstrap is the first primary to propose ("" to wait).
+	bootstrap func() string
+	// down: a quorum sees the record's primary down; rankWait: the rank
+	// delay still holds this proxy's failover proposal back.
+	down      bool
+	rankWait  func() bool
+	candidate func() (string, string)
+	// A failed promote this proxy moves on from, and to which backend.
+	retry   *promoteFailure
+	retryTo string
+	// stalled: nobody carries out the promote of the record's primary;
+	// follow: the backend that reports primary while the record's primary
+	// does not ("" none).
+	stalled func() bool
+	follow  func() string
+	// liveness: no lease for longer than a proposal's life, a quorum
+	// reachable and the rank delay passed; rolesTo: with roles, the one
+	// backend that reports primary when the record's does not; primaryUp:
+	// the record's primary is up here; quorum: a quorum is reachable.
+	liveness  func() bool
+	rolesTo   func() string
+	primaryUp func() bool
+	quorum    func() bool
+	// fenceOld: moving away from the primary fences it (no roles).
+	fenceOld bool
+}
+
+// tickDecision is what a tick decided.
+type tickDecision struct {
+	what  decisionKind
+	value Value // to propose
+	kind  kind
+	from  string
+	why   string // why an operator's request was dropped, or no failover
+	note  string // said at WARN when the proposal goes out
+}
+
+type decisionKind uint8
+
+const (
+	decideNothing     decisionKind = iota
+	decidePropose                  // propose value
+	decideSwitchDone               // the switchover's target already is the primary
+	decideDropSwitch               // the switchover cannot go ahead
+	decideDropFence                // the fence cannot go ahead
+	decideFenceDone                // a decision that landed meanwhile carried the fence out
+	decideNoCandidate              // the primary is down and nothing can take over
+)
+
+// decide is the choice a tick makes for a service with no proposal in
+// flight, in order: what an earlier acceptance forces, an operator's
+// switchover, fence or unfence, a first primary, a failover, a move after
+// a failed promote, a promote nobody carries out, the backend that
+// reports primary, and a liveness re-affirmation. It reads only f.
+func decide(f tickFacts) tickDecision {
+	rec := f.rec
+	keep := func(primary string) Value { return Value{Primary: primary, Fenced: rec.Fenced} }
+	away := func(v Value) Value { // without roles the old primary stays fenced
+		if f.fenceOld && rec.Primary != "" {
 			v.Fenced = rec.Fenced.With(rec.Primary)
 		}
-		m.propose(name, s, v, kindFailover, rec.Primary, now)
-	case s.retry != nil && forced.Epoch != 0:
-		m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
-	case retryTo != "":
-		v := keep(retryTo)
-		if s.retry.fenced || failover.FenceOldPrimary(s.policy()) {
+		return v
+	}
+	propose := func(v Value, k kind, from string) tickDecision {
+		return tickDecision{what: decidePropose, value: v, kind: k, from: from}
+	}
+	forced := f.forced.Epoch != 0
+	switch {
+	case (f.switchTo != "" || f.fenceOp != nil) && forced:
+		return propose(f.forced.Value, kindForced, rec.Primary)
+	case f.switchTo != "" && f.switchTo == rec.Primary:
+		return tickDecision{what: decideSwitchDone}
+	case f.switchTo != "":
+		if why := f.switchWhy(); why != "" {
+			return tickDecision{what: decideDropSwitch, why: fmt.Sprintf("switchover to %q dropped: %s", f.switchTo, why)}
+		}
+		return propose(away(keep(f.switchTo)), kindSwitchover, rec.Primary)
+	case f.fenceOp != nil:
+		op := f.fenceOp
+		v, why := f.fenceValue()
+		switch {
+		case why != "":
+			return tickDecision{what: decideDropFence, why: fmt.Sprintf("fence of %q dropped: no backend can take over: %s", op.backend, why)}
+		case v == rec.Value:
+			return tickDecision{what: decideFenceDone, why: fmt.Sprintf("already so at epoch %d", rec.Epoch)}
+		}
+		return propose(v, map[bool]kind{true: kindFence, false: kindUnfence}[op.fence], op.backend)
+	case rec.Primary == "":
+		if forced {
+			if f.quorum() {
+				return propose(f.forced.Value, kindForced, "")
+			}
+			return tickDecision{}
+		}
+		if b := f.bootstrap(); b != "" {
+			return propose(keep(b), kindBootstrap, "")
+		}
+	case f.down:
+		if forced {
+			return propose(f.forced.Value, kindForced, rec.Primary)
+		}
+		if f.rankWait() {
+			return tickDecision{}
+		}
+		c, why := f.candidate()
+		if c == "" {
+			return tickDecision{what: decideNoCandidate, why: fmt.Sprintf("no failover from %q: %s", rec.Primary, why)}
+		}
+		return propose(away(keep(c)), kindFailover, rec.Primary)
+	case f.retry != nil && forced:
+		return propose(f.forced.Value, kindForced, rec.Primary)
+	case f.retryTo != "":
+		v := keep(f.retryTo)
+		if f.retry.fenced {
 			// fenced by a hook: it stays out until an operator unfences it
 			v.Fenced = rec.Fenced.With(rec.Primary)
 		}
-		m.propose(name, s, v, kindPromoteFailed, rec.Primary, now)
-	case forced.Epoch == 0 && m.promoteStalled(s, rec, ss, now):
+		return propose(away(v), kindPromoteFailed, rec.Primary)
+	case !forced && f.stalled():
 		// Nobody carries out the promote of the record's primary (the
 		// proxy that committed it failed, or lost its state): decide it
 		// again, so that this proxy acts on it.
-		m.log.Warn("cluster: the primary of the record still reports replica and no proxy promotes it: deciding it again",
-			"service", name, "primary", rec.Primary)
-		m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
-	case forced.Epoch == 0 && m.followTarget(name, s, rec, now) != "":
-		y := m.followTarget(name, s, rec, now)
-		m.log.Warn("cluster: the primary of the record does not report primary and another backend does: routing there",
-			"service", name, "record_primary", rec.Primary, "reports_primary", y)
-		m.propose(name, s, keep(y), kindReaffirm, rec.Primary, now)
-	case m.leaseRemaining(name, s, ss) <= 0 && now-s.leaseAt > m.livenessAfter() && m.reachesQuorum():
-		// Every proxy that lost its lease with the others, or voted with
-		// them, gets here at the same moment; in a bare quorum their
-		// duels then repeat in step. The rank delay breaks the tie.
-		since := max(s.leaseAt+m.livenessAfter(), s.votedAt+m.cfg.VoteTimeout+m.commitWait())
-		if now-since < m.rankDelay(now) && !m.cfg.knobs.noRankDelay {
-			return
+		d := propose(rec.Value, kindReaffirm, rec.Primary)
+		d.note = "the primary of the record still reports replica and no proxy promotes it: deciding it again"
+		return d
+	case !forced && f.follow() != "":
+		d := propose(keep(f.follow()), kindReaffirm, rec.Primary)
+		d.note = "the primary of the record does not report primary and another backend does: routing there"
+		return d
+	case f.liveness():
+		if forced {
+			return propose(f.forced.Value, kindForced, rec.Primary)
 		}
-		switch {
-		case forced.Epoch != 0:
-			m.propose(name, s, forced.Value, kindForced, rec.Primary, now)
-		case s.cfg.RoleAware && !m.ownPrimary(s, rec.Primary) && m.onlyPrimary(s, rec.Fenced) != "":
-			// Roles are facts: re-affirm the backend that reports primary.
-			m.propose(name, s, keep(m.onlyPrimary(s, rec.Fenced)), kindReaffirm, rec.Primary, now)
-		case m.ownUp(s, rec.Primary):
-			m.propose(name, s, rec.Value, kindReaffirm, rec.Primary, now)
+		if y := f.rolesTo(); y != "" {
+			return propose(keep(y), kindReaffirm, rec.Primary) // roles are facts
+		}
+		if f.primaryUp() {
+			return propose(rec.Value, kindReaffirm, rec.Primary)
 		}
 	}
+	return tickDecision{}
 }
 
 // bootstrapChoice is the first primary of a new cluster ("" to wait): for
