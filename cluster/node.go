@@ -243,13 +243,23 @@ func (n *Node) publish() {
 	n.state.Store(&b)
 }
 
-// enqueue hands f to the machine's goroutine without blocking.
+// enqueue hands f to the machine's goroutine without blocking; a full
+// queue drops it and counts it (QueueFull).
 func (n *Node) enqueue(f func()) bool {
+	if n.offer(f) {
+		return true
+	}
+	n.dropped.Add(1)
+	return false
+}
+
+// offer is enqueue for the transport's callbacks, which count their drops
+// themselves.
+func (n *Node) offer(f func()) bool {
 	select {
 	case n.in <- f:
 		return true
 	default:
-		n.dropped.Add(1)
 		return false
 	}
 }
@@ -369,10 +379,12 @@ func (n *Node) Close() error {
 }
 
 // OnMessage takes a payload from a peer (the transport's message handler).
-// It copies msg and never blocks.
-func (n *Node) OnMessage(from string, msg []byte) {
+// It copies msg and never blocks; false when the Node's queue (the one
+// queue between the transport and the machine) is full and the payload
+// was dropped, which the transport counts.
+func (n *Node) OnMessage(from string, msg []byte) bool {
 	b := append([]byte(nil), msg...)
-	n.enqueue(func() { n.m.Step(from, b) })
+	return n.offer(func() { n.m.Step(from, b) })
 }
 
 // OnPeerChange is told when the transport sees a peer come or go. Leases
@@ -389,14 +401,14 @@ func (n *Node) LocalState() []byte {
 	return nil
 }
 
-// MergeRemoteState adopts the higher records of a peer's full sync.
-func (n *Node) MergeRemoteState(buf []byte) {
+// MergeRemoteState adopts the higher records of a peer's full sync; false
+// when it could not be taken (undecodable, or the queue is full).
+func (n *Node) MergeRemoteState(buf []byte) bool {
 	recs, err := decodeRecords(buf)
 	if err != nil {
-		n.dropped.Add(1)
-		return
+		return false
 	}
-	n.enqueue(func() {
+	return n.offer(func() {
 		for svc, r := range recs {
 			if n.m.svcs[svc] == nil || n.m.recovering {
 				continue

@@ -30,7 +30,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 }
 
 // NotifyMsg receives messages sent with Send, SendBestEffort and
-// Broadcast. buf belongs to memberlist: copy before queueing.
+// Broadcast. buf belongs to memberlist: the handler copies what it keeps.
 func (d *delegate) NotifyMsg(buf []byte) {
 	m := d.m
 	if m.closed.Load() {
@@ -40,7 +40,7 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	if !ok {
 		return
 	}
-	if !m.disp.push(event{kind: evMessage, name: e.sender, payload: append([]byte(nil), e.payload...)}) {
+	if !m.h.OnMessage(e.sender, e.payload) {
 		m.countDrop(dropOverflow, e.sender)
 	}
 }
@@ -74,7 +74,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	if !ok {
 		return
 	}
-	if !m.disp.push(event{kind: evState, name: e.sender, payload: append([]byte(nil), e.payload...)}) {
+	if !m.h.MergeRemoteState(e.payload) {
 		m.countDrop(dropOverflow, e.sender)
 	}
 }
@@ -137,7 +137,7 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	was := p.state
 	p.state = StateDead
 	if was == StateAlive && !m.closed.Load() {
-		m.disp.push(event{kind: evPeer, name: p.name, alive: false})
+		m.h.OnPeerChange(p.name, false)
 	}
 }
 
@@ -184,7 +184,7 @@ func (m *Mesh) peerUp(n *memberlist.Node, join bool) {
 	}
 	switch {
 	case was != StateAlive:
-		m.disp.push(event{kind: evPeer, name: p.name, alive: true})
+		m.h.OnPeerChange(p.name, true)
 	case restarted:
 		m.restartedLocked(p)
 	}

@@ -63,10 +63,11 @@ type recorder struct {
 	local   []byte
 }
 
-func (r *recorder) OnMessage(from string, msg []byte) {
+func (r *recorder) OnMessage(from string, msg []byte) bool {
 	r.mu.Lock()
-	r.msgs = append(r.msgs, received{from, msg})
+	r.msgs = append(r.msgs, received{from, append([]byte(nil), msg...)})
 	r.mu.Unlock()
+	return true
 }
 
 func (r *recorder) OnPeerChange(name string, alive bool) {
@@ -81,10 +82,11 @@ func (r *recorder) LocalState() []byte {
 	return r.local
 }
 
-func (r *recorder) MergeRemoteState(buf []byte) {
+func (r *recorder) MergeRemoteState(buf []byte) bool {
 	r.mu.Lock()
-	r.states = append(r.states, buf)
+	r.states = append(r.states, append([]byte(nil), buf...))
 	r.mu.Unlock()
+	return true
 }
 
 func (r *recorder) got(from string, msg []byte) bool {

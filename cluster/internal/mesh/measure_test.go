@@ -108,12 +108,13 @@ func benchDelivery(b *testing.B, send func(*Mesh, []byte) error) {
 
 type chanHandler chan struct{}
 
-func (c chanHandler) OnMessage(string, []byte) {
+func (c chanHandler) OnMessage(string, []byte) bool {
 	select {
 	case c <- struct{}{}:
 	default:
 	}
+	return true
 }
-func (c chanHandler) OnPeerChange(string, bool) {}
-func (c chanHandler) LocalState() []byte        { return nil }
-func (c chanHandler) MergeRemoteState([]byte)   {}
+func (c chanHandler) OnPeerChange(string, bool)    {}
+func (c chanHandler) LocalState() []byte           { return nil }
+func (c chanHandler) MergeRemoteState([]byte) bool { return true }

@@ -31,9 +31,6 @@ const (
 	// tcpTimeout bounds a reliable send, a join attempt and so Close:
 	// generous for a LAN, short enough that SIGTERM is not held up long.
 	tcpTimeout = 5 * time.Second
-	// maxQueuedMessages bounds the messages waiting for the handler; past
-	// it new messages are dropped and counted (memberlist must not block).
-	maxQueuedMessages = 4096
 	// joinRetryMin is the first retry delay while a peer is not joined;
 	// it doubles up to RejoinInterval.
 	joinRetryMin = 100 * time.Millisecond
@@ -104,16 +101,15 @@ type Config struct {
 	Transport memberlist.Transport
 }
 
-// Handler is what the protocol gives the mesh. OnMessage, OnPeerChange and
-// MergeRemoteState are called from one mesh goroutine, one at a time, in
-// arrival order, so the protocol may treat them as its event loop; they
-// should return quickly (while they run, new messages queue, and past a
-// bound are dropped and counted). LocalState is called from memberlist's
-// goroutines, concurrently with the others.
+// Handler is what the protocol gives the mesh. Its methods are called from
+// memberlist's goroutines, concurrently and in no set order between the
+// UDP and TCP paths: they must not block (the protocol's one queue is the
+// handler's own; a full one drops, and the mesh counts the drop) and must
+// copy any buffer they keep, which memberlist reuses.
 type Handler interface {
-	// OnMessage delivers a payload from the named configured peer. The
-	// mesh does not reuse msg.
-	OnMessage(from string, msg []byte)
+	// OnMessage delivers a payload from the named configured peer; false
+	// when the handler could not take it (its queue is full).
+	OnMessage(from string, msg []byte) bool
 	// OnPeerChange reports a configured peer becoming alive or dead in
 	// memberlist's view. A peer seen with a newer boot id while alive (it
 	// restarted faster than it could be declared dead) is reported dead
@@ -121,9 +117,10 @@ type Handler interface {
 	OnPeerChange(name string, alive bool)
 	// LocalState returns this node's state for a joiner's full sync.
 	LocalState() []byte
-	// MergeRemoteState merges a peer's LocalState (max wins). Which peer
-	// sent it is not known: memberlist does not say.
-	MergeRemoteState(buf []byte)
+	// MergeRemoteState merges a peer's LocalState (max wins); false when
+	// the handler could not take it. Which peer sent it is not known:
+	// memberlist does not say.
+	MergeRemoteState(buf []byte) bool
 }
 
 // State is a peer's state as this node sees it.
@@ -251,7 +248,6 @@ type Mesh struct {
 	drops          [numDropReasons]atomic.Uint64
 	dropLabels     [numDropReasons][]metrics.Label
 
-	disp      dispatcher
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closed    atomic.Bool
@@ -331,9 +327,7 @@ func newMesh(cfg Config, h Handler) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.disp.init()
-	m.wg.Add(2)
-	go m.dispatchLoop()
+	m.wg.Add(1)
 	go m.reportDrops()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -604,7 +598,7 @@ func (m *Mesh) SendBestEffort(to string, msg []byte) error {
 }
 
 func (m *Mesh) sendSelf(msg []byte) error {
-	if !m.disp.push(event{kind: evMessage, name: m.self, payload: append([]byte(nil), msg...)}) {
+	if !m.h.OnMessage(m.self, msg) {
 		m.countDrop(dropOverflow, m.self)
 		return fmt.Errorf("mesh: send to self %q: handler queue full", m.self)
 	}
@@ -842,8 +836,8 @@ func (m *Mesh) sawMessage(p *peerInfo, boot uint64, hash string) {
 
 func (m *Mesh) restartedLocked(p *peerInfo) {
 	m.log.Info("mesh: peer restarted", "peer", p.name)
-	m.disp.push(event{kind: evPeer, name: p.name, alive: false})
-	m.disp.push(event{kind: evPeer, name: p.name, alive: true})
+	m.h.OnPeerChange(p.name, false)
+	m.h.OnPeerChange(p.name, true)
 }
 
 // joinLoop joins every configured peer memberlist does not list as alive:
