@@ -90,10 +90,14 @@ const (
 type Cluster struct {
 	// NodeName is this proxy's name; it must be one of Peers. Required.
 	NodeName string `toml:"node_name"`
-	// Bind is the host:port gossip listens on (TCP and UDP). Default "0.0.0.0:7946".
+	// Bind is the host:port gossip listens on (TCP and UDP). Default: this
+	// proxy's own [[cluster.peer]] address, where the others send to (set
+	// it, to "0.0.0.0:PORT" for example, when that address is not one of
+	// this machine's, as behind NAT).
 	Bind string `toml:"bind"`
-	// Advertise is the host:port other peers reach this proxy at. Default "":
-	// derived from Bind by memberlist.
+	// Advertise is the host:port this proxy tells the others it is at.
+	// Default: its own [[cluster.peer]] address, which is where the others
+	// expect it (a peer claiming its name from another address is refused).
 	Advertise string `toml:"advertise"`
 	// Peers lists every proxy of the cluster, this one included. N = len(Peers);
 	// the quorum is N/2+1, counted against N.
@@ -155,6 +159,16 @@ func parsePrefix(n string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// selfAddress is the address of the peer named NodeName ("" when none is).
+func (c *Cluster) selfAddress() string {
+	for _, p := range c.Peers {
+		if p.Name == c.NodeName {
+			return p.Address
+		}
+	}
+	return ""
 }
 
 // Quorum returns the number of distinct peers a decision needs: N/2+1.
@@ -434,7 +448,6 @@ const (
 	defaultLogLevel       = "info"
 	defaultLogFormat      = "text"
 	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish
-	defaultBind           = "0.0.0.0:7946"   // memberlist's usual port
 	defaultLeaseTimeout   = 3 * time.Second  // a cut-off proxy stops routing within this
 	defaultClockDrift     = 0.01             // ordinary crystals drift far less than 1%
 	defaultSwitchHold     = 2 * time.Second  // covers a typical agreed switch
@@ -463,7 +476,6 @@ func (c *Config) setDefaults() {
 }
 
 func (c *Cluster) setDefaults() {
-	c.Bind = defaultBind
 	c.LeaseTimeout = defaultLeaseTimeout
 	c.ClockDrift = defaultClockDrift
 	c.OnQuorumLoss = ActionClose

@@ -281,8 +281,10 @@ func TestClusterConfig(t *testing.T) {
 		t.Fatal("no cluster")
 	}
 	wantCluster := Cluster{
-		NodeName:      "qp2",
-		Bind:          "0.0.0.0:7946",
+		NodeName: "qp2",
+		// bind and advertise left out: this proxy's own peer address.
+		Bind:          "127.0.0.2:17946",
+		Advertise:     "127.0.0.2:17946",
 		SecretKeyFile: "gossip.key",
 		StateDir:      "state",
 		LeaseTimeout:  1500 * time.Millisecond,

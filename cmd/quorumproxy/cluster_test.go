@@ -265,6 +265,35 @@ func TestClusterOfThree(t *testing.T) {
 	})
 }
 
+// Peers listed on ports other than 7946, with bind left out: each proxy
+// listens where the others were told to find it (the address it advertises),
+// so the three agree and fail over together.
+func TestClusterBindDefaultsToPeerAddress(t *testing.T) {
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	ps, _ := startEchoClusterWith(t, a, b, echoClusterOpts{noBind: true})
+	allRoute := func(want string) func() bool {
+		return func() bool {
+			for _, p := range ps {
+				if r, _ := p.routing(t); r != want {
+					return false
+				}
+				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a"))
+	for _, p := range ps {
+		if cfg, _ := os.ReadFile(p.cfgPath); strings.Contains(string(cfg), "\nbind = ") {
+			t.Fatalf("%s: the config sets bind; this test is about leaving it out", p.name)
+		}
+	}
+	a.close()
+	waitFor(t, "all three proxies routing to b", 30*time.Second, allRoute("b"))
+}
+
 // clusterNames are the proxies of the test clusters.
 var clusterNames = []string{"qp1", "qp2", "qp3"}
 
@@ -301,6 +330,7 @@ type echoClusterOpts struct {
 	bin     string // the binary; "" for the one built for the tests
 	lease   string // lease_timeout; "" for clusterConfig's
 	noToken bool   // no [admin] token_file
+	noBind  bool   // no [cluster] bind: each gossips on its own peer address
 }
 
 func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]*clusterProxy, string) {
@@ -320,6 +350,9 @@ func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]
 		}
 		if o.noToken {
 			cfg = strings.Replace(cfg, "token_file = ", "# token_file = ", 1)
+		}
+		if o.noBind {
+			cfg = strings.Replace(cfg, "\nbind = ", "\n# bind = ", 1)
 		}
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
