@@ -17,8 +17,10 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -127,6 +129,16 @@ type Cluster struct {
 	// Label is the gossip label; proxies with another label are ignored.
 	// Default "quorumproxy". At most 255 bytes.
 	Label string `toml:"label"`
+}
+
+// Service returns the service called name, or nil.
+func (c *Config) Service(name string) *Service {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i]
+		}
+	}
+	return nil
 }
 
 // Peer is one [[cluster.peer]] entry.
@@ -397,6 +409,27 @@ type Health struct {
 	// Command is the exec check's argv, run without a shell under Timeout;
 	// exit 0 = up. Required for kind "exec".
 	Command []string `toml:"command"`
+}
+
+// Password reads the checks' password from PasswordFile (its trailing
+// newline removed) or PasswordEnv; "" when neither is set. Errors name the
+// key.
+func (h *Health) Password() (string, error) {
+	switch {
+	case h.PasswordFile != "":
+		b, err := os.ReadFile(h.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case h.PasswordEnv != "":
+		v, ok := os.LookupEnv(h.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("password_env: variable %s is not set", h.PasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
 }
 
 // Hooks is a service's [service.hooks] table. Each hook is an argv run

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 const clusterConfig = `
@@ -81,10 +83,10 @@ func grepLines(text, sub string) string {
 }
 
 // clusterService is the cluster's view of the one service on this proxy.
-func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
+func (p *clusterProxy) clusterService(t *testing.T) adminapi.ClusterService {
 	st, err := p.d.status(t)
 	if err != nil || st.Cluster == nil || len(st.Cluster.Services) == 0 {
-		return clusterServiceView{}
+		return adminapi.ClusterService{}
 	}
 	return st.Cluster.Services[0]
 }

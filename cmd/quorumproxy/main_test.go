@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
@@ -206,17 +207,8 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd, admin string) *daemonProc {
 	return d
 }
 
-func (d *daemonProc) status(t *testing.T) (*statusView, error) {
-	resp, err := http.Get("http://" + d.admin + "/status")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st statusView
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+func (d *daemonProc) status(t *testing.T) (*adminapi.Status, error) {
+	return (&adminapi.Client{Addr: d.admin}).Status(context.Background())
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -231,7 +223,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-func (d *daemonProc) service(t *testing.T, name string) *serviceView {
+func (d *daemonProc) service(t *testing.T, name string) *adminapi.Service {
 	st, err := d.status(t)
 	if err != nil {
 		return nil

@@ -3,7 +3,7 @@ package chaos
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"go.uber.org/goleak"
 )
 
@@ -520,49 +521,18 @@ func (p *proxyNode) start() {
 
 func (p *proxyNode) listen() string { return fmt.Sprintf("%s:%d", p.ip, servicePort) }
 
-// status is the part of /status these tests read.
-type status struct {
-	Services []struct {
-		Name     string `json:"name"`
-		Target   string `json:"target"`
-		Why      string `json:"why"`
-		Backends []struct {
-			Name      string `json:"name"`
-			Health    string `json:"health"`
-			LastError string `json:"last_error"`
-		} `json:"backends"`
-	} `json:"services"`
-	Cluster *struct {
-		Node       string   `json:"node"`
-		Recovering bool     `json:"recovering"`
-		Reachable  []string `json:"reachable"`
-		Services   []struct {
-			Epoch    uint64   `json:"epoch"`
-			Primary  string   `json:"primary"`
-			Fenced   []string `json:"fenced"`
-			Routing  string   `json:"routing"`
-			Held     string   `json:"held"`
-			LeaseMS  float64  `json:"lease_ms"`
-			MaxVoted uint64   `json:"max_voted"`
-			Decision string   `json:"decision"`
-		} `json:"services"`
-	} `json:"cluster"`
-}
-
-func (p *proxyNode) status() (*status, error) {
-	resp, err := httpc.Get(fmt.Sprintf("http://%s:%d/status", p.ip, adminPort))
+// status reads p's /status; an answer without the cluster's service is an
+// error (the proxy is not up yet).
+func (p *proxyNode) status() (*adminapi.Status, error) {
+	c := adminapi.Client{Addr: fmt.Sprintf("%s:%d", p.ip, adminPort), HTTP: httpc}
+	st, err := c.Status(context.Background())
 	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("status of %s: %w", p.name, err)
 	}
 	if st.Cluster == nil || len(st.Cluster.Services) == 0 || len(st.Services) == 0 {
 		return nil, fmt.Errorf("status of %s: no cluster service", p.name)
 	}
-	return &st, nil
+	return st, nil
 }
 
 // view is one proxy's record and route at one moment.

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/cluster"
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/hooks"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
@@ -95,7 +96,7 @@ func clusterHash(cfg *config.Config) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
+func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	c := cfg.Cluster
 	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
 		routes: make(chan routeChange, 1024), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
@@ -214,7 +215,7 @@ func (cs *clusterSide) close() {
 
 // onRecord runs on the Node's goroutine for every new record this proxy
 // commits or adopts: the notify hook runs on every proxy.
-func (d *daemon) onRecord(service string, old, new cluster.Record) {
+func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	svc := d.serviceConfig(service)
@@ -237,7 +238,7 @@ func clusterHooks(s config.Service) cluster.HookConfig {
 // lease at the epoch it committed, acts on a database: the hook runs on
 // the service's queue, the backend is checked at once, and the Node hears
 // how it ended. It must not block: ActionDone goes through the Node's inbox.
-func (d *daemon) onClusterAction(service string, a cluster.Action) {
+func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 	report := func(r cluster.ActionResult) {
 		if err := d.cluster.rt.ActionDone(service, a, r); err != nil {
 			d.log.Warn("cluster: action result", "service", service, "epoch", a.Epoch, "action", a.Kind.String(), "err", err)
@@ -256,7 +257,7 @@ func (d *daemon) onClusterAction(service string, a cluster.Action) {
 // runAction runs one action's hook with the epoch as fencing token and
 // checks the backend right after: a promote is skipped when the backend
 // already reports primary, and judged by the role it reports afterwards.
-func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
+func (d *Daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
 	timeout := svc.Hooks.Timeout
 	if timeout <= 0 {
 		timeout = hooks.DefaultTimeout
@@ -295,7 +296,7 @@ func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.Action
 
 // checkNow checks a backend at once; up is false unless that check
 // succeeded.
-func (d *daemon) checkNow(service, backend string) (up bool, role cluster.Role) {
+func (d *Daemon) checkNow(service, backend string) (up bool, role cluster.Role) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := d.mon.CheckNow(ctx, service, backend)
@@ -315,79 +316,26 @@ func clusterRole(r health.Role) cluster.Role {
 	return cluster.RoleUnknown
 }
 
-func (d *daemon) serviceConfig(name string) *config.Service {
+func (d *Daemon) serviceConfig(name string) *config.Service {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if s := findService(d.cfg, name); s != nil {
+	if s := d.cfg.Service(name); s != nil {
 		c := *s
 		return &c
 	}
 	return nil
 }
 
-// clusterView is the cluster part of /status.
-type clusterView struct {
-	Node       string               `json:"node"`
-	Peers      int                  `json:"peers"`
-	Quorum     int                  `json:"quorum"`
-	Recovering bool                 `json:"recovering"`
-	Reachable  []string             `json:"reachable"`
-	Members    []cluster.Member     `json:"members"`
-	Services   []clusterServiceView `json:"services"`
-	Counters   cluster.Counters     `json:"counters"`
-	Error      string               `json:"error,omitempty"`
-	// StoreError is set while state_dir cannot be written: this proxy
-	// then neither votes, proposes nor routes.
-	StoreError string `json:"store_error,omitempty"`
-}
-
-type clusterServiceView struct {
-	Service string `json:"service"`
-	Epoch   uint64 `json:"epoch"`
-	Primary string `json:"primary"`
-	// Fenced lists the backends no failover may pick until an operator
-	// unfences them; Fencing is an operator's fence or unfence in flight.
-	Fenced  []string `json:"fenced,omitempty"`
-	Fencing string   `json:"fencing,omitempty"`
-	// Routing is the backend this proxy forwards new clients to now: the
-	// cluster's leased route, unless the proxy holds it back locally
-	// (Held says why: quarantined, awaiting promotion, lease expired).
-	Routing   string  `json:"routing"`
-	Held      string  `json:"held,omitempty"`
-	LeaseMS   float64 `json:"lease_ms"` // remaining; <= 0: no lease
-	MaxVoted  uint64  `json:"max_voted"`
-	Proposing uint64  `json:"proposing,omitempty"`
-	Votes     int     `json:"votes,omitempty"`
-	Decision  string  `json:"decision,omitempty"`
-	// PromoteFailed lists backends held out after a failed promote hook.
-	PromoteFailed []string `json:"promote_failed,omitempty"`
-	// Alerts say what needs an operator (dual_primary, no_primary,
-	// promote_held).
-	Alerts []string `json:"alerts,omitempty"`
-	// Operation is the last switchover, fence or unfence asked of this
-	// proxy and how it ended.
-	Operation *operationView `json:"operation,omitempty"`
-}
-
-// operationView is an operator's request as /status shows it.
-type operationView struct {
-	ID      uint64 `json:"id"`
-	Kind    string `json:"kind"`
-	Backend string `json:"backend"`
-	State   string `json:"state"` // pending, committed, done, failed
-	Epoch   uint64 `json:"epoch,omitempty"`
-	Detail  string `json:"detail,omitempty"`
-}
-
-func (cs *clusterSide) view() *clusterView {
+// view is the cluster part of /status.
+func (cs *clusterSide) view() *adminapi.ClusterStatus {
 	st, err := cs.rt.Status()
-	v := &clusterView{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
+	v := &adminapi.ClusterStatus{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
 		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters, StoreError: st.StoreError}
 	if err != nil {
 		v.Error = err.Error()
 	}
 	for _, s := range st.Services {
-		sv := clusterServiceView{
+		sv := adminapi.ClusterService{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
 			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.Promised,
@@ -395,7 +343,7 @@ func (cs *clusterSide) view() *clusterView {
 			Alerts: s.Alerts,
 		}
 		if op := s.Operation; op != nil {
-			sv.Operation = &operationView{ID: op.ID, Kind: op.Kind, Backend: op.Backend, State: string(op.State), Epoch: op.Epoch, Detail: op.Detail}
+			sv.Operation = &adminapi.Operation{ID: op.ID, Kind: op.Kind, Backend: op.Backend, State: string(op.State), Epoch: op.Epoch, Detail: op.Detail}
 		}
 		v.Services = append(v.Services, sv)
 	}
