@@ -246,7 +246,10 @@ func TestSecurityExecAndHookHygiene(t *testing.T) {
 	t.Cleanup(func() { testenv.KillMarked(mark) })
 	dir := t.TempDir()
 	admin, listen := freeAddr(t), freeAddr(t)
-	noisy := `head -c 100000000 /dev/zero; sleep 1000 & echo primary`
+	// The role line comes first: an exec check keeps the first 64 KiB of
+	// its output, and its kind is role-aware, so the service routes only
+	// to the backend that reports primary.
+	noisy := `sleep 1000 & if [ "$QP_PORT" = 1 ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero`
 	cfgPath := filepath.Join(dir, "qp.toml")
 	cfg := fmt.Sprintf(`[admin]
 listen = %q
