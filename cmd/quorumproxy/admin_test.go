@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // adminDaemon starts a proxy alone with an active-passive service "web"
@@ -50,7 +52,7 @@ listen = %q
 		t.Fatal(err)
 	}
 	d = startDaemon(t, cfgPath, admin)
-	waitFor(t, "web routing to a", 20*time.Second, func() bool { s := d.service(t, "web"); return s != nil && s.Target == "a" })
+	testwait.For(t, "web routing to a", 20*time.Second, func() bool { s := d.service(t, "web"); return s != nil && s.Target == "a" })
 	return cfgPath, admin, tokenFile, d
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 const clusterConfig = `
@@ -112,7 +113,7 @@ func TestClusterOfThree(t *testing.T) {
 			return true
 		}
 	}
-	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
 	_, epochA := ps[0].routing(t)
 	page := getBody(t, "http://"+ps[0].admin+"/")
 	for _, want := range []string{"quorum 2", "qp2", "<td>echo</td>"} {
@@ -129,14 +130,14 @@ func TestClusterOfThree(t *testing.T) {
 
 	// The primary dies: the proxies agree on b at a higher epoch.
 	a.close()
-	waitFor(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
 	_, epochB := ps[0].routing(t)
 	if epochB <= epochA {
 		t.Fatalf("epoch did not grow: %d then %d", epochA, epochB)
 	}
 	// The promote hook ran for that epoch on exactly one proxy.
 	want := fmt.Sprintf("%d b", epochB)
-	waitFor(t, "promote hook for epoch "+want, 20*time.Second, func() bool {
+	testwait.For(t, "promote hook for epoch "+want, 20*time.Second, func() bool {
 		n := 0
 		for _, p := range ps {
 			data, _ := os.ReadFile(p.hookOut)
@@ -151,13 +152,13 @@ func TestClusterOfThree(t *testing.T) {
 
 	// One proxy lost: the other two still hold a quorum and keep routing.
 	ps[2].d.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, "two proxies still routing to b", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies still routing to b", 20*time.Second, allRoute("b", ps[:2]))
 
 	// The old primary is back; failback is manual, so traffic stays on b
 	// until an operator switches over, by vote.
 	startEchoAt(t, "a", a.addr())
 	for _, p := range ps[:2] {
-		waitFor(t, p.name+" sees a up", 20*time.Second, func() bool {
+		testwait.For(t, p.name+" sees a up", 20*time.Second, func() bool {
 			s := p.d.service(t, "echo")
 			return s != nil && len(s.Backends) == 2 && s.Backends[0].Name == "a" && s.Backends[0].Health == "up"
 		})
@@ -183,7 +184,7 @@ func TestClusterOfThree(t *testing.T) {
 		t.Fatalf("unfence of b, which is not fenced: exit %d, %q", code, errOut)
 	}
 	// An unfence is one attempt, like a switchover: ask again if it gave up.
-	waitFor(t, "a unfenced", 40*time.Second, func() bool {
+	testwait.For(t, "a unfenced", 40*time.Second, func() bool {
 		if len(ps[0].clusterService(t).Fenced) == 0 {
 			return true
 		}
@@ -198,7 +199,7 @@ func TestClusterOfThree(t *testing.T) {
 	})
 	// A switchover is one attempt; the operator (here the test) asks again
 	// if a concurrent decision or a stale view made it give up.
-	waitFor(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
+	testwait.For(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
 		if allRoute("a", ps[:2])() {
 			return true
 		}
@@ -231,7 +232,7 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	// An operator's fence of the primary moves the service to the best
 	// candidate and keeps the fenced backend out of later failovers.
-	waitFor(t, "a fenced and the service on b", 40*time.Second, func() bool {
+	testwait.For(t, "a fenced and the service on b", 40*time.Second, func() bool {
 		done := func() bool {
 			v := ps[0].clusterService(t)
 			return slices.Equal(v.Fenced, []string{"a"}) && v.Primary == "b"
@@ -248,7 +249,7 @@ func TestClusterOfThree(t *testing.T) {
 		}
 		return done()
 	})
-	waitFor(t, "two proxies routing to b after the fence", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies routing to b after the fence", 20*time.Second, allRoute("b", ps[:2]))
 	// With a fenced, nothing could take over from b: its fence is refused.
 	if _, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code == 0 || !strings.Contains(errOut, "no backend can take over") {
 		t.Fatalf("fence of primary b with a fenced: exit %d, %q; want a refusal", code, errOut)
@@ -257,7 +258,7 @@ func TestClusterOfThree(t *testing.T) {
 	// A second proxy lost: the last one is cut off from the majority and
 	// stops routing once its lease runs out.
 	ps[1].d.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, "the lone proxy stops routing", 20*time.Second, func() bool {
+	testwait.For(t, "the lone proxy stops routing", 20*time.Second, func() bool {
 		r, _ := ps[0].routing(t)
 		if r != "" {
 			return false
@@ -286,14 +287,14 @@ func TestClusterBindDefaultsToPeerAddress(t *testing.T) {
 			return true
 		}
 	}
-	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a"))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute("a"))
 	for _, p := range ps {
 		if cfg, _ := os.ReadFile(p.cfgPath); strings.Contains(string(cfg), "\nbind = ") {
 			t.Fatalf("%s: the config sets bind; this test is about leaving it out", p.name)
 		}
 	}
 	a.close()
-	waitFor(t, "all three proxies routing to b", 30*time.Second, allRoute("b"))
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b"))
 }
 
 // clusterNames are the proxies of the test clusters.
@@ -389,7 +390,7 @@ func getBody(t *testing.T, url string) string {
 func startEchoAt(t *testing.T, name, addr string) *echoServer {
 	t.Helper()
 	var e *echoServer
-	waitFor(t, "listening again on "+addr, 10*time.Second, func() bool {
+	testwait.For(t, "listening again on "+addr, 10*time.Second, func() bool {
 		var err error
 		e, err = listenEcho(name, addr)
 		return err == nil

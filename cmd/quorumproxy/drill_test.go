@@ -16,6 +16,7 @@ import (
 
 	"github.com/quorumproxy/quorumproxy/internal/drill"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // A drill against a real PostgreSQL primary with a synchronous standby: the
@@ -188,7 +189,7 @@ func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid
 		t.Fatal(err)
 	}
 	d := startDaemon(t, cfgPath, admin)
-	waitFor(t, "target "+names[0], 30*time.Second, func() bool {
+	testwait.For(t, "target "+names[0], 30*time.Second, func() bool {
 		s := d.service(t, service)
 		return s != nil && s.Target == names[0]
 	})

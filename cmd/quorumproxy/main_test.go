@@ -21,6 +21,7 @@ import (
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 var binPath string
@@ -211,18 +212,6 @@ func (d *daemonProc) status(t *testing.T) (*adminapi.Status, error) {
 	return (&adminapi.Client{Addr: d.admin}).Status(context.Background())
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (d *daemonProc) service(t *testing.T, name string) *adminapi.Service {
 	st, err := d.status(t)
 	if err != nil {
@@ -299,7 +288,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	write("")
 	d := startDaemon(t, cfgPath, admin)
 
-	waitFor(t, "target a", 10*time.Second, func() bool {
+	testwait.For(t, "target a", 10*time.Second, func() bool {
 		s := d.service(t, "echo")
 		return s != nil && s.Target == "a"
 	})
@@ -309,14 +298,14 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 
 	// The primary dies: traffic moves to b and the promote hook sees where.
 	a.close()
-	waitFor(t, "target b", 10*time.Second, func() bool {
+	testwait.For(t, "target b", 10*time.Second, func() bool {
 		s := d.service(t, "echo")
 		return s != nil && s.Target == "b"
 	})
 	if got, err := ask(listen, "again"); err != nil || got != "b:again" {
 		t.Fatalf("after failover: %q %v", got, err)
 	}
-	waitFor(t, "promote hook output", 10*time.Second, func() bool {
+	testwait.For(t, "promote hook output", 10*time.Second, func() bool {
 		data, err := os.ReadFile(hookOut)
 		return err == nil && strings.Contains(string(data), "QP_NEW_BACKEND=b\n") &&
 			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.addr()+"\n")
@@ -331,7 +320,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "failed reload reported", 10*time.Second, func() bool {
+	testwait.For(t, "failed reload reported", 10*time.Second, func() bool {
 		st, err := d.status(t)
 		return err == nil && !st.LastReload.OK && st.LastReload.Error != ""
 	})
@@ -356,7 +345,7 @@ mode = "active-active"
   address = %q
 `, listen2, c.addr()))
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "second service routing", 10*time.Second, func() bool {
+	testwait.For(t, "second service routing", 10*time.Second, func() bool {
 		got, err := ask(listen2, "x")
 		return err == nil && got == "c:x"
 	})
@@ -455,7 +444,7 @@ mode = "active-active"
 		}
 		return got
 	}
-	waitFor(t, "both backends in rotation", 10*time.Second, func() bool { g := seen(4); return g["a"] > 0 && g["b"] > 0 })
+	testwait.For(t, "both backends in rotation", 10*time.Second, func() bool { g := seen(4); return g["a"] > 0 && g["b"] > 0 })
 
 	if _, _, code := runBin(t, "drain", "-admin", admin, "-service", "web", "-backend", "b"); code == 0 {
 		t.Fatal("drain without the token was accepted")

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 	"go.uber.org/goleak"
 )
 
@@ -499,7 +500,7 @@ func (b *backendNode) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "backend "+b.name+" listening", 10*time.Second, func() bool {
+	testwait.For(t, "backend "+b.name+" listening", 10*time.Second, func() bool {
 		if !b.proc.running() {
 			t.Fatalf("backend %s exited: %s", b.name, b.proc.logs.String())
 		}
@@ -630,7 +631,7 @@ func (p *proxyNode) notRouting(want string) error {
 
 func (c *cluster) waitAllRoute(want string, who []*proxyNode, timeout time.Duration) {
 	c.t.Helper()
-	waitFor(c.t, fmt.Sprintf("%s routing to %s", names(who), want), timeout, func() bool {
+	testwait.For(c.t, fmt.Sprintf("%s routing to %s", names(who), want), timeout, func() bool {
 		for _, p := range who {
 			if !p.proc.running() {
 				c.t.Fatalf("%s exited:\n%s", p.name, tail(p.proc.logs.String(), 30))
@@ -713,7 +714,7 @@ func (p *proxyNode) control(verb string, form url.Values) error {
 func (c *cluster) switchTo(to string, who []*proxyNode) {
 	c.t.Helper()
 	defer c.unfenceAll(who)
-	waitFor(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
+	testwait.For(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
 		all := func() bool {
 			for _, p := range who {
 				if !p.routesTo(to) {
@@ -749,7 +750,7 @@ func (c *cluster) switchTo(to string, who []*proxyNode) {
 // who see an empty fenced set.
 func (c *cluster) unfenceAll(who []*proxyNode) {
 	c.t.Helper()
-	waitFor(c.t, names(who)+" seeing no fenced backend", 60*time.Second, func() bool {
+	testwait.For(c.t, names(who)+" seeing no fenced backend", 60*time.Second, func() bool {
 		fenced := who[0].view().fenced
 		for _, p := range who {
 			if v := p.view(); len(v.fenced) > 0 {
@@ -771,18 +772,6 @@ func (c *cluster) unfenceAll(who []*proxyNode) {
 		}
 		return false
 	})
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // sample is one round of every proxy's view, taken concurrently.
