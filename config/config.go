@@ -129,7 +129,37 @@ type Cluster struct {
 	// Label is the gossip label; proxies with another label are ignored.
 	// Default "quorumproxy". At most 255 bytes.
 	Label string `toml:"label"`
+	// GossipInterval is how often queued gossip (health observations, which
+	// also go straight to every peer when they change) is sent. Default
+	// 200ms. Must be positive.
+	GossipInterval time.Duration `toml:"gossip_interval"`
+	// ProbeInterval is memberlist's failure-detection period: a peer is
+	// probed this often, the probe times out after half of it, and a full
+	// state sync runs every 30 of them. Default 1s. Must be positive.
+	ProbeInterval time.Duration `toml:"probe_interval"`
+	// RejoinInterval is how often configured peers that memberlist does not
+	// list as alive are joined again (it stops probing a dead node, so
+	// without this a long partition would never heal). Default 10s. Must be
+	// positive.
+	RejoinInterval time.Duration `toml:"rejoin_interval"`
 }
+
+// Timings of the agreement derived from lease_timeout. They are not keys:
+// the protocol's argument ties each to the lease (see docs/design.md).
+
+// ObservationTTL is how long a peer's report about a backend counts after
+// it was received: one and a half leases, so that a report outlives a lost
+// gossip round yet a proxy cut off for a lease is not counted on.
+func (c *Cluster) ObservationTTL() time.Duration { return c.LeaseTimeout * 3 / 2 }
+
+// VoteTimeout is how long a proposer gathers votes before it gives an
+// epoch up: one lease, the time a voter that stopped routing waits anyway.
+func (c *Cluster) VoteTimeout() time.Duration { return c.LeaseTimeout }
+
+// FailedPromoteHold is how long a backend whose promote failed is no
+// failover candidate: thirty leases, long enough for an operator to look,
+// short enough that a transient failure does not exclude it for good.
+func (c *Cluster) FailedPromoteHold() time.Duration { return 30 * c.LeaseTimeout }
 
 // Service returns the service called name, or nil.
 func (c *Config) Service(name string) *Service {
@@ -480,16 +510,19 @@ const (
 	defaultAdminListen    = DefaultAdminListen
 	defaultLogLevel       = "info"
 	defaultLogFormat      = "text"
-	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish
-	defaultLeaseTimeout   = 3 * time.Second  // a cut-off proxy stops routing within this
-	defaultClockDrift     = 0.01             // ordinary crystals drift far less than 1%
-	defaultSwitchHold     = 2 * time.Second  // covers a typical agreed switch
-	defaultLabel          = "quorumproxy"
-	defaultConnectTimeout = 3 * time.Second // above a SYN retransmit (1s) plus a retry
-	defaultInterval       = 2 * time.Second
-	defaultTimeout        = 1 * time.Second // half the interval: checks never pile up
-	defaultRise           = 2               // one lucky success is not recovery
-	defaultFall           = 3               // one lost packet is not a failure
+	defaultDrainTimeout   = 10 * time.Second       // long enough for short queries to finish
+	defaultLeaseTimeout   = 3 * time.Second        // a cut-off proxy stops routing within this
+	defaultClockDrift     = 0.01                   // ordinary crystals drift far less than 1%
+	defaultSwitchHold     = 2 * time.Second        // covers a typical agreed switch
+	defaultLabel          = "quorumproxy"          // one cluster per network unless told otherwise
+	defaultGossipInterval = 200 * time.Millisecond // memberlist's LAN value: five rounds a second
+	defaultProbeInterval  = 1 * time.Second        // memberlist's LAN value
+	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
+	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
+	defaultInterval       = 2 * time.Second        // cheap for any server; fast_interval speeds up a change
+	defaultTimeout        = 1 * time.Second        // half the interval: checks never pile up
+	defaultRise           = 2                      // one lucky success is not recovery
+	defaultFall           = 3                      // one lost packet is not a failure
 	minFastInterval       = 50 * time.Millisecond
 	defaultMethod         = "GET"
 	defaultPath           = "/"
@@ -514,6 +547,9 @@ func (c *Cluster) setDefaults() {
 	c.OnQuorumLoss = ActionClose
 	c.SwitchHold = defaultSwitchHold
 	c.Label = defaultLabel
+	c.GossipInterval = defaultGossipInterval
+	c.ProbeInterval = defaultProbeInterval
+	c.RejoinInterval = defaultRejoinInterval
 }
 
 func (s *Service) setDefaults() {

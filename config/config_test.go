@@ -65,6 +65,9 @@ func TestBadConfigs(t *testing.T) {
 			`cluster_required.toml:1:1: cluster: state_dir: required`,
 			`cluster_required.toml:2:1: cluster: bind "0.0.0.0": missing port`,
 			`cluster_required.toml:3:1: cluster: lease_timeout: must be positive, not 0s`,
+			`cluster_required.toml:4:1: cluster: gossip_interval: must be positive, not 0s`,
+			`cluster_required.toml:5:1: cluster: probe_interval: must be positive, not -1s`,
+			`cluster_required.toml:6:1: cluster: rejoin_interval: must be positive, not 0s`,
 		},
 		"data_plane.toml": {
 			`data_plane.toml:2:1: proxy: loops: must be 0 (one per CPU) to 1024, not -1`,
@@ -292,6 +295,10 @@ func TestClusterConfig(t *testing.T) {
 		OnQuorumLoss:  ActionClose,
 		SwitchHold:    750 * time.Millisecond,
 		Label:         "quorumproxy",
+		// Tuning keys left out: memberlist's LAN values.
+		GossipInterval: 200 * time.Millisecond,
+		ProbeInterval:  time.Second,
+		RejoinInterval: 10 * time.Second,
 		Peers: []Peer{
 			{Name: "qp1", Address: "127.0.0.1:17946"},
 			{Name: "qp2", Address: "127.0.0.2:17946"},

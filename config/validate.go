@@ -341,6 +341,9 @@ func (d *decoder) validateCluster(c *Cluster) {
 		d.errorf(cp, "", "state_dir: required")
 	}
 	d.positive(cp, "lease_timeout", c.LeaseTimeout)
+	d.positive(cp, "gossip_interval", c.GossipInterval)
+	d.positive(cp, "probe_interval", c.ProbeInterval)
+	d.positive(cp, "rejoin_interval", c.RejoinInterval)
 	if !(c.ClockDrift >= 0 && c.ClockDrift < 0.5) {
 		d.errorf(cp, "clock_drift", "clock_drift: must be at least 0 and below 0.5, not %v", c.ClockDrift)
 	}

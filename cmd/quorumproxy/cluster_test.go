@@ -29,6 +29,9 @@ bind = %q
 secret_key_file = %q
 state_dir = %q
 lease_timeout = "600ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 switch_hold = "300ms"
 %s
 
@@ -338,7 +341,6 @@ type echoClusterOpts struct {
 
 func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]*clusterProxy, string) {
 	t.Helper()
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	dir := t.TempDir()
 	keyFile, tokenFile, peers, gossip := clusterFiles(t, dir)
 	var ps []*clusterProxy

@@ -146,6 +146,9 @@ bind = %q
 secret_key_file = %q
 state_dir = %q
 lease_timeout = "600ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 %s
 [[service]]
 name = "db"
@@ -176,7 +179,6 @@ type promoHooks struct {
 func newPromoCluster(t *testing.T, k promoKind, backends []promoBackend, h promoHooks) *promoCluster {
 	t.Helper()
 	testenv.Need(t, k.kind)
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	c := &promoCluster{t: t, k: k, dir: t.TempDir()}
 	c.hookLog = filepath.Join(c.dir, "hooks.log")
 	keyFile, tokenFile, peers, gossip := clusterFiles(t, c.dir)

@@ -411,6 +411,9 @@ state_dir = %q
 lease_timeout = %q
 on_quorum_loss = %q
 switch_hold = "200ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 %s
 
 [[service]]
@@ -514,7 +517,7 @@ func (p *proxyNode) start() {
 	t := p.c.t
 	t.Helper()
 	var err error
-	p.proc, err = startProc(p.ns, []string{"QP_TEST_GOSSIP_INTERVAL=50ms"}, binPath, "run", "-config", p.cfgPath)
+	p.proc, err = startProc(p.ns, nil, binPath, "run", "-config", p.cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -15,13 +14,8 @@ import (
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
-	"github.com/quorumproxy/quorumproxy/internal/hooks"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
-
-// keepLease is what a route without a lease deadline (on_quorum_loss =
-// "keep") reports: far beyond any write.
-const keepLease = 24 * time.Hour
 
 // clusterSide connects the daemon to the agreement: health observations
 // go in, routes come out to the proxy, hooks run for committed decisions.
@@ -54,7 +48,7 @@ func (l *routeLease) Remaining() time.Duration {
 	case b != l.backend:
 		return 0
 	case rem == 0:
-		return keepLease // on_quorum_loss = "keep": no deadline
+		return proxy.NoLeaseEnd // on_quorum_loss = "keep": no deadline
 	}
 	return rem
 }
@@ -96,23 +90,25 @@ func clusterHash(cfg *config.Config) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
+// clusterConfigs are the cluster's and the gossip's configuration, every
+// field filled from cfg (config owns the defaults; the cluster's own are for
+// direct users of that package). Callbacks and loggers are the caller's.
+func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (cluster.Config, cluster.GossipConfig) {
 	c := cfg.Cluster
-	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
-		routes: make(chan routeChange, 1024), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
 	ccfg := cluster.Config{
-		Name:         c.NodeName,
-		LeaseTimeout: c.LeaseTimeout,
-		ClockMargin:  c.ClockDrift,
-		Logger:       d.log.With("component", "cluster"),
-		OnRecord:     func(service string, old, new cluster.Record) { d.onRecord(service, old, new) },
-		OnAction:     func(service string, a cluster.Action) { d.onClusterAction(service, a) },
+		Name:              c.NodeName,
+		LeaseTimeout:      c.LeaseTimeout,
+		ClockMargin:       c.ClockDrift,
+		ObservationTTL:    c.ObservationTTL(),
+		VoteTimeout:       c.VoteTimeout(),
+		FailedPromoteHold: c.FailedPromoteHold(),
+		OnQuorumLoss:      cluster.QuorumLossClose,
 	}
 	if c.OnQuorumLoss == config.ActionKeep {
 		ccfg.OnQuorumLoss = cluster.QuorumLossKeep
 	}
 	for _, s := range cfg.Services {
-		if !cs.owned[s.Name] {
+		if !owned[s.Name] {
 			continue
 		}
 		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagBytesOnFailover,
@@ -124,19 +120,28 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	}
 	g := cluster.GossipConfig{
 		Bind: c.Bind, Advertise: c.Advertise, Label: c.Label, SecretKeyFile: c.SecretKeyFile,
-		Insecure: c.Insecure, ConfigHash: cs.hash, Logger: d.log.With("component", "gossip"),
-	}
-	// Test hooks: shrink gossip timers without a config key operators would misuse.
-	if v, err := time.ParseDuration(os.Getenv("QP_TEST_GOSSIP_INTERVAL")); err == nil {
-		g.GossipInterval, g.ProbeInterval, g.RejoinInterval = v, 5*v, 10*v
+		Insecure: c.Insecure, ConfigHash: hash,
+		GossipInterval: c.GossipInterval, ProbeInterval: c.ProbeInterval, RejoinInterval: c.RejoinInterval,
 	}
 	for _, p := range c.Peers {
 		g.Peers = append(g.Peers, cluster.Peer{Name: p.Name, Address: p.Address})
+		ccfg.Peers = append(ccfg.Peers, p.Name)
 	}
+	return ccfg, g
+}
+
+func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
+	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
+		routes: make(chan routeChange, 1024), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
+	ccfg, g := clusterConfigs(cfg, cs.hash, cs.owned)
+	ccfg.Logger = d.log.With("component", "cluster")
+	g.Logger = d.log.With("component", "gossip")
+	ccfg.OnRecord = d.onRecord
+	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
 	go cs.applyRoutes(d.px, d.log)
-	rt, err := cluster.Start(ccfg, g, c.StateDir, cluster.NodeOptions{
+	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
 		OnRoute: func(service, backend string) { cs.routes <- routeChange{service, backend} },
 	})
 	if err != nil {
@@ -258,10 +263,7 @@ func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 // checks the backend right after: a promote is skipped when the backend
 // already reports primary, and judged by the role it reports afterwards.
 func (d *Daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
-	timeout := svc.Hooks.Timeout
-	if timeout <= 0 {
-		timeout = hooks.DefaultTimeout
-	}
+	timeout := svc.Hooks.Timeout // positive: config checked it
 	res := cluster.ActionResult{Timeout: timeout}
 	env := hookEnv(svc, a.Old, a.New, "cluster decision")
 	env["QP_EPOCH"] = strconv.FormatUint(a.Epoch, 10)

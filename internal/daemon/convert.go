@@ -71,9 +71,6 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			External:              clustered[s.Name],
 			RoleAware:             s.RoleAware(),
 		}
-		if s.SwitchHold == 0 {
-			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does
-		}
 		pc.AcceptProxy, _ = s.ProxyPrefixes() // validated by Parse
 		if s.Mode == config.ModeActiveActive {
 			pc.Mode = proxy.ActiveActive
