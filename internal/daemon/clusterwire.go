@@ -24,8 +24,8 @@ type clusterSide struct {
 	hash  string
 	owned map[string]bool // active-passive services the cluster routes
 
-	routes chan routeChange // applied in order, off the Node's goroutine
-	ready  chan struct{}    // closed once rt is set (or Start failed)
+	routes *queue[routeChange] // applied in order, off the Node's goroutine
+	ready  chan struct{}       // closed once rt is set (or Start failed)
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
@@ -132,21 +132,25 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 
 func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
-		routes: make(chan routeChange, 1024), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
+		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
 	ccfg, g := clusterConfigs(cfg, cs.hash, cs.owned)
 	ccfg.Logger = d.log.With("component", "cluster")
 	g.Logger = d.log.With("component", "gossip")
+	// The Node calls these on its own goroutine, and they must not block
+	// it: onRecord and onClusterAction only queue work for the hook runner
+	// (dropping it, said in the log, when a service's queue is full), and
+	// OnRoute only queues the route for applyRoutes.
 	ccfg.OnRecord = d.onRecord
 	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
 	go cs.applyRoutes(d.px, d.log)
 	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
-		OnRoute: func(service, backend string) { cs.routes <- routeChange{service, backend} },
+		OnRoute: func(service, backend string) { cs.routes.put(routeChange{service, backend}) },
 	})
 	if err != nil {
 		close(cs.ready)
-		close(cs.routes)
+		cs.routes.close()
 		cs.wg.Wait()
 		return nil, err
 	}
@@ -165,7 +169,11 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 	<-cs.ready
 	current := map[string]string{}
 	lost := map[[2]string]uint64{} // lease-lost sessions already counted, per service and backend
-	for rc := range cs.routes {
+	for {
+		rc, ok := cs.routes.take()
+		if !ok {
+			return
+		}
 		prev := current[rc.service]
 		current[rc.service] = rc.backend
 		var lease proxy.Lease
@@ -214,12 +222,14 @@ func (cs *clusterSide) observe(s health.State) {
 // close leaves the cluster and stops the route applier.
 func (cs *clusterSide) close() {
 	cs.rt.Close()
-	close(cs.routes)
+	cs.routes.close()
 	cs.wg.Wait()
 }
 
 // onRecord runs on the Node's goroutine for every new record this proxy
-// commits or adopts: the notify hook runs on every proxy.
+// commits or adopts: the notify hook runs on every proxy. It must not
+// block: it logs and queues the hook (dropped, and logged, when the
+// service's hook queue is full).
 func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)

@@ -25,6 +25,50 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
+// The Node's OnRoute puts on this queue from its only goroutine: a put
+// never waits for the taker, and the taker gets every item in order.
+func TestQueuePutNeverBlocks(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	q := newQueue[int]()
+	const n = 100000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			q.put(i) // nobody takes yet
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d puts with nobody taking did not return: put blocks", n)
+	}
+	got := make(chan []int)
+	go func() {
+		var out []int
+		for {
+			v, ok := q.take()
+			if !ok {
+				got <- out
+				return
+			}
+			out = append(out, v)
+		}
+	}()
+	q.put(n)
+	q.close()
+	q.put(n + 1) // dropped: the queue is closed
+	out := <-got
+	if len(out) != n+1 {
+		t.Fatalf("took %d items, want %d", len(out), n+1)
+	}
+	for i, v := range out {
+		if v != i {
+			t.Fatalf("item %d is %d: out of order", i, v)
+		}
+	}
+}
+
 const clusterTOML = `
 [cluster]
 node_name = "qp2"
