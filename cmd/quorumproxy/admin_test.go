@@ -47,7 +47,7 @@ listen = %q
   [[service.backend]]
   name = "b"
   address = %q
-`, admin, tokenFile, listen, a.addr(), b.addr())
+`, admin, tokenFile, listen, a.Addr(), b.Addr())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
@@ -132,7 +133,7 @@ func TestClusterOfThree(t *testing.T) {
 	}
 
 	// The primary dies: the proxies agree on b at a higher epoch.
-	a.close()
+	a.Close()
 	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
 	_, epochB := ps[0].routing(t)
 	if epochB <= epochA {
@@ -159,7 +160,7 @@ func TestClusterOfThree(t *testing.T) {
 
 	// The old primary is back; failback is manual, so traffic stays on b
 	// until an operator switches over, by vote.
-	startEchoAt(t, "a", a.addr())
+	startEchoAt(t, "a", a.Addr())
 	for _, p := range ps[:2] {
 		testwait.For(t, p.name+" sees a up", 20*time.Second, func() bool {
 			s := p.d.service(t, "echo")
@@ -296,7 +297,7 @@ func TestClusterBindDefaultsToPeerAddress(t *testing.T) {
 			t.Fatalf("%s: the config sets bind; this test is about leaving it out", p.name)
 		}
 	}
-	a.close()
+	a.Close()
 	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b"))
 }
 
@@ -349,7 +350,7 @@ func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]
 			stateDir: filepath.Join(dir, n+".state")}
 		p.cfgPath = filepath.Join(dir, n+".toml")
 		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, p.stateDir,
-			peers, p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
+			peers, p.listen, p.hookOut, p.hookOut, a.Addr(), b.Addr())
 		if o.lease != "" {
 			cfg = strings.Replace(cfg, `lease_timeout = "600ms"`, "lease_timeout = "+o.lease, 1)
 		}
@@ -394,9 +395,9 @@ func startEchoAt(t *testing.T, name, addr string) *echoServer {
 	var e *echoServer
 	testwait.For(t, "listening again on "+addr, 10*time.Second, func() bool {
 		var err error
-		e, err = listenEcho(name, addr)
+		e, err = testenv.ListenEcho(name, addr)
 		return err == nil
 	})
-	t.Cleanup(e.close)
+	t.Cleanup(e.Close)
 	return e
 }

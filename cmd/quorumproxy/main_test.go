@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,68 +96,11 @@ func TestCheckConfigExitCodes(t *testing.T) {
 }
 
 // echoServer is a real TCP backend that answers every line with its name and the line.
-type echoServer struct {
-	name string
-	ln   net.Listener
-	wg   sync.WaitGroup
-}
+type echoServer = testenv.EchoServer
 
-func startEcho(t *testing.T, name string) *echoServer {
-	t.Helper()
-	e, err := listenEcho(name, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.close)
-	return e
-}
+func startEcho(t *testing.T, name string) *echoServer { return testenv.StartEcho(t, name) }
 
-func listenEcho(name, addr string) (*echoServer, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	e := &echoServer{name: name, ln: ln}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s:%s", e.name, line)
-				}
-			}()
-		}
-	}()
-	return e, nil
-}
-
-func (e *echoServer) close()       { e.ln.Close() }
-func (e *echoServer) addr() string { return e.ln.Addr().String() }
-
-// freeAddr is a loopback address whose port is free for TCP and UDP (the
-// gossip binds both), taken below the ephemeral range so that no outgoing
-// connection takes it before the daemon binds it.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	p, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-}
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 type daemonProc struct {
 	cmd    *exec.Cmd
@@ -280,7 +222,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	hookOut := filepath.Join(dir, "hook.env")
 	cfgPath := filepath.Join(dir, "qp.toml")
 	write := func(extra string) {
-		cfg := fmt.Sprintf(daemonConfig, admin, listen, hookOut, a.addr(), b.addr(), extra)
+		cfg := fmt.Sprintf(daemonConfig, admin, listen, hookOut, a.Addr(), b.Addr(), extra)
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +239,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	}
 
 	// The primary dies: traffic moves to b and the promote hook sees where.
-	a.close()
+	a.Close()
 	testwait.For(t, "target b", 10*time.Second, func() bool {
 		s := d.service(t, "echo")
 		return s != nil && s.Target == "b"
@@ -308,7 +250,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	testwait.For(t, "promote hook output", 10*time.Second, func() bool {
 		data, err := os.ReadFile(hookOut)
 		return err == nil && strings.Contains(string(data), "QP_NEW_BACKEND=b\n") &&
-			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.addr()+"\n")
+			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.Addr()+"\n")
 	})
 	// The echo service has no roles: the failover fenced a on this proxy.
 	if s := d.service(t, "echo"); s == nil || len(s.Backends) != 2 || !s.Backends[0].Fenced {
@@ -343,7 +285,7 @@ mode = "active-active"
   [[service.backend]]
   name = "c"
   address = %q
-`, listen2, c.addr()))
+`, listen2, c.Addr()))
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	testwait.For(t, "second service routing", 10*time.Second, func() bool {
 		got, err := ask(listen2, "x")
@@ -430,7 +372,7 @@ mode = "active-active"
   [[service.backend]]
   name = "b"
   address = %q
-`, admin, tokenFile, listen, a.addr(), b.addr())
+`, admin, tokenFile, listen, a.Addr(), b.Addr())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

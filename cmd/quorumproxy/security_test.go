@@ -362,7 +362,7 @@ func TestSecurityAcceptBackoffUnderEMFILE(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	admin, listen := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(dir, "qp.toml")
-	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.out"), a.addr(), b.addr(), "")
+	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.out"), a.Addr(), b.Addr(), "")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

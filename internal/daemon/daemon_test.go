@@ -11,9 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -158,41 +156,6 @@ func checkFilled(t *testing.T, what string, v any, zeroOK map[string]string) {
 	}
 }
 
-// echo answers each line with its name and the line.
-func echo(t *testing.T, name string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s:%s", name, line)
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln
-}
-
 func ask(addr string) (string, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
@@ -207,23 +170,14 @@ func ask(addr string) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	p, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-}
-
 // A Daemon runs in-process as the binary runs it: it routes, fails over
 // when the target dies, answers /status through the one client, keeps its
 // config when a reload is invalid, and leaves no goroutine behind.
 func TestDaemonInProcess(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the echo servers' cleanups
-	a, b := echo(t, "a"), echo(t, "b")
-	admin, listen := freeAddr(t), freeAddr(t)
+	a, b := testenv.StartEcho(t, "a"), testenv.StartEcho(t, "b")
+	admin, listen := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	path := filepath.Join(t.TempDir(), "qp.toml")
 	text := fmt.Sprintf(`[admin]
 listen = %q
@@ -234,7 +188,7 @@ name = "echo"
 listen = %q
 health = { interval = "50ms", timeout = "40ms", rise = 1, fall = 1 }
 backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %q, priority = 1 }]
-`, admin, listen, a.Addr().String(), b.Addr().String())
+`, admin, listen, a.Addr(), b.Addr())
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
