@@ -655,3 +655,24 @@ address = "127.0.0.1:2"
 		}
 	}
 }
+
+// With bind left out, gossip listens on this proxy's own peer address, so a
+// service may not take that port, and the message names where it came from.
+func TestDefaultBindIsThePeerAddress(t *testing.T) {
+	const text = `[cluster]
+node_name = "qp1"
+insecure = true
+state_dir = "state"
+peer = [{ name = "qp1", address = "127.0.0.1:7000" }, { name = "qp2", address = "127.0.0.2:7000" }, { name = "qp3", address = "127.0.0.3:7000" }]
+
+[[service]]
+name = "pg"
+listen = "0.0.0.0:7000"
+backend = [{ name = "a", address = "127.0.0.1:5432" }]
+`
+	_, _, err := Parse("qp.toml", []byte(text))
+	want := `qp.toml:9:1: service "pg": listen "0.0.0.0:7000": overlaps [cluster] bind "127.0.0.1:7000"`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v\nwant a problem %q", err, want)
+	}
+}
