@@ -255,6 +255,10 @@ func clusterHooks(s config.Service) cluster.HookConfig {
 // how it ended. It must not block: ActionDone goes through the Node's inbox.
 func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 	report := func(r cluster.ActionResult) {
+		<-d.ready
+		if d.cluster == nil {
+			return // New failed: nobody to report to
+		}
 		if err := d.cluster.rt.ActionDone(service, a, r); err != nil {
 			d.log.Warn("cluster: action result", "service", service, "epoch", a.Epoch, "action", a.Kind.String(), "err", err)
 		}
@@ -264,7 +268,14 @@ func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 		go report(cluster.ActionResult{})
 		return
 	}
-	if !d.hooks.enqueue(service, func() { report(d.runAction(svc, a)) }) {
+	run := func() {
+		<-d.ready
+		if d.mon == nil {
+			return // New failed before the checks started
+		}
+		report(d.runAction(svc, a))
+	}
+	if !d.hooks.enqueue(service, run) {
 		go report(cluster.ActionResult{Ran: true, Detail: "hook queue full"})
 	}
 }

@@ -60,6 +60,10 @@ type Daemon struct {
 	cfgPath string
 	version string
 	started time.Time
+	// ready is closed when New returns: the cluster's Node may call back
+	// before then (it starts before the checks), and work it queues reads
+	// d.cluster and d.mon only after it.
+	ready   chan struct{}
 	px      *proxy.Proxy
 	mon     *health.Monitor
 	hooks   *hookRunner
@@ -82,7 +86,8 @@ func New(o Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now()}
+	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{})}
+	defer close(d.ready)
 	m, err := newMetricsExporter()
 	if err != nil {
 		return nil, err
