@@ -250,7 +250,7 @@ func TestSecurityExecAndHookHygiene(t *testing.T) {
 	// The role line comes first: an exec check keeps the first 64 KiB of
 	// its output, and its kind is role-aware, so the service routes only
 	// to the backend that reports primary.
-	noisy := `sleep 1000 & if [ "$QP_PORT" = 1 ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero`
+	noisy := `if [ "$QP_PORT" = 1 ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero; sleep 1000 & true`
 	cfgPath := filepath.Join(dir, "qp.toml")
 	cfg := fmt.Sprintf(`[admin]
 listen = %q
