@@ -87,6 +87,22 @@ func grepLines(text, sub string) string {
 	return strings.Join(out, "\n")
 }
 
+// allRoute reports whether every proxy of who says it routes to want and a
+// client through it reaches want.
+func allRoute(t *testing.T, want string, who []*clusterProxy) func() bool {
+	return func() bool {
+		for _, p := range who {
+			if r, _ := p.routing(t); r != want {
+				return false
+			}
+			if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // clusterService is the cluster's view of the one service on this proxy.
 func (p *clusterProxy) clusterService(t *testing.T) adminapi.ClusterService {
 	st, err := p.d.status(t)
@@ -104,20 +120,7 @@ func (p *clusterProxy) clusterService(t *testing.T) adminapi.ClusterService {
 func TestClusterOfThree(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, tokenFile := startEchoCluster(t, a, b)
-	allRoute := func(want string, who []*clusterProxy) func() bool {
-		return func() bool {
-			for _, p := range who {
-				if r, _ := p.routing(t); r != want {
-					return false
-				}
-				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
-					return false
-				}
-			}
-			return true
-		}
-	}
-	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
 	_, epochA := ps[0].routing(t)
 	page := getBody(t, "http://"+ps[0].admin+"/")
 	for _, want := range []string{"quorum 2", "qp2", "<td>echo</td>"} {
@@ -134,7 +137,7 @@ func TestClusterOfThree(t *testing.T) {
 
 	// The primary dies: the proxies agree on b at a higher epoch.
 	a.Close()
-	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute(t, "b", ps))
 	_, epochB := ps[0].routing(t)
 	if epochB <= epochA {
 		t.Fatalf("epoch did not grow: %d then %d", epochA, epochB)
@@ -156,7 +159,7 @@ func TestClusterOfThree(t *testing.T) {
 
 	// One proxy lost: the other two still hold a quorum and keep routing.
 	ps[2].d.cmd.Process.Signal(syscall.SIGKILL)
-	testwait.For(t, "two proxies still routing to b", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies still routing to b", 20*time.Second, allRoute(t, "b", ps[:2]))
 
 	// The old primary is back; failback is manual, so traffic stays on b
 	// until an operator switches over, by vote.
@@ -204,7 +207,7 @@ func TestClusterOfThree(t *testing.T) {
 	// A switchover is one attempt; the operator (here the test) asks again
 	// if a concurrent decision or a stale view made it give up.
 	testwait.For(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
-		if allRoute("a", ps[:2])() {
+		if allRoute(t, "a", ps[:2])() {
 			return true
 		}
 		if _, errOut, code := runBin(t, "switchover", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-to", "a"); code != 0 {
@@ -217,7 +220,7 @@ func TestClusterOfThree(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		return allRoute("a", ps[:2])()
+		return allRoute(t, "a", ps[:2])()
 	})
 	// A wrong token is refused.
 	if _, _, code := runBin(t, "switchover", "-admin", ps[0].admin, "-service", "echo", "-to", "b"); code == 0 {
@@ -253,7 +256,7 @@ func TestClusterOfThree(t *testing.T) {
 		}
 		return done()
 	})
-	testwait.For(t, "two proxies routing to b after the fence", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies routing to b after the fence", 20*time.Second, allRoute(t, "b", ps[:2]))
 	// With a fenced, nothing could take over from b: its fence is refused.
 	if _, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code == 0 || !strings.Contains(errOut, "no backend can take over") {
 		t.Fatalf("fence of primary b with a fenced: exit %d, %q; want a refusal", code, errOut)
@@ -278,27 +281,14 @@ func TestClusterOfThree(t *testing.T) {
 func TestClusterBindDefaultsToPeerAddress(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, _ := startEchoClusterWith(t, a, b, echoClusterOpts{noBind: true})
-	allRoute := func(want string) func() bool {
-		return func() bool {
-			for _, p := range ps {
-				if r, _ := p.routing(t); r != want {
-					return false
-				}
-				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
-					return false
-				}
-			}
-			return true
-		}
-	}
-	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute("a"))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
 	for _, p := range ps {
 		if cfg, _ := os.ReadFile(p.cfgPath); strings.Contains(string(cfg), "\nbind = ") {
 			t.Fatalf("%s: the config sets bind; this test is about leaving it out", p.name)
 		}
 	}
 	a.Close()
-	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute("b"))
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute(t, "b", ps))
 }
 
 // clusterNames are the proxies of the test clusters.

@@ -528,20 +528,7 @@ func TestPromotionStoreFailure(t *testing.T) {
 	}
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, tokenFile := startEchoCluster(t, a, b)
-	routes := func(want string, who ...*clusterProxy) func() bool {
-		return func() bool {
-			for _, p := range who {
-				if r, _ := p.routing(t); r != want {
-					return false
-				}
-				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
-					return false
-				}
-			}
-			return true
-		}
-	}
-	testwait.For(t, "all three proxies routing to a", 30*time.Second, routes("a", ps...))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
 	q3 := ps[2]
 	st0, err := q3.d.status(t)
 	if err != nil || st0.Cluster == nil {
@@ -571,7 +558,7 @@ func TestPromotionStoreFailure(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("switchover with one proxy's disk read-only: exit %d\n%s%s", code, out, errOut)
 	}
-	testwait.For(t, "qp1 and qp2 routing to b", 30*time.Second, routes("b", ps[0], ps[1]))
+	testwait.For(t, "qp1 and qp2 routing to b", 30*time.Second, allRoute(t, "b", ps[:2]))
 	epoch := ps[0].clusterService(t).Epoch
 	testwait.For(t, "qp3 saying its state_dir cannot be written", 30*time.Second, func() bool {
 		st, err := q3.d.status(t)
@@ -596,7 +583,7 @@ func TestPromotionStoreFailure(t *testing.T) {
 	unmount()
 	testwait.For(t, "qp3 routing to b at the new epoch once its disk works", 30*time.Second, func() bool {
 		st, err := q3.d.status(t)
-		return err == nil && st.Cluster.StoreError == "" && routes("b", q3)() && q3.clusterService(t).Epoch == epoch
+		return err == nil && st.Cluster.StoreError == "" && allRoute(t, "b", []*clusterProxy{q3})() && q3.clusterService(t).Epoch == epoch
 	})
 	if !strings.Contains(q3.d.logs.String(), "state_dir can be written again") {
 		t.Error("qp3 did not say that its disk works again")

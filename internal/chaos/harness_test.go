@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 	"go.uber.org/goleak"
 )
@@ -108,34 +109,16 @@ func run(m *testing.M) int {
 }
 
 // serveEcho is the echo backend: "name=addr"; every line comes back as
-// "name:line", so a client sees which backend it reached.
+// "name:line", so a client sees which backend it reached. It serves until
+// the process is killed.
 func serveEcho(spec string) {
 	name, addr, _ := strings.Cut(spec, "=")
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	if _, err := testenv.ListenEcho(name, addr); err != nil {
 		fmt.Fprintf(os.Stderr, "echo %s: %v\n", name, err)
 		os.Exit(1)
 	}
 	fmt.Println("ready")
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			os.Exit(1)
-		}
-		go func() {
-			defer c.Close()
-			r := bufio.NewReader(c)
-			for {
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if _, err := fmt.Fprintf(c, "%s:%s", name, line); err != nil {
-					return
-				}
-			}
-		}()
-	}
+	select {}
 }
 
 func pid36() string { return strconv.FormatInt(int64(os.Getpid()), 36) }
