@@ -262,8 +262,8 @@ listen = %q
   [service.health]
   kind = "exec"
   command = ["/bin/sh", "-c", %q]
-  interval = "1s"
-  timeout = "900ms"
+  interval = "2s"
+  timeout = "1900ms"
 
   [service.hooks]
   notify = ["/bin/sh", "-c", %q]
@@ -286,7 +286,14 @@ listen = %q
 		return s != nil && len(s.Backends) == 2 && s.Backends[0].Health == "up" && s.Backends[1].Health == "up"
 	})
 	testwait.For(t, "the notify hook ran", 30*time.Second, func() bool { _, err := os.Stat(filepath.Join(dir, "notified")); return err == nil })
-	time.Sleep(3 * time.Second) // a few more rounds of checks
+	// A few more rounds of checks: each backend checked again after one
+	// more interval (reading 100 MB takes a race-built proxy most of a
+	// second on a loaded machine, hence the long interval and timeout).
+	since := time.Now().Add(2 * time.Second)
+	testwait.For(t, "two more rounds of checks", 30*time.Second, func() bool {
+		s := d.service(t, "db")
+		return s != nil && len(s.Backends) == 2 && s.Backends[0].LastCheck.After(since) && s.Backends[1].LastCheck.After(since)
+	})
 	children := func() int {
 		n := 0
 		for _, p := range testenv.Marked(mark) {
