@@ -17,8 +17,10 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -90,10 +92,14 @@ const (
 type Cluster struct {
 	// NodeName is this proxy's name; it must be one of Peers. Required.
 	NodeName string `toml:"node_name"`
-	// Bind is the host:port gossip listens on (TCP and UDP). Default "0.0.0.0:7946".
+	// Bind is the host:port gossip listens on (TCP and UDP). Default: this
+	// proxy's own [[cluster.peer]] address, where the others send to (set
+	// it, to "0.0.0.0:PORT" for example, when that address is not one of
+	// this machine's, as behind NAT).
 	Bind string `toml:"bind"`
-	// Advertise is the host:port other peers reach this proxy at. Default "":
-	// derived from Bind by memberlist.
+	// Advertise is the host:port this proxy tells the others it is at.
+	// Default: its own [[cluster.peer]] address, which is where the others
+	// expect it (a peer claiming its name from another address is refused).
 	Advertise string `toml:"advertise"`
 	// Peers lists every proxy of the cluster, this one included. N = len(Peers);
 	// the quorum is N/2+1, counted against N.
@@ -123,6 +129,46 @@ type Cluster struct {
 	// Label is the gossip label; proxies with another label are ignored.
 	// Default "quorumproxy". At most 255 bytes.
 	Label string `toml:"label"`
+	// GossipInterval is how often queued gossip (health observations, which
+	// also go straight to every peer when they change) is sent. Default
+	// 200ms. Must be positive.
+	GossipInterval time.Duration `toml:"gossip_interval"`
+	// ProbeInterval is memberlist's failure-detection period: a peer is
+	// probed this often, the probe times out after half of it, and a full
+	// state sync runs every 30 of them. Default 1s. Must be positive.
+	ProbeInterval time.Duration `toml:"probe_interval"`
+	// RejoinInterval is how often configured peers that memberlist does not
+	// list as alive are joined again (it stops probing a dead node, so
+	// without this a long partition would never heal). Default 10s. Must be
+	// positive.
+	RejoinInterval time.Duration `toml:"rejoin_interval"`
+}
+
+// Timings of the agreement derived from lease_timeout. They are not keys:
+// the protocol's argument ties each to the lease (see docs/design.md).
+
+// ObservationTTL is how long a peer's report about a backend counts after
+// it was received: one and a half leases, so that a report outlives a lost
+// gossip round yet a proxy cut off for a lease is not counted on.
+func (c *Cluster) ObservationTTL() time.Duration { return c.LeaseTimeout * 3 / 2 }
+
+// VoteTimeout is how long a proposer gathers votes before it gives an
+// epoch up: one lease, the time a voter that stopped routing waits anyway.
+func (c *Cluster) VoteTimeout() time.Duration { return c.LeaseTimeout }
+
+// FailedPromoteHold is how long a backend whose promote failed is no
+// failover candidate: thirty leases, long enough for an operator to look,
+// short enough that a transient failure does not exclude it for good.
+func (c *Cluster) FailedPromoteHold() time.Duration { return 30 * c.LeaseTimeout }
+
+// Service returns the service called name, or nil.
+func (c *Config) Service(name string) *Service {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i]
+		}
+	}
+	return nil
 }
 
 // Peer is one [[cluster.peer]] entry.
@@ -155,6 +201,16 @@ func parsePrefix(n string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// selfAddress is the address of the peer named NodeName ("" when none is).
+func (c *Cluster) selfAddress() string {
+	for _, p := range c.Peers {
+		if p.Name == c.NodeName {
+			return p.Address
+		}
+	}
+	return ""
 }
 
 // Quorum returns the number of distinct peers a decision needs: N/2+1.
@@ -385,6 +441,27 @@ type Health struct {
 	Command []string `toml:"command"`
 }
 
+// Password reads the checks' password from PasswordFile (its trailing
+// newline removed) or PasswordEnv; "" when neither is set. Errors name the
+// key.
+func (h *Health) Password() (string, error) {
+	switch {
+	case h.PasswordFile != "":
+		b, err := os.ReadFile(h.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case h.PasswordEnv != "":
+		v, ok := os.LookupEnv(h.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("password_env: variable %s is not set", h.PasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
+}
+
 // Hooks is a service's [service.hooks] table. Each hook is an argv run
 // without a shell, with QP_SERVICE, QP_OLD_BACKEND, QP_OLD_ADDRESS,
 // QP_NEW_BACKEND, QP_NEW_ADDRESS and QP_EPOCH in its environment. An empty
@@ -433,17 +510,19 @@ const (
 	defaultAdminListen    = DefaultAdminListen
 	defaultLogLevel       = "info"
 	defaultLogFormat      = "text"
-	defaultDrainTimeout   = 10 * time.Second // long enough for short queries to finish
-	defaultBind           = "0.0.0.0:7946"   // memberlist's usual port
-	defaultLeaseTimeout   = 3 * time.Second  // a cut-off proxy stops routing within this
-	defaultClockDrift     = 0.01             // ordinary crystals drift far less than 1%
-	defaultSwitchHold     = 2 * time.Second  // covers a typical agreed switch
-	defaultLabel          = "quorumproxy"
-	defaultConnectTimeout = 3 * time.Second // above a SYN retransmit (1s) plus a retry
-	defaultInterval       = 2 * time.Second
-	defaultTimeout        = 1 * time.Second // half the interval: checks never pile up
-	defaultRise           = 2               // one lucky success is not recovery
-	defaultFall           = 3               // one lost packet is not a failure
+	defaultDrainTimeout   = 10 * time.Second       // long enough for short queries to finish
+	defaultLeaseTimeout   = 3 * time.Second        // a cut-off proxy stops routing within this
+	defaultClockDrift     = 0.01                   // ordinary crystals drift far less than 1%
+	defaultSwitchHold     = 2 * time.Second        // covers a typical agreed switch
+	defaultLabel          = "quorumproxy"          // one cluster per network unless told otherwise
+	defaultGossipInterval = 200 * time.Millisecond // memberlist's LAN value: five rounds a second
+	defaultProbeInterval  = 1 * time.Second        // memberlist's LAN value
+	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
+	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
+	defaultInterval       = 2 * time.Second        // cheap for any server; fast_interval speeds up a change
+	defaultTimeout        = 1 * time.Second        // half the interval: checks never pile up
+	defaultRise           = 2                      // one lucky success is not recovery
+	defaultFall           = 3                      // one lost packet is not a failure
 	minFastInterval       = 50 * time.Millisecond
 	defaultMethod         = "GET"
 	defaultPath           = "/"
@@ -463,12 +542,14 @@ func (c *Config) setDefaults() {
 }
 
 func (c *Cluster) setDefaults() {
-	c.Bind = defaultBind
 	c.LeaseTimeout = defaultLeaseTimeout
 	c.ClockDrift = defaultClockDrift
 	c.OnQuorumLoss = ActionClose
 	c.SwitchHold = defaultSwitchHold
 	c.Label = defaultLabel
+	c.GossipInterval = defaultGossipInterval
+	c.ProbeInterval = defaultProbeInterval
+	c.RejoinInterval = defaultRejoinInterval
 }
 
 func (s *Service) setDefaults() {

@@ -65,6 +65,9 @@ func TestBadConfigs(t *testing.T) {
 			`cluster_required.toml:1:1: cluster: state_dir: required`,
 			`cluster_required.toml:2:1: cluster: bind "0.0.0.0": missing port`,
 			`cluster_required.toml:3:1: cluster: lease_timeout: must be positive, not 0s`,
+			`cluster_required.toml:4:1: cluster: gossip_interval: must be positive, not 0s`,
+			`cluster_required.toml:5:1: cluster: probe_interval: must be positive, not -1s`,
+			`cluster_required.toml:6:1: cluster: rejoin_interval: must be positive, not 0s`,
 		},
 		"data_plane.toml": {
 			`data_plane.toml:2:1: proxy: loops: must be 0 (one per CPU) to 1024, not -1`,
@@ -281,8 +284,10 @@ func TestClusterConfig(t *testing.T) {
 		t.Fatal("no cluster")
 	}
 	wantCluster := Cluster{
-		NodeName:      "qp2",
-		Bind:          "0.0.0.0:7946",
+		NodeName: "qp2",
+		// bind and advertise left out: this proxy's own peer address.
+		Bind:          "127.0.0.2:17946",
+		Advertise:     "127.0.0.2:17946",
 		SecretKeyFile: "gossip.key",
 		StateDir:      "state",
 		LeaseTimeout:  1500 * time.Millisecond,
@@ -290,6 +295,10 @@ func TestClusterConfig(t *testing.T) {
 		OnQuorumLoss:  ActionClose,
 		SwitchHold:    750 * time.Millisecond,
 		Label:         "quorumproxy",
+		// Tuning keys left out: memberlist's LAN values.
+		GossipInterval: 200 * time.Millisecond,
+		ProbeInterval:  time.Second,
+		RejoinInterval: 10 * time.Second,
 		Peers: []Peer{
 			{Name: "qp1", Address: "127.0.0.1:17946"},
 			{Name: "qp2", Address: "127.0.0.2:17946"},
@@ -646,5 +655,26 @@ address = "127.0.0.1:2"
 	// The cluster bounds candidates by lag in time as a proxy alone does.
 	if strings.Contains(joined, "max_lag_on_failover") {
 		t.Errorf("a warning about max_lag_on_failover, which the cluster uses:\n%s", joined)
+	}
+}
+
+// With bind left out, gossip listens on this proxy's own peer address, so a
+// service may not take that port, and the message names where it came from.
+func TestDefaultBindIsThePeerAddress(t *testing.T) {
+	const text = `[cluster]
+node_name = "qp1"
+insecure = true
+state_dir = "state"
+peer = [{ name = "qp1", address = "127.0.0.1:7000" }, { name = "qp2", address = "127.0.0.2:7000" }, { name = "qp3", address = "127.0.0.3:7000" }]
+
+[[service]]
+name = "pg"
+listen = "0.0.0.0:7000"
+backend = [{ name = "a", address = "127.0.0.1:5432" }]
+`
+	_, _, err := Parse("qp.toml", []byte(text))
+	want := `qp.toml:9:1: service "pg": listen "0.0.0.0:7000": overlaps [cluster] bind "127.0.0.1:7000"`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v\nwant a problem %q", err, want)
 	}
 }

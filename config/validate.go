@@ -11,6 +11,18 @@ import (
 // derive applies the defaults that depend on other keys, where the file
 // leaves the key out.
 func (d *decoder) derive(cfg *Config) {
+	if c := cfg.Cluster; c != nil {
+		// Gossip listens, and says it listens, where the other proxies
+		// were told to find this one: its own [[cluster.peer]] address.
+		// An empty value, as the example file writes advertise, is the default too.
+		self := c.selfAddress()
+		if c.Bind == "" {
+			c.Bind = self
+		}
+		if c.Advertise == "" {
+			c.Advertise = self
+		}
+	}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
 		sp := indexPath("service", i)
@@ -281,7 +293,9 @@ func (d *decoder) validateCluster(c *Cluster) {
 	if d.missing(cp, "node_name", c.NodeName == "") {
 		d.errorf(cp, "", "node_name: required")
 	}
-	d.address(cp, "bind", c.Bind, addrPortZero)
+	if c.Bind != "" { // "" only when node_name names no peer, said below
+		d.address(cp, "bind", c.Bind, addrPortZero)
+	}
 	if c.Advertise != "" {
 		d.address(cp, "advertise", c.Advertise, addrNeedHost)
 	}
@@ -327,6 +341,9 @@ func (d *decoder) validateCluster(c *Cluster) {
 		d.errorf(cp, "", "state_dir: required")
 	}
 	d.positive(cp, "lease_timeout", c.LeaseTimeout)
+	d.positive(cp, "gossip_interval", c.GossipInterval)
+	d.positive(cp, "probe_interval", c.ProbeInterval)
+	d.positive(cp, "rejoin_interval", c.RejoinInterval)
 	if !(c.ClockDrift >= 0 && c.ClockDrift < 0.5) {
 		d.errorf(cp, "clock_drift", "clock_drift: must be at least 0 and below 0.5, not %v", c.ClockDrift)
 	}

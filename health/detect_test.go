@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // server is what the detection trials need of a testenv server.
@@ -108,7 +109,7 @@ func detectTrials(t *testing.T, srv server, spec Spec, f fault, n int) {
 			t.Fatal(err)
 		}
 		killed := time.Since(killAt)
-		waitFor(t, 30*time.Second, "down", func() bool {
+		testwait.For(t, "down", 30*time.Second, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return !downAt.IsZero()

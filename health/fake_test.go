@@ -6,7 +6,6 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"time"
 )
 
 // fakeMode is how a fakeServer treats each connection it accepts.
@@ -130,17 +129,5 @@ func wantUp(t *testing.T, r Result, role Role) {
 	}
 	if r.Role != role {
 		t.Fatalf("role %v, want %v", r.Role, role)
-	}
-}
-
-// waitFor polls cond every 20ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

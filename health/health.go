@@ -127,12 +127,14 @@ type Spec struct {
 	Command []string
 }
 
-// Defaults for a zero Spec.
+// Defaults for a zero Spec, for direct users of this package; they are the
+// config's defaults too, and quorumproxy itself always passes the config's
+// values.
 const (
-	DefaultInterval = 1 * time.Second        // one check a second is cheap for any server
-	DefaultTimeout  = 500 * time.Millisecond // a LAN round trip plus a slow query, well below Interval
-	DefaultRise     = 2                      // one good answer after an outage is not yet proof
-	DefaultFall     = 3                      // tolerate two lost checks before moving traffic
+	DefaultInterval = 2 * time.Second // cheap for any server, and a failure is seen within fall intervals
+	DefaultTimeout  = 1 * time.Second // half the interval: checks never pile up
+	DefaultRise     = 2               // one good answer after an outage is not yet proof
+	DefaultFall     = 3               // tolerate two lost checks before moving traffic
 )
 
 // String formats s with the password redacted, so a Spec or Target printed with %v or handed

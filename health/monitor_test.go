@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // recorder collects onChange calls.
@@ -56,18 +58,13 @@ func stateOf(m *Monitor, backend string) (State, bool) {
 // waitState polls m until backend's state satisfies cond.
 func waitState(t *testing.T, m *Monitor, backend string, what string, cond func(State) bool) State {
 	t.Helper()
-	const d = 20 * time.Second
-	deadline := time.Now().Add(d)
-	for {
-		s, ok := stateOf(m, backend)
-		if ok && cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s %s; last state %+v", d, backend, what, s)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var s State
+	testwait.ForState(t, 20*time.Second, func() (bool, string) {
+		var ok bool
+		s, ok = stateOf(m, backend)
+		return ok && cond(s), fmt.Sprintf("waiting for %s %s; last state %+v", backend, what, s)
+	})
+	return s
 }
 
 func testLogger(t *testing.T) *slog.Logger {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // dbTimeout is the check timeout of database tests: generous, the machine may be loaded.
@@ -89,7 +90,7 @@ func TestPostgresRoleAndLag(t *testing.T) {
 	}
 	// A replayed transaction first, so pg_last_xact_replay_timestamp is set.
 	pgExec(t, pg, "CREATE TABLE lag (x int)")
-	waitFor(t, 20*time.Second, "table replayed on the standby", func() bool {
+	testwait.For(t, "table replayed on the standby", 20*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var replayed bool

@@ -19,10 +19,9 @@ const listenBacklog = 65535
 
 // listener is a service's listening address: one SO_REUSEPORT socket per
 // loop, so the kernel spreads new connections over the loops and each loop
-// accepts its own without a hand-off. Measured against one acceptor that
-// posts each new session to the loops in turn (2 loops, 2 cores,
-// redis-benchmark -k 0, 3 interleaved pairs): 5218, 10672 and 5875
-// connections/s against 3595, 7809 and 5843, the same CPU per connection.
+// accepts its own without a hand-off: measured, more connections a second
+// than one acceptor posting each new session to the loops in turn, at the
+// same CPU per connection (docs/design.md has the figures).
 type listener struct {
 	svc  *service
 	addr string

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // TestCompareHAProxy measures quorumproxy's data path against HAProxy and a
@@ -163,7 +164,7 @@ func startProc(t *testing.T, name string, args ...string) {
 }
 
 func waitListening(t *testing.T, addr string) {
-	waitFor(t, addr+" listening", func() bool {
+	testwait.For(t, addr+" listening", waitLimit, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			_ = c.Close()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +67,7 @@ func TestIntegrity(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, "sessions to end", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "sessions to end", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 	b := p.statusOf("svc").backend("a")
 	if b.BytesIn != uint64(total) || b.BytesOut != uint64(total) {
 		t.Fatalf("bytes in/out %d/%d, want %d", b.BytesIn, b.BytesOut, total)
@@ -130,7 +131,7 @@ func TestHalfCloseBackendFirst(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("backend never got the client's bytes after its own half-close")
 	}
-	waitFor(t, "session end", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "session end", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 }
 
 func closedPort(t *testing.T) string {
@@ -259,7 +260,7 @@ func TestBackendResets(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("client read: %v, want a reset passed on", err)
 	}
-	waitFor(t, "session release", func() bool {
+	testwait.For(t, "session release", waitLimit, func() bool {
 		st := p.statusOf("svc")
 		return st.Active == 0 && st.backend("a").Active == 0
 	})

@@ -175,17 +175,8 @@ func upRole(r Role, lagBytes int64) Health {
 	return Health{Known: true, Up: true, Role: r, LagBytes: lagBytes, Lag: -1}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+// waitLimit is how long a proxy test waits for a state it polls for.
+const waitLimit = 10 * time.Second
 
 func dial(t testing.TB, addr string) *net.TCPConn {
 	t.Helper()

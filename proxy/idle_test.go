@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 func countFDs(t *testing.T) int {
@@ -119,17 +121,17 @@ func testIdle(t *testing.T, parkAfter time.Duration) {
 		}
 	}
 	open(1) // warm up lazily created runtime state
-	waitFor(t, "warm-up session", func() bool { return p.statusOf("idle").Active == 1 })
+	testwait.For(t, "warm-up session", waitLimit, func() bool { return p.statusOf("idle").Active == 1 })
 	if parkAfter > 0 {
-		waitFor(t, "warm-up parked", func() bool { return p.parked() == 2 })
+		testwait.For(t, "warm-up parked", waitLimit, func() bool { return p.parked() == 2 })
 	}
 	before := snapshot(t)
 	start := time.Now()
 	open(n)
 	t.Logf("opened %d proxied connections in %v", n, time.Since(start))
-	waitFor(t, "sessions", func() bool { return p.statusOf("idle").Active == int64(n+1) })
+	testwait.For(t, "sessions", waitLimit, func() bool { return p.statusOf("idle").Active == int64(n+1) })
 	if parkAfter > 0 {
-		waitFor(t, "all parked", func() bool { return p.parked() == int64(2*(n+1)) })
+		testwait.For(t, "all parked", waitLimit, func() bool { return p.parked() == int64(2*(n+1)) })
 	}
 	after := snapshot(t)
 
@@ -148,7 +150,7 @@ func testIdle(t *testing.T, parkAfter time.Duration) {
 		t.Fatalf("%d more non-socket fds (pipes?) with %d idle connections", after.other-before.other, n)
 	}
 	_ = stdin.Close()
-	waitFor(t, "all sessions closed", func() bool { return p.statusOf("idle").Active == 0 })
+	testwait.For(t, "all sessions closed", waitLimit, func() bool { return p.statusOf("idle").Active == 0 })
 	for out.Scan() {
 	}
 	if err := out.Err(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // TestNoFDLeakUnderFaults runs refusing, resetting, black-holed and
@@ -54,7 +56,7 @@ func TestNoFDLeakUnderFaults(t *testing.T) {
 			expectClosed(t, dial(t, p.addrOf(t, "refuse")))
 		}
 		expectClosed(t, dial(t, p.addrOf(t, "hole")))
-		waitFor(t, "all sessions gone", func() bool {
+		testwait.For(t, "all sessions gone", waitLimit, func() bool {
 			for _, st := range p.Status() {
 				if st.Active != 0 {
 					return false
@@ -73,7 +75,7 @@ func TestNoFDLeakUnderFaults(t *testing.T) {
 	start := time.Now()
 	// The test's echo servers use io.Copy, whose splice pipes are pooled
 	// by the runtime and closed by finalizers: collect them.
-	waitFor(t, "fds back to the start", func() bool {
+	testwait.For(t, "fds back to the start", waitLimit, func() bool {
 		runtime.GC()
 		return countFDs(t) == before
 	})

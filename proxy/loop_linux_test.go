@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // TestSlowReaderBounded: a client that never reads while its backend
@@ -46,7 +48,7 @@ func TestSlowReaderBounded(t *testing.T) {
 	// buffers on both sides are full.
 	var last int64
 	same := 0
-	waitFor(t, "the backend's writes to stall", func() bool {
+	testwait.For(t, "the backend's writes to stall", waitLimit, func() bool {
 		n := written.Load()
 		if n == last && n > 0 {
 			same++
@@ -101,7 +103,7 @@ func TestSpliceBulk(t *testing.T) {
 		t.Fatal("32 MiB each way and no direction moved to splice")
 	}
 	waitParked(t, p, 2)
-	waitFor(t, "pipes back in the pool", func() bool {
+	testwait.For(t, "pipes back in the pool", waitLimit, func() bool {
 		var lent int64
 		for _, l := range p.loops {
 			lent += l.lent.Load()
@@ -183,7 +185,7 @@ func TestRandomCloses(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		waitFor(t, "every session released", func() bool {
+		testwait.For(t, "every session released", waitLimit, func() bool {
 			st := p.statusOf("svc")
 			return st.Active == 0 && st.backend("echo").Active == 0 && st.backend("cut").Active == 0
 		})
@@ -193,7 +195,7 @@ func TestRandomCloses(t *testing.T) {
 		}
 		_ = p.Close()
 	})
-	waitFor(t, "fds back to the start", func() bool {
+	testwait.For(t, "fds back to the start", waitLimit, func() bool {
 		runtime.GC()
 		return countFDs(t) <= fdsBefore
 	})
@@ -300,7 +302,7 @@ func TestLowFDLimitFlood(t *testing.T) {
 	for _, c := range served {
 		_ = c.Close()
 	}
-	waitFor(t, "serving to resume", func() bool {
+	testwait.For(t, "serving to resume", waitLimit, func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return false

@@ -8,12 +8,14 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // waitParked waits until n directions are parked (no goroutine).
 func waitParked(t *testing.T, p *Proxy, n int64) {
 	t.Helper()
-	waitFor(t, "parked directions", func() bool { return p.parked() == n })
+	testwait.For(t, "parked directions", waitLimit, func() bool { return p.parked() == n })
 }
 
 // TestParkedSessions drives sessions whose both directions sit in the
@@ -62,7 +64,7 @@ func TestParkedSessions(t *testing.T) {
 	if err != nil || string(rest) != "last" {
 		t.Fatalf("after half-close: %q %v", rest, err)
 	}
-	waitFor(t, "session end", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "session end", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 	waitParked(t, p, 0)
 
 	// Fencing parked sessions.
@@ -79,13 +81,13 @@ func TestParkedSessions(t *testing.T) {
 		expectClosed(t, x)
 	}
 	waitParked(t, p, 0)
-	waitFor(t, "fenced sessions released", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "fenced sessions released", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 
 	// Idle timeout of a parked session.
 	ic := dial(t, p.addrOf(t, "idle"))
 	roundTrip(t, ic, "x")
 	expectClosed(t, ic)
-	waitFor(t, "idle session released", func() bool { return p.statusOf("idle").Active == 0 })
+	testwait.For(t, "idle session released", waitLimit, func() bool { return p.statusOf("idle").Active == 0 })
 
 	// Close with parked sessions leaves no goroutine behind (goleak).
 	last := dial(t, addr)
@@ -150,7 +152,7 @@ func TestParkChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "sessions closed", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "sessions closed", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 	waitParked(t, p, 0)
 	if n := p.poller.resumed.Load(); n == 0 {
 		t.Fatal("no direction ever resumed from the poller")

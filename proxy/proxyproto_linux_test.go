@@ -19,6 +19,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // proxyAware is a backend that reads a PROXY header, answers the source
@@ -77,7 +78,7 @@ func TestProxyProtocol(t *testing.T) {
 			if _, err := io.WriteString(lb, hdr[:9]); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the partial header to be held", func() bool { return p.statusOf("svc").Active == 2 })
+			testwait.For(t, "the partial header to be held", waitLimit, func() bool { return p.statusOf("svc").Active == 2 })
 			if _, err := io.WriteString(lb, hdr[9:]+"first"); err != nil {
 				t.Fatal(err)
 			}
@@ -107,7 +108,7 @@ func TestProxyProtocol(t *testing.T) {
 			_ = c.Close()
 			_ = lb.Close()
 			_ = lb2.Close()
-			waitFor(t, "sessions to end", func() bool { return p.statusOf("svc").Active == 0 })
+			testwait.For(t, "sessions to end", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 			st := p.statusOf("svc")
 			if st.Refused != 1 {
 				t.Fatalf("refused %d, want 1", st.Refused)

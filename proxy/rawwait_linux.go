@@ -18,10 +18,9 @@ const maxWaitMS = int(maxWait / time.Millisecond)
 // arm64 lacks) through a raw syscall: the runtime is not told that the
 // thread may block, so the loop keeps its P. Through an ordinary syscall,
 // sysmon takes the P of a thread blocked for more than ~20µs and hands it
-// to another thread, and the loop must win a P back on every
-// wake-up: measured on 2 cores, redis-benchmark GET made 0.27–0.28 context
-// switches per request that way and 0.17–0.26 this way, churn 0.50–0.61
-// per connection against 0.40–0.46, with less CPU per request. The price:
+// to another thread, and the loop must win a P back on every wake-up,
+// which measured more context switches per request and per connection
+// (docs/design.md has the figures). The price:
 // while a loop waits, its P runs nothing else. The wait is therefore
 // bounded by maxWait, and the loop yields at least every yieldEvery, so
 // the proxy's other goroutines (health checks, the admin API) and a

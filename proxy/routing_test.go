@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 type events struct {
@@ -74,7 +76,7 @@ func TestActivePassiveFailback(t *testing.T) {
 			if auto {
 				wantEv = append(wantEv, [2]string{"b", "a"})
 			}
-			waitFor(t, "target events", func() bool { return len(ev.list()) == len(wantEv) })
+			testwait.For(t, "target events", waitLimit, func() bool { return len(ev.list()) == len(wantEv) })
 			for i, e := range ev.list() {
 				if e.Service != "svc" || e.Old.Name != wantEv[i][0] || e.New.Name != wantEv[i][1] || e.Reason == "" {
 					t.Fatalf("event %d: %+v, want %v", i, e, wantEv[i])
@@ -98,13 +100,13 @@ func TestRolePrimaryHoldAndDual(t *testing.T) {
 		t.Fatalf("got %s", name)
 	}
 	p.SetHealth("pg", "a", down)
-	waitFor(t, "failover event", func() bool { return len(ev.list()) == 2 })
+	testwait.For(t, "failover event", waitLimit, func() bool { return len(ev.list()) == 2 })
 	if e := ev.list()[1]; e.New.Name != "b" || e.Old.Name != "a" {
 		t.Fatalf("event %+v", e)
 	}
 	// b is the target but still a replica: the client is held.
 	c := dial(t, addr)
-	waitFor(t, "held connection", func() bool { return p.statusOf("pg").Held == 1 })
+	testwait.For(t, "held connection", waitLimit, func() bool { return p.statusOf("pg").Held == 1 })
 	if st := p.statusOf("pg"); st.Target != "b" || st.backend("b").Eligible {
 		t.Fatalf("status %+v", st)
 	}
@@ -139,7 +141,7 @@ func TestSwitchHold(t *testing.T) {
 	cfg2, _, _ := twoBackends(t, ServiceConfig{Name: "short", SwitchHold: 50 * time.Millisecond})
 	p := newProxy(t, Options{}, cfg, cfg2)
 	c := dial(t, p.addrOf(t, "svc"))
-	waitFor(t, "held", func() bool { return p.statusOf("svc").Held == 1 })
+	testwait.For(t, "held", waitLimit, func() bool { return p.statusOf("svc").Held == 1 })
 	p.SetHealth("svc", "a", upAny)
 	p.SetHealth("svc", "b", upAny)
 	if got := readLine(t, c); got != "a" {
@@ -345,7 +347,7 @@ func TestCloseOnDownAndFence(t *testing.T) {
 	for _, c := range conns {
 		expectClosed(t, c)
 	}
-	waitFor(t, "release", func() bool { return p.statusOf("keep").Active == 0 })
+	testwait.For(t, "release", waitLimit, func() bool { return p.statusOf("keep").Active == 0 })
 }
 
 func TestLimits(t *testing.T) {
@@ -364,7 +366,7 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("service limit: %+v", st)
 	}
 	_ = c1.Close()
-	waitFor(t, "slot freed", func() bool { return p.statusOf("svc").Active == 1 })
+	testwait.For(t, "slot freed", waitLimit, func() bool { return p.statusOf("svc").Active == 1 })
 	roundTrip(t, dial(t, addr), "3")
 
 	b1 := dial(t, p.addrOf(t, "be"))
@@ -389,7 +391,7 @@ func TestIdleTimeout(t *testing.T) {
 	if el := time.Since(start); el < 100*time.Millisecond {
 		t.Fatalf("closed after %v, before the idle timeout", el)
 	}
-	waitFor(t, "release", func() bool { return p.statusOf("svc").Active == 0 })
+	testwait.For(t, "release", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
 }
 
 func TestDrain(t *testing.T) {
@@ -401,7 +403,7 @@ func TestDrain(t *testing.T) {
 	roundTrip(t, c, "before")
 	done := make(chan error, 1)
 	go func() { done <- p.Drain(context.Background()) }()
-	waitFor(t, "listener closed", func() bool {
+	testwait.For(t, "listener closed", waitLimit, func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			_ = nc.Close()
@@ -533,7 +535,7 @@ func TestExternalLease(t *testing.T) {
 
 	lease.set(-time.Second) // expired
 	held := dial(t, addr)
-	waitFor(t, "held under expired lease", func() bool { return p.statusOf("ext").Held == 1 })
+	testwait.For(t, "held under expired lease", waitLimit, func() bool { return p.statusOf("ext").Held == 1 })
 	if st := p.statusOf("ext"); st.Reason != "route b: lease expired" {
 		t.Fatalf("reason %q", st.Reason)
 	}

@@ -122,14 +122,17 @@ func (v ProxyVersion) String() string {
 	return "invalid"
 }
 
-// Defaults used where a ServiceConfig leaves a duration at zero.
-const (
-	// DefaultConnectTimeout bounds dialling; a LAN or loopback connect
-	// takes well under a millisecond, so 5s only waits out real trouble.
-	DefaultConnectTimeout = 5 * time.Second
-	// DefaultSwitchHold is long enough to ride out a promotion hook.
-	DefaultSwitchHold = 2 * time.Second
-)
+// DefaultConnectTimeout bounds dialling where a ServiceConfig leaves
+// ConnectTimeout at zero, for direct users of this package: above a SYN
+// retransmit (1s) plus a retry. quorumproxy itself always passes the
+// config's connect_timeout, whose default is the same.
+const DefaultConnectTimeout = 3 * time.Second
+
+// NoLeaseEnd is what Lease.Remaining returns for a lease without an end
+// (a cluster that routes on without a quorum, on_quorum_loss = "keep"):
+// longer than any dial or write, and small enough to add to a clock
+// reading. The data path re-reads it when it runs out.
+const NoLeaseEnd = 24 * time.Hour
 
 // DefaultParkAfter is how long a direction of the goroutine data plane
 // (platforms other than Linux) waits for data before it would be parked
@@ -170,8 +173,8 @@ type ServiceConfig struct {
 	// Zero or negative: sessions never time out.
 	IdleTimeout time.Duration
 	// SwitchHold is how long a new connection waits (accepted, not
-	// dialled) for a usable target before it is closed. Zero:
-	// DefaultSwitchHold. Negative: no hold, closed at once.
+	// dialled) for a usable target before it is closed. Zero or
+	// negative: no hold, closed at once.
 	SwitchHold time.Duration
 	// CloseOnDown closes a backend's sessions when it goes down or stops
 	// being the active-passive target.
@@ -208,15 +211,7 @@ func (c *ServiceConfig) connectTimeout() time.Duration {
 	return c.ConnectTimeout
 }
 
-func (c *ServiceConfig) switchHold() time.Duration {
-	switch {
-	case c.SwitchHold == 0:
-		return DefaultSwitchHold
-	case c.SwitchHold < 0:
-		return 0
-	}
-	return c.SwitchHold
-}
+func (c *ServiceConfig) switchHold() time.Duration { return max(c.SwitchHold, 0) }
 
 // balanced reports whether the service spreads connections over a set of
 // backends rather than following one target.
@@ -244,9 +239,10 @@ type Health struct {
 
 // Lease bounds how long an External service may still forward.
 type Lease interface {
-	// Remaining is the time left; zero or negative means stop. It is
-	// called on the data path and under the service's lock: it must be
-	// cheap (an atomic load) and must not call back into the Proxy.
+	// Remaining is the time left; zero or negative means stop, and
+	// NoLeaseEnd means no end. It is called on the data path and under
+	// the service's lock: it must be cheap (an atomic load) and must not
+	// call back into the Proxy.
 	Remaining() time.Duration
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/internal/daemon"
 )
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
@@ -24,7 +25,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: quorumproxy check-config [-skip-files] FILE")
 		return 2
 	}
-	cfg, warnings, err := loadConfig(*path, *skipFiles)
+	cfg, warnings, err := daemon.LoadConfig(*path, *skipFiles)
 	for _, w := range warnings {
 		fmt.Fprintln(stdout, w.Error()) // Error() already says "warning:"
 	}

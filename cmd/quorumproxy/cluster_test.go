@@ -13,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 const clusterConfig = `
@@ -26,6 +30,9 @@ bind = %q
 secret_key_file = %q
 state_dir = %q
 lease_timeout = "600ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 switch_hold = "300ms"
 %s
 
@@ -80,11 +87,27 @@ func grepLines(text, sub string) string {
 	return strings.Join(out, "\n")
 }
 
+// allRoute reports whether every proxy of who says it routes to want and a
+// client through it reaches want.
+func allRoute(t *testing.T, want string, who []*clusterProxy) func() bool {
+	return func() bool {
+		for _, p := range who {
+			if r, _ := p.routing(t); r != want {
+				return false
+			}
+			if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // clusterService is the cluster's view of the one service on this proxy.
-func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
+func (p *clusterProxy) clusterService(t *testing.T) adminapi.ClusterService {
 	st, err := p.d.status(t)
 	if err != nil || st.Cluster == nil || len(st.Cluster.Services) == 0 {
-		return clusterServiceView{}
+		return adminapi.ClusterService{}
 	}
 	return st.Cluster.Services[0]
 }
@@ -97,20 +120,7 @@ func (p *clusterProxy) clusterService(t *testing.T) clusterServiceView {
 func TestClusterOfThree(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, tokenFile := startEchoCluster(t, a, b)
-	allRoute := func(want string, who []*clusterProxy) func() bool {
-		return func() bool {
-			for _, p := range who {
-				if r, _ := p.routing(t); r != want {
-					return false
-				}
-				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
-					return false
-				}
-			}
-			return true
-		}
-	}
-	waitFor(t, "all three proxies routing to a", 30*time.Second, allRoute("a", ps))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
 	_, epochA := ps[0].routing(t)
 	page := getBody(t, "http://"+ps[0].admin+"/")
 	for _, want := range []string{"quorum 2", "qp2", "<td>echo</td>"} {
@@ -126,15 +136,15 @@ func TestClusterOfThree(t *testing.T) {
 	}
 
 	// The primary dies: the proxies agree on b at a higher epoch.
-	a.close()
-	waitFor(t, "all three proxies routing to b", 30*time.Second, allRoute("b", ps))
+	a.Close()
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute(t, "b", ps))
 	_, epochB := ps[0].routing(t)
 	if epochB <= epochA {
 		t.Fatalf("epoch did not grow: %d then %d", epochA, epochB)
 	}
 	// The promote hook ran for that epoch on exactly one proxy.
 	want := fmt.Sprintf("%d b", epochB)
-	waitFor(t, "promote hook for epoch "+want, 20*time.Second, func() bool {
+	testwait.For(t, "promote hook for epoch "+want, 20*time.Second, func() bool {
 		n := 0
 		for _, p := range ps {
 			data, _ := os.ReadFile(p.hookOut)
@@ -149,13 +159,13 @@ func TestClusterOfThree(t *testing.T) {
 
 	// One proxy lost: the other two still hold a quorum and keep routing.
 	ps[2].d.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, "two proxies still routing to b", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies still routing to b", 20*time.Second, allRoute(t, "b", ps[:2]))
 
 	// The old primary is back; failback is manual, so traffic stays on b
 	// until an operator switches over, by vote.
-	startEchoAt(t, "a", a.addr())
+	startEchoAt(t, "a", a.Addr())
 	for _, p := range ps[:2] {
-		waitFor(t, p.name+" sees a up", 20*time.Second, func() bool {
+		testwait.For(t, p.name+" sees a up", 20*time.Second, func() bool {
 			s := p.d.service(t, "echo")
 			return s != nil && len(s.Backends) == 2 && s.Backends[0].Name == "a" && s.Backends[0].Health == "up"
 		})
@@ -181,7 +191,7 @@ func TestClusterOfThree(t *testing.T) {
 		t.Fatalf("unfence of b, which is not fenced: exit %d, %q", code, errOut)
 	}
 	// An unfence is one attempt, like a switchover: ask again if it gave up.
-	waitFor(t, "a unfenced", 40*time.Second, func() bool {
+	testwait.For(t, "a unfenced", 40*time.Second, func() bool {
 		if len(ps[0].clusterService(t).Fenced) == 0 {
 			return true
 		}
@@ -196,8 +206,8 @@ func TestClusterOfThree(t *testing.T) {
 	})
 	// A switchover is one attempt; the operator (here the test) asks again
 	// if a concurrent decision or a stale view made it give up.
-	waitFor(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
-		if allRoute("a", ps[:2])() {
+	testwait.For(t, "two proxies routing to a after the switchover", 40*time.Second, func() bool {
+		if allRoute(t, "a", ps[:2])() {
 			return true
 		}
 		if _, errOut, code := runBin(t, "switchover", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-to", "a"); code != 0 {
@@ -210,7 +220,7 @@ func TestClusterOfThree(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		return allRoute("a", ps[:2])()
+		return allRoute(t, "a", ps[:2])()
 	})
 	// A wrong token is refused.
 	if _, _, code := runBin(t, "switchover", "-admin", ps[0].admin, "-service", "echo", "-to", "b"); code == 0 {
@@ -229,7 +239,7 @@ func TestClusterOfThree(t *testing.T) {
 	}
 	// An operator's fence of the primary moves the service to the best
 	// candidate and keeps the fenced backend out of later failovers.
-	waitFor(t, "a fenced and the service on b", 40*time.Second, func() bool {
+	testwait.For(t, "a fenced and the service on b", 40*time.Second, func() bool {
 		done := func() bool {
 			v := ps[0].clusterService(t)
 			return slices.Equal(v.Fenced, []string{"a"}) && v.Primary == "b"
@@ -246,7 +256,7 @@ func TestClusterOfThree(t *testing.T) {
 		}
 		return done()
 	})
-	waitFor(t, "two proxies routing to b after the fence", 20*time.Second, allRoute("b", ps[:2]))
+	testwait.For(t, "two proxies routing to b after the fence", 20*time.Second, allRoute(t, "b", ps[:2]))
 	// With a fenced, nothing could take over from b: its fence is refused.
 	if _, errOut, code := runBin(t, "fence", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo", "-backend", "b"); code == 0 || !strings.Contains(errOut, "no backend can take over") {
 		t.Fatalf("fence of primary b with a fenced: exit %d, %q; want a refusal", code, errOut)
@@ -255,7 +265,7 @@ func TestClusterOfThree(t *testing.T) {
 	// A second proxy lost: the last one is cut off from the majority and
 	// stops routing once its lease runs out.
 	ps[1].d.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, "the lone proxy stops routing", 20*time.Second, func() bool {
+	testwait.For(t, "the lone proxy stops routing", 20*time.Second, func() bool {
 		r, _ := ps[0].routing(t)
 		if r != "" {
 			return false
@@ -263,6 +273,22 @@ func TestClusterOfThree(t *testing.T) {
 		_, err := ask(ps[0].listen, "y")
 		return err != nil
 	})
+}
+
+// Peers listed on ports other than 7946, with bind left out: each proxy
+// listens where the others were told to find it (the address it advertises),
+// so the three agree and fail over together.
+func TestClusterBindDefaultsToPeerAddress(t *testing.T) {
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	ps, _ := startEchoClusterWith(t, a, b, echoClusterOpts{noBind: true})
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
+	for _, p := range ps {
+		if cfg, _ := os.ReadFile(p.cfgPath); strings.Contains(string(cfg), "\nbind = ") {
+			t.Fatalf("%s: the config sets bind; this test is about leaving it out", p.name)
+		}
+	}
+	a.Close()
+	testwait.For(t, "all three proxies routing to b", 30*time.Second, allRoute(t, "b", ps))
 }
 
 // clusterNames are the proxies of the test clusters.
@@ -301,11 +327,11 @@ type echoClusterOpts struct {
 	bin     string // the binary; "" for the one built for the tests
 	lease   string // lease_timeout; "" for clusterConfig's
 	noToken bool   // no [admin] token_file
+	noBind  bool   // no [cluster] bind: each gossips on its own peer address
 }
 
 func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]*clusterProxy, string) {
 	t.Helper()
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	dir := t.TempDir()
 	keyFile, tokenFile, peers, gossip := clusterFiles(t, dir)
 	var ps []*clusterProxy
@@ -314,12 +340,15 @@ func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]
 			stateDir: filepath.Join(dir, n+".state")}
 		p.cfgPath = filepath.Join(dir, n+".toml")
 		cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, p.stateDir,
-			peers, p.listen, p.hookOut, p.hookOut, a.addr(), b.addr())
+			peers, p.listen, p.hookOut, p.hookOut, a.Addr(), b.Addr())
 		if o.lease != "" {
 			cfg = strings.Replace(cfg, `lease_timeout = "600ms"`, "lease_timeout = "+o.lease, 1)
 		}
 		if o.noToken {
 			cfg = strings.Replace(cfg, "token_file = ", "# token_file = ", 1)
+		}
+		if o.noBind {
+			cfg = strings.Replace(cfg, "\nbind = ", "\n# bind = ", 1)
 		}
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -354,11 +383,11 @@ func getBody(t *testing.T, url string) string {
 func startEchoAt(t *testing.T, name, addr string) *echoServer {
 	t.Helper()
 	var e *echoServer
-	waitFor(t, "listening again on "+addr, 10*time.Second, func() bool {
+	testwait.For(t, "listening again on "+addr, 10*time.Second, func() bool {
 		var err error
-		e, err = listenEcho(name, addr)
+		e, err = testenv.ListenEcho(name, addr)
 		return err == nil
 	})
-	t.Cleanup(e.close)
+	t.Cleanup(e.Close)
 	return e
 }

@@ -14,7 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/quorumproxy/quorumproxy/internal/drill"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // A drill against a real PostgreSQL primary with a synchronous standby: the
@@ -51,7 +53,7 @@ func TestDrillPostgres(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the proxy never targeted p2")
 	}
-	var rep drillReport
+	var rep drill.Report
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report: %v\n%s", err, out.String())
 	}
@@ -69,7 +71,7 @@ func TestDrillPostgres(t *testing.T) {
 		t.Errorf("read-back does not add up: %d acknowledged, %d found, %d lost", rep.Acked, rep.Found, rep.Lost)
 	}
 	var text bytes.Buffer
-	rep.print(&text)
+	rep.Print(&text)
 	for _, want := range []string{"primary seen down:", "new primary decided:", "p2", "RTO (writes acknowledged again)", "RPO: 0 acknowledged writes lost"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, text.String())
@@ -90,7 +92,7 @@ func TestDrillPostgres(t *testing.T) {
 	}
 	defer conn.Close(cctx)
 	var left int
-	if err := conn.QueryRow(cctx, "SELECT count(*) FROM "+drillTable+" WHERE run = $1", rep.Run).Scan(&left); err != nil {
+	if err := conn.QueryRow(cctx, "SELECT count(*) FROM "+drill.Table+" WHERE run = $1", rep.Run).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
 	if left != 0 {
@@ -179,7 +181,7 @@ func TestDrillRedis(t *testing.T) {
 // the drill's fail command, promotes names[1] once the proxy targets it,
 // and checks the report: a recovery between the two, and a read-back that
 // accounts for every acknowledged write.
-func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid int, promote func() error) drillReport {
+func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid int, promote func() error) drill.Report {
 	t.Helper()
 	admin, listen := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
@@ -187,7 +189,7 @@ func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid
 		t.Fatal(err)
 	}
 	d := startDaemon(t, cfgPath, admin)
-	waitFor(t, "target "+names[0], 30*time.Second, func() bool {
+	testwait.For(t, "target "+names[0], 30*time.Second, func() bool {
 		s := d.service(t, service)
 		return s != nil && s.Target == names[0]
 	})
@@ -201,7 +203,7 @@ func replicaDrill(t *testing.T, cfg, service string, addrs, names [2]string, pid
 	if err := <-promoted; err != nil {
 		t.Fatalf("promote: %v", err)
 	}
-	var rep drillReport
+	var rep drill.Report
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("report: %v\n%s", err, out.String())
 	}
@@ -230,7 +232,7 @@ func TestDrillMySQL(t *testing.T) {
 	t.Setenv("QP_TEST_MYSQL_PASSWORD", testenv.DefaultPassword)
 	replicaDrill(t, mysqlConfig, "db", [2]string{m1.Addr(), m2.Addr()}, [2]string{"m1", "m2"}, m1.Pid(), m2.Promote)
 	var n int
-	if err := m2.QueryRow(context.Background(), "SELECT COUNT(*) FROM qp."+drillTable).Scan(&n); err != nil || n != 0 {
+	if err := m2.QueryRow(context.Background(), "SELECT COUNT(*) FROM qp."+drill.Table).Scan(&n); err != nil || n != 0 {
 		t.Errorf("drill rows left behind: %d (%v)", n, err)
 	}
 }

@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,14 +12,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 var binPath string
@@ -95,68 +96,11 @@ func TestCheckConfigExitCodes(t *testing.T) {
 }
 
 // echoServer is a real TCP backend that answers every line with its name and the line.
-type echoServer struct {
-	name string
-	ln   net.Listener
-	wg   sync.WaitGroup
-}
+type echoServer = testenv.EchoServer
 
-func startEcho(t *testing.T, name string) *echoServer {
-	t.Helper()
-	e, err := listenEcho(name, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.close)
-	return e
-}
+func startEcho(t *testing.T, name string) *echoServer { return testenv.StartEcho(t, name) }
 
-func listenEcho(name, addr string) (*echoServer, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	e := &echoServer{name: name, ln: ln}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s:%s", e.name, line)
-				}
-			}()
-		}
-	}()
-	return e, nil
-}
-
-func (e *echoServer) close()       { e.ln.Close() }
-func (e *echoServer) addr() string { return e.ln.Addr().String() }
-
-// freeAddr is a loopback address whose port is free for TCP and UDP (the
-// gossip binds both), taken below the ephemeral range so that no outgoing
-// connection takes it before the daemon binds it.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	p, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-}
+func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 
 type daemonProc struct {
 	cmd    *exec.Cmd
@@ -206,32 +150,11 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd, admin string) *daemonProc {
 	return d
 }
 
-func (d *daemonProc) status(t *testing.T) (*statusView, error) {
-	resp, err := http.Get("http://" + d.admin + "/status")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st statusView
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+func (d *daemonProc) status(t *testing.T) (*adminapi.Status, error) {
+	return (&adminapi.Client{Addr: d.admin}).Status(context.Background())
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (d *daemonProc) service(t *testing.T, name string) *serviceView {
+func (d *daemonProc) service(t *testing.T, name string) *adminapi.Service {
 	st, err := d.status(t)
 	if err != nil {
 		return nil
@@ -299,7 +222,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	hookOut := filepath.Join(dir, "hook.env")
 	cfgPath := filepath.Join(dir, "qp.toml")
 	write := func(extra string) {
-		cfg := fmt.Sprintf(daemonConfig, admin, listen, hookOut, a.addr(), b.addr(), extra)
+		cfg := fmt.Sprintf(daemonConfig, admin, listen, hookOut, a.Addr(), b.Addr(), extra)
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +230,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	write("")
 	d := startDaemon(t, cfgPath, admin)
 
-	waitFor(t, "target a", 10*time.Second, func() bool {
+	testwait.For(t, "target a", 10*time.Second, func() bool {
 		s := d.service(t, "echo")
 		return s != nil && s.Target == "a"
 	})
@@ -316,18 +239,18 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 	}
 
 	// The primary dies: traffic moves to b and the promote hook sees where.
-	a.close()
-	waitFor(t, "target b", 10*time.Second, func() bool {
+	a.Close()
+	testwait.For(t, "target b", 10*time.Second, func() bool {
 		s := d.service(t, "echo")
 		return s != nil && s.Target == "b"
 	})
 	if got, err := ask(listen, "again"); err != nil || got != "b:again" {
 		t.Fatalf("after failover: %q %v", got, err)
 	}
-	waitFor(t, "promote hook output", 10*time.Second, func() bool {
+	testwait.For(t, "promote hook output", 10*time.Second, func() bool {
 		data, err := os.ReadFile(hookOut)
 		return err == nil && strings.Contains(string(data), "QP_NEW_BACKEND=b\n") &&
-			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.addr()+"\n")
+			strings.Contains(string(data), "QP_OLD_BACKEND=a\n") && strings.Contains(string(data), "QP_NEW_ADDRESS="+b.Addr()+"\n")
 	})
 	// The echo service has no roles: the failover fenced a on this proxy.
 	if s := d.service(t, "echo"); s == nil || len(s.Backends) != 2 || !s.Backends[0].Fenced {
@@ -339,7 +262,7 @@ func TestRunFailoverReloadDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "failed reload reported", 10*time.Second, func() bool {
+	testwait.For(t, "failed reload reported", 10*time.Second, func() bool {
 		st, err := d.status(t)
 		return err == nil && !st.LastReload.OK && st.LastReload.Error != ""
 	})
@@ -362,9 +285,9 @@ mode = "active-active"
   [[service.backend]]
   name = "c"
   address = %q
-`, listen2, c.addr()))
+`, listen2, c.Addr()))
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "second service routing", 10*time.Second, func() bool {
+	testwait.For(t, "second service routing", 10*time.Second, func() bool {
 		got, err := ask(listen2, "x")
 		return err == nil && got == "c:x"
 	})
@@ -449,7 +372,7 @@ mode = "active-active"
   [[service.backend]]
   name = "b"
   address = %q
-`, admin, tokenFile, listen, a.addr(), b.addr())
+`, admin, tokenFile, listen, a.Addr(), b.Addr())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -463,7 +386,7 @@ mode = "active-active"
 		}
 		return got
 	}
-	waitFor(t, "both backends in rotation", 10*time.Second, func() bool { g := seen(4); return g["a"] > 0 && g["b"] > 0 })
+	testwait.For(t, "both backends in rotation", 10*time.Second, func() bool { g := seen(4); return g["a"] > 0 && g["b"] > 0 })
 
 	if _, _, code := runBin(t, "drain", "-admin", admin, "-service", "web", "-backend", "b"); code == 0 {
 		t.Fatal("drain without the token was accepted")

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // pairConfig is a daemon config with one active-passive service (role
@@ -69,7 +70,7 @@ func startPGPair(t *testing.T, sync bool) (p1, p2 *testenv.Postgres, d *daemonPr
 	}
 	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
 	d = startDaemon(t, cfgPath, admin)
-	waitFor(t, "target p1", 20*time.Second, func() bool {
+	testwait.For(t, "target p1", 20*time.Second, func() bool {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "p1"
 	})
@@ -96,7 +97,7 @@ func TestPostgresFailoverAndDualPrimary(t *testing.T) {
 		err = conn.QueryRow(ctx, "select pg_is_in_recovery()").Scan(&rec)
 		return rec, err
 	}
-	waitFor(t, "target p1", 20*time.Second, func() bool {
+	testwait.For(t, "target p1", 20*time.Second, func() bool {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "p1"
 	})
@@ -107,7 +108,7 @@ func TestPostgresFailoverAndDualPrimary(t *testing.T) {
 	if err := p1.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "target p2", 20*time.Second, func() bool {
+	testwait.For(t, "target p2", 20*time.Second, func() bool {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "p2"
 	})
@@ -118,7 +119,7 @@ func TestPostgresFailoverAndDualPrimary(t *testing.T) {
 	if err := p2.Promote(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "writes through the promoted standby", 20*time.Second, func() bool {
+	testwait.For(t, "writes through the promoted standby", 20*time.Second, func() bool {
 		rec, err := inRecovery()
 		return err == nil && !rec
 	})
@@ -127,7 +128,7 @@ func TestPostgresFailoverAndDualPrimary(t *testing.T) {
 	if err := p1.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "dual_primary alert", 20*time.Second, func() bool {
+	testwait.For(t, "dual_primary alert", 20*time.Second, func() bool {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "p2" && slices.ContainsFunc(s.Alerts, func(a string) bool {
 			return strings.HasPrefix(a, "dual_primary")

@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
-	"github.com/quorumproxy/quorumproxy/internal/hooks"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // The promise is kept at the database, not only at the proxy: these tests
@@ -146,6 +146,9 @@ bind = %q
 secret_key_file = %q
 state_dir = %q
 lease_timeout = "600ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 %s
 [[service]]
 name = "db"
@@ -176,7 +179,6 @@ type promoHooks struct {
 func newPromoCluster(t *testing.T, k promoKind, backends []promoBackend, h promoHooks) *promoCluster {
 	t.Helper()
 	testenv.Need(t, k.kind)
-	t.Setenv("QP_TEST_GOSSIP_INTERVAL", "50ms")
 	c := &promoCluster{t: t, k: k, dir: t.TempDir()}
 	c.hookLog = filepath.Join(c.dir, "hooks.log")
 	keyFile, tokenFile, peers, gossip := clusterFiles(t, c.dir)
@@ -299,7 +301,7 @@ func promotionAtTheDatabase(t *testing.T, k promoKind, backends []promoBackend, 
 
 	// Roles are facts: the cluster chooses the primary, not the
 	// highest-priority backend.
-	waitFor(t, "every proxy routing to "+prim.name+", the one that reports primary", 60*time.Second, c.routes(prim.name))
+	testwait.For(t, "every proxy routing to "+prim.name+", the one that reports primary", 60*time.Second, c.routes(prim.name))
 	if h := c.hooks(); len(h) != 0 {
 		t.Fatalf("hooks ran at bootstrap: %v", h)
 	}
@@ -307,7 +309,7 @@ func promotionAtTheDatabase(t *testing.T, k promoKind, backends []promoBackend, 
 	if err := kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every proxy routing to "+first.name+" after the failover", 60*time.Second, c.routes(first.name))
+	testwait.For(t, "every proxy routing to "+first.name+" after the failover", 60*time.Second, c.routes(first.name))
 	c.holdsOnePrimary(backends[1:], first.name, 3*time.Second)
 	epoch := c.ps[0].clusterService(t).Epoch
 	if h := c.hooks("promote"); len(h) != 1 || !strings.HasSuffix(h[0], " promote "+first.name) {
@@ -336,7 +338,7 @@ func promotionAtTheDatabase(t *testing.T, k promoKind, backends []promoBackend, 
 	if code != 0 || !strings.Contains(out, "done") {
 		t.Fatalf("switchover to %s: exit %d\n%s%s", second.name, code, out, errOut)
 	}
-	waitFor(t, "every proxy routing to "+second.name+" after the switchover", 60*time.Second, c.routes(second.name))
+	testwait.For(t, "every proxy routing to "+second.name+" after the switchover", 60*time.Second, c.routes(second.name))
 	c.holdsOnePrimary(backends[1:], second.name, 2*time.Second)
 	if h := c.hooks("fence"); len(h) == 0 || !strings.HasSuffix(h[len(h)-1], " fence "+first.name) {
 		t.Fatalf("fence hook runs %v: want the last one on %s", h, first.name)
@@ -387,11 +389,11 @@ func TestPromotionLandsAfterTimeout(t *testing.T) {
 	late := `PGPASSWORD="$QP_TEST_PG_PASSWORD" psql -X -q -h "$host" -p "$port" -U qp -d postgres -c 'DO $$ BEGIN PERFORM pg_sleep(1.5); PERFORM pg_promote(); END $$'`
 	c := newPromoCluster(t, promoPostgres, backends, promoHooks{timeout: time.Second, promote: late})
 	c.start()
-	waitFor(t, "every proxy routing to p", 60*time.Second, c.routes("p"))
+	testwait.For(t, "every proxy routing to p", 60*time.Second, c.routes("p"))
 	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every proxy routing to s1 once its promote landed", 60*time.Second, c.routes("s1"))
+	testwait.For(t, "every proxy routing to s1 once its promote landed", 60*time.Second, c.routes("s1"))
 	c.holdsOnePrimary(backends[1:], "s1", 4*time.Second)
 	if h := c.hooks(); len(h) != 1 || !strings.HasSuffix(h[0], " promote s1") {
 		t.Fatalf("hook runs %v: want one promote of s1", h)
@@ -440,7 +442,7 @@ func seededPair(t *testing.T, timeout time.Duration) (*promoCluster, []promoBack
 // move on to promote the replica.
 func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
 	c, backends := seededPair(t, 0)
-	waitFor(t, "every proxy holding epoch 1 on s", 30*time.Second, func() bool {
+	testwait.For(t, "every proxy holding epoch 1 on s", 30*time.Second, func() bool {
 		for _, px := range c.ps {
 			if v := px.clusterService(t); v.Epoch != 1 || v.Primary != "s" || v.LeaseMS <= 0 {
 				return false
@@ -452,7 +454,7 @@ func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("switchover to p: exit %d\n%s%s", code, out, errOut)
 	}
-	waitFor(t, "every proxy routing to p", 30*time.Second, c.routes("p"))
+	testwait.For(t, "every proxy routing to p", 30*time.Second, c.routes("p"))
 	c.holdsOnePrimary(backends, "p", 3*time.Second)
 	if h := c.hooks(); len(h) != 0 {
 		t.Fatalf("hooks ran: %v; want none (p already reports primary)", h)
@@ -464,7 +466,7 @@ func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
 // period, and promotes nothing.
 func TestPromotionFollowsTheReportedPrimary(t *testing.T) {
 	c, backends := seededPair(t, time.Second)
-	waitFor(t, "every proxy routing to p", 60*time.Second, c.routes("p"))
+	testwait.For(t, "every proxy routing to p", 60*time.Second, c.routes("p"))
 	c.holdsOnePrimary(backends, "p", 2*time.Second)
 	if h := c.hooks(); len(h) != 0 {
 		t.Fatalf("hooks ran: %v; want none", h)
@@ -486,7 +488,7 @@ func TestPromotionNoPrimaryWaitsForTheOperator(t *testing.T) {
 	backends := []promoBackend{{"p", p.Addr(), 100}, {"s", s.Addr(), 50}}
 	c := newPromoCluster(t, promoPostgres, backends, promoHooks{promote: promoPostgres.promote})
 	c.start()
-	waitFor(t, "a no_primary alert on every proxy", 60*time.Second, func() bool {
+	testwait.For(t, "a no_primary alert on every proxy", 60*time.Second, func() bool {
 		for _, px := range c.ps {
 			sv := px.d.service(t, "db")
 			if sv == nil || !strings.Contains(strings.Join(sv.Alerts, "\n"), "no_primary") {
@@ -510,7 +512,7 @@ func TestPromotionNoPrimaryWaitsForTheOperator(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "done") {
 		t.Fatalf("switchover to s: exit %d\n%s%s", code, out, errOut)
 	}
-	waitFor(t, "every proxy routing to s", 30*time.Second, c.routes("s"))
+	testwait.For(t, "every proxy routing to s", 30*time.Second, c.routes("s"))
 	if h := c.hooks(); len(h) != 1 || !strings.HasSuffix(h[0], " promote s") {
 		t.Fatalf("hook runs %v: want one promote of s", h)
 	}
@@ -526,20 +528,7 @@ func TestPromotionStoreFailure(t *testing.T) {
 	}
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, tokenFile := startEchoCluster(t, a, b)
-	routes := func(want string, who ...*clusterProxy) func() bool {
-		return func() bool {
-			for _, p := range who {
-				if r, _ := p.routing(t); r != want {
-					return false
-				}
-				if got, err := ask(p.listen, "x"); err != nil || got != want+":x" {
-					return false
-				}
-			}
-			return true
-		}
-	}
-	waitFor(t, "all three proxies routing to a", 30*time.Second, routes("a", ps...))
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
 	q3 := ps[2]
 	st0, err := q3.d.status(t)
 	if err != nil || st0.Cluster == nil {
@@ -569,9 +558,9 @@ func TestPromotionStoreFailure(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("switchover with one proxy's disk read-only: exit %d\n%s%s", code, out, errOut)
 	}
-	waitFor(t, "qp1 and qp2 routing to b", 30*time.Second, routes("b", ps[0], ps[1]))
+	testwait.For(t, "qp1 and qp2 routing to b", 30*time.Second, allRoute(t, "b", ps[:2]))
 	epoch := ps[0].clusterService(t).Epoch
-	waitFor(t, "qp3 saying its state_dir cannot be written", 30*time.Second, func() bool {
+	testwait.For(t, "qp3 saying its state_dir cannot be written", 30*time.Second, func() bool {
 		st, err := q3.d.status(t)
 		return err == nil && st.Cluster != nil && strings.Contains(st.Cluster.StoreError, "read-only")
 	})
@@ -592,30 +581,12 @@ func TestPromotionStoreFailure(t *testing.T) {
 	}
 
 	unmount()
-	waitFor(t, "qp3 routing to b at the new epoch once its disk works", 30*time.Second, func() bool {
+	testwait.For(t, "qp3 routing to b at the new epoch once its disk works", 30*time.Second, func() bool {
 		st, err := q3.d.status(t)
-		return err == nil && st.Cluster.StoreError == "" && routes("b", q3)() && q3.clusterService(t).Epoch == epoch
+		return err == nil && st.Cluster.StoreError == "" && allRoute(t, "b", []*clusterProxy{q3})() && q3.clusterService(t).Epoch == epoch
 	})
 	if !strings.Contains(q3.d.logs.String(), "state_dir can be written again") {
 		t.Error("qp3 did not say that its disk works again")
-	}
-}
-
-// A hook that cannot be started did nothing, and the proxy can tell: a
-// promote of it cannot land later. One that started and failed may have.
-func TestHookNotStarted(t *testing.T) {
-	for _, c := range []struct {
-		argv []string
-		want bool
-	}{
-		{[]string{filepath.Join(t.TempDir(), "no-such-hook")}, true},
-		{[]string{"no-such-hook-on-the-path"}, true},
-		{[]string{"/bin/sh", "-c", "exit 1"}, false},
-	} {
-		res := hooks.Run(context.Background(), c.argv, nil, 5*time.Second)
-		if res.Err == nil || hookNotStarted(res.Err) != c.want {
-			t.Errorf("%v: err %v, not started %v; want %v", c.argv, res.Err, hookNotStarted(res.Err), c.want)
-		}
 	}
 }
 
@@ -625,7 +596,7 @@ func TestHookNotStarted(t *testing.T) {
 func TestOperatorSeesTheOutcome(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	ps, tokenFile := startEchoCluster(t, a, b)
-	waitFor(t, "all three proxies routing to a", 30*time.Second, func() bool {
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, func() bool {
 		for _, p := range ps {
 			if r, _ := p.routing(t); r != "a" {
 				return false
@@ -653,7 +624,7 @@ func TestOperatorSeesTheOutcome(t *testing.T) {
 	if code != 0 || strings.Contains(out, "done") {
 		t.Fatalf("unfence -no-wait: exit %d\n%s%s; want the accepted answer only", code, out, errOut)
 	}
-	waitFor(t, "b unfenced", 30*time.Second, func() bool { return len(ps[0].clusterService(t).Fenced) == 0 })
+	testwait.For(t, "b unfenced", 30*time.Second, func() bool { return len(ps[0].clusterService(t).Fenced) == 0 })
 }
 
 // Two backends that report primary at bootstrap: the new cluster routes
@@ -667,7 +638,7 @@ func TestPromotionTwoPrimariesAtBootstrap(t *testing.T) {
 	backends := []promoBackend{{"p", p.Addr(), 50}, {"q", q.Addr(), 100}}
 	c := newPromoCluster(t, promoPostgres, backends, promoHooks{promote: promoPostgres.promote})
 	c.start()
-	waitFor(t, "a dual_primary alert naming p and q on every proxy", 60*time.Second, func() bool {
+	testwait.For(t, "a dual_primary alert naming p and q on every proxy", 60*time.Second, func() bool {
 		for _, px := range c.ps {
 			sv := px.d.service(t, "db")
 			if sv == nil || !strings.Contains(strings.Join(sv.Alerts, "\n"), "dual_primary: p, q") {
@@ -682,7 +653,7 @@ func TestPromotionTwoPrimariesAtBootstrap(t *testing.T) {
 	if err := q.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every proxy routing to p once q is gone", 60*time.Second, c.routes("p"))
+	testwait.For(t, "every proxy routing to p once q is gone", 60*time.Second, c.routes("p"))
 	if h := c.hooks(); len(h) != 0 {
 		t.Fatalf("hooks ran: %v", h)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // floodCluster is three real proxies of one cluster over loopback, routing
@@ -31,7 +32,7 @@ func startFloodCluster(t *testing.T, bin, lease string) *floodCluster {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	c := &floodCluster{a: a, b: b}
 	c.ps, _ = startEchoClusterWith(t, a, b, echoClusterOpts{bin: bin, lease: lease, noToken: true})
-	waitFor(t, "all three routing to a", 60*time.Second, func() bool {
+	testwait.For(t, "all three routing to a", 60*time.Second, func() bool {
 		for _, p := range c.ps {
 			if r, _ := p.routing(t); r != "a" {
 				return false
@@ -193,7 +194,7 @@ func TestMeasureGossipFlood(t *testing.T) {
 		lines := strings.Count(p.d.logs.String(), "\n") - before
 		t.Logf("FIGURE flood %d pps (sent %.0f/s) for 5s, lease %s: lease seen lost in %d polls, sessions lost %d of 10, log lines %d",
 			pps, rate, lease, lost, s.lost.Load(), lines)
-		waitFor(t, "routing again", 30*time.Second, func() bool { r, _ := p.routing(t); return r == "a" })
+		testwait.For(t, "routing again", 30*time.Second, func() bool { r, _ := p.routing(t); return r == "a" })
 	}
 }
 
@@ -246,7 +247,10 @@ func TestSecurityExecAndHookHygiene(t *testing.T) {
 	t.Cleanup(func() { testenv.KillMarked(mark) })
 	dir := t.TempDir()
 	admin, listen := freeAddr(t), freeAddr(t)
-	noisy := `head -c 100000000 /dev/zero; sleep 1000 & echo primary`
+	// The role line comes first: an exec check keeps the first 64 KiB of
+	// its output, and its kind is role-aware, so the service routes only
+	// to the backend that reports primary.
+	noisy := `if [ "$QP_PORT" = 1 ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero; sleep 1000 & true`
 	cfgPath := filepath.Join(dir, "qp.toml")
 	cfg := fmt.Sprintf(`[admin]
 listen = %q
@@ -258,8 +262,8 @@ listen = %q
   [service.health]
   kind = "exec"
   command = ["/bin/sh", "-c", %q]
-  interval = "1s"
-  timeout = "900ms"
+  interval = "2s"
+  timeout = "1900ms"
 
   [service.hooks]
   notify = ["/bin/sh", "-c", %q]
@@ -277,12 +281,19 @@ listen = %q
 	}
 	d := startDaemon(t, cfgPath, admin)
 	pid := d.cmd.Process.Pid
-	waitFor(t, "both backends up as primary or replica", 30*time.Second, func() bool {
+	testwait.For(t, "both backends up as primary or replica", 30*time.Second, func() bool {
 		s := d.service(t, "db")
 		return s != nil && len(s.Backends) == 2 && s.Backends[0].Health == "up" && s.Backends[1].Health == "up"
 	})
-	waitFor(t, "the notify hook ran", 30*time.Second, func() bool { _, err := os.Stat(filepath.Join(dir, "notified")); return err == nil })
-	time.Sleep(3 * time.Second) // a few more rounds of checks
+	testwait.For(t, "the notify hook ran", 30*time.Second, func() bool { _, err := os.Stat(filepath.Join(dir, "notified")); return err == nil })
+	// A few more rounds of checks: each backend checked again after one
+	// more interval (reading 100 MB takes a race-built proxy most of a
+	// second on a loaded machine, hence the long interval and timeout).
+	since := time.Now().Add(2 * time.Second)
+	testwait.For(t, "two more rounds of checks", 30*time.Second, func() bool {
+		s := d.service(t, "db")
+		return s != nil && len(s.Backends) == 2 && s.Backends[0].LastCheck.After(since) && s.Backends[1].LastCheck.After(since)
+	})
 	children := func() int {
 		n := 0
 		for _, p := range testenv.Marked(mark) {
@@ -308,7 +319,7 @@ listen = %q
 	case <-time.After(30 * time.Second):
 		t.Fatal("the proxy did not stop on SIGTERM")
 	}
-	waitFor(t, "nothing left of the proxy's checks and hooks", 10*time.Second, func() bool { return len(testenv.Marked(mark)) == 0 })
+	testwait.For(t, "nothing left of the proxy's checks and hooks", 10*time.Second, func() bool { return len(testenv.Marked(mark)) == 0 })
 }
 
 // TestSecurityReloadBounded: a config of 20,000 nested levels given by
@@ -331,7 +342,7 @@ func TestSecurityReloadBounded(t *testing.T) {
 	}
 	before := vmHWM(t, pid)
 	syscall.Kill(pid, syscall.SIGHUP)
-	waitFor(t, "the reload refused", 20*time.Second, func() bool {
+	testwait.For(t, "the reload refused", 20*time.Second, func() bool {
 		s, err := d.status(t)
 		return err == nil && !s.LastReload.OK && s.LastReload.At.After(st.LastReload.At)
 	})
@@ -358,12 +369,12 @@ func TestSecurityAcceptBackoffUnderEMFILE(t *testing.T) {
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	admin, listen := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(dir, "qp.toml")
-	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.out"), a.addr(), b.addr(), "")
+	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.out"), a.Addr(), b.Addr(), "")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := startDaemonCmd(t, exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$0" run -config "$1"`, binPath, cfgPath), admin)
-	waitFor(t, "routing", 20*time.Second, func() bool { r, err := ask(listen, "x"); return err == nil && r == "a:x" })
+	testwait.For(t, "routing", 20*time.Second, func() bool { r, err := ask(listen, "x"); return err == nil && r == "a:x" })
 
 	before := strings.Count(d.logs.String(), "accept failed")
 	stop := time.Now().Add(5 * time.Second)
@@ -396,5 +407,5 @@ func TestSecurityAcceptBackoffUnderEMFILE(t *testing.T) {
 	}
 	// The backlog of clients that left meanwhile is drained first. (The
 	// health checks failed too while fds ran out, so b may have taken over.)
-	waitFor(t, "routing again", time.Minute, func() bool { r, err := ask(listen, "x"); return err == nil && strings.HasSuffix(r, ":x") })
+	testwait.For(t, "routing again", time.Minute, func() bool { r, err := ask(listen, "x"); return err == nil && strings.HasSuffix(r, ":x") })
 }

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // A proxy that loses its lease closes its idle sessions, and its log says
@@ -24,7 +26,7 @@ func TestRouteChangeCountsClosedSessions(t *testing.T) {
 		defer conn.Close()
 		conns = append(conns, conn)
 	}
-	waitFor(t, "10 sessions", 10*time.Second, func() bool { s := p.d.service(t, "echo"); return s != nil && s.Active == 10 })
+	testwait.For(t, "10 sessions", 10*time.Second, func() bool { s := p.d.service(t, "echo"); return s != nil && s.Active == 10 })
 	for _, q := range c.ps[1:] { // the majority pauses: p's lease runs out
 		q.d.cmd.Process.Signal(syscall.SIGSTOP)
 		defer q.d.cmd.Process.Signal(syscall.SIGCONT)
@@ -37,7 +39,7 @@ func TestRouteChangeCountsClosedSessions(t *testing.T) {
 	}
 	re := regexp.MustCompile(`cluster: route changed.*from=a to="" sessions_closed=(\d+)`)
 	var m []string
-	waitFor(t, "the route change logged", 10*time.Second, func() bool { m = re.FindStringSubmatch(p.d.logs.String()); return m != nil })
+	testwait.For(t, "the route change logged", 10*time.Second, func() bool { m = re.FindStringSubmatch(p.d.logs.String()); return m != nil })
 	if n, _ := strconv.Atoi(m[1]); n != 10 {
 		t.Errorf("logged sessions_closed=%d, want 10: %s", n, m[0])
 	}

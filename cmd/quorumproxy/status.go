@@ -1,65 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
-
-// statusView is the /status document: what the proxy routes and why.
-type statusView struct {
-	Version    string        `json:"version"`
-	Started    time.Time     `json:"started"`
-	Config     string        `json:"config"`
-	LastReload reloadResult  `json:"last_reload"`
-	Services   []serviceView `json:"services"`
-	Cluster    *clusterView  `json:"cluster,omitempty"`
-}
-
-type serviceView struct {
-	Name     string        `json:"name"`
-	Listen   string        `json:"listen"`
-	Mode     string        `json:"mode"`
-	Role     string        `json:"role,omitempty"`
-	Target   string        `json:"target"`
-	Why      string        `json:"why,omitempty"`
-	Alerts   []string      `json:"alerts,omitempty"`
-	Active   int64         `json:"active"`
-	Accepted uint64        `json:"accepted"`
-	Refused  uint64        `json:"refused"`
-	Backends []backendView `json:"backends"`
-}
-
-type backendView struct {
-	Name           string        `json:"name"`
-	Address        string        `json:"address"`
-	Priority       int           `json:"priority"`
-	Weight         int           `json:"weight"`
-	Health         string        `json:"health"` // unknown | up | down
-	Draining       bool          `json:"draining,omitempty"`
-	Fenced         bool          `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
-	Role           string        `json:"role"`
-	LagBytes       int64         `json:"lag_bytes"`   // -1: unknown
-	LagSeconds     float64       `json:"lag_seconds"` // -1: unknown
-	CheckLatency   time.Duration `json:"-"`
-	CheckLatencyMS float64       `json:"check_latency_ms"`
-	LastError      string        `json:"last_error,omitempty"`
-	LastCheck      time.Time     `json:"last_check"`
-	LastChange     time.Time     `json:"last_change"`
-	Reason         string        `json:"reason,omitempty"` // why the last transition
-	Active         int64         `json:"active"`
-	Refused        uint64        `json:"refused"`
-	DialFailures   uint64        `json:"dial_failures"`
-	BytesIn        uint64        `json:"bytes_in"`  // client -> backend
-	BytesOut       uint64        `json:"bytes_out"` // backend -> client
-}
 
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
@@ -70,36 +23,26 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	url := *admin
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	resp, err := client.Get(url + "/status")
+	client := &adminapi.Client{Addr: *admin}
+	body, err := client.StatusJSON(context.Background())
 	if err != nil {
 		fmt.Fprintf(stderr, "quorumproxy status: %v\n", err)
-		return 1
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil || resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "quorumproxy status: %s: %s %v\n", url, resp.Status, err)
 		return 1
 	}
 	if *asJSON {
 		stdout.Write(body)
 		return 0
 	}
-	var st statusView
+	var st adminapi.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		fmt.Fprintf(stderr, "quorumproxy status: bad answer from %s: %v\n", url, err)
+		fmt.Fprintf(stderr, "quorumproxy status: bad answer from %s: %v\n", *admin, err)
 		return 1
 	}
 	printStatus(stdout, &st)
 	return 0
 }
 
-func printCluster(w io.Writer, c *clusterView) {
+func printCluster(w io.Writer, c *adminapi.ClusterStatus) {
 	fmt.Fprintf(w, "\ncluster: node %s, %d peers, quorum %d", c.Node, c.Peers, c.Quorum)
 	if c.Recovering {
 		fmt.Fprint(w, ", RECOVERING (learning state from peers; not voting or routing)")
@@ -168,7 +111,7 @@ func orNone(s string) string {
 	return s
 }
 
-func printStatus(w io.Writer, st *statusView) {
+func printStatus(w io.Writer, st *adminapi.Status) {
 	fmt.Fprintf(w, "quorumproxy %s, up %s, config %s", st.Version, time.Since(st.Started).Round(time.Second), st.Config)
 	if !st.LastReload.OK {
 		fmt.Fprintf(w, " (last reload FAILED: %s)", st.LastReload.Error)
@@ -215,7 +158,7 @@ func printStatus(w io.Writer, st *statusView) {
 	}
 }
 
-func lagString(b backendView) string {
+func lagString(b adminapi.Backend) string {
 	var parts []string
 	if b.LagBytes >= 0 {
 		parts = append(parts, fmt.Sprintf("%dB", b.LagBytes))
@@ -229,7 +172,7 @@ func lagString(b backendView) string {
 	return strings.Join(parts, "/")
 }
 
-func changeString(b backendView) string {
+func changeString(b adminapi.Backend) string {
 	if b.LastChange.IsZero() {
 		return "-"
 	}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // Five proxies (N=5, Q=3): scenarios 6 and 7 where a quorum is more than
@@ -36,7 +38,7 @@ func TestFiveProxies(t *testing.T) {
 				cut(a, b)
 			}
 		}
-		waitFor(t, "p4 and p5 stop routing", 20*time.Second, func() bool {
+		testwait.For(t, "p4 and p5 stop routing", 20*time.Second, func() bool {
 			for _, p := range ps[3:] {
 				if v := p.view(); !v.ok || v.routing != "" {
 					return false
@@ -109,7 +111,7 @@ func (c *cluster) failover(who []*proxyNode) time.Duration {
 		c.t.Fatalf("epoch did not grow: %d then %d", e0, e1)
 	}
 	want := fmt.Sprintf("%d b", e1)
-	waitFor(c.t, "promote hook for "+want, 20*time.Second, func() bool {
+	testwait.For(c.t, "promote hook for "+want, 20*time.Second, func() bool {
 		p := c.promotions()
 		return len(p) == before+1 && slices.Contains(p, want)
 	})

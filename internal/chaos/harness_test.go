@@ -3,7 +3,7 @@ package chaos
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 	"go.uber.org/goleak"
 )
 
@@ -106,34 +109,16 @@ func run(m *testing.M) int {
 }
 
 // serveEcho is the echo backend: "name=addr"; every line comes back as
-// "name:line", so a client sees which backend it reached.
+// "name:line", so a client sees which backend it reached. It serves until
+// the process is killed.
 func serveEcho(spec string) {
 	name, addr, _ := strings.Cut(spec, "=")
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	if _, err := testenv.ListenEcho(name, addr); err != nil {
 		fmt.Fprintf(os.Stderr, "echo %s: %v\n", name, err)
 		os.Exit(1)
 	}
 	fmt.Println("ready")
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			os.Exit(1)
-		}
-		go func() {
-			defer c.Close()
-			r := bufio.NewReader(c)
-			for {
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if _, err := fmt.Fprintf(c, "%s:%s", name, line); err != nil {
-					return
-				}
-			}
-		}()
-	}
+	select {}
 }
 
 func pid36() string { return strconv.FormatInt(int64(os.Getpid()), 36) }
@@ -409,6 +394,9 @@ state_dir = %q
 lease_timeout = %q
 on_quorum_loss = %q
 switch_hold = "200ms"
+gossip_interval = "50ms"
+probe_interval = "250ms"
+rejoin_interval = "500ms"
 %s
 
 [[service]]
@@ -498,7 +486,7 @@ func (b *backendNode) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "backend "+b.name+" listening", 10*time.Second, func() bool {
+	testwait.For(t, "backend "+b.name+" listening", 10*time.Second, func() bool {
 		if !b.proc.running() {
 			t.Fatalf("backend %s exited: %s", b.name, b.proc.logs.String())
 		}
@@ -512,7 +500,7 @@ func (p *proxyNode) start() {
 	t := p.c.t
 	t.Helper()
 	var err error
-	p.proc, err = startProc(p.ns, []string{"QP_TEST_GOSSIP_INTERVAL=50ms"}, binPath, "run", "-config", p.cfgPath)
+	p.proc, err = startProc(p.ns, nil, binPath, "run", "-config", p.cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,49 +508,18 @@ func (p *proxyNode) start() {
 
 func (p *proxyNode) listen() string { return fmt.Sprintf("%s:%d", p.ip, servicePort) }
 
-// status is the part of /status these tests read.
-type status struct {
-	Services []struct {
-		Name     string `json:"name"`
-		Target   string `json:"target"`
-		Why      string `json:"why"`
-		Backends []struct {
-			Name      string `json:"name"`
-			Health    string `json:"health"`
-			LastError string `json:"last_error"`
-		} `json:"backends"`
-	} `json:"services"`
-	Cluster *struct {
-		Node       string   `json:"node"`
-		Recovering bool     `json:"recovering"`
-		Reachable  []string `json:"reachable"`
-		Services   []struct {
-			Epoch    uint64   `json:"epoch"`
-			Primary  string   `json:"primary"`
-			Fenced   []string `json:"fenced"`
-			Routing  string   `json:"routing"`
-			Held     string   `json:"held"`
-			LeaseMS  float64  `json:"lease_ms"`
-			MaxVoted uint64   `json:"max_voted"`
-			Decision string   `json:"decision"`
-		} `json:"services"`
-	} `json:"cluster"`
-}
-
-func (p *proxyNode) status() (*status, error) {
-	resp, err := httpc.Get(fmt.Sprintf("http://%s:%d/status", p.ip, adminPort))
+// status reads p's /status; an answer without the cluster's service is an
+// error (the proxy is not up yet).
+func (p *proxyNode) status() (*adminapi.Status, error) {
+	c := adminapi.Client{Addr: fmt.Sprintf("%s:%d", p.ip, adminPort), HTTP: httpc}
+	st, err := c.Status(context.Background())
 	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("status of %s: %w", p.name, err)
 	}
 	if st.Cluster == nil || len(st.Cluster.Services) == 0 || len(st.Services) == 0 {
 		return nil, fmt.Errorf("status of %s: no cluster service", p.name)
 	}
-	return &st, nil
+	return st, nil
 }
 
 // view is one proxy's record and route at one moment.
@@ -660,7 +617,7 @@ func (p *proxyNode) notRouting(want string) error {
 
 func (c *cluster) waitAllRoute(want string, who []*proxyNode, timeout time.Duration) {
 	c.t.Helper()
-	waitFor(c.t, fmt.Sprintf("%s routing to %s", names(who), want), timeout, func() bool {
+	testwait.For(c.t, fmt.Sprintf("%s routing to %s", names(who), want), timeout, func() bool {
 		for _, p := range who {
 			if !p.proc.running() {
 				c.t.Fatalf("%s exited:\n%s", p.name, tail(p.proc.logs.String(), 30))
@@ -743,7 +700,7 @@ func (p *proxyNode) control(verb string, form url.Values) error {
 func (c *cluster) switchTo(to string, who []*proxyNode) {
 	c.t.Helper()
 	defer c.unfenceAll(who)
-	waitFor(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
+	testwait.For(c.t, names(who)+" routing to "+to+" after a switchover", 60*time.Second, func() bool {
 		all := func() bool {
 			for _, p := range who {
 				if !p.routesTo(to) {
@@ -779,7 +736,7 @@ func (c *cluster) switchTo(to string, who []*proxyNode) {
 // who see an empty fenced set.
 func (c *cluster) unfenceAll(who []*proxyNode) {
 	c.t.Helper()
-	waitFor(c.t, names(who)+" seeing no fenced backend", 60*time.Second, func() bool {
+	testwait.For(c.t, names(who)+" seeing no fenced backend", 60*time.Second, func() bool {
 		fenced := who[0].view().fenced
 		for _, p := range who {
 			if v := p.view(); len(v.fenced) > 0 {
@@ -801,18 +758,6 @@ func (c *cluster) unfenceAll(who []*proxyNode) {
 		}
 		return false
 	})
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // sample is one round of every proxy's view, taken concurrently.

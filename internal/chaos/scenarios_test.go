@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/netem"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // holdFor checks cond every few milliseconds for d and fails at the first
@@ -40,7 +41,7 @@ func holdFor(t *testing.T, what string, d time.Duration, cond func() error) {
 // sees waits until every proxy in who reports backend b with health h.
 func (c *cluster) sees(who []*proxyNode, b, h string, timeout time.Duration) {
 	c.t.Helper()
-	waitFor(c.t, fmt.Sprintf("%s see %s %s", names(who), b, h), timeout, func() bool {
+	testwait.For(c.t, fmt.Sprintf("%s see %s %s", names(who), b, h), timeout, func() bool {
 		for _, p := range who {
 			if v := p.view(); !v.ok || v.health[b] != h {
 				return false
@@ -108,7 +109,7 @@ func TestFencedOldPrimary(t *testing.T) {
 		t.Fatalf("promote hook ran for a fenced backend: %v", p[before:])
 	}
 	t0 := time.Now()
-	waitFor(t, "unfence of a", 30*time.Second, func() bool {
+	testwait.For(t, "unfence of a", 30*time.Second, func() bool {
 		// once a is unfenced the failover from b follows and fences b
 		if v := c.proxies[0].view(); v.ok && !slices.Contains(v.fenced, "a") {
 			return true
@@ -146,7 +147,7 @@ func TestFailoverTime(t *testing.T) {
 				t0 := time.Now()
 				cut(c.proxies[0], p3)
 				cut(c.proxies[1], p3)
-				waitFor(t, "p3 stops routing", 20*time.Second, func() bool { v := p3.view(); return v.ok && v.routing == "" })
+				testwait.For(t, "p3 stops routing", 20*time.Second, func() bool { v := p3.view(); return v.ok && v.routing == "" })
 				fence = append(fence, time.Since(t0))
 				live = c.proxies[:2]
 			}
@@ -172,7 +173,7 @@ func TestFailoverTime(t *testing.T) {
 			}
 			// The promote hook ran once, for the new epoch, on one proxy.
 			want := fmt.Sprintf("%d b", e1)
-			waitFor(t, "promote hook for "+want, 20*time.Second, func() bool {
+			testwait.For(t, "promote hook for "+want, 20*time.Second, func() bool {
 				p := c.promotions()
 				return len(p) == before+1 && slices.Contains(p, want)
 			})
@@ -198,7 +199,7 @@ func TestNoQuorumNoFailover(t *testing.T) {
 		before := len(c.promotions())
 		c.proxies[1].proc.kill()
 		c.proxies[2].proc.kill()
-		waitFor(t, "lone p1 stops routing", 20*time.Second, func() bool { v := p1.view(); return v.ok && v.routing == "" })
+		testwait.For(t, "lone p1 stops routing", 20*time.Second, func() bool { v := p1.view(); return v.ok && v.routing == "" })
 		c.backends["a"].kill()
 		c.sees(c.proxies[:1], "a", "down", 20*time.Second)
 		// Several leases and health periods pass with the primary down.
@@ -377,11 +378,11 @@ func TestMinorityPartition(t *testing.T) {
 	// The minority holds the old primary: the majority loses it and moves.
 	cut(p1, p3)
 	cut(p2, p3)
-	waitFor(t, "cut-off p3 stops routing", 20*time.Second, func() bool { v := p3.view(); return v.ok && v.routing == "" })
+	testwait.For(t, "cut-off p3 stops routing", 20*time.Second, func() bool { v := p3.view(); return v.ok && v.routing == "" })
 	p1.dropFrom(c.backends["a"].ip)
 	p2.dropFrom(c.backends["a"].ip)
 	asks, stale := 0, 0
-	waitFor(t, "majority routes to b", 30*time.Second, func() bool {
+	testwait.For(t, "majority routes to b", 30*time.Second, func() bool {
 		asks++
 		if got, err := p3.ask(); err == nil && got == "a" {
 			stale++
@@ -575,7 +576,7 @@ func TestPausedAndRestartedProxy(t *testing.T) {
 	p1.dropFrom(c.backends["a"].ip)
 	p2.dropFrom(c.backends["a"].ip)
 	c.waitAllRoute("b", c.proxies[:2], 30*time.Second)
-	waitFor(t, "pause past the lease", 10*time.Second, func() bool { return time.Since(paused) > 3*time.Second })
+	testwait.For(t, "pause past the lease", 10*time.Second, func() bool { return time.Since(paused) > 3*time.Second })
 	// The pollers start before SIGCONT: a status request and a client wait in
 	// p3's backlog, so the first things it serves on waking are checked.
 	checkFresh := func(what, stale, want string, wake func()) (polls int, serve time.Duration) {
@@ -635,7 +636,7 @@ func TestPausedAndRestartedProxy(t *testing.T) {
 			close(stop)
 			wg.Wait()
 		}()
-		waitFor(t, what+": p3 routes and forwards to "+want, 30*time.Second, func() bool {
+		testwait.For(t, what+": p3 routes and forwards to "+want, 30*time.Second, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(stales) > 0 {
@@ -692,7 +693,7 @@ func TestMonitorSeesKeepSplitBrain(t *testing.T) {
 	p1.dropFrom(c.backends["a"].ip)
 	p2.dropFrom(c.backends["a"].ip)
 	c.waitAllRoute("b", c.proxies[:2], 30*time.Second)
-	waitFor(t, "the monitor to see the split brain", 20*time.Second, func() bool {
+	testwait.For(t, "the monitor to see the split brain", 20*time.Second, func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return len(m.splits) > 0

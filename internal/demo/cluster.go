@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/drill"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
@@ -104,12 +106,12 @@ func (d *demo) clusterPart(ctx context.Context, o clusterOptions) (cres *cluster
 	w := d.watch(ctx, clusterService, proxies, events)
 	defer w.close()
 	for _, p := range proxies {
-		if _, err := p.waitService(ctx, clusterService, 30*time.Second, `target "p1" (primary) with p2 up as a replica`, func(s *serviceStatus) bool {
+		if _, err := p.waitService(ctx, clusterService, 30*time.Second, `target "p1" (primary) with p2 up as a replica`, func(s *adminapi.Service) bool {
 			return s.Target == "p1" && allUp(s) && roleOf(s, "p1") == "primary" && roleOf(s, "p2") == "replica"
 		}); err != nil {
 			return nil, err
 		}
-		if _, err := p.waitCluster(ctx, 30*time.Second, `routing "p1" at an epoch`, func(s *clusterServiceStatus) bool {
+		if _, err := p.waitCluster(ctx, 30*time.Second, `routing "p1" at an epoch`, func(s *adminapi.ClusterService) bool {
 			return s.Routing == "p1" && s.Epoch > 0
 		}); err != nil {
 			return nil, err
@@ -167,7 +169,7 @@ func (d *demo) clusterPart(ctx context.Context, o clusterOptions) (cres *cluster
 	// Every proxy ends up routing to the new primary at the new epoch.
 	var epoch uint64
 	for _, p := range proxies {
-		s, err := p.waitCluster(ctx, 30*time.Second, `routing "p2"`, func(s *clusterServiceStatus) bool { return s.Routing == "p2" })
+		s, err := p.waitCluster(ctx, 30*time.Second, `routing "p2"`, func(s *adminapi.ClusterService) bool { return s.Routing == "p2" })
 		if err != nil {
 			return nil, err
 		}
@@ -357,7 +359,7 @@ func (d *demo) loseMajority(ctx context.Context, r *clusterResult, proxies []*pr
 	if err != nil {
 		return err
 	}
-	if s, ok := st.clusterService(clusterService); ok {
+	if s := st.ClusterService(clusterService); s != nil {
 		r.LoneLease = time.Duration(s.LeaseMS * float64(time.Millisecond))
 	}
 	r.ProxyKills = time.Now()
@@ -367,7 +369,7 @@ func (d *demo) loseMajority(ctx context.Context, r *clusterResult, proxies []*pr
 		}
 	}
 	tl.at(r.ProxyKills, "SIGKILL -> %s and %s; %s holds a lease with %.0fms left and a session to p2", proxies[1].name, proxies[2].name, lone.name, r.LoneLease.Seconds()*1000)
-	s, err := lone.waitCluster(ctx, 30*time.Second, "no route (lease lost)", func(s *clusterServiceStatus) bool { return s.Routing == "" })
+	s, err := lone.waitCluster(ctx, 30*time.Second, "no route (lease lost)", func(s *adminapi.ClusterService) bool { return s.Routing == "" })
 	if err != nil {
 		return err
 	}
@@ -421,16 +423,16 @@ func (tl *timeline) reportCluster(r *clusterResult) {
 
 // waitCluster polls the proxy until cond holds for its cluster view of the
 // part's service.
-func (p *proxyProc) waitCluster(ctx context.Context, limit time.Duration, what string, cond func(*clusterServiceStatus) bool) (*clusterServiceStatus, error) {
-	var last *clusterServiceStatus
-	var got *clusterServiceStatus
+func (p *proxyProc) waitCluster(ctx context.Context, limit time.Duration, what string, cond func(*adminapi.ClusterService) bool) (*adminapi.ClusterService, error) {
+	var last *adminapi.ClusterService
+	var got *adminapi.ClusterService
 	err := waitFor(ctx, limit, func() bool {
 		st, err := p.status(ctx)
 		if err != nil {
 			return false
 		}
-		s, ok := st.clusterService(clusterService)
-		if !ok {
+		s := st.ClusterService(clusterService)
+		if s == nil {
 			return false
 		}
 		last = s
@@ -515,8 +517,8 @@ func (r *reader) run(ctx context.Context) {
 		r.mu.Lock()
 		if err != nil {
 			r.failed++
-			msg := digits.ReplaceAllString(err.Error(), "#")
-			if !slices.Contains(r.errs, msg) && len(r.errs) < maxErrorKinds {
+			msg := drill.ErrorKind(err)
+			if !slices.Contains(r.errs, msg) && len(r.errs) < drill.MaxErrorKinds {
 				r.errs = append(r.errs, msg)
 				r.tl.printf("%s: read failed (first of its kind): %v", r.name, err)
 			}

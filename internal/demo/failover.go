@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
@@ -31,7 +32,7 @@ func (d *demo) runFailover(ctx context.Context, res *result, wr *writer, f failo
 	wctx, stopWriter := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); wr.run(wctx) }()
+	go func() { defer wg.Done(); wr.Run(wctx) }()
 	go func() { defer wg.Done(); wr.progress(wctx, time.Second) }()
 	defer func() { stopWriter(); wg.Wait() }()
 	d.tl.printf("%s: writing unique ids through the proxy, one at a time", wr.name)
@@ -46,11 +47,11 @@ func (d *demo) runFailover(ctx context.Context, res *result, wr *writer, f failo
 		if err != nil {
 			return err
 		}
-		if s, ok := st.service(f.service); !ok || s.Target != res.OldTarget {
+		if s := st.Service(f.service); s == nil || s.Target != res.OldTarget {
 			return fmt.Errorf("proxy %s: target is no longer %q before the kill (a false failover?): %s", p.name, res.OldTarget, describe(s))
 		}
 	}
-	a, _ := wr.counts()
+	a, _ := wr.Counts()
 	res.Killed = time.Now()
 	d.tl.at(res.Killed, "SIGKILL -> primary %s (%d writes acknowledged so far)", res.OldTarget, a)
 	if err := f.kill(); err != nil {
@@ -60,7 +61,7 @@ func (d *demo) runFailover(ctx context.Context, res *result, wr *writer, f failo
 	wr.markKill(time.Now())
 
 	select {
-	case <-wr.recovered:
+	case <-wr.Recovered():
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-time.After(f.limit):
@@ -71,7 +72,7 @@ func (d *demo) runFailover(ctx context.Context, res *result, wr *writer, f failo
 	}
 	stopWriter()
 	wg.Wait()
-	acked, failed := wr.counts()
+	acked, failed := wr.Counts()
 	d.tl.printf("%s stopped: %d writes acknowledged, %d failed", wr.name, acked, failed)
 	return nil
 }
@@ -95,7 +96,7 @@ func retry(ctx context.Context, f func(ctx context.Context) error) error {
 }
 
 // allUp reports whether every backend of s is up.
-func allUp(s *serviceStatus) bool {
+func allUp(s *adminapi.Service) bool {
 	for _, b := range s.Backends {
 		if b.Health != "up" {
 			return false

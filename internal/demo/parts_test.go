@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 // The writer's bookkeeping: failed writes are not acknowledged, the first
@@ -30,15 +32,15 @@ func TestWriterFill(t *testing.T) {
 		}
 		return nil
 	})
-	w.run(ctx)
+	w.Run(ctx)
 	select {
-	case <-w.recovered:
+	case <-w.Recovered():
 	default:
 		t.Fatal("recovered not closed after a good write following the kill")
 	}
 	// Everything acknowledged except 2 (before the kill) and 9 (after).
 	found := map[int64]bool{}
-	for _, id := range w.ids() {
+	for _, id := range w.IDs() {
 		if id != 2 && id != 9 {
 			found[id] = true
 		}
@@ -91,7 +93,7 @@ func TestPgbenchProgressLines(t *testing.T) {
 func TestHookEvents(t *testing.T) {
 	var out bytes.Buffer
 	path := filepath.Join(t.TempDir(), "events")
-	w := &watcher{tl: newTimeline(&out, time.Now()), eventsPath: path, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{}, last: map[string]*serviceStatus{}}
+	w := &watcher{tl: newTimeline(&out, time.Now()), eventsPath: path, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{}, last: map[string]*adminapi.Service{}}
 	killed := time.Now()
 	appendEvent(path, "start", "pg_promote() on p2 (%s)", "127.0.0.1:5432")
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)

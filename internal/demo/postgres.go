@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
@@ -100,7 +101,7 @@ func (d *demo) postgresPart(ctx context.Context, o postgresOptions) (res *result
 		pgService, listen, o.Health.Interval, o.Health.Fall, filepath.Base(d.self), admin)
 	w := d.watch(ctx, pgService, proxies, events)
 	defer w.close()
-	if _, err := px.waitService(ctx, pgService, 15*time.Second, `target "p1" (primary) with p2 up as a replica`, func(s *serviceStatus) bool {
+	if _, err := px.waitService(ctx, pgService, 15*time.Second, `target "p1" (primary) with p2 up as a replica`, func(s *adminapi.Service) bool {
 		return s.Target == "p1" && allUp(s) && roleOf(s, "p1") == "primary" && roleOf(s, "p2") == "replica"
 	}); err != nil {
 		return nil, err
@@ -329,7 +330,7 @@ func pgReadBack(ctx context.Context, dsn string) (map[int64]bool, error) {
 }
 
 // roleOf returns the role /status shows for a backend.
-func roleOf(s *serviceStatus, backend string) string {
+func roleOf(s *adminapi.Service, backend string) string {
 	for _, b := range s.Backends {
 		if b.Name == backend {
 			return b.Role

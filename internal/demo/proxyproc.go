@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 // serviceConf is the part of a [[service]] table the demo varies.
@@ -117,6 +118,7 @@ type proxyProc struct {
 	waitErr error         // valid after exited is closed
 	killed  bool          // killed on purpose: stop has nothing to do
 	client  *http.Client
+	api     *adminapi.Client // over client
 }
 
 // kill sends SIGKILL (part 3 takes proxies away) and waits for the exit.
@@ -154,6 +156,7 @@ func startProxy(ctx context.Context, bin, dir, name, admin, config string, env [
 	}
 	p := &proxyProc{name: name, admin: admin, logPath: logPath, cmd: cmd, exited: make(chan struct{}),
 		client: &http.Client{Timeout: time.Second}}
+	p.api = &adminapi.Client{Addr: admin, HTTP: p.client}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.exited)
@@ -217,122 +220,24 @@ func (p *proxyProc) logTail(n int) string {
 	return fmt.Sprintf("--- proxy log %s ---\n%s", filepath.Base(p.logPath), strings.Join(lines, "\n"))
 }
 
-// The parts of quorumproxy's GET /status the demo reads.
-type proxyStatus struct {
-	Services []serviceStatus `json:"services"`
-	Cluster  *clusterStatus  `json:"cluster"` // nil: a standalone proxy
-}
-
-// clusterStatus is the cluster part of /status (part 3).
-type clusterStatus struct {
-	Node       string                 `json:"node"`
-	Quorum     int                    `json:"quorum"`
-	Recovering bool                   `json:"recovering"`
-	Members    []clusterMember        `json:"members"`
-	Services   []clusterServiceStatus `json:"services"`
-	Error      string                 `json:"error"`
-}
-
-type clusterMember struct {
-	Name  string `json:"name"`
-	State string `json:"state"`
-	Self  bool   `json:"self"`
-}
-
-type clusterServiceStatus struct {
-	Service   string  `json:"service"`
-	Epoch     uint64  `json:"epoch"`
-	Primary   string  `json:"primary"`
-	Routing   string  `json:"routing"`
-	LeaseMS   float64 `json:"lease_ms"`
-	MaxVoted  uint64  `json:"max_voted"`
-	Proposing uint64  `json:"proposing"`
-	Votes     int     `json:"votes"`
-	Decision  string  `json:"decision"`
-}
-
-// clusterService returns the cluster's view of the named service.
-func (st *proxyStatus) clusterService(name string) (*clusterServiceStatus, bool) {
-	if st.Cluster == nil {
-		return nil, false
-	}
-	for i := range st.Cluster.Services {
-		if st.Cluster.Services[i].Service == name {
-			return &st.Cluster.Services[i], true
-		}
-	}
-	return nil, false
-}
-
-type serviceStatus struct {
-	Name     string          `json:"name"`
-	Listen   string          `json:"listen"`
-	Role     string          `json:"role"`
-	Target   string          `json:"target"`
-	Why      string          `json:"why"`
-	Alerts   []string        `json:"alerts"`
-	Active   int64           `json:"active"`
-	Accepted uint64          `json:"accepted"`
-	Refused  uint64          `json:"refused"`
-	Backends []backendStatus `json:"backends"`
-}
-
-type backendStatus struct {
-	Name         string    `json:"name"`
-	Address      string    `json:"address"`
-	Health       string    `json:"health"`
-	Role         string    `json:"role"`
-	LagBytes     int64     `json:"lag_bytes"`
-	CheckMS      float64   `json:"check_latency_ms"`
-	LastError    string    `json:"last_error"`
-	LastChange   time.Time `json:"last_change"`
-	Reason       string    `json:"reason"`
-	Active       int64     `json:"active"`
-	DialFailures uint64    `json:"dial_failures"`
-	BytesIn      uint64    `json:"bytes_in"`
-	BytesOut     uint64    `json:"bytes_out"`
-}
-
-func (p *proxyProc) status(ctx context.Context) (*proxyStatus, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/status", nil)
+func (p *proxyProc) status(ctx context.Context) (*adminapi.Status, error) {
+	st, err := p.api.Status(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("proxy %s: %w", p.name, err)
 	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("proxy %s: GET /status: %w", p.name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("proxy %s: GET /status: %s", p.name, resp.Status)
-	}
-	var st proxyStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("proxy %s: decoding /status: %w", p.name, err)
-	}
-	return &st, nil
-}
-
-// service returns the named service from a status.
-func (st *proxyStatus) service(name string) (*serviceStatus, bool) {
-	for i := range st.Services {
-		if st.Services[i].Name == name {
-			return &st.Services[i], true
-		}
-	}
-	return nil, false
+	return st, nil
 }
 
 // waitService polls the proxy until cond holds for the service.
-func (p *proxyProc) waitService(ctx context.Context, service string, limit time.Duration, what string, cond func(*serviceStatus) bool) (*serviceStatus, error) {
+func (p *proxyProc) waitService(ctx context.Context, service string, limit time.Duration, what string, cond func(*adminapi.Service) bool) (*adminapi.Service, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	var last *serviceStatus
+	var last *adminapi.Service
 	for {
 		if st, err := p.status(ctx); err == nil {
-			if s, ok := st.service(service); ok {
+			if s := st.Service(service); s != nil {
 				last = s
 				if cond(s) {
 					return s, nil
@@ -350,7 +255,7 @@ func (p *proxyProc) waitService(ctx context.Context, service string, limit time.
 }
 
 // describe is a one-line summary of a service's status.
-func describe(s *serviceStatus) string {
+func describe(s *adminapi.Service) string {
 	if s == nil {
 		return "none"
 	}
@@ -373,8 +278,8 @@ func (d *demo) printStatus(ctx context.Context, label, service string, proxies [
 			d.tl.printf("/status %s: %v", label, err)
 			continue
 		}
-		s, ok := st.service(service)
-		if !ok {
+		s := st.Service(service)
+		if s == nil {
 			d.tl.printf("/status %s: proxy %s has no service %q", label, p.name, service)
 			continue
 		}
@@ -393,7 +298,7 @@ func (d *demo) printStatus(ctx context.Context, label, service string, proxies [
 				lag = fmt.Sprintf("%dB", be.LagBytes)
 			}
 			fmt.Fprintf(&b, "\n  %-3s %-15s %-7s %-8s lag %-6s check %5.1fms active %-3d dial-failures %-3d bytes in/out %d/%d",
-				be.Name, be.Address, be.Health, be.Role, lag, be.CheckMS, be.Active, be.DialFailures, be.BytesIn, be.BytesOut)
+				be.Name, be.Address, be.Health, be.Role, lag, be.CheckLatencyMS, be.Active, be.DialFailures, be.BytesIn, be.BytesOut)
 			if be.LastError != "" {
 				fmt.Fprintf(&b, "\n      last error: %s", be.LastError)
 			}

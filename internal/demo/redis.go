@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
@@ -107,7 +108,7 @@ func (d *demo) redisPart(ctx context.Context, o redisOptions) (res *result, err 
 		redisService, listen, o.Health.Interval, o.Health.Fall, filepath.Base(d.self), admin)
 	w := d.watch(ctx, redisService, proxies, events)
 	defer w.close()
-	if _, err := px.waitService(ctx, redisService, 10*time.Second, `target "r1" with both backends up`, func(s *serviceStatus) bool {
+	if _, err := px.waitService(ctx, redisService, 10*time.Second, `target "r1" with both backends up`, func(s *adminapi.Service) bool {
 		return s.Target == "r1" && allUp(s)
 	}); err != nil {
 		return nil, err
@@ -140,7 +141,7 @@ func (d *demo) redisPart(ctx context.Context, o redisOptions) (res *result, err 
 	w.fill(res)
 	d.printStatus(ctx, "after the switch", redisService, proxies)
 
-	found, err := redisReadBack(ctx, client, wr.ids())
+	found, err := redisReadBack(ctx, client, wr.IDs())
 	if err != nil {
 		return nil, fmt.Errorf("reading back through the proxy: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 // watchEvery is how often the watcher reads /status and the hook's events.
@@ -25,9 +27,9 @@ type watcher struct {
 	eventsPath string
 
 	mu       sync.Mutex
-	last     map[string]*serviceStatus // proxy name -> last status seen
-	downAt   map[string]time.Time      // backend -> when the proxy marked it down
-	targetAt map[string]time.Time      // target -> when first seen
+	last     map[string]*adminapi.Service // proxy name -> last status seen
+	downAt   map[string]time.Time         // backend -> when the proxy marked it down
+	targetAt map[string]time.Time         // target -> when first seen
 	hooks    []hookEvent
 	evOff    int
 	clast    map[string]*clusterSnap // proxy name -> last cluster view (part 3)
@@ -52,7 +54,7 @@ var hookTag = regexp.MustCompile(`\[proxy (\S*), QP_EPOCH ([0-9]+)\]`)
 
 // clusterSnap is what the watcher remembers of one proxy's cluster view.
 type clusterSnap struct {
-	svc     clusterServiceStatus
+	svc     adminapi.ClusterService
 	members map[string]string // peer -> state
 	recov   bool
 }
@@ -69,7 +71,7 @@ type clusterEvent struct {
 func (d *demo) watch(ctx context.Context, service string, proxies []*proxyProc, eventsPath string) *watcher {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &watcher{tl: d.tl, service: service, proxies: proxies, eventsPath: eventsPath,
-		last: map[string]*serviceStatus{}, clast: map[string]*clusterSnap{}, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{},
+		last: map[string]*adminapi.Service{}, clast: map[string]*clusterSnap{}, downAt: map[string]time.Time{}, targetAt: map[string]time.Time{},
 		cancel: cancel, done: make(chan struct{})}
 	go w.loop(ctx)
 	return w
@@ -104,7 +106,7 @@ func (w *watcher) poll(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if s, ok := st.service(w.service); ok {
+		if s := st.Service(w.service); s != nil {
 			w.compare(p.name, s)
 		}
 		if st.Cluster != nil {
@@ -115,7 +117,7 @@ func (w *watcher) poll(ctx context.Context) {
 }
 
 // compare prints what changed since the last status of this proxy.
-func (w *watcher) compare(proxy string, s *serviceStatus) {
+func (w *watcher) compare(proxy string, s *adminapi.Service) {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -126,7 +128,7 @@ func (w *watcher) compare(proxy string, s *serviceStatus) {
 		w.tl.at(now, "%s: %s", proxy, describe(s))
 		return
 	}
-	old := map[string]backendStatus{}
+	old := map[string]adminapi.Backend{}
 	for _, b := range prev.Backends {
 		old[b.Name] = b
 	}
@@ -254,7 +256,7 @@ func appendEvent(path, kind, format string, args ...any) {
 
 // compareCluster prints what changed in one proxy's view of the agreement:
 // peers, proposals and votes, the committed epoch and what it routes to.
-func (w *watcher) compareCluster(proxy string, c *clusterStatus) {
+func (w *watcher) compareCluster(proxy string, c *adminapi.ClusterStatus) {
 	now := time.Now()
 	cur := &clusterSnap{members: map[string]string{}, recov: c.Recovering}
 	for _, m := range c.Members {

@@ -2,24 +2,23 @@ package hooks
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // waitNoMarked fails t unless every process carrying mark is gone soon.
 func waitNoMarked(t *testing.T, mark, what string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for n := len(testenv.Marked(mark)); n > 0; n = len(testenv.Marked(mark)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d processes left behind", what, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.ForState(t, 5*time.Second, func() (bool, string) {
+		n := len(testenv.Marked(mark))
+		return n == 0, fmt.Sprintf("%s: %d processes left behind", what, n)
+	})
 }
 
 // A hook that starts a background child is judged by its own exit status,

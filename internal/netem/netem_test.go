@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
@@ -127,7 +128,7 @@ func TestLoss(t *testing.T) {
 	}
 	// The kernel numbers queued packets 1, 2, ...: wait until all n were
 	// queued and got their verdict.
-	waitFor(t, 30*time.Second, func() (bool, string) {
+	testwait.ForState(t, 30*time.Second, func() (bool, string) {
 		st := ns.queueState(t)
 		return st.idSeq == n && st.total == 0, fmt.Sprintf("queue state %+v", st)
 	})
@@ -138,7 +139,7 @@ func TestLoss(t *testing.T) {
 	if st.Seen != n || st.Dropped+st.Accepted != st.Seen || st.VerdictErrors != 0 {
 		t.Fatalf("Stats = %+v, want Seen %d = Dropped + Accepted", st, n)
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	testwait.ForState(t, 10*time.Second, func() (bool, string) {
 		return received.Load() >= int64(st.Accepted), fmt.Sprintf("received %d of %d accepted", received.Load(), st.Accepted)
 	})
 	if got := received.Load(); got != int64(st.Accepted) {
@@ -164,7 +165,7 @@ func TestShutdownReleasesHeld(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	testwait.ForState(t, 10*time.Second, func() (bool, string) {
 		st := ns.queueState(t)
 		return st.total == n, fmt.Sprintf("queue state %+v", st)
 	})
@@ -178,7 +179,7 @@ func TestShutdownReleasesHeld(t *testing.T) {
 	if want := (Stats{Seen: n, Accepted: n}); st != want {
 		t.Errorf("Stats = %+v, want %+v", st, want)
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	testwait.ForState(t, 10*time.Second, func() (bool, string) {
 		return received.Load() == n, fmt.Sprintf("received %d of %d", received.Load(), n)
 	})
 }
@@ -206,13 +207,13 @@ func TestShutdownUnderLoad(t *testing.T) {
 		}
 		sent <- n
 	}()
-	waitFor(t, 30*time.Second, func() (bool, string) {
+	testwait.ForState(t, 30*time.Second, func() (bool, string) {
 		return received.Load() >= 500, fmt.Sprintf("received %d", received.Load())
 	})
 	st, err := r.stop(t)
 	// Keep sending across the unbind, then stop.
 	after := received.Load()
-	waitFor(t, 30*time.Second, func() (bool, string) {
+	testwait.ForState(t, 30*time.Second, func() (bool, string) {
 		return received.Load() >= after+200, fmt.Sprintf("received %d after Run returned", received.Load()-after)
 	})
 	stopSending.Store(true)
@@ -223,7 +224,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if st.Dropped != 0 || st.Accepted != st.Seen || st.VerdictErrors != 0 {
 		t.Errorf("Stats = %+v, want every seen packet accepted", st)
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	testwait.ForState(t, 10*time.Second, func() (bool, string) {
 		return received.Load() == n, fmt.Sprintf("received %d of %d sent", received.Load(), n)
 	})
 	t.Logf("sent %d, received all; Run saw %d before it was cancelled", n, st.Seen)
@@ -484,21 +485,5 @@ func forceRcvBuf(t *testing.T, c *net.UDPConn, size int) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
 	}); err != nil || serr != nil {
 		t.Fatalf("SO_RCVBUFFORCE: %v %v", err, serr)
-	}
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", timeout, state)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

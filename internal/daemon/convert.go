@@ -1,34 +1,14 @@
-package main
+package daemon
 
 import (
 	"crypto/tls"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
-
-func servicePassword(s *config.Service) (string, error) {
-	h := &s.Health
-	switch {
-	case h.PasswordFile != "":
-		b, err := os.ReadFile(h.PasswordFile)
-		if err != nil {
-			return "", fmt.Errorf("password_file: %w", err)
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	case h.PasswordEnv != "":
-		v, ok := os.LookupEnv(h.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("password_env: variable %s is not set", h.PasswordEnv)
-		}
-		return v, nil
-	}
-	return "", nil
-}
 
 // healthTLS is the TLS material of a service's checks, read from its files.
 type healthTLS struct{ ca, cert, key []byte }
@@ -67,15 +47,6 @@ func serviceTLS(s *config.Service) (healthTLS, error) {
 	return out, nil
 }
 
-func findService(cfg *config.Config, name string) *config.Service {
-	for i := range cfg.Services {
-		if cfg.Services[i].Name == name {
-			return &cfg.Services[i]
-		}
-	}
-	return nil
-}
-
 // proxyServices converts the services; those in clustered are routed by the
 // cluster (External) and never choose a target locally.
 func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.ServiceConfig {
@@ -99,9 +70,6 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			External:              clustered[s.Name],
 			RoleAware:             s.RoleAware(),
-		}
-		if s.SwitchHold == 0 {
-			pc.SwitchHold = -1 // config: zero refuses at once; proxy: negative does
 		}
 		pc.AcceptProxy, _ = s.ProxyPrefixes() // validated by Parse
 		if s.Mode == config.ModeActiveActive {
@@ -131,7 +99,7 @@ func healthTargets(cfg *config.Config) []health.Target {
 	var out []health.Target
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
-		pw, _ := servicePassword(s)  // loadConfig has checked it
+		pw, _ := s.Health.Password() // LoadConfig has checked it
 		tlsFiles, _ := serviceTLS(s) // and this
 		h := s.Health
 		spec := health.Spec{

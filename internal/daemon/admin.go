@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"crypto/sha256"
@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 // The admin API listens on loopback by default. Reads are open; anything that
 // changes state needs the token from [admin] token_file.
-func (d *daemon) startAdmin(c config.Admin) error {
+func (d *Daemon) startAdmin(c config.Admin) error {
 	if c.Listen == "" {
 		return nil
 	}
@@ -64,7 +65,7 @@ func (d *daemon) startAdmin(c config.Admin) error {
 	return nil
 }
 
-func (d *daemon) stopAdmin() {
+func (d *Daemon) stopAdmin() {
 	if d.admin == nil {
 		return
 	}
@@ -100,11 +101,11 @@ func tokenMatches(got, token []byte) bool {
 
 // knownTarget answers 404 for a service, or a backend of it (the form
 // value key names), that the running config does not have.
-func (d *daemon) knownTarget(key string, next http.Handler) http.Handler {
+func (d *Daemon) knownTarget(key string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		service, backend := r.FormValue("service"), r.FormValue(key)
 		d.mu.Lock()
-		svc := findService(d.cfg, service)
+		svc := d.cfg.Service(service)
 		d.mu.Unlock()
 		switch {
 		case service == "" || backend == "":
@@ -120,15 +121,15 @@ func (d *daemon) knownTarget(key string, next http.Handler) http.Handler {
 	})
 }
 
-func (d *daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(d.status())
 }
 
-func (d *daemon) handleReload(w http.ResponseWriter, r *http.Request) {
-	d.reload()
+func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
+	d.Reload()
 	d.mu.Lock()
 	res := d.lastReload
 	d.mu.Unlock()
@@ -141,7 +142,7 @@ func (d *daemon) handleReload(w http.ResponseWriter, r *http.Request) {
 
 // handleSwitchover asks the cluster to move a service to another backend,
 // through the vote like any other decision.
-func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 	service, to := r.FormValue("service"), r.FormValue("to")
 	if service == "" || to == "" {
 		http.Error(w, "need service and to", http.StatusBadRequest)
@@ -156,27 +157,18 @@ func (d *daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.log.Info("switchover requested", "service", service, "to", to, "operation", id, "remote", r.RemoteAddr)
-	writeAccepted(w, controlAnswer{Service: service, Operation: id,
+	writeAccepted(w, adminapi.ControlAnswer{Service: service, Operation: id,
 		Message: fmt.Sprintf("switchover of %q to %q proposed (operation %d)", service, to, id)})
 }
 
-// controlAnswer is the 202 answer of a state-changing endpoint. Operation
-// is the id of the cluster operation it started (0: done at once, on this
-// proxy); its outcome shows in /status under cluster.services[].operation.
-type controlAnswer struct {
-	Service   string `json:"service"`
-	Operation uint64 `json:"operation,omitempty"`
-	Message   string `json:"message"`
-}
-
-func writeAccepted(w http.ResponseWriter, a controlAnswer) {
+func writeAccepted(w http.ResponseWriter, a adminapi.ControlAnswer) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	json.NewEncoder(w).Encode(a)
 }
 
 // clustered answers 409 and false unless the cluster routes service.
-func (d *daemon) clustered(w http.ResponseWriter, service, what string) bool {
+func (d *Daemon) clustered(w http.ResponseWriter, service, what string) bool {
 	if d.cluster == nil || !d.cluster.owned[service] {
 		http.Error(w, fmt.Sprintf("service %q is not routed by a cluster: %s needs [cluster] and an active-passive service", service, what), http.StatusConflict)
 		return false
@@ -186,7 +178,7 @@ func (d *daemon) clustered(w http.ResponseWriter, service, what string) bool {
 
 // backendControl is a state-changing endpoint about one backend of one
 // service: do returns an error (409 with it) or the 202 answer.
-func (d *daemon) backendControl(verb string, do func(service, backend string) (controlAnswer, error)) http.Handler {
+func (d *Daemon) backendControl(verb string, do func(service, backend string) (adminapi.ControlAnswer, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		service, backend := r.FormValue("service"), r.FormValue("backend")
 		if service == "" || backend == "" {
@@ -207,42 +199,40 @@ func (d *daemon) backendControl(verb string, do func(service, backend string) (c
 // handleFence fences a backend (or unfences it): a fenced backend is no
 // failover candidate until unfenced, and fencing the primary moves the
 // service. In a cluster both are voted epochs; a proxy alone does it at once.
-func (d *daemon) handleFence(fence bool) http.Handler {
+func (d *Daemon) handleFence(fence bool) http.Handler {
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
-	return d.backendControl(verb, func(service, backend string) (controlAnswer, error) {
+	return d.backendControl(verb, func(service, backend string) (adminapi.ControlAnswer, error) {
 		if d.cluster == nil || !d.cluster.owned[service] {
 			if err := d.px.SetFence(service, backend, fence); err != nil {
-				return controlAnswer{}, err
+				return adminapi.ControlAnswer{}, err
 			}
-			return controlAnswer{Message: fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service)}, nil
+			return adminapi.ControlAnswer{Message: fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service)}, nil
 		}
 		id, err := d.cluster.rt.Fence(service, backend, fence)
 		if err != nil {
-			return controlAnswer{}, err
+			return adminapi.ControlAnswer{}, err
 		}
-		return controlAnswer{Operation: id, Message: fmt.Sprintf("%s of %q in %q proposed (operation %d)", verb, backend, service, id)}, nil
+		return adminapi.ControlAnswer{Operation: id, Message: fmt.Sprintf("%s of %q in %q proposed (operation %d)", verb, backend, service, id)}, nil
 	})
 }
 
 // handleDrain takes a backend out of this proxy's new connections (or
 // puts it back); its open sessions run on. Local to this proxy: a cluster
 // does not vote on it.
-func (d *daemon) handleDrain(on bool) http.Handler {
+func (d *Daemon) handleDrain(on bool) http.Handler {
 	verb := map[bool]string{true: "drain", false: "undrain"}[on]
-	return d.backendControl(verb, func(service, backend string) (controlAnswer, error) {
+	return d.backendControl(verb, func(service, backend string) (adminapi.ControlAnswer, error) {
 		if err := d.px.SetDrain(service, backend, on); err != nil {
-			return controlAnswer{}, err
+			return adminapi.ControlAnswer{}, err
 		}
 		if on {
-			return controlAnswer{Message: fmt.Sprintf("%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)", backend, service)}, nil
+			return adminapi.ControlAnswer{Message: fmt.Sprintf("%q of %q takes no new connections on this proxy; its open sessions run on (watch ACTIVE in quorumproxy status)", backend, service)}, nil
 		}
-		return controlAnswer{Message: fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service)}, nil
+		return adminapi.ControlAnswer{Message: fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service)}, nil
 	})
 }
 
-var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ms": func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/1e6) },
-}).Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>quorumproxy</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down{color:#b00}.unknown{color:#888}
@@ -256,7 +246,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
 {{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}</td>
 <td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
-<td>{{ms .CheckLatency}}</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
+<td>{{printf "%.1f" .CheckLatencyMS}}ms</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
 </table>{{end}}
 {{with .Cluster}}
 <h2>cluster <small>node {{.Node}} · {{.Peers}} peers · quorum {{.Quorum}}{{if .Recovering}} · <b>recovering</b>{{end}}</small></h2>
@@ -268,7 +258,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 </table>{{end}}
 </body></html>`))
 
-func (d *daemon) handlePage(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := pageTmpl.Execute(w, d.status()); err != nil {
 		d.log.Warn("status page", "err", err)

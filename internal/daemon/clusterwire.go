@@ -1,11 +1,10 @@
-package main
+package daemon
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -14,13 +13,9 @@ import (
 	"github.com/quorumproxy/quorumproxy/cluster"
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
-	"github.com/quorumproxy/quorumproxy/internal/hooks"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
-
-// keepLease is what a route without a lease deadline (on_quorum_loss =
-// "keep") reports: far beyond any write.
-const keepLease = 24 * time.Hour
 
 // clusterSide connects the daemon to the agreement: health observations
 // go in, routes come out to the proxy, hooks run for committed decisions.
@@ -29,8 +24,8 @@ type clusterSide struct {
 	hash  string
 	owned map[string]bool // active-passive services the cluster routes
 
-	routes chan routeChange // applied in order, off the Node's goroutine
-	ready  chan struct{}    // closed once rt is set (or Start failed)
+	routes *queue[routeChange] // applied in order, off the Node's goroutine
+	ready  chan struct{}       // closed once rt is set (or Start failed)
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
@@ -53,7 +48,7 @@ func (l *routeLease) Remaining() time.Duration {
 	case b != l.backend:
 		return 0
 	case rem == 0:
-		return keepLease // on_quorum_loss = "keep": no deadline
+		return proxy.NoLeaseEnd // on_quorum_loss = "keep": no deadline
 	}
 	return rem
 }
@@ -95,23 +90,25 @@ func clusterHash(cfg *config.Config) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
+// clusterConfigs are the cluster's and the gossip's configuration, every
+// field filled from cfg (config owns the defaults; the cluster's own are for
+// direct users of that package). Callbacks and loggers are the caller's.
+func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (cluster.Config, cluster.GossipConfig) {
 	c := cfg.Cluster
-	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
-		routes: make(chan routeChange, 1024), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
 	ccfg := cluster.Config{
-		Name:         c.NodeName,
-		LeaseTimeout: c.LeaseTimeout,
-		ClockMargin:  c.ClockDrift,
-		Logger:       d.log.With("component", "cluster"),
-		OnRecord:     func(service string, old, new cluster.Record) { d.onRecord(service, old, new) },
-		OnAction:     func(service string, a cluster.Action) { d.onClusterAction(service, a) },
+		Name:              c.NodeName,
+		LeaseTimeout:      c.LeaseTimeout,
+		ClockMargin:       c.ClockDrift,
+		ObservationTTL:    c.ObservationTTL(),
+		VoteTimeout:       c.VoteTimeout(),
+		FailedPromoteHold: c.FailedPromoteHold(),
+		OnQuorumLoss:      cluster.QuorumLossClose,
 	}
 	if c.OnQuorumLoss == config.ActionKeep {
 		ccfg.OnQuorumLoss = cluster.QuorumLossKeep
 	}
 	for _, s := range cfg.Services {
-		if !cs.owned[s.Name] {
+		if !owned[s.Name] {
 			continue
 		}
 		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
@@ -123,24 +120,37 @@ func startCluster(cfg *config.Config, d *daemon) (*clusterSide, error) {
 	}
 	g := cluster.GossipConfig{
 		Bind: c.Bind, Advertise: c.Advertise, Label: c.Label, SecretKeyFile: c.SecretKeyFile,
-		Insecure: c.Insecure, ConfigHash: cs.hash, Logger: d.log.With("component", "gossip"),
-	}
-	// Test hooks: shrink gossip timers without a config key operators would misuse.
-	if v, err := time.ParseDuration(os.Getenv("QP_TEST_GOSSIP_INTERVAL")); err == nil {
-		g.GossipInterval, g.ProbeInterval, g.RejoinInterval = v, 5*v, 10*v
+		Insecure: c.Insecure, ConfigHash: hash,
+		GossipInterval: c.GossipInterval, ProbeInterval: c.ProbeInterval, RejoinInterval: c.RejoinInterval,
 	}
 	for _, p := range c.Peers {
 		g.Peers = append(g.Peers, cluster.Peer{Name: p.Name, Address: p.Address})
+		ccfg.Peers = append(ccfg.Peers, p.Name)
 	}
+	return ccfg, g
+}
+
+func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
+	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
+		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
+	ccfg, g := clusterConfigs(cfg, cs.hash, cs.owned)
+	ccfg.Logger = d.log.With("component", "cluster")
+	g.Logger = d.log.With("component", "gossip")
+	// The Node calls these on its own goroutine, and they must not block
+	// it: onRecord and onClusterAction only queue work for the hook runner
+	// (dropping it, said in the log, when a service's queue is full), and
+	// OnRoute only queues the route for applyRoutes.
+	ccfg.OnRecord = d.onRecord
+	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
 	go cs.applyRoutes(d.px, d.log)
-	rt, err := cluster.Start(ccfg, g, c.StateDir, cluster.NodeOptions{
-		OnRoute: func(service, backend string) { cs.routes <- routeChange{service, backend} },
+	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
+		OnRoute: func(service, backend string) { cs.routes.put(routeChange{service, backend}) },
 	})
 	if err != nil {
 		close(cs.ready)
-		close(cs.routes)
+		cs.routes.close()
 		cs.wg.Wait()
 		return nil, err
 	}
@@ -159,7 +169,11 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 	<-cs.ready
 	current := map[string]string{}
 	lost := map[[2]string]uint64{} // lease-lost sessions already counted, per service and backend
-	for rc := range cs.routes {
+	for {
+		rc, ok := cs.routes.take()
+		if !ok {
+			return
+		}
 		prev := current[rc.service]
 		current[rc.service] = rc.backend
 		var lease proxy.Lease
@@ -208,13 +222,15 @@ func (cs *clusterSide) observe(s health.State) {
 // close leaves the cluster and stops the route applier.
 func (cs *clusterSide) close() {
 	cs.rt.Close()
-	close(cs.routes)
+	cs.routes.close()
 	cs.wg.Wait()
 }
 
 // onRecord runs on the Node's goroutine for every new record this proxy
-// commits or adopts: the notify hook runs on every proxy.
-func (d *daemon) onRecord(service string, old, new cluster.Record) {
+// commits or adopts: the notify hook runs on every proxy. It must not
+// block: it logs and queues the hook (dropped, and logged, when the
+// service's hook queue is full).
+func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	svc := d.serviceConfig(service)
@@ -237,8 +253,12 @@ func clusterHooks(s config.Service) cluster.HookConfig {
 // lease at the epoch it committed, acts on a database: the hook runs on
 // the service's queue, the backend is checked at once, and the Node hears
 // how it ended. It must not block: ActionDone goes through the Node's inbox.
-func (d *daemon) onClusterAction(service string, a cluster.Action) {
+func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 	report := func(r cluster.ActionResult) {
+		<-d.ready
+		if d.cluster == nil {
+			return // New failed: nobody to report to
+		}
 		if err := d.cluster.rt.ActionDone(service, a, r); err != nil {
 			d.log.Warn("cluster: action result", "service", service, "epoch", a.Epoch, "action", a.Kind.String(), "err", err)
 		}
@@ -248,7 +268,14 @@ func (d *daemon) onClusterAction(service string, a cluster.Action) {
 		go report(cluster.ActionResult{})
 		return
 	}
-	if !d.hooks.enqueue(service, func() { report(d.runAction(svc, a)) }) {
+	run := func() {
+		<-d.ready
+		if d.mon == nil {
+			return // New failed before the checks started
+		}
+		report(d.runAction(svc, a))
+	}
+	if !d.hooks.enqueue(service, run) {
 		go report(cluster.ActionResult{Ran: true, Detail: "hook queue full"})
 	}
 }
@@ -256,11 +283,8 @@ func (d *daemon) onClusterAction(service string, a cluster.Action) {
 // runAction runs one action's hook with the epoch as fencing token and
 // checks the backend right after: a promote is skipped when the backend
 // already reports primary, and judged by the role it reports afterwards.
-func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
-	timeout := svc.Hooks.Timeout
-	if timeout <= 0 {
-		timeout = hooks.DefaultTimeout
-	}
+func (d *Daemon) runAction(svc *config.Service, a cluster.Action) cluster.ActionResult {
+	timeout := svc.Hooks.Timeout // positive: config checked it
 	res := cluster.ActionResult{Timeout: timeout}
 	env := hookEnv(svc, a.Old, a.New, "cluster decision")
 	env["QP_EPOCH"] = strconv.FormatUint(a.Epoch, 10)
@@ -295,7 +319,7 @@ func (d *daemon) runAction(svc *config.Service, a cluster.Action) cluster.Action
 
 // checkNow checks a backend at once; up is false unless that check
 // succeeded.
-func (d *daemon) checkNow(service, backend string) (up bool, role cluster.Role) {
+func (d *Daemon) checkNow(service, backend string) (up bool, role cluster.Role) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := d.mon.CheckNow(ctx, service, backend)
@@ -315,79 +339,26 @@ func clusterRole(r health.Role) cluster.Role {
 	return cluster.RoleUnknown
 }
 
-func (d *daemon) serviceConfig(name string) *config.Service {
+func (d *Daemon) serviceConfig(name string) *config.Service {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if s := findService(d.cfg, name); s != nil {
+	if s := d.cfg.Service(name); s != nil {
 		c := *s
 		return &c
 	}
 	return nil
 }
 
-// clusterView is the cluster part of /status.
-type clusterView struct {
-	Node       string               `json:"node"`
-	Peers      int                  `json:"peers"`
-	Quorum     int                  `json:"quorum"`
-	Recovering bool                 `json:"recovering"`
-	Reachable  []string             `json:"reachable"`
-	Members    []cluster.Member     `json:"members"`
-	Services   []clusterServiceView `json:"services"`
-	Counters   cluster.Counters     `json:"counters"`
-	Error      string               `json:"error,omitempty"`
-	// StoreError is set while state_dir cannot be written: this proxy
-	// then neither votes, proposes nor routes.
-	StoreError string `json:"store_error,omitempty"`
-}
-
-type clusterServiceView struct {
-	Service string `json:"service"`
-	Epoch   uint64 `json:"epoch"`
-	Primary string `json:"primary"`
-	// Fenced lists the backends no failover may pick until an operator
-	// unfences them; Fencing is an operator's fence or unfence in flight.
-	Fenced  []string `json:"fenced,omitempty"`
-	Fencing string   `json:"fencing,omitempty"`
-	// Routing is the backend this proxy forwards new clients to now: the
-	// cluster's leased route, unless the proxy holds it back locally
-	// (Held says why: quarantined, awaiting promotion, lease expired).
-	Routing   string  `json:"routing"`
-	Held      string  `json:"held,omitempty"`
-	LeaseMS   float64 `json:"lease_ms"` // remaining; <= 0: no lease
-	MaxVoted  uint64  `json:"max_voted"`
-	Proposing uint64  `json:"proposing,omitempty"`
-	Votes     int     `json:"votes,omitempty"`
-	Decision  string  `json:"decision,omitempty"`
-	// PromoteFailed lists backends held out after a failed promote hook.
-	PromoteFailed []string `json:"promote_failed,omitempty"`
-	// Alerts say what needs an operator (dual_primary, no_primary,
-	// promote_held).
-	Alerts []string `json:"alerts,omitempty"`
-	// Operation is the last switchover, fence or unfence asked of this
-	// proxy and how it ended.
-	Operation *operationView `json:"operation,omitempty"`
-}
-
-// operationView is an operator's request as /status shows it.
-type operationView struct {
-	ID      uint64 `json:"id"`
-	Kind    string `json:"kind"`
-	Backend string `json:"backend"`
-	State   string `json:"state"` // pending, committed, done, failed
-	Epoch   uint64 `json:"epoch,omitempty"`
-	Detail  string `json:"detail,omitempty"`
-}
-
-func (cs *clusterSide) view() *clusterView {
+// view is the cluster part of /status.
+func (cs *clusterSide) view() *adminapi.ClusterStatus {
 	st, err := cs.rt.Status()
-	v := &clusterView{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
+	v := &adminapi.ClusterStatus{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
 		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters, StoreError: st.StoreError}
 	if err != nil {
 		v.Error = err.Error()
 	}
 	for _, s := range st.Services {
-		sv := clusterServiceView{
+		sv := adminapi.ClusterService{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
 			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.MaxVoted,
@@ -395,7 +366,7 @@ func (cs *clusterSide) view() *clusterView {
 			Alerts: s.Alerts,
 		}
 		if op := s.Operation; op != nil {
-			sv.Operation = &operationView{ID: op.ID, Kind: op.Kind, Backend: op.Backend, State: string(op.State), Epoch: op.Epoch, Detail: op.Detail}
+			sv.Operation = &adminapi.Operation{ID: op.ID, Kind: op.Kind, Backend: op.Backend, State: string(op.State), Epoch: op.Epoch, Detail: op.Detail}
 		}
 		v.Services = append(v.Services, sv)
 	}

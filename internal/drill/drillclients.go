@@ -1,4 +1,4 @@
-package main
+package drill
 
 import (
 	"context"
@@ -17,10 +17,11 @@ import (
 // drops it after an error, so the next write connects again: that is what
 // an application with a reconnecting client sees during a failover.
 
-const drillTable = "quorumproxy_drill"
+// Table is the table a drill writes to (postgres, mysql).
+const Table = "quorumproxy_drill"
 
 type pgDrill struct {
-	o    drillOptions
+	o    Options
 	run  string
 	conn *pgx.Conn
 }
@@ -29,19 +30,19 @@ func (d *pgDrill) connect(ctx context.Context) (*pgx.Conn, error) {
 	if d.conn != nil {
 		return d.conn, nil
 	}
-	host, port, err := net.SplitHostPort(d.o.svc.Listen)
+	host, port, err := net.SplitHostPort(d.o.Service.Listen)
 	if err != nil {
 		return nil, err
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil {
-		return nil, fmt.Errorf("listen %q: %w", d.o.svc.Listen, err)
+		return nil, fmt.Errorf("listen %q: %w", d.o.Service.Listen, err)
 	}
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
 		return nil, err
 	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = host, uint16(p), d.o.user, d.o.password, d.o.database
+	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = host, uint16(p), d.o.User, d.o.Password, d.o.Database
 	cfg.ConnectTimeout = drillWriteTimeout
 	cfg.RuntimeParams["application_name"] = "quorumproxy drill"
 	c, err := pgx.ConnectConfig(ctx, cfg)
@@ -65,11 +66,11 @@ func (d *pgDrill) exec(ctx context.Context, sql string, args ...any) error {
 }
 
 func (d *pgDrill) setup(ctx context.Context) error {
-	return d.exec(ctx, "CREATE TABLE IF NOT EXISTS "+drillTable+" (run text NOT NULL, id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, id))")
+	return d.exec(ctx, "CREATE TABLE IF NOT EXISTS "+Table+" (run text NOT NULL, id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, id))")
 }
 
 func (d *pgDrill) write(ctx context.Context, id int64) error {
-	return d.exec(ctx, "INSERT INTO "+drillTable+" (run, id) VALUES ($1, $2)", d.run, id)
+	return d.exec(ctx, "INSERT INTO "+Table+" (run, id) VALUES ($1, $2)", d.run, id)
 }
 
 func (d *pgDrill) readBack(ctx context.Context, _ []int64) (map[int64]bool, error) {
@@ -77,7 +78,7 @@ func (d *pgDrill) readBack(ctx context.Context, _ []int64) (map[int64]bool, erro
 	if err != nil {
 		return nil, err
 	}
-	rows, err := c.Query(ctx, "SELECT id FROM "+drillTable+" WHERE run = $1", d.run)
+	rows, err := c.Query(ctx, "SELECT id FROM "+Table+" WHERE run = $1", d.run)
 	if err != nil {
 		d.close()
 		return nil, err
@@ -95,7 +96,7 @@ func (d *pgDrill) readBack(ctx context.Context, _ []int64) (map[int64]bool, erro
 }
 
 func (d *pgDrill) cleanup(ctx context.Context) error {
-	return d.exec(ctx, "DELETE FROM "+drillTable+" WHERE run = $1", d.run)
+	return d.exec(ctx, "DELETE FROM "+Table+" WHERE run = $1", d.run)
 }
 
 func (d *pgDrill) close() {
@@ -112,9 +113,9 @@ type redisDrill struct {
 	c   *redis.Client
 }
 
-func newRedisDrill(o drillOptions, run string) *redisDrill {
+func newRedisDrill(o Options, run string) *redisDrill {
 	return &redisDrill{run: run, c: redis.NewClient(&redis.Options{
-		Addr: o.svc.Listen, Username: o.user, Password: o.password,
+		Addr: o.Service.Listen, Username: o.User, Password: o.Password,
 		DialTimeout: drillWriteTimeout, ReadTimeout: drillWriteTimeout, WriteTimeout: drillWriteTimeout,
 		// One attempt per write: a retry would hide the failure being measured.
 		MaxRetries: -1, PoolSize: 1, MinIdleConns: 0, DisableIdentity: true,
@@ -182,9 +183,9 @@ type mysqlDrill struct {
 	db  *sql.DB
 }
 
-func newMySQLDrill(o drillOptions, run string) (*mysqlDrill, error) {
+func newMySQLDrill(o Options, run string) (*mysqlDrill, error) {
 	cfg := mysql.NewConfig()
-	cfg.Net, cfg.Addr, cfg.User, cfg.Passwd, cfg.DBName = "tcp", o.svc.Listen, o.user, o.password, o.database
+	cfg.Net, cfg.Addr, cfg.User, cfg.Passwd, cfg.DBName = "tcp", o.Service.Listen, o.User, o.Password, o.Database
 	cfg.Timeout, cfg.ReadTimeout, cfg.WriteTimeout = drillWriteTimeout, drillWriteTimeout, drillWriteTimeout
 	c, err := mysql.NewConnector(cfg)
 	if err != nil {
@@ -197,17 +198,17 @@ func newMySQLDrill(o drillOptions, run string) (*mysqlDrill, error) {
 }
 
 func (d *mysqlDrill) setup(ctx context.Context) error {
-	_, err := d.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+drillTable+" (run varchar(32) NOT NULL, id bigint NOT NULL, at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (run, id))")
+	_, err := d.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+Table+" (run varchar(32) NOT NULL, id bigint NOT NULL, at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (run, id))")
 	return err
 }
 
 func (d *mysqlDrill) write(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, "INSERT INTO "+drillTable+" (run, id) VALUES (?, ?)", d.run, id)
+	_, err := d.db.ExecContext(ctx, "INSERT INTO "+Table+" (run, id) VALUES (?, ?)", d.run, id)
 	return err
 }
 
 func (d *mysqlDrill) readBack(ctx context.Context, _ []int64) (map[int64]bool, error) {
-	rows, err := d.db.QueryContext(ctx, "SELECT id FROM "+drillTable+" WHERE run = ?", d.run)
+	rows, err := d.db.QueryContext(ctx, "SELECT id FROM "+Table+" WHERE run = ?", d.run)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +225,7 @@ func (d *mysqlDrill) readBack(ctx context.Context, _ []int64) (map[int64]bool, e
 }
 
 func (d *mysqlDrill) cleanup(ctx context.Context) error {
-	_, err := d.db.ExecContext(ctx, "DELETE FROM "+drillTable+" WHERE run = ?", d.run)
+	_, err := d.db.ExecContext(ctx, "DELETE FROM "+Table+" WHERE run = ?", d.run)
 	return err
 }
 

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -10,12 +10,12 @@ import (
 	"github.com/quorumproxy/quorumproxy/config"
 )
 
-// loadConfig is config.Load plus every check `run` makes before it touches
+// LoadConfig is config.Load plus every check `run` makes before it touches
 // the network: the files and programs the config names. run, a reload and
 // check-config all come through here, so check-config passes only what run
 // takes; skipFiles (check-config -skip-files) leaves those checks out for
 // a config checked away from its proxy's machine.
-func loadConfig(path string, skipFiles bool) (*config.Config, []config.Problem, error) {
+func LoadConfig(path string, skipFiles bool) (*config.Config, []config.Problem, error) {
 	if skipFiles {
 		return config.Load(path)
 	}
@@ -46,7 +46,7 @@ func offlineChecks(cfg *config.Config, report func(table, key, msg string, warn 
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
 		hp, kp := fmt.Sprintf("service[%d].health", i), fmt.Sprintf("service[%d].hooks", i)
-		if _, err := servicePassword(s); err != nil {
+		if _, err := s.Health.Password(); err != nil {
 			key := "password_file"
 			if s.Health.PasswordEnv != "" {
 				key = "password_env"

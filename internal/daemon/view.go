@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -8,12 +8,13 @@ import (
 	gometrics "github.com/hashicorp/go-metrics"
 
 	"github.com/quorumproxy/quorumproxy/health"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
 // status joins what the proxy routes with what the health monitor sees.
-func (d *daemon) status() *statusView {
+func (d *Daemon) status() *adminapi.Status {
 	d.mu.Lock()
-	st := &statusView{Version: version, Started: d.started, Config: d.cfgPath, LastReload: d.lastReload}
+	st := &adminapi.Status{Version: d.version, Started: d.started, Config: d.cfgPath, LastReload: d.lastReload}
 	roles := map[string]string{}
 	for _, s := range d.cfg.Services {
 		if s.Role != "" && s.Role != "any" {
@@ -34,7 +35,7 @@ func (d *daemon) status() *statusView {
 				forwarding[ps.Name] = b.Name
 			}
 		}
-		sv := serviceView{
+		sv := adminapi.Service{
 			Name: ps.Name, Listen: ps.Listen, Mode: ps.Mode.String(), Role: roles[ps.Name],
 			Target: ps.Target, Why: ps.Reason, Active: ps.Active, Accepted: ps.Accepted, Refused: ps.Refused,
 		}
@@ -52,7 +53,7 @@ func (d *daemon) status() *statusView {
 			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; %s", strings.Join(ps.Primaries, ", "), where))
 		}
 		for _, b := range ps.Backends {
-			bv := backendView{
+			bv := adminapi.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
 				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1,
 				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
@@ -65,7 +66,6 @@ func (d *daemon) status() *statusView {
 				if hs.Lag >= 0 {
 					bv.LagSeconds = hs.Lag.Seconds()
 				}
-				bv.CheckLatency = hs.Latency
 				bv.CheckLatencyMS = float64(hs.Latency.Microseconds()) / 1000
 				bv.LastError = hs.LastError
 				bv.LastCheck = hs.LastCheck
@@ -78,15 +78,15 @@ func (d *daemon) status() *statusView {
 	}
 	if d.cluster != nil {
 		st.Cluster = d.cluster.view()
-		st.Cluster.holdBack(forwarding, why)
-		st.mergeClusterAlerts()
+		holdBack(st.Cluster, forwarding, why)
+		mergeClusterAlerts(st)
 	}
 	return st
 }
 
 // mergeClusterAlerts adds the cluster's alerts about each service (and a
 // store that cannot be written) to the service's own.
-func (st *statusView) mergeClusterAlerts() {
+func mergeClusterAlerts(st *adminapi.Status) {
 	for _, cs := range st.Cluster.Services {
 		for i := range st.Services {
 			sv := &st.Services[i]
@@ -108,7 +108,7 @@ func (st *statusView) mergeClusterAlerts() {
 
 // holdBack makes each service's Routing what this proxy forwards to now:
 // the cluster may grant a route that the local view holds back.
-func (v *clusterView) holdBack(forwarding, why map[string]string) {
+func holdBack(v *adminapi.ClusterStatus, forwarding, why map[string]string) {
 	for i := range v.Services {
 		s := &v.Services[i]
 		if s.Routing != "" && forwarding[s.Service] != s.Routing {
@@ -119,7 +119,7 @@ func (v *clusterView) holdBack(forwarding, why map[string]string) {
 }
 
 // syncMetrics exports the proxy's counters and the health states at scrape time.
-func (d *daemon) syncMetrics() {
+func (d *Daemon) syncMetrics() {
 	m := d.metrics
 	for _, ps := range d.px.Status() {
 		sl := serviceLabels(ps.Name)

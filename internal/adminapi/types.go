@@ -1,0 +1,158 @@
+// Package adminapi is the admin API's wire format and its one client: the
+// /status document, the answer of a state-changing endpoint, and a Client
+// that reads the one and posts to the other. The daemon serves these types;
+// the CLI, the drill, the demo and the tests read them through Client, so a
+// field is declared once.
+package adminapi
+
+import (
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/cluster"
+)
+
+// Status is the /status document: what the proxy routes and why.
+type Status struct {
+	Version    string         `json:"version"`
+	Started    time.Time      `json:"started"`
+	Config     string         `json:"config"`
+	LastReload ReloadResult   `json:"last_reload"`
+	Services   []Service      `json:"services"`
+	Cluster    *ClusterStatus `json:"cluster,omitempty"` // nil: a proxy alone
+}
+
+// Service returns the named service, or nil.
+func (st *Status) Service(name string) *Service {
+	for i := range st.Services {
+		if st.Services[i].Name == name {
+			return &st.Services[i]
+		}
+	}
+	return nil
+}
+
+// ClusterService returns the cluster's view of the named service, or nil
+// (no cluster, or the cluster does not route it).
+func (st *Status) ClusterService(name string) *ClusterService {
+	if st.Cluster == nil {
+		return nil
+	}
+	for i := range st.Cluster.Services {
+		if st.Cluster.Services[i].Service == name {
+			return &st.Cluster.Services[i]
+		}
+	}
+	return nil
+}
+
+// ReloadResult is how the last reload (or the start) went.
+type ReloadResult struct {
+	At    time.Time `json:"at"`
+	OK    bool      `json:"ok"`
+	Error string    `json:"error,omitempty"`
+}
+
+// Service is one service as this proxy routes it.
+type Service struct {
+	Name     string    `json:"name"`
+	Listen   string    `json:"listen"`
+	Mode     string    `json:"mode"`
+	Role     string    `json:"role,omitempty"`
+	Target   string    `json:"target"`
+	Why      string    `json:"why,omitempty"`
+	Alerts   []string  `json:"alerts,omitempty"`
+	Active   int64     `json:"active"`
+	Accepted uint64    `json:"accepted"`
+	Refused  uint64    `json:"refused"`
+	Backends []Backend `json:"backends"`
+}
+
+// Backend is one backend of a service: its health as this proxy checks
+// it and its traffic.
+type Backend struct {
+	Name           string    `json:"name"`
+	Address        string    `json:"address"`
+	Priority       int       `json:"priority"`
+	Weight         int       `json:"weight"`
+	Health         string    `json:"health"` // unknown | up | down
+	Draining       bool      `json:"draining,omitempty"`
+	Fenced         bool      `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
+	Role           string    `json:"role"`
+	LagBytes       int64     `json:"lag_bytes"`   // -1: unknown
+	LagSeconds     float64   `json:"lag_seconds"` // -1: unknown
+	CheckLatencyMS float64   `json:"check_latency_ms"`
+	LastError      string    `json:"last_error,omitempty"`
+	LastCheck      time.Time `json:"last_check"`
+	LastChange     time.Time `json:"last_change"`
+	Reason         string    `json:"reason,omitempty"` // why the last transition
+	Active         int64     `json:"active"`
+	Refused        uint64    `json:"refused"`
+	DialFailures   uint64    `json:"dial_failures"`
+	BytesIn        uint64    `json:"bytes_in"`  // client -> backend
+	BytesOut       uint64    `json:"bytes_out"` // backend -> client
+}
+
+// ClusterStatus is the cluster part of /status.
+type ClusterStatus struct {
+	Node       string           `json:"node"`
+	Peers      int              `json:"peers"`
+	Quorum     int              `json:"quorum"`
+	Recovering bool             `json:"recovering"`
+	Reachable  []string         `json:"reachable"`
+	Members    []cluster.Member `json:"members"`
+	Services   []ClusterService `json:"services"`
+	Counters   cluster.Counters `json:"counters"`
+	Error      string           `json:"error,omitempty"`
+	// StoreError is set while state_dir cannot be written: this proxy
+	// then neither votes, proposes nor routes.
+	StoreError string `json:"store_error,omitempty"`
+}
+
+// ClusterService is one service as the cluster decides it and this proxy
+// routes it.
+type ClusterService struct {
+	Service string `json:"service"`
+	Epoch   uint64 `json:"epoch"`
+	Primary string `json:"primary"`
+	// Fenced lists the backends no failover may pick until an operator
+	// unfences them; Fencing is an operator's fence or unfence in flight.
+	Fenced  []string `json:"fenced,omitempty"`
+	Fencing string   `json:"fencing,omitempty"`
+	// Routing is the backend this proxy forwards new clients to now: the
+	// cluster's leased route, unless the proxy holds it back locally
+	// (Held says why: quarantined, awaiting promotion, lease expired).
+	Routing   string  `json:"routing"`
+	Held      string  `json:"held,omitempty"`
+	LeaseMS   float64 `json:"lease_ms"` // remaining; <= 0: no lease
+	MaxVoted  uint64  `json:"max_voted"`
+	Proposing uint64  `json:"proposing,omitempty"`
+	Votes     int     `json:"votes,omitempty"`
+	Decision  string  `json:"decision,omitempty"`
+	// PromoteFailed lists backends held out after a failed promote hook.
+	PromoteFailed []string `json:"promote_failed,omitempty"`
+	// Alerts say what needs an operator (dual_primary, no_primary,
+	// promote_held).
+	Alerts []string `json:"alerts,omitempty"`
+	// Operation is the last switchover, fence or unfence asked of this
+	// proxy and how it ended.
+	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Operation is an operator's request as /status shows it.
+type Operation struct {
+	ID      uint64 `json:"id"`
+	Kind    string `json:"kind"`
+	Backend string `json:"backend"`
+	State   string `json:"state"` // pending, committed, done, failed
+	Epoch   uint64 `json:"epoch,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// ControlAnswer is the 202 answer of a state-changing endpoint. Operation
+// is the id of the cluster operation it started (0: done at once, on this
+// proxy); its outcome shows in /status under cluster.services[].operation.
+type ControlAnswer struct {
+	Service   string `json:"service"`
+	Operation uint64 `json:"operation,omitempty"`
+	Message   string `json:"message"`
+}
