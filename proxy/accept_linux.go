@@ -149,6 +149,13 @@ func (a *lfd) accept() {
 			return
 		}
 		svc.accepted.Add(1)
+		if a.l.shedUntil > a.l.nowNS {
+			// Out of fds for backends: a session could not start, and
+			// each one tried holds a slot another loop's accept needs.
+			svc.refused.Add(1)
+			_ = unix.Close(fd)
+			continue
+		}
 		max := svc.maxConns.Load()
 		if n := svc.conns.Add(1); max > 0 && n > max {
 			svc.conns.Add(-1)
@@ -166,26 +173,20 @@ func (a *lfd) accept() {
 }
 
 // refuseQueued closes connections waiting in the accept queue while the
-// process is out of fds, each through the loop's spare fd, so their
+// process is out of fds, each through a spare fd (see spareFDs), so their
 // clients get a clean close at once instead of waiting in the queue.
 func (a *lfd) refuseQueued() {
-	l, svc := a.l, a.ln.svc
-	for i := 0; i < acceptBudget && l.spare >= 0; i++ {
-		_ = unix.Close(l.spare)
+	svc := a.ln.svc
+	a.l.p.spares.refuse(acceptBudget, func() bool {
 		fd, _, err := unix.Accept4(a.fd, unix.SOCK_CLOEXEC)
-		if err == nil {
-			_ = unix.Close(fd)
-			svc.accepted.Add(1)
-			svc.refused.Add(1)
-		}
-		l.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if l.spare < 0 {
-			l.spare = -1
-		}
 		if err != nil {
-			return
+			return false
 		}
-	}
+		_ = unix.Close(fd)
+		svc.accepted.Add(1)
+		svc.refused.Add(1)
+		return true
+	})
 }
 
 // pause stops accepting for a delay that grows while errors go on (by

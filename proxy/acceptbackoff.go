@@ -21,6 +21,12 @@ const (
 	// acceptLogEvery: accept errors are logged at most this often, with
 	// the count since the last line.
 	acceptLogEvery = time.Second
+	// shedFor: after a backend socket fails for want of fds, a loop
+	// closes new connections at once for this long instead of starting
+	// sessions that cannot get a backend; without it, loops that each
+	// hold a freed slot for a client starve each other's backend sockets
+	// and the accept queue drains a few clients per back-off.
+	shedFor = acceptDelayMax
 )
 
 // acceptBackoff paces an accept loop that meets errors (EMFILE, ENFILE,

@@ -35,9 +35,11 @@
 // session in the runtime. Dials are nonblocking connects from the loop;
 // the lease is checked before each dial and before every write to the
 // backend, and a session whose lease ran out is reset. Accept errors such
-// as EMFILE pause that listener with a back-off doubling to 1s, after
-// refusing the queued connections cleanly through a reserved spare fd, so
-// a lack of fds never spins a core. New raises the soft RLIMIT_NOFILE to
+// as EMFILE pause that listener with a back-off doubling to 50ms, after
+// refusing the queued connections cleanly through spare fds shared by the
+// loops (see spareFDs), so a lack of fds never spins a core; a loop whose
+// backend socket failed for want of fds closes new clients at once for a
+// while (shedFor). New raises the soft RLIMIT_NOFILE to
 // the hard limit and logs both.
 //
 // The loops are goroutines that wait in a raw epoll_pwait bounded to 10ms

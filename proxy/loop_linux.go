@@ -44,9 +44,6 @@ type loop struct {
 	p    *Proxy
 	epfd int
 	evfd int // eventfd: wakes the loop for posted tasks
-	// spare is a reserved fd: when accept fails for want of fds, it is
-	// closed to accept one connection and refuse it cleanly.
-	spare int
 
 	mu      sync.Mutex // guards tasks, woken, stopped
 	tasks   []func()
@@ -67,6 +64,10 @@ type loop struct {
 	lns      map[*lfd]struct{}
 	stopping bool
 	nowNS    int64 // nanotime when the last epoll_wait returned
+	// shedUntil: until then new connections are closed as soon as they
+	// are accepted, because a backend socket just failed for want of fds
+	// (see shedFor).
+	shedUntil int64
 
 	// Read by other goroutines (status, tests); written by the loop.
 	parked  atomic.Int64  // directions waiting for data, holding nothing
@@ -86,12 +87,8 @@ func newLoop(p *Proxy, id int) (*loop, error) {
 		_ = unix.Close(epfd)
 		return nil, err
 	}
-	spare, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		spare = -1
-	}
 	l := &loop{
-		id: id, p: p, epfd: epfd, evfd: evfd, spare: spare,
+		id: id, p: p, epfd: epfd, evfd: evfd,
 		buf:      make([]byte, loopBufSize),
 		events:   make([]unix.EpollEvent, 256),
 		slots:    []pollable{nil}, // token 0 is the eventfd
@@ -110,9 +107,6 @@ func newLoop(p *Proxy, id int) (*loop, error) {
 func (l *loop) closeFDs() {
 	_ = unix.Close(l.epfd)
 	_ = unix.Close(l.evfd)
-	if l.spare >= 0 {
-		_ = unix.Close(l.spare)
-	}
 }
 
 // register adds fd to the epoll set, edge-triggered for both readiness
@@ -301,6 +295,7 @@ func (l *loop) shutdown() {
 	}
 	l.pipes = nil
 	l.closeFDs()
+	l.p.spares.drop()
 }
 
 // getBuf returns a pending buffer from the loop's pool.

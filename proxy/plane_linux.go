@@ -11,7 +11,8 @@ import (
 
 // plane is the Linux data plane: event loops, each on its own thread.
 type plane struct {
-	loops []*loop
+	loops  []*loop
+	spares spareFDs // shared by the loops' listeners, one per loop
 }
 
 // poller sums the loops' counters of parked directions (waiting for data,
@@ -50,6 +51,7 @@ func (p *Proxy) startPlane(opts Options) {
 			break
 		}
 		p.loops = append(p.loops, l)
+		p.spares.add()
 	}
 	p.poller = &poller{
 		parked:  loopSum{p, func(l *loop) int64 { return l.parked.Load() }},

@@ -269,6 +269,9 @@ func (s *session) connect(sa unix.Sockaddr) bool {
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
+		if err == unix.EMFILE || err == unix.ENFILE {
+			l.shedUntil = nanotime() + int64(shedFor)
+		}
 		s.dropBackend()
 		if logNow, n := s.svc.socketErrs.tick(time.Now(), acceptLogEvery); logNow {
 			l.p.log.Warn("socket for a backend connection failed", "service", s.svc.name, "err", err, "errors", n)
@@ -548,6 +551,9 @@ func (s *session) close() {
 	if s.sfd >= 0 {
 		l.unregister(s.stok)
 		_ = unix.Close(s.sfd)
+	}
+	if l.p.spares.short.Load() {
+		l.p.spares.fill() // the spares come before new sessions
 	}
 }
 
