@@ -67,19 +67,12 @@ func (m *Machine) settle(s *service, timeout time.Duration) time.Duration {
 	if timeout <= 0 {
 		timeout = s.hooks.Timeout
 	}
-	if timeout <= 0 {
-		timeout = defaultHookTimeout
-	}
 	return max(2*timeout, timeout+m.cfg.LeaseTimeout)
 }
 
 // fenceRetry is how long a failed fence hook waits before it runs again.
 func (m *Machine) fenceRetry(s *service) time.Duration {
-	t := s.hooks.Timeout
-	if t <= 0 {
-		t = defaultHookTimeout
-	}
-	return max(t, 3*m.cfg.LeaseTimeout)
+	return max(s.hooks.Timeout, 3*m.cfg.LeaseTimeout)
 }
 
 // resumed notes that this proxy stood still for gap (a SIGSTOP, a long

@@ -219,7 +219,7 @@ func TestLeaseAnswerSplits(t *testing.T) {
 		req.Entries = append(req.Entries, leaseEntry{Service: sc.Name, Record: Record{Epoch: 1, Value: Value{Primary: "db-a"}}})
 	}
 	net := &queueNet{t: t, nodes: map[string]*Machine{}}
-	m, err := NewMachine(Config{Name: "p1", Peers: []string{"p0", "p1", "p2"}, Services: svcs, BootID: 2, LeaseTimeout: time.Second},
+	m, err := NewMachine(withLease(Config{Name: "p1", Peers: []string{"p0", "p1", "p2"}, Services: svcs, BootID: 2}, time.Second),
 		&manualClock{now: time.Second}, queueTransport{net, "p1"}, &memStore{st: st})
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +265,7 @@ func allRoute(t *testing.T, svcs []ServiceConfig, fenced Fenced, recover bool) {
 				st.Services[s.Name] = ServiceState{Record: Record{Epoch: 1, Value: v}, MaxVoted: 1, Accepted: Ballot{Epoch: 1, Value: v}}
 			}
 		}
-		m, err := NewMachine(Config{Name: p, Peers: peers, Services: svcs, BootID: uint64(i + 1), LeaseTimeout: time.Second},
+		m, err := NewMachine(withLease(Config{Name: p, Peers: peers, Services: svcs, BootID: uint64(i + 1)}, time.Second),
 			clk, queueTransport{net, p}, &memStore{st: st})
 		if err != nil {
 			t.Fatal(err)
@@ -305,8 +305,8 @@ func TestServiceFitsCheck(t *testing.T) {
 		for _, n := range names {
 			bs = append(bs, BackendConfig{Name: n})
 		}
-		_, err := NewMachine(Config{Name: "p0", Peers: []string{"p0", "p1", "p2"}, BootID: 1, LeaseTimeout: time.Second,
-			Services: []ServiceConfig{{Name: "db", Backends: bs}}}, &manualClock{}, queueTransport{}, &memStore{})
+		_, err := NewMachine(withLease(Config{Name: "p0", Peers: []string{"p0", "p1", "p2"}, BootID: 1,
+			Services: []ServiceConfig{{Name: "db", Backends: bs}}}, time.Second), &manualClock{}, queueTransport{}, &memStore{})
 		return err
 	}
 	long := func(c string) string { return strings.Repeat(c, 201) }

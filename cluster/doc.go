@@ -19,8 +19,10 @@
 // Machine on its own goroutine, and joins the gossip; the daemon feeds it
 // health observations and asks it for routes:
 //
-//	rt, err := cluster.Start(cfg, cluster.GossipConfig{Peers: peers, SecretKeyFile: keyFile}, stateDir,
-//		cluster.NodeOptions{OnRoute: applyRoute}) // cfg.OnAction runs the hooks
+//	g := cluster.GossipConfig{Bind: self, Advertise: self, Peers: peers, SecretKeyFile: keyFile,
+//		GossipInterval: 200 * time.Millisecond, ProbeInterval: time.Second, RejoinInterval: 10 * time.Second}
+//	// cfg sets every timing (the package has no defaults); cfg.OnAction runs the hooks.
+//	rt, err := cluster.Start(cfg, g, stateDir, cluster.NodeOptions{OnRoute: applyRoute})
 //	if err != nil {
 //		return err
 //	}

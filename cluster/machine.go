@@ -155,7 +155,9 @@ type reporting struct {
 // NewMachine builds the state machine from cfg and the state in store. A
 // store that was never written makes the machine start recovering.
 func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, error) {
-	cfg.setDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
 		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
 		pending: map[uint64]*leaseReq{}}

@@ -78,6 +78,17 @@ type testCluster struct {
 
 const testLease = 200 * time.Millisecond
 
+// withLease fills the timings a Config requires from lease, with the ratios
+// package config uses (FailedPromoteHold only when unset).
+func withLease(c Config, lease time.Duration) Config {
+	c.LeaseTimeout, c.ClockMargin = lease, 0.05
+	c.ObservationTTL, c.VoteTimeout = lease*3/2, lease
+	if c.FailedPromoteHold == 0 {
+		c.FailedPromoteHold = 30 * lease
+	}
+	return c
+}
+
 var testBackends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
 
 func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t, n, nil, 0) }
@@ -106,7 +117,7 @@ func (c *testCluster) start(name string) {
 		c.t.Fatal(err)
 	}
 	var node *Node
-	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()), LeaseTimeout: testLease,
+	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()),
 		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil, MaxLagOnFailover: c.maxLag,
 			Hooks: HookConfig{Fence: c.roles == nil, Promote: true, Timeout: c.hookTimeout()}}},
 		OnAction: func(svc string, a Action) {
@@ -137,6 +148,7 @@ func (c *testCluster) start(name string) {
 				_ = node.ActionDone(svc, a, r)
 			}()
 		}}
+	cfg = withLease(cfg, testLease)
 	node, err = NewNode(cfg, store, BootClock{}, NodeOptions{})
 	if err != nil {
 		c.t.Fatal(err)
@@ -277,7 +289,7 @@ func TestNodeSwitchover(t *testing.T) {
 
 func TestMachineDropsHostileInput(t *testing.T) {
 	st := &memStore{}
-	m, err := NewMachine(Config{Name: "a", Peers: []string{"a", "b", "c"}, Services: []ServiceConfig{{Name: "db", Backends: testBackends}}},
+	m, err := NewMachine(withLease(Config{Name: "a", Peers: []string{"a", "b", "c"}, Services: []ServiceConfig{{Name: "db", Backends: testBackends}}}, testLease),
 		BootClock{}, nopTransport{}, st)
 	if err != nil {
 		t.Fatal(err)
@@ -295,8 +307,43 @@ func TestMachineDropsHostileInput(t *testing.T) {
 	if c.Garbage != 1 || c.Stranger != 1 || c.Replay != 2 || c.UnknownService != 1 {
 		t.Fatalf("counters %+v: want 1 garbage, 1 stranger, 2 replays, 1 unknown service", c)
 	}
-	if _, err := NewMachine(Config{Name: "z", Peers: []string{"a", "b"}}, BootClock{}, nopTransport{}, &memStore{}); err == nil {
+	if _, err := NewMachine(withLease(Config{Name: "z", Peers: []string{"a", "b"}}, testLease), BootClock{}, nopTransport{}, &memStore{}); err == nil {
 		t.Fatal("a node name outside the peer list was accepted")
+	}
+}
+
+// The package has no defaults: a missing timing is an error that names it,
+// and a zero clock margin is taken literally, not replaced.
+func TestConfigTakesLiteralValues(t *testing.T) {
+	base := withLease(Config{Name: "a", Peers: []string{"a"},
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends, Hooks: HookConfig{Promote: true, Timeout: time.Second}}}}, testLease)
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want string // "" : accepted
+	}{
+		{"complete", func(*Config) {}, ""},
+		{"zero clock margin", func(c *Config) { c.ClockMargin = 0 }, ""},
+		{"no lease", func(c *Config) { c.LeaseTimeout = 0 }, "LeaseTimeout is 0s"},
+		{"no observation TTL", func(c *Config) { c.ObservationTTL = 0 }, "ObservationTTL"},
+		{"no vote timeout", func(c *Config) { c.VoteTimeout = -time.Second }, "VoteTimeout is -1s"},
+		{"no failed-promote hold", func(c *Config) { c.FailedPromoteHold = 0 }, "FailedPromoteHold"},
+		{"margin of one", func(c *Config) { c.ClockMargin = 1 }, "ClockMargin is 1"},
+		{"negative margin", func(c *Config) { c.ClockMargin = -0.1 }, "ClockMargin is -0.1"},
+		{"hook without timeout", func(c *Config) { c.Services[0].Hooks.Timeout = 0 }, `service "db": hook Timeout`},
+	} {
+		cfg := base
+		cfg.Services = slices.Clone(base.Services)
+		tc.mod(&cfg)
+		m, err := NewMachine(cfg, BootClock{}, nopTransport{}, &memStore{})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want == "" && m.cfg.ClockMargin != cfg.ClockMargin:
+			t.Errorf("%s: clock margin %v became %v", tc.name, cfg.ClockMargin, m.cfg.ClockMargin)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
+		}
 	}
 }
 
@@ -313,8 +360,8 @@ func TestNodeNotStalledByBlockedSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	cfg := Config{Name: "a", Peers: []string{"a", "b", "c"}, LeaseTimeout: testLease,
-		Services: []ServiceConfig{{Name: "db", Backends: testBackends}}}
+	cfg := withLease(Config{Name: "a", Peers: []string{"a", "b", "c"},
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends}}}, testLease)
 	n, err := NewNode(cfg, store, BootClock{}, NodeOptions{})
 	if err != nil {
 		t.Fatal(err)

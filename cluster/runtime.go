@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster/internal/mesh"
@@ -15,13 +16,13 @@ type Peer struct {
 	Address string
 }
 
-// GossipConfig configures the memberlist transport of a Runtime.
+// GossipConfig configures the memberlist transport of a Runtime. As in
+// Config, nothing has a default here: package config owns them.
 type GossipConfig struct {
-	// Bind is the ip:port gossip listens on; empty: this proxy's address
-	// in Peers.
+	// Bind is the ip:port gossip listens on; required.
 	Bind string
-	// Advertise is the ip:port the others reach this proxy at; empty: its
-	// address in Peers.
+	// Advertise is the ip:port the others reach this proxy at; required
+	// (normally its address in Peers, where the others send).
 	Advertise string
 	// Label separates clusters on one network.
 	Label string
@@ -34,8 +35,8 @@ type GossipConfig struct {
 	// ConfigHash identifies the peer list and the services' backends:
 	// proxies configured differently ignore each other's messages.
 	ConfigHash string
-	// GossipInterval, ProbeInterval and RejoinInterval: zero selects the
-	// transport's defaults (tests shrink them).
+	// GossipInterval, ProbeInterval and RejoinInterval are the gossip's
+	// timers; required.
 	GossipInterval, ProbeInterval, RejoinInterval time.Duration
 	Logger                                        *slog.Logger
 }
@@ -60,12 +61,17 @@ type Member struct {
 }
 
 // Start opens the state in stateDir (locking it), builds the Node and joins
-// the gossip. cfg.Peers is taken from g.Peers when empty.
+// the gossip. cfg.Peers, when set, must name g.Peers in order; empty, it
+// is taken from them.
 func Start(cfg Config, g GossipConfig, stateDir string, opts NodeOptions) (*Runtime, error) {
+	names := make([]string, len(g.Peers))
+	for i, p := range g.Peers {
+		names[i] = p.Name
+	}
 	if len(cfg.Peers) == 0 {
-		for _, p := range g.Peers {
-			cfg.Peers = append(cfg.Peers, p.Name)
-		}
+		cfg.Peers = names
+	} else if !slices.Equal(cfg.Peers, names) {
+		return nil, fmt.Errorf("cluster: Config.Peers %q and the gossip's peers %q differ", cfg.Peers, names)
 	}
 	var key []byte
 	if g.SecretKeyFile != "" {

@@ -372,7 +372,7 @@ func newSim(o simOpts) *sim {
 		s.peers = append(s.peers, name)
 		s.byName[name] = i
 	}
-	margin := defaultClockMargin
+	margin := withLease(Config{}, simLease).ClockMargin
 	warm := rng.IntN(2) == 0 || o.script
 	// The databases' roles: a warm cluster routes to its primary pg-a; a
 	// new one finds one primary (any of the three, whatever its priority),
@@ -426,11 +426,12 @@ const simHookTimeout = simLease
 
 func (s *sim) start(nd *simNode) {
 	cfg := Config{
-		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, LeaseTimeout: simLease, Seed: s.rng.Uint64() | 1,
+		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, Seed: s.rng.Uint64() | 1,
 		Services: []ServiceConfig{{Name: simService, Backends: s.backends, RoleAware: s.roleAware,
 			Hooks: HookConfig{Fence: s.fenceHook, Promote: true, Timeout: simHookTimeout}}},
 		knobs: s.o.knobs, FailedPromoteHold: time.Duration(1+s.rng.IntN(3)) * simLease,
 	}
+	cfg = withLease(cfg, simLease)
 	if s.o.keep {
 		cfg.OnQuorumLoss = QuorumLossKeep
 	}

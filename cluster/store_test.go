@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func sampleState() State {
@@ -123,7 +124,7 @@ func TestFileStoreCorruptStopsStart(t *testing.T) {
 		if !errors.Is(err, ErrCorruptState) {
 			t.Errorf("%s state file: Load error = %v, want ErrCorruptState", name, err)
 		}
-		cfg := Config{Name: "a", Peers: []string{"a"}}
+		cfg := withLease(Config{Name: "a", Peers: []string{"a"}}, time.Second)
 		s2, _ := OpenFileStore(dir)
 		_, err = NewMachine(cfg, BootClock{}, nopTransport{}, s2)
 		s2.Close()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -185,7 +186,7 @@ type ActionResult struct {
 // the databases depend on it.
 type HookConfig struct {
 	Fence, Promote bool
-	// Timeout bounds one hook run; zero means defaultHookTimeout.
+	// Timeout bounds one hook run; required when a hook is on.
 	Timeout time.Duration
 }
 
@@ -289,8 +290,9 @@ type ServiceConfig struct {
 	Hooks HookConfig
 }
 
-// Config configures a Machine. The zero value of every duration selects
-// its default.
+// Config configures a Machine. Every duration is required: the package has
+// no defaults of its own (the daemon fills them from package config, which
+// owns them and their reasons).
 type Config struct {
 	// Name is this proxy's name; it must be one of Peers.
 	Name string
@@ -302,16 +304,16 @@ type Config struct {
 	// to the next (wall-clock nanoseconds at start do).
 	BootID uint64
 	// LeaseTimeout is how long a lease lasts from the sending of its
-	// request. Default 2s.
+	// request.
 	LeaseTimeout time.Duration
 	// ClockMargin is the bound ρ on the rate error of any proxy's clock
-	// (0.05 = 5%). Default 0.05; it must be below 1.
+	// (0.05 = 5%), from 0 to below 1; zero is taken literally.
 	ClockMargin float64
 	// ObservationTTL is how long a peer's report about a backend counts
-	// after it was received. Default 1.5×LeaseTimeout.
+	// after it was received.
 	ObservationTTL time.Duration
 	// VoteTimeout is how long a proposer collects votes before it gives an
-	// epoch up. Default LeaseTimeout.
+	// epoch up.
 	VoteTimeout  time.Duration
 	OnQuorumLoss QuorumLoss
 	// Seed seeds the random backoff; zero takes BootID.
@@ -326,7 +328,7 @@ type Config struct {
 	OnAction func(service string, a Action)
 	// FailedPromoteHold is how long a backend whose promote failed is no
 	// failover candidate on this proxy (and on the proxies that vote on
-	// the move away from it). Default 30×LeaseTimeout.
+	// the move away from it).
 	FailedPromoteHold time.Duration
 	Logger            *slog.Logger
 
@@ -350,27 +352,27 @@ type knobs struct {
 	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 
-const (
-	defaultLeaseTimeout = 2 * time.Second  // a few gossip round trips on a LAN, short enough for a quick switch
-	defaultClockMargin  = 0.05             // far above the drift of real clocks, below any sane pause
-	defaultHookTimeout  = 30 * time.Second // the hook runner's own default: long enough for a database promotion
-)
-
-func (c *Config) setDefaults() {
-	if c.LeaseTimeout <= 0 {
-		c.LeaseTimeout = defaultLeaseTimeout
+// check says which required field of c is missing or out of range; Seed
+// and Logger, which change nothing a user sees, take BootID and a
+// discarding logger when unset.
+func (c *Config) check() error {
+	var errs []error
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"LeaseTimeout", c.LeaseTimeout}, {"ObservationTTL", c.ObservationTTL}, {"VoteTimeout", c.VoteTimeout},
+		{"FailedPromoteHold", c.FailedPromoteHold}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("cluster: %s is %v, want a positive duration", d.name, d.v))
+		}
 	}
-	if c.ClockMargin <= 0 || c.ClockMargin >= 1 {
-		c.ClockMargin = defaultClockMargin
+	if !(c.ClockMargin >= 0 && c.ClockMargin < 1) {
+		errs = append(errs, fmt.Errorf("cluster: ClockMargin is %v, want 0 to below 1", c.ClockMargin))
 	}
-	if c.ObservationTTL <= 0 {
-		c.ObservationTTL = c.LeaseTimeout * 3 / 2
-	}
-	if c.VoteTimeout <= 0 {
-		c.VoteTimeout = c.LeaseTimeout
-	}
-	if c.FailedPromoteHold <= 0 {
-		c.FailedPromoteHold = 30 * c.LeaseTimeout
+	for _, sc := range c.Services {
+		if (sc.Hooks.Fence || sc.Hooks.Promote) && sc.Hooks.Timeout <= 0 {
+			errs = append(errs, fmt.Errorf("cluster: service %q: hook Timeout is %v, want a positive duration", sc.Name, sc.Hooks.Timeout))
+		}
 	}
 	if c.Seed == 0 {
 		c.Seed = c.BootID
@@ -378,4 +380,5 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	return errors.Join(errs...)
 }

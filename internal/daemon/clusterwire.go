@@ -91,8 +91,8 @@ func clusterHash(cfg *config.Config) string {
 }
 
 // clusterConfigs are the cluster's and the gossip's configuration, every
-// field filled from cfg (config owns the defaults; the cluster's own are for
-// direct users of that package). Callbacks and loggers are the caller's.
+// field filled from cfg (config owns the defaults; the cluster package has
+// none and refuses a missing timing). Callbacks and loggers are the caller's.
 func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (cluster.Config, cluster.GossipConfig) {
 	c := cfg.Cluster
 	ccfg := cluster.Config{

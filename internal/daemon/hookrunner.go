@@ -74,7 +74,7 @@ func (h *hookRunner) promote(svc config.Service, backend string, env map[string]
 		}
 	}
 	err := h.runOne(svc.Name, "promote", svc.Hooks.Promote, env, timeout)
-	if h.check == nil || !svc.Health.Kind.RoleAware() {
+	if h.check == nil || !svc.RoleAware() {
 		return
 	}
 	switch up, primary := h.check(svc.Name, backend); {

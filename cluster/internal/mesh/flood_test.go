@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +46,8 @@ func realPair(t *testing.T, logs *lockedBuffer, every time.Duration) (n1, n2 *Me
 		peers = append(peers, Peer{n, fmt.Sprintf("127.0.0.1:%d", p)})
 	}
 	start := func(name string, logger *slog.Logger, h Handler) *Mesh {
-		m, err := New(Config{NodeName: name, Label: testLabel, Peers: peers, SecretKey: testKey, ConfigHash: testHash,
+		addr := peers[slices.IndexFunc(peers, func(p Peer) bool { return p.Name == name })].Address
+		m, err := New(Config{NodeName: name, Bind: addr, Advertise: addr, Label: testLabel, Peers: peers, SecretKey: testKey, ConfigHash: testHash,
 			Logger: logger, GossipInterval: 50 * time.Millisecond, ProbeInterval: 200 * time.Millisecond,
 			RejoinInterval: 500 * time.Millisecond, DropLogInterval: every}, h)
 		if err != nil {

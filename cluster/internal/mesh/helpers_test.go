@@ -166,6 +166,7 @@ func newCluster(t *testing.T, n int, mod func(name string, c *Config)) *cluster 
 	for _, p := range c.peers {
 		cfg := Config{
 			NodeName:       p.Name,
+			Advertise:      p.Address,
 			Label:          testLabel,
 			Peers:          c.peers,
 			SecretKey:      testKey,

@@ -6,7 +6,18 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
+
+// The timers package config uses by default (memberlist's LAN values and
+// a rejoin every 10s).
+var (
+	lanGossip = memberlist.DefaultLANConfig().GossipInterval
+	lanProbe  = memberlist.DefaultLANConfig().ProbeInterval
+)
+
+const lanRejoin = 10 * time.Second
 
 // TestMeasureDefaults reports, with the default timers, how long a crashed
 // node takes to be seen dead and how long a partition takes to heal once
@@ -20,7 +31,7 @@ func TestMeasureDefaults(t *testing.T) {
 	var detect, heal []time.Duration
 	for range trials {
 		c := newCluster(t, 3, func(_ string, cfg *Config) {
-			cfg.GossipInterval, cfg.ProbeInterval, cfg.RejoinInterval = 0, 0, 0
+			cfg.GossipInterval, cfg.ProbeInterval, cfg.RejoinInterval = lanGossip, lanProbe, lanRejoin
 		})
 		c.startAll()
 		waitFor(t, "all alive", c.allSee)
@@ -38,7 +49,7 @@ func TestMeasureDefaults(t *testing.T) {
 		waitFor(t, "both sides see the other dead", func() bool {
 			return c.state("n1", "n3") == StateDead && c.state("n3", "n1") == StateDead
 		})
-		time.Sleep(31 * DefaultProbeInterval) // past GossipToTheDeadTime
+		time.Sleep(31 * lanProbe) // past GossipToTheDeadTime
 		c.faults.Heal()
 		start = time.Now()
 		waitFor(t, "healed", c.allSee)
@@ -48,7 +59,7 @@ func TestMeasureDefaults(t *testing.T) {
 	slices.Sort(detect)
 	slices.Sort(heal)
 	t.Logf("defaults (probe %v, gossip %v, rejoin %v), %d trials: crash->dead %v; heal after partition %v",
-		DefaultProbeInterval, DefaultGossipInterval, DefaultRejoinInterval, trials, fmt.Sprint(detect), fmt.Sprint(heal))
+		lanProbe, lanGossip, lanRejoin, trials, fmt.Sprint(detect), fmt.Sprint(heal))
 }
 
 // BenchmarkSendReliable is one encrypted reliable message, n1 to n2's
@@ -82,7 +93,8 @@ func benchDelivery(b *testing.B, send func(*Mesh, []byte) error) {
 			h = chanHandler(got)
 		}
 		m, err := New(Config{NodeName: n, Label: testLabel, Peers: peers, SecretKey: testKey, ConfigHash: testHash,
-			Logger: testLogger(), Transport: trs[n], GossipInterval: 10 * time.Millisecond}, h)
+			Logger: testLogger(), Transport: trs[n], Advertise: trs[n].Addr(), GossipInterval: 10 * time.Millisecond,
+			ProbeInterval: lanProbe, RejoinInterval: lanRejoin}, h)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -16,18 +16,9 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// Defaults, written once. Zero in Config means "use these".
+// The mesh's own timings, which users do not set (the intervals they do
+// set are required in Config: package config owns their defaults).
 const (
-	// DefaultGossipInterval is memberlist's LAN default: observations
-	// spread to a few peers five times a second.
-	DefaultGossipInterval = 200 * time.Millisecond
-	// DefaultProbeInterval is memberlist's LAN default failure check.
-	DefaultProbeInterval = time.Second
-	// DefaultRejoinInterval is how often configured peers that memberlist
-	// does not list as alive are joined again; memberlist stops probing a
-	// dead node, so without this a long partition would never heal.
-	DefaultRejoinInterval = 10 * time.Second
-
 	// tcpTimeout bounds a reliable send, a join attempt and so Close:
 	// generous for a LAN, short enough that SIGTERM is not held up long.
 	tcpTimeout = 5 * time.Second
@@ -60,11 +51,11 @@ type Peer struct {
 type Config struct {
 	// NodeName is this proxy's name; required, and must be one of Peers.
 	NodeName string
-	// Bind is the "ip:port" to listen on. Empty: this node's Address in
-	// Peers. Ignored when Transport is set.
+	// Bind is the "ip:port" to listen on; required unless Transport is
+	// set.
 	Bind string
-	// Advertise is the "ip:port" other peers reach this node at. Empty:
-	// this node's Address in Peers, which is what the others expect.
+	// Advertise is the "ip:port" other peers reach this node at; required
+	// (normally this node's Address in Peers, which the others expect).
 	Advertise string
 	// Label separates clusters sharing a network: memberlist drops packets
 	// with another label, and every envelope carries it. Empty is allowed.
@@ -81,15 +72,15 @@ type Config struct {
 	ConfigHash string
 	// Logger receives the mesh's and memberlist's logs. Nil: slog.Default().
 	Logger *slog.Logger
-	// GossipInterval is how often queued broadcasts go out.
-	// Zero: DefaultGossipInterval.
+	// GossipInterval is how often queued broadcasts go out; required.
 	GossipInterval time.Duration
 	// ProbeInterval is memberlist's failure-detection period; the probe
 	// timeout is half of it, and the push/pull full sync runs every 30 of
-	// them. Zero: DefaultProbeInterval.
+	// them. Required.
 	ProbeInterval time.Duration
 	// RejoinInterval is how often peers that are not alive are joined
-	// again. Zero: DefaultRejoinInterval.
+	// again (memberlist stops probing a dead node, so without this a long
+	// partition would never heal); required.
 	RejoinInterval time.Duration
 	// DropLogInterval is how often dropped packets and messages are
 	// summarised in the log (one line with the counts). Zero:
@@ -276,15 +267,6 @@ func newMesh(cfg Config, h Handler) (*Mesh, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.GossipInterval <= 0 {
-		cfg.GossipInterval = DefaultGossipInterval
-	}
-	if cfg.ProbeInterval <= 0 {
-		cfg.ProbeInterval = DefaultProbeInterval
-	}
-	if cfg.RejoinInterval <= 0 {
-		cfg.RejoinInterval = DefaultRejoinInterval
-	}
 	if cfg.DropLogInterval <= 0 {
 		cfg.DropLogInterval = DefaultDropLogInterval
 	}
@@ -400,6 +382,20 @@ func (m *Mesh) validate() error {
 	if len(cfg.Label) > 255 || len(cfg.NodeName) > 255 || len(cfg.ConfigHash) > 255 {
 		errs = append(errs, errors.New("label, node name and config hash must each be at most 255 bytes"))
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"gossip interval", cfg.GossipInterval}, {"probe interval", cfg.ProbeInterval}, {"rejoin interval", cfg.RejoinInterval}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s is %v, want a positive duration", d.name, d.v))
+		}
+	}
+	if cfg.Advertise == "" {
+		errs = append(errs, errors.New("no advertise address"))
+	}
+	if cfg.Bind == "" && cfg.Transport == nil {
+		errs = append(errs, errors.New("no bind address"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("mesh: node %q: %w", cfg.NodeName, err)
 	}
@@ -427,7 +423,6 @@ func (m *Mesh) newIdentity(configHash string) (*identity, error) {
 
 func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 	cfg := m.cfg
-	self := m.peers[m.self]
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = m.self
 	mc.Label = cfg.Label
@@ -452,9 +447,6 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 	mc.Ping = d
 
 	adv := cfg.Advertise
-	if adv == "" {
-		adv = self.address
-	}
 	ip, port, err := resolveIPPort(adv)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: node %q: advertise address: %w", m.self, err)
@@ -464,9 +456,6 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 	inner := cfg.Transport
 	if inner == nil {
 		bind := cfg.Bind
-		if bind == "" {
-			bind = self.address
-		}
 		bip, bport, err := resolveIPPort(bind)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: node %q: bind address: %w", m.self, err)

@@ -113,6 +113,8 @@ func TestConfigValidation(t *testing.T) {
 		{"bad address", Config{NodeName: "a", Insecure: true, Peers: []Peer{{"a", "127.0.0.1"}, {"b", "127.0.0.1:0"}}},
 			[]string{`peer "a": address "127.0.0.1"`, `peer "b": address "127.0.0.1:0": bad port`}},
 		{"hash too long", Config{NodeName: "a", Insecure: true, Peers: peers, ConfigHash: strings.Repeat("h", 300)}, []string{"at most 255 bytes"}},
+		{"no timings or addresses", Config{NodeName: "a", Insecure: true, Peers: peers, RejoinInterval: -time.Second},
+			[]string{"gossip interval is 0s", "probe interval is 0s", "rejoin interval is -1s", "no advertise address", "no bind address"}},
 	} {
 		_, err := New(tc.cfg, &recorder{})
 		if err == nil {
