@@ -168,6 +168,7 @@ func (m *Machine) onlyPrimary(s *service, fenced Fenced) string {
 
 // ActionDone takes the outcome of an action handed out through OnAction.
 func (m *Machine) ActionDone(svc string, a Action, r ActionResult) error {
+	defer m.endStep()
 	s := m.svcs[svc]
 	if s == nil {
 		return fmt.Errorf("cluster: action done: unknown service %q", svc)
@@ -275,7 +276,7 @@ func (m *Machine) hand(name string, s *service, a Action) {
 	s.act.inFlight, s.act.handedAt = true, m.clock.Now()
 	m.log.Info("cluster: acting on a database", "service", name, "epoch", a.Epoch, "action", a.Kind.String(), "backend", a.Backend)
 	if m.cfg.OnAction != nil {
-		m.cfg.OnAction(name, a)
+		m.out.actions = append(m.out.actions, pendingAction{service: name, a: a})
 	} else {
 		s.act.inFlight = false
 	}

@@ -19,17 +19,23 @@ const MaxMessageSize = 1024
 // which may list every backend as fenced.
 const MaxReliableSize = 16 << 10
 
+// MaxBatchSize bounds a batch of reliable payloads (the mesh takes 64 KiB).
+// A lossy batch stays within MaxMessageSize.
+const MaxBatchSize = 60 << 10
+
 // limit is the largest payload of type t.
 func (t msgType) limit() int {
 	switch t {
 	case msgObservation, msgLeaseReq, msgLeaseAck:
 		return MaxMessageSize
+	case msgBatch:
+		return MaxBatchSize
 	}
 	return MaxReliableSize
 }
 
 // wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 3 // 2: values carry the fenced set; 3: observations carry the lag in time
+const wireVersion = 4 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -46,6 +52,7 @@ const (
 	msgSyncReply           // the answer to a sync request
 	msgAccept              // phase 2: accept (service, epoch, value)
 	msgAccepted            // the answer to an accept
+	msgBatch               // several payloads of one step for one peer
 )
 
 // proposal kinds decide which check a voter applies.
@@ -566,6 +573,16 @@ func decode(b []byte) (any, error) {
 		out = decAccept(d)
 	case msgAccepted:
 		out = decAccepted(d)
+	case msgBatch:
+		var xs batchMsg
+		for _, p := range decBatch(d) {
+			x, err := decode(p)
+			if err != nil {
+				return nil, fmt.Errorf("batch: %w", err)
+			}
+			xs = append(xs, x)
+		}
+		out = xs
 	default:
 		return nil, fmt.Errorf("unknown message type %d", b[0])
 	}
@@ -573,6 +590,63 @@ func decode(b []byte) (any, error) {
 		return nil, fmt.Errorf("message type %d: %w", b[0], err)
 	}
 	return out, nil
+}
+
+// A batch: type, version, a u16 count, then each payload with a u16
+// length. Each payload inside is checked on its own, as if it came alone.
+const batchHeader = 2 + 2
+
+func batchEntrySize(b []byte) int { return 2 + len(b) }
+
+func encodeBatch(parts [][]byte) []byte {
+	n := batchHeader
+	for _, p := range parts {
+		n += batchEntrySize(p)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, byte(msgBatch), wireVersion)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(parts)))
+	for _, p := range parts {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(p)))
+		b = append(b, p...)
+	}
+	return b
+}
+
+// batchMsg is a decoded batch (decode is for tests and tools; the
+// machine steps through a batch's payloads one by one).
+type batchMsg []any
+
+// decBatch splits a batch into its payloads (sub-slices of d's buffer).
+func decBatch(d *dec) [][]byte {
+	if d.err != nil || len(d.b) < 2 {
+		d.err = errShort
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(d.b))
+	d.b = d.b[2:]
+	if n*3 > len(d.b) {
+		d.err = errShort
+		return nil
+	}
+	parts := make([][]byte, 0, n)
+	for i := 0; i < n; i++ {
+		if len(d.b) < 2 {
+			d.err = errShort
+			return nil
+		}
+		l := int(binary.BigEndian.Uint16(d.b))
+		if l < 2 || len(d.b) < 2+l {
+			d.err = errShort
+			return nil
+		}
+		parts = append(parts, d.b[2:2+l])
+		d.b = d.b[2+l:]
+	}
+	if err := d.finish(); err != nil {
+		return nil
+	}
+	return parts
 }
 
 // Encoded sizes, for splitting long lists over several payloads.

@@ -225,14 +225,24 @@ func TestLeaseAnswerSplits(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.onLeaseReq("p0", req)
+	m.endStep()
 	answered := map[string]bool{}
 	msgs := 0
+	var acks [][]byte
 	for _, x := range net.q {
-		if x.to != "p0" || msgType(x.msg[0]) != msgLeaseAck {
+		if x.to == "p0" {
+			acks = append(acks, unbatch(t, x.msg)...)
+		}
+	}
+	for _, msg := range acks {
+		if msgType(msg[0]) != msgLeaseAck {
 			continue
 		}
+		if len(msg) > MaxMessageSize {
+			t.Errorf("a lease answer of %d bytes", len(msg))
+		}
 		msgs++
-		v, err := decode(x.msg)
+		v, err := decode(msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -320,4 +330,21 @@ func TestServiceFitsCheck(t *testing.T) {
 	if err := build("a,b", "c"); err == nil || !strings.Contains(err.Error(), "no commas") {
 		t.Fatalf("a comma in a backend name: %v", err)
 	}
+}
+
+// unbatch returns the payloads a sent message carries.
+func unbatch(t *testing.T, msg []byte) [][]byte {
+	t.Helper()
+	if msgType(msg[0]) != msgBatch {
+		return [][]byte{msg}
+	}
+	_, d, err := header(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := decBatch(d)
+	if d.err != nil {
+		t.Fatal(d.err)
+	}
+	return parts
 }

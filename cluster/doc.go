@@ -44,7 +44,10 @@
 // State. For each service a proxy persists its routing record
 // (epoch, value; a value is the primary and the fenced set, below), the highest epoch it voted in (MaxVoted) with the proposer it went to, the highest epoch whose
 // value it accepted (Accepted) and a hook intent. Store.Save is atomic and
-// durable and never lowers an epoch. A corrupt state file stops the start
+// durable and never lowers an epoch. Saves are grouped: everything one
+// step (an input, or a batch of them: [Machine.Batch]) changed is saved
+// once when it ends, and only then does what it sends leave, one payload
+// per peer ([MaxBatchSize]). A corrupt state file stops the start
 // ([ErrCorruptState]). A store that was never written starts the proxy
 // recovering: it neither votes nor confirms leases; after waiting out the
 // life of any proposal that may have counted a vote it forgot

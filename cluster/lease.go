@@ -67,7 +67,7 @@ func (m *Machine) leaseRemaining(svc string, s *service, ss ServiceState) time.D
 
 // flushLeaseSoon sends the lease requests a new record asked for.
 func (m *Machine) flushLeaseSoon() {
-	if !m.leaseSoon || m.recovering {
+	if !m.leaseSoon || m.recovering || m.storeErr != nil {
 		return
 	}
 	m.leaseSoon = false

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -18,7 +19,9 @@ type Counters struct {
 	VotesGranted   uint64
 	VotesRefused   uint64
 	Proposals      uint64
+	GivenUp        uint64 // proposals abandoned (no quorum in time, yielded, refused...)
 	Commits        uint64
+	Saves          uint64 // state saves (fsyncs); one per step that changed anything
 	Adoptions      uint64
 	NoCandidate    uint64 // failovers not proposed for want of a candidate
 	PersistErrors  uint64
@@ -73,6 +76,7 @@ type Machine struct {
 	// changed unseen meanwhile.
 	lastInput, resumedAt time.Duration
 
+	out      outbox // the step's saves and output (commit.go)
 	counters Counters
 }
 
@@ -160,7 +164,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 	}
 	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
 		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
-		pending: map[uint64]*leaseReq{}}
+		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}}
 	for _, p := range cfg.Peers {
 		if m.members[p] {
 			return nil, fmt.Errorf("cluster: peer %q listed twice", p)
@@ -226,22 +230,18 @@ func (m *Machine) Recovering() bool { return m.recovering }
 
 func (m *Machine) svcState(name string) ServiceState { return m.st.Services[name] }
 
-// save persists the state with one service changed. On error the
-// in-memory state stays what is on disk, so nothing that depends on the
-// change is ever answered (a duplicate gets the answer that was saved),
-// and the proxy takes no part until a save works again (storeFailed).
+// save records a service's new persisted state; it reaches the disk with
+// everything else the step changed when the step ends (flush), before any
+// message or callback of the step leaves. If that Save fails, memory goes
+// back to what is on disk, so nothing that depends on the change is ever
+// answered (a duplicate gets the answer that was saved), and the proxy
+// takes no part until a save works again (storeFailed).
 func (m *Machine) save(name string, ss ServiceState) error {
-	old, had := m.st.Services[name]
-	m.st.Services[name] = ss
-	if err := m.store.Save(m.st.clone()); err != nil {
-		if had {
-			m.st.Services[name] = old
-		} else {
-			delete(m.st.Services, name)
-		}
-		m.storeFailed(err)
-		return fmt.Errorf("service %q: saving state: %w", name, err)
+	if _, seen := m.out.dirty[name]; !seen {
+		old, had := m.st.Services[name]
+		m.out.dirty[name] = dirtyState{old: old, had: had}
 	}
+	m.st.Services[name] = ss
 	return nil
 }
 
@@ -274,6 +274,7 @@ func (m *Machine) probeStore(now time.Duration) {
 		m.storeErr = err
 		return
 	}
+	clear(m.out.dirty) // on disk now
 	m.storeErr = nil
 	m.log.Info("cluster: state_dir can be written again: this proxy takes part again")
 	for _, s := range m.svcs {
@@ -290,9 +291,7 @@ func (m *Machine) send(to string, b []byte, err error) {
 		m.log.Error("cluster: encoding message", "err", err)
 		return
 	}
-	if e := m.tr.Send(to, b); e != nil {
-		m.log.Debug("cluster: send failed", "peer", to, "err", e)
-	}
+	m.out.msgs = append(m.out.msgs, pendingOut{to: to, b: b})
 }
 
 // Transports that can also send without retries (UDP) implement one of
@@ -304,20 +303,19 @@ type (
 	bestEffortSenderNoErr interface{ SendBestEffort(to string, msg []byte) }
 )
 
-// sendLossy sends a payload whose loss the protocol shrugs off.
+// sendLossy sends a payload whose loss the protocol shrugs off (best
+// effort, where the transport offers it).
 func (m *Machine) sendLossy(to string, b []byte, err error) {
 	if err != nil {
 		m.log.Error("cluster: encoding message", "err", err)
 		return
 	}
-	switch t := m.tr.(type) {
-	case bestEffortSender:
-		_ = t.SendBestEffort(to, b)
-	case bestEffortSenderNoErr:
-		t.SendBestEffort(to, b)
-	default:
-		m.send(to, b, nil)
-	}
+	m.out.msgs = append(m.out.msgs, pendingOut{to: to, b: b, lossy: true})
+}
+
+// broadcast gossips b under key when the step ends.
+func (m *Machine) broadcast(key string, b []byte) {
+	m.out.msgs = append(m.out.msgs, pendingOut{key: key, b: b})
 }
 
 func (m *Machine) sendAll(b []byte, err error, except string) {
@@ -339,7 +337,14 @@ func (m *Machine) wake(now time.Duration) {
 
 // Step handles one payload from peer from.
 func (m *Machine) Step(from string, payload []byte) {
+	defer m.endStep()
 	m.wake(m.clock.Now())
+	m.step(from, payload, true)
+}
+
+// step handles one payload; a batch (only at the top) is handled payload
+// by payload.
+func (m *Machine) step(from string, payload []byte, top bool) {
 	if !m.members[from] || from == m.cfg.Name {
 		m.counters.Stranger++
 		return
@@ -400,10 +405,22 @@ func (m *Machine) Step(from string, payload []byte) {
 		if x := decAccepted(d); ok() {
 			m.onAccepted(from, x)
 		}
+	case msgBatch:
+		parts := decBatch(d)
+		if !top {
+			m.drop(from, errors.New("batch inside a batch"))
+			return
+		}
+		if d.err != nil {
+			m.drop(from, fmt.Errorf("batch: %w", d.err))
+			return
+		}
+		for _, p := range parts {
+			m.step(from, p, false)
+		}
 	default:
 		m.drop(from, fmt.Errorf("unknown message type %d", t))
 	}
-	m.flushLeaseSoon()
 }
 
 func (m *Machine) drop(from string, err error) {
@@ -414,6 +431,7 @@ func (m *Machine) drop(from string, err error) {
 // Tick lets time pass: lease requests, gossip refresh, proposals, commits,
 // retries and hooks. Call it every LeaseTimeout/8 or more often.
 func (m *Machine) Tick() {
+	defer m.endStep()
 	now := m.clock.Now()
 	m.wake(now)
 	if !m.started || now-m.lastObs >= m.cfg.LeaseTimeout/2 {
@@ -440,5 +458,4 @@ func (m *Machine) Tick() {
 	for _, name := range m.order {
 		m.tickService(name, m.svcs[name], now)
 	}
-	m.flushLeaseSoon()
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -212,13 +213,36 @@ func (n *Node) run() {
 			return
 		case f := <-n.in:
 			n.tr.hold = true
-			f()
+			n.m.Batch(func() {
+				f()
+				n.drain()
+			})
 		case <-t.C:
 			n.tr.hold = true
-			n.m.Tick()
+			n.m.Batch(func() {
+				n.m.Tick()
+				n.drain()
+			})
 		}
 		n.publish()
 		n.tr.release()
+	}
+}
+
+// stepBatch bounds how many queued inputs one step takes: their saves
+// share one fsync and their messages one payload per peer, and a bound
+// keeps a step from holding back routes and answers for long.
+const stepBatch = 512
+
+// drain runs what is queued, up to stepBatch inputs, in the current step.
+func (n *Node) drain() {
+	for range stepBatch {
+		select {
+		case f := <-n.in:
+			f()
+		default:
+			return
+		}
 	}
 }
 
@@ -415,18 +439,18 @@ func (n *Node) MergeRemoteState(buf []byte) bool {
 			}
 			n.m.adopt(svc, r, "")
 		}
+		n.m.endStep()
 	})
 }
 
 // localState encodes every service's record (committed decisions only, so
-// adopting them is always safe).
+// adopting them is always safe), with a u16 count (a count byte once cut
+// the sync off at 255 services).
 func (m *Machine) localState() []byte {
 	e := &enc{}
-	e.u8(uint8(min(len(m.order), 255)))
-	for i, name := range m.order {
-		if i == 255 {
-			break
-		}
+	n := min(len(m.order), 1<<16-1)
+	e.b = binary.BigEndian.AppendUint16(e.b, uint16(n))
+	for _, name := range m.order[:n] {
 		e.str(name)
 		e.record(m.svcState(name).Record)
 	}
@@ -435,7 +459,14 @@ func (m *Machine) localState() []byte {
 
 func decodeRecords(b []byte) (map[string]Record, error) {
 	d := &dec{b: b}
-	n := d.count(10)
+	if len(b) < 2 {
+		return nil, fmt.Errorf("remote state: %w", errShort)
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	d.b = b[2:]
+	if n*10 > len(d.b) {
+		return nil, fmt.Errorf("remote state: %w", errShort)
+	}
 	out := make(map[string]Record, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		name := d.str()

@@ -20,6 +20,7 @@ type peerView struct {
 // Observe records this proxy's own view of a backend and gossips it when it
 // changed.
 func (m *Machine) Observe(svc, backend string, o Observation) error {
+	defer m.endStep()
 	s := m.svcs[svc]
 	if s == nil {
 		return fmt.Errorf("cluster: observe: unknown service %q", svc)
@@ -63,9 +64,7 @@ func (m *Machine) broadcastObs(name string, s *service, direct bool) {
 		m.log.Error("cluster: encoding observation", "service", name, "err", err)
 		return
 	}
-	if err := m.tr.Broadcast("obs/"+name, b); err != nil {
-		m.log.Debug("cluster: gossip failed", "service", name, "err", err)
-	}
+	m.broadcast("obs/"+name, b)
 	if direct {
 		for _, p := range m.others {
 			m.sendLossy(p, b, nil)

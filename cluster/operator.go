@@ -16,6 +16,7 @@ type fenceOp struct {
 // Switchover asks the cluster to move the service to backend to. It
 // returns the id of the operation, whose outcome Status reports.
 func (m *Machine) Switchover(svc, to string) (uint64, error) {
+	defer m.endStep()
 	s := m.svcs[svc]
 	if s == nil {
 		return 0, fmt.Errorf("cluster: switchover: unknown service %q", svc)
@@ -92,6 +93,7 @@ func (m *Machine) switchCheck(s *service, rec Record, to string) error {
 // moves to the best candidate. Unfence (fence false) takes it back. Both
 // are decided by a vote, at a new epoch. It returns the operation's id.
 func (m *Machine) Fence(svc, backend string, fence bool) (uint64, error) {
+	defer m.endStep()
 	verb := map[bool]string{true: "fence", false: "unfence"}[fence]
 	s := m.svcs[svc]
 	if s == nil {

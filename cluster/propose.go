@@ -91,9 +91,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 		b, err := encodeCommit(commitMsg{Service: name, Record: rec})
 		m.sendAll(b, err, relayExcept)
 	}
-	if m.cfg.OnRecord != nil {
-		m.cfg.OnRecord(name, old, rec)
-	}
+	m.recordChanged(name, old, rec)
 }
 
 func (m *Machine) onCommit(from string, x commitMsg) {
@@ -560,6 +558,7 @@ func (m *Machine) abandon(name string, s *service, now time.Duration, why string
 			s.fenceOp = nil
 			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
 		}
+		m.counters.GivenUp++
 		s.decision = fmt.Sprintf("gave up epoch %d: %s", p.epoch, why)
 		m.log.Info("cluster: proposal given up", "service", name, "epoch", p.epoch, "why", why)
 	}
@@ -744,9 +743,7 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 		"kind", p.kind.String(), "votes", len(p.accepts))
 	b, err := encodeCommit(commitMsg{Service: name, Record: rec})
 	m.sendAll(b, err, "")
-	if m.cfg.OnRecord != nil {
-		m.cfg.OnRecord(name, old, rec)
-	}
+	m.recordChanged(name, old, rec)
 }
 
 // newlyFenced is a backend in to that is not in from ("" if none).

@@ -1,0 +1,159 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
+)
+
+// TestScaleMassFailover: three proxies, hundreds of services over the same
+// two backends (real FileStores, so every save is an fsync), all routed to
+// the first; then the first goes down for every service at once. Every
+// proxy must route every service to the standby, with no payload dropped
+// for a full queue. The time it takes, the proposals given up and the
+// saves are figures (QP_SCALE_SERVICES sets the count; make bench runs
+// 1,000).
+func TestScaleMassFailover(t *testing.T) {
+	services := 300
+	if testing.Short() {
+		services = 100
+	}
+	if v := os.Getenv("QP_SCALE_SERVICES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("QP_SCALE_SERVICES=%q: want a positive integer", v)
+		}
+		services = n
+	}
+	const lease = time.Second
+	backends := []BackendConfig{{Name: "db-a", Priority: 20}, {Name: "db-b", Priority: 10}}
+	var svcs []ServiceConfig
+	for i := range services {
+		svcs = append(svcs, ServiceConfig{Name: fmt.Sprintf("svc-%04d", i), Backends: backends})
+	}
+	net := &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}}
+	peers := []string{"proxy-0", "proxy-1", "proxy-2"}
+	nodes := map[string]*Node{}
+	for _, name := range peers {
+		store, err := OpenFileStore(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := withLease(Config{Name: name, Peers: peers, Services: svcs}, lease)
+		n, err := NewNode(cfg, store, BootClock{}, NodeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		net.mu.Lock()
+		net.nodes[name] = n
+		net.mu.Unlock()
+		nodes[name] = n
+		t.Cleanup(func() {
+			n.Close()
+			store.Close()
+		})
+	}
+	observeAll := func(backend string, up bool) {
+		for _, n := range nodes {
+			for _, s := range svcs {
+				n.Observe(s.Name, backend, up, RoleUnknown, 0, -1)
+			}
+		}
+	}
+	observeAll("db-a", true)
+	observeAll("db-b", true)
+	start := time.Now()
+	for _, name := range peers {
+		nodes[name].Start(memTransport{net: net, from: name})
+	}
+	allRouteTo := func(backend string) func() (bool, string) {
+		return func() (bool, string) {
+			routed := 0
+			for _, n := range nodes {
+				for _, s := range svcs {
+					if b, _ := n.Route(s.Name); b == backend {
+						routed++
+					}
+				}
+			}
+			return routed == len(nodes)*services, fmt.Sprintf("%d of %d (service, proxy) pairs routed to %s", routed, len(nodes)*services, backend)
+		}
+	}
+	testwait.ForState(t, 90*time.Second, allRouteTo("db-a"))
+	t.Logf("FIGURE %d services, 3 proxies: every service routed on every proxy %.2fs after the start", services, time.Since(start).Seconds())
+
+	before := map[string]Counters{}
+	for name, n := range nodes {
+		st, err := n.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[name] = st.Counters
+	}
+	start = time.Now()
+	observeAll("db-a", false)
+	testwait.ForState(t, 90*time.Second, allRouteTo("db-b"))
+	took := time.Since(start)
+	var proposals, givenUp, saves, commits uint64
+	for name, n := range nodes {
+		st, err := n.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, b := st.Counters, before[name]
+		proposals += c.Proposals - b.Proposals
+		givenUp += c.GivenUp - b.GivenUp
+		saves += c.Saves - b.Saves
+		commits += c.Commits - b.Commits
+		if c.QueueFull != 0 {
+			t.Errorf("%s dropped %d payloads on a full queue", name, c.QueueFull)
+		}
+	}
+	t.Logf("FIGURE mass failover of %d services, 3 proxies: all on the standby on every proxy after %.2fs; %d proposals, %d given up, %d commits, %d saves (fsyncs) over the three",
+		services, took.Seconds(), proposals, givenUp, commits, saves)
+	if commits < uint64(services) {
+		t.Errorf("%d commits for %d services", commits, services)
+	}
+	// One save per step, not one per service and message: a mass failover
+	// with a save per service would take several per service per proxy.
+	if saves >= uint64(services) {
+		t.Errorf("%d saves for %d services: saves are not shared by the services of a step", saves, services)
+	}
+}
+
+// The full-state sync a joining proxy gets covers every service (a count
+// byte once cut it off at 255).
+func TestFullSyncCoversEveryService(t *testing.T) {
+	const services = 1000
+	st := State{Synced: true, Services: map[string]ServiceState{}}
+	var svcs []ServiceConfig
+	for i := range services {
+		sc := ServiceConfig{Name: fmt.Sprintf("svc-%04d", i), Backends: []BackendConfig{{Name: "db-a"}, {Name: "db-b"}}}
+		svcs = append(svcs, sc)
+		st.Services[sc.Name] = ServiceState{Record: Record{Epoch: uint64(i + 1), Value: Value{Primary: "db-b", Since: uint64(i + 1)}}}
+	}
+	m, err := NewMachine(withLease(Config{Name: "p1", Peers: []string{"p0", "p1", "p2"}, Services: svcs, BootID: 1}, time.Second),
+		&manualClock{now: time.Second}, nopTransport{}, &memStore{st: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := decodeRecords(m.localState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != services {
+		t.Fatalf("%d of %d services in the full sync", len(recs), services)
+	}
+	for name, ss := range st.Services {
+		if recs[name] != ss.Record {
+			t.Fatalf("%s: synced %+v, want %+v", name, recs[name], ss.Record)
+		}
+	}
+	if _, err := decodeRecords(m.localState()[:5]); err == nil {
+		t.Fatal("a truncated state decoded")
+	}
+}
