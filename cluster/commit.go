@@ -36,6 +36,9 @@ type pendingAction struct {
 type outbox struct {
 	inBatch bool
 	dirty   map[string]dirtyState
+	// counted is the Machine's counters before the step's first save: a
+	// failed save takes back what the step counted as done.
+	counted Counters
 	msgs    []pendingOut
 	records []func()
 	actions []pendingAction
@@ -83,6 +86,9 @@ func (m *Machine) flush() error {
 			}
 			clear(o.dirty)
 			o.msgs, o.records, o.actions = o.msgs[:0], o.records[:0], o.actions[:0]
+			c := &m.counters
+			c.VotesGranted, c.VotesRefused, c.Proposals, c.Commits, c.Adoptions =
+				o.counted.VotesGranted, o.counted.VotesRefused, o.counted.Proposals, o.counted.Commits, o.counted.Adoptions
 			m.storeFailed(err)
 			return fmt.Errorf("saving state: %w", err)
 		}

@@ -237,6 +237,9 @@ func (m *Machine) svcState(name string) ServiceState { return m.st.Services[name
 // answered (a duplicate gets the answer that was saved), and the proxy
 // takes no part until a save works again (storeFailed).
 func (m *Machine) save(name string, ss ServiceState) error {
+	if len(m.out.dirty) == 0 {
+		m.out.counted = m.counters
+	}
 	if _, seen := m.out.dirty[name]; !seen {
 		old, had := m.st.Services[name]
 		m.out.dirty[name] = dirtyState{old: old, had: had}
