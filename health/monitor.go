@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -104,15 +105,11 @@ func (r *riseFall) changing() bool { return r.ups > 0 || r.dns > 0 }
 
 type targetKey struct{ service, backend string }
 
-// loop checks one target until its context is cancelled.
+// loop is one target: its state, and the probe that checks it.
 type loop struct {
-	target  Target
-	spec    Spec // target.Spec with defaults
-	checker Checker
-	ctx     context.Context
-	cancel  context.CancelFunc
-	done    chan struct{}
-	poke    chan chan State // CheckNow: check at once and answer here
+	target Target
+	spec   Spec // target.Spec with defaults
+	probe  *probe
 
 	// Guarded by Monitor.mu.
 	state    State
@@ -120,7 +117,35 @@ type loop struct {
 	position int64
 }
 
-// Monitor runs one check loop per target and keeps each target's State.
+// probe checks one address one way, for every target that checks it so:
+// services that share a backend share its check (at 1,000 services over
+// two backends, two checks per interval instead of 2,000). Each target
+// keeps its own state and rise/fall streak, fed by the shared results.
+type probe struct {
+	key     string
+	spec    Spec
+	checker Checker
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	poke    chan chan struct{} // CheckNow: check at once, then close the channel
+
+	// targets is guarded by Monitor.mu.
+	targets []*loop
+	// emit is held while the probe tells onChange, so that Set can wait
+	// for a call about a target it just removed (see Set).
+	emit sync.Mutex
+}
+
+// probeKey is what makes two targets' checks the same: the address and
+// the whole spec (credentials included, so that two users never share).
+func probeKey(t Target) string {
+	type plain Spec // no String method: every field, the password too
+	return fmt.Sprintf("%q|%#v", t.Address, plain(t.Spec.withDefaults()))
+}
+
+// Monitor runs one check loop per distinct check (address and spec) and
+// keeps each target's State.
 type Monitor struct {
 	logger   *slog.Logger
 	onChange func(State)
@@ -131,13 +156,15 @@ type Monitor struct {
 
 	mu     sync.Mutex
 	loops  map[targetKey]*loop
+	probes map[string]*probe
 	closed bool
 }
 
 // NewMonitor returns a Monitor with no targets. onChange, if not nil, is called after a check
-// that changed a target's Status, Role, LagBytes, Lag or LastError: at most once per check,
-// from that target's loop goroutine (so calls for different targets may run concurrently),
-// without any Monitor lock held. It must not block long, nor call Set or Close.
+// that changed a target's Status, Role, LagBytes, Lag or LastError: at most once per check
+// and target, from the goroutine of that target's check (so calls for different targets may
+// run concurrently), without any Monitor lock held. It must not block long, nor call Set or
+// Close.
 func NewMonitor(logger *slog.Logger, onChange func(State)) *Monitor {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -147,15 +174,16 @@ func NewMonitor(logger *slog.Logger, onChange func(State)) *Monitor {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Monitor{logger: logger, onChange: onChange, ctx: ctx, cancel: cancel,
-		loops: map[targetKey]*loop{}}
+		loops: map[targetKey]*loop{}, probes: map[string]*probe{}}
 }
 
 // Set makes targets the set of watched backends, as on a config reload. A target whose
-// service, backend, address and spec are unchanged keeps its loop and state. A target whose
-// spec changed but whose address and kind did not is restarted and keeps its Status (its
-// streak restarts). Others start as StatusUnknown. Loops of removed or changed targets are
-// stopped and waited for before Set returns. A target whose checker cannot be built is
-// skipped and reported in the returned error; the others are still applied.
+// service, backend, address and spec are unchanged keeps its state. A target whose spec
+// changed but whose address and kind did not keeps its Status (its streak restarts). Others
+// start as StatusUnknown. Targets that check the same address the same way share one check.
+// Checks no target needs any more are stopped and waited for, and no onChange about a
+// removed or changed target comes after Set returns. A target whose checker cannot be built
+// is skipped and reported in the returned error; the others are still applied.
 func (m *Monitor) Set(targets []Target) error {
 	m.setMu.Lock()
 	defer m.setMu.Unlock()
@@ -167,62 +195,84 @@ func (m *Monitor) Set(targets []Target) error {
 		return errors.New("health monitor is closed")
 	}
 	next := make(map[targetKey]*loop, len(targets))
-	var fresh []*loop
+	nextProbes := map[string]*probe{}
+	members := map[*probe][]*loop{}
+	var fresh []*probe
 	for _, t := range targets {
 		k := targetKey{t.Service, t.Backend}
 		if _, dup := next[k]; dup {
 			errs = append(errs, fmt.Errorf("service %q backend %q: listed twice", t.Service, t.Backend))
 			continue
 		}
+		key := probeKey(t)
+		p := nextProbes[key]
+		if p == nil {
+			p = m.probes[key]
+		}
+		if p == nil {
+			checker, err := NewChecker(t.Spec, t.Address)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("service %q backend %q: %w", t.Service, t.Backend, err))
+				continue
+			}
+			p = &probe{key: key, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
+				poke: make(chan chan struct{})}
+			p.ctx, p.cancel = context.WithCancel(m.ctx)
+			fresh = append(fresh, p)
+		}
+		nextProbes[key] = p
 		old := m.loops[k]
-		if old != nil && sameTarget(old.target, t) {
-			next[k] = old
-			continue
+		l := old
+		if old == nil || !sameTarget(old.target, t) {
+			l = &loop{target: t, spec: t.Spec.withDefaults(), position: -1}
+			l.state = State{Service: t.Service, Backend: t.Backend, Address: t.Address,
+				LagBytes: -1, Lag: -1}
+			if old != nil && old.target.Address == t.Address && old.spec.Kind == l.spec.Kind {
+				l.state = old.state
+				l.rf = riseFall{status: old.rf.status}
+				l.position = old.position
+			}
 		}
-		checker, err := NewChecker(t.Spec, t.Address)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("service %q backend %q: %w", t.Service, t.Backend, err))
-			continue
-		}
-		l := &loop{target: t, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
-			poke: make(chan chan State), position: -1}
-		l.ctx, l.cancel = context.WithCancel(m.ctx)
-		l.state = State{Service: t.Service, Backend: t.Backend, Address: t.Address,
-			LagBytes: -1, Lag: -1}
-		if old != nil && old.target.Address == t.Address && old.spec.Kind == l.spec.Kind {
-			// Cancelled below under the same lock, so old.state is final.
-			l.state = old.state
-			l.rf = riseFall{status: old.rf.status}
-			l.position = old.position
-		}
+		l.probe = p
 		next[k] = l
-		fresh = append(fresh, l)
+		members[p] = append(members[p], l)
 	}
-	var stopped []*loop
-	for k, old := range m.loops {
-		if next[k] != old {
-			old.cancel()
-			stopped = append(stopped, old)
+	var stopped, kept []*probe
+	for key, p := range m.probes {
+		if nextProbes[key] != p {
+			p.cancel()
+			stopped = append(stopped, p)
+		} else {
+			kept = append(kept, p)
 		}
 	}
-	m.loops = next
+	for _, p := range nextProbes {
+		p.targets = members[p]
+	}
+	m.loops, m.probes = next, nextProbes
 	m.mu.Unlock()
 
-	// Wait for replaced loops first, so their last onChange cannot follow the new loop's first.
-	for _, l := range stopped {
-		<-l.done
+	// Stopped checks first, then a barrier on the kept ones: an onChange
+	// about a target removed above is either over or will see it gone.
+	for _, p := range stopped {
+		<-p.done
+	}
+	for _, p := range kept {
+		p.emit.Lock()
+		//lint:ignore SA2001 an empty critical section is the barrier
+		p.emit.Unlock()
 	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, l := range fresh {
+	for _, p := range fresh {
 		if m.closed {
-			l.cancel()
-			l.checker.Close()
+			p.cancel()
+			p.checker.Close()
 			continue
 		}
 		m.wg.Add(1)
-		go m.run(l)
+		go m.run(p)
 	}
 	return errors.Join(errs...)
 }
@@ -246,37 +296,52 @@ func (m *Monitor) States() []State {
 	return out
 }
 
+// Checks returns how many distinct checks run (targets that check the
+// same address the same way share one).
+func (m *Monitor) Checks() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.probes)
+}
+
 // CheckNow checks one backend at once, outside its interval, and returns
 // its state after that check (the check also counts toward rise and fall,
-// and onChange runs as after any check). Actions on a database use it: a
-// promote is judged by the role the backend reports right after it, not
-// at the next interval.
+// for every target that shares it, and onChange runs as after any check).
+// Actions on a database use it: a promote is judged by the role the
+// backend reports right after it, not at the next interval.
 func (m *Monitor) CheckNow(ctx context.Context, service, backend string) (State, error) {
+	k := targetKey{service, backend}
 	m.mu.Lock()
-	l := m.loops[targetKey{service, backend}]
+	l := m.loops[k]
 	m.mu.Unlock()
 	if l == nil {
 		return State{}, fmt.Errorf("service %q backend %q: not checked", service, backend)
 	}
-	reply := make(chan State, 1)
+	p := l.probe
+	reply := make(chan struct{})
 	select {
-	case l.poke <- reply:
-	case <-l.done:
+	case p.poke <- reply:
+	case <-p.done:
 		return State{}, fmt.Errorf("service %q backend %q: checks stopped", service, backend)
 	case <-ctx.Done():
 		return State{}, ctx.Err()
 	}
 	select {
-	case st := <-reply:
-		return st, nil
-	case <-l.done:
+	case <-reply:
+	case <-p.done:
 		return State{}, fmt.Errorf("service %q backend %q: checks stopped", service, backend)
 	case <-ctx.Done():
 		return State{}, ctx.Err()
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.loops[k] != l {
+		return State{}, fmt.Errorf("service %q backend %q: its check changed meanwhile", service, backend)
+	}
+	return l.state, nil
 }
 
-// Close stops every loop, cancelling checks in flight, and waits for them. It is idempotent.
+// Close stops every check, cancelling checks in flight, and waits for them. It is idempotent.
 func (m *Monitor) Close() {
 	m.mu.Lock()
 	m.closed = true
@@ -285,53 +350,143 @@ func (m *Monitor) Close() {
 	m.wg.Wait()
 }
 
-// run is the check loop of one target: check at once, then after Interval, FastInterval while
-// a streak is in progress, DownInterval while down.
-func (m *Monitor) run(l *loop) {
+// run is the check loop of one probe: check at once, then after Interval, FastInterval while
+// a streak of one of its targets is in progress, DownInterval while all are down.
+func (m *Monitor) run(p *probe) {
 	defer m.wg.Done()
-	defer close(l.done)
-	defer l.checker.Close()
+	defer close(p.done)
+	defer p.checker.Close()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		var reply chan State
+		var reply chan struct{}
 		select {
-		case <-l.ctx.Done():
+		case <-p.ctx.Done():
 			return
 		case <-timer.C:
-		case reply = <-l.poke:
+		case reply = <-p.poke:
 			timer.Stop()
 		}
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(l.ctx, l.spec.Timeout)
-		res := l.checker.Check(ctx)
+		ctx, cancel := context.WithTimeout(p.ctx, p.spec.Timeout)
+		res := p.checker.Check(ctx)
 		cancel()
-		next, st, changed, ok := m.apply(l, res)
+		next, changed, ok := m.apply(p, res)
 		if !ok {
 			return
 		}
-		if changed {
-			m.onChange(st)
+		if len(changed) > 0 {
+			p.emit.Lock()
+			for _, c := range changed {
+				m.mu.Lock()
+				current := m.loops[targetKey{c.Service, c.Backend}] == c.l
+				m.mu.Unlock()
+				if current {
+					m.onChange(c.State)
+				}
+			}
+			p.emit.Unlock()
 		}
 		if reply != nil {
-			reply <- st
+			close(reply)
 		}
 		timer.Reset(max(0, next-time.Since(start)))
 	}
 }
 
-// apply records res in l's state. It returns the wait before the next check, a copy of the
-// state, whether it changed in a way onChange reports, and false if the loop was stopped.
-func (m *Monitor) apply(l *loop, res Result) (time.Duration, State, bool, bool) {
+// changedState is a target's state after a check that changed it.
+type changedState struct {
+	State
+	l *loop
+}
+
+// apply records res in the state of every target of p. It returns the wait before the next
+// check, the states that changed in a way onChange reports, and false if p was stopped.
+func (m *Monitor) apply(p *probe, res Result) (time.Duration, []changedState, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if l.ctx.Err() != nil {
+	if p.ctx.Err() != nil {
 		// Stopped while checking: the result is the cancellation's, not the backend's.
-		return 0, State{}, false, false
+		return 0, nil, false
 	}
+	var changed []changedState
+	var ups, downs []*loop
+	anyChanging, allDown := false, true
+	now := time.Now()
+	for _, l := range p.targets {
+		was := l.state.Status
+		st, ch := m.applyOne(l, res, now)
+		if ch {
+			changed = append(changed, changedState{st, l})
+		}
+		if st.Status != was {
+			if st.Status == StatusUp {
+				ups = append(ups, l)
+			} else {
+				downs = append(downs, l)
+			}
+		}
+		anyChanging = anyChanging || l.rf.changing()
+		allDown = allDown && st.Status == StatusDown
+	}
+	m.logTransitions(ups, "backend up", slog.LevelInfo)
+	m.logTransitions(downs, "backend down", slog.LevelWarn)
+	next := p.spec.Interval
+	switch {
+	case anyChanging:
+		next = p.spec.FastInterval
+	case allDown:
+		next = p.spec.DownInterval
+	}
+	return next, changed, true
+}
+
+// summaryMax is how many targets one line about a shared check's change
+// names; the rest are counted (and each has its own line at debug level).
+const summaryMax = 5
+
+// logTransitions logs that the targets of one check went up or down: one
+// line per target for a few, one line for all beyond (a host that fails
+// under 300 services is one line, not 300).
+func (m *Monitor) logTransitions(ls []*loop, msg string, level slog.Level) {
+	if len(ls) == 0 {
+		return
+	}
+	one := func(l *loop, level slog.Level) {
+		st := l.state
+		attrs := []any{"service", st.Service, "backend", st.Backend, "address", st.Address, "reason", st.Reason}
+		if st.Status == StatusUp {
+			attrs = append(attrs, "role", st.Role.String())
+		}
+		m.logger.Log(context.Background(), level, msg, attrs...)
+	}
+	if len(ls) <= summaryMax {
+		for _, l := range ls {
+			one(l, level)
+		}
+		return
+	}
+	names := make([]string, 0, summaryMax)
+	for _, l := range ls[:summaryMax] {
+		names = append(names, l.target.Service+"/"+l.target.Backend)
+	}
+	st := ls[0].state
+	attrs := []any{"services", len(ls), "address", st.Address, "reason", st.Reason,
+		"targets", fmt.Sprintf("%s and %d more", strings.Join(names, ", "), len(ls)-summaryMax)}
+	if st.Status == StatusUp {
+		attrs = append(attrs, "role", st.Role.String())
+	}
+	m.logger.Log(context.Background(), level, msg, attrs...)
+	for _, l := range ls {
+		one(l, slog.LevelDebug)
+	}
+}
+
+// applyOne records res in l's state and reports the state and whether it changed in a way
+// onChange reports. Called with m.mu held.
+func (m *Monitor) applyOne(l *loop, res Result, now time.Time) (State, bool) {
 	st := &l.state
 	prev := *st
-	now := time.Now()
 	st.Checks++
 	st.LastCheck = now
 	st.Latency = res.Latency
@@ -354,25 +509,13 @@ func (m *Monitor) apply(l *loop, res Result) (time.Duration, State, bool, bool) 
 		st.Status = l.rf.status
 		st.LastChange = now
 		st.Reason = reason(prev.Status, st.Status, l.spec, st.LastError)
-		attrs := []any{"service", st.Service, "backend", st.Backend, "address", st.Address,
-			"reason", st.Reason}
-		if st.Status == StatusUp {
-			m.logger.Info("backend up", append(attrs, "role", st.Role.String())...)
-		} else {
+		if st.Status != StatusUp {
 			st.Role, st.LagBytes, st.Lag, l.position = RoleUnknown, -1, -1, -1
-			m.logger.Warn("backend down", attrs...)
 		}
 	}
 	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError
-	next := l.spec.Interval
-	switch {
-	case l.rf.changing():
-		next = l.spec.FastInterval
-	case st.Status == StatusDown:
-		next = l.spec.DownInterval
-	}
-	return next, *st, changed, true
+	return *st, changed
 }
 
 // replicaLagLocked returns how many bytes replica l is behind the one primary of its service

@@ -135,8 +135,9 @@ func TestMonitorIntervals(t *testing.T) {
 	m := NewMonitor(nil, nil)
 	defer m.Close()
 	l := &loop{spec: spec.withDefaults(), position: -1}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
-	defer l.cancel()
+	p := &probe{spec: spec.withDefaults(), targets: []*loop{l}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	defer p.cancel()
 	up, fail := Result{Up: true}, Result{Err: ErrRefused}
 	for i, step := range []struct {
 		res  Result
@@ -149,13 +150,13 @@ func TestMonitorIntervals(t *testing.T) {
 		{up, 100 * time.Millisecond},   // rising
 		{up, time.Second},              // up
 	} {
-		next, _, _, ok := m.apply(l, step.res)
+		next, _, ok := m.apply(p, step.res)
 		if !ok || next != step.want {
 			t.Errorf("step %d: next check in %v (ok %v), want %v", i, next, ok, step.want)
 		}
 	}
-	l.cancel()
-	if _, _, _, ok := m.apply(l, up); ok {
+	p.cancel()
+	if _, _, ok := m.apply(p, up); ok {
 		t.Error("apply recorded a result after the loop was stopped")
 	}
 }
