@@ -66,6 +66,7 @@ func (m *Machine) endStep() {
 // its actions are handed out again from the persisted intent once the
 // store works (storeFailed stops everything meanwhile).
 func (m *Machine) flush() error {
+	defer m.logs.flush()
 	m.flushLeaseSoon()
 	o := &m.out
 	if len(o.dirty) > 0 {

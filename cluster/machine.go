@@ -76,7 +76,8 @@ type Machine struct {
 	// changed unseen meanwhile.
 	lastInput, resumedAt time.Duration
 
-	out      outbox // the step's saves and output (commit.go)
+	out      outbox   // the step's saves and output (commit.go)
+	logs     *stepLog // the step's log lines (steplog.go)
 	counters Counters
 }
 
@@ -162,9 +163,10 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
+	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store,
 		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
 		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}}
+	m.log, m.logs = newStepLogger(cfg.Logger)
 	for _, p := range cfg.Peers {
 		if m.members[p] {
 			return nil, fmt.Errorf("cluster: peer %q listed twice", p)

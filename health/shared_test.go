@@ -1,35 +1,16 @@
 package health
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
-
-// lockedBuffer is a bytes.Buffer for a logger written from check goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
 
 // Services that check the same address the same way share one check; each
 // keeps its own state, and a backend that fails under many services is
@@ -45,7 +26,7 @@ func TestSharedChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	rec := &recorder{}
 	m := NewMonitor(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})), rec.onChange)
 	defer m.Close()

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -105,25 +104,8 @@ func freeAddr(t *testing.T) string { return testenv.FreeAddr(t) }
 type daemonProc struct {
 	cmd    *exec.Cmd
 	admin  string
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	exited chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startDaemon(t *testing.T, cfgPath, admin string) *daemonProc {
@@ -134,7 +116,7 @@ func startDaemon(t *testing.T, cfgPath, admin string) *daemonProc {
 // startDaemonCmd is startDaemon with a command of the caller's.
 func startDaemonCmd(t *testing.T, cmd *exec.Cmd, admin string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: cmd, admin: admin, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &daemonProc{cmd: cmd, admin: admin, logs: &testenv.Buffer{}, exited: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

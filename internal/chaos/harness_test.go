@@ -244,29 +244,12 @@ type backendNode struct {
 // proc is a process started inside a namespace.
 type proc struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	exited chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func startProc(ns string, env []string, args ...string) (*proc, error) {
-	p := &proc{logs: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{logs: &testenv.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

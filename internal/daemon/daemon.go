@@ -28,7 +28,8 @@ import (
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
-// NewLogger is the logger [log] asks for, writing to w.
+// NewLogger is the logger [log] asks for, writing to w; bursts of lines
+// about many services are summarised (see burstHandler).
 func NewLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
@@ -36,9 +37,9 @@ func NewLogger(c config.Log, w io.Writer) *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(newBurstHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(newBurstHandler(slog.NewTextHandler(w, opts)))
 }
 
 // Options configure a Daemon.

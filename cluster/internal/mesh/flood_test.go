@@ -1,41 +1,21 @@
 package mesh
 
 import (
-	"bytes"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
-// lockedBuffer is a log sink for tests.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // realPair starts two meshes on their own transports (the production
 // path, not FaultyTransport), logging n1's lines into logs.
-func realPair(t *testing.T, logs *lockedBuffer, every time.Duration) (n1, n2 *Mesh, rec1 *recorder) {
+func realPair(t *testing.T, logs *testenv.Buffer, every time.Duration) (n1, n2 *Mesh, rec1 *recorder) {
 	t.Helper()
 	var peers []Peer
 	for _, n := range []string{"n1", "n2"} {
@@ -67,7 +47,7 @@ func realPair(t *testing.T, logs *lockedBuffer, every time.Duration) (n1, n2 *Me
 // summarised in the log once per interval, and do not keep its peer's
 // messages out.
 func TestGarbageFloodCountedLoggedOnceAndHarmless(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	const every = 500 * time.Millisecond
 	n1, n2, rec1 := realPair(t, logs, every)
 
@@ -156,7 +136,7 @@ func TestPacketAuth(t *testing.T) {
 // memberlist's warnings and errors of one kind are logged once per
 // interval; the next says how many were left out.
 func TestMemberlistLinesLimited(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	l := newLimitedStdLogger(slog.New(slog.NewTextHandler(logs, nil)), 100*time.Millisecond)
 	for i := range 1000 {
 		l.Printf("[ERR] memberlist: failed to receive: bad %d from=127.0.0.1:%d", i, i)
