@@ -44,11 +44,14 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 	return nil
 }
 
-// broadcastObs gossips this proxy's view of a service. A change (direct)
-// also goes straight to every peer, best effort: a failover waits for Q
-// proxies to see the primary down, and gossip alone adds up to a gossip
-// interval to every hop.
-func (m *Machine) broadcastObs(name string, s *service, direct bool) {
+// broadcastObs sends this proxy's view of a service straight to every
+// peer, best effort (batched with the step's other payloads), and, for a
+// change, also by gossip, which relays it around a cut link. The periodic
+// refresh of every service goes direct only: re-queued on the gossip
+// queue at every refresh, the views of hundreds of services starved the
+// ones queued first (memberlist sends the newest first), and those
+// services never bootstrapped.
+func (m *Machine) broadcastObs(name string, s *service, change bool) {
 	m.obsSeq++
 	msg := obsMsg{Service: name, Boot: m.cfg.BootID, Seq: m.obsSeq}
 	for _, b := range s.cfg.Backends {
@@ -64,11 +67,11 @@ func (m *Machine) broadcastObs(name string, s *service, direct bool) {
 		m.log.Error("cluster: encoding observation", "service", name, "err", err)
 		return
 	}
-	m.broadcast("obs/"+name, b)
-	if direct {
-		for _, p := range m.others {
-			m.sendLossy(p, b, nil)
-		}
+	if change {
+		m.broadcast("obs/"+name, b)
+	}
+	for _, p := range m.others {
+		m.sendLossy(p, b, nil)
 	}
 }
 

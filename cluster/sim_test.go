@@ -773,7 +773,7 @@ func (s *sim) run() string {
 	since := time.Duration(-1)
 	watch = func() {
 		switch {
-		case s.converged() != "":
+		case s.converged() != "" || s.movePending():
 			since = -1
 		case since < 0:
 			since = s.now
@@ -858,6 +858,18 @@ func (s *sim) run() string {
 		s.checkEnd()
 	}
 	return s.failed
+}
+
+// movePending reports whether a proxy that runs holds a failed promote it
+// may still move on from (its fence hook is retried, or the settle period
+// runs): a run does not end early then.
+func (s *sim) movePending() bool {
+	for _, nd := range s.nodes {
+		if nd.alive && !nd.lost && nd.m.svcs[simService].act.failed != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *sim) batching() bool {

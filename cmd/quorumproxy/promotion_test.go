@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
@@ -445,6 +446,17 @@ func TestPromotionSwitchoverToTheReportedPrimary(t *testing.T) {
 	testwait.For(t, "every proxy holding epoch 1 on s", 30*time.Second, func() bool {
 		for _, px := range c.ps {
 			if v := px.clusterService(t); v.Epoch != 1 || v.Primary != "s" || v.LeaseMS <= 0 {
+				return false
+			}
+		}
+		return true
+	})
+	// As an operator would, after looking: p is up on every proxy (a
+	// first check can time out on a loaded machine).
+	testwait.For(t, "every proxy seeing p up", 30*time.Second, func() bool {
+		for _, px := range c.ps {
+			s := px.d.service(t, "db")
+			if s == nil || !slices.ContainsFunc(s.Backends, func(b adminapi.Backend) bool { return b.Name == "p" && b.Health == "up" }) {
 				return false
 			}
 		}

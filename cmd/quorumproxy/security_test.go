@@ -200,9 +200,11 @@ func TestMeasureGossipFlood(t *testing.T) {
 
 // TestSecurityGossipFlood: 20,000 garbage datagrams a second on one
 // proxy's gossip port for 5s: it keeps its lease and its sessions, and its
-// log says so in a line or two, not one line per packet.
+// log says so in a line or two, not one line per packet. The lease is 1s
+// (the production default is 3s): at 600ms a race-built proxy lost it
+// once in three runs of the whole suite on 2 cores, flood or not.
 func TestSecurityGossipFlood(t *testing.T) {
-	c := startFloodCluster(t, binPath, `"600ms"`)
+	c := startFloodCluster(t, binPath, `"1s"`)
 	p := c.ps[0]
 	before := strings.Count(p.d.logs.String(), "\n")
 	s := holdSessions(t, p.listen, 10)
