@@ -110,18 +110,23 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 			p.stop(5 * time.Second)
 		}
 	}()
+	// Log lines at the end of each phase; a phase that failed ends where
+	// the run did, and the phases after it log nothing.
 	r.logLines = make([][4]int, len(spec.nodes))
-	mark := func(k int) {
+	phase := 0
+	mark := func() {
+		phase++
 		for i, n := range spec.nodes {
-			r.logLines[i][k] = countLines(n.logPath)
-			if k < 3 {
-				for j := k + 1; j < 4; j++ {
-					r.logLines[i][j] = r.logLines[i][k]
-				}
+			for k := phase; k < 4; k++ {
+				r.logLines[i][k] = countLines(n.logPath)
 			}
 		}
 	}
-	defer mark(3)
+	defer func() {
+		if phase < 3 {
+			mark()
+		}
+	}()
 	var clients []*adminapi.Client
 	start := time.Now()
 	for _, n := range spec.nodes {
@@ -142,7 +147,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 		r.coldAll = max(r.coldAll, w.all)
 	}
 	logf("cold start: every service routed on every proxy after %.1fs", r.coldAll.Seconds())
-	mark(1)
+	mark()
 
 	if err := sleep(ctx, o.settle); err != nil {
 		return err
@@ -188,7 +193,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 			return p.failure()
 		}
 	}
-	mark(2)
+	mark()
 
 	before, err := readCounters(ctx, clients, r.fetch)
 	if err != nil {
