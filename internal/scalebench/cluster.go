@@ -148,14 +148,15 @@ func readStatus(ctx context.Context, c *adminapi.Client, fs *fetchStats) (*admin
 	return st, nil
 }
 
-// routedTo counts the cluster services that this proxy routes to backend.
+// routedTo counts the cluster services that this proxy routes to backend,
+// or to any backend when backend is "".
 func routedTo(st *adminapi.Status, backend string) int {
 	if st == nil || st.Cluster == nil {
 		return 0
 	}
 	n := 0
 	for _, s := range st.Cluster.Services {
-		if s.Routing == backend {
+		if s.Routing == backend || backend == "" && s.Routing != "" {
 			n++
 		}
 	}
@@ -175,7 +176,7 @@ func describeUnrouted(st *adminapi.Status, backend string) string {
 	counts := map[key]int{}
 	example := map[key]adminapi.ClusterService{}
 	for _, s := range st.Cluster.Services {
-		if s.Routing == backend {
+		if s.Routing == backend || backend == "" && s.Routing != "" {
 			continue
 		}
 		k := key{s.Routing, s.Held, s.Decision}
@@ -249,7 +250,7 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 					}
 					if st.Cluster != nil {
 						for _, s := range st.Cluster.Services {
-							if _, ok := seen[s.Service]; !ok && s.Routing == backend {
+							if _, ok := seen[s.Service]; !ok && (s.Routing == backend || backend == "" && s.Routing != "") {
 								seen[s.Service] = now
 							}
 						}

@@ -137,8 +137,8 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 		ps = append(ps, p)
 		clients = append(clients, statusClient(n.admin))
 	}
-	logf("%d proxies started; waiting until every service routes to backend a on every proxy", len(ps))
-	cold, err := waitRouted(ctx, ps, clients, spec.services, "a", start, o.coldTimeout, r.fetch)
+	logf("%d proxies started; waiting until every service routes (to a, normally) on every proxy", len(ps))
+	cold, err := waitRouted(ctx, ps, clients, spec.services, "", start, o.coldTimeout, r.fetch)
 	r.cold = cold
 	if err != nil {
 		return fmt.Errorf("cold start: %w", err)
