@@ -156,11 +156,20 @@ func routedTo(st *adminapi.Status, backend string) int {
 	}
 	n := 0
 	for _, s := range st.Cluster.Services {
-		if s.Routing == backend || backend == "" && s.Routing != "" {
+		if routesTo(s.Routing, backend) {
 			n++
 		}
 	}
 	return n
+}
+
+// routesTo reports whether routing names backend, or any backend when
+// backend is "".
+func routesTo(routing, backend string) bool {
+	if backend == "" {
+		return routing != ""
+	}
+	return routing == backend
 }
 
 // describeUnrouted says, for a proxy not yet routing every service to
@@ -176,7 +185,7 @@ func describeUnrouted(st *adminapi.Status, backend string) string {
 	counts := map[key]int{}
 	example := map[key]adminapi.ClusterService{}
 	for _, s := range st.Cluster.Services {
-		if s.Routing == backend || backend == "" && s.Routing != "" {
+		if routesTo(s.Routing, backend) {
 			continue
 		}
 		k := key{s.Routing, s.Held, s.Decision}
@@ -250,7 +259,7 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 					}
 					if st.Cluster != nil {
 						for _, s := range st.Cluster.Services {
-							if _, ok := seen[s.Service]; !ok && (s.Routing == backend || backend == "" && s.Routing != "") {
+							if _, ok := seen[s.Service]; !ok && routesTo(s.Routing, backend) {
 								seen[s.Service] = now
 							}
 						}

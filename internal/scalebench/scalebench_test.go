@@ -159,3 +159,14 @@ func TestBackendClose(t *testing.T) {
 		t.Fatal("dial after close succeeded")
 	}
 }
+
+func TestRoutesTo(t *testing.T) {
+	for _, c := range []struct {
+		routing, backend string
+		want             bool
+	}{{"a", "a", true}, {"b", "a", false}, {"", "a", false}, {"a", "", true}, {"", "", false}} {
+		if got := routesTo(c.routing, c.backend); got != c.want {
+			t.Errorf("routesTo(%q, %q) = %v", c.routing, c.backend, got)
+		}
+	}
+}
