@@ -172,6 +172,14 @@ func routesTo(routing, backend string) bool {
 	return routing == backend
 }
 
+// backendLabel names backend in messages.
+func backendLabel(backend string) string {
+	if backend == "" {
+		return "any backend"
+	}
+	return strconv.Quote(backend)
+}
+
 // describeUnrouted says, for a proxy not yet routing every service to
 // backend, how many are where, with one example of each state.
 func describeUnrouted(st *adminapi.Status, backend string) string {
@@ -199,8 +207,8 @@ func describeUnrouted(st *adminapi.Status, backend string) string {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return counts[keys[i]] > counts[keys[j]] })
-	out := fmt.Sprintf("recovering=%v reachable=%v; %d of %d services not routed to %q",
-		st.Cluster.Recovering, st.Cluster.Reachable, len(st.Cluster.Services)-routedTo(st, backend), len(st.Cluster.Services), backend)
+	out := fmt.Sprintf("recovering=%v reachable=%v; %d of %d services not routed to %s",
+		st.Cluster.Recovering, st.Cluster.Reachable, len(st.Cluster.Services)-routedTo(st, backend), len(st.Cluster.Services), backendLabel(backend))
 	for i, k := range keys {
 		if i == 3 {
 			out += fmt.Sprintf("; %d more states", len(keys)-3)
@@ -286,8 +294,8 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 					if lastErr != nil {
 						w.last += fmt.Sprintf(" (last read: %v)", lastErr)
 					}
-					errs[i] = fmt.Errorf("%s: %d of %d services were routed to %q at some time within %v, never all at once: %s",
-						ps[i].name, len(seen), services, backend, timeout, w.last)
+					errs[i] = fmt.Errorf("%s: %d of %d services were routed to %s at some time within %v, never all at once: %s",
+						ps[i].name, len(seen), services, backendLabel(backend), timeout, w.last)
 					return
 				case <-time.After(pollEvery):
 				}
