@@ -275,14 +275,9 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 					// Done when every service routes to backend at once,
 					// not merely each at some time: a service may lose
 					// its route again.
+					w.first, w.median = firstAndMedian(seen, services)
 					if routedTo(st, backend) >= services {
 						w.all = now
-						times := make([]time.Duration, 0, len(seen))
-						for _, d := range seen {
-							times = append(times, d)
-						}
-						slices.Sort(times)
-						w.first, w.median = times[0], times[len(times)/2]
 						return
 					}
 				} else {
@@ -304,6 +299,23 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 	}
 	wg.Wait()
 	return res, errors.Join(errs...)
+}
+
+// firstAndMedian are the earliest time in seen and the time by which half
+// of services were seen (0 while fewer were).
+func firstAndMedian(seen map[string]time.Duration, services int) (first, median time.Duration) {
+	times := make([]time.Duration, 0, len(seen))
+	for _, d := range seen {
+		times = append(times, d)
+	}
+	slices.Sort(times)
+	if len(times) > 0 {
+		first = times[0]
+	}
+	if half := services / 2; len(times) > half {
+		median = times[half]
+	}
+	return first, median
 }
 
 // readCounters reads every proxy's cluster counters.
