@@ -32,6 +32,7 @@ demo: deps build
 
 bench: deps build
 	$(GO) run ./internal/bench -bin $(BIN)
+	$(GO) run ./internal/scalebench -bin $(BIN) -proxies 3,5 -interval 1s,2s -out bench-results-scale.md
 
 # Long runs kept out of `make test`: many more simulation seeds, detection-time
 # trials, and longer, lossier partition scenarios with more trials.

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// logSummary is what one proxy logged: lines by level, and the most
+// frequent WARN and ERROR messages with one full line each.
+type logSummary struct {
+	lines   int
+	bytes   int64
+	byLevel map[string]int
+	top     []msgCount // WARN and ERROR messages, most frequent first
+}
+
+type msgCount struct {
+	level, msg string
+	n          int
+	example    string
+}
+
+// summarizeLog reads a proxy's log (slog text format: `time=... level=WARN
+// msg="..." key=value ...`). Lines of another shape count under level "".
+func summarizeLog(r io.Reader) (logSummary, error) {
+	s := logSummary{byLevel: map[string]int{}}
+	counts := map[[2]string]*msgCount{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		s.lines++
+		s.bytes += int64(len(line)) + 1
+		level, msg := logField(line, "level"), logField(line, "msg")
+		s.byLevel[level]++
+		if level != "WARN" && level != "ERROR" {
+			continue
+		}
+		k := [2]string{level, msg}
+		c := counts[k]
+		if c == nil {
+			c = &msgCount{level: level, msg: msg, example: line}
+			counts[k] = c
+		}
+		c.n++
+	}
+	for _, c := range counts {
+		s.top = append(s.top, *c)
+	}
+	sort.Slice(s.top, func(i, j int) bool {
+		if s.top[i].n != s.top[j].n {
+			return s.top[i].n > s.top[j].n
+		}
+		return s.top[i].msg < s.top[j].msg
+	})
+	return s, sc.Err()
+}
+
+// logField is the value of key in a slog text line: a bare word, or a
+// quoted string (unquoted here).
+func logField(line, key string) string {
+	i := strings.Index(" "+line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	rest := line[i+len(key)+1:]
+	if strings.HasPrefix(rest, `"`) {
+		if v, err := strconv.QuotedPrefix(rest); err == nil {
+			if u, err := strconv.Unquote(v); err == nil {
+				return u
+			}
+		}
+		return rest
+	}
+	if j := strings.IndexByte(rest, ' '); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}
+
+// summarizeLogFile is summarizeLog of the file at path.
+func summarizeLogFile(path string) (logSummary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return logSummary{}, err
+	}
+	defer f.Close()
+	return summarizeLog(f)
+}
+
+// countLines is the number of lines in the file at path (0 if unreadable).
+func countLines(path string) int {
+	s, err := summarizeLogFile(path)
+	if err != nil {
+		return 0
+	}
+	return s.lines
+}
+
+// levels is "INFO 12, WARN 3" in a fixed order.
+func (s logSummary) levels() string {
+	var parts []string
+	for _, l := range []string{"DEBUG", "INFO", "WARN", "ERROR", ""} {
+		if n := s.byLevel[l]; n > 0 {
+			name := l
+			if name == "" {
+				name = "other"
+			}
+			parts = append(parts, fmt.Sprintf("%s %d", name, n))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
