@@ -73,6 +73,7 @@ func (m *Machine) flush() error {
 		m.counters.Saves++
 		err := m.store.Save(m.st.clone())
 		if err != nil {
+			m.version++
 			for name, d := range o.dirty {
 				if d.had {
 					m.st.Services[name] = d.old

@@ -38,6 +38,12 @@ func (r *leaseReq) slot(service string) *leaseSlot {
 // OnQuorumLoss keep, the last primary comes back without a lease and a
 // non-positive remaining time.
 func (m *Machine) Route(svc string) (string, time.Duration) {
+	return m.routeAt(svc, m.clock.Now())
+}
+
+// routeAt is Route with the clock read by the caller, once for many
+// services (the clock is a system call).
+func (m *Machine) routeAt(svc string, now time.Duration) (string, time.Duration) {
 	s := m.svcs[svc]
 	if s == nil {
 		return "", 0
@@ -46,7 +52,7 @@ func (m *Machine) Route(svc string) (string, time.Duration) {
 	if ss.Record.Primary == "" || m.storeErr != nil {
 		return "", 0
 	}
-	if rem := m.leaseRemaining(svc, s, ss); rem > 0 {
+	if rem := m.leaseRemainingAt(svc, s, ss, now); rem > 0 {
 		return ss.Record.Primary, rem
 	}
 	if m.cfg.OnQuorumLoss == QuorumLossKeep && !m.recovering {
@@ -56,13 +62,19 @@ func (m *Machine) Route(svc string) (string, time.Duration) {
 }
 
 func (m *Machine) leaseRemaining(svc string, s *service, ss ServiceState) time.Duration {
+	return m.leaseRemainingAt(svc, s, ss, m.clock.Now())
+}
+
+// leaseRemainingAt is leaseRemaining at now, a clock reading taken no
+// earlier than the caller's decision (a stale one would overstate it).
+func (m *Machine) leaseRemainingAt(svc string, s *service, ss ServiceState, now time.Duration) time.Duration {
 	if m.recovering || s.lease.epoch != ss.Record.Epoch || ss.Record.Epoch == 0 {
 		return 0
 	}
 	if ss.MaxVoted > ss.Record.Epoch && !m.cfg.knobs.voterKeepsRouting {
 		return 0
 	}
-	return s.lease.expiry - m.clock.Now()
+	return s.lease.expiry - now
 }
 
 // flushLeaseSoon sends the lease requests a new record asked for.
@@ -210,7 +222,7 @@ func (m *Machine) maybeLease(sl *leaseSlot, sentAt, now time.Duration) {
 	} else if exp > s.lease.expiry {
 		s.lease.expiry = exp
 	}
-	if m.leaseRemaining(name, s, ss) > 0 {
+	if m.leaseRemainingAt(name, s, ss, now) > 0 {
 		s.leaseAt = now
 	}
 	m.actuate(name, s, now)

@@ -76,8 +76,10 @@ type Machine struct {
 	// changed unseen meanwhile.
 	lastInput, resumedAt time.Duration
 
-	out      outbox   // the step's saves and output (commit.go)
-	logs     *stepLog // the step's log lines (steplog.go)
+	version  uint64        // counts changes to st in memory (Node re-encodes LocalState on one)
+	stepAt   time.Duration // the clock when the payload being stepped came in
+	out      outbox        // the step's saves and output (commit.go)
+	logs     *stepLog      // the step's log lines (steplog.go)
 	counters Counters
 }
 
@@ -247,6 +249,7 @@ func (m *Machine) save(name string, ss ServiceState) error {
 		m.out.dirty[name] = dirtyState{old: old, had: had}
 	}
 	m.st.Services[name] = ss
+	m.version++
 	return nil
 }
 
@@ -343,7 +346,9 @@ func (m *Machine) wake(now time.Duration) {
 // Step handles one payload from peer from.
 func (m *Machine) Step(from string, payload []byte) {
 	defer m.endStep()
-	m.wake(m.clock.Now())
+	now := m.clock.Now()
+	m.wake(now)
+	m.stepAt = now
 	m.step(from, payload, true)
 }
 
@@ -366,7 +371,7 @@ func (m *Machine) step(from string, payload []byte, top bool) {
 			m.drop(from, fmt.Errorf("message type %d: %w", t, err))
 			return false
 		}
-		m.heard[from] = m.clock.Now()
+		m.heard[from] = m.stepAt
 		return true
 	}
 	switch t {

@@ -27,6 +27,8 @@ type Node struct {
 	in     chan func()
 	routes map[string]*atomic.Pointer[route]
 	state  atomic.Pointer[[]byte] // LocalState snapshot
+	// stateAt is the Machine's version when state was encoded.
+	stateAt uint64
 
 	dropped   atomic.Uint64
 	onRoute   func(service, backend string)
@@ -250,7 +252,7 @@ func (n *Node) drain() {
 func (n *Node) publish() {
 	now := n.clock.Now()
 	for name, p := range n.routes {
-		b, rem := n.m.Route(name)
+		b, rem := n.m.routeAt(name, now)
 		r := &route{backend: b}
 		if b != "" && rem > 0 {
 			r.deadline = now + rem
@@ -263,8 +265,12 @@ func (n *Node) publish() {
 			n.onRoute(name, r.backend)
 		}
 	}
-	b := n.m.localState()
-	n.state.Store(&b)
+	if v := n.m.version; v != n.stateAt || n.state.Load() == nil {
+		// Encoded again only when the records may have changed.
+		n.stateAt = v
+		b := n.m.localState()
+		n.state.Store(&b)
+	}
 }
 
 // enqueue hands f to the machine's goroutine without blocking; a full

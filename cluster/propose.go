@@ -204,7 +204,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		stalled:   func() bool { return m.promoteStalled(s, rec, ss, now) },
 		follow:    func() string { return m.followTarget(name, s, rec, now) },
 		liveness: func() bool {
-			if m.leaseRemaining(name, s, ss) > 0 || now-s.leaseAt <= m.livenessAfter() || !m.reachesQuorum() {
+			if m.leaseRemainingAt(name, s, ss, now) > 0 || now-s.leaseAt <= m.livenessAfter() || !m.reachesQuorum() {
 				return false
 			}
 			// Every proxy that lost its lease with the others, or voted

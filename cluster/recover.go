@@ -120,6 +120,7 @@ func (m *Machine) finishRecovery() {
 		m.log.Info("cluster: state_dir can be written again: this proxy takes part again")
 	}
 	m.st = st
+	m.version++
 	m.recovering = false
 	m.sync = nil
 	now := m.clock.Now()
