@@ -38,6 +38,7 @@ bench: deps build
 # trials, and longer, lossier partition scenarios with more trials.
 soak: deps
 	QP_REQUIRE_SERVERS=1 QP_SIM_SEEDS=100000 QP_SIM_LONG=1 $(GO) test -timeout 80m -run 'TestSimulation$$' ./cluster/
+	QP_SIM_TWIN_SEEDS=200 $(GO) test -timeout 30m -run 'TestSimulationManyServices$$' ./cluster/
 	QP_REQUIRE_SERVERS=1 QP_DETECT_TRIALS=20 $(GO) test -timeout 20m -run Detection -v ./health/
 	QP_REQUIRE_SERVERS=1 QP_CHAOS_TRIALS=10 QP_CHAOS_SECONDS=120 QP_CHAOS_LOSS=20 $(GO) test -timeout 60m -v ./internal/chaos/
 

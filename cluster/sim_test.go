@@ -70,6 +70,11 @@ type simOpts struct {
 	// roles (three in four do), 1 always, 2 never. fence likewise chooses
 	// whether a fence hook is configured (0: seven in ten, 1 yes, 2 no).
 	roles, fence int
+	// twins adds that many services over the same backends, seen the same
+	// way, without hooks or roles: hundreds of services that one failure
+	// hits at once. Each is checked for the agreement's invariants (no
+	// epoch goes back, one value per epoch, never two backends routed).
+	twins int
 	// batch: 0 lets the seed choose (odd seeds) whether a proxy takes the
 	// deliveries queued for it within simBatchWindow in one step (one
 	// save, one payload per peer), as a Node drains its inbox; 1 always,
@@ -185,6 +190,8 @@ type simNode struct {
 	// silentUntil keeps this node's outgoing links cut across partition
 	// changes: a proposer that went quiet after gathering its votes.
 	silentUntil time.Duration
+	twinEpoch   []uint64    // the last record epoch seen per twin service
+	twinRoute   []twinRoute // the last route seen per twin service
 }
 
 // traceHandler writes a traced run's log lines into its trace.
@@ -273,10 +280,12 @@ type sim struct {
 	proposed             map[[2]uint64]bool // (node, epoch) of proposals sent
 	follows              map[Value]bool     // values proposed because their primary reported primary
 
-	values    map[uint64]Value
-	firstSeen map[uint64]time.Duration
-	votes     map[Ballot]map[int]bool
-	accepted  map[uint64]Value // the value first accepted at each epoch
+	twins      []ServiceConfig
+	twinValues map[twinEpoch]Value // the value of each twin's epochs
+	values     map[uint64]Value
+	firstSeen  map[uint64]time.Duration
+	votes      map[Ballot]map[int]bool
+	accepted   map[uint64]Value // the value first accepted at each epoch
 	// fenceAt and unfenceAt: when an operator last asked to fence or
 	// unfence each backend; fencedAt: when a commit last added it.
 	fenceAt, unfenceAt, fencedAt map[string]time.Duration
@@ -365,7 +374,7 @@ func newSim(o simOpts) *sim {
 	}
 	s := &sim{o: o, rng: rng, n: n, quor: n/2 + 1, byName: map[string]int{},
 		truth: map[string]bool{}, switchAt: map[string]time.Duration{},
-		values: map[uint64]Value{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{}, accepted: map[uint64]Value{},
+		values: map[uint64]Value{}, twinValues: map[twinEpoch]Value{}, firstSeen: map[uint64]time.Duration{}, votes: map[Ballot]map[int]bool{}, accepted: map[uint64]Value{},
 		fenceAt: map[string]time.Duration{}, unfenceAt: map[string]time.Duration{}, fencedAt: map[string]time.Duration{},
 		promoteFailed: map[uint64]bool{}, maxDelay: 20 * time.Millisecond}
 	s.backends = []BackendConfig{{Name: "pg-a", Priority: 30}, {Name: "pg-b", Priority: 20}, {Name: "pg-c", Priority: 10}}
@@ -440,8 +449,8 @@ const simHookTimeout = simLease
 func (s *sim) start(nd *simNode) {
 	cfg := Config{
 		Name: nd.name, Peers: s.peers, BootID: uint64(s.now) + 1, Seed: s.rng.Uint64() | 1,
-		Services: []ServiceConfig{{Name: simService, Backends: s.backends, RoleAware: s.roleAware,
-			Hooks: HookConfig{Fence: s.fenceHook, Promote: true, Timeout: simHookTimeout}}},
+		Services: append([]ServiceConfig{{Name: simService, Backends: s.backends, RoleAware: s.roleAware,
+			Hooks: HookConfig{Fence: s.fenceHook, Promote: true, Timeout: simHookTimeout}}}, s.twinConfigs()...),
 		knobs: s.o.knobs, FailedPromoteHold: time.Duration(1+s.rng.IntN(3)) * simLease,
 	}
 	cfg = withLease(cfg, simLease)
@@ -468,6 +477,7 @@ func (s *sim) start(nd *simNode) {
 			nd.store.corrupt = false
 			nd.store.st = State{}
 			nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+			nd.twinEpoch, nd.twinRoute = nil, nil
 			s.logf("%s state wiped by the operator", nd.name)
 			s.start(nd)
 		})
@@ -491,6 +501,81 @@ func (s *sim) observe(nd *simNode, b string) {
 		o.Role = s.role[b]
 	}
 	_ = nd.m.Observe(simService, b, o)
+	for _, tw := range s.twinConfigs() {
+		_ = nd.m.Observe(tw.Name, b, Observation{Up: o.Up})
+	}
+}
+
+// twinConfigs are the twin services (simOpts.twins).
+func (s *sim) twinConfigs() []ServiceConfig {
+	if s.o.twins == 0 {
+		return nil
+	}
+	if s.twins == nil {
+		for i := range s.o.twins {
+			s.twins = append(s.twins, ServiceConfig{Name: fmt.Sprintf("twin-%03d", i), Backends: s.backends})
+		}
+	}
+	return s.twins
+}
+
+// checkTwins checks every twin service on nd: its epochs never go back,
+// one value per epoch across the cluster, and no other proxy routes it
+// to another backend when nd starts routing it.
+func (s *sim) checkTwins(nd *simNode) {
+	twins := s.twinConfigs()
+	if len(twins) == 0 {
+		return
+	}
+	if nd.twinEpoch == nil {
+		nd.twinEpoch, nd.twinRoute = make([]uint64, len(twins)), make([]twinRoute, len(twins))
+	}
+	local := simClock{s, nd}.Now()
+	for i, tw := range twins {
+		if rec := nd.m.svcState(tw.Name).Record; rec.Epoch != nd.twinEpoch[i] {
+			if rec.Epoch < nd.twinEpoch[i] {
+				s.fail("%s: %s went back from epoch %d to %d", tw.Name, nd.name, nd.twinEpoch[i], rec.Epoch)
+				return
+			}
+			nd.twinEpoch[i] = rec.Epoch
+			k := twinEpoch{i, rec.Epoch}
+			if v, ok := s.twinValues[k]; ok && v != rec.Value {
+				s.fail("%s: two values at epoch %d: %s and %s (%s)", tw.Name, rec.Epoch, v, rec.Value, nd.name)
+				return
+			}
+			s.twinValues[k] = rec.Value
+		}
+		if nd.paused || s.o.keep {
+			continue
+		}
+		// Checked when nd starts routing (a new backend, or again after
+		// its lease ended): a split brain begins at someone's start.
+		b, rem := nd.m.Route(tw.Name)
+		prev := nd.twinRoute[i]
+		nd.twinRoute[i] = twinRoute{b, local + rem}
+		if b == "" || b == prev.backend && local < prev.until {
+			continue
+		}
+		for _, o := range s.nodes {
+			if o == nd || !o.alive || o.paused {
+				continue
+			}
+			if ob, _ := o.m.Route(tw.Name); ob != "" && ob != b {
+				s.fail("%s: split brain: %s forwards to %s while %s forwards to %s", tw.Name, o.name, ob, nd.name, b)
+				return
+			}
+		}
+	}
+}
+
+type twinRoute struct {
+	backend string
+	until   time.Duration // on the node's own clock
+}
+
+type twinEpoch struct {
+	twin  int
+	epoch uint64
 }
 
 // setRole changes what database b reports; every proxy's check sees it.
@@ -669,19 +754,23 @@ func (s *sim) checkAnswer(from int, to string, msg []byte) {
 		return
 	}
 	nd := s.nodes[from]
-	disk := nd.store.st.Services[simService]
+	// Whatever leaves is on disk, for every service (twins too); the
+	// checks below that model the databases are the simulated service's.
 	switch x := x.(type) {
 	case voteMsg:
-		if x.Granted && disk.MaxVoted < x.Epoch {
-			s.fail("%s granted its vote at epoch %d to %s, but its disk holds a vote at %d", nd.name, x.Epoch, to, disk.MaxVoted)
+		if disk := nd.store.st.Services[x.Service]; x.Granted && disk.MaxVoted < x.Epoch {
+			s.fail("%s: %s granted its vote at epoch %d to %s, but its disk holds a vote at %d", x.Service, nd.name, x.Epoch, to, disk.MaxVoted)
 		}
 	case acceptedMsg:
-		if x.OK && disk.Accepted.Epoch < x.Epoch {
-			s.fail("%s acknowledged %s at epoch %d to %s, but its disk holds an acceptance at %d", nd.name, x.Value, x.Epoch, to, disk.Accepted.Epoch)
+		if disk := nd.store.st.Services[x.Service]; x.OK && disk.Accepted.Epoch < x.Epoch {
+			s.fail("%s: %s acknowledged %s at epoch %d to %s, but its disk holds an acceptance at %d", x.Service, nd.name, x.Value, x.Epoch, to, disk.Accepted.Epoch)
 		}
 	case proposeMsg:
-		if disk.MaxVoted < x.Epoch {
-			s.fail("%s proposes epoch %d, but its disk holds its vote at %d", nd.name, x.Epoch, disk.MaxVoted)
+		if disk := nd.store.st.Services[x.Service]; disk.MaxVoted < x.Epoch {
+			s.fail("%s: %s proposes epoch %d, but its disk holds its vote at %d", x.Service, nd.name, x.Epoch, disk.MaxVoted)
+		}
+		if x.Service != simService {
+			return
 		}
 		// A new cluster routes only to a backend that reports primary: a
 		// bootstrap proposes one (a forced value finishes such a proposal).
@@ -979,6 +1068,7 @@ func (s *sim) fault() {
 			case mode == 0:
 				nd.store.st, nd.store.written = State{}, false
 				nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+				nd.twinEpoch, nd.twinRoute = nil, nil
 				s.logf("%s state_dir wiped", nd.name)
 			case mode == 1:
 				nd.store.corrupt = true
@@ -1298,6 +1388,7 @@ func (s *sim) heal() {
 				nd.store.corrupt = false
 				nd.store.st = State{}
 				nd.lastRec, nd.lastPro, nd.lastAcc = Record{}, 0, Ballot{}
+				nd.twinEpoch, nd.twinRoute = nil, nil
 				s.logf("%s state wiped by the operator", nd.name)
 			}
 			s.start(nd)
@@ -1312,6 +1403,10 @@ func (s *sim) heal() {
 // other proxy is compared with it.
 func (s *sim) checkNode(nd *simNode) {
 	if !nd.alive || s.failed != "" {
+		return
+	}
+	s.checkTwins(nd)
+	if s.failed != "" {
 		return
 	}
 	ss := nd.m.svcState(simService)
@@ -1796,4 +1891,79 @@ func TestSimulationPromoteFailureMovesOn(t *testing.T) {
 			t.Fatalf("seed %d (N=%d): %s\n%s", o.seed, s.n, msg, strings.Join(lines, "\n"))
 		}
 	}
+}
+
+// TestSimulationManyServices: hundreds of services over the same backends
+// (twins of the simulated one, without hooks or roles), every invariant
+// checked for each. Scripted, the primary every service uses dies at once
+// and every proxy must end with every service on a backend that runs;
+// with random faults, only safety is judged for the twins.
+func TestSimulationManyServices(t *testing.T) {
+	d := defaultOpts()
+	scripted, random, twins := 10, 20, 200
+	if testing.Short() {
+		scripted, random, twins = 3, 5, 100
+	}
+	if v := os.Getenv("QP_SIM_TWIN_SEEDS"); v != "" { // make soak runs more
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("QP_SIM_TWIN_SEEDS=%q: want a positive integer", v)
+		}
+		scripted, random = n, 2*n
+	}
+	for i := range scripted {
+		o := simOpts{seed: uint64(i) + seedBase, faults: 3 * simLease, heal: 5 * simLease, script: true,
+			spread: 200 * time.Millisecond, twins: twins}
+		s := newSim(o)
+		s.stats = &simStats{}
+		msg := s.run()
+		if msg == "" {
+			msg = s.twinsConverged()
+		}
+		if msg != "" {
+			t.Fatalf("seed %d (N=%d, %d twins, scripted): %s", o.seed, s.n, twins, msg)
+		}
+	}
+	for i := range random {
+		o := simOpts{seed: uint64(i) + seedBase, faults: d.faults, heal: d.heal, promoteFail: d.promoteFail, twins: twins / 8}
+		s := newSim(o)
+		s.stats = &simStats{}
+		if msg := s.run(); msg != "" {
+			t.Fatalf("seed %d (N=%d, %d twins, random faults): %s", o.seed, s.n, twins/8, msg)
+		}
+	}
+}
+
+// The twins' checks find a broken rule: without the lease wait before a
+// commit, some twin is routed to two backends at once.
+func TestSimulationManyServicesFindsSplitBrain(t *testing.T) {
+	d := defaultOpts()
+	for i := range 100 {
+		o := simOpts{seed: uint64(i) + seedBase, faults: d.faults, heal: d.heal, twins: 25, safetyOnly: true,
+			roles: 2, fence: 2, knobs: knobs{noLeaseWait: true}}
+		s := newSim(o)
+		s.stats = &simStats{}
+		if msg := s.run(); strings.Contains(msg, "twin-") && strings.Contains(msg, "split brain") {
+			t.Logf("found at seed %d: %s", o.seed, msg)
+			return
+		}
+	}
+	t.Fatal("no split brain of a twin in 100 seeds without the lease wait")
+}
+
+// twinsConverged says why the twins have not all moved to a backend that
+// runs on every proxy that runs ("" if they have).
+func (s *sim) twinsConverged() string {
+	for _, nd := range s.nodes {
+		if !nd.alive || nd.lost {
+			continue
+		}
+		for _, tw := range s.twinConfigs() {
+			b, _ := nd.m.Route(tw.Name)
+			if b == "" || !s.truth[b] {
+				return fmt.Sprintf("%s routes %s to %q at the end (runs: %v)", nd.name, tw.Name, b, s.truth[b])
+			}
+		}
+	}
+	return ""
 }
