@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/quorumproxy/quorumproxy/config"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -243,17 +244,17 @@ func TestMeasureIdleSelf(t *testing.T) {
 
 func TestParseStatCPU(t *testing.T) {
 	stat := "24811 (a b) c) R 24808 24808 11260 0 -1 4194304 101 0 0 0 250 130 0 0 20 0 1 0 92960 3133440 383\n"
-	got, err := parseStatCPU(stat)
+	got, err := testenv.ParseStatCPU(stat)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got != 3.8 {
 		t.Fatalf("cpu %v, want 3.8", got)
 	}
-	if _, err := parseStatCPU("1 (x) R 1 2"); err == nil {
+	if _, err := testenv.ParseStatCPU("1 (x) R 1 2"); err == nil {
 		t.Fatal("no error for a short line")
 	}
-	self, err := cpuSeconds(os.Getpid())
+	self, err := testenv.CPUSeconds(os.Getpid())
 	if err != nil || self < 0 {
 		t.Fatalf("own cpu %v, %v", self, err)
 	}
@@ -328,11 +329,11 @@ func TestProcsStopAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	child := readPid(t, pidFile)
-	if p.exited() {
+	if p.Exited() {
 		t.Fatal("exited at once")
 	}
 	ps.stopAll() // the shell ignores SIGTERM: SIGKILL after the grace time
-	if !p.exited() {
+	if !p.Exited() {
 		t.Fatal("still running after stopAll")
 	}
 	gone(t, child)

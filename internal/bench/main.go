@@ -163,8 +163,8 @@ func run(ctx context.Context, o options) (err error) {
 		case "redis-benchmark", "connection churn":
 			err, log = redisPing(rd.Addr()), rd.LogPath()
 		case "iperf3":
-			if iperfSrv.exited() {
-				err, log = iperfSrv.failure(), iperfSrv.log
+			if iperfSrv.Exited() {
+				err, log = iperfSrv.Failure(), iperfSrv.Log
 			}
 		}
 		if err == nil {
@@ -175,8 +175,8 @@ func run(ctx context.Context, o options) (err error) {
 	direct := &target{name: tDirect, addrs: maps.Clone(backends)}
 	direct.addrs[svcHold] = hold.addr()
 	if err := waitRoutes(ctx, direct, hold, 30*time.Second); err != nil {
-		if iperfSrv.exited() {
-			return iperfSrv.failure()
+		if iperfSrv.Exited() {
+			return iperfSrv.Failure()
 		}
 		return fmt.Errorf("servers: %w", err)
 	}
@@ -207,7 +207,7 @@ func run(ctx context.Context, o options) (err error) {
 		logf("FAILED quorumproxy: %v", err)
 		failures = append(failures, fmt.Errorf("quorumproxy: %w", err))
 		if qp != nil {
-			qp.proc.stop(3 * time.Second)
+			qp.proc.Stop(3 * time.Second)
 		}
 	} else {
 		proxies = append(proxies, qp)

@@ -6,6 +6,8 @@ import (
 	"math"
 	"runtime"
 	"slices"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // bench is one measuring session over running servers and proxies.
@@ -40,7 +42,7 @@ func (b *bench) idlePhase() ([]row, error) {
 	fds := row{name: rowIdleFDs, unit: "fds", lowerBetter: true, noDirect: true, samples: map[string][]float64{}}
 	for _, t := range b.proxies {
 		logf("idle: %d connections through %s", b.o.idleConns, t.name)
-		res, err := measureIdle(b.ctx, t.proc.pid(), t.addrs[svcHold], b.hold, b.o.idleConns)
+		res, err := measureIdle(b.ctx, t.proc.Pid(), t.addrs[svcHold], b.hold, b.o.idleConns)
 		if b.ctx.Err() != nil {
 			return nil, b.ctx.Err()
 		}
@@ -103,13 +105,13 @@ func (b *bench) warmUp() error {
 // measure runs one workload on t and, for a proxy, records the CPU time the
 // proxy spent per unit of work (f returns how many units it did).
 func (b *bench) measure(t *target, what string, cpuRow, csRow *row, perUnit float64, f func() (units float64, err error)) {
-	if t.proc != nil && t.proc.exited() {
+	if t.proc != nil && t.proc.Exited() {
 		return // reported after this run
 	}
 	var before, csBefore float64
 	if t.proc != nil {
-		before, _ = cpuSeconds(t.proc.pid())
-		csBefore, _ = ctxSwitches(t.proc.pid())
+		before, _ = testenv.CPUSeconds(t.proc.Pid())
+		csBefore, _ = ctxSwitches(t.proc.Pid())
 	}
 	units, err := f()
 	if b.ctx.Err() != nil {
@@ -120,10 +122,10 @@ func (b *bench) measure(t *target, what string, cpuRow, csRow *row, perUnit floa
 		return
 	}
 	if t.proc != nil && units > 0 {
-		if after, err := cpuSeconds(t.proc.pid()); err == nil {
+		if after, err := testenv.CPUSeconds(t.proc.Pid()); err == nil {
 			cpuRow.samples[t.name] = append(cpuRow.samples[t.name], (after-before)/units*perUnit)
 		}
-		if after, err := ctxSwitches(t.proc.pid()); err == nil {
+		if after, err := ctxSwitches(t.proc.Pid()); err == nil {
 			csRow.samples[t.name] = append(csRow.samples[t.name], (after-csBefore)/units)
 		}
 	}
@@ -219,9 +221,9 @@ func (b *bench) throughput() (tput, cpu, cs []row, err error) {
 func (b *bench) dropDead() {
 	var dead []*target
 	for _, t := range b.proxies {
-		if t.proc.exited() {
+		if t.proc.Exited() {
 			dead = append(dead, t)
-			b.fail(t.proc.failure())
+			b.fail(t.proc.Failure())
 		}
 	}
 	gone := func(t *target) bool { return slices.Contains(dead, t) }

@@ -5,7 +5,6 @@ import (
 
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,75 +24,18 @@ type procs struct {
 }
 
 // proc is one started process and the channel closed when it has exited.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error // set before done is closed
-}
+type proc = testenv.Group
 
 // start runs argv in the background, logging to dir/name.log.
 func (ps *procs) start(name string, argv []string, env []string) (*proc, error) {
-	logPath := filepath.Join(ps.dir, name+".log")
-	f, err := os.Create(logPath)
+	p, err := testenv.StartGroup(name, filepath.Join(ps.dir, name+".log"), argv, env)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = env
-	// Own process group so one signal reaches the process and its children;
-	// Pdeathsig is a last resort if the bench itself dies without cleanup.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: start %s: %w", name, argv[0], err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
 	ps.mu.Lock()
 	ps.list = append(ps.list, p)
 	ps.mu.Unlock()
 	return p, nil
-}
-
-// pid is the process id of p (the process group id too).
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// exited reports whether p has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// failure describes an early exit of p with the tail of its log.
-func (p *proc) failure() error {
-	return fmt.Errorf("%s exited early (%v); last lines of %s:\n%s", p.name, p.err, p.log, testenv.Tail(p.log, 20))
-}
-
-// stop sends SIGTERM to p's process group, and SIGKILL after grace.
-func (p *proc) stop(grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-		<-p.done
-	}
-	// Children that outlived the leader.
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 }
 
 // stopAll stops every process started, newest first.
@@ -103,7 +45,7 @@ func (ps *procs) stopAll() {
 	ps.list = nil
 	ps.mu.Unlock()
 	for i := len(list) - 1; i >= 0; i-- {
-		list[i].stop(3 * time.Second)
+		list[i].Stop(3 * time.Second)
 	}
 }
 

@@ -177,8 +177,8 @@ func waitRoutes(ctx context.Context, t *target, hold *holdServer, timeout time.D
 	for _, s := range serviceNames {
 		var last error
 		for {
-			if t.proc != nil && t.proc.exited() {
-				return t.proc.failure()
+			if t.proc != nil && t.proc.Exited() {
+				return t.proc.Failure()
 			}
 			if last = checks[s](t.addrs[s]); last == nil {
 				break

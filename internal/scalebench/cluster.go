@@ -251,8 +251,8 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 			var last *adminapi.Status
 			var lastErr error
 			for {
-				if ps[i].exited() {
-					errs[i] = ps[i].failure()
+				if ps[i].Exited() {
+					errs[i] = ps[i].Failure()
 					return
 				}
 				st, err := readStatus(ctx, clients[i], fs)
@@ -290,7 +290,7 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 						w.last += fmt.Sprintf(" (last read: %v)", lastErr)
 					}
 					errs[i] = fmt.Errorf("%s: %d of %d services were routed to %s at some time within %v, never all at once: %s",
-						ps[i].name, len(seen), services, backendLabel(backend), timeout, w.last)
+						ps[i].Name, len(seen), services, backendLabel(backend), timeout, w.last)
 					return
 				case <-time.After(pollEvery):
 				}

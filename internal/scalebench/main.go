@@ -7,7 +7,7 @@
 //   - cold start: from starting the proxies until every service is routed
 //     on every proxy (a brand-new cluster waits for every peer and
 //     recovers from them before its first decision);
-//   - steady CPU of each proxy, in % of one core, from /proc/PID/stat;
+//   - steady CPU of each proxy, in % of one core, from its threads' schedstat;
 //   - gossip bytes per second, from iptables accounting rules on loopback
 //     (root only; removed afterwards);
 //   - mass failover: the first backend's listener is closed and the time

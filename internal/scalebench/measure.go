@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // result is one cluster's figures; err says where it stopped, and the
@@ -107,7 +108,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 	var ps []*proc
 	defer func() {
 		for _, p := range ps {
-			p.stop(5 * time.Second)
+			p.Stop(5 * time.Second)
 		}
 	}()
 	// Log lines at the end of each phase; a phase that failed ends where
@@ -155,7 +156,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 	logf("steady: %v of CPU and gossip, no /status reads meanwhile", o.steady)
 	cpu0 := make([]float64, len(ps))
 	for i, p := range ps {
-		if cpu0[i], err = statCPU(p.pid()); err != nil {
+		if cpu0[i], err = testenv.CPUSeconds(p.Pid()); err != nil {
 			return err
 		}
 	}
@@ -172,7 +173,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 	secs := time.Since(t0).Seconds()
 	r.steadySecs = secs
 	for i, p := range ps {
-		c, err := statCPU(p.pid())
+		c, err := testenv.CPUSeconds(p.Pid())
 		if err != nil {
 			return err
 		}
@@ -189,8 +190,8 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 		}
 	}
 	for _, p := range ps {
-		if p.exited() {
-			return p.failure()
+		if p.Exited() {
+			return p.Failure()
 		}
 	}
 	mark()
@@ -232,8 +233,8 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 		r.counters = append(r.counters, deltaOf(before[i], after[i]))
 	}
 	for _, p := range ps {
-		if p.exited() {
-			return p.failure()
+		if p.Exited() {
+			return p.Failure()
 		}
 	}
 	return nil

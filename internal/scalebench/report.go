@@ -147,7 +147,7 @@ func report(m machine, o options, rs []*result) string {
 		"(cold start) or from closing backend a's listener (failover), as seen by polling every proxy's " +
 		fmt.Sprintf("`GET /status` every %v (plus the read itself): each is late by up to that much. ", pollEvery) +
 		"A service counts as routed when `cluster.services[].routing` names the backend (the proxy holds a lease " +
-		"at the current epoch and does not hold it back). Steady CPU is utime+stime from `/proc/PID/stat` over " +
+		"at the current epoch and does not hold it back). Steady CPU is the run time of every thread (`/proc/PID/task/*/schedstat`) over " +
 		fmt.Sprintf("%v, starting %v after the cold start, with no `/status` reads meanwhile. ", o.steady, o.settle) +
 		"Gossip bytes are IP bytes (headers included) counted by iptables rules on OUTPUT of loopback over the same " +
 		"window: the cluster total counts every packet from or to any gossip port once; a proxy's own port sees " +
