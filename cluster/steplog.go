@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+
+	"github.com/quorumproxy/quorumproxy/internal/logattr"
 )
 
 // stepSummaryMax is how many lines of one kind about different services a
@@ -45,14 +47,7 @@ func (h stepHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h stepHandler) Handle(_ context.Context, r slog.Record) error {
-	service := h.service
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "service" {
-			service = a.Value.String()
-			return false
-		}
-		return true
-	})
+	service := logattr.Service(r, h.service)
 	h.buf.mu.Lock()
 	h.buf.entries = append(h.buf.entries, stepEntry{h: h.next, r: r.Clone(), service: service})
 	h.buf.mu.Unlock()
@@ -60,12 +55,7 @@ func (h stepHandler) Handle(_ context.Context, r slog.Record) error {
 }
 
 func (h stepHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	service := h.service
-	for _, a := range as {
-		if a.Key == "service" {
-			service = a.Value.String()
-		}
-	}
+	service := logattr.ServiceIn(as, h.service)
 	return stepHandler{next: h.next.WithAttrs(as), buf: h.buf, service: service}
 }
 
