@@ -394,7 +394,12 @@ func (n *Node) SetHooks(service string, h HookConfig) error {
 // Status returns a snapshot for /status.
 func (n *Node) Status() (Status, error) {
 	var st Status
-	err := n.call(func() { st = n.m.Status() })
+	// Saved first: a status read in the middle of a step would otherwise
+	// show what the step has not saved yet (and may never save).
+	err := n.call(func() {
+		_ = n.m.flush()
+		st = n.m.Status()
+	})
 	st.Counters.QueueFull = n.dropped.Load()
 	return st, err
 }
