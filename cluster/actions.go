@@ -266,9 +266,7 @@ func (m *Machine) finishIntent(name string, s *service) {
 		return
 	}
 	ss.Intent.Done = true
-	if err := m.save(name, ss); err != nil {
-		m.log.Debug("cluster: saving hook intent", "service", name, "err", err)
-	}
+	m.save(name, ss)
 }
 
 // hand gives one action to the runner.

@@ -1,7 +1,5 @@
 package cluster
 
-import "fmt"
-
 // Group commit. A step (one input, or a batch of inputs a Node drains at
 // once) may change many services: a mass failover commits hundreds. Their
 // saves reach the disk in one Save at the end of the step, and what the
@@ -50,13 +48,13 @@ func (m *Machine) Batch(f func()) {
 	m.out.inBatch = true
 	f()
 	m.out.inBatch = false
-	_ = m.flush()
+	m.flush()
 }
 
 // endStep ends an input outside a batch.
 func (m *Machine) endStep() {
 	if !m.out.inBatch {
-		_ = m.flush()
+		m.flush()
 	}
 }
 
@@ -65,7 +63,7 @@ func (m *Machine) endStep() {
 // the step's output is dropped, as if this proxy had crashed before it:
 // its actions are handed out again from the persisted intent once the
 // store works (storeFailed stops everything meanwhile).
-func (m *Machine) flush() error {
+func (m *Machine) flush() {
 	defer m.logs.flush()
 	m.flushLeaseSoon()
 	o := &m.out
@@ -92,12 +90,11 @@ func (m *Machine) flush() error {
 			c.VotesGranted, c.VotesRefused, c.Proposals, c.Commits, c.Adoptions =
 				o.counted.VotesGranted, o.counted.VotesRefused, o.counted.Proposals, o.counted.Commits, o.counted.Adoptions
 			m.storeFailed(err)
-			return fmt.Errorf("saving state: %w", err)
+			return
 		}
 		clear(o.dirty)
 	}
 	m.release()
-	return nil
 }
 
 // release hands the step's output on: payloads batched per peer, then

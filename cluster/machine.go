@@ -240,7 +240,7 @@ func (m *Machine) svcState(name string) ServiceState { return m.st.Services[name
 // back to what is on disk, so nothing that depends on the change is ever
 // answered (a duplicate gets the answer that was saved), and the proxy
 // takes no part until a save works again (storeFailed).
-func (m *Machine) save(name string, ss ServiceState) error {
+func (m *Machine) save(name string, ss ServiceState) {
 	if len(m.out.dirty) == 0 {
 		m.out.counted = m.counters
 	}
@@ -250,7 +250,6 @@ func (m *Machine) save(name string, ss ServiceState) error {
 	}
 	m.st.Services[name] = ss
 	m.version++
-	return nil
 }
 
 // storeFailed stops the proxy's part in the agreement until the store

@@ -397,7 +397,7 @@ func (n *Node) Status() (Status, error) {
 	// Saved first: a status read in the middle of a step would otherwise
 	// show what the step has not saved yet (and may never save).
 	err := n.call(func() {
-		_ = n.m.flush()
+		n.m.flush()
 		st = n.m.Status()
 	})
 	st.Counters.QueueFull = n.dropped.Load()
@@ -450,7 +450,6 @@ func (n *Node) MergeRemoteState(buf []byte) bool {
 			}
 			n.m.adopt(svc, r, "")
 		}
-		n.m.endStep()
 	})
 }
 

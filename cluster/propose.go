@@ -62,10 +62,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	if ss.Intent.Epoch < rec.Epoch {
 		ss.Intent = HookIntent{}
 	}
-	if err := m.save(name, ss); err != nil {
-		m.log.Debug("cluster: adopting record", "service", name, "epoch", rec.Epoch, "err", err)
-		return
-	}
+	m.save(name, ss)
 	m.counters.Adoptions++
 	s.lease = lease{}
 	s.leaseAt = m.clock.Now()
@@ -715,11 +712,7 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	rec := Record{Epoch: p.epoch, Value: p.value}
 	ss.Record = rec
 	ss.Intent = m.intentFor(s, p.kind, old, rec)
-	if err := m.save(name, ss); err != nil {
-		m.log.Debug("cluster: saving commit", "service", name, "epoch", rec.Epoch, "err", err)
-		m.abandon(name, s, now, "could not persist the commit")
-		return
-	}
+	m.save(name, ss)
 	m.counters.Commits++
 	s.prop = nil
 	s.lease = lease{}

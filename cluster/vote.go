@@ -25,7 +25,8 @@ func (m *Machine) persistVote(name string, ss ServiceState) error {
 		}
 		return nil
 	}
-	return m.save(name, ss)
+	m.save(name, ss)
+	return nil
 }
 
 var (
