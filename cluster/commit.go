@@ -64,7 +64,6 @@ func (m *Machine) endStep() {
 // its actions are handed out again from the persisted intent once the
 // store works (storeFailed stops everything meanwhile).
 func (m *Machine) flush() {
-	defer m.logs.flush()
 	m.flushLeaseSoon()
 	o := &m.out
 	if len(o.dirty) > 0 {

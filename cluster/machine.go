@@ -79,7 +79,6 @@ type Machine struct {
 	version  uint64        // counts changes to st in memory (Node re-encodes LocalState on one)
 	stepAt   time.Duration // the clock when the payload being stepped came in
 	out      outbox        // the step's saves and output (commit.go)
-	logs     *stepLog      // the step's log lines (steplog.go)
 	counters Counters
 }
 
@@ -165,10 +164,9 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store,
+	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
 		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
 		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}}
-	m.log, m.logs = newStepLogger(cfg.Logger)
 	for _, p := range cfg.Peers {
 		if m.members[p] {
 			return nil, fmt.Errorf("cluster: peer %q listed twice", p)

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/quorumproxy/quorumproxy/internal/logattr"
 )
 
 // A burst of log lines of one kind about many services (a mass failover:
@@ -58,7 +56,14 @@ func (h burstHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h burstHandler) Handle(ctx context.Context, r slog.Record) error {
-	service := logattr.Service(r, h.service)
+	service := h.service
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "service" {
+			service = a.Value.String()
+			return false
+		}
+		return true
+	})
 	if service == "" || r.Level < slog.LevelInfo {
 		return h.next.Handle(ctx, r)
 	}
@@ -125,7 +130,12 @@ func more(n int) string {
 }
 
 func (h burstHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	service := logattr.ServiceIn(as, h.service)
+	service := h.service
+	for _, a := range as {
+		if a.Key == "service" {
+			service = a.Value.String()
+		}
+	}
 	return burstHandler{next: h.next.WithAttrs(as), st: h.st, service: service}
 }
 
