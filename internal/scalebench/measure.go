@@ -14,8 +14,7 @@ import (
 // figures up to there are kept.
 type result struct {
 	proxies, services int
-	interval, timeout time.Duration
-	dir               string
+	interval          time.Duration
 	configBytes       int
 
 	cold    []proxyWait
@@ -41,18 +40,23 @@ type result struct {
 
 // measure starts one cluster, measures it and stops it.
 func measure(ctx context.Context, o options, bin string, proxies int, interval time.Duration) *result {
-	r := &result{proxies: proxies, services: o.services, interval: interval, timeout: checkTimeout(interval), fetch: &fetchStats{}}
+	r := &result{proxies: proxies, services: o.services, interval: interval, fetch: &fetchStats{}}
 	dir, err := os.MkdirTemp("", "qp-scalebench-")
 	if err != nil {
 		r.err = err
 		return r
 	}
-	r.dir = dir
-	if o.keep {
-		logf("configs, state and logs in %s (kept)", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
+	// Kept when asked, and when the run failed: its error points at the logs.
+	defer func() {
+		switch {
+		case o.keep:
+			logf("configs, state and logs in %s (kept)", dir)
+		case r.err != nil:
+			logf("the run failed: configs, state and logs kept in %s", dir)
+		default:
+			os.RemoveAll(dir)
+		}
+	}()
 	a, err := listenBackend()
 	if err != nil {
 		r.err = err
@@ -131,7 +135,7 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 	var clients []*adminapi.Client
 	start := time.Now()
 	for _, n := range spec.nodes {
-		p, err := startProc(n.name, n.logPath, bin, "run", "-config", n.cfgPath)
+		p, err := testenv.StartGroup(n.name, n.logPath, []string{bin, "run", "-config", n.cfgPath}, nil)
 		if err != nil {
 			return err
 		}

@@ -10,11 +10,6 @@ import (
 // output in a log file.
 type proc = testenv.Group
 
-// startProc runs argv with stdout and stderr written to logPath.
-func startProc(name, logPath string, argv ...string) (*proc, error) {
-	return testenv.StartGroup(name, logPath, argv, nil)
-}
-
 // raiseNoFile lifts this process's open-file limit, which the proxies
 // inherit, to want when it may (root), else to the hard limit.
 func raiseNoFile(want uint64) (uint64, error) {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/config"
-	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
@@ -88,18 +87,6 @@ func TestParseLists(t *testing.T) {
 	}
 	if checkTimeout(5*time.Second) != time.Second || checkTimeout(400*time.Millisecond) != 200*time.Millisecond {
 		t.Fatal("checkTimeout")
-	}
-}
-
-func TestParseStatCPU(t *testing.T) {
-	// A command name with spaces and a parenthesis; utime 250, stime 50.
-	stat := "1234 (qp (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 0 0"
-	got, err := testenv.ParseStatCPU(stat)
-	if err != nil || got != 3.0 {
-		t.Fatalf("parseStatCPU = %v, %v; want 3", got, err)
-	}
-	if _, err := testenv.ParseStatCPU("1234 qp S 1"); err == nil {
-		t.Fatal("no command name: no error")
 	}
 }
 
