@@ -191,6 +191,12 @@ func (s *service) plan() (plan, <-chan struct{}) {
 // usable reports whether the active-passive target may take a new
 // connection now; call with s.mu held.
 func (s *service) usable() bool {
+	return s.usableWith(s.leaseHeld())
+}
+
+// usableWith is usable with the lease already looked at (a lease read is
+// a clock system call in a cluster).
+func (s *service) usableWith(leaseHeld bool) bool {
 	t := s.target
 	if t == nil || !t.h.Known || !t.h.Up {
 		return false
@@ -198,10 +204,12 @@ func (s *service) usable() bool {
 	if s.cfg.Want == RolePrimary && t.h.Role != RolePrimary {
 		return false
 	}
-	if s.cfg.External && (s.lease == nil || s.lease.Remaining() <= 0) {
-		return false
-	}
-	return true
+	return !s.cfg.External || leaseHeld
+}
+
+// leaseHeld reports whether an External service holds its lease now.
+func (s *service) leaseHeld() bool {
+	return s.lease != nil && s.lease.Remaining() > 0
 }
 
 // candidates snapshots the backends for the pure picker; call with s.mu held.
@@ -329,11 +337,12 @@ func (s *service) status() ServiceStatus {
 	if s.lnErr != nil {
 		st.ListenError = s.lnErr.Error()
 	}
-	usable := !s.cfg.balanced() && s.usable()
+	held := s.cfg.External && s.leaseHeld()
+	usable := !s.cfg.balanced() && s.usableWith(held)
 	if s.target != nil {
 		st.Target = s.target.cfg.Name
 	}
-	if s.cfg.External && s.target != nil && (s.lease == nil || s.lease.Remaining() <= 0) {
+	if s.cfg.External && s.target != nil && !held {
 		st.Reason = "route " + s.target.cfg.Name + ": lease expired"
 	}
 	for _, b := range s.list {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -30,7 +31,12 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		stdout.Write(body)
+		var b bytes.Buffer
+		if json.Indent(&b, body, "", "  ") != nil {
+			b.Reset()
+			b.Write(body) // as sent: the decode below would say what is wrong
+		}
+		stdout.Write(b.Bytes())
 		return 0
 	}
 	var st adminapi.Status

@@ -87,12 +87,13 @@ func (d *Daemon) status() *adminapi.Status {
 // mergeClusterAlerts adds the cluster's alerts about each service (and a
 // store that cannot be written) to the service's own.
 func mergeClusterAlerts(st *adminapi.Status) {
+	at := make(map[string]int, len(st.Services))
+	for i := range st.Services {
+		at[st.Services[i].Name] = i
+	}
 	for _, cs := range st.Cluster.Services {
-		for i := range st.Services {
+		if i, ok := at[cs.Service]; ok {
 			sv := &st.Services[i]
-			if sv.Name != cs.Service {
-				continue
-			}
 			for _, a := range cs.Alerts {
 				if strings.HasPrefix(a, "dual_primary") && slices.ContainsFunc(sv.Alerts, func(x string) bool { return strings.HasPrefix(x, "dual_primary") }) {
 					continue // the local view said it already
