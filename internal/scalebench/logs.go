@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // logSummary is what one proxy logged: lines by level, and the most
@@ -118,4 +120,51 @@ func (s logSummary) levels() string {
 		return "none"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// firstDown is when a proxy's log first says, after since, that the backend
+// at address went down (the health monitor's `backend down` line, for one
+// target or summarised for many); ok is false if it never did.
+func firstDown(r io.Reader, address string, since time.Time) (at time.Time, ok bool, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if logField(line, "msg") != "backend down" || logField(line, "address") != address {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, logField(line, "time"))
+		if err != nil || t.Before(since) {
+			continue
+		}
+		return t, true, nil
+	}
+	return time.Time{}, false, sc.Err()
+}
+
+// quorumDown is how long after since the quorum's last proxy (the
+// (n/2+1)-th) logged that the backend at address went down: from then on
+// a failover is the cluster's work, not the checks'. 0 if fewer did.
+func quorumDown(paths []string, address string, since time.Time) (time.Duration, error) {
+	var ds []time.Duration
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return 0, err
+		}
+		t, ok, err := firstDown(f, address, since)
+		f.Close()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", p, err)
+		}
+		if ok {
+			ds = append(ds, t.Sub(since))
+		}
+	}
+	q := len(paths)/2 + 1
+	if len(ds) < q {
+		return 0, nil
+	}
+	slices.Sort(ds)
+	return ds[q-1], nil
 }

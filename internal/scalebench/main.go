@@ -46,6 +46,7 @@ type options struct {
 	coldTimeout time.Duration
 	failTimeout time.Duration
 	keep        bool
+	baseline    bool // also measure one service alone per cluster size
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 5*time.Minute, "give up on the cold start after this")
 	flag.DurationVar(&o.failTimeout, "failover-timeout", 2*time.Minute, "give up on the failover after this")
 	flag.BoolVar(&o.keep, "keep", false, "keep the configs, state and logs (their directory is printed)")
+	flag.BoolVar(&o.baseline, "baseline", true, "before each cluster, fail over the same cluster with one service: the time the mass failover is held against")
 	flag.BoolVar(&quick, "quick", false, "a short smoke run: 100 services, 5s steady, 2s settle")
 	flag.Parse()
 	if quick {
@@ -162,8 +164,22 @@ func run(ctx context.Context, o options) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		var base *result
+		if o.baseline {
+			logf("cluster %d of %d, baseline: %d proxies × 1 service, checks every %v (cold start and failover only)", i+1, len(o.proxies), n, o.intervals[i])
+			one := o
+			one.services, one.steady = 1, 0
+			if base = measure(ctx, one, bin, n, o.intervals[i]); base.err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				logf("FAILED: %v", base.err)
+				failed = append(failed, fmt.Errorf("%d proxies, one service: %w", n, base.err))
+			}
+		}
 		logf("cluster %d of %d: %d proxies × %d services, checks every %v", i+1, len(o.proxies), n, o.services, o.intervals[i])
 		r := measure(ctx, o, bin, n, o.intervals[i])
+		r.base = base
 		results = append(results, r)
 		if r.err != nil {
 			if ctx.Err() != nil {

@@ -30,6 +30,13 @@ type result struct {
 	fail     []proxyWait
 	failAll  time.Duration
 	failNote string
+	// quorumDown: from the close until a quorum of proxies had logged
+	// backend a down (from their logs, to the millisecond); the rest of
+	// failAll is the cluster's own work.
+	quorumDown time.Duration
+	// base is the same cluster with one service, measured in the same
+	// run: the single-service failover the mass one is held against.
+	base     *result
 	counters []counterDelta
 
 	logLines [][4]int // per proxy: lines at start of cold start, steady, failover, end
@@ -87,12 +94,14 @@ func measure(ctx context.Context, o options, bin string, proxies int, interval t
 	for _, n := range spec.nodes {
 		gossip = append(gossip, n.gossip)
 	}
-	meter, err := newGossipMeter(gossip)
-	if err != nil {
-		r.gossipNote = err.Error()
-		logf("no gossip figure: %v", err)
-	} else {
-		defer meter.remove()
+	var meter *gossipMeter
+	if o.steady > 0 {
+		if meter, err = newGossipMeter(gossip); err != nil {
+			r.gossipNote = err.Error()
+			logf("no gossip figure: %v", err)
+		} else {
+			defer meter.remove()
+		}
 	}
 
 	r.err = r.phases(ctx, o, bin, spec, a, meter)
@@ -154,10 +163,73 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 	logf("cold start: every service routed on every proxy after %.1fs", r.coldAll.Seconds())
 	mark()
 
+	if o.steady > 0 {
+		if err := r.steadyPhase(ctx, o, ps, meter); err != nil {
+			return err
+		}
+	}
+	mark()
+
+	before, err := readCounters(ctx, clients, r.fetch)
+	if err != nil {
+		return fmt.Errorf("counters before the failover: %w", err)
+	}
+	logf("failover: closing backend a's listener; waiting until every service routes to b on every proxy")
+	t1 := time.Now()
+	a.close()
+	fail, err := waitRouted(ctx, ps, clients, spec.services, "b", t1, o.failTimeout, r.fetch)
+	r.fail = fail
+	for _, w := range fail {
+		if w.all == 0 {
+			r.failAll = 0
+			break
+		}
+		r.failAll = max(r.failAll, w.all)
+	}
+	if err != nil {
+		// Still read the counters: they say what the cluster tried.
+		if after, cerr := readCounters(ctx, clients, r.fetch); cerr == nil {
+			for i := range after {
+				r.counters = append(r.counters, deltaOf(before[i], after[i]))
+			}
+		}
+		return fmt.Errorf("failover: %w", err)
+	}
+	var logs []string
+	for _, n := range spec.nodes {
+		logs = append(logs, n.logPath)
+	}
+	if r.quorumDown, err = quorumDown(logs, a.addr(), t1); err != nil {
+		logf("when the proxies saw a down: %v", err)
+	}
+	logf("failover: every service routed to b on every proxy after %.2fs (a quorum saw a down after %.2fs)",
+		r.failAll.Seconds(), r.quorumDown.Seconds())
+	if err := sleep(ctx, o.settle); err != nil {
+		return err
+	}
+	after, err := readCounters(ctx, clients, r.fetch)
+	if err != nil {
+		return fmt.Errorf("counters after the failover: %w", err)
+	}
+	for i := range after {
+		r.counters = append(r.counters, deltaOf(before[i], after[i]))
+	}
+	for _, p := range ps {
+		if p.Exited() {
+			return p.Failure()
+		}
+	}
+	return nil
+}
+
+// steadyPhase measures CPU and gossip over o.steady, after o.settle, with
+// no /status reads meanwhile.
+func (r *result) steadyPhase(ctx context.Context, o options, ps []*proc, meter *gossipMeter) error {
 	if err := sleep(ctx, o.settle); err != nil {
 		return err
 	}
 	logf("steady: %v of CPU and gossip, no /status reads meanwhile", o.steady)
+	var err error
 	cpu0 := make([]float64, len(ps))
 	for i, p := range ps {
 		if cpu0[i], err = testenv.CPUSeconds(p.Pid()); err != nil {
@@ -192,49 +264,6 @@ func (r *result) phases(ctx context.Context, o options, bin string, spec *cluste
 		for i := range g1.perProxy {
 			r.gossipPort = append(r.gossipPort, float64(g1.perProxy[i]-g0.perProxy[i])/secs)
 		}
-	}
-	for _, p := range ps {
-		if p.Exited() {
-			return p.Failure()
-		}
-	}
-	mark()
-
-	before, err := readCounters(ctx, clients, r.fetch)
-	if err != nil {
-		return fmt.Errorf("counters before the failover: %w", err)
-	}
-	logf("failover: closing backend a's listener; waiting until every service routes to b on every proxy")
-	t1 := time.Now()
-	a.close()
-	fail, err := waitRouted(ctx, ps, clients, spec.services, "b", t1, o.failTimeout, r.fetch)
-	r.fail = fail
-	for _, w := range fail {
-		if w.all == 0 {
-			r.failAll = 0
-			break
-		}
-		r.failAll = max(r.failAll, w.all)
-	}
-	if err != nil {
-		// Still read the counters: they say what the cluster tried.
-		if after, cerr := readCounters(ctx, clients, r.fetch); cerr == nil {
-			for i := range after {
-				r.counters = append(r.counters, deltaOf(before[i], after[i]))
-			}
-		}
-		return fmt.Errorf("failover: %w", err)
-	}
-	logf("failover: every service routed to b on every proxy after %.2fs", r.failAll.Seconds())
-	if err := sleep(ctx, o.settle); err != nil {
-		return err
-	}
-	after, err := readCounters(ctx, clients, r.fetch)
-	if err != nil {
-		return fmt.Errorf("counters after the failover: %w", err)
-	}
-	for i := range after {
-		r.counters = append(r.counters, deltaOf(before[i], after[i]))
 	}
 	for _, p := range ps {
 		if p.Exited() {

@@ -95,6 +95,26 @@ func report(m machine, o options, rs []*result) string {
 		return strings.Join(s, " / ") + " KB/s"
 	})
 	row("mass failover: every service on b on every proxy", func(r *result) string { return secs(r.failAll) })
+	row("… a quorum of proxies saw a down (their checks)", func(r *result) string { return secs(r.quorumDown) })
+	row("… from there until every service was on b", func(r *result) string { return secs(afterDown(r)) })
+	row("one service alone, same cluster size, same run: on b on every proxy", func(r *result) string {
+		if r.base == nil {
+			return "not measured"
+		}
+		return secs(r.base.failAll)
+	})
+	row("… from a quorum seeing a down", func(r *result) string {
+		if r.base == nil {
+			return "not measured"
+		}
+		return secs(afterDown(r.base))
+	})
+	row("mass failover minus one service (target: at most +1 s): from the close / from a quorum seeing a down", func(r *result) string {
+		if r.base == nil || r.base.failAll <= 0 || r.failAll <= 0 || afterDown(r) <= 0 || afterDown(r.base) <= 0 {
+			return "not measured"
+		}
+		return fmt.Sprintf("%+.2f s / %+.2f s", (r.failAll - r.base.failAll).Seconds(), (afterDown(r) - afterDown(r.base)).Seconds())
+	})
 	row("… first service on b (fastest proxy)", func(r *result) string {
 		return minOf(r.fail, func(w proxyWait) time.Duration { return w.first })
 	})
@@ -152,7 +172,11 @@ func report(m machine, o options, rs []*result) string {
 		"Gossip bytes are IP bytes (headers included) counted by iptables rules on OUTPUT of loopback over the same " +
 		"window: the cluster total counts every packet from or to any gossip port once; a proxy's own port sees " +
 		"its UDP both ways and the TCP streams others open to it, while the streams it opens count at the peer. " +
-		fmt.Sprintf("Failover counters are the change from just before the listener closed to %v after every service was on b.\n", o.settle))
+		fmt.Sprintf("Failover counters are the change from just before the listener closed to %v after every service was on b. ", o.settle) +
+		"When a quorum saw a down comes from the proxies' logs (the first `backend down` line for a's address on each, to the millisecond; " +
+		"the (N/2+1)-th of them): the time before it is the checks' (interval × fall, and where in its interval each check was when the " +
+		"listener closed, which differs from run to run), the time after it the cluster's. The single-service baseline is the same " +
+		"cluster with one service, started, failed over and stopped just before the mass run.\n")
 
 	for _, r := range rs {
 		fmt.Fprintf(&b, "\n## %d proxies × %d services, check every %v\n\n", r.proxies, r.services, r.interval)
@@ -191,6 +215,15 @@ func report(m machine, o options, rs []*result) string {
 		}
 	}
 	return b.String()
+}
+
+// afterDown is the part of a failover after a quorum saw the backend
+// down: the cluster's own work (0 if either is unknown).
+func afterDown(r *result) time.Duration {
+	if r.failAll <= 0 || r.quorumDown <= 0 || r.quorumDown > r.failAll {
+		return 0
+	}
+	return r.failAll - r.quorumDown
 }
 
 func join(rs []*result, f func(r *result) string) string {

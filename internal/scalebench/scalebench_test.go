@@ -2,6 +2,8 @@ package main
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +158,42 @@ func TestRoutesTo(t *testing.T) {
 		if got := routesTo(c.routing, c.backend); got != c.want {
 			t.Errorf("routesTo(%q, %q) = %v", c.routing, c.backend, got)
 		}
+	}
+}
+
+func TestQuorumDown(t *testing.T) {
+	dir := t.TempDir()
+	since := time.Date(2026, 12, 6, 19, 46, 34, 0, time.UTC)
+	logs := map[string]string{
+		// an earlier down of a, one of another address, then a's
+		"qp1.log": `time=2026-12-06T19:46:30.000Z level=WARN msg="backend down" service=s1 backend=a address=127.0.0.1:1 reason=x
+time=2026-12-06T19:46:36.000Z level=WARN msg="backend down" service=s1 backend=b address=127.0.0.1:2 reason=x
+time=2026-12-06T19:46:37.500Z level=WARN msg="backend down" services=1000 address=127.0.0.1:1 reason="3 failed" targets="s1/a and 999 more"
+`,
+		"qp2.log": `time=2026-12-06T19:46:37.100Z level=WARN msg="backend down" service=s1 backend=a address=127.0.0.1:1 reason=x
+`,
+		"qp3.log": `time=2026-12-06T19:46:38.000Z level=INFO msg="cluster: route" service=s1 backend=b
+`,
+	}
+	var paths []string
+	for _, name := range []string{"qp1.log", "qp2.log", "qp3.log"} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(logs[name]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	// Two of three saw it: the quorum's last at 37.5 s.
+	d, err := quorumDown(paths, "127.0.0.1:1", since)
+	if err != nil || d != 3500*time.Millisecond {
+		t.Fatalf("quorumDown = %v, %v; want 3.5s", d, err)
+	}
+	// Only qp1 saw b go down: no quorum.
+	if d, err := quorumDown(paths, "127.0.0.1:2", since); err != nil || d != 0 {
+		t.Fatalf("quorumDown(b) = %v, %v; want 0", d, err)
+	}
+	r := &result{failAll: 4 * time.Second, quorumDown: 3500 * time.Millisecond}
+	if got := afterDown(r); got != 500*time.Millisecond {
+		t.Fatalf("afterDown = %v", got)
 	}
 }
