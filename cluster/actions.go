@@ -331,6 +331,15 @@ func (m *Machine) actuate(name string, s *service, now time.Duration) {
 	case a.promoted:
 		return
 	}
+	if m.resumedAt != 0 && now-m.resumedAt < m.cfg.ObservationTTL && !m.cfg.knobs.promoteAfterPause {
+		// After standing still, this proxy's views are from before the
+		// pause: its own checks report a change only once they ran again,
+		// and peers' views heard before it still count. A backend may have
+		// come back as primary meanwhile. Once ObservationTTL passed, only
+		// views taken since count.
+		m.hold(name, s, fmt.Sprintf("promote of %q held at epoch %d: this proxy stood still; its views of the backends are not fresh yet", in.Promote, in.Epoch))
+		return
+	}
 	if y, why := m.promoteBlocker(name, s, in, now); y != "" && !m.cfg.knobs.promoteBlind {
 		if s.hooks.Fence && m.fenceDue(s, y, now) {
 			m.hand(name, s, Action{Kind: ActionFence, Epoch: in.Epoch, Backend: y, Old: y, New: in.Promote})

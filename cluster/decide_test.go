@@ -54,6 +54,11 @@ func TestDecide(t *testing.T) {
 			f.fenceOp = &fenceOp{backend: "pg-c"}
 			f.fenceValue = func() (Value, string) { return Value{Primary: "pg-a"}, "" }
 		}, decidePropose, kindUnfence, `primary "pg-a"`},
+		{"a first primary waits its rank", func(f *tickFacts) {
+			f.rec = Record{}
+			f.bootstrap = func() string { return "pg-a" }
+			f.rankWait = func() bool { return true }
+		}, decideNothing, 0, ""},
 		{"a fence with no successor is dropped", func(f *tickFacts) {
 			f.fenceOp = &fenceOp{backend: "pg-a", fence: true}
 			f.fenceValue = func() (Value, string) { return Value{}, "no other backend" }

@@ -7,7 +7,10 @@
 // three small interfaces: a [Clock] (CLOCK_BOOTTIME, [BootClock]), a
 // [Transport] (payloads to one peer, gossip to all) and a [Store] (atomic,
 // durable state, [FileStore]). Its inputs are payloads from peers (Step),
-// the passage of time (Tick), this proxy's own health view (Observe) and
+// the passage of time (Tick, every LeaseTimeout/8; and TickDue at the end
+// of a step for the services whose view of a backend changed in it, so a
+// failover starts once a quorum sees the primary down rather than at the
+// next tick), this proxy's own health view (Observe) and
 // operator switchovers; its outputs are payloads, saves (always completed
 // before the payloads or actions that depend on them), the route
 // ([Machine.Route]) and the OnRecord/OnAction callbacks. A deterministic
@@ -106,9 +109,10 @@
 // voted for gets the same answer; a refusal carries its MaxVoted, Accepted
 // and record, so the proposer learns records and earlier votes.
 //
-// Who proposes a failover. Every proxy that sees the primary objectively
-// down may propose, but a proxy waits one tick (LeaseTimeout/8) for each
-// reachable peer with a higher name first, and a proxy that voted in the
+// Who proposes a failover (or a new cluster's first primary). Every proxy
+// that sees the primary objectively down (or no primary yet) may propose,
+// but a proxy waits one tick (LeaseTimeout/8) for each reachable peer with
+// a higher name first, and a proxy that voted in the
 // meantime does not propose. Usually the highest-named proxy proposes and
 // every other votes for it, so all N vote and the commit needs no lease
 // wait; when several propose at once the votes split, and the winner lacks
@@ -212,6 +216,14 @@
 //     or while a quorum sees it down: the agreement fenced it from all
 //     traffic, and one that is alive but cut off from every proxy is what
 //     the fence hook is for.
+//   - A proxy that stood still (a gap of more than LeaseTimeout/2 between
+//     its inputs: SIGSTOP, a frozen VM) forgets which backends its fence
+//     hooks fenced and starts no promote for ObservationTTL: until then its
+//     own view of a backend is from before the pause (the checks report
+//     changes only, and report one only after they ran again), and peers'
+//     views heard before it still count, so a backend that came back as
+//     primary meanwhile could pass for down. Found by the simulation once a
+//     proxy's checks reported one backend at a time after a pause.
 //   - A promote that was not verified may still land: for the settle
 //     period (twice the hook timeout, at least the timeout plus
 //     LeaseTimeout) after its hook ended its backend counts as maybe
@@ -359,7 +371,8 @@
 //     backends are made candidates).
 //  7. At the databases: no proxy starts a promote while another backend
 //     that no fence hook fenced may be primary (reports primary, or has a
-//     promote of ours under way), unless a quorum sees it down; and a new
+//     promote of ours under way), unless a quorum sees it down, nor for
+//     ObservationTTL after it stood still; and a new
 //     cluster's first primary is one that reports primary (for a service
 //     with roles). The promote runs only under a lease at its epoch, after
 //     the checks above on this proxy's own fresh view; a failed promote is

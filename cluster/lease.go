@@ -182,6 +182,7 @@ func (m *Machine) onLeaseAck(from string, x leaseAckMsg) {
 		return
 	}
 	req := m.pending[x.Counter]
+	now := m.clock.Now() // once: an ack carries many services
 	for _, e := range x.Entries {
 		if m.svcs[e.Service] == nil {
 			m.counters.UnknownService++
@@ -201,7 +202,7 @@ func (m *Machine) onLeaseAck(from string, x leaseAckMsg) {
 		if !slices.Contains(sl.acks, from) {
 			sl.acks = append(sl.acks, from)
 		}
-		m.maybeLease(sl, req.sentAt, m.clock.Now())
+		m.maybeLease(sl, req.sentAt, now)
 	}
 	if req == nil {
 		m.counters.Stale++

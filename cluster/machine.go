@@ -65,6 +65,10 @@ type Machine struct {
 	// routes only under a lease at its epoch, and waiting for the next
 	// periodic request would add up to LeaseTimeout/4 to every switch.
 	leaseSoon bool
+	// due are the services whose view of a backend changed (up, down or
+	// role) since their last tick: TickDue ticks them at the end of the
+	// step instead of at the next periodic tick.
+	due map[string]bool
 	// storeErr is the last failed save, nil once a save worked again:
 	// while it is set the proxy answers nothing it could not persist, so
 	// it neither votes, proposes, confirms leases nor routes.
@@ -118,8 +122,10 @@ type proposing struct {
 	// peerMaxVoted is the highest MaxVoted a peer's answer carried.
 	peerMaxVoted uint64
 	votedAt      time.Duration // when we last cast a vote
-	// downEpoch is the record epoch whose primary this proxy has seen
-	// objectively down since downSince (0: not down).
+	// Since downSince this proxy has wanted a new primary for the record
+	// at downEpoch (its primary objectively down, or none yet): the rank
+	// delay before its own proposal counts from then. downSet: it does.
+	downSet   bool
 	downEpoch uint64
 	downSince time.Duration
 }
@@ -166,7 +172,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 	}
 	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
 		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
-		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}}
+		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}, due: map[string]bool{}}
 	for _, p := range cfg.Peers {
 		if m.members[p] {
 			return nil, fmt.Errorf("cluster: peer %q listed twice", p)
@@ -462,7 +468,32 @@ func (m *Machine) Tick() {
 		m.lastReq = now
 		m.requestLeases(now)
 	}
+	clear(m.due)
 	for _, name := range m.order {
 		m.tickService(name, m.svcs[name], now)
+	}
+}
+
+// TickDue ticks the services whose view of a backend changed since their
+// last tick, now rather than at the next periodic tick (LeaseTimeout/8
+// away): a failover starts once a quorum sees the primary down, not up to
+// a tick later. The Node calls it at the end of every step.
+func (m *Machine) TickDue() {
+	if len(m.due) == 0 {
+		return
+	}
+	defer m.endStep()
+	defer clear(m.due)
+	now := m.clock.Now()
+	// As a tick: a pause shows here first, and what it makes this proxy
+	// forget (fence hooks' successes) must be forgotten before it acts.
+	m.wake(now)
+	if !m.started || m.recovering || m.storeErr != nil {
+		return // the periodic Tick handles these states
+	}
+	for _, name := range m.order {
+		if m.due[name] {
+			m.tickService(name, m.svcs[name], now)
+		}
 	}
 }

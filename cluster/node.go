@@ -218,12 +218,14 @@ func (n *Node) run() {
 			n.m.Batch(func() {
 				f()
 				n.drain()
+				n.m.TickDue()
 			})
 		case <-t.C:
 			n.tr.hold = true
 			n.m.Batch(func() {
 				n.m.Tick()
 				n.drain()
+				n.m.TickDue()
 			})
 		}
 		n.publish()

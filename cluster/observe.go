@@ -34,6 +34,7 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 	}
 	if !had || old.Up != o.Up || old.Role != o.Role {
 		s.obsAt[backend] = m.clock.Now()
+		m.due[svc] = true
 	}
 	if had && !old.Up && o.Up {
 		// Back up after a fence: whatever the hook did is undone.
@@ -82,7 +83,7 @@ func (m *Machine) onObs(from string, x obsMsg) {
 		return
 	}
 	pv := s.remote[from]
-	now := m.clock.Now()
+	now := m.stepAt // when the payload came in; a batch carries many views
 	// A lower boot id is a replay, unless the peer has been silent for a
 	// whole TTL (its wall clock may have been set back across a restart).
 	if pv != nil && ((x.Boot < pv.boot && now-pv.at < m.cfg.ObservationTTL) || (x.Boot == pv.boot && x.Seq <= pv.seq)) {
@@ -96,6 +97,15 @@ func (m *Machine) onObs(from string, x obsMsg) {
 	pv.boot, pv.seq, pv.at = x.Boot, x.Seq, now
 	if pv.view == nil {
 		pv.view = make(map[string]Observation, len(x.Entries))
+	}
+	changed := len(pv.view) != len(x.Entries)
+	for _, e := range x.Entries {
+		if o, ok := pv.view[e.Backend]; !ok || o.Up != e.Obs.Up || o.Role != e.Obs.Role {
+			changed = true
+		}
+	}
+	if changed {
+		m.due[x.Service] = true
 	}
 	clear(pv.view)
 	for _, e := range x.Entries {

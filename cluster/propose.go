@@ -117,14 +117,17 @@ func (m *Machine) endRetry(s *service, rec Record) {
 
 func (m *Machine) tickService(name string, s *service, now time.Duration) {
 	// The rank delay counts from when this proxy first saw the primary
-	// down, even if a backoff or a vote holds its own proposal back.
+	// down, or first ticked with no primary (a new cluster: every proxy
+	// ends its recovery at about the same time, and without the delay all
+	// proposed the first primary of every service at once and duelled),
+	// even if a backoff or a vote holds its own proposal back.
 	rec := m.svcState(name).Record
 	down := rec.Primary != "" && m.objectivelyDown(s, rec.Primary)
 	switch {
-	case !down:
-		s.downEpoch = 0
-	case s.downEpoch != rec.Epoch:
-		s.downEpoch, s.downSince = rec.Epoch, now
+	case !down && rec.Primary != "":
+		s.downSet = false
+	case !s.downSet || s.downEpoch != rec.Epoch:
+		s.downSet, s.downEpoch, s.downSince = true, rec.Epoch, now
 	}
 	if m.ownPrimary(s, rec.Primary) {
 		s.primarySeen[rec.Primary] = max(s.primarySeen[rec.Primary], rec.Since)
@@ -268,7 +271,8 @@ type tickFacts struct {
 	// bootstrap is the first primary to propose ("" to wait).
 	bootstrap func() string
 	// down: a quorum sees the record's primary down; rankWait: the rank
-	// delay still holds this proxy's failover proposal back.
+	// delay still holds this proxy's failover or first-primary proposal
+	// back.
 	down      bool
 	rankWait  func() bool
 	candidate func() (string, string)
@@ -360,6 +364,9 @@ func decide(f tickFacts) tickDecision {
 			return tickDecision{}
 		}
 		if b := f.bootstrap(); b != "" {
+			if f.rankWait() {
+				return tickDecision{}
+			}
 			return propose(keep(b), kindBootstrap, "")
 		}
 	case f.down:

@@ -500,10 +500,20 @@ func (s *sim) observe(nd *simNode, b string) {
 	if o.Up && s.roleAware {
 		o.Role = s.role[b]
 	}
-	_ = nd.m.Observe(simService, b, o)
-	for _, tw := range s.twinConfigs() {
-		_ = nd.m.Observe(tw.Name, b, Observation{Up: o.Up})
+	step := func() {
+		_ = nd.m.Observe(simService, b, o)
+		for _, tw := range s.twinConfigs() {
+			_ = nd.m.Observe(tw.Name, b, Observation{Up: o.Up})
+		}
 	}
+	if !s.batching() {
+		step()
+		return
+	}
+	nd.m.Batch(func() {
+		step()
+		nd.m.TickDue()
+	})
 }
 
 // twinConfigs are the twin services (simOpts.twins).
@@ -930,6 +940,7 @@ func (s *sim) run() string {
 						nd.m.Step(s.nodes[x.from].name, x.payload)
 						s.free(x)
 					}
+					nd.m.TickDue() // as a Node does at the end of a step
 				})
 			} else {
 				nd.m.Step(s.nodes[e.from].name, e.payload)
@@ -1836,6 +1847,7 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 		{"a new cluster bootstraps by priority", simOpts{knobs: knobs{bootstrapByPriority: true}}, 1000},
 		{"a failed promote moves on at once", simOpts{knobs: knobs{moveOnAtOnce: true}}, 1000},
 		{"promote without looking for other primaries", simOpts{knobs: knobs{promoteBlind: true}}, 1000},
+		{"promote right after a pause, on old views", simOpts{knobs: knobs{promoteAfterPause: true}}, 10000},
 		{"an unsaved vote is answered from memory", simOpts{knobs: knobs{answerUnpersisted: true}}, 1000},
 	}
 	for _, c := range cases {

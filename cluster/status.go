@@ -63,7 +63,7 @@ type Status struct {
 }
 
 // alerts say what about a service needs an operator.
-func (m *Machine) alerts(s *service, ss ServiceState) []string {
+func (m *Machine) alerts(s *service, ss ServiceState, now time.Duration) []string {
 	var out []string
 	if ps := m.reportedPrimaries(s); s.cfg.RoleAware && len(ps) >= 2 {
 		out = append(out, fmt.Sprintf("dual_primary: %s all report primary", strings.Join(ps, ", ")))
@@ -71,7 +71,7 @@ func (m *Machine) alerts(s *service, ss ServiceState) []string {
 	if ss.Record.Primary == "" && !m.recovering && strings.HasPrefix(s.decision, "no primary yet: no backend reports primary") {
 		out = append(out, "no_primary: "+strings.TrimPrefix(s.decision, "no primary yet: "))
 	}
-	if p := ss.Record.Primary; s.cfg.RoleAware && m.ownReplica(s, p) && m.clock.Now()-max(s.obsAt[p], s.recordAt) > m.cfg.LeaseTimeout {
+	if p := ss.Record.Primary; s.cfg.RoleAware && m.ownReplica(s, p) && now-max(s.obsAt[p], s.recordAt) > m.cfg.LeaseTimeout {
 		// Seen on every proxy, not only on the one that acts: the record's
 		// primary is not promoted (yet), and writes wait for it.
 		out = append(out, fmt.Sprintf("awaiting_promotion: %q, the primary since epoch %d, reports replica; the proxy that committed it promotes it (see its status)", p, ss.Record.Since))
@@ -97,7 +97,7 @@ func (m *Machine) Status() Status {
 	for _, name := range m.order {
 		s := m.svcs[name]
 		ss := m.svcState(name)
-		b, rem := m.Route(name)
+		b, rem := m.routeAt(name, now)
 		x := ServiceStatus{Service: name, Record: ss.Record, MaxVoted: ss.MaxVoted, Accepted: ss.Accepted,
 			Routing: b, Lease: rem, Switchover: s.switchTo, Decision: s.decision}
 		if op := s.fenceOp; op != nil {
@@ -111,7 +111,7 @@ func (m *Machine) Status() Status {
 				x.PromoteFailed = append(x.PromoteFailed, b.Name)
 			}
 		}
-		x.Alerts = m.alerts(s, ss)
+		x.Alerts = m.alerts(s, ss, now)
 		if s.op != nil {
 			op := *s.op
 			x.Operation = &op

@@ -349,6 +349,7 @@ type knobs struct {
 	bootstrapByPriority bool // a new cluster picks the highest-priority backend up, whatever it reports
 	moveOnAtOnce        bool // a failed promote moves on at once, as if the backend could not be primary
 	promoteBlind        bool // promote without checking that no other backend may be primary
+	promoteAfterPause   bool // promote right after a pause, on views from before it
 	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 
