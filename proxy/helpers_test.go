@@ -142,12 +142,8 @@ func (p *Proxy) parked() int64 {
 }
 
 func (p *Proxy) statusOf(name string) ServiceStatus {
-	for _, s := range p.Status() {
-		if s.Name == name {
-			return s
-		}
-	}
-	return ServiceStatus{}
+	st, _ := p.ServiceStatus(name)
+	return st
 }
 
 func (p *Proxy) addrOf(t testing.TB, name string) string {

@@ -453,6 +453,16 @@ func (p *Proxy) Status() []ServiceStatus {
 	return out
 }
 
+// ServiceStatus returns a snapshot of one service; ok is false when there
+// is no service of that name. It costs one service's snapshot, not all.
+func (p *Proxy) ServiceStatus(name string) (st ServiceStatus, ok bool) {
+	s := p.service(name)
+	if s == nil {
+		return ServiceStatus{}, false
+	}
+	return s.status(), true
+}
+
 // drainPoll is how often Drain looks at the number of open connections.
 const drainPoll = 5 * time.Millisecond
 

@@ -173,3 +173,26 @@ func (c *Client) operation(ctx context.Context, service string) (*Operation, err
 	}
 	return cs.Operation, nil
 }
+
+// Health reads GET /health (service "") or GET /health/SERVICE. A 503 or
+// 404 is an answer, not an error: the error is for no answer at all.
+func (c *Client) Health(ctx context.Context, service string) (Readiness, int, error) {
+	path := "/health"
+	if service != "" {
+		path += "/" + url.PathEscape(service)
+	}
+	var r Readiness
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path), nil)
+	if err != nil {
+		return r, 0, err
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return r, 0, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatus)).Decode(&r); err != nil {
+		return r, resp.StatusCode, fmt.Errorf("GET %s: %s: %w", c.url(path), resp.Status, err)
+	}
+	return r, resp.StatusCode, nil
+}

@@ -156,3 +156,22 @@ type ControlAnswer struct {
 	Operation uint64 `json:"operation,omitempty"`
 	Message   string `json:"message"`
 }
+
+// Readiness is the answer of GET /health (the whole proxy) and GET
+// /health/SERVICE, for a load balancer or probe in front of the proxy:
+// status 200 when Ready, 503 (404 for an unknown service) otherwise.
+type Readiness struct {
+	Ready bool `json:"ready"`
+	// Service is the service asked about ("" for the whole proxy).
+	Service string `json:"service,omitempty"`
+	// Backends are where a new connection of the service goes now: the
+	// target, or every eligible backend of a balanced service.
+	Backends []string `json:"backends,omitempty"`
+	// Reason says why not ready ("" when ready).
+	Reason string `json:"reason,omitempty"`
+	// For the whole proxy: how many services it has and how many of them
+	// route now, and the first few that do not, with why.
+	Services   int               `json:"services,omitempty"`
+	Routing    int               `json:"routing,omitempty"`
+	NotRouting map[string]string `json:"not_routing,omitempty"`
+}

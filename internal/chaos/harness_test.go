@@ -505,6 +505,23 @@ func (p *proxyNode) status() (*adminapi.Status, error) {
 	return st, nil
 }
 
+// health reads p's readiness: the whole proxy (service "") or one service;
+// code 0 when it did not answer.
+func (p *proxyNode) health(service string) (adminapi.Readiness, int) {
+	c := adminapi.Client{Addr: fmt.Sprintf("%s:%d", p.ip, adminPort), HTTP: httpc}
+	rd, code, err := c.Health(context.Background(), service)
+	if err != nil {
+		return adminapi.Readiness{}, 0
+	}
+	return rd, code
+}
+
+// ready reports whether p's readiness says it forwards echo to backend.
+func (p *proxyNode) ready(backend string) bool {
+	rd, code := p.health("echo")
+	return code == http.StatusOK && rd.Ready && len(rd.Backends) == 1 && rd.Backends[0] == backend
+}
+
 // view is one proxy's record and route at one moment.
 type view struct {
 	ok       bool // answered

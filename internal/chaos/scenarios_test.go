@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -274,7 +275,7 @@ func TestMinorityPartition(t *testing.T) {
 	c := newCluster(t, defaultOpts())
 	p1, p2, p3 := c.proxies[0], c.proxies[1], c.proxies[2]
 	n := trials(3)
-	var toNoRoute, toRefused []time.Duration
+	var toNoRoute, toRefused, toUnready []time.Duration
 	m := c.startMonitor()
 	var toClosed []time.Duration
 	var mu sync.Mutex
@@ -293,6 +294,12 @@ func TestMinorityPartition(t *testing.T) {
 		if reply, err := sessReader.ReadString('\n'); err != nil || reply != "a:x\n" {
 			t.Fatalf("session through p3 before the cut: %q, %v", reply, err)
 		}
+		for _, p := range c.proxies {
+			if !p.ready("a") {
+				rd, code := p.health("echo")
+				t.Fatalf("%s before the cut: readiness %d %+v, want 200 on a", p.name, code, rd)
+			}
+		}
 		t0 := time.Now()
 		if i%2 == 0 {
 			cut(p1, p3)
@@ -310,9 +317,9 @@ func TestMinorityPartition(t *testing.T) {
 		// Three probes run side by side so each time is measured at its
 		// own pace; fenced is set once p3's status shows no route.
 		var (
-			noRoute, refused, closed time.Duration
-			fenced                   atomic.Bool
-			wg                       sync.WaitGroup
+			noRoute, refused, closed, unready time.Duration
+			fenced                            atomic.Bool
+			wg                                sync.WaitGroup
 		)
 		probe := func(what string, d *time.Duration, done func() bool) {
 			defer wg.Done()
@@ -326,7 +333,13 @@ func TestMinorityPartition(t *testing.T) {
 			}
 			*d = time.Since(t0)
 		}
-		wg.Add(3)
+		wg.Add(4)
+		go probe("fail its readiness (lost quorum)", &unready, func() bool {
+			whole, wcode := p3.health("")
+			rd, code := p3.health("echo")
+			return wcode == http.StatusServiceUnavailable && strings.Contains(whole.Reason, "lost quorum") &&
+				code == http.StatusServiceUnavailable && !rd.Ready
+		})
 		go probe("stop routing", &noRoute, func() bool {
 			v := p3.view()
 			if v.ok && v.routing == "" {
@@ -371,6 +384,12 @@ func TestMinorityPartition(t *testing.T) {
 		}
 		sess.Close()
 		toNoRoute, toRefused, toClosed = append(toNoRoute, noRoute), append(toRefused, refused), append(toClosed, closed)
+		toUnready = append(toUnready, unready)
+		for _, p := range c.proxies[:2] {
+			if whole, code := p.health(""); code != http.StatusOK {
+				t.Errorf("%s of the majority during the cut: readiness %d %+v, want 200", p.name, code, whole)
+			}
+		}
 		c.waitAllRoute("a", c.proxies[:2], 10*time.Second)
 		c.healAll()
 		c.waitAllRoute("a", c.proxies, 30*time.Second)
@@ -392,9 +411,16 @@ func TestMinorityPartition(t *testing.T) {
 	if stale > 0 {
 		t.Errorf("cut-off p3 forwarded %d of %d clients to the old primary during the majority's failover", stale, asks)
 	}
+	if rd, code := p3.health("echo"); code != http.StatusServiceUnavailable {
+		t.Errorf("cut-off p3 during the majority's failover: readiness %d %+v, want 503", code, rd)
+	}
 	c.healAll()
 	c.waitAllRoute("b", c.proxies, 30*time.Second)
+	testwait.For(t, "every proxy ready on b after the heal", 30*time.Second, func() bool {
+		return p1.ready("b") && p2.ready("b") && p3.ready("b")
+	})
 	m.finish(t, "scenario 6")
+	t.Logf("FIGURE scenario 6: cut -> minority's GET /health and /health/echo answer 503 (lost quorum): %s", summary(toUnready))
 	t.Logf("FIGURE scenario 6: cut -> minority routing \"\" (lease 1s): %s", summary(toNoRoute))
 	t.Logf("FIGURE scenario 6: cut -> minority refuses a new client: %s", summary(toRefused))
 	t.Logf("FIGURE scenario 6: cut -> minority ends an open client session: %s; replies through it after its route was gone: %d (writes held unanswered: %d)", summary(toClosed), lateReplies, lateWrites)

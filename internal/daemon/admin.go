@@ -36,6 +36,8 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", d.handleStatus)
+	mux.HandleFunc("GET /health", d.handleHealth)
+	mux.HandleFunc("GET /health/{service}", d.handleServiceHealth)
 	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
@@ -74,6 +75,10 @@ type Daemon struct {
 	mu         sync.Mutex
 	cfg        *config.Config
 	lastReload adminapi.ReloadResult
+
+	// stopping is set when Shutdown starts: readiness turns 503 so that
+	// a load balancer stops sending clients while the proxy drains.
+	stopping atomic.Bool
 
 	admin   *http.Server
 	adminLn net.Listener
@@ -212,6 +217,7 @@ func (d *Daemon) setReload(r adminapi.ReloadResult) {
 // Shutdown drains: stop accepting, wait for sessions up to drain_timeout,
 // stop checks, leave the cluster, wait for hooks, close the admin API.
 func (d *Daemon) Shutdown() {
+	d.stopping.Store(true)
 	d.mu.Lock()
 	drain := d.cfg.Proxy.DrainTimeout
 	d.mu.Unlock()
