@@ -69,6 +69,8 @@ type Machine struct {
 	// role) since their last tick: TickDue ticks them at the end of the
 	// step instead of at the next periodic tick.
 	due map[string]bool
+	// hadQuorum is whether the last tick reached a quorum (sayQuorum).
+	hadQuorum bool
 	// storeErr is the last failed save, nil once a save worked again:
 	// while it is set the proxy answers nothing it could not persist, so
 	// it neither votes, proposes, confirms leases nor routes.
@@ -454,6 +456,7 @@ func (m *Machine) Tick() {
 			m.broadcastObs(name, m.svcs[name], false)
 		}
 	}
+	m.sayQuorum(now)
 	if m.recovering {
 		m.tickRecover(now)
 		return

@@ -427,7 +427,13 @@ func (n *Node) OnMessage(from string, msg []byte) bool {
 // OnPeerChange is told when the transport sees a peer come or go. Leases
 // and votes do not depend on it; it is only logged.
 func (n *Node) OnPeerChange(name string, alive bool) {
-	n.enqueue(func() { n.m.log.Info("cluster: peer changed", "peer", name, "alive", alive) })
+	n.enqueue(func() {
+		if alive {
+			n.m.log.Info("cluster: peer reachable (gossip)", "peer", name)
+		} else {
+			n.m.log.Warn("cluster: peer unreachable: gossip marked it dead or it left", "peer", name)
+		}
+	})
 }
 
 // LocalState returns this proxy's records for a joiner's full sync.

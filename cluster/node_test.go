@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // memNet connects in-process Nodes; cut[a][b] drops a's payloads to b.
@@ -71,6 +74,7 @@ type testCluster struct {
 	failPromote, notStarted atomic.Pointer[[]string]
 	// roles, when set, is the role each backend reports (the service is
 	// then role-aware); a promote that works makes it primary.
+	logs    map[string]*testenv.Buffer // each proxy's log, kept across restarts
 	roles   map[string]Role
 	rolesMu sync.Mutex
 	maxLag  time.Duration
@@ -98,7 +102,7 @@ func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t,
 // maxLag.
 func newRoleCluster(t *testing.T, n int, roles map[string]Role, maxLag time.Duration) *testCluster {
 	c := &testCluster{t: t, net: &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}},
-		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100),
+		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100), logs: map[string]*testenv.Buffer{},
 		roles: roles, maxLag: maxLag}
 	for i := range n {
 		c.peers = append(c.peers, fmt.Sprintf("proxy-%d", i))
@@ -149,6 +153,10 @@ func (c *testCluster) start(name string) {
 			}()
 		}}
 	cfg = withLease(cfg, testLease)
+	if c.logs[name] == nil {
+		c.logs[name] = &testenv.Buffer{}
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(c.logs[name], nil))
 	node, err = NewNode(cfg, store, BootClock{}, NodeOptions{})
 	if err != nil {
 		c.t.Fatal(err)
@@ -253,11 +261,21 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	start = time.Now()
 	c.waitFor("isolated proxy-0 to stop routing", 10*time.Second, c.allRoute("", "proxy-0"))
 	t.Logf("a cut-off proxy stopped routing after %v (lease_timeout %v)", time.Since(start).Round(time.Millisecond), testLease)
+	c.waitFor("isolated proxy-0 to say it lost the quorum", 10*time.Second, func() bool {
+		return strings.Contains(c.logs["proxy-0"].String(), "cluster: lost quorum: 1 of 3 proxies reachable (itself included), 2 needed")
+	})
 	if b, _ := c.nodes["proxy-1"].Route("db"); b != "pg-b" {
 		t.Fatalf("majority proxy-1 routes to %q, want pg-b", b)
 	}
 	c.net.isolate("proxy-0", false)
 	c.waitFor("healed proxy-0 to route again", 10*time.Second, c.allRoute("pg-b"))
+	c.waitFor("healed proxy-0 to say it has a quorum again", 10*time.Second, func() bool {
+		// once at start, once after the heal
+		return strings.Count(c.logs["proxy-0"].String(), "cluster: quorum: ") >= 2
+	})
+	if strings.Contains(c.logs["proxy-1"].String(), "lost quorum") {
+		t.Error("proxy-1 of the majority said it lost the quorum")
+	}
 
 	// A restarted proxy keeps its state and routes again under a lease.
 	c.stop("proxy-2")

@@ -219,12 +219,33 @@ func (m *Machine) bestUp(s *service) string {
 
 // reachesQuorum reports whether this proxy heard from Q-1 peers lately.
 func (m *Machine) reachesQuorum() bool {
+	return m.q.reached(m.reachable(m.clock.Now()))
+}
+
+// reachable counts the proxies, this one included, heard from within a
+// lease.
+func (m *Machine) reachable(now time.Duration) int {
 	n := 1
-	now := m.clock.Now()
 	for _, p := range m.others {
 		if t, ok := m.heard[p]; ok && now-t < m.cfg.LeaseTimeout {
 			n++
 		}
 	}
-	return m.q.reached(n)
+	return n
+}
+
+// sayQuorum logs, in words, when this proxy loses or regains a quorum:
+// what pages on-call should say what happened, not a counter.
+func (m *Machine) sayQuorum(now time.Duration) {
+	n := m.reachable(now)
+	has := m.q.reached(n)
+	switch {
+	case has == m.hadQuorum:
+	case has:
+		m.log.Info(fmt.Sprintf("cluster: quorum: %d of %d proxies reachable (itself included)", n, m.q.n))
+	default:
+		m.log.Warn(fmt.Sprintf("cluster: lost quorum: %d of %d proxies reachable (itself included), %d needed; every service stops routing when its lease ends", n, m.q.n, m.q.size()),
+			"services", len(m.order))
+	}
+	m.hadQuorum = has
 }

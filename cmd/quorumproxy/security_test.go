@@ -252,7 +252,14 @@ func TestSecurityExecAndHookHygiene(t *testing.T) {
 	// The role line comes first: an exec check keeps the first 64 KiB of
 	// its output, and its kind is role-aware, so the service routes only
 	// to the backend that reports primary.
-	noisy := `if [ "$QP_PORT" = 1 ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero; sleep 1000 & true`
+	// Backend a (port 1) reports primary until the file says 2: the flip
+	// moves the target, which runs the notify hook (the first choice after
+	// a start does not).
+	primaryFile := filepath.Join(dir, "primary")
+	if err := os.WriteFile(primaryFile, []byte("1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noisy := `if [ "$QP_PORT" = "$(cat ` + primaryFile + `)" ]; then echo primary; else echo replica; fi; head -c 100000000 /dev/zero; sleep 1000 & true`
 	cfgPath := filepath.Join(dir, "qp.toml")
 	cfg := fmt.Sprintf(`[admin]
 listen = %q
@@ -287,7 +294,17 @@ listen = %q
 		s := d.service(t, "db")
 		return s != nil && len(s.Backends) == 2 && s.Backends[0].Health == "up" && s.Backends[1].Health == "up"
 	})
-	testwait.For(t, "the notify hook ran", 30*time.Second, func() bool { _, err := os.Stat(filepath.Join(dir, "notified")); return err == nil })
+	testwait.For(t, "target a", 30*time.Second, func() bool { s := d.service(t, "db"); return s != nil && s.Target == "a" })
+	if _, err := os.Stat(filepath.Join(dir, "notified")); err == nil {
+		t.Error("the notify hook ran for the first target after start: every restart would page")
+	}
+	if err := os.WriteFile(primaryFile, []byte("2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the notify hook ran for the move to b", 60*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(dir, "notified"))
+		return err == nil
+	})
 	// A few more rounds of checks: each backend checked again after one
 	// more interval (reading 100 MB took a race-built proxy over 1.9s
 	// while the whole suite ran, hence the long interval and timeout).

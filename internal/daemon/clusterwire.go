@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,11 +240,45 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	if svc == nil || len(svc.Hooks.Notify) == 0 {
 		return
 	}
-	env := hookEnv(svc, old.Primary, new.Primary, "cluster record")
+	env := hookEnv(svc, old.Primary, new.Primary, recordReason(old, new))
 	env["QP_EPOCH"] = strconv.FormatUint(new.Epoch, 10)
 	d.hooks.enqueue(service, func() {
 		_ = d.hooks.runOne(service, "notify", svc.Hooks.Notify, env, svc.Hooks.Timeout)
 	})
+}
+
+// recordReason says in words what a new record changed, the same on every
+// proxy (the ones that adopt it do not know why it was proposed).
+func recordReason(old, new cluster.Record) string {
+	grown, shrunk := fencedDiff(new.Fenced.List(), old.Fenced.List()), fencedDiff(old.Fenced.List(), new.Fenced.List())
+	var why string
+	switch {
+	case old.Primary == "":
+		why = fmt.Sprintf("first primary of the cluster: %s", new.Primary)
+	case old.Primary != new.Primary:
+		why = fmt.Sprintf("primary moved from %s to %s", old.Primary, new.Primary)
+	case len(grown) > 0:
+		why = fmt.Sprintf("%s fenced; primary stays %s", strings.Join(grown, ", "), new.Primary)
+	case len(shrunk) > 0:
+		why = fmt.Sprintf("%s unfenced; primary stays %s", strings.Join(shrunk, ", "), new.Primary)
+	default:
+		why = fmt.Sprintf("primary %s decided again", new.Primary)
+	}
+	if old.Primary != "" && old.Primary != new.Primary && slices.Contains(grown, old.Primary) {
+		why += fmt.Sprintf(" (%s fenced)", old.Primary)
+	}
+	return fmt.Sprintf("%s, epoch %d", why, new.Epoch)
+}
+
+// fencedDiff is what a holds that b does not.
+func fencedDiff(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // clusterHooks is what the agreement needs to know of a service's hooks.

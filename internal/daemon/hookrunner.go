@@ -55,7 +55,8 @@ func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
 		if !initial && ev.New.Name != "" && len(svc.Hooks.Promote) > 0 {
 			h.promote(svc, ev.New.Name, env, timeout)
 		}
-		if len(svc.Hooks.Notify) > 0 {
+		// Nor does it page anyone: every restart would.
+		if !initial && len(svc.Hooks.Notify) > 0 {
 			_ = h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
 		}
 	})
