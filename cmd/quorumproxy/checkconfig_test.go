@@ -86,14 +86,17 @@ listen = "127.0.0.1:0"
 			t.Errorf("problem %d: want %q in\n%s", i+1, w, errOut)
 		}
 	}
-	// run refuses the same file with the same problems, before it listens.
-	_, runErr, code := runBin(t, "run", "-config", path)
-	if code != 1 {
-		t.Fatalf("run: exit %d\n%s", code, runErr)
-	}
-	for _, w := range want {
-		if !strings.Contains(runErr, strings.TrimPrefix(w, "qp.toml")) {
-			t.Errorf("run does not report %q:\n%s", w, runErr)
+	// run refuses the same file with the same problems, before it listens,
+	// given as a flag or, like check-config, as the argument.
+	for _, args := range [][]string{{"run", "-config", path}, {"run", path}} {
+		_, runErr, code := runBin(t, args...)
+		if code != 1 {
+			t.Fatalf("%v: exit %d\n%s", args, code, runErr)
+		}
+		for _, w := range want {
+			if !strings.Contains(runErr, strings.TrimPrefix(w, "qp.toml")) {
+				t.Errorf("%v does not report %q:\n%s", args, w, runErr)
+			}
 		}
 	}
 	// -skip-files checks the file alone.

@@ -14,12 +14,15 @@ import (
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "config file (required)")
+	path := fs.String("config", "", "config file (or give it as the argument)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *path == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: quorumproxy run -config FILE")
+	if *path == "" && fs.NArg() == 1 {
+		*path = fs.Arg(0) // as check-config takes it
+	}
+	if *path == "" || fs.NArg() > 1 || (fs.NArg() == 1 && *path != fs.Arg(0)) {
+		fmt.Fprintln(stderr, "usage: quorumproxy run [-config] FILE")
 		return 2
 	}
 	cfg, warnings, err := daemon.LoadConfig(*path, false)
