@@ -157,9 +157,31 @@ func TestClusterOfThree(t *testing.T) {
 		return n == 1
 	})
 
+	// The history says what happened, on every proxy, and the committing
+	// one's also has the hook runs with how they ended.
+	moved := fmt.Sprintf("primary moved from a to b (a fenced), epoch %d", epochB)
+	hooksRan := 0
+	for _, p := range ps {
+		testwait.For(t, p.name+"'s history has the failover", 10*time.Second, func() bool {
+			out, _, _ := runBin(t, "history", "-admin", p.admin, "-service", "echo")
+			return strings.Contains(out, moved) && strings.Contains(out, "record")
+		})
+		out, _, _ := runBin(t, "history", "-admin", p.admin)
+		if strings.Contains(out, "promote hook (a -> b)") && strings.Contains(out, "exit 0") {
+			hooksRan++
+		}
+	}
+	if hooksRan != 1 {
+		t.Errorf("%d proxies' histories show the promote hook's run, want 1 (the committing proxy's)", hooksRan)
+	}
+
 	// One proxy lost: the other two still hold a quorum and keep routing.
 	ps[2].d.cmd.Process.Signal(syscall.SIGKILL)
 	testwait.For(t, "two proxies still routing to b", 20*time.Second, allRoute(t, "b", ps[:2]))
+	// Its history outlives it, in its state_dir.
+	if data, err := os.ReadFile(filepath.Join(ps[2].stateDir, "history.jsonl")); err != nil || !strings.Contains(string(data), moved) {
+		t.Errorf("the killed proxy's history file (%v) lacks %q:\n%s", err, moved, data)
+	}
 
 	// The old primary is back; failback is manual, so traffic stays on b
 	// until an operator switches over, by vote.
@@ -222,6 +244,10 @@ func TestClusterOfThree(t *testing.T) {
 		}
 		return allRoute(t, "a", ps[:2])()
 	})
+	if out, _, _ := runBin(t, "history", "-admin", ps[0].admin, "-service", "echo"); !strings.Contains(out, "switchover to a requested") ||
+		!strings.Contains(out, "unfence of a") || !strings.Contains(out, "operator") {
+		t.Errorf("history lacks the operator's unfence and switchover:\n%s", out)
+	}
 	// A wrong token is refused.
 	if _, _, code := runBin(t, "switchover", "-admin", ps[0].admin, "-service", "echo", "-to", "b"); code == 0 {
 		t.Fatal("switchover without a token was accepted")

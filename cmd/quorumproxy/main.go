@@ -7,6 +7,7 @@
 //	quorumproxy switchover -service S -to B
 //	quorumproxy fence|unfence -service S -backend B
 //	quorumproxy drain|undrain -service S -backend B
+//	quorumproxy history [-service S] [-n N]
 //	quorumproxy version
 package main
 
@@ -39,6 +40,8 @@ commands:
   drill -config F -service S -- CMD...
                               failover drill: write through the proxy, fail the primary with CMD
                               (or -switchover-to B), report detection, decision, RTO and lost writes
+  history [-service S] [-n N] what the proxy decided and did: records, hook runs (exit status,
+                              -output for their output), operators' requests, reloads
   version                     print the version
 `
 
@@ -60,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdBackendControl(args[0], args[1:], stdout, stderr)
 	case "drill":
 		return cmdDrill(args[1:], stdout, stderr)
+	case "history":
+		return cmdHistory(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "quorumproxy %s\n", version)
 		return 0

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -195,4 +196,32 @@ func (c *Client) Health(ctx context.Context, service string) (Readiness, int, er
 		return r, resp.StatusCode, fmt.Errorf("GET %s: %s: %w", c.url(path), resp.Status, err)
 	}
 	return r, resp.StatusCode, nil
+}
+
+// History reads GET /api/v1/history: the last limit entries (0: all) about
+// service ("": every service), oldest first.
+func (c *Client) History(ctx context.Context, service string, limit int) (History, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if service != "" {
+		q.Set("service", service)
+	}
+	u := c.url("/api/v1/history?" + q.Encode())
+	var h History
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return h, err
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return h, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return h, fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatus)).Decode(&h); err != nil {
+		return h, fmt.Errorf("GET %s: %w", u, err)
+	}
+	return h, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
 )
 
 // Status is the /status document: what the proxy routes and why.
@@ -174,4 +175,10 @@ type Readiness struct {
 	Services   int               `json:"services,omitempty"`
 	Routing    int               `json:"routing,omitempty"`
 	NotRouting map[string]string `json:"not_routing,omitempty"`
+}
+
+// History is the answer of GET /api/v1/history: the proxy's decisions and
+// actions, oldest first.
+type History struct {
+	Entries []journal.Entry `json:"entries"`
 }

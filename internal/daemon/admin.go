@@ -15,6 +15,7 @@ import (
 
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
 )
 
 // The admin API listens on loopback by default. Reads are open; anything that
@@ -38,6 +39,7 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	mux.HandleFunc("GET /status", d.handleStatus)
 	mux.HandleFunc("GET /health", d.handleHealth)
 	mux.HandleFunc("GET /health/{service}", d.handleServiceHealth)
+	mux.HandleFunc("GET /api/v1/history", d.handleHistory)
 	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
@@ -163,6 +165,8 @@ func (d *Daemon) handleSwitchover(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.log.Info("switchover requested", "service", service, "to", to, "operation", id, "remote", r.RemoteAddr)
+	d.note(journal.Entry{Service: service, Kind: "operator", Remote: r.RemoteAddr,
+		Summary: fmt.Sprintf("switchover to %s requested (operation %d)", to, id)})
 	writeAccepted(w, adminapi.ControlAnswer{Service: service, Operation: id,
 		Message: fmt.Sprintf("switchover of %q to %q proposed (operation %d)", service, to, id)})
 }
@@ -197,6 +201,7 @@ func (d *Daemon) backendControl(verb string, do func(service, backend string) (a
 			return
 		}
 		d.log.Info(verb+" requested", "service", service, "backend", backend, "operation", answer.Operation, "remote", r.RemoteAddr)
+		d.note(journal.Entry{Service: service, Kind: "operator", Remote: r.RemoteAddr, Summary: fmt.Sprintf("%s of %s: %s", verb, backend, answer.Message)})
 		answer.Service = service
 		writeAccepted(w, answer)
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
@@ -236,6 +237,7 @@ func (cs *clusterSide) close() {
 func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
+	d.note(journal.Entry{Service: service, Kind: "record", Epoch: new.Epoch, Summary: recordReason(old, new)})
 	svc := d.serviceConfig(service)
 	if svc == nil || len(svc.Hooks.Notify) == 0 {
 		return

@@ -14,6 +14,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
@@ -71,6 +73,7 @@ type Daemon struct {
 	hooks   *hookRunner
 	metrics *metricsExporter
 	cluster *clusterSide // nil without [cluster]
+	history *journal.Journal
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -99,7 +102,9 @@ func New(o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.metrics = m
+	d.history = openHistory(log, cfg)
 	d.hooks = newHookRunner(log)
+	d.hooks.note = d.note
 	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
@@ -149,7 +154,16 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 	if svc == nil {
 		return
 	}
+	d.note(journal.Entry{Service: ev.Service, Kind: "target",
+		Summary: fmt.Sprintf("target %s -> %s: %s", orNone(ev.Old.Name), orNone(ev.New.Name), ev.Reason)})
 	d.hooks.targetChanged(*svc, ev)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // Reload applies the config file again; an invalid file is reported and
@@ -162,6 +176,13 @@ func (d *Daemon) Reload() {
 		err = errors.New("[cluster], the peer list or a clustered service's backends changed: restart the proxy to apply")
 	}
 	res := adminapi.ReloadResult{At: time.Now(), OK: err == nil}
+	defer func() {
+		summary := "config reloaded"
+		if !res.OK {
+			summary = "reload: " + res.Error
+		}
+		d.note(journal.Entry{Kind: "reload", Summary: summary})
+	}()
 	if err != nil {
 		res.Error = err.Error()
 		d.log.Error("reload rejected: keeping the running config", "config", d.cfgPath, "err", err)
@@ -233,4 +254,5 @@ func (d *Daemon) Shutdown() {
 	d.px.Close()
 	d.hooks.wait()
 	d.stopAdmin()
+	d.history.Close()
 }

@@ -3,15 +3,18 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/internal/hooks"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/proxy"
 )
 
@@ -30,6 +33,8 @@ type hookRunner struct {
 	mu     sync.Mutex
 	queues map[string]chan func() // service -> its serial queue
 	seen   map[string]bool        // services that have had a target since start
+	// note records each run in the history (nil: not recorded).
+	note   func(journal.Entry)
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -91,6 +96,16 @@ func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]
 	// A hook in flight finishes (within its timeout) even during shutdown:
 	// killing a promotion half way is worse than waiting for it.
 	res := hooks.Run(context.Background(), argv, env, timeout)
+	if h.note != nil {
+		epoch, _ := strconv.ParseUint(env["QP_EPOCH"], 10, 64)
+		result := "exit 0"
+		if res.Err != nil {
+			result = res.Err.Error()
+		}
+		h.note(journal.Entry{Service: service, Kind: "hook", Epoch: epoch, Hook: kind, Result: result, Output: res.Output,
+			Summary: fmt.Sprintf("%s hook (%s -> %s) took %v: %s", kind, orNone(env["QP_OLD_BACKEND"]), orNone(env["QP_NEW_BACKEND"]),
+				res.Duration.Round(time.Millisecond), result)})
+	}
 	if res.Err != nil {
 		h.log.Error("hook failed", "service", service, "hook", kind, "argv", argv, "took", res.Duration, "err", res.Err, "output", res.Output)
 		countHook(service, kind, false)
