@@ -35,7 +35,7 @@ func (t msgType) limit() int {
 }
 
 // wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 4 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches
+const wireVersion = 5 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches; 5: values carry paused
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -67,6 +67,8 @@ const (
 	kindPromoteFailed                 // From's promote hook failed: voter checks Value up
 	kindFence                         // operator fences From: voter checks a new primary up
 	kindUnfence                       // operator unfences From: no check
+	kindPause                         // operator pauses: the same value, paused
+	kindResume                        // operator resumes: the same value, not paused
 )
 
 func (k kind) String() string {
@@ -87,6 +89,10 @@ func (k kind) String() string {
 		return "fence"
 	case kindUnfence:
 		return "unfence"
+	case kindPause:
+		return "pause"
+	case kindResume:
+		return "resume"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -222,7 +228,12 @@ func (e *enc) str16(s string) {
 	e.b = binary.BigEndian.AppendUint16(e.b, uint16(len(s)))
 	e.b = append(e.b, s...)
 }
-func (e *enc) value(v Value)   { e.str(v.Primary); e.str16(string(v.Fenced)); e.u64(v.Since) }
+func (e *enc) value(v Value) {
+	e.str(v.Primary)
+	e.str16(string(v.Fenced))
+	e.u64(v.Since)
+	e.bool(v.Paused)
+}
 func (e *enc) record(r Record) { e.u64(r.Epoch); e.value(r.Value) }
 func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.value(b.Value) }
 
@@ -305,7 +316,9 @@ func (d *dec) fenced() Fenced {
 	}
 	return Fenced(s)
 }
-func (d *dec) value() Value   { return Value{Primary: d.str(), Fenced: d.fenced(), Since: d.u64()} }
+func (d *dec) value() Value {
+	return Value{Primary: d.str(), Fenced: d.fenced(), Since: d.u64(), Paused: d.bool()}
+}
 func (d *dec) record() Record { return Record{Epoch: d.u64(), Value: d.value()} }
 func (d *dec) ballot() Ballot { return Ballot{Epoch: d.u64(), Value: d.value()} }
 
@@ -489,7 +502,7 @@ func decObs(d *dec) obsMsg {
 
 func decPropose(d *dec) proposeMsg {
 	m := proposeMsg{Service: d.str(), Epoch: d.u64(), Value: d.value(), Kind: kind(d.u8()), From: d.str(), Base: d.u64()}
-	if (m.Kind < kindFailover || m.Kind > kindUnfence) && d.err == nil {
+	if (m.Kind < kindFailover || m.Kind > kindResume) && d.err == nil {
 		d.err = errors.New("bad proposal kind")
 	}
 	return m

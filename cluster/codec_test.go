@@ -17,6 +17,7 @@ func sampleMessages() []any {
 		obsMsg{Service: "db", Boot: 1, Seq: 2, Entries: []obsEntry{{"pg-a", Observation{Up: true, Role: RolePrimary}}, {"pg-b", Observation{Role: RoleReplica, LagBytes: 1 << 40}}}},
 		proposeMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Kind: kindFailover, From: "pg-a", Base: 9},
 		proposeMsg{Service: "db", Epoch: 11, Value: Value{Primary: "pg-c"}, Kind: kindPromoteFailed, From: "pg-b", Base: 10},
+		proposeMsg{Service: "db", Epoch: 12, Value: Value{Primary: "pg-c", Fenced: "pg-a", Since: 11, Paused: true}, Kind: kindPause, From: "pg-c", Base: 11},
 		voteMsg{Service: "db", Epoch: 10, Value: Value{Primary: "pg-b"}, Granted: true, Prev: acc, MaxVoted: 10, Accepted: acc, Record: rec},
 		commitMsg{Service: "db", Record: rec},
 		leaseReqMsg{Boot: 5, Counter: 6, Entries: []leaseEntry{{"db", rec}, {"cache", Record{Epoch: 1, Value: Value{Primary: "r"}}}}},
@@ -95,7 +96,7 @@ func TestCodecRejects(t *testing.T) {
 		"type zero":    {0, wireVersion},
 		"oversized":    append([]byte{byte(msgCommit), wireVersion}, make([]byte, MaxMessageSize)...),
 		"bad kind":     mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: 0}),
-		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: kindUnfence + 1}),
+		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: kindResume + 1}),
 	} {
 		if m, err := decode(b); err == nil {
 			t.Errorf("%s: decoded as %+v", name, m)

@@ -54,6 +54,20 @@ func TestDecide(t *testing.T) {
 			f.fenceOp = &fenceOp{backend: "pg-c"}
 			f.fenceValue = func() (Value, string) { return Value{Primary: "pg-a"}, "" }
 		}, decidePropose, kindUnfence, `primary "pg-a"`},
+		{"paused: a down primary is not failed over", func(f *tickFacts) { f.rec.Paused, f.down = true, true },
+			decidePaused, 0, "no automatic failover"},
+		{"paused: the record is decided again for liveness, still paused", func(f *tickFacts) {
+			f.rec.Paused, f.liveness = true, func() bool { return true }
+		}, decidePropose, kindReaffirm, `primary "pg-a", paused`},
+		{"paused: no move to the backend that reports primary", func(f *tickFacts) {
+			f.rec.Paused, f.follow = true, func() string { return "pg-b" }
+		}, decideNothing, 0, ""},
+		{"paused: a switchover still goes through", func(f *tickFacts) { f.rec.Paused, f.switchTo = true, "pg-b" },
+			decidePropose, kindSwitchover, `primary "pg-b"`},
+		{"a pause", func(f *tickFacts) { f.pauseOp = &pauseOp{on: true} }, decidePropose, kindPause, `primary "pg-a", paused`},
+		{"a resume", func(f *tickFacts) { f.rec.Paused, f.pauseOp = true, &pauseOp{} }, decidePropose, kindResume, `primary "pg-a"$`},
+		{"a pause of a paused service is done", func(f *tickFacts) { f.rec.Paused, f.pauseOp = true, &pauseOp{on: true} },
+			decidePauseDone, 0, "already so"},
 		{"a first primary waits its rank", func(f *tickFacts) {
 			f.rec = Record{}
 			f.bootstrap = func() string { return "pg-a" }
@@ -115,7 +129,8 @@ func TestDecide(t *testing.T) {
 			if d.what == decidePropose {
 				got = d.value.String()
 			}
-			if !strings.Contains(got, tc.value) {
+			// a trailing $ anchors the value at the end
+			if want, anchored := strings.CutSuffix(tc.value, "$"); (anchored && !strings.HasSuffix(got, want)) || (!anchored && !strings.Contains(got, tc.value)) {
 				t.Fatalf("decided %q, want %q in it", got, tc.value)
 			}
 		})

@@ -246,6 +246,13 @@
 //     settle period plus the liveness wait decides the same value again, so
 //     that it acts on it.
 //
+// Pause. An operator's Pause is a voted epoch whose value is the record's
+// with Paused set (Resume clears it); every other proposal keeps the
+// record's flag. While the record is paused nobody proposes, and no voter
+// grants, a failover, a first primary, a move after a failed promote or a
+// re-affirmation that moves the primary; switchovers, fences, unfences and
+// liveness re-affirmations of the same value go on.
+//
 // Operators see how it ended: Switchover and Fence return the id of an
 // [Operation] that Status reports until it is done (committed, acted on,
 // the new primary verified) or failed (dropped, given up, another

@@ -137,6 +137,7 @@ type requests struct {
 	switchTo string     // pending operator switchover
 	switchAt uint64     // record epoch when it was asked for
 	fenceOp  *fenceOp   // pending operator fence or unfence
+	pauseOp  *pauseOp   // pending operator pause or resume
 	op       *Operation // the last operator request and how it ended
 }
 

@@ -42,6 +42,7 @@ type Node struct {
 type route struct {
 	backend  string
 	deadline time.Duration // on the clock; 0 with a backend: no lease (keep)
+	paused   bool          // the record's automatic decisions are paused
 }
 
 // asyncTransport stands between the machine and the real transport. It
@@ -255,12 +256,12 @@ func (n *Node) publish() {
 	now := n.clock.Now()
 	for name, p := range n.routes {
 		b, rem := n.m.routeAt(name, now)
-		r := &route{backend: b}
+		r := &route{backend: b, paused: n.m.svcState(name).Record.Paused}
 		if b != "" && rem > 0 {
 			r.deadline = now + rem
 		}
 		old := p.Load()
-		if old.backend != r.backend || old.deadline != r.deadline {
+		if *old != *r {
 			p.Store(r)
 		}
 		if old.backend != r.backend && n.onRoute != nil {
@@ -313,6 +314,13 @@ func (n *Node) call(f func()) error {
 	case <-n.done:
 		return errors.New("cluster: node closed")
 	}
+}
+
+// Paused reports whether the service's automatic decisions are paused, as
+// of the Node's last step. It does not wait for the Node's goroutine.
+func (n *Node) Paused(service string) bool {
+	p := n.routes[service]
+	return p != nil && p.Load().paused
 }
 
 // Route returns the backend to forward service to now and how long that
@@ -368,6 +376,17 @@ func (n *Node) Fence(service, backend string, fence bool) (uint64, error) {
 	var id uint64
 	var err error
 	if cerr := n.call(func() { id, err = n.m.Fence(service, backend, fence) }); cerr != nil {
+		return 0, cerr
+	}
+	return id, err
+}
+
+// Pause asks the cluster to pause the service's automatic decisions (on)
+// or resume them, by a vote; it returns the operation's id.
+func (n *Node) Pause(service string, on bool) (uint64, error) {
+	var id uint64
+	var err error
+	if cerr := n.call(func() { id, err = n.m.Pause(service, on) }); cerr != nil {
 		return 0, cerr
 	}
 	return id, err

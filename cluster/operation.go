@@ -17,7 +17,7 @@ const (
 // ended, so that the command that asked can wait for the outcome.
 type Operation struct {
 	ID      uint64
-	Kind    string // "switchover", "fence", "unfence"
+	Kind    string // "switchover", "fence", "unfence", "pause", "resume"
 	Backend string // the switchover's target, or the backend fenced or unfenced
 	State   OpState
 	Epoch   uint64 // the epoch that decided it (0 before)
@@ -58,6 +58,10 @@ func (m *Machine) opDecided(s *service, rec Record, old Record) {
 		ok = rec.Fenced.Has(op.Backend)
 	case "unfence":
 		ok = !rec.Fenced.Has(op.Backend)
+	case "pause":
+		ok = rec.Paused
+	case "resume":
+		ok = !rec.Paused
 	}
 	if !ok {
 		m.opEnd(s, OpFailed, fmt.Sprintf("epoch %d was decided first: %s", rec.Epoch, rec.Value))

@@ -13,6 +13,55 @@ type fenceOp struct {
 	at      uint64
 }
 
+// pauseOp is an operator's pause (or resume) of a service's automatic
+// decisions, asked for when the record was at epoch at.
+type pauseOp struct {
+	on bool
+	at uint64
+}
+
+func (op *pauseOp) verb() string { return map[bool]string{true: "pause", false: "resume"}[op.on] }
+
+// Pause asks the cluster to pause the service's automatic decisions (on)
+// or to resume them: a voted epoch whose value is the record's, paused or
+// not. While paused no proxy proposes a failover or a move after a failed
+// promote, and no voter grants one; operators' switchovers, fences and
+// unfences still go through. It returns the operation's id.
+func (m *Machine) Pause(svc string, on bool) (uint64, error) {
+	defer m.endStep()
+	op := &pauseOp{on: on}
+	s := m.svcs[svc]
+	if s == nil {
+		return 0, fmt.Errorf("cluster: %s: unknown service %q", op.verb(), svc)
+	}
+	if err := m.operable(svc, op.verb()); err != nil {
+		return 0, err
+	}
+	rec := m.svcState(svc).Record
+	switch {
+	case rec.Primary == "":
+		return 0, fmt.Errorf("cluster: %s of service %q: the cluster has not chosen a first primary yet", op.verb(), svc)
+	case rec.Paused == on:
+		return 0, fmt.Errorf("cluster: %s of service %q: it is already %s at epoch %d", op.verb(), svc,
+			map[bool]string{true: "paused", false: "not paused"}[on], rec.Epoch)
+	}
+	op.at = max(rec.Epoch, m.svcState(svc).MaxVoted)
+	s.pauseOp = op
+	s.next = m.clock.Now()
+	return m.newOp(s, op.verb(), ""), nil
+}
+
+// endPauseOp ends an operator's pause or resume at the first decision
+// that lands after it was asked for, as endFenceOp does.
+func (m *Machine) endPauseOp(s *service, rec Record) {
+	if op := s.pauseOp; op != nil && rec.Epoch > op.at {
+		if rec.Paused != op.on {
+			s.decision = fmt.Sprintf("%s dropped: epoch %d was decided first", op.verb(), rec.Epoch)
+		}
+		s.pauseOp = nil
+	}
+}
+
 // Switchover asks the cluster to move the service to backend to. It
 // returns the id of the operation, whose outcome Status reports.
 func (m *Machine) Switchover(svc, to string) (uint64, error) {

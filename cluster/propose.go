@@ -81,6 +81,7 @@ func (m *Machine) adopt(name string, rec Record, relayExcept string) {
 	}
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
+	m.endPauseOp(s, rec)
 	m.opDecided(s, rec, old)
 	m.unverified(s, old, rec)
 	s.decision = fmt.Sprintf("adopted epoch %d %s", rec.Epoch, rec.Value)
@@ -178,7 +179,7 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		}
 	}
 	f := tickFacts{
-		rec: rec, forced: forced, switchTo: s.switchTo, fenceOp: s.fenceOp, down: down,
+		rec: rec, forced: forced, switchTo: s.switchTo, fenceOp: s.fenceOp, pauseOp: s.pauseOp, down: down,
 		retry: s.retry, retryTo: retryTo, fenceOld: failover.FenceOldPrimary(s.policy()),
 		switchWhy: func() string {
 			to := s.switchTo
@@ -222,6 +223,9 @@ func (m *Machine) tickService(name string, s *service, now time.Duration) {
 		primaryUp: func() bool { return m.ownUp(s, rec.Primary) },
 		quorum:    m.reachesQuorum,
 	}
+	if m.cfg.knobs.ignorePause {
+		f.rec.Paused = false
+	}
 	m.apply(name, s, decide(f), now)
 }
 
@@ -246,6 +250,11 @@ func (m *Machine) apply(name string, s *service, d tickDecision, now time.Durati
 	case decideFenceDone:
 		s.fenceOp = nil
 		m.opEnd(s, OpDone, d.why)
+	case decidePauseDone:
+		s.pauseOp = nil
+		m.opEnd(s, OpDone, d.why)
+	case decidePaused:
+		m.say(name, s, "paused", d.why)
 	case decideNoCandidate:
 		if m.say(name, s, "candidate", d.why) {
 			m.counters.NoCandidate++
@@ -268,6 +277,8 @@ type tickFacts struct {
 	// it out (or why there is none).
 	fenceOp    *fenceOp
 	fenceValue func() (Value, string)
+	// An operator's pause or resume in flight.
+	pauseOp *pauseOp
 	// bootstrap is the first primary to propose ("" to wait).
 	bootstrap func() string
 	// down: a quorum sees the record's primary down; rankWait: the rank
@@ -316,6 +327,8 @@ const (
 	decideDropFence                // the fence cannot go ahead
 	decideFenceDone                // a decision that landed meanwhile carried the fence out
 	decideNoCandidate              // the primary is down and nothing can take over
+	decidePauseDone                // the pause or resume is already so
+	decidePaused                   // paused: an automatic decision is not taken
 )
 
 // decide is the choice a tick makes for a service with no proposal in
@@ -337,7 +350,7 @@ func decide(f tickFacts) tickDecision {
 	}
 	forced := f.forced.Epoch != 0
 	switch {
-	case (f.switchTo != "" || f.fenceOp != nil) && forced:
+	case (f.switchTo != "" || f.fenceOp != nil || f.pauseOp != nil) && forced:
 		return propose(f.forced.Value, kindForced, rec.Primary)
 	case f.switchTo != "" && f.switchTo == rec.Primary:
 		return tickDecision{what: decideSwitchDone}
@@ -356,6 +369,27 @@ func decide(f tickFacts) tickDecision {
 			return tickDecision{what: decideFenceDone, why: fmt.Sprintf("already so at epoch %d", rec.Epoch)}
 		}
 		return propose(v, map[bool]kind{true: kindFence, false: kindUnfence}[op.fence], op.backend)
+	case f.pauseOp != nil:
+		op := f.pauseOp
+		if rec.Paused == op.on {
+			return tickDecision{what: decidePauseDone, why: fmt.Sprintf("already so at epoch %d", rec.Epoch)}
+		}
+		v := rec.Value
+		v.Paused = op.on
+		return propose(v, map[bool]kind{true: kindPause, false: kindResume}[op.on], rec.Primary)
+	case rec.Paused:
+		// Paused: what an earlier vote forces is finished, and the record
+		// is decided again for liveness; nothing moves by itself.
+		switch {
+		case forced && f.quorum():
+			return propose(f.forced.Value, kindForced, rec.Primary)
+		case f.down:
+			return tickDecision{what: decidePaused, why: fmt.Sprintf("paused: %q is down, no automatic failover (quorumproxy resume, or a switchover)", rec.Primary)}
+		case !forced && f.stalled():
+			return propose(rec.Value, kindReaffirm, rec.Primary) // the same primary: nothing moves
+		case f.liveness() && f.primaryUp():
+			return propose(rec.Value, kindReaffirm, rec.Primary)
+		}
 	case rec.Primary == "":
 		if forced {
 			if f.quorum() {
@@ -501,6 +535,9 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 		if value.Primary != ss.Record.Primary {
 			value.Since = e
 		}
+		if k != kindPause && k != kindResume {
+			value.Paused = ss.Record.Paused // only a pause or resume changes it
+		}
 	}
 	prev := ss.Accepted
 	ss.MaxVoted, ss.VotedFor, ss.PrevAccepted = e, m.cfg.Name, prev
@@ -560,6 +597,9 @@ func (m *Machine) abandon(name string, s *service, now time.Duration, why string
 			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
 		case kindFence, kindUnfence:
 			s.fenceOp = nil
+			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
+		case kindPause, kindResume:
+			s.pauseOp = nil
 			m.opEnd(s, OpFailed, fmt.Sprintf("gave up epoch %d: %s", p.epoch, why))
 		}
 		m.counters.GivenUp++
@@ -733,6 +773,7 @@ func (m *Machine) commit(name string, s *service, p *proposal, now time.Duration
 	}
 	m.endRetry(s, rec)
 	m.endFenceOp(s, rec)
+	m.endPauseOp(s, rec)
 	m.opDecided(s, rec, old)
 	if p.kind != kindPromoteFailed {
 		// (moving on, this proxy already knows the old primary is not one)

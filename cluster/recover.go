@@ -127,7 +127,7 @@ func (m *Machine) finishRecovery() {
 	for _, name := range m.order {
 		s := m.svcs[name]
 		s.leaseAt = now
-		s.switchTo, s.fenceOp = "", nil
+		s.switchTo, s.fenceOp, s.pauseOp = "", nil, nil
 		m.log.Info("cluster: recovered state from peers", "service", name, "epoch", st.Services[name].Record.Epoch)
 	}
 }

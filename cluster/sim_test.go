@@ -289,6 +289,10 @@ type sim struct {
 	// fenceAt and unfenceAt: when an operator last asked to fence or
 	// unfence each backend; fencedAt: when a commit last added it.
 	fenceAt, unfenceAt, fencedAt map[string]time.Duration
+	// pauseAskedAt: when an operator last asked to pause; pausedFrom: the
+	// pauseAskedAt of the paused record in force (a primary may move while
+	// paused only by an operator's request since then).
+	pauseAskedAt, pausedFrom time.Duration
 	// promoteFailed holds the epochs whose promote hook failed (and whose
 	// failure the committing proxy took).
 	promoteFailed map[uint64]bool
@@ -1131,8 +1135,10 @@ func (s *sim) fault() {
 		} else {
 			s.setTruth(b, !s.truth[s.backends[b].Name])
 		}
-	case r < 84:
+	case r < 81:
 		s.operatorFence(s.randomNode(), s.backends[s.rng.IntN(len(s.backends))].Name, s.rng.IntN(2) == 0)
+	case r < 84:
+		s.operatorPause(s.randomNode(), s.rng.IntN(2) == 0)
 	case r < 90:
 		nd := s.randomNode()
 		if !nd.alive || nd.paused {
@@ -1182,6 +1188,22 @@ func (s *sim) operatorFence(nd *simNode, b string, fence bool) {
 	s.logf("%s %s of %s requested", nd.name, verb, b)
 }
 
+// operatorPause is an operator's pause or resume through nd.
+func (s *sim) operatorPause(nd *simNode, on bool) {
+	if !nd.alive || nd.paused {
+		return
+	}
+	verb := map[bool]string{true: "pause", false: "resume"}[on]
+	if _, err := nd.m.Pause(simService, on); err != nil {
+		s.logf("%s %s refused: %v", nd.name, verb, err)
+		return
+	}
+	if on {
+		s.pauseAskedAt = s.now
+	}
+	s.logf("%s %s requested", nd.name, verb)
+}
+
 // operatorAfterHeal is the operator after the heal, through one proxy
 // that runs, asking again (as an operator would, after looking at the
 // status) only once that proxy has nothing in flight: a backend that is up
@@ -1194,7 +1216,11 @@ func (s *sim) operatorAfterHeal() {
 			continue
 		}
 		sv := nd.m.svcs[simService]
-		if sv.fenceOp != nil || sv.prop != nil || sv.switchTo != "" {
+		if sv.fenceOp != nil || sv.pauseOp != nil || sv.prop != nil || sv.switchTo != "" {
+			break
+		}
+		if s.globalValue().Paused {
+			s.operatorPause(nd, false) // maintenance is over
 			break
 		}
 		anyUp := false
@@ -1308,12 +1334,15 @@ func (s *sim) globalPrimary() string {
 }
 
 // globalFenced is the fenced set of the highest committed record.
-func (s *sim) globalFenced() Fenced {
+func (s *sim) globalFenced() Fenced { return s.globalValue().Fenced }
+
+// globalValue is the value of the highest committed record.
+func (s *sim) globalValue() Value {
 	var best uint64
 	for e := range s.values {
 		best = max(best, e)
 	}
-	return s.values[best].Fenced
+	return s.values[best]
 }
 
 // heal ends the faults: the network is whole again, every proxy runs, all
@@ -1527,7 +1556,19 @@ func (s *sim) firstCommit(rec Record, nd *simNode) {
 	case len(rec.Fenced) < len(pv.Fenced):
 		s.stats.unfences.Add(1)
 	}
+	if rec.Paused && !pv.Paused {
+		s.pausedFrom = s.pauseAskedAt
+	}
 	prev := pv.Primary
+	if pv.Paused && prev != rec.Primary && prev != "" {
+		// Paused: only an operator moves the primary.
+		sw, okS := s.switchAt[rec.Primary]
+		fe, okF := s.fenceAt[prev]
+		if !(okS && sw >= s.pausedFrom) && !(okF && fe >= s.pausedFrom) {
+			s.fail("epoch %d moved the primary from %q to %q while epoch %d had the service paused, with no operator's switchover or fence since the pause", rec.Epoch, prev, rec.Primary, pe)
+			return
+		}
+	}
 	if pe == 0 {
 		if !s.roleAware {
 			// Without roles the cluster's first choice is the primary:
@@ -1848,6 +1889,7 @@ func TestSimulationFindsBrokenRules(t *testing.T) {
 		{"a failed promote moves on at once", simOpts{knobs: knobs{moveOnAtOnce: true}}, 1000},
 		{"promote without looking for other primaries", simOpts{knobs: knobs{promoteBlind: true}}, 1000},
 		{"promote right after a pause, on old views", simOpts{knobs: knobs{promoteAfterPause: true}}, 10000},
+		{"a paused service fails over anyway", simOpts{knobs: knobs{ignorePause: true}}, 10000},
 		{"an unsaved vote is answered from memory", simOpts{knobs: knobs{answerUnpersisted: true}}, 1000},
 	}
 	for _, c := range cases {

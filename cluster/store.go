@@ -20,7 +20,7 @@ const (
 	nodeIDFile  = "node-id"
 	lockFile    = "lock"
 	stateMagic  = "QPST"
-	stateFormat = 2 // 2: values carry the fenced set; 1 is still read
+	stateFormat = 3 // 2: values carry the fenced set; 3: and paused; 1 and 2 are still read
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -202,12 +202,18 @@ func decodeState(b []byte) (State, error) {
 		return State{}, errors.New("checksum mismatch")
 	}
 	v := body[len(stateMagic)]
-	if v != stateFormat && v != 1 {
+	if v != stateFormat && v != 1 && v != 2 {
 		return State{}, fmt.Errorf("unknown format %d", v)
 	}
 	d := &dec{b: body[len(stateMagic)+1:]}
 	record, ballot := d.record, d.ballot
-	if v == 1 {
+	switch v {
+	case 2:
+		// format 2 had no paused flag: nothing was paused
+		value2 := func() Value { return Value{Primary: d.str(), Fenced: d.fenced(), Since: d.u64()} }
+		record = func() Record { return Record{Epoch: d.u64(), Value: value2()} }
+		ballot = func() Ballot { return Ballot{Epoch: d.u64(), Value: value2()} }
+	case 1:
 		// format 1 had no fenced set: a value was its primary alone
 		record = func() Record { return Record{Epoch: d.u64(), Value: Value{Primary: d.str()}} }
 		ballot = func() Ballot { return Ballot{Epoch: d.u64(), Value: Value{Primary: d.str()}} }

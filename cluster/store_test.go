@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,8 +15,45 @@ func sampleState() State {
 		"db": {Record: Record{Epoch: 7, Value: Value{Primary: "pg-b"}}, MaxVoted: 8, VotedFor: "proxy-2",
 			Accepted: Ballot{Epoch: 7, Value: Value{Primary: "pg-b"}}, PrevAccepted: Ballot{Epoch: 5, Value: Value{Primary: "pg-a"}},
 			Intent: HookIntent{Epoch: 7, Fence: "pg-a", Promote: "pg-b"}},
-		"cache": {Record: Record{Epoch: 1, Value: Value{Primary: "r1"}}},
+		"cache": {Record: Record{Epoch: 1, Value: Value{Primary: "r1", Fenced: "r2", Since: 1, Paused: true}}},
 	}}
+}
+
+// A state file of format 2 (before values carried the paused flag), as a
+// proxy of the version before writes it, is read: nothing paused.
+func TestStateFormat2Read(t *testing.T) {
+	want := sampleState()
+	e := &enc{b: []byte(stateMagic)}
+	e.u8(2)
+	e.bool(want.Synced)
+	e.b = binary.BigEndian.AppendUint32(e.b, 2)
+	value2 := func(v Value) { e.str(v.Primary); e.str16(string(v.Fenced)); e.u64(v.Since) }
+	for _, n := range []string{"cache", "db"} {
+		ss := want.Services[n]
+		e.str(n)
+		e.u64(ss.Record.Epoch)
+		value2(ss.Record.Value)
+		e.u64(ss.MaxVoted)
+		e.str(ss.VotedFor)
+		e.u64(ss.Accepted.Epoch)
+		value2(ss.Accepted.Value)
+		e.u64(ss.PrevAccepted.Epoch)
+		value2(ss.PrevAccepted.Value)
+		e.u64(ss.Intent.Epoch)
+		e.str(ss.Intent.Fence)
+		e.str(ss.Intent.Promote)
+		e.bool(ss.Intent.Done)
+	}
+	b := binary.BigEndian.AppendUint32(e.b, crc32.Checksum(e.b, castagnoli))
+	got, err := decodeState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := want.Services["cache"]
+	c.Record.Paused = false
+	if got.Services["db"] != want.Services["db"] || got.Services["cache"] != c {
+		t.Errorf("format 2 read as %+v", got.Services)
+	}
 }
 
 func TestFileStoreRoundTrip(t *testing.T) {

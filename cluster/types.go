@@ -51,14 +51,23 @@ type Value struct {
 	Primary string
 	Fenced  Fenced
 	Since   uint64
+	// Paused: an operator paused the service's automatic decisions (no
+	// failover, first primary or move after a failed promote); operators'
+	// switchovers, fences and unfences still go through, and keep it.
+	Paused bool
 }
 
-// String reads as `primary "b"`, with the fenced set when there is one.
+// String reads as `primary "b"`, with the fenced set when there is one
+// and ", paused" when paused.
 func (v Value) String() string {
-	if v.Fenced == "" {
-		return fmt.Sprintf("primary %q", v.Primary)
+	s := fmt.Sprintf("primary %q", v.Primary)
+	if v.Fenced != "" {
+		s += fmt.Sprintf(", fenced %s", v.Fenced)
 	}
-	return fmt.Sprintf("primary %q, fenced %s", v.Primary, v.Fenced)
+	if v.Paused {
+		s += ", paused"
+	}
+	return s
 }
 
 // less orders values, only to break ties the same way on every run.
@@ -350,6 +359,7 @@ type knobs struct {
 	moveOnAtOnce        bool // a failed promote moves on at once, as if the backend could not be primary
 	promoteBlind        bool // promote without checking that no other backend may be primary
 	promoteAfterPause   bool // promote right after a pause, on views from before it
+	ignorePause         bool // proxies propose and voters grant automatic decisions of a paused service
 	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 

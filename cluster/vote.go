@@ -109,6 +109,24 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 	switch x.Kind {
 	case kindForced:
 		return nil
+	case kindPause, kindResume:
+		if v.Primary != ss.Record.Primary || v.Fenced != fenced || v.Paused != (x.Kind == kindPause) {
+			return fmt.Errorf("%s changes more than the paused flag", x.Kind)
+		}
+		return nil
+	}
+	if v.Paused != ss.Record.Paused && !m.cfg.knobs.ignorePause {
+		return fmt.Errorf("a %s proposal %s the service", x.Kind, map[bool]string{true: "pauses", false: "resumes"}[v.Paused])
+	}
+	if ss.Record.Paused && !m.cfg.knobs.ignorePause {
+		switch {
+		case x.Kind == kindFailover || x.Kind == kindBootstrap || x.Kind == kindPromoteFailed:
+			return fmt.Errorf("the service is paused: no %s", x.Kind)
+		case x.Kind == kindReaffirm && v.Primary != ss.Record.Primary:
+			return fmt.Errorf("the service is paused: a re-affirmation may not move the primary")
+		}
+	}
+	switch x.Kind {
 	case kindUnfence:
 		if v.Primary != ss.Record.Primary && x.Base == ss.Record.Epoch {
 			return fmt.Errorf("unfence of %q moves the primary", x.From)

@@ -417,3 +417,81 @@ func startEchoAt(t *testing.T, name, addr string) *echoServer {
 	t.Cleanup(e.Close)
 	return e
 }
+
+// An operator pauses the cluster (Patroni's pause): the primary dies and
+// nothing fails over, every surface says paused, a restarted proxy is still
+// paused, a switchover still works; after a resume the cluster fails over
+// by itself again.
+func TestClusterPause(t *testing.T) {
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	ps, tokenFile := startEchoCluster(t, a, b)
+	testwait.For(t, "all three proxies routing to a", 30*time.Second, allRoute(t, "a", ps))
+	// The first pause may meet a lease round in flight and give up: ask
+	// again, as an operator would.
+	testwait.For(t, "paused", 30*time.Second, func() bool {
+		out, errOut, code := runBin(t, "pause", "-config", ps[0].cfgPath, "-token-file", tokenFile)
+		if code != 0 {
+			t.Logf("pause: %s %s", out, errOut)
+		}
+		return code == 0 && ps[0].clusterService(t).Paused
+	})
+	for _, p := range ps {
+		testwait.For(t, p.name+" sees the pause", 10*time.Second, func() bool { return p.clusterService(t).Paused })
+	}
+	if out, _, _ := runBin(t, "status", "-admin", ps[1].admin); !strings.Contains(out, "echo (PAUSED)") {
+		t.Errorf("status does not say paused:\n%s", out)
+	}
+	if m := getBody(t, "http://"+ps[1].admin+"/metrics"); !regexp.MustCompile(`quorumproxy_cluster_paused\{service="echo"\} 1`).MatchString(m) {
+		t.Errorf("/metrics does not say paused:\n%s", grepLines(m, "paused"))
+	}
+	hc := &adminapi.Client{Addr: ps[1].admin}
+	if rd, code, err := hc.Health(t.Context(), "echo"); err != nil || code != http.StatusOK || !rd.Paused {
+		t.Errorf("readiness while paused and routing: %d %+v %v; want 200, paused", code, rd, err)
+	}
+	if _, _, code := runBin(t, "pause", "-admin", ps[0].admin, "-token-file", tokenFile, "-service", "echo"); code == 0 {
+		t.Error("a second pause of a paused service was accepted")
+	}
+
+	// A restarted proxy reads the pause from its state_dir.
+	ps[2].d.cmd.Process.Signal(syscall.SIGTERM)
+	err := <-ps[2].d.exited
+	ps[2].d.exited <- err // for startDaemon's cleanup
+	ps[2].d = startDaemon(t, ps[2].cfgPath, ps[2].admin)
+	testwait.For(t, "restarted qp3 routing to a, paused", 30*time.Second, func() bool {
+		v := ps[2].clusterService(t)
+		return v.Paused && v.Routing == "a"
+	})
+
+	// The primary dies: paused, nobody fails over, and the status says why.
+	a.Close()
+	testwait.For(t, "every proxy says the failover waits for the pause", 20*time.Second, func() bool {
+		for _, p := range ps {
+			if v := p.clusterService(t); !strings.Contains(v.Decision, "paused") || v.Primary != "a" {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(2 * time.Second) // a negative check: more than three leases with nothing decided
+	for _, p := range ps {
+		if v := p.clusterService(t); v.Primary != "a" || !v.Paused {
+			t.Fatalf("%s while paused: primary %q, paused %v; want a, paused", p.name, v.Primary, v.Paused)
+		}
+	}
+	if rd, code, _ := hc.Health(t.Context(), "echo"); code != http.StatusServiceUnavailable || !strings.HasPrefix(rd.Reason, "paused") {
+		t.Errorf("readiness with the primary down while paused: %d %+v; want 503 saying paused", code, rd)
+	}
+
+	// Resumed, the cluster fails over by itself.
+	if out, errOut, code := runBin(t, "resume", "-admin", ps[0].admin, "-token-file", tokenFile); code != 0 {
+		t.Fatalf("resume: exit %d: %s %s", code, out, errOut)
+	}
+	testwait.For(t, "all three proxies routing to b after the resume", 30*time.Second, allRoute(t, "b", ps))
+	if ps[0].clusterService(t).Paused {
+		t.Error("still paused after the resume")
+	}
+	if out, _, _ := runBin(t, "history", "-admin", ps[0].admin, "-service", "echo"); !strings.Contains(out, "pause requested") ||
+		!strings.Contains(out, "resume requested") || !strings.Contains(out, "paused: no automatic failover") || !strings.Contains(out, "resumed: automatic failover") {
+		t.Errorf("history lacks the pause and the resume:\n%s", out)
+	}
+}

@@ -37,6 +37,8 @@ commands:
   drain -service S -backend B no new connections to B on this proxy; open sessions run on
   undrain -service S -backend B
                               new connections to B again (both local to this proxy; need the token)
+  pause [-service S]          no automatic failover of S (default: every clustered service) until
+  resume [-service S]         resume; switchovers, fences and unfences still work (voted; token)
   drill -config F -service S -- CMD...
                               failover drill: write through the proxy, fail the primary with CMD
                               (or -switchover-to B), report detection, decision, RTO and lost writes
@@ -63,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdBackendControl(args[0], args[1:], stdout, stderr)
 	case "drill":
 		return cmdDrill(args[1:], stdout, stderr)
+	case "pause", "resume":
+		return cmdPause(args[0], args[1:], stdout, stderr)
 	case "history":
 		return cmdHistory(args[1:], stdout, stderr)
 	case "version", "-version", "--version":

@@ -93,7 +93,11 @@ func printCluster(w io.Writer, c *adminapi.ClusterStatus) {
 		if s.Fencing != "" {
 			fenced += " (" + s.Fencing + " pending)"
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Epoch, orNone(s.Primary), fenced, routing, lease, s.MaxVoted, flight, s.Decision)
+		name := s.Service
+		if s.Paused {
+			name += " (PAUSED)"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", name, s.Epoch, orNone(s.Primary), fenced, routing, lease, s.MaxVoted, flight, s.Decision)
 	}
 	tw.Flush()
 	for _, s := range c.Services {
@@ -101,7 +105,11 @@ func printCluster(w io.Writer, c *adminapi.ClusterStatus) {
 			fmt.Fprintf(w, "  %s: %s\n", s.Service, s.Held)
 		}
 		if op := s.Operation; op != nil {
-			fmt.Fprintf(w, "  %s: last operation %d: %s of %s: %s", s.Service, op.ID, op.Kind, op.Backend, op.State)
+			what := op.Kind
+			if op.Backend != "" {
+				what += " of " + op.Backend
+			}
+			fmt.Fprintf(w, "  %s: last operation %d: %s: %s", s.Service, op.ID, what, op.State)
 			if op.Detail != "" {
 				fmt.Fprintf(w, ": %s", op.Detail)
 			}

@@ -117,6 +117,12 @@ func (c *Client) BackendControl(ctx context.Context, verb, service, backend stri
 	return c.Post(ctx, "/api/v1/"+verb, url.Values{"service": {service}, "backend": {backend}})
 }
 
+// Pause asks for a pause (on) or resume of a clustered service.
+func (c *Client) Pause(ctx context.Context, service string, on bool) (ControlAnswer, error) {
+	verb := map[bool]string{true: "pause", false: "resume"}[on]
+	return c.Post(ctx, "/api/v1/"+verb, url.Values{"service": {service}})
+}
+
 // WaitOperation polls /status until the cluster operation id of service
 // is done (nil) or failed, or timeout passes (an error that says where it
 // stands). It prints each new state to out. An id of 0 was done at once.

@@ -119,6 +119,9 @@ type ClusterService struct {
 	// unfences them; Fencing is an operator's fence or unfence in flight.
 	Fenced  []string `json:"fenced,omitempty"`
 	Fencing string   `json:"fencing,omitempty"`
+	// Paused: an operator paused automatic decisions (no failover) at
+	// this epoch; switchovers, fences and unfences still work.
+	Paused bool `json:"paused,omitempty"`
 	// Routing is the backend this proxy forwards new clients to now: the
 	// cluster's leased route, unless the proxy holds it back locally
 	// (Held says why: quarantined, awaiting promotion, lease expired).
@@ -170,6 +173,8 @@ type Readiness struct {
 	Backends []string `json:"backends,omitempty"`
 	// Reason says why not ready ("" when ready).
 	Reason string `json:"reason,omitempty"`
+	// Paused: the service's automatic failover is paused by an operator.
+	Paused bool `json:"paused,omitempty"`
 	// For the whole proxy: how many services it has and how many of them
 	// route now, and the first few that do not, with why.
 	Services   int               `json:"services,omitempty"`

@@ -48,6 +48,8 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	mux.Handle("POST /api/v1/unfence", requireToken(token, d.knownTarget("backend", d.handleFence(false))))
 	mux.Handle("POST /api/v1/drain", requireToken(token, d.knownTarget("backend", d.handleDrain(true))))
 	mux.Handle("POST /api/v1/undrain", requireToken(token, d.knownTarget("backend", d.handleDrain(false))))
+	mux.Handle("POST /api/v1/pause", requireToken(token, d.knownTarget("", d.handlePause(true))))
+	mux.Handle("POST /api/v1/resume", requireToken(token, d.knownTarget("", d.handlePause(false))))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -104,20 +106,24 @@ func tokenMatches(got, token []byte) bool {
 }
 
 // knownTarget answers 404 for a service, or a backend of it (the form
-// value key names), that the running config does not have.
+// value key names; "": a service alone), that the running config does not
+// have.
 func (d *Daemon) knownTarget(key string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		service, backend := r.FormValue("service"), r.FormValue(key)
+		service, backend := r.FormValue("service"), ""
+		if key != "" {
+			backend = r.FormValue(key)
+		}
 		d.mu.Lock()
 		svc := d.cfg.Service(service)
 		d.mu.Unlock()
 		switch {
-		case service == "" || backend == "":
+		case service == "" || (key != "" && backend == ""):
 			// the handler says what is missing
 		case svc == nil:
 			http.Error(w, fmt.Sprintf("unknown service %q", service), http.StatusNotFound)
 			return
-		case !slices.ContainsFunc(svc.Backends, func(b config.Backend) bool { return b.Name == backend }):
+		case key != "" && !slices.ContainsFunc(svc.Backends, func(b config.Backend) bool { return b.Name == backend }):
 			http.Error(w, fmt.Sprintf("service %q has no backend %q", service, backend), http.StatusNotFound)
 			return
 		}
@@ -227,6 +233,31 @@ func (d *Daemon) handleFence(fence bool) http.Handler {
 	})
 }
 
+// handlePause pauses a clustered service's automatic decisions (or
+// resumes them), by a vote: Patroni's pause, per service.
+func (d *Daemon) handlePause(on bool) http.Handler {
+	verb := map[bool]string{true: "pause", false: "resume"}[on]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		service := r.FormValue("service")
+		if service == "" {
+			http.Error(w, "need service", http.StatusBadRequest)
+			return
+		}
+		if !d.clustered(w, service, verb) {
+			return
+		}
+		id, err := d.cluster.rt.Pause(service, on)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		d.log.Info(verb+" requested", "service", service, "operation", id, "remote", r.RemoteAddr)
+		d.note(journal.Entry{Service: service, Kind: "operator", Remote: r.RemoteAddr, Summary: fmt.Sprintf("%s requested (operation %d)", verb, id)})
+		writeAccepted(w, adminapi.ControlAnswer{Service: service, Operation: id,
+			Message: fmt.Sprintf("%s of %q proposed (operation %d)", verb, service, id)})
+	})
+}
+
 // handleDrain takes a backend out of this proxy's new connections (or
 // puts it back); its open sessions run on. Local to this proxy: a cluster
 // does not vote on it.
@@ -265,7 +296,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 {{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
 </table>
 <table><tr><th>service</th><th>epoch</th><th>primary</th><th>fenced</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
-{{range .Services}}<tr><td>{{.Service}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{range .Fenced}}{{.}} {{end}}{{if .Fencing}}({{.Fencing}} pending){{end}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
+{{range .Services}}<tr><td>{{.Service}}{{if .Paused}} <b>PAUSED</b>{{end}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{range .Fenced}}{{.}} {{end}}{{if .Fencing}}({{.Fencing}} pending){{end}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
 </table>{{end}}
 </body></html>`))
 

@@ -263,6 +263,10 @@ func recordReason(old, new cluster.Record) string {
 		why = fmt.Sprintf("%s fenced; primary stays %s", strings.Join(grown, ", "), new.Primary)
 	case len(shrunk) > 0:
 		why = fmt.Sprintf("%s unfenced; primary stays %s", strings.Join(shrunk, ", "), new.Primary)
+	case new.Paused && !old.Paused:
+		why = fmt.Sprintf("paused: no automatic failover until resumed; primary stays %s", new.Primary)
+	case old.Paused && !new.Paused:
+		why = fmt.Sprintf("resumed: automatic failover again; primary stays %s", new.Primary)
 	default:
 		why = fmt.Sprintf("primary %s decided again", new.Primary)
 	}
@@ -399,7 +403,7 @@ func (cs *clusterSide) view() *adminapi.ClusterStatus {
 	for _, s := range st.Services {
 		sv := adminapi.ClusterService{
 			Service: s.Service, Epoch: s.Record.Epoch, Primary: s.Record.Primary, Routing: s.Routing,
-			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing,
+			Fenced: s.Record.Fenced.List(), Fencing: s.Fencing, Paused: s.Record.Paused,
 			LeaseMS: float64(s.Lease.Microseconds()) / 1000, MaxVoted: s.MaxVoted,
 			Proposing: s.Proposing, Votes: s.Votes, Decision: s.Decision, PromoteFailed: s.PromoteFailed,
 			Alerts: s.Alerts,

@@ -26,6 +26,8 @@ func TestRecordReason(t *testing.T) {
 		{rec(3, "a"), rec(4, "a", "c"), "c fenced; primary stays a, epoch 4"},
 		{rec(4, "a", "c"), rec(5, "a"), "c unfenced; primary stays a, epoch 5"},
 		{rec(5, "a"), rec(6, "a"), "primary a decided again, epoch 6"},
+		{rec(6, "a"), cluster.Record{Epoch: 7, Value: cluster.Value{Primary: "a", Paused: true}}, "paused: no automatic failover until resumed; primary stays a, epoch 7"},
+		{cluster.Record{Epoch: 7, Value: cluster.Value{Primary: "a", Paused: true}}, rec(8, "a"), "resumed: automatic failover again; primary stays a, epoch 8"},
 	} {
 		if got := recordReason(c.old, c.new); got != c.want {
 			t.Errorf("recordReason(%v, %v) = %q, want %q", c.old, c.new, got, c.want)

@@ -50,12 +50,16 @@ func (d *Daemon) serviceReadiness(name string) (adminapi.Readiness, int) {
 		return rd, http.StatusNotFound
 	}
 	rd.Backends, rd.Reason = routesOf(ps)
+	rd.Paused = d.paused(name)
 	if len(rd.Backends) > 0 {
 		rd.Ready = true
 		return rd, http.StatusOK
 	}
 	if why := d.clusterNotReady(); why != "" && d.cluster.owned[name] {
 		rd.Reason = why + " (" + rd.Reason + ")"
+	}
+	if rd.Paused {
+		rd.Reason = "paused, so no automatic failover: " + rd.Reason
 	}
 	return rd, http.StatusServiceUnavailable
 }
@@ -113,6 +117,12 @@ func (d *Daemon) clusterNotReady() string {
 		return fmt.Sprintf("lost quorum: reaches %d of %d proxies (itself included), needs %d", len(st.Reachable)+1, st.Peers, st.Quorum)
 	}
 	return ""
+}
+
+// paused reports whether a clustered service's automatic decisions are
+// paused (lock-free: a probe per service may come every second).
+func (d *Daemon) paused(service string) bool {
+	return d.cluster != nil && d.cluster.owned[service] && d.cluster.rt.Paused(service)
 }
 
 // routesOf is where a new connection of the service goes now, or why

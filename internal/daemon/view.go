@@ -165,6 +165,11 @@ func (d *Daemon) syncMetrics() {
 			m.gauge([]string{"cluster", "epoch"}, sl, float64(s.Epoch))
 			m.gauge([]string{"cluster", "max_voted"}, sl, float64(s.MaxVoted))
 			m.gauge([]string{"cluster", "lease_remaining_seconds"}, sl, s.LeaseMS/1000)
+			paused := 0.0
+			if s.Paused {
+				paused = 1
+			}
+			m.gauge([]string{"cluster", "paused"}, sl, paused)
 			for _, kind := range []string{"promote_held", "no_primary"} {
 				on := 0.0
 				if slices.ContainsFunc(s.Alerts, func(a string) bool { return strings.HasPrefix(a, kind) }) {
