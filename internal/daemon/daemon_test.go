@@ -189,20 +189,7 @@ listen = %q
 health = { interval = "50ms", timeout = "40ms", rise = 1, fall = 1 }
 backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %q, priority = 1 }]
 `, admin, listen, a.Addr(), b.Addr())
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _, err := LoadConfig(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Options{ConfigPath: path, Config: cfg, Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Timeout: time.Second}
-	defer hc.CloseIdleConnections()
-	api := &adminapi.Client{Addr: admin, HTTP: hc}
+	d, api := startInProcess(t, path, admin, text)
 	target := func() string {
 		st, err := api.Status(context.Background())
 		if err != nil || st.Service("echo") == nil {
@@ -234,8 +221,29 @@ backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %
 		t.Errorf("after an invalid reload: %q %v, want b:x (the running config stays)", got, err)
 	}
 	d.Shutdown()
-	hc.CloseIdleConnections()
+	api.HTTP.CloseIdleConnections()
 	if _, err := ask(listen); err == nil {
 		t.Error("the service still answers after Shutdown")
 	}
+}
+
+// startInProcess writes text as the config file at path and starts a
+// Daemon on it, with an admin client whose idle connections are closed at
+// the end of the test.
+func startInProcess(t *testing.T, path, admin, text string) (*Daemon, *adminapi.Client) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := LoadConfig(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Options{ConfigPath: path, Config: cfg, Logger: slog.New(slog.DiscardHandler), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: time.Second}
+	t.Cleanup(hc.CloseIdleConnections)
+	return d, &adminapi.Client{Addr: admin, HTTP: hc}
 }

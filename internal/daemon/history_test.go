@@ -3,9 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,7 +10,6 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
@@ -38,21 +34,8 @@ health = { interval = "50ms", timeout = "40ms", rise = 1, fall = 1 }
 hooks = { notify = ["/bin/sh", "-c", "echo moving from $QP_OLD_BACKEND; exit 3"] }
 backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %q, priority = 1 }]
 `, admin, listen, a.Addr(), b.Addr())
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _, err := LoadConfig(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Options{ConfigPath: path, Config: cfg, Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, api := startInProcess(t, path, admin, text)
 	defer d.Shutdown()
-	hc := &http.Client{Timeout: time.Second}
-	defer hc.CloseIdleConnections()
-	api := &adminapi.Client{Addr: admin, HTTP: hc}
 	find := func(kind, text string) *journal.Entry {
 		h, err := api.History(context.Background(), "echo", 0)
 		if err != nil {

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -46,20 +45,7 @@ listen = %q
 health = { interval = "50ms", timeout = "40ms", rise = 1, fall = 1 }
 backend = [{ name = "x", address = %q }]
 `, admin, listen, a.Addr(), b.Addr(), deadListen, nobody)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _, err := LoadConfig(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Options{ConfigPath: path, Config: cfg, Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Timeout: time.Second}
-	defer hc.CloseIdleConnections()
-	api := &adminapi.Client{Addr: admin, HTTP: hc}
+	d, api := startInProcess(t, path, admin, text)
 	health := func(service string) (adminapi.Readiness, int) {
 		rd, code, err := api.Health(context.Background(), service)
 		if err != nil {
@@ -130,6 +116,6 @@ backend = [{ name = "y", address = %q }]
 			wcode == http.StatusServiceUnavailable && strings.HasPrefix(whole.Reason, "stopping")
 	})
 	held.Close()
-	hc.CloseIdleConnections()
+	api.HTTP.CloseIdleConnections()
 	<-done
 }
