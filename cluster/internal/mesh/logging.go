@@ -31,6 +31,19 @@ var levelPrefixes = []struct {
 	{[]byte("[ERROR] "), slog.LevelError},
 }
 
+// peerAway are memberlist's errors that only say a peer could not be
+// reached: a peer that stops or is cut off produces them, and the cluster
+// says that once, in words, at WARN ("peer unreachable"). At ERROR they
+// would page on-call for an orderly restart.
+var peerAway = [][]byte{
+	[]byte("memberlist: Push/Pull with "),
+	[]byte("memberlist: Failed to send gossip to "),
+	[]byte("memberlist: Failed to send ping"),
+	[]byte("memberlist: Failed to send indirect ping"),
+	[]byte("memberlist: Failed fallback ping"),
+	[]byte("memberlist: Failed to send UDP compound ping"),
+}
+
 func (w slogWriter) Write(p []byte) (int, error) {
 	line := bytes.TrimRight(p, "\n")
 	level := slog.LevelInfo
@@ -39,6 +52,14 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			level = lp.level
 			line = line[len(lp.prefix):]
 			break
+		}
+	}
+	if level == slog.LevelError {
+		for _, a := range peerAway {
+			if bytes.HasPrefix(line, a) {
+				level = slog.LevelWarn
+				break
+			}
 		}
 	}
 	ctx := context.Background()

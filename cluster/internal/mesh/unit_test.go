@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 func TestEnvelopeRoundTripAndTruncation(t *testing.T) {
@@ -172,4 +175,18 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// memberlist's errors about a peer it could not reach are warnings (the
+// cluster says the peer is unreachable); other errors stay errors.
+func TestPeerAwayIsAWarning(t *testing.T) {
+	logs := &testenv.Buffer{}
+	l := newLimitedStdLogger(slog.New(slog.NewTextHandler(logs, nil)), time.Millisecond)
+	l.Printf("[ERR] memberlist: Push/Pull with qp4 failed: dial tcp 127.0.0.1:30999: connect: connection refused")
+	l.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:7946: write: connection refused")
+	l.Printf("[ERR] memberlist: Error reading UDP packet: boom")
+	out := logs.String()
+	if strings.Count(out, "level=WARN") != 2 || strings.Count(out, "level=ERROR") != 1 || !strings.Contains(out, `level=ERROR msg="memberlist: Error reading UDP packet`) {
+		t.Errorf("levels:\n%s", out)
+	}
 }
