@@ -4,8 +4,8 @@
 
 GO        ?= go
 BIN       := bin/quorumproxy
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+COMMIT    ?= $(shell git describe --always --dirty --abbrev=12 2>/dev/null)
+LDFLAGS   := -X main.commit=$(COMMIT) -X main.buildDate=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 # The suite's budget: the whole run stays well under 30 minutes on 2 cores.
 TEST_TIMEOUT ?= 25m
 

@@ -17,8 +17,6 @@ import (
 	"os"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -44,7 +42,7 @@ commands:
                               (or -switchover-to B), report detection, decision, RTO and lost writes
   history [-service S] [-n N] what the proxy decided and did: records, hook runs (exit status,
                               -output for their output), operators' requests, reloads
-  version                     print the version
+  version                     print the version, the commit and the build date
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -70,7 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "history":
 		return cmdHistory(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "quorumproxy %s\n", version)
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)

@@ -86,7 +86,7 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	if _, _, code := runBin(t, "check-config", "/nonexistent/qp.toml"); code != 1 {
 		t.Errorf("missing file: exit %d, want 1", code)
 	}
-	if out, _, code := runBin(t, "version"); code != 0 || !strings.HasPrefix(out, "quorumproxy ") {
+	if out, _, code := runBin(t, "version"); code != 0 || !regexp.MustCompile(`^quorumproxy \d+\.\d+\.\d+ \(commit \S+, built \S+, go`).MatchString(out) {
 		t.Errorf("version: exit %d %q", code, out)
 	}
 	if _, _, code := runBin(t, "frobnicate"); code != 2 {
