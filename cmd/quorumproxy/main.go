@@ -17,7 +17,6 @@ import (
 	"os"
 )
 
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
