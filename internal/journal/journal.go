@@ -176,7 +176,7 @@ func firstErr(errs ...error) error {
 func (j *Journal) List(service string, limit int) []Entry {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var out []Entry
+	out := []Entry{} // an empty history is [], not null
 	for i := len(j.entries) - 1; i >= 0 && (limit <= 0 || len(out) < limit); i-- {
 		if e := j.entries[i]; service == "" || e.Service == service {
 			out = append(out, e)

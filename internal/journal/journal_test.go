@@ -68,6 +68,9 @@ func TestJournalInMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if got := j.List("", 0); got == nil || len(got) != 0 {
+		t.Errorf("empty history listed as %#v, want an empty list (JSON [])", got)
+	}
 	for i := range 3 {
 		j.Add(Entry{Kind: "target", Summary: fmt.Sprint(i)})
 	}
