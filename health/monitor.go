@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -123,6 +124,7 @@ type loop struct {
 // keeps its own state and rise/fall streak, fed by the shared results.
 type probe struct {
 	key     string
+	address string
 	spec    Spec
 	checker Checker
 	ctx     context.Context
@@ -158,6 +160,19 @@ type Monitor struct {
 	loops  map[targetKey]*loop
 	probes map[string]*probe
 	closed bool
+
+	observe atomic.Pointer[func(address, kind string, took time.Duration)]
+}
+
+// ObserveChecks has f called after every check with its address, kind
+// and duration (for a latency histogram): once per check, however many
+// targets share it. f must be quick; nil stops the calls.
+func (m *Monitor) ObserveChecks(f func(address, kind string, took time.Duration)) {
+	if f == nil {
+		m.observe.Store(nil)
+		return
+	}
+	m.observe.Store(&f)
 }
 
 // NewMonitor returns a Monitor with no targets. onChange, if not nil, is called after a check
@@ -215,7 +230,7 @@ func (m *Monitor) Set(targets []Target) error {
 				errs = append(errs, fmt.Errorf("service %q backend %q: %w", t.Service, t.Backend, err))
 				continue
 			}
-			p = &probe{key: key, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
+			p = &probe{key: key, address: t.Address, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
 				poke: make(chan chan struct{})}
 			p.ctx, p.cancel = context.WithCancel(m.ctx)
 			fresh = append(fresh, p)
@@ -371,6 +386,9 @@ func (m *Monitor) run(p *probe) {
 		ctx, cancel := context.WithTimeout(p.ctx, p.spec.Timeout)
 		res := p.checker.Check(ctx)
 		cancel()
+		if f := m.observe.Load(); f != nil {
+			(*f)(p.address, p.spec.Kind, time.Since(start))
+		}
 		next, changed, ok := m.apply(p, res)
 		if !ok {
 			return

@@ -129,9 +129,21 @@ func TestClusterOfThree(t *testing.T) {
 		}
 	}
 	metricsText := getBody(t, "http://"+ps[0].admin+"/metrics")
-	for _, want := range []string{"quorumproxy_cluster_epoch", "quorumproxy_cluster_commits", "quorumproxy_memberlist_"} {
+	for _, want := range []string{"quorumproxy_cluster_epoch", "quorumproxy_cluster_commits_total", "quorumproxy_memberlist_",
+		`quorumproxy_failovers_total{service="echo"} 0`} { // there from the start
 		if !strings.Contains(metricsText, want) {
 			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	// Every metric the alert rules and the dashboard use exists, with a
+	// HELP text.
+	testwait.For(t, "a health check observed", 10*time.Second, func() bool {
+		return strings.Contains(getBody(t, "http://"+ps[0].admin+"/metrics"), "quorumproxy_health_check_duration_seconds_bucket")
+	})
+	metricsText = getBody(t, "http://"+ps[0].admin+"/metrics")
+	for _, name := range deployMetrics(t) {
+		if !strings.Contains(metricsText, "# HELP "+name+" ") {
+			t.Errorf("/metrics has no %s, which deploy/ uses", name)
 		}
 	}
 

@@ -284,7 +284,7 @@ mode = "active-active"
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"quorumproxy_connections_accepted", `service="echo"`, "quorumproxy_backend_bytes_in", "quorumproxy_health_transitions"} {
+	for _, want := range []string{"quorumproxy_connections_accepted_total", `service="echo"`, "quorumproxy_backend_sent_bytes_total", "quorumproxy_health_transitions_total"} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}

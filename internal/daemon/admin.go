@@ -40,7 +40,7 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	mux.HandleFunc("GET /health", d.handleHealth)
 	mux.HandleFunc("GET /health/{service}", d.handleServiceHealth)
 	mux.HandleFunc("GET /api/v1/history", d.handleHistory)
-	mux.Handle("GET /metrics", d.metrics.handler(d.syncMetrics))
+	mux.Handle("GET /metrics", d.metrics.handler())
 	mux.HandleFunc("GET /{$}", d.handlePage)
 	mux.Handle("POST /api/v1/reload", requireToken(token, http.HandlerFunc(d.handleReload)))
 	mux.Handle("POST /api/v1/switchover", requireToken(token, d.knownTarget("to", http.HandlerFunc(d.handleSwitchover))))

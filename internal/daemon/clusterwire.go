@@ -238,6 +238,9 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	d.note(journal.Entry{Service: service, Kind: "record", Epoch: new.Epoch, Summary: recordReason(old, new)})
+	if old.Primary != "" && new.Primary != old.Primary {
+		failovers.WithLabelValues(service).Inc()
+	}
 	svc := d.serviceConfig(service)
 	if svc == nil || len(svc.Hooks.Notify) == 0 {
 		return

@@ -78,6 +78,7 @@ type Daemon struct {
 	mu         sync.Mutex
 	cfg        *config.Config
 	lastReload adminapi.ReloadResult
+	lastTarget map[string]string // a lone proxy's last non-empty target per service
 
 	// stopping is set when Shutdown starts: readiness turns 503 so that
 	// a load balancer stops sending clients while the proxy drains.
@@ -95,7 +96,8 @@ func New(o Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{})}
+	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
+		lastTarget: map[string]string{}}
 	defer close(d.ready)
 	m, err := newMetricsExporter()
 	if err != nil {
@@ -120,6 +122,7 @@ func New(o Options) (*Daemon, error) {
 		d.cluster = cs
 	}
 	d.mon = health.NewMonitor(log, d.onHealth)
+	d.mon.ObserveChecks(observeCheck)
 	d.hooks.check = func(service, backend string) (bool, bool) {
 		up, role := d.checkNow(service, backend)
 		return up, role == cluster.RolePrimary
@@ -128,6 +131,8 @@ func New(o Options) (*Daemon, error) {
 		log.Error("health checks", "err", err)
 	}
 	d.lastReload = adminapi.ReloadResult{At: d.started, OK: true}
+	serviceSeries(d)
+	current.Store(d) // /metrics reads this daemon
 	if err := d.startAdmin(cfg.Admin); err != nil {
 		d.mon.Close()
 		if d.cluster != nil {
@@ -156,6 +161,16 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 	}
 	d.note(journal.Entry{Service: ev.Service, Kind: "target",
 		Summary: fmt.Sprintf("target %s -> %s: %s", orNone(ev.Old.Name), orNone(ev.New.Name), ev.Reason)})
+	if n := ev.New.Name; n != "" {
+		// A move from the last target, through none or not, is a failover.
+		d.mu.Lock()
+		last := d.lastTarget[ev.Service]
+		d.lastTarget[ev.Service] = n
+		d.mu.Unlock()
+		if last != "" && last != n {
+			failovers.WithLabelValues(ev.Service).Inc()
+		}
+	}
 	d.hooks.targetChanged(*svc, ev)
 }
 
@@ -218,6 +233,7 @@ func (d *Daemon) Reload() {
 		d.log.Warn("reload: [admin] changes take effect at the next restart")
 	}
 	d.setReload(res)
+	serviceSeries(d)
 	if res.OK {
 		d.log.Info("reloaded", "config", d.cfgPath, "services", len(cfg.Services))
 	}
@@ -255,4 +271,5 @@ func (d *Daemon) Shutdown() {
 	d.hooks.wait()
 	d.stopAdmin()
 	d.history.Close()
+	current.CompareAndSwap(d, nil)
 }

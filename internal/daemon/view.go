@@ -5,8 +5,6 @@ import (
 	"slices"
 	"strings"
 
-	gometrics "github.com/hashicorp/go-metrics"
-
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
@@ -116,116 +114,5 @@ func holdBack(v *adminapi.ClusterStatus, forwarding, why map[string]string) {
 			s.Held = fmt.Sprintf("cluster routes %q; held here: %s", s.Routing, why[s.Service])
 			s.Routing = ""
 		}
-	}
-}
-
-// syncMetrics exports the proxy's counters and the health states at scrape time.
-func (d *Daemon) syncMetrics() {
-	m := d.metrics
-	for _, ps := range d.px.Status() {
-		sl := serviceLabels(ps.Name)
-		m.counter([]string{"connections", "accepted"}, sl, ps.Accepted)
-		m.counter([]string{"connections", "refused"}, sl, ps.Refused)
-		m.gauge([]string{"connections", "active"}, sl, float64(ps.Active))
-		m.gauge([]string{"connections", "held"}, sl, float64(ps.Held))
-		dual := 0.0
-		if ps.DualPrimary {
-			dual = 1
-		}
-		m.gauge([]string{"alert", "dual_primary"}, sl, dual)
-		for _, b := range ps.Backends {
-			bl := backendLabels(ps.Name, b.Name)
-			m.counter([]string{"backend", "sessions"}, bl, b.Sessions)
-			m.counter([]string{"backend", "dial_failures"}, bl, b.DialFailures)
-			m.counter([]string{"backend", "refused"}, bl, b.Refused)
-			m.counter([]string{"backend", "bytes_in"}, bl, b.BytesIn)
-			m.counter([]string{"backend", "bytes_out"}, bl, b.BytesOut)
-			m.gauge([]string{"backend", "active"}, bl, float64(b.Active))
-			target := 0.0
-			if b.Name == ps.Target {
-				target = 1
-			}
-			m.gauge([]string{"backend", "target"}, bl, target)
-			draining := 0.0
-			if b.Draining {
-				draining = 1
-			}
-			m.gauge([]string{"backend", "draining"}, bl, draining)
-			fenced := 0.0
-			if b.Fenced {
-				fenced = 1
-			}
-			m.gauge([]string{"backend", "fenced"}, bl, fenced)
-		}
-	}
-	if d.cluster != nil {
-		cv := d.cluster.view()
-		for _, s := range cv.Services {
-			sl := serviceLabels(s.Service)
-			m.gauge([]string{"cluster", "epoch"}, sl, float64(s.Epoch))
-			m.gauge([]string{"cluster", "max_voted"}, sl, float64(s.MaxVoted))
-			m.gauge([]string{"cluster", "lease_remaining_seconds"}, sl, s.LeaseMS/1000)
-			paused := 0.0
-			if s.Paused {
-				paused = 1
-			}
-			m.gauge([]string{"cluster", "paused"}, sl, paused)
-			for _, kind := range []string{"promote_held", "no_primary"} {
-				on := 0.0
-				if slices.ContainsFunc(s.Alerts, func(a string) bool { return strings.HasPrefix(a, kind) }) {
-					on = 1
-				}
-				m.gauge([]string{"alert", kind}, sl, on)
-			}
-			if svc := d.serviceConfig(s.Service); svc != nil {
-				for _, b := range svc.Backends {
-					f := 0.0
-					if slices.Contains(s.Fenced, b.Name) {
-						f = 1
-					}
-					m.gauge([]string{"cluster", "fenced"}, backendLabels(s.Service, b.Name), f)
-				}
-			}
-		}
-		rec := 0.0
-		if cv.Recovering {
-			rec = 1
-		}
-		m.gauge([]string{"cluster", "recovering"}, nil, rec)
-		storeFailed := 0.0
-		if cv.StoreError != "" {
-			storeFailed = 1
-		}
-		m.gauge([]string{"cluster", "store_failed"}, nil, storeFailed)
-		m.gauge([]string{"cluster", "reachable_peers"}, nil, float64(len(cv.Reachable)))
-		c := cv.Counters
-		for name, v := range map[string]uint64{
-			"garbage": c.Garbage, "stranger": c.Stranger, "unknown_service": c.UnknownService, "replay": c.Replay,
-			"stale": c.Stale, "queue_full": c.QueueFull,
-		} {
-			m.counter([]string{"cluster", "dropped"}, []gometrics.Label{{Name: "reason", Value: name}}, v)
-		}
-		m.counter([]string{"cluster", "votes_granted"}, nil, c.VotesGranted)
-		m.counter([]string{"cluster", "votes_refused"}, nil, c.VotesRefused)
-		m.counter([]string{"cluster", "proposals"}, nil, c.Proposals)
-		m.counter([]string{"cluster", "proposals_given_up"}, nil, c.GivenUp)
-		m.counter([]string{"cluster", "commits"}, nil, c.Commits)
-		m.counter([]string{"cluster", "saves"}, nil, c.Saves)
-		m.counter([]string{"cluster", "adoptions"}, nil, c.Adoptions)
-		m.counter([]string{"cluster", "no_candidate"}, nil, c.NoCandidate)
-		m.counter([]string{"cluster", "persist_errors"}, nil, c.PersistErrors)
-	}
-	for _, s := range d.mon.States() {
-		bl := backendLabels(s.Service, s.Backend)
-		up := 0.0
-		if s.Status == health.StatusUp {
-			up = 1
-		}
-		m.gauge([]string{"backend", "up"}, bl, up)
-		m.gauge([]string{"backend", "lag_bytes"}, bl, float64(s.LagBytes))
-		m.gauge([]string{"backend", "lag_seconds"}, bl, s.Lag.Seconds())
-		m.gauge([]string{"backend", "check_latency_seconds"}, bl, s.Latency.Seconds())
-		m.counter([]string{"health", "checks"}, bl, s.Checks)
-		m.counter([]string{"health", "failures"}, bl, s.Failures)
 	}
 }

@@ -34,6 +34,7 @@ checks=(
 	"ps procps"
 	"sysctl procps"
 	"runuser util-linux"
+	"promtool prometheus"
 )
 
 have() {
