@@ -470,14 +470,22 @@ func (n *Node) MergeRemoteState(buf []byte) bool {
 	if err != nil {
 		return false
 	}
-	return n.offer(func() {
-		for svc, r := range recs {
-			if n.m.svcs[svc] == nil || n.m.recovering {
-				continue
-			}
-			n.m.adopt(svc, r, "")
+	return n.offer(func() { n.m.mergeRecords(recs) })
+}
+
+// mergeRecords adopts the records of a peer's full sync that are newer
+// than ours. memberlist repeats the sync every push/pull interval, so an
+// equal record is the normal case, not a stale message: counted as one,
+// a healthy 3-proxy cluster with 5 services grew "stale" by 20 a minute.
+func (m *Machine) mergeRecords(recs map[string]Record) {
+	if m.recovering {
+		return // it learns the state by its own sync
+	}
+	for svc, r := range recs {
+		if m.svcs[svc] != nil && r.Epoch > m.svcState(svc).Record.Epoch {
+			m.adopt(svc, r, "")
 		}
-	})
+	}
 }
 
 // localState encodes every service's record (committed decisions only, so

@@ -156,4 +156,15 @@ func TestFullSyncCoversEveryService(t *testing.T) {
 	if _, err := decodeRecords(m.localState()[:5]); err == nil {
 		t.Fatal("a truncated state decoded")
 	}
+	// A repeated sync of the same records changes nothing and counts
+	// nothing stale; a newer record is adopted.
+	newer := Record{Epoch: 5000, Value: Value{Primary: "db-a", Since: 5000}}
+	recs["svc-0007"] = newer
+	m.Batch(func() { m.mergeRecords(recs) })
+	if c := m.counters; c.Stale != 0 || c.Adoptions != 1 {
+		t.Errorf("merging a sync of equal records and one newer: %d stale, %d adoptions; want 0 and 1", c.Stale, c.Adoptions)
+	}
+	if got := m.svcState("svc-0007").Record; got != newer {
+		t.Errorf("svc-0007 after the merge: %+v, want %+v", got, newer)
+	}
 }
