@@ -148,7 +148,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
-	go cs.applyRoutes(d.px, d.log)
+	go cs.applyRoutes(d.px, d.log, d.failover)
 	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
 		OnRoute: func(service, backend string) { cs.routes.put(routeChange{service, backend}) },
 	})
@@ -168,7 +168,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 // applyRoutes hands the Node's route changes to the proxy in order. Safety
 // does not depend on how quickly this runs: the data path asks the Node's
 // lease (an atomic) before every dial and write.
-func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
+func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failoverClock) {
 	defer cs.wg.Done()
 	<-cs.ready
 	current := map[string]string{}
@@ -196,6 +196,7 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger) {
 			lost[k] = total
 		}
 		px.SetRoute(rc.service, rc.backend, lease)
+		fo.routedTo(rc.service, rc.backend, time.Now())
 		if prev != "" && prev != rc.backend {
 			log.Info("cluster: route changed", "service", rc.service, "from", prev, "to", rc.backend, "sessions_closed", n)
 		} else {

@@ -79,6 +79,7 @@ type Daemon struct {
 	cfg        *config.Config
 	lastReload adminapi.ReloadResult
 	lastTarget map[string]string // a lone proxy's last non-empty target per service
+	failover   *failoverClock
 
 	// stopping is set when Shutdown starts: readiness turns 503 so that
 	// a load balancer stops sending clients while the proxy drains.
@@ -97,7 +98,7 @@ func New(o Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
-		lastTarget: map[string]string{}}
+		lastTarget: map[string]string{}, failover: newFailoverClock()}
 	defer close(d.ready)
 	m, err := newMetricsExporter()
 	if err != nil {
@@ -145,6 +146,7 @@ func New(o Options) (*Daemon, error) {
 }
 
 func (d *Daemon) onHealth(s health.State) {
+	d.failover.health(s.Service, s.Backend, s.Status == health.StatusUp, time.Now())
 	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s))
 	if d.cluster != nil {
 		d.cluster.observe(s)
@@ -161,6 +163,7 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 	}
 	d.note(journal.Entry{Service: ev.Service, Kind: "target",
 		Summary: fmt.Sprintf("target %s -> %s: %s", orNone(ev.Old.Name), orNone(ev.New.Name), ev.Reason)})
+	d.failover.routedTo(ev.Service, ev.New.Name, time.Now())
 	if n := ev.New.Name; n != "" {
 		// A move from the last target, through none or not, is a failover.
 		d.mu.Lock()

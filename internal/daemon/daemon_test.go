@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,10 +202,18 @@ backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %
 		got, err := ask(listen)
 		return target() == "a" && err == nil && got == "a:x"
 	})
+	before := scrape(t, api)
 	a.Close()
 	testwait.For(t, "echo routed to b", 10*time.Second, func() bool {
 		got, err := ask(listen)
 		return target() == "b" && err == nil && got == "b:x"
+	})
+	// The move is counted and timed in /metrics (the registry is the
+	// process's: other tests' failovers of "echo" count too, so by delta).
+	testwait.For(t, "the failover in /metrics", 10*time.Second, func() bool {
+		m := scrape(t, api)
+		return m[`quorumproxy_failovers_total{service="echo"}`] == before[`quorumproxy_failovers_total{service="echo"}`]+1 &&
+			m[`quorumproxy_failover_duration_seconds_count{service="echo"}`] == before[`quorumproxy_failover_duration_seconds_count{service="echo"}`]+1
 	})
 	if err := os.WriteFile(path, []byte(text+"bogus = 1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -246,4 +255,27 @@ func startInProcess(t *testing.T, path, admin, text string) (*Daemon, *adminapi.
 	hc := &http.Client{Timeout: time.Second}
 	t.Cleanup(hc.CloseIdleConnections)
 	return d, &adminapi.Client{Addr: admin, HTTP: hc}
+}
+
+// scrape reads /metrics into series -> value (comments skipped).
+func scrape(t *testing.T, api *adminapi.Client) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	resp, err := api.HTTP.Get("http://" + api.Addr + "/metrics")
+	if err != nil {
+		t.Logf("scrape: %v", err)
+		return out
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(body), "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
+			out[l[:i]] = v
+		}
+	}
+	return out
 }

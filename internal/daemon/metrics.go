@@ -49,6 +49,11 @@ var (
 		Name: "quorumproxy_failovers_total",
 		Help: "Times the service's primary (in a cluster: the record's primary; alone: the target) moved from one backend to another, failovers and switchovers alike.",
 	}, []string{"service"})
+	failoverDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "quorumproxy_failover_duration_seconds",
+		Help:    "Failovers as this proxy saw them: from its checks reporting the backend it routed to down to routing another one.",
+		Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60},
+	}, []string{"service"})
 	checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "quorumproxy_health_check_duration_seconds",
 		Help:    "How long each health check took, per checked address and kind (services that check an address the same way share one check).",
@@ -60,7 +65,7 @@ func metricsRegistry() (*prometheus.Registry, error) {
 	globalOnce.Do(func() {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-			stateCollector{}, healthTransitions, hookRuns, failovers, checkDuration)
+			stateCollector{}, healthTransitions, hookRuns, failovers, failoverDuration, checkDuration)
 		// Expiration 0: a counter that stops moving must not vanish from /metrics.
 		sink, err := promsink.NewPrometheusSinkFrom(promsink.PrometheusOpts{Registerer: reg, Name: "quorumproxy_sink"})
 		if err != nil {
@@ -143,6 +148,53 @@ func countHook(service, kind string, ok bool) {
 
 func observeCheck(address, kind string, d time.Duration) {
 	checkDuration.WithLabelValues(address, kind).Observe(d.Seconds())
+}
+
+// failoverClock times failovers as this proxy saw them, for
+// quorumproxy_failover_duration_seconds: from its checks first reporting
+// the backend it routes to down, to routing a different one. A planned
+// switchover (the old primary up) is not timed.
+type failoverClock struct {
+	mu     sync.Mutex
+	routed map[string]string    // service -> the last backend routed to
+	downAt map[string]time.Time // service -> when that backend was seen down
+}
+
+func newFailoverClock() *failoverClock {
+	return &failoverClock{routed: map[string]string{}, downAt: map[string]time.Time{}}
+}
+
+// health notes a check's report about a backend.
+func (f *failoverClock) health(service, backend string, up bool, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.routed[service] != backend {
+		return
+	}
+	if _, ok := f.downAt[service]; !up && !ok {
+		f.downAt[service] = now
+	} else if up {
+		delete(f.downAt, service)
+	}
+}
+
+// routedTo notes that the service now routes to backend ("" none): a move
+// to another backend after the last one was seen down is a failover.
+func (f *failoverClock) routedTo(service, backend string, now time.Time) {
+	if backend == "" {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.routed[service]
+	f.routed[service] = backend
+	if last == backend {
+		return
+	}
+	if t, ok := f.downAt[service]; ok {
+		failoverDuration.WithLabelValues(service).Observe(now.Sub(t).Seconds())
+	}
+	delete(f.downAt, service)
 }
 
 // metric describes one series family read at scrape time.
