@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -488,11 +489,18 @@ func (m *Machine) mergeRecords(recs map[string]Record) {
 	}
 }
 
+// stateMark starts a full-state sync since wire format 5, before its
+// version: read as the u16 count of the format before it, 0xFFFE promises
+// more records than any sync holds, so a proxy of that version drops it
+// instead of misreading the records (which gained the paused flag); and a
+// sync without the mark is of another version and dropped here.
+var stateMark = []byte{0xFF, 0xFE, wireVersion}
+
 // localState encodes every service's record (committed decisions only, so
-// adopting them is always safe), with a u16 count (a count byte once cut
-// the sync off at 255 services).
+// adopting them is always safe), after stateMark, with a u16 count (a
+// count byte once cut the sync off at 255 services).
 func (m *Machine) localState() []byte {
-	e := &enc{}
+	e := &enc{b: append([]byte(nil), stateMark...)}
 	n := min(len(m.order), 1<<16-1)
 	e.b = binary.BigEndian.AppendUint16(e.b, uint16(n))
 	for _, name := range m.order[:n] {
@@ -503,6 +511,10 @@ func (m *Machine) localState() []byte {
 }
 
 func decodeRecords(b []byte) (map[string]Record, error) {
+	if !bytes.HasPrefix(b, stateMark) {
+		return nil, fmt.Errorf("remote state: %w", errVersion)
+	}
+	b = b[len(stateMark):]
 	d := &dec{b: b}
 	if len(b) < 2 {
 		return nil, fmt.Errorf("remote state: %w", errShort)

@@ -156,6 +156,11 @@ func TestFullSyncCoversEveryService(t *testing.T) {
 	if _, err := decodeRecords(m.localState()[:5]); err == nil {
 		t.Fatal("a truncated state decoded")
 	}
+	// A sync of the format before (no mark, records without the paused
+	// flag) is refused, not misread.
+	if _, err := decodeRecords(m.localState()[len(stateMark):]); err == nil {
+		t.Fatal("a sync without the version mark decoded")
+	}
 	// A repeated sync of the same records changes nothing and counts
 	// nothing stale; a newer record is adopted.
 	newer := Record{Epoch: 5000, Value: Value{Primary: "db-a", Since: 5000}}
