@@ -51,6 +51,10 @@ type Log struct {
 	Level string `toml:"level"`
 	// Format is "text" or "json". Default "text".
 	Format string `toml:"format"`
+	// Access logs one line per client connection when it ends: service,
+	// client, backend, duration, bytes each way and why it ended (HAProxy's
+	// tcplog). Default false (Linux only).
+	Access bool `toml:"access"`
 }
 
 // SlogLevel returns Level as a slog.Level (info when unset).

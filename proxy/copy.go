@@ -281,7 +281,7 @@ func (d *direction) boundWrite() bool {
 // abort closes both connections; a running direction then fails and ends,
 // a parked one is ended here. reset passes a reset on (SO_LINGER 0)
 // instead of a clean close.
-func (s *session) abort(reset bool) {
+func (s *session) abort(reset bool, _ ...string) { // why: the access log is Linux-only
 	if !s.aborted.CompareAndSwap(false, true) {
 		return
 	}

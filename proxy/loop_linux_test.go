@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
@@ -345,4 +346,46 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
+// TestAccessLog: with AccessLog on, each client connection ends in one
+// line that says who, where to, how long, how many bytes each way and why;
+// off, none.
+func TestAccessLog(t *testing.T) {
+	logs := &testenv.Buffer{}
+	be := startEcho(t)
+	p := newProxy(t, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), AccessLog: true}, oneBackend("svc", be.addr()))
+	p.SetHealth("svc", "a", upAny)
+	c := dial(t, p.addrOf(t, "svc"))
+	if _, err := c.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseWrite() // the echo server then closes: both ends done
+	_, _ = io.ReadAll(c)
+	c.Close()
+	testwait.For(t, "the access log line", waitLimit, func() bool { return strings.Contains(logs.String(), `msg=connection`) })
+	line := ""
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "msg=connection") {
+			line = l
+		}
+	}
+	for _, want := range []string{"service=svc", "client=" + c.LocalAddr().String(), "backend=a", "bytes_to_backend=6", "bytes_to_client=6", `why="done: both ends closed"`, "duration="} {
+		if !strings.Contains(line, want) {
+			t.Errorf("access log line lacks %s:\n%s", want, line)
+		}
+	}
+	// Off, nothing is written.
+	p.SetAccessLog(false)
+	c2 := dial(t, p.addrOf(t, "svc"))
+	testwait.For(t, "the second connection open", waitLimit, func() bool { return p.statusOf("svc").Active == 1 })
+	c2.Close()
+	testwait.For(t, "the second connection closed", waitLimit, func() bool { return p.statusOf("svc").Active == 0 })
+	if n := strings.Count(logs.String(), "msg=connection"); n != 1 {
+		t.Errorf("%d access log lines with the log off for the second connection, want 1 in all", n)
+	}
 }

@@ -30,9 +30,10 @@ type Proxy struct {
 	parkAfter time.Duration
 	plane     // the data plane's own state (event loops on Linux)
 
-	closing atomic.Bool  // set before sessions are swept, so none escapes
-	active  atomic.Int64 // client connections, all services
-	wg      sync.WaitGroup
+	closing   atomic.Bool  // set before sessions are swept, so none escapes
+	accessLog atomic.Bool  // Options.AccessLog, SetAccessLog
+	active    atomic.Int64 // client connections, all services
+	wg        sync.WaitGroup
 
 	evMu   sync.Mutex
 	evCond *sync.Cond
@@ -52,6 +53,7 @@ func New(opts Options) *Proxy {
 	if opts.parkAfter != 0 {
 		p.parkAfter = opts.parkAfter
 	}
+	p.accessLog.Store(opts.AccessLog)
 	p.startPlane(opts)
 	p.evCond = sync.NewCond(&p.evMu)
 	if p.onTarget != nil {
@@ -60,6 +62,9 @@ func New(opts Options) *Proxy {
 	}
 	return p
 }
+
+// SetAccessLog turns the per-connection access log on or off (a reload).
+func (p *Proxy) SetAccessLog(on bool) { p.accessLog.Store(on) }
 
 // notifyLoop delivers target changes in order, outside every lock.
 func (p *Proxy) notifyLoop() {
@@ -176,7 +181,7 @@ func (p *Proxy) removeService(s *service) {
 	s.cancel()
 	s.wakeHeld() // held connections are refused now
 	for _, b := range list {
-		b.closeSessions(true, false)
+		b.closeSessions(true, false, "service removed")
 	}
 }
 
@@ -227,10 +232,10 @@ func (p *Proxy) updateService(s *service, c ServiceConfig) error {
 	s.mu.Unlock()
 
 	for _, b := range drop {
-		b.closeSessions(true, false)
+		b.closeSessions(true, false, "backend removed or changed by a reload")
 	}
 	if closeOld != nil {
-		closeOld.closeSessions(false, false)
+		closeOld.closeSessions(false, false, "no longer the target after a reload")
 	}
 	p.emit(ev)
 
@@ -279,12 +284,12 @@ func (p *Proxy) SetHealth(service, backend string, h Health) {
 	closeDown := wentDown && s.cfg.CloseOnDown
 	s.mu.Unlock()
 	if closeDown {
-		if n := b.closeSessions(false, false); n > 0 {
+		if n := b.closeSessions(false, false, "backend down"); n > 0 {
 			p.log.Info("closed sessions of a backend that went down", "service", service, "backend", backend, "sessions", n)
 		}
 	}
 	if closeOld != nil && closeOld != b {
-		closeOld.closeSessions(false, false)
+		closeOld.closeSessions(false, false, "no longer the target")
 	}
 	p.emit(ev)
 }
@@ -309,7 +314,7 @@ func (p *Proxy) SetRoute(service, backend string, lease Lease) {
 	_, closeOld := s.recompute("route set")
 	s.mu.Unlock()
 	if closeOld != nil {
-		closeOld.closeSessions(false, true) // fenced: unsent bytes are dropped (RST)
+		closeOld.closeSessions(false, true, "the cluster's route moved") // fenced: unsent bytes are dropped (RST)
 	}
 }
 
@@ -396,7 +401,7 @@ func (p *Proxy) setBackendFlag(service, backend, verb string, check func(*servic
 	s.mu.Unlock()
 	p.log.Info(verb, "service", service, "backend", backend, "sessions", b.active.Load())
 	if closeOld != nil {
-		closeOld.closeSessions(false, true)
+		closeOld.closeSessions(false, true, verb+" of the backend")
 	}
 	p.emit(ev)
 	return nil
@@ -417,7 +422,7 @@ func (p *Proxy) CloseSessions(service, backend string) int {
 	if b == nil {
 		return 0
 	}
-	return b.closeSessions(false, true)
+	return b.closeSessions(false, true, "the cluster's route moved")
 }
 
 // LeaseLost is how many sessions to backend of service the data plane has
@@ -519,7 +524,7 @@ func (p *Proxy) closeAll() {
 		ln.close()
 	}
 	for _, b := range bs {
-		b.closeSessions(false, false)
+		b.closeSessions(false, false, "proxy closing")
 	}
 }
 

@@ -147,6 +147,7 @@ func (s *session) readHeader() {
 
 func (s *session) badHeader(err error) {
 	s.l.p.log.Debug("PROXY header refused", "service", s.svc.name, "peer", sockaddrTCP(s.peer), "err", err)
+	s.end("PROXY header refused: " + err.Error())
 	s.refuse()
 }
 

@@ -80,7 +80,7 @@ func (b *backend) removeSession(s *session) {
 }
 
 // closeSessions closes every session to b; remove also bars new ones.
-func (b *backend) closeSessions(remove, reset bool) int {
+func (b *backend) closeSessions(remove, reset bool, why string) int {
 	b.smu.Lock()
 	b.gen++
 	if remove {
@@ -92,7 +92,7 @@ func (b *backend) closeSessions(remove, reset bool) int {
 	}
 	b.smu.Unlock()
 	for _, s := range ss {
-		s.abort(reset)
+		s.abort(reset, why)
 	}
 	return len(ss)
 }

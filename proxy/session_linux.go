@@ -69,6 +69,27 @@ type session struct {
 	sendProxy ProxyVersion // the header the backend being dialled wants
 
 	up, down direction // client→backend, backend→client
+
+	// For the access log: when the client came and why the session ended
+	// (the first reason given wins).
+	start int64
+	why   string
+}
+
+// side names the end of the session a read from d's source (src) or a
+// write to its destination touches.
+func (d *direction) side(src bool) string {
+	if (d == &d.s.up) == src {
+		return "client"
+	}
+	return "backend"
+}
+
+// end notes why the session ends, for the access log.
+func (s *session) end(why string) {
+	if s.why == "" {
+		s.why = why
+	}
 }
 
 // endpoint is one fd of a session, as registered with epoll.
@@ -85,7 +106,8 @@ type direction struct {
 	src   int
 	dst   int
 	count *atomic.Uint64
-	lease Lease // bounds writes when set (client→backend of External)
+	moved uint64 // bytes this direction passed on (the access log)
+	lease Lease  // bounds writes when set (client→backend of External)
 
 	pend []byte // pooled; pend[off:n] waits for dst
 	off  int
@@ -114,7 +136,7 @@ func (pp *pipe) close() {
 // newSession takes an accepted client fd; the session is registered with
 // the loop and routed at once.
 func (l *loop) newSession(svc *service, fd int, peer unix.Sockaddr) {
-	s := &session{l: l, svc: svc, cfd: fd, sfd: -1, peer: peer}
+	s := &session{l: l, svc: svc, cfd: fd, sfd: -1, peer: peer, start: nanotime()}
 	s.client.s, s.server.s, s.server.server = s, s, true
 	s.up.s, s.down.s = s, s
 	s.tm.idx = -1
@@ -195,6 +217,7 @@ func (s *session) unhold() {
 // refuse closes a client that got no session.
 func (s *session) refuse() {
 	s.svc.refused.Add(1)
+	s.end("refused: no backend to send it to (no target, a limit, or switch_hold over)")
 	s.close()
 }
 
@@ -494,6 +517,7 @@ func (s *session) onTimer(now int64) {
 		}
 	case stEstablished:
 		if s.idle > 0 && now-s.last >= s.idle {
+			s.end("idle timeout")
 			s.abortNow(false)
 			return
 		}
@@ -542,6 +566,9 @@ func (s *session) close() {
 		}
 	}
 	delete(l.sessions, s)
+	if l.p.accessLog.Load() {
+		s.logAccess()
+	}
 	// Counted out before the fds close: whoever sees the close sees the
 	// counts without it.
 	s.dropBackend()
@@ -616,6 +643,7 @@ func (d *direction) pump() {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
+			s.end(d.side(true) + ": " + err.Error())
 			s.abortNow(errors.Is(err, unix.ECONNRESET))
 			return
 		case n == 0:
@@ -687,6 +715,7 @@ func (s *session) leaseLost() {
 	if s.b != nil {
 		s.b.leaseLost.Add(1)
 	}
+	s.end("lease lost: this proxy may no longer route to the backend")
 	s.abortNow(true)
 }
 
@@ -699,11 +728,13 @@ func (d *direction) write(b []byte) bool {
 	n, err := writeFD(d.dst, b)
 	if n > 0 {
 		d.count.Add(uint64(n))
+		d.moved += uint64(n)
 	}
 	if n == len(b) {
 		return true
 	}
 	if err != nil && err != unix.EAGAIN {
+		d.s.end(d.side(false) + ": " + err.Error())
 		d.s.abortNow(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE))
 		return false
 	}
@@ -726,6 +757,7 @@ func (d *direction) flushBuf() bool {
 			counted -= h
 		}
 		d.count.Add(uint64(counted))
+		d.moved += uint64(counted)
 		d.off += n
 	}
 	if d.off == d.n {
@@ -734,6 +766,7 @@ func (d *direction) flushBuf() bool {
 		return true
 	}
 	if err != nil && err != unix.EAGAIN {
+		d.s.end(d.side(false) + ": " + err.Error())
 		d.s.abortNow(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE))
 	}
 	return false
@@ -748,6 +781,7 @@ func (d *direction) flushPipe() bool {
 		n, err := unix.Splice(d.pipe.r, nil, d.dst, nil, d.pipe.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if n > 0 {
 			d.count.Add(uint64(n))
+			d.moved += uint64(n)
 			d.pipe.n -= int(n)
 			continue
 		}
@@ -757,6 +791,7 @@ func (d *direction) flushPipe() bool {
 		case err == unix.EAGAIN:
 			return false
 		case err != nil:
+			d.s.end(d.side(false) + ": " + err.Error())
 			d.s.abortNow(errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE))
 			return false
 		default:
@@ -776,6 +811,7 @@ func (d *direction) ended() {
 		d.pipe = nil
 	}
 	if d.s.up.eof && d.s.down.eof {
+		d.s.end("done: both ends closed")
 		d.s.close() // both read to their end: close sends the last FIN
 		return
 	}
@@ -887,6 +923,32 @@ func sockaddr(ip net.IP, port int) unix.Sockaddr {
 
 // abort closes the session from outside its loop (fencing, removal,
 // Close): the loop does it at its next wake-up.
-func (s *session) abort(reset bool) {
-	s.l.post(func() { s.abortNow(reset) })
+func (s *session) abort(reset bool, why string) {
+	s.l.post(func() {
+		s.end(why)
+		s.abortNow(reset)
+	})
+}
+
+// logAccess writes the access log line of a session that ends: HAProxy's
+// tcplog for this proxy.
+func (s *session) logAccess() {
+	backend := ""
+	if s.b != nil {
+		backend = s.b.cfg.Name
+	}
+	client := ""
+	if a := sockaddrTCP(s.peer); a != nil {
+		client = a.String()
+	}
+	if s.hdrSrc != nil {
+		client = s.hdrSrc.String() // what a load balancer in front said
+	}
+	why := s.why
+	if why == "" {
+		why = "closed"
+	}
+	s.l.p.log.Info("connection", "service", s.svc.name, "client", client, "backend", backend,
+		"duration", time.Duration(nanotime()-s.start).Round(time.Microsecond),
+		"bytes_to_backend", s.up.moved, "bytes_to_client", s.down.moved, "why", why)
 }

@@ -270,6 +270,11 @@ type Options struct {
 	// ignore it.
 	Loops int
 
+	// AccessLog writes one INFO line per client connection when it ends
+	// (service, client, backend, duration, bytes each way, why): Linux's
+	// event loops only. SetAccessLog changes it later.
+	AccessLog bool
+
 	// parkAfter overrides DefaultParkAfter (tests); negative disables
 	// parking.
 	parkAfter time.Duration

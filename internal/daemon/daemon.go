@@ -108,7 +108,7 @@ func New(o Options) (*Daemon, error) {
 	d.history = openHistory(log, cfg)
 	d.hooks = newHookRunner(log)
 	d.hooks.note = d.note
-	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops})
+	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
 		return nil, err
@@ -219,6 +219,7 @@ func (d *Daemon) Reload() {
 		res.OK, res.Error = false, err.Error()
 		d.log.Error("reload: health checks", "err", err)
 	}
+	d.px.SetAccessLog(cfg.Log.Access)
 	if d.cluster != nil {
 		for _, s := range cfg.Services {
 			if d.cluster.owned[s.Name] {
