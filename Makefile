@@ -9,7 +9,7 @@ LDFLAGS   := -X main.commit=$(COMMIT) -X main.buildDate=$(shell date -u +%Y-%m-%
 # The suite's budget: the whole run stays well under 30 minutes on 2 cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps test vet demo bench soak clean
+.PHONY: all build deps test vet demo bench soak clean package
 
 all: build
 
@@ -33,6 +33,11 @@ demo: deps build
 bench: deps build
 	$(GO) run ./internal/bench -bin $(BIN)
 	$(GO) run ./internal/scalebench -bin $(BIN) -proxies 3,5 -interval 1s,2s -out bench-results-scale.md
+
+# A .deb (dpkg-deb) of the binary, a hardened systemd unit, a starting
+# config, the man page and bash completion, in dist/.
+package: build
+	bash packaging/build-deb.sh $(BIN) dist
 
 # Long runs kept out of `make test`: many more simulation seeds, detection-time
 # trials, and longer, lossier partition scenarios with more trials.

@@ -678,3 +678,29 @@ backend = [{ name = "a", address = "127.0.0.1:5432" }]
 		t.Fatalf("got %v\nwant a problem %q", err, want)
 	}
 }
+
+// An interval set alone at or below the default timeout takes half of it
+// as its timeout (the packaged config's `interval = "1s"` was refused);
+// a timeout set explicitly is still checked against it.
+func TestShortIntervalDefaultTimeout(t *testing.T) {
+	dir := t.TempDir()
+	write := func(health string) string {
+		p := filepath.Join(dir, "qp.toml")
+		text := "[[service]]\nname = \"pg\"\nlisten = \"127.0.0.1:6432\"\nhealth = " + health +
+			"\nbackend = [{ name = \"a\", address = \"127.0.0.1:5432\" }, { name = \"b\", address = \"127.0.0.1:5433\" }]\n"
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg, _, err := parseFile(t, write(`{ interval = "1s" }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Services[0].Health; h.Timeout != 500*time.Millisecond {
+		t.Errorf("interval 1s alone: timeout %v, want 500ms", h.Timeout)
+	}
+	if _, _, err := parseFile(t, write(`{ interval = "1s", timeout = "1s" }`)); err == nil || !strings.Contains(err.Error(), "must be below interval") {
+		t.Errorf("an explicit timeout equal to the interval: %v, want refused", err)
+	}
+}

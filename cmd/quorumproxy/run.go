@@ -44,14 +44,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 	log.Info("quorumproxy started", "version", version, "config", *path, "services", len(cfg.Services))
+	sdNotify("READY=1\nSTATUS=serving")
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
+			sdNotify("RELOADING=1")
 			d.Reload()
+			sdNotify("READY=1\nSTATUS=serving")
 			continue
 		}
 		log.Info("draining", "signal", sig.String())
 		break
 	}
+	sdNotify("STOPPING=1\nSTATUS=draining")
 	d.Shutdown()
 	log.Info("quorumproxy stopped")
 	return 0
