@@ -35,6 +35,9 @@ checks=(
 	"sysctl procps"
 	"runuser util-linux"
 	"promtool prometheus"
+	"systemd-analyze systemd"
+	"adduser adduser"
+	"dpkg-deb dpkg"
 )
 
 have() {
