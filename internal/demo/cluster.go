@@ -403,9 +403,6 @@ func (d *demo) loseMajority(ctx context.Context, r *clusterResult, proxies []*pr
 func (tl *timeline) reportCluster(r *clusterResult) {
 	tl.report(r.result)
 	var b strings.Builder
-	if r.Lost > 0 {
-		fmt.Fprintf(&b, "  (p2 is an asynchronous standby: writes p1 acknowledged just before the kill may not have reached it)\n")
-	}
 	committer := r.Committer
 	if committer == "" {
 		committer = "not seen by polling"
