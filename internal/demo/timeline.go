@@ -129,7 +129,7 @@ func (tl *timeline) report(r *result) {
 		fmt.Fprintf(&b, "       lost ids (first %d): %v\n", len(r.LostIDs), r.LostIDs)
 	}
 	if r.Lost > 0 && r.LostAfterKill == 0 {
-		fmt.Fprintf(&b, "       (each acknowledged before the kill: replication here is asynchronous, so the old primary's\n" +
+		fmt.Fprintf(&b, "       (each acknowledged before the kill: replication here is asynchronous, so the old primary's\n"+
 			"       last writes may never have reached the new one; a synchronous standby would keep them)\n")
 	}
 	for _, n := range r.Notes {
