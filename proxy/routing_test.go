@@ -134,6 +134,31 @@ func TestRolePrimaryHoldAndDual(t *testing.T) {
 	}
 }
 
+// TestNoStandbyChosenAtStart: a primary that fails its first check after a
+// start may only be slow, and nothing promotes the first choice, so no
+// standby is chosen to wait for a promotion; the primary, once it answers,
+// takes the writes (it used to stay behind a standby "awaiting promotion").
+func TestNoStandbyChosenAtStart(t *testing.T) {
+	var ev events
+	cfg, _, _ := twoBackends(t, ServiceConfig{Name: "pg", Want: RolePrimary, SwitchHold: time.Minute})
+	p := newProxy(t, Options{OnTarget: ev.add}, cfg)
+	p.SetHealth("pg", "a", down)
+	p.SetHealth("pg", "b", upRole(RoleReplica, 0))
+	if st := p.statusOf("pg"); st.Target != "" || !strings.Contains(st.Reason, "does not pick a standby") {
+		t.Fatalf("a standby chosen at start: target %q, reason %q", st.Target, st.Reason)
+	}
+	p.SetHealth("pg", "a", upRole(RolePrimary, -1))
+	if name, _ := backendOf(t, p.addrOf(t, "pg")); name != "a" {
+		t.Fatalf("writes went to %s", name)
+	}
+	// Once it has had a target, a failover chooses the standby as before.
+	p.SetHealth("pg", "a", down)
+	testwait.For(t, "failover event", waitLimit, func() bool { return len(ev.list()) == 2 })
+	if st := p.statusOf("pg"); st.Target != "b" {
+		t.Fatalf("after the primary failed: target %q", st.Target)
+	}
+}
+
 // TestSwitchHold: a connection accepted with no target waits and goes
 // through once a target appears; with none it is closed after the hold.
 func TestSwitchHold(t *testing.T) {

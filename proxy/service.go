@@ -108,6 +108,7 @@ type service struct {
 	byName    map[string]*backend
 	target    *backend
 	pending   string
+	hadTarget bool // a target was chosen since start
 	reason    string
 	since     time.Time
 	primaries []string
@@ -241,6 +242,16 @@ func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 		d = s.externalDecision()
 	} else {
 		d = chooseTarget(&s.cfg, s.candidates(), oldName, s.pending)
+		if !s.hadTarget && d.pending != "" {
+			// Nothing promotes the first choice after a start (a backend
+			// that failed its first check may only be slow), so a standby
+			// chosen now would wait for a promotion that never comes while
+			// the real primary answers a moment later.
+			d = decision{primaries: d.primaries, reason: "no backend reports primary yet: a proxy does not pick a standby to promote at start; promote one by hand and it is followed"}
+		}
+	}
+	if d.target != "" {
+		s.hadTarget = true
 	}
 	if (len(d.primaries) >= 2) != (len(s.primaries) >= 2) {
 		if len(d.primaries) >= 2 {
