@@ -355,6 +355,9 @@ func (m *Machine) actuate(name string, s *service, now time.Duration) {
 	a.held = ""
 	a.promoted = true
 	s.latePromote[in.Promote] = forever
+	// A promote undoes an earlier fence of the same backend: once it is
+	// primary again, moving away from it must fence it again.
+	delete(s.hookFenced, in.Promote)
 	m.hand(name, s, Action{Kind: ActionPromote, Epoch: in.Epoch, Backend: in.Promote, Old: in.Fence, New: in.Promote})
 }
 

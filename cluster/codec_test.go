@@ -349,3 +349,64 @@ func unbatch(t *testing.T, msg []byte) [][]byte {
 	}
 	return parts
 }
+
+// A voter refuses a failover to a replica that its own fresh view shows
+// holding less of the old primary's log than another eligible replica, and
+// grants it when the positions are stale (read while the primary answered)
+// or when the rule is switched off.
+func TestVoteRefusesAReplicaBehind(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		fresh  bool
+		knobs  knobs
+		refuse bool
+	}{
+		{"fresh positions: refused", true, knobs{}, true},
+		{"stale positions: granted", false, knobs{}, false},
+		{"rule off: granted", true, knobs{ignorePositions: true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svcs := []ServiceConfig{{Name: "db", RoleAware: true, Backends: testBackends}}
+			v := Value{Primary: "pg-a", Since: 1}
+			st := State{Synced: true, Services: map[string]ServiceState{
+				"db": {Record: Record{Epoch: 4, Value: v}, MaxVoted: 4, Accepted: Ballot{Epoch: 4, Value: v}}}}
+			net := &queueNet{t: t, nodes: map[string]*Machine{}}
+			cfg := withLease(Config{Name: "p1", Peers: []string{"p0", "p1", "p2"}, Services: svcs, BootID: 2}, time.Second)
+			cfg.knobs = tc.knobs
+			m, err := NewMachine(cfg, &manualClock{now: time.Second}, queueTransport{net, "p1"}, &memStore{st: st})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for b, o := range map[string]Observation{
+				"pg-a": {Up: false, Position: -1},
+				"pg-b": {Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 500, PositionFresh: tc.fresh},
+				"pg-c": {Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 900, PositionFresh: tc.fresh},
+			} {
+				if err := m.Observe("db", b, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m.onPropose("p0", proposeMsg{Service: "db", Epoch: 5, Base: 4, Kind: kindFailover, From: "pg-a", Value: Value{Primary: "pg-b", Since: 5}})
+			m.endStep()
+			var vote *voteMsg
+			for _, x := range net.q {
+				for _, msg := range unbatch(t, x.msg) {
+					if x.to == "p0" && msgType(msg[0]) == msgVote {
+						d, err := decode(msg)
+						if err != nil {
+							t.Fatal(err)
+						}
+						vm := d.(voteMsg)
+						vote = &vm
+					}
+				}
+			}
+			if vote == nil {
+				t.Fatal("no vote sent")
+			}
+			if vote.Granted == tc.refuse {
+				t.Fatalf("granted %v, want %v", vote.Granted, !tc.refuse)
+			}
+		})
+	}
+}

@@ -54,6 +54,12 @@ func TestDecide(t *testing.T) {
 			f.fenceOp = &fenceOp{backend: "pg-c"}
 			f.fenceValue = func() (Value, string) { return Value{Primary: "pg-a"}, "" }
 		}, decidePropose, kindUnfence, `primary "pg-a"`},
+		{"a failover waits for a replica's position read since the primary fell silent", func(f *tickFacts) {
+			f.down = true
+			f.candidate = func() (string, string) {
+				return "", "waiting for the replication position of pg-c read after the primary's last check"
+			}
+		}, decideNothing, 0, ""},
 		{"paused: a down primary is not failed over", func(f *tickFacts) { f.rec.Paused, f.down = true, true },
 			decidePaused, 0, "no automatic failover"},
 		{"paused: the record is decided again for liveness, still paused", func(f *tickFacts) {

@@ -30,7 +30,7 @@
 //		return err
 //	}
 //	defer rt.Close()
-//	rt.Observe("db", "pg-a", true, cluster.RolePrimary, 0, 0) // on every health change
+//	rt.Observe("db", "pg-a", cluster.Observation{Up: true, Role: cluster.RolePrimary, Position: -1}) // on every health change
 //	backend, remaining := rt.Route("db")                     // before dialling; "" = hold or refuse
 //	rt.ActionDone("db", action, result)                      // after OnAction's hook ran and the backend was checked
 //

@@ -350,9 +350,9 @@ func (n *Node) Route(service string) (string, time.Duration) {
 }
 
 // Observe reports this proxy's own view of a backend (from health checks).
-func (n *Node) Observe(service, backend string, up bool, role Role, lagBytes int64, lag time.Duration) {
+func (n *Node) Observe(service, backend string, o Observation) {
 	n.enqueue(func() {
-		if err := n.m.Observe(service, backend, Observation{Up: up, Role: role, LagBytes: lagBytes, Lag: lag}); err != nil {
+		if err := n.m.Observe(service, backend, o); err != nil {
 			n.m.log.Warn("cluster: observation dropped", "err", err)
 		}
 	})

@@ -142,7 +142,7 @@ func (c *testCluster) start(name string) {
 						c.roles[a.Backend] = RolePrimary
 						c.net.mu.Lock()
 						for _, n := range c.net.nodes {
-							n.Observe("db", a.Backend, true, RolePrimary, 0, -1)
+							n.Observe("db", a.Backend, Observation{Up: true, Role: RolePrimary, LagBytes: 0, Lag: -1, Position: -1})
 						}
 						c.net.mu.Unlock()
 					}
@@ -169,7 +169,7 @@ func (c *testCluster) start(name string) {
 	c.rolesMu.Lock()
 	defer c.rolesMu.Unlock()
 	for _, b := range testBackends {
-		node.Observe("db", b.Name, true, c.roles[b.Name], 0, -1)
+		node.Observe("db", b.Name, Observation{Up: true, Role: c.roles[b.Name], LagBytes: 0, Lag: -1, Position: -1})
 	}
 }
 
@@ -235,7 +235,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 
 	// One proxy alone seeing the primary down moves nobody.
-	c.nodes["proxy-0"].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
+	c.nodes["proxy-0"].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	time.Sleep(3 * testLease) // a negative check: nothing must happen in this window
 	for _, p := range []string{"proxy-1", "proxy-2"} {
 		if b, _ := c.nodes[p].Route("db"); b != "pg-a" {
@@ -245,7 +245,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 
 	start := time.Now()
 	for _, p := range c.peers[1:] {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	}
 	c.waitFor("failover to pg-b", 20*time.Second, c.allRoute("pg-b"))
 	t.Logf("failover with lease_timeout %v: %v from the quorum seeing pg-a down to every proxy routing pg-b", testLease, time.Since(start).Round(time.Millisecond))
@@ -281,7 +281,7 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	c.stop("proxy-2")
 	c.start("proxy-2")
 	for _, b := range []string{"pg-a"} {
-		c.nodes["proxy-2"].Observe("db", b, false, RoleUnknown, 0, -1)
+		c.nodes["proxy-2"].Observe("db", b, Observation{Up: false, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	}
 	c.waitFor("restarted proxy-2 to route pg-b", 10*time.Second, c.allRoute("pg-b", "proxy-2"))
 	st, err := c.nodes["proxy-2"].Status()
@@ -453,7 +453,7 @@ func TestNodePromoteFailureMovesOn(t *testing.T) {
 	c.failPromote.Store(&[]string{"pg-b"})
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	}
 	who, es := c.expectHooks("", "fence pg-a", "promote pg-b", "fence pg-b", "promote pg-c")
 	if es[0] != es[1] || es[1] != es[2] || es[3] <= es[2] {
@@ -482,7 +482,7 @@ func TestNodePromoteFailureMovesOn(t *testing.T) {
 	// operator's: a switchover to a fenced backend is refused; unfence
 	// (an epoch with no hook), then switch over.
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", true, RoleUnknown, 0, -1)
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: true, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	}
 	if _, err := n.Switchover("db", "pg-a"); err == nil || !strings.Contains(err.Error(), "fenced") {
 		t.Fatalf("switchover to fenced pg-a: got %v, want a refusal that says it is fenced", err)
@@ -542,7 +542,7 @@ func TestNodePromoteNotStartedMovesOnAtOnce(t *testing.T) {
 	c.notStarted.Store(&[]string{"pg-b"})
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, 0, -1)
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 	}
 	c.expectHooks("", "promote pg-b", "promote pg-c")
 	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
@@ -555,11 +555,31 @@ func TestNodeLagInTimeBoundsCandidates(t *testing.T) {
 	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica}, time.Second)
 	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-b", true, RoleReplica, 0, 5*time.Second)
-		c.nodes[p].Observe("db", "pg-c", true, RoleReplica, 0, 10*time.Millisecond)
+		c.nodes[p].Observe("db", "pg-b", Observation{Up: true, Role: RoleReplica, LagBytes: 0, Lag: 5 * time.Second, Position: -1})
+		c.nodes[p].Observe("db", "pg-c", Observation{Up: true, Role: RoleReplica, LagBytes: 0, Lag: 10 * time.Millisecond, Position: -1})
 	}
 	for _, p := range c.peers {
-		c.nodes[p].Observe("db", "pg-a", false, RoleUnknown, -1, -1)
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: -1, Lag: -1, Position: -1})
+	}
+	c.expectHooks("", "promote pg-c")
+	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
+}
+
+// Once the primary is down, the cluster promotes the replica that holds
+// the most of its log, over a higher priority, even when one proxy's own
+// view of that replica's position is stale (its check has not run since):
+// the quorum's fresh reads rank it.
+func TestNodeRanksByFreshPosition(t *testing.T) {
+	c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica}, 0)
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-b", Observation{Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 500, PositionFresh: true})
+		// proxy-2, the first to propose, has read pg-c only before pg-a fell silent
+		fresh := p != "proxy-2"
+		c.nodes[p].Observe("db", "pg-c", Observation{Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 900, PositionFresh: fresh})
+	}
+	for _, p := range c.peers {
+		c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: -1, Lag: -1, Position: -1})
 	}
 	c.expectHooks("", "promote pg-c")
 	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))

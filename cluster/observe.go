@@ -36,8 +36,12 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 		s.obsAt[backend] = m.clock.Now()
 		m.due[svc] = true
 	}
-	if had && !old.Up && o.Up {
-		// Back up after a fence: whatever the hook did is undone.
+	if had && rankChanged(old, o) {
+		m.due[svc] = true // a failover may have waited for this position
+	}
+	if had && ((!old.Up && o.Up) || (old.Role != RolePrimary && o.Role == RolePrimary)) {
+		// Back up, or primary again, after a fence: whatever the hook did
+		// (a stop, a demotion) is undone.
 		delete(s.hookFenced, backend)
 	}
 	s.local[backend] = o
@@ -100,7 +104,7 @@ func (m *Machine) onObs(from string, x obsMsg) {
 	}
 	changed := len(pv.view) != len(x.Entries)
 	for _, e := range x.Entries {
-		if o, ok := pv.view[e.Backend]; !ok || o.Up != e.Obs.Up || o.Role != e.Obs.Role {
+		if o, ok := pv.view[e.Backend]; !ok || o.Up != e.Obs.Up || o.Role != e.Obs.Role || rankChanged(o, e.Obs) {
 			changed = true
 		}
 	}
@@ -113,6 +117,12 @@ func (m *Machine) onObs(from string, x obsMsg) {
 			pv.view[e.Backend] = e.Obs
 		}
 	}
+}
+
+// rankChanged reports whether a failover's ranking may see a difference:
+// a position turned fresh or stale, or a fresh one moved.
+func rankChanged(a, b Observation) bool {
+	return a.PositionFresh != b.PositionFresh || (b.PositionFresh && a.Position != b.Position)
 }
 
 // reports counts proxies, self included, whose fresh view of backend
@@ -172,6 +182,59 @@ func (m *Machine) maxLag(s *service, b string) (int64, time.Duration) {
 	return bytes, lag
 }
 
+// position is what the cluster knows of how far backend holds the old
+// primary's log: the furthest fresh position any fresh view up gives (a
+// replica's position only grows while its primary is silent, so the
+// furthest is the latest read), else stale when this proxy's check reports
+// positions, else none. A proxy whose own view is stale still ranks by the
+// quorum's reads.
+func (m *Machine) position(s *service, b string) (int64, failover.PosState) {
+	pos, st := int64(-1), failover.NoPosition
+	take := func(o Observation) {
+		switch {
+		case !o.Up || o.Position < 0:
+		case o.PositionFresh && (st != failover.FreshPosition || o.Position > pos):
+			pos, st = o.Position, failover.FreshPosition
+		case !o.PositionFresh && st == failover.NoPosition:
+			st = failover.StalePosition
+		}
+	}
+	take(s.local[b])
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
+			if o, ok := pv.view[b]; ok {
+				take(o)
+			}
+		}
+	}
+	return pos, st
+}
+
+// behind names an eligible replica that this proxy's own fresh view shows
+// further than candidate c ("" when none): a voter refuses a failover to a
+// replica it sees holding less of the old primary's log.
+func (m *Machine) behind(s *service, c string) string {
+	oc, ok := s.local[c]
+	if !ok || !oc.PositionFresh || oc.Position < 0 {
+		return ""
+	}
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	now := m.clock.Now()
+	for _, b := range s.cfg.Backends {
+		o, ok := s.local[b.Name]
+		if b.Name == c || !ok || !o.Up || o.Role != RoleReplica || !o.PositionFresh || o.Position <= oc.Position ||
+			fenced.Has(b.Name) || m.excluded(s, b.Name, now) {
+			continue
+		}
+		if !failover.LagWithin(s.policy(), o.LagBytes, o.Lag) {
+			continue
+		}
+		return fmt.Sprintf("%s at %d, %s at %d", b.Name, o.Position, c, oc.Position)
+	}
+	return ""
+}
+
 // policy is the service's failover policy (package failover, shared with
 // a proxy alone).
 func (s *service) policy() failover.Policy {
@@ -180,7 +243,8 @@ func (s *service) policy() failover.Policy {
 
 // candidate picks the successor of primary by the one failover policy,
 // from what this cluster knows: healthy in a quorum's view, the role this
-// proxy's own check reports, the largest lag any fresh report gives, not
+// proxy's own check reports, the largest lag any fresh report gives, the
+// furthest position read since the primary fell silent, not
 // fenced by the record and not held out after a failed promote here.
 func (m *Machine) candidate(s *service, primary string) (string, string) {
 	now := m.clock.Now()
@@ -188,8 +252,10 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 	cs := make([]failover.Candidate, 0, len(s.cfg.Backends))
 	for i, b := range s.cfg.Backends {
 		bytes, lag := m.maxLag(s, b.Name)
+		pos, ps := m.position(s, b.Name)
 		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
 			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
+			Position: pos, Pos: ps,
 			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
 	}
 	return failover.Successor(s.policy(), cs, primary)

@@ -411,6 +411,9 @@ func decide(f tickFacts) tickDecision {
 			return tickDecision{}
 		}
 		c, why := f.candidate()
+		if c == "" && failover.Waiting(why) {
+			return tickDecision{} // a replica's fresh position is on its way (the next view ticks again)
+		}
 		if c == "" {
 			return tickDecision{what: decideNoCandidate, why: fmt.Sprintf("no failover from %q: %s", rec.Primary, why)}
 		}

@@ -60,7 +60,7 @@ func TestScaleMassFailover(t *testing.T) {
 	observeAll := func(backend string, up bool) {
 		for _, n := range nodes {
 			for _, s := range svcs {
-				n.Observe(s.Name, backend, up, RoleUnknown, 0, -1)
+				n.Observe(s.Name, backend, Observation{Up: up, Role: RoleUnknown, LagBytes: 0, Lag: -1, Position: -1})
 			}
 		}
 	}

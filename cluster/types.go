@@ -261,6 +261,11 @@ type Observation struct {
 	LagBytes int64
 	// Lag is how far behind in time it replays; negative: unknown.
 	Lag time.Duration
+	// Position is how far a replica holds the primary's log, -1 when its
+	// check reports none; PositionFresh: read after the primary's last
+	// sign of life (health.State), so that a failover ranks by it.
+	Position      int64
+	PositionFresh bool
 }
 
 // QuorumLoss says what a proxy does when its lease expires.
@@ -360,6 +365,7 @@ type knobs struct {
 	promoteBlind        bool // promote without checking that no other backend may be primary
 	promoteAfterPause   bool // promote right after a pause, on views from before it
 	ignorePause         bool // proxies propose and voters grant automatic decisions of a paused service
+	ignorePositions     bool // voters grant a failover to a replica their own fresh view shows behind another
 	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 

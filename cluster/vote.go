@@ -141,6 +141,9 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		if !m.ownDown(s, x.From) {
 			return fmt.Errorf("own check does not see %q down", x.From)
 		}
+		if w := m.behind(s, v.Primary); w != "" && !m.cfg.knobs.ignorePositions {
+			return fmt.Errorf("own check sees %q behind another replica since %q fell silent (%s)", v.Primary, x.From, w)
+		}
 	case kindBootstrap:
 		if s.cfg.RoleAware && !m.cfg.knobs.bootstrapByPriority {
 			if ps := m.reportedPrimaries(s); len(ps) != 1 || ps[0] != v.Primary {

@@ -66,6 +66,9 @@ type Result struct {
 	// Position is the engine's replication position (PostgreSQL WAL LSN as a byte offset,
 	// Redis replication offset); -1 when unknown. On a replica it is the replayed position.
 	Position int64
+	// Received is how far a replica holds the primary's log, replayed or not (PostgreSQL's
+	// received and flushed LSN: a promote replays it all); not above Position when unknown.
+	Received int64
 	// Latency is how long the check took.
 	Latency time.Duration
 	// Err says what was wrong when Up is false; it matches one of the Err* sentinels with

@@ -63,6 +63,14 @@ type State struct {
 	Reason string
 	// Checks and Failures count all checks and the failed ones since the target was added.
 	Checks, Failures uint64
+	// Position is how far this replica holds the primary's log (see Result.Received), -1
+	// when its check reports none. PositionFresh: it was read by a check that started after
+	// the first failed check of its service's primary, whose checks have failed since: the
+	// replicas' positions are then frozen and compare, and a failover ranks them. While the
+	// primary answers, positions are never fresh (each is read at its own moment) and their
+	// changes do not call onChange.
+	Position      int64
+	PositionFresh bool
 }
 
 // riseFall is the consecutive rise/fall counter of one backend. A success resets the failure
@@ -116,6 +124,11 @@ type loop struct {
 	state    State
 	rf       riseFall
 	position int64
+	// primaryOK: the last successful check reported primary; failSince:
+	// when the first failed check since the last success started (zero
+	// after a success).
+	primaryOK bool
+	failSince time.Time
 }
 
 // probe checks one address one way, for every target that checks it so:
@@ -131,6 +144,7 @@ type probe struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	poke    chan chan struct{} // CheckNow: check at once, then close the channel
+	nudge   chan struct{}      // check soon, no answer (buffered: a nudge during a check is kept)
 
 	// targets is guarded by Monitor.mu.
 	targets []*loop
@@ -158,6 +172,7 @@ type Monitor struct {
 
 	mu     sync.Mutex
 	loops  map[targetKey]*loop
+	bySvc  map[string][]*loop // the loops of each service
 	probes map[string]*probe
 	closed bool
 
@@ -231,7 +246,7 @@ func (m *Monitor) Set(targets []Target) error {
 				continue
 			}
 			p = &probe{key: key, address: t.Address, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
-				poke: make(chan chan struct{})}
+				poke: make(chan chan struct{}), nudge: make(chan struct{}, 1)}
 			p.ctx, p.cancel = context.WithCancel(m.ctx)
 			fresh = append(fresh, p)
 		}
@@ -241,7 +256,7 @@ func (m *Monitor) Set(targets []Target) error {
 		if old == nil || !sameTarget(old.target, t) {
 			l = &loop{target: t, spec: t.Spec.withDefaults(), position: -1}
 			l.state = State{Service: t.Service, Backend: t.Backend, Address: t.Address,
-				LagBytes: -1, Lag: -1}
+				LagBytes: -1, Lag: -1, Position: -1}
 			if old != nil && old.target.Address == t.Address && old.spec.Kind == l.spec.Kind {
 				l.state = old.state
 				l.rf = riseFall{status: old.rf.status}
@@ -265,6 +280,10 @@ func (m *Monitor) Set(targets []Target) error {
 		p.targets = members[p]
 	}
 	m.loops, m.probes = next, nextProbes
+	m.bySvc = make(map[string][]*loop)
+	for _, l := range next {
+		m.bySvc[l.target.Service] = append(m.bySvc[l.target.Service], l)
+	}
 	m.mu.Unlock()
 
 	// Stopped checks first, then a barrier on the kept ones: an onChange
@@ -381,6 +400,8 @@ func (m *Monitor) run(p *probe) {
 		case <-timer.C:
 		case reply = <-p.poke:
 			timer.Stop()
+		case <-p.nudge:
+			timer.Stop()
 		}
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(p.ctx, p.spec.Timeout)
@@ -389,9 +410,15 @@ func (m *Monitor) run(p *probe) {
 		if f := m.observe.Load(); f != nil {
 			(*f)(p.address, p.spec.Kind, time.Since(start))
 		}
-		next, changed, ok := m.apply(p, res)
+		next, changed, nudge, ok := m.apply(p, res, start)
 		if !ok {
 			return
+		}
+		for _, q := range nudge {
+			select {
+			case q.nudge <- struct{}{}:
+			default:
+			}
 		}
 		if len(changed) > 0 {
 			p.emit.Lock()
@@ -418,22 +445,33 @@ type changedState struct {
 	l *loop
 }
 
-// apply records res in the state of every target of p. It returns the wait before the next
-// check, the states that changed in a way onChange reports, and false if p was stopped.
-func (m *Monitor) apply(p *probe, res Result) (time.Duration, []changedState, bool) {
+// apply records res, from a check started at start, in the state of every target of p. It
+// returns the wait before the next check, the states that changed in a way onChange reports,
+// the probes to nudge, and false if p was stopped. A primary's first failed check nudges the
+// checks of its service's replicas, so that their positions are read again after it: by the
+// time the primary is down (fall checks later) a failover can rank them.
+func (m *Monitor) apply(p *probe, res Result, start time.Time) (time.Duration, []changedState, []*probe, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if p.ctx.Err() != nil {
 		// Stopped while checking: the result is the cancellation's, not the backend's.
-		return 0, nil, false
+		return 0, nil, nil, false
 	}
 	var changed []changedState
 	var ups, downs []*loop
+	var nudge []*probe
 	anyChanging, allDown := false, true
 	now := time.Now()
 	for _, l := range p.targets {
 		was := l.state.Status
-		st, ch := m.applyOne(l, res, now)
+		if !res.Up && l.failSince.IsZero() && l.primaryOK {
+			for _, o := range m.bySvc[l.target.Service] {
+				if o != l && o.state.Role == RoleReplica && o.probe != p && !slices.Contains(nudge, o.probe) {
+					nudge = append(nudge, o.probe)
+				}
+			}
+		}
+		st, ch := m.applyOne(l, res, now, start)
 		if ch {
 			changed = append(changed, changedState{st, l})
 		}
@@ -456,7 +494,7 @@ func (m *Monitor) apply(p *probe, res Result) (time.Duration, []changedState, bo
 	case allDown:
 		next = p.spec.DownInterval
 	}
-	return next, changed, true
+	return next, changed, nudge, true
 }
 
 // summaryMax is how many targets one line about a shared check's change
@@ -502,7 +540,7 @@ func (m *Monitor) logTransitions(ls []*loop, msg string, level slog.Level) {
 
 // applyOne records res in l's state and reports the state and whether it changed in a way
 // onChange reports. Called with m.mu held.
-func (m *Monitor) applyOne(l *loop, res Result, now time.Time) (State, bool) {
+func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bool) {
 	st := &l.state
 	prev := *st
 	st.Checks++
@@ -512,11 +550,20 @@ func (m *Monitor) applyOne(l *loop, res Result, now time.Time) (State, bool) {
 		st.LastError = ""
 		st.Role, st.Lag = res.Role, res.Lag
 		l.position = res.Position
+		l.primaryOK, l.failSince = res.Role == RolePrimary, time.Time{}
 		st.LagBytes = res.LagBytes
+		st.Position, st.PositionFresh = -1, false
 		if res.Role == RoleReplica {
 			st.LagBytes = m.replicaLagLocked(l)
+			if res.Position >= 0 {
+				st.Position = max(res.Position, res.Received)
+				st.PositionFresh = m.primarySilentLocked(l.target.Service, start)
+			}
 		}
 	} else {
+		if l.failSince.IsZero() {
+			l.failSince = start
+		}
 		st.Failures++
 		st.LastError = "check failed"
 		if res.Err != nil {
@@ -531,9 +578,31 @@ func (m *Monitor) applyOne(l *loop, res Result, now time.Time) (State, bool) {
 			st.Role, st.LagBytes, st.Lag, l.position = RoleUnknown, -1, -1, -1
 		}
 	}
+	if st.Status != StatusUp {
+		st.Position, st.PositionFresh = -1, false
+	}
 	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
-		prev.Lag != st.Lag || prev.LastError != st.LastError
+		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
+		(st.PositionFresh && prev.Position != st.Position)
 	return *st, changed
+}
+
+// primarySilentLocked reports whether a check of service started at start began after the
+// first failed check of a backend whose last success reported primary, with no backend of
+// the service answering as primary since: then the primary has been silent since before that
+// check, and what it read of a replica is frozen.
+func (m *Monitor) primarySilentLocked(service string, start time.Time) bool {
+	silent := false
+	for _, o := range m.bySvc[service] {
+		if !o.primaryOK {
+			continue
+		}
+		if o.failSince.IsZero() || !start.After(o.failSince) {
+			return false // a primary answers, or had not failed yet when this check began
+		}
+		silent = true
+	}
+	return silent
 }
 
 // replicaLagLocked returns how many bytes replica l is behind the one primary of its service
@@ -543,8 +612,8 @@ func (m *Monitor) replicaLagLocked(l *loop) int64 {
 		return -1
 	}
 	primary := int64(-1)
-	for _, o := range m.loops {
-		if o == l || o.target.Service != l.target.Service || o.state.Status != StatusUp ||
+	for _, o := range m.bySvc[l.target.Service] {
+		if o == l || o.state.Status != StatusUp ||
 			o.state.Role != RolePrimary || o.position < 0 {
 			continue
 		}

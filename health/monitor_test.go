@@ -150,13 +150,13 @@ func TestMonitorIntervals(t *testing.T) {
 		{up, 100 * time.Millisecond},   // rising
 		{up, time.Second},              // up
 	} {
-		next, _, ok := m.apply(p, step.res)
+		next, _, _, ok := m.apply(p, step.res, time.Now())
 		if !ok || next != step.want {
 			t.Errorf("step %d: next check in %v (ok %v), want %v", i, next, ok, step.want)
 		}
 	}
 	p.cancel()
-	if _, _, ok := m.apply(p, up); ok {
+	if _, _, _, ok := m.apply(p, up, time.Now()); ok {
 		t.Error("apply recorded a result after the loop was stopped")
 	}
 }
@@ -281,6 +281,10 @@ func TestReplicaLag(t *testing.T) {
 		l := &loop{target: Target{Service: service, Backend: backend}, position: pos}
 		l.state.Status, l.state.Role = status, role
 		m.loops[targetKey{service, backend}] = l
+		if m.bySvc == nil {
+			m.bySvc = map[string][]*loop{}
+		}
+		m.bySvc[service] = append(m.bySvc[service], l)
 		return l
 	}
 	replica := add("pg", "r", StatusUp, RoleReplica, 400)
@@ -320,6 +324,67 @@ func TestReplicaLag(t *testing.T) {
 	replica.position = -1
 	if got := lag(); got != -1 {
 		t.Errorf("replica position unknown: %d, want -1", got)
+	}
+}
+
+// A replica's position is fresh, and its changes reported, only when read
+// by a check that started after its primary's first failed check; that
+// failure nudges the replica's check; an answer of the primary makes every
+// position stale again.
+func TestPositionFresh(t *testing.T) {
+	m := NewMonitor(nil, nil)
+	defer m.Close()
+	spec := Spec{Interval: time.Second, Rise: 1, Fall: 2}.withDefaults()
+	mk := func(backend string) (*probe, *loop) {
+		l := &loop{target: Target{Service: "pg", Backend: backend}, spec: spec, position: -1}
+		l.state = State{Service: "pg", Backend: backend, LagBytes: -1, Lag: -1, Position: -1}
+		p := &probe{spec: spec, targets: []*loop{l}, nudge: make(chan struct{}, 1)}
+		p.ctx, p.cancel = context.WithCancel(context.Background())
+		t.Cleanup(p.cancel)
+		l.probe = p
+		m.loops[targetKey{"pg", backend}] = l
+		return p, l
+	}
+	pp, _ := mk("p")
+	pr, lr := mk("r")
+	m.bySvc = map[string][]*loop{"pg": {pp.targets[0], lr}}
+	primary := Result{Up: true, Role: RolePrimary, Position: 1000, Received: -1}
+	replica := func(received int64) Result {
+		return Result{Up: true, Role: RoleReplica, Position: 900, Received: received}
+	} // replay (lag) unchanged
+	fail := Result{Err: ErrTimeout, Position: -1}
+	clock := time.Now()
+	step := func(p *probe, r Result) ([]changedState, []*probe) {
+		clock = clock.Add(time.Millisecond)
+		_, ch, nudge, ok := m.apply(p, r, clock)
+		if !ok {
+			t.Fatal("apply: stopped")
+		}
+		return ch, nudge
+	}
+	step(pp, primary)
+	if ch, _ := step(pr, replica(900)); len(ch) != 1 || ch[0].Position != 900 || ch[0].PositionFresh {
+		t.Fatalf("first replica check: %+v", ch)
+	}
+	if ch, _ := step(pr, replica(960)); len(ch) != 0 || lr.state.Position != 960 {
+		t.Fatalf("a stale position's change was reported (%+v) or not kept (%d)", ch, lr.state.Position)
+	}
+	if _, nudge := step(pp, fail); len(nudge) != 1 || nudge[0] != pr {
+		t.Fatalf("the primary's first failed check nudged %v, want the replica's check", nudge)
+	}
+	if _, nudge := step(pp, fail); len(nudge) != 0 {
+		t.Fatalf("a second failed check nudged again: %v", nudge)
+	}
+	ch, _ := step(pr, replica(970))
+	if len(ch) != 1 || ch[0].Position != 970 || !ch[0].PositionFresh {
+		t.Fatalf("after the primary failed: %+v", ch)
+	}
+	if ch, _ := step(pr, replica(970)); len(ch) != 0 {
+		t.Fatalf("an unchanged fresh position was reported: %+v", ch)
+	}
+	step(pp, primary)
+	if ch, _ := step(pr, replica(980)); len(ch) != 1 || ch[0].PositionFresh {
+		t.Fatalf("the primary answers again: %+v", ch)
 	}
 }
 

@@ -95,9 +95,12 @@ func (c *postgresChecker) query(ctx context.Context) (Result, error) {
 		c.drop()
 		return Result{}, err
 	}
-	r := Result{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: pos}
+	r := Result{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: pos, Received: -1}
 	if inRecovery {
 		r.Role = RoleReplica
+		if receive != nil {
+			r.Received = max(*receive, pos)
+		}
 		r.LagBytes = -1 // the Monitor knows the primary's position
 		switch {
 		case receive != nil && *receive <= pos:

@@ -122,7 +122,7 @@ func parseRedisReplication(info string) (Result, error) {
 		}
 		return n
 	}
-	r := Result{Up: true, LagBytes: -1, Lag: -1, Position: -1}
+	r := Result{Up: true, LagBytes: -1, Lag: -1, Position: -1, Received: -1}
 	switch fields["role"] {
 	case "master":
 		r.Role, r.LagBytes, r.Lag = RolePrimary, 0, 0

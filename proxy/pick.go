@@ -119,6 +119,9 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			}
 		}
 		if best == nil {
+			if failover.Waiting(noBest) && cur != "" {
+				return decision{target: cur, reason: noBest} // for a moment, not a move
+			}
 			return decision{reason: noEligible(noBest)}
 		}
 		return decision{target: best.name, pending: best.name,
@@ -172,6 +175,7 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 	for i, c := range cands {
 		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
 			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
+		fc[i].Position, fc[i].Pos = c.h.Position, posState(c.h)
 	}
 	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover}
 	name, why := failover.Successor(pol, fc, cur)
@@ -181,6 +185,16 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 		}
 	}
 	return nil, why
+}
+
+func posState(h Health) failover.PosState {
+	switch {
+	case h.Position < 0:
+		return failover.NoPosition
+	case h.PositionFresh:
+		return failover.FreshPosition
+	}
+	return failover.StalePosition
 }
 
 // balancedEligible says whether a balanced service may use a backend.

@@ -159,6 +159,37 @@ func TestNoStandbyChosenAtStart(t *testing.T) {
 	}
 }
 
+// TestFailoverRanksByFreshPosition: once the primary is down, the replica
+// that holds the most of its log takes over whatever the priorities, and
+// the choice waits for a replica whose position is not read yet.
+func TestFailoverRanksByFreshPosition(t *testing.T) {
+	var ev events
+	cfg, _, _ := twoBackends(t, ServiceConfig{Name: "pg", Want: RolePrimary, SwitchHold: time.Minute})
+	c := startNamed(t, "c")
+	cfg.Backends = append(cfg.Backends, Backend{Name: "c", Address: c.addr(), Priority: 0})
+	cfg.Backends[1].Priority = 5 // b is preferred over c by priority
+	p := newProxy(t, Options{OnTarget: ev.add}, cfg)
+	rep := func(pos int64, fresh bool) Health {
+		h := upRole(RoleReplica, 0)
+		h.Position, h.PositionFresh = pos, fresh
+		return h
+	}
+	p.SetHealth("pg", "a", upRole(RolePrimary, -1))
+	p.SetHealth("pg", "b", rep(100, false))
+	p.SetHealth("pg", "c", rep(100, false))
+	testwait.For(t, "a targeted", waitLimit, func() bool { return p.statusOf("pg").Target == "a" })
+	p.SetHealth("pg", "c", rep(900, true)) // c read after a's silence began
+	p.SetHealth("pg", "a", down)
+	if st := p.statusOf("pg"); st.Target != "a" || !strings.Contains(st.Reason, "waiting for the replication position of b") {
+		t.Fatalf("with b's position not read since: target %q, reason %q", st.Target, st.Reason)
+	}
+	p.SetHealth("pg", "b", rep(700, true))
+	testwait.For(t, "failover event", waitLimit, func() bool { return len(ev.list()) == 2 })
+	if st := p.statusOf("pg"); st.Target != "c" {
+		t.Fatalf("target %q (%s), want c: it holds more of a's log than the higher-priority b", st.Target, st.Reason)
+	}
+}
+
 // TestSwitchHold: a connection accepted with no target waits and goes
 // through once a target appears; with none it is closed after the hold.
 func TestSwitchHold(t *testing.T) {

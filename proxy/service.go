@@ -40,7 +40,7 @@ type backend struct {
 }
 
 func newBackend(cfg Backend) *backend {
-	b := &backend{cfg: cfg, h: Health{LagBytes: -1, Lag: -1}, live: map[*session]struct{}{}}
+	b := &backend{cfg: cfg, h: Health{LagBytes: -1, Lag: -1, Position: -1}, live: map[*session]struct{}{}}
 	b.max.Store(int64(cfg.MaxConns))
 	return b
 }

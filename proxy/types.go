@@ -235,6 +235,12 @@ type Health struct {
 	LagBytes int64
 	// Lag is the replication lag in time, -1 if unknown.
 	Lag time.Duration
+	// Position is how far a replica holds the primary's log (-1: its
+	// check reports none); PositionFresh: read after the primary's last
+	// sign of life, so that a failover ranks replicas by it (see
+	// health.State).
+	Position      int64
+	PositionFresh bool
 }
 
 // Lease bounds how long an External service may still forward.

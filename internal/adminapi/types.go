@@ -71,16 +71,21 @@ type Service struct {
 // Backend is one backend of a service: its health as this proxy checks
 // it and its traffic.
 type Backend struct {
-	Name           string    `json:"name"`
-	Address        string    `json:"address"`
-	Priority       int       `json:"priority"`
-	Weight         int       `json:"weight"`
-	Health         string    `json:"health"` // unknown | up | down
-	Draining       bool      `json:"draining,omitempty"`
-	Fenced         bool      `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
-	Role           string    `json:"role"`
-	LagBytes       int64     `json:"lag_bytes"`   // -1: unknown
-	LagSeconds     float64   `json:"lag_seconds"` // -1: unknown
+	Name       string  `json:"name"`
+	Address    string  `json:"address"`
+	Priority   int     `json:"priority"`
+	Weight     int     `json:"weight"`
+	Health     string  `json:"health"` // unknown | up | down
+	Draining   bool    `json:"draining,omitempty"`
+	Fenced     bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
+	Role       string  `json:"role"`
+	LagBytes   int64   `json:"lag_bytes"`   // -1: unknown
+	LagSeconds float64 `json:"lag_seconds"` // -1: unknown
+	// Position is how far a replica holds the primary's log (PostgreSQL's
+	// received LSN as bytes, Redis's offset; -1: unknown); PositionFresh:
+	// read after the primary fell silent, so a failover ranks by it.
+	Position       int64     `json:"position"`
+	PositionFresh  bool      `json:"position_fresh,omitempty"`
 	CheckLatencyMS float64   `json:"check_latency_ms"`
 	LastError      string    `json:"last_error,omitempty"`
 	LastCheck      time.Time `json:"last_check"`

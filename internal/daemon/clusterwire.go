@@ -221,7 +221,8 @@ func (cs *clusterSide) observe(s health.State) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
-	cs.rt.Observe(s.Service, s.Backend, s.Status == health.StatusUp, clusterRole(s.Role), s.LagBytes, s.Lag)
+	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
+		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh})
 }
 
 // close leaves the cluster and stops the route applier.

@@ -125,6 +125,7 @@ func proxyHealth(s health.State) proxy.Health {
 		Role:     proxy.RoleUnknown,
 		LagBytes: s.LagBytes,
 		Lag:      s.Lag,
+		Position: s.Position, PositionFresh: s.PositionFresh,
 	}
 	switch s.Role {
 	case health.RolePrimary:

@@ -29,6 +29,18 @@ const (
 	RoleReplica
 )
 
+// PosState says what a candidate's replication position is worth.
+type PosState uint8
+
+// Position states. A position ranks candidates only when it was read after
+// the old primary's last sign of life: before that every replica was still
+// receiving, each read at its own moment, and the figures do not compare.
+const (
+	NoPosition    PosState = iota // its checks report no replication position
+	StalePosition                 // they do, but none read since the primary's last sign of life
+	FreshPosition                 // Position was read after it
+)
+
 // Policy is what a service's configuration says about failover.
 type Policy struct {
 	// RoleAware: the service's checks report roles. A successor must then
@@ -53,6 +65,11 @@ type Candidate struct {
 	// Lag behind the primary; negative: unknown.
 	LagBytes int64
 	Lag      time.Duration
+	// Position is how far the replica holds the old primary's log
+	// (PostgreSQL's received LSN, Redis's replica offset), worth what Pos
+	// says.
+	Position int64
+	Pos      PosState
 	// Fenced, Draining and Held are kept out: fenced by an operator or by
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
@@ -70,9 +87,14 @@ func FenceOldPrimary(p Policy) bool { return !p.RoleAware }
 // reports primary is the successor whatever its priority (promoting a
 // replica would make a second primary), and with two there is none.
 // Otherwise: healthy, not fenced, drained or held, a replica when the
-// checks know roles, lag within the bounds; then the highest priority,
+// checks know roles, lag within the bounds; then the furthest replication
+// position read since the old primary's last sign of life (the one that
+// holds the most of its acknowledged writes), then the highest priority,
 // then the least lag (bytes first, then time; unknown last), then the
-// configuration's order.
+// configuration's order. When the old primary is down and an eligible
+// candidate's position is not yet fresh while another's is, there is none
+// yet: the ranking waits for that read (its check was asked for when the
+// primary's first check failed) rather than guess.
 func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 	if p.RoleAware {
 		var ps []string
@@ -120,6 +142,9 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 		}
 	}
 	if best != nil {
+		if w := waitingFor(cands, primary, best); w != "" {
+			return "", waitingPrefix + w + " read after the primary's last check"
+		}
 		return best.Name, ""
 	}
 	if len(lagging) > 0 {
@@ -127,6 +152,36 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 		return "", "lag beyond bound: " + strings.Join(lagging, ", ")
 	}
 	return "", why
+}
+
+const waitingPrefix = "waiting for the replication position of "
+
+// Waiting reports whether why, from Successor, says that a successor will
+// be known in a moment (a replica's check is under way): the caller keeps
+// things as they are rather than acting on "no successor".
+func Waiting(why string) bool { return strings.HasPrefix(why, waitingPrefix) }
+
+// waitingFor names an eligible candidate whose position is not fresh yet
+// while best's is, the old primary being down ("" when the ranking may go
+// on). eligible is judged as Successor does: best's own filters passed, so
+// only the others need checking.
+func waitingFor(cands []Candidate, primary string, best *Candidate) string {
+	if best.Pos != FreshPosition {
+		return ""
+	}
+	for i := range cands {
+		if c := &cands[i]; c.Name == primary && c.Up {
+			return "" // a switchover or failback: nothing is frozen
+		}
+	}
+	for i := range cands {
+		c := &cands[i]
+		if c.Name != primary && c.Pos == StalePosition && c.Up && !c.Fenced && !c.Draining && !c.Held &&
+			c.Role == best.Role {
+			return c.Name
+		}
+	}
+	return ""
 }
 
 // LagWithin reports whether a lag is within the policy's bounds; a bound
@@ -141,8 +196,18 @@ func LagWithin(p Policy, bytes int64, lag time.Duration) bool {
 	return true
 }
 
-// Better ranks candidates: priority, then least lag, then order.
+// Better ranks candidates: the furthest fresh position, then priority, then
+// least lag, then order.
 func Better(a, b *Candidate) bool {
+	if a.Pos == FreshPosition && b.Pos == FreshPosition && a.Position != b.Position {
+		return a.Position > b.Position
+	}
+	if a.Pos == FreshPosition && b.Pos == StalePosition {
+		return true
+	}
+	if b.Pos == FreshPosition && a.Pos == StalePosition {
+		return false
+	}
 	if a.Priority != b.Priority {
 		return a.Priority > b.Priority
 	}

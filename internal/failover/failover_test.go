@@ -22,6 +22,7 @@ func TestSuccessor(t *testing.T) {
 		return Candidate{Name: name, Priority: prio, Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0}
 	}
 	with := func(c Candidate, f func(*Candidate)) Candidate { f(&c); return c }
+	pos := func(c Candidate, at int64, st PosState) Candidate { c.Position, c.Pos = at, st; return c }
 	roles := Policy{RoleAware: true}
 	cases := []struct {
 		name  string
@@ -54,6 +55,12 @@ func TestSuccessor(t *testing.T) {
 		{"time bound", Policy{RoleAware: true, MaxLag: time.Second}, []Candidate{down("a", 9), rep("b", 6, 0, 2*time.Second), rep("c", 5, 0, time.Millisecond)}, "c", ""},
 		{"time bound excludes unknown", Policy{RoleAware: true, MaxLag: time.Second}, []Candidate{down("a", 9), rep("b", 6, 0, -1)}, "", "lag beyond bound: b (lag 0B)"},
 		{"nothing within the bound", Policy{RoleAware: true, MaxLagBytes: 100}, []Candidate{down("a", 9), rep("b", 6, 500, -1), rep("c", 5, 101, -1)}, "", "lag beyond bound: b (lag 500B), c (lag 101B)"},
+		{"fresh position beats priority", roles, []Candidate{down("a", 9), pos(rep("b", 9, -1, -1), 100, FreshPosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "c", ""},
+		{"equal fresh positions: priority", roles, []Candidate{down("a", 9), pos(rep("b", 9, -1, -1), 200, FreshPosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "b", ""},
+		{"stale positions do not rank", roles, []Candidate{down("a", 9), pos(rep("b", 9, -1, -1), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, StalePosition)}, "b", ""},
+		{"waits for a stale position while another is fresh", roles, []Candidate{down("a", 9), pos(rep("b", 9, -1, -1), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "", "waiting for the replication position of b"},
+		{"a stale one that is down is not waited for", roles, []Candidate{down("a", 9), pos(with(rep("b", 9, -1, -1), func(c *Candidate) { c.Up = false }), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "c", ""},
+		{"the primary up: no wait", roles, []Candidate{prim("a", 9), pos(rep("b", 9, -1, -1), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "c", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
+)
+
+const positionConfig = `
+[admin]
+listen = %q
+
+[[service]]
+name = "pg"
+listen = %q
+role = "primary"
+switch_hold = "10s"
+
+  [service.health]
+  kind = "postgres"
+  user = "qp"
+  database = "postgres"
+  password_env = "QP_TEST_PG_PASSWORD"
+  interval = "200ms"
+  timeout = "150ms"
+  rise = 1
+  fall = 2
+
+  [[service.backend]]
+  name = "primary"
+  address = %q
+  priority = 10
+
+  [[service.backend]]
+  name = "async"
+  address = %q
+  priority = 8
+
+  [[service.backend]]
+  name = "sync"
+  address = %q
+  priority = 1
+`
+
+// A PostgreSQL primary with an asynchronous standby, preferred by
+// priority, and a synchronous one, under a write load through the proxy.
+// The asynchronous standby stops receiving (its WAL receiver frozen, the
+// server still answering its checks); the primary is killed. The proxy
+// ranks the standbys by the WAL they received after the primary fell
+// silent, so the synchronous one is promoted and no acknowledged write is
+// lost; by priority alone the asynchronous one would have been.
+func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
+	testenv.Need(t, "postgres")
+	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := p1.Exec(ctx, "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	async := testenv.MustStandby(t, p1, false)
+	syncS := testenv.MustStandby(t, p1, true)
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(positionConfig, admin, listen, p1.Addr(), async.Addr(), syncS.Addr())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	d := startDaemon(t, cfgPath, admin)
+	testwait.For(t, "target primary", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		return s != nil && s.Target == "primary"
+	})
+
+	// The writer: one row per acknowledged commit, through the proxy.
+	cfg, err := pgx.ParseConfig(strings.Replace(p1.DSN("postgres"), p1.Addr(), listen, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnectTimeout = 2 * time.Second
+	var (
+		mu     sync.Mutex
+		acked  []int64
+		failed int
+	)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conn *pgx.Conn
+		defer func() {
+			if conn != nil {
+				conn.Close(context.Background())
+			}
+		}()
+		for id := int64(1); ; id++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if conn == nil {
+				conn, err = pgx.ConnectConfig(wctx, cfg)
+			}
+			if err == nil {
+				_, err = conn.Exec(wctx, "INSERT INTO acked VALUES ($1)", id)
+			}
+			wcancel()
+			mu.Lock()
+			if err == nil {
+				acked = append(acked, id)
+			} else {
+				failed++
+				if conn != nil {
+					conn.Close(context.Background())
+					conn = nil
+				}
+				err = nil
+				time.Sleep(20 * time.Millisecond) // a retry pace, not a wait for a condition
+			}
+			mu.Unlock()
+		}
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	testwait.For(t, "writes through the proxy", 20*time.Second, func() bool { return count() >= 200 })
+
+	// Freeze the asynchronous standby's WAL receiver: it answers checks
+	// but receives nothing more.
+	var recvPid int
+	if err := async.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&recvPid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(recvPid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(recvPid, syscall.SIGCONT) })
+	before := count()
+	testwait.For(t, "more writes acknowledged by the synchronous standby alone", 20*time.Second, func() bool { return count() >= before+200 })
+
+	promoted := make(chan string, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if s := d.service(t, "pg"); s != nil && (s.Target == "async" || s.Target == "sync") {
+				if s.Target == "sync" {
+					_ = syncS.Promote()
+				} else {
+					_ = async.Promote()
+				}
+				promoted <- s.Target
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if err := p1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var chosen string
+	select {
+	case chosen = <-promoted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no standby was chosen")
+	}
+	if chosen != "sync" {
+		t.Fatalf("the proxy chose %q, the standby that stopped receiving; want the synchronous one", chosen)
+	}
+	atFailover := count()
+	testwait.For(t, "writes through the promoted standby", 30*time.Second, func() bool { return count() >= atFailover+100 })
+	close(stop)
+	<-done
+
+	mu.Lock()
+	ids := append([]int64(nil), acked...)
+	mu.Unlock()
+	var present int
+	if err := syncS.QueryRow(ctx, "SELECT count(*) FROM acked WHERE id = ANY($1)", ids).Scan(&present); err != nil {
+		t.Fatal(err)
+	}
+	if present != len(ids) {
+		t.Fatalf("%d of %d acknowledged writes lost", len(ids)-present, len(ids))
+	}
+	var asyncHas int
+	_ = async.QueryRow(ctx, "SELECT count(*) FROM acked").Scan(&asyncHas)
+	t.Logf("%d writes acknowledged (%d failed during the failover), 0 lost; the asynchronous standby held %d rows", len(ids), failed, asyncHas)
+	if s := d.service(t, "pg"); s == nil {
+		t.Fatal("no status")
+	}
+}
