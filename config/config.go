@@ -321,6 +321,11 @@ type Service struct {
 	// MaxLagBytesOnFailover: a standby lagging more than this (bytes) is never
 	// made the target. Default 0: unbounded.
 	MaxLagBytesOnFailover int64 `toml:"max_lag_bytes_on_failover"`
+	// AlertLag and AlertLagBytes raise the lag alert for a replica whose
+	// replication lag (time, bytes) crosses them, and run notify once per
+	// crossing each way. Default 0: no alert.
+	AlertLag      time.Duration `toml:"alert_lag"`
+	AlertLagBytes int64         `toml:"alert_lag_bytes"`
 
 	Health   Health    `toml:"health"`
 	Hooks    Hooks     `toml:"hooks"`

@@ -388,6 +388,11 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	d.nonNegativeInt(sp, "max_lag_bytes", s.MaxLagBytes)
 	d.nonNegative(sp, "max_lag_on_failover", s.MaxLagOnFailover)
 	d.nonNegativeInt(sp, "max_lag_bytes_on_failover", s.MaxLagBytesOnFailover)
+	d.nonNegative(sp, "alert_lag", s.AlertLag)
+	d.nonNegativeInt(sp, "alert_lag_bytes", s.AlertLagBytes)
+	if (s.AlertLag > 0 || s.AlertLagBytes > 0) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
+		d.warnf(sp, "alert_lag", "alert_lag and alert_lag_bytes need a health kind that reports lag (postgres, redis, mysql or exec), not %q", s.Health.Kind)
+	}
 	if (s.Role == RolePrimary || s.Role == RoleReplica) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
 		d.errorf(sp, "role", "role %q needs a health kind that reports roles (postgres, redis, mysql or exec), not %q", s.Role, s.Health.Kind)
 	}

@@ -74,6 +74,7 @@ type Daemon struct {
 	metrics *metricsExporter
 	cluster *clusterSide // nil without [cluster]
 	history *journal.Journal
+	lag     *lagAlerts
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -98,7 +99,7 @@ func New(o Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
-		lastTarget: map[string]string{}, failover: newFailoverClock()}
+		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts()}
 	defer close(d.ready)
 	m, err := newMetricsExporter()
 	if err != nil {
@@ -152,6 +153,7 @@ func (d *Daemon) onHealth(s health.State) {
 		d.cluster.observe(s)
 	}
 	d.metrics.healthChanged(s)
+	d.lagChanged(s)
 }
 
 func (d *Daemon) onTarget(ev proxy.TargetChange) {

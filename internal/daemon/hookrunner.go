@@ -175,6 +175,7 @@ func hookEnv(svc *config.Service, oldName, newName, reason string) map[string]st
 	return map[string]string{
 		"QP_SERVICE": svc.Name, "QP_OLD_BACKEND": oldName, "QP_OLD_ADDRESS": backendAddress(svc, oldName),
 		"QP_NEW_BACKEND": newName, "QP_NEW_ADDRESS": backendAddress(svc, newName), "QP_REASON": reason,
+		"QP_EVENT": "target",
 	}
 }
 

@@ -235,6 +235,7 @@ var (
 	mLagSecs   = newMetric("quorumproxy_backend_replication_lag_seconds", "Replication lag of the backend in seconds as its last check read it (-1: not known).", prometheus.GaugeValue, be...)
 	mChecks    = newMetric("quorumproxy_health_checks_total", "Health checks of the backend for the service.", prometheus.CounterValue, be...)
 	mCheckFail = newMetric("quorumproxy_health_check_failures_total", "Health checks of the backend that failed.", prometheus.CounterValue, be...)
+	mLagAlert  = newMetric("quorumproxy_alert_replication_lag", "1 while the replica's lag, as this proxy's check reads it, is above the service's alert_lag or alert_lag_bytes.", prometheus.GaugeValue, be...)
 
 	mEpoch     = newMetric("quorumproxy_cluster_epoch", "Epoch of the service's record on this proxy.", prometheus.GaugeValue, svc...)
 	mMaxVoted  = newMetric("quorumproxy_cluster_max_voted_epoch", "Highest epoch this proxy voted in for the service.", prometheus.GaugeValue, svc...)
@@ -259,7 +260,7 @@ var (
 
 	allMetrics = []metric{mAccepted, mRefused, mActive, mHeld, mRouting, mDual, mPromote, mNoPrimary,
 		mSessions, mDialFail, mBeRefused, mSent, mReceived, mBeActive, mTarget, mDraining, mFencedLoc, mUp,
-		mLagBytes, mLagSecs, mChecks, mCheckFail,
+		mLagBytes, mLagSecs, mChecks, mCheckFail, mLagAlert,
 		mEpoch, mMaxVoted, mLease, mPaused, mFenced, mRecov, mStore, mPeers, mQuorum, mReachable,
 		mDropped, mDupes, mVotes, mProposals, mGivenUp, mCommits, mAdoptions, mSaves, mNoCand, mPersist}
 )
@@ -318,6 +319,7 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 		put(mLagSecs, lag, s.Service, s.Backend)
 		put(mChecks, float64(s.Checks), s.Service, s.Backend)
 		put(mCheckFail, float64(s.Failures), s.Service, s.Backend)
+		put(mLagAlert, b2f(d.lag.raised(s.Service, s.Backend)), s.Service, s.Backend)
 	}
 	if d.cluster == nil {
 		return

@@ -50,10 +50,11 @@ func (d *Daemon) status() *adminapi.Status {
 			}
 			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; %s", strings.Join(ps.Primaries, ", "), where))
 		}
+		sv.Alerts = append(sv.Alerts, d.lag.alerts(ps.Name)...)
 		for _, b := range ps.Backends {
 			bv := adminapi.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
-				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1,
+				Health: "unknown", Role: b.Health.Role.String(), LagBytes: -1, LagSeconds: -1, Position: -1,
 				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
 				Draining: b.Draining, Fenced: b.Fenced,
 			}
@@ -61,6 +62,7 @@ func (d *Daemon) status() *adminapi.Status {
 				bv.Health = hs.Status.String()
 				bv.Role = hs.Role.String()
 				bv.LagBytes = hs.LagBytes
+				bv.Position, bv.PositionFresh = hs.Position, hs.PositionFresh
 				if hs.Lag >= 0 {
 					bv.LagSeconds = hs.Lag.Seconds()
 				}
