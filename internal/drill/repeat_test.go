@@ -8,7 +8,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
 
-func TestSummarize(t *testing.T) {
+func TestDrillSummarize(t *testing.T) {
 	runs := []*Report{
 		{Recovered: true, RTO: 0.3, Acked: 100, Lost: 1, RPOSeconds: 0.01},
 		{Recovered: true, RTO: 0.1, Acked: 200},
@@ -36,7 +36,7 @@ func status(target string, bs ...adminapi.Backend) *adminapi.Status {
 	return &adminapi.Status{Services: []adminapi.Service{{Name: "db", Role: "primary", Target: target, Backends: bs}}}
 }
 
-func TestSwitchTargetAlternates(t *testing.T) {
+func TestDrillSwitchTargetAlternates(t *testing.T) {
 	up := func(name string, prio int, role string) adminapi.Backend {
 		return adminapi.Backend{Name: name, Priority: prio, Health: "up", Role: role}
 	}
@@ -76,7 +76,7 @@ func TestSwitchTargetAlternates(t *testing.T) {
 	}
 }
 
-func TestSettled(t *testing.T) {
+func TestDrillSettled(t *testing.T) {
 	b := func(name, health, role string) adminapi.Backend {
 		return adminapi.Backend{Name: name, Health: health, Role: role}
 	}
@@ -109,7 +109,7 @@ func TestSettled(t *testing.T) {
 	}
 }
 
-func TestMarkdown(t *testing.T) {
+func TestDrillMarkdown(t *testing.T) {
 	t0 := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 	s := &Series{Service: "db", Kind: "redis", Listen: "127.0.0.1:7000", Failure: "/bin/kill -KILL 1234", Started: t0, Finished: t0.Add(time.Minute),
 		Version: "0.9.0+abc", Host: "db-proxy-1", ServerVersions: map[string]string{"a": "Redis 7.0.15"},
@@ -138,6 +138,17 @@ func TestMarkdown(t *testing.T) {
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("record lacks %q:\n%s", want, md)
+		}
+	}
+	var text strings.Builder
+	s.Print(&text)
+	for _, want := range []string{
+		"run 2: b -> a: down +0.400s, decided -, routed +0.600s, RTO 0.900s; 90 acknowledged, 2 lost",
+		"2 runs, 2 recovered; RTO p50 0.700s, p90 0.900s, max 0.900s",
+		"RPO: 2 of 190 acknowledged writes LOST",
+	} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}
 	}
 }
