@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,17 +35,25 @@ type Options struct {
 	Timeout  time.Duration // from the failure to the first good write
 	SwitchTo string        // fail by a voted switchover to this backend
 	Fail     []string      // or by this command (an argv, no shell)
+	// RunIndex is the run's number in a series (0: a drill alone, 1 for
+	// the fail command's QP_DRILL_RUN).
+	RunIndex int
 }
 
 // Report is what a drill measured; times are from the failure.
 type Report struct {
-	Service   string `json:"service"`
-	Kind      string `json:"kind"`
-	Listen    string `json:"listen"`
-	Run       string `json:"run"`
-	Failure   string `json:"failure"`
-	OldTarget string `json:"old_target"`
-	NewTarget string `json:"new_target,omitempty"`
+	Service string `json:"service"`
+	Kind    string `json:"kind"`
+	Listen  string `json:"listen"`
+	Run     string `json:"run"`
+	// Index is the run's number in a series (0: a drill alone).
+	Index int `json:"index,omitempty"`
+	// Started is the moment of the failure (UTC).
+	Started    time.Time `json:"started"`
+	Failure    string    `json:"failure"`
+	OldTarget  string    `json:"old_target"`
+	OldAddress string    `json:"old_target_address,omitempty"`
+	NewTarget  string    `json:"new_target,omitempty"`
 	// Timeline, in seconds after the failure; -1 when not seen.
 	DownAt    float64 `json:"primary_down_s"`
 	DecidedAt float64 `json:"decided_s"`
@@ -97,7 +107,8 @@ func Run(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 		return nil, fmt.Errorf("service %q is %s: a drill fails over an active-passive service", o.Service.Name, o.Service.Mode)
 	}
 	run := fmt.Sprintf("qpd%d", time.Now().UnixMilli())
-	rep := &Report{Service: o.Service.Name, Kind: string(o.Service.Health.Kind), Listen: o.Service.Listen, Run: run, DownAt: -1, DecidedAt: -1, RoutedAt: -1, RTO: -1}
+	rep := &Report{Service: o.Service.Name, Kind: string(o.Service.Health.Kind), Listen: o.Service.Listen, Run: run, Index: o.RunIndex,
+		DownAt: -1, DecidedAt: -1, RoutedAt: -1, RTO: -1}
 	c, err := newDrillClient(o, run)
 	if err != nil {
 		return nil, err
@@ -115,7 +126,7 @@ func Run(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 			return nil, err
 		}
 		defer st.stop()
-		rep.OldTarget, rep.EpochFrom = st.first.target, st.first.epoch
+		rep.OldTarget, rep.OldAddress, rep.EpochFrom = st.first.target, st.first.address, st.first.epoch
 	}
 
 	// Recovered: a write sent after the proxy was seen forwarding to the
@@ -146,6 +157,7 @@ func Run(ctx context.Context, o Options, log io.Writer) (*Report, error) {
 	case <-time.After(o.Warmup):
 	}
 	t0 := time.Now()
+	rep.Started = t0.UTC()
 	w.Mark(t0)
 	if warm, _ := w.Counts(); warm == 0 {
 		stopWriter()
@@ -221,11 +233,27 @@ func (o Options) doFail(ctx context.Context, rep *Report) error {
 	rep.Failure = strings.Join(o.Fail, " ")
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, o.Fail[0], o.Fail[1:]...).CombinedOutput()
+	cmd := exec.CommandContext(cctx, o.Fail[0], o.Fail[1:]...)
+	cmd.Env = append(os.Environ(), FailEnv(o, rep)...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("fail command %q: %v: %s", rep.Failure, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// FailEnv is what the fail command finds in its environment besides the
+// drill's own: the run's number in the series (1 for a drill alone), the
+// service, and the backend the proxy targets now with its address (empty
+// without the admin API), so that one command can fail whichever backend
+// is the primary at each run.
+func FailEnv(o Options, rep *Report) []string {
+	return []string{
+		"QP_DRILL_RUN=" + strconv.Itoa(max(o.RunIndex, 1)),
+		"QP_DRILL_SERVICE=" + o.Service.Name,
+		"QP_DRILL_TARGET=" + rep.OldTarget,
+		"QP_DRILL_TARGET_ADDRESS=" + rep.OldAddress,
+	}
 }
 
 // drillStatus polls the admin API and notes when the primary was seen
@@ -235,8 +263,8 @@ type drillStatus struct {
 	o      Options
 	client *adminapi.Client
 	first  struct {
-		target string
-		epoch  uint64
+		target, address string
+		epoch           uint64
 	}
 	mu                  sync.Mutex
 	t0                  time.Time
@@ -269,6 +297,11 @@ func (s *drillStatus) start(ctx context.Context) error {
 		return fmt.Errorf("service %q has no target now (%s): nothing to fail over", s.o.Service.Name, sv.Why)
 	}
 	s.first.target = sv.Target
+	for _, b := range sv.Backends {
+		if b.Name == sv.Target {
+			s.first.address = b.Address
+		}
+	}
 	if cv != nil {
 		s.first.epoch = cv.Epoch
 	}
