@@ -242,20 +242,21 @@ func TestDrillMySQL(t *testing.T) {
 	}
 }
 
-// Three drills in a row, each a voted switchover to another backend
+// Three drills in a row, each a voted switchover to the other backend
 // (switchovers go through a cluster: three proxies in front of a Redis
-// primary and two replicas, with the sample fence and promote hooks), with
-// a Markdown record: every run recovers, going round the backends, the
-// aggregate adds up, and the record has its sections.
+// primary and its replica, with the sample fence and promote hooks), with
+// a Markdown record: every run recovers, back and forth (the third one
+// moves away from a backend that a fence hook demoted and a promote made
+// primary again: it must be fenced again), the aggregate adds up, and the
+// record has its sections.
 func TestDrillRepeatSwitchover(t *testing.T) {
 	testenv.Need(t, "redis")
 	r1 := testenv.MustRedis(t, testenv.RedisOptions{})
-	r2, r3 := testenv.MustReplica(t, r1), testenv.MustReplica(t, r1)
+	r2 := testenv.MustReplica(t, r1)
 	waitStreaming(t, r1, r2)
-	waitStreaming(t, r1, r3)
 	t.Setenv("QP_TEST_REDIS_PASSWORD", r1.Password())
 	hookLogins(t, "", r1.Password())
-	c := newPromoCluster(t, promoRedis, []promoBackend{{"r1", r1.Addr(), 100}, {"r2", r2.Addr(), 50}, {"r3", r3.Addr(), 10}},
+	c := newPromoCluster(t, promoRedis, []promoBackend{{"r1", r1.Addr(), 100}, {"r2", r2.Addr(), 50}},
 		promoHooks{promote: promoRedis.promote, fence: promoRedis.fence})
 	c.start()
 	testwait.For(t, "every proxy routing to r1", 60*time.Second, c.routes("r1"))
@@ -272,8 +273,8 @@ func TestDrillRepeatSwitchover(t *testing.T) {
 		t.Fatalf("series: %v\n%s", err, out.String())
 	}
 	checkSeries(t, &s, 3)
-	// Round the backends, the one primary least recently first.
-	for i, want := range [][2]string{{"r1", "r2"}, {"r2", "r3"}, {"r3", "r1"}} {
+	// Back and forth, the one primary least recently first.
+	for i, want := range [][2]string{{"r1", "r2"}, {"r2", "r1"}, {"r1", "r2"}} {
 		if r := s.Runs[i]; r.OldTarget != want[0] || r.NewTarget != want[1] || r.Failure != "switchover to "+want[1] || r.EpochTo <= r.EpochFrom {
 			t.Errorf("run %d: %s -> %s (%s, epoch %d -> %d), want %s -> %s", i+1, r.OldTarget, r.NewTarget, r.Failure, r.EpochFrom, r.EpochTo, want[0], want[1])
 		}
