@@ -353,20 +353,24 @@ func unbatch(t *testing.T, msg []byte) [][]byte {
 // A voter refuses a failover to a replica that its own fresh view shows
 // holding less of the old primary's log than another eligible replica, and
 // grants it when the positions are stale (read while the primary answered)
-// or when the rule is switched off.
+// or when the rule is switched off; with rpo = "zero" it refuses one that
+// its own check did not see among the old primary's synchronous standbys.
 func TestVoteRefusesAReplicaBehind(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		fresh  bool
 		knobs  knobs
 		refuse bool
+		rpo    bool
 	}{
-		{"fresh positions: refused", true, knobs{}, true},
-		{"stale positions: granted", false, knobs{}, false},
-		{"rule off: granted", true, knobs{ignorePositions: true}, false},
+		{"fresh positions: refused", true, knobs{}, true, false},
+		{"stale positions: granted", false, knobs{}, false, false},
+		{"rule off: granted", true, knobs{ignorePositions: true}, false, false},
+		{"rpo zero, not synchronous: refused", false, knobs{}, true, true},
+		{"rpo zero rule off: granted", false, knobs{ignoreRPO: true}, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svcs := []ServiceConfig{{Name: "db", RoleAware: true, Backends: testBackends}}
+			svcs := []ServiceConfig{{Name: "db", RoleAware: true, RPOZero: tc.rpo, Backends: testBackends}}
 			v := Value{Primary: "pg-a", Since: 1}
 			st := State{Synced: true, Services: map[string]ServiceState{
 				"db": {Record: Record{Epoch: 4, Value: v}, MaxVoted: 4, Accepted: Ballot{Epoch: 4, Value: v}}}}
@@ -378,7 +382,7 @@ func TestVoteRefusesAReplicaBehind(t *testing.T) {
 				t.Fatal(err)
 			}
 			for b, o := range map[string]Observation{
-				"pg-a": {Up: false, Position: -1},
+				"pg-a": {Up: false, Position: -1, SyncMask: 1 << 2}, // pg-c was synchronous
 				"pg-b": {Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 500, PositionFresh: tc.fresh},
 				"pg-c": {Up: true, Role: RoleReplica, LagBytes: -1, Lag: -1, Position: 900, PositionFresh: tc.fresh},
 			} {

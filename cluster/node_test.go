@@ -78,6 +78,7 @@ type testCluster struct {
 	roles   map[string]Role
 	rolesMu sync.Mutex
 	maxLag  time.Duration
+	rpoZero bool // the service has rpo = "zero"
 }
 
 const testLease = 200 * time.Millisecond
@@ -100,10 +101,13 @@ func newTestCluster(t *testing.T, n int) *testCluster { return newRoleCluster(t,
 // newRoleCluster is newTestCluster for a role-aware service whose backends
 // report roles (nil: a service without roles), with max_lag_on_failover
 // maxLag.
-func newRoleCluster(t *testing.T, n int, roles map[string]Role, maxLag time.Duration) *testCluster {
+func newRoleCluster(t *testing.T, n int, roles map[string]Role, maxLag time.Duration, opts ...func(*testCluster)) *testCluster {
 	c := &testCluster{t: t, net: &memNet{nodes: map[string]*Node{}, cut: map[[2]string]bool{}},
 		dirs: map[string]string{}, nodes: map[string]*Node{}, stores: map[string]*FileStore{}, hooks: make(chan string, 100), logs: map[string]*testenv.Buffer{},
 		roles: roles, maxLag: maxLag}
+	for _, o := range opts {
+		o(c)
+	}
 	for i := range n {
 		c.peers = append(c.peers, fmt.Sprintf("proxy-%d", i))
 	}
@@ -122,7 +126,7 @@ func (c *testCluster) start(name string) {
 	}
 	var node *Node
 	cfg := Config{Name: name, Peers: c.peers, BootID: uint64(time.Now().UnixNano()),
-		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil, MaxLagOnFailover: c.maxLag,
+		Services: []ServiceConfig{{Name: "db", Backends: testBackends, RoleAware: c.roles != nil, MaxLagOnFailover: c.maxLag, RPOZero: c.rpoZero,
 			Hooks: HookConfig{Fence: c.roles == nil, Promote: true, Timeout: c.hookTimeout()}}},
 		OnAction: func(svc string, a Action) {
 			c.hooks <- fmt.Sprintf("%s epoch %d %s %s", name, a.Epoch, a.Kind, a.Backend)
@@ -583,4 +587,48 @@ func TestNodeRanksByFreshPosition(t *testing.T) {
 	}
 	c.expectHooks("", "promote pg-c")
 	c.waitFor("every proxy to route pg-c", 20*time.Second, c.allRoute("pg-c"))
+}
+
+// rpo = "zero" in a cluster: the primary reported pg-c synchronous at its
+// last good check, so pg-c takes over although pg-b has the higher
+// priority; with no synchronous standby known, nothing is promoted and
+// the status says why.
+func TestNodeRPOZero(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mask uint64
+		want string
+	}{{"synchronous standby pg-c", 1 << 2, "pg-c"}, {"none synchronous", 0, ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newRoleCluster(t, 3, map[string]Role{"pg-a": RolePrimary, "pg-b": RoleReplica, "pg-c": RoleReplica}, 0,
+				func(c *testCluster) { c.rpoZero = true })
+			c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
+			for _, p := range c.peers {
+				c.nodes[p].Observe("db", "pg-a", Observation{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: -1, SyncMask: tc.mask})
+			}
+			for _, p := range c.peers {
+				c.nodes[p].Observe("db", "pg-a", Observation{Up: false, Role: RoleUnknown, LagBytes: -1, Lag: -1, Position: -1, SyncMask: tc.mask})
+			}
+			if tc.want != "" {
+				c.expectHooks("", "promote "+tc.want)
+				c.waitFor("every proxy to route "+tc.want, 20*time.Second, c.allRoute(tc.want))
+				return
+			}
+			c.waitFor("the no_failover alert", 20*time.Second, func() bool {
+				st, err := c.nodes["proxy-2"].Status()
+				if err != nil {
+					return false
+				}
+				for _, a := range st.Services[0].Alerts {
+					if strings.HasPrefix(a, "no_failover: ") && strings.Contains(a, "rpo = zero") {
+						return true
+					}
+				}
+				return false
+			})
+			if len(c.hooks) != 0 {
+				t.Fatalf("a hook ran: %s", <-c.hooks)
+			}
+		})
+	}
 }

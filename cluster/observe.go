@@ -211,6 +211,36 @@ func (m *Machine) position(s *service, b string) (int64, failover.PosState) {
 	return pos, st
 }
 
+// syncStandbys is what the fresh views that know agree primary reported
+// synchronous at its last good check: the intersection of their non-empty
+// masks (a standby that stopped being synchronous in one proxy's later
+// read may lack commits acknowledged since). A view that knows nothing (a
+// proxy started since) does not count.
+func (m *Machine) syncStandbys(s *service, primary string) uint64 {
+	all, known := ^uint64(0), false
+	take := func(o Observation) {
+		if o.SyncMask != 0 {
+			all &= o.SyncMask
+			known = true
+		}
+	}
+	if o, ok := s.local[primary]; ok {
+		take(o)
+	}
+	now := m.clock.Now()
+	for _, p := range m.others {
+		if pv := s.remote[p]; pv != nil && now-pv.at < m.cfg.ObservationTTL {
+			if o, ok := pv.view[primary]; ok {
+				take(o)
+			}
+		}
+	}
+	if !known {
+		return 0
+	}
+	return all
+}
+
 // behind names an eligible replica that this proxy's own fresh view shows
 // further than candidate c ("" when none): a voter refuses a failover to a
 // replica it sees holding less of the old primary's log.
@@ -238,7 +268,7 @@ func (m *Machine) behind(s *service, c string) string {
 // policy is the service's failover policy (package failover, shared with
 // a proxy alone).
 func (s *service) policy() failover.Policy {
-	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover}
+	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover, RPOZero: s.cfg.RPOZero}
 }
 
 // candidate picks the successor of primary by the one failover policy,
@@ -249,13 +279,14 @@ func (s *service) policy() failover.Policy {
 func (m *Machine) candidate(s *service, primary string) (string, string) {
 	now := m.clock.Now()
 	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	sync := m.syncStandbys(s, primary)
 	cs := make([]failover.Candidate, 0, len(s.cfg.Backends))
 	for i, b := range s.cfg.Backends {
 		bytes, lag := m.maxLag(s, b.Name)
 		pos, ps := m.position(s, b.Name)
 		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
 			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
-			Position: pos, Pos: ps,
+			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0,
 			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
 	}
 	return failover.Successor(s.policy(), cs, primary)
@@ -314,4 +345,14 @@ func (m *Machine) sayQuorum(now time.Duration) {
 			"services", len(m.order))
 	}
 	m.hadQuorum = has
+}
+
+// index is backend's position in the service's configuration, -1 if none.
+func (s *service) index(backend string) int {
+	for i, b := range s.cfg.Backends {
+		if b.Name == backend {
+			return i
+		}
+	}
+	return -1
 }

@@ -76,6 +76,9 @@ func (m *Machine) alerts(s *service, ss ServiceState, now time.Duration) []strin
 		// primary is not promoted (yet), and writes wait for it.
 		out = append(out, fmt.Sprintf("awaiting_promotion: %q, the primary since epoch %d, reports replica; the proxy that committed it promotes it (see its status)", p, ss.Record.Since))
 	}
+	if strings.HasPrefix(s.decision, "no failover from") && m.objectivelyDown(s, ss.Record.Primary) {
+		out = append(out, "no_failover: "+s.decision)
+	}
 	if ss.Intent.Epoch == ss.Record.Epoch && !ss.Intent.Done && s.act.epoch == ss.Intent.Epoch && s.act.held != "" {
 		out = append(out, "promote_held: "+s.act.held)
 	}

@@ -266,6 +266,10 @@ type Observation struct {
 	// sign of life (health.State), so that a failover ranks by it.
 	Position      int64
 	PositionFresh bool
+	// SyncMask, for a primary, is the backends (bit i: the service's i-th)
+	// it reported as synchronous standbys at its last good check, kept
+	// while it is down (ServiceConfig.RPOZero).
+	SyncMask uint64
 }
 
 // QuorumLoss says what a proxy does when its lease expires.
@@ -294,6 +298,10 @@ type ServiceConfig struct {
 	Backends []BackendConfig
 	// RoleAware requires a failover candidate to report itself a replica.
 	RoleAware bool
+	// RPOZero: an automatic failover goes only to a backend that the old
+	// primary reported synchronous at its last good check, in every fresh
+	// view that knows (Observation.SyncMask); a voter refuses another.
+	RPOZero bool
 	// MaxLagOnFailover and MaxLagBytesOnFailover exclude candidates
 	// lagging more than this in time or in bytes (in any fresh report);
 	// zero or negative means no bound, and a bound excludes an unknown lag
@@ -366,6 +374,7 @@ type knobs struct {
 	promoteAfterPause   bool // promote right after a pause, on views from before it
 	ignorePause         bool // proxies propose and voters grant automatic decisions of a paused service
 	ignorePositions     bool // voters grant a failover to a replica their own fresh view shows behind another
+	ignoreRPO           bool // voters grant a failover of an rpo = zero service to a standby their check did not see synchronous
 	answerUnpersisted   bool // a vote whose save failed is kept in memory and answered from there
 }
 

@@ -141,6 +141,11 @@ func (m *Machine) voteCheck(s *service, ss ServiceState, from string, x proposeM
 		if !m.ownDown(s, x.From) {
 			return fmt.Errorf("own check does not see %q down", x.From)
 		}
+		if mask := s.local[x.From].SyncMask; s.cfg.RPOZero && mask != 0 && !m.cfg.knobs.ignoreRPO {
+			if i := s.index(v.Primary); i < 0 || i >= 64 || mask&(1<<i) == 0 {
+				return fmt.Errorf("rpo = zero: own check saw %q without %q among its synchronous standbys", x.From, v.Primary)
+			}
+		}
 		if w := m.behind(s, v.Primary); w != "" && !m.cfg.knobs.ignorePositions {
 			return fmt.Errorf("own check sees %q behind another replica since %q fell silent (%s)", v.Primary, x.From, w)
 		}

@@ -272,6 +272,15 @@ const (
 	FailbackAuto   Failback = "auto"   // move back on recovery
 )
 
+// RPO is how much of the acknowledged writes a failover may lose.
+type RPO string
+
+// RPO settings.
+const (
+	RPOAny  RPO = "any"  // the best candidate, however far behind it is
+	RPOZero RPO = "zero" // only a synchronous standby, or no failover
+)
+
 // Service is one [[service]] table: a listener and the backends behind it.
 type Service struct {
 	// Name identifies the service: [A-Za-z0-9_.-]+, unique. Required.
@@ -326,6 +335,12 @@ type Service struct {
 	// crossing each way. Default 0: no alert.
 	AlertLag      time.Duration `toml:"alert_lag"`
 	AlertLagBytes int64         `toml:"alert_lag_bytes"`
+	// RPO is "any" (default: fail over to the best candidate) or "zero":
+	// an automatic failover goes only to a standby that the primary
+	// reported synchronous at its last good check (postgres checks:
+	// pg_stat_replication.sync_state), and otherwise the service stays
+	// unrouted with an alert; an operator's switchover still goes ahead.
+	RPO RPO `toml:"rpo"`
 
 	Health   Health    `toml:"health"`
 	Hooks    Hooks     `toml:"hooks"`
@@ -505,6 +520,19 @@ type Backend struct {
 	// proxy_protocol_networks, pgbouncer, HAProxy-aware servers). Default
 	// "": none. Linux only.
 	SendProxy string `toml:"send_proxy"`
+	// ReplicationName is the name this backend's standby connects to its
+	// primary with (PostgreSQL's application_name in primary_conninfo, as
+	// pg_stat_replication lists it), so that rpo = "zero" knows which
+	// backend is a synchronous standby. Default: Name.
+	ReplicationName string `toml:"replication_name"`
+}
+
+// Replication returns the name the backend's standby replicates under.
+func (b *Backend) Replication() string {
+	if b.ReplicationName != "" {
+		return b.ReplicationName
+	}
+	return b.Name
 }
 
 // DefaultAdminListen is the admin API's address when [admin] listen is
@@ -568,6 +596,7 @@ func (s *Service) setDefaults() {
 	s.ConnectTimeout = defaultConnectTimeout
 	s.OnBackendDown = ActionClose
 	s.Failback = FailbackManual
+	s.RPO = RPOAny
 	s.Health.setDefaults()
 	s.Hooks.setDefaults()
 }

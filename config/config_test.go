@@ -249,6 +249,7 @@ func TestMinimalDefaults(t *testing.T) {
 			ConnectTimeout: 3 * time.Second,
 			OnBackendDown:  ActionClose,
 			Failback:       FailbackManual,
+			RPO:            RPOAny,
 			SwitchHold:     2 * time.Second,
 			Health: Health{
 				Kind:         KindTCP,

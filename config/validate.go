@@ -375,6 +375,16 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	enum(d, sp, "role", s.Role, RoleAny, RolePrimary, RoleReplica)
 	enum(d, sp, "on_backend_down", s.OnBackendDown, ActionClose, ActionKeep)
 	enum(d, sp, "failback", s.Failback, FailbackManual, FailbackAuto)
+	enum(d, sp, "rpo", s.RPO, RPOAny, RPOZero)
+	if s.RPO == RPOZero && s.Health.Kind != KindPostgres {
+		d.errorf(sp, "rpo", "rpo = \"zero\" needs kind = \"postgres\" checks, which read the primary's synchronous standbys; not %q", s.Health.Kind)
+	}
+	if s.RPO == RPOZero && len(s.Backends) > 64 {
+		d.errorf(sp, "rpo", "rpo = \"zero\" handles at most 64 backends, not %d", len(s.Backends))
+	}
+	if s.RPO == RPOZero && s.Mode != ModeActivePassive {
+		d.errorf(sp, "rpo", "rpo = \"zero\" applies to active-passive services")
+	}
 	d.nonNegativeInt(sp, "max_connections", int64(s.MaxConnections))
 	for _, n := range s.AcceptProxy {
 		if _, err := parsePrefix(n); err != nil {

@@ -69,6 +69,9 @@ type Result struct {
 	// Received is how far a replica holds the primary's log, replayed or not (PostgreSQL's
 	// received and flushed LSN: a promote replays it all); not above Position when unknown.
 	Received int64
+	// SyncStandbys, on a primary, names the standbys it reports synchronous (PostgreSQL:
+	// pg_stat_replication.application_name where sync_state is 'sync'); nil when unknown.
+	SyncStandbys []string
 	// Latency is how long the check took.
 	Latency time.Duration
 	// Err says what was wrong when Up is false; it matches one of the Err* sentinels with

@@ -71,6 +71,10 @@ type State struct {
 	// changes do not call onChange.
 	Position      int64
 	PositionFresh bool
+	// SyncStandbys is what this backend, at its last successful check as a primary, reported
+	// as its synchronous standbys. It outlives the backend going down (rpo = "zero" fails over
+	// only to one of them) and is cleared when it answers as a replica.
+	SyncStandbys []string
 }
 
 // riseFall is the consecutive rise/fall counter of one backend. A success resets the failure
@@ -553,6 +557,14 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 		l.primaryOK, l.failSince = res.Role == RolePrimary, time.Time{}
 		st.LagBytes = res.LagBytes
 		st.Position, st.PositionFresh = -1, false
+		switch res.Role {
+		case RolePrimary:
+			if !slices.Equal(st.SyncStandbys, res.SyncStandbys) {
+				st.SyncStandbys = slices.Clone(res.SyncStandbys)
+			}
+		default:
+			st.SyncStandbys = nil
+		}
 		if res.Role == RoleReplica {
 			st.LagBytes = m.replicaLagLocked(l)
 			if res.Position >= 0 {
@@ -583,7 +595,7 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	}
 	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
-		(st.PositionFresh && prev.Position != st.Position)
+		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys)
 	return *st, changed
 }
 

@@ -12,12 +12,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// pgQuery reads role, positions and replay delay in one round trip. On a standby the position
-// is the replayed LSN; lag_s is NULL on a primary or before anything was replayed.
+// pgQuery reads role, positions, replay delay and (on a primary) its synchronous standbys in one
+// round trip. On a standby the position is the replayed LSN; lag_s is NULL on a primary or
+// before anything was replayed. pg_stat_replication shows application_name only to roles that
+// may read it (pg_monitor), else the list is empty.
 const pgQuery = `SELECT pg_is_in_recovery(),
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint,
   (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint,
-  extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8`
+  extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
+  ARRAY(SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name IS NOT NULL ORDER BY 1)`
 
 // postgresChecker asks pg_is_in_recovery() and the WAL positions over one connection that it
 // keeps between checks and drops on any error.
@@ -90,13 +93,15 @@ func (c *postgresChecker) query(ctx context.Context) (Result, error) {
 		pos        int64
 		receive    *int64
 		lagSecs    *float64
+		sync       []string
 	)
-	if err := c.conn.QueryRow(ctx, pgQuery).Scan(&inRecovery, &pos, &receive, &lagSecs); err != nil {
+	if err := c.conn.QueryRow(ctx, pgQuery).Scan(&inRecovery, &pos, &receive, &lagSecs, &sync); err != nil {
 		c.drop()
 		return Result{}, err
 	}
-	r := Result{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: pos, Received: -1}
+	r := Result{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: pos, Received: -1, SyncStandbys: sync}
 	if inRecovery {
+		r.SyncStandbys = nil
 		r.Role = RoleReplica
 		if receive != nil {
 			r.Received = max(*receive, pos)

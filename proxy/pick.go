@@ -177,7 +177,14 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
 		fc[i].Position, fc[i].Pos = c.h.Position, posState(c.h)
 	}
-	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover}
+	for _, p := range cands {
+		if p.name == cur {
+			for i, c := range cands {
+				fc[i].Sync = c.order < 64 && p.h.SyncMask&(1<<c.order) != 0
+			}
+		}
+	}
+	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover, RPOZero: cfg.RPOZero}
 	name, why := failover.Successor(pol, fc, cur)
 	for i := range cands {
 		if cands[i].name == name {

@@ -187,6 +187,9 @@ type ServiceConfig struct {
 	// replicas whose lag of that kind is unknown.
 	MaxLag      time.Duration
 	MaxLagBytes int64
+	// RPOZero: a failover from a primary that is down goes only to a
+	// backend it reported synchronous (Health.SyncMask), or nowhere.
+	RPOZero bool
 	// MaxLagOnFailover and MaxLagBytesOnFailover bound which standby may
 	// become the active-passive target. Zero or negative: unbounded.
 	MaxLagOnFailover      time.Duration
@@ -241,6 +244,11 @@ type Health struct {
 	// health.State).
 	Position      int64
 	PositionFresh bool
+	// SyncMask, on a primary, says which backends of the service (bit i:
+	// the i-th of ServiceConfig.Backends) it reported as synchronous
+	// standbys at its last good check; it outlives the primary going down
+	// (ServiceConfig.RPOZero).
+	SyncMask uint64
 }
 
 // Lease bounds how long an External service may still forward.

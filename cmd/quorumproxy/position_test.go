@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
@@ -196,4 +198,111 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 	if s := d.service(t, "pg"); s == nil {
 		t.Fatal("no status")
 	}
+}
+
+const rpoZeroConfig = `
+[admin]
+listen = %q
+
+[[service]]
+name = "pg"
+listen = %q
+role = "primary"
+rpo = "zero"
+switch_hold = "1s"
+
+  [service.health]
+  kind = "postgres"
+  user = "qp"
+  database = "postgres"
+  password_env = "QP_TEST_PG_PASSWORD"
+  interval = "200ms"
+  timeout = "150ms"
+  rise = 1
+  fall = 2
+
+  [[service.backend]]
+  name = "primary"
+  address = %q
+  priority = 10
+
+  [[service.backend]]
+  name = "async"
+  address = %q
+  priority = 8
+
+  [[service.backend]]
+  name = "sync"
+  address = %q
+  priority = 1
+  replication_name = %q
+`
+
+// rpo = "zero": the proxy knows from the primary which standby is
+// synchronous; once that standby is down and then the primary dies, no
+// automatic failover goes to the asynchronous standby (it may lack
+// acknowledged commits): the service stays unrouted with an alert that
+// says why, and a standby an operator promotes by hand is followed.
+func TestRPOZeroHoldsWithoutASynchronousStandby(t *testing.T) {
+	testenv.Need(t, "postgres")
+	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
+	async := testenv.MustStandby(t, p1, false)
+	syncS := testenv.MustStandby(t, p1, true)
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(rpoZeroConfig, admin, listen, p1.Addr(), async.Addr(), syncS.Addr(), syncS.Name())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	d := startDaemon(t, cfgPath, admin)
+	backend := func(name string) *adminapi.Backend {
+		if s := d.service(t, "pg"); s != nil {
+			for i := range s.Backends {
+				if s.Backends[i].Name == name {
+					return &s.Backends[i]
+				}
+			}
+		}
+		return nil
+	}
+	testwait.For(t, "target primary, which reports its synchronous standby", 20*time.Second, func() bool {
+		s, b := d.service(t, "pg"), backend("primary")
+		return s != nil && s.Target == "primary" && b != nil && slices.Equal(b.SyncStandbys, []string{syncS.Name()})
+	})
+	if err := syncS.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the primary reporting no synchronous standby", 20*time.Second, func() bool {
+		b := backend("primary")
+		return b != nil && len(b.SyncStandbys) == 0
+	})
+	if err := p1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var alert string
+	testwait.For(t, "the no_failover alert", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		if s == nil {
+			return false
+		}
+		if s.Target == "async" {
+			t.Fatalf("rpo = zero failed over to the asynchronous standby (%s)", s.Why)
+		}
+		for _, a := range s.Alerts {
+			if strings.HasPrefix(a, "no_failover: ") && strings.Contains(a, "rpo = zero") {
+				alert = a
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("alert: %s", alert)
+	// The operator accepts the loss: a promote by hand is followed.
+	if err := async.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the proxy following the promoted standby", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		return s != nil && s.Target == "async"
+	})
 }

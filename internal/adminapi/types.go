@@ -84,8 +84,11 @@ type Backend struct {
 	// Position is how far a replica holds the primary's log (PostgreSQL's
 	// received LSN as bytes, Redis's offset; -1: unknown); PositionFresh:
 	// read after the primary fell silent, so a failover ranks by it.
-	Position       int64     `json:"position"`
-	PositionFresh  bool      `json:"position_fresh,omitempty"`
+	Position      int64 `json:"position"`
+	PositionFresh bool  `json:"position_fresh,omitempty"`
+	// SyncStandbys: on a primary, the standbys it reported synchronous at
+	// its last good check (by the name they replicate under).
+	SyncStandbys   []string  `json:"sync_standbys,omitempty"`
 	CheckLatencyMS float64   `json:"check_latency_ms"`
 	LastError      string    `json:"last_error,omitempty"`
 	LastCheck      time.Time `json:"last_check"`

@@ -94,6 +94,22 @@ func clusterHash(cfg *config.Config) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
+// clusterFixed is, per clustered service, what its Node reads at start and
+// a reload cannot change (priorities, roles, rpo, the lag bounds): hooks
+// left out, since SetHooks applies those.
+func clusterFixed(cfg *config.Config) map[string]string {
+	if cfg.Cluster == nil {
+		return nil
+	}
+	ccfg, _ := clusterConfigs(cfg, "", clusterServices(cfg))
+	out := make(map[string]string, len(ccfg.Services))
+	for _, sc := range ccfg.Services {
+		sc.Hooks = cluster.HookConfig{}
+		out[sc.Name] = fmt.Sprintf("%+v", sc)
+	}
+	return out
+}
+
 // clusterConfigs are the cluster's and the gossip's configuration, every
 // field filled from cfg (config owns the defaults; the cluster package has
 // none and refuses a missing timing). Callbacks and loggers are the caller's.
@@ -115,7 +131,7 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 		if !owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), RPOZero: s.RPO == config.RPOZero, MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
 			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})
@@ -217,12 +233,12 @@ func (cs *clusterSide) lease(service, backend string) *routeLease {
 	return l
 }
 
-func (cs *clusterSide) observe(s health.State) {
+func (cs *clusterSide) observe(s health.State, mask uint64) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
 	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
-		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh})
+		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask})
 }
 
 // close leaves the cluster and stops the route applier.

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
@@ -68,6 +69,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			MaxLagBytes:           s.MaxLagBytes,
 			MaxLagOnFailover:      s.MaxLagOnFailover,
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+			RPOZero:               s.RPO == config.RPOZero,
 			External:              clustered[s.Name],
 			RoleAware:             s.RoleAware(),
 		}
@@ -118,7 +120,22 @@ func healthTargets(cfg *config.Config) []health.Target {
 	return out
 }
 
-func proxyHealth(s health.State) proxy.Health {
+// syncMask maps the standbys a primary reported synchronous (by the name
+// they replicate under) to the service's backends: bit i for the i-th.
+func syncMask(svc *config.Service, names []string) uint64 {
+	var m uint64
+	if svc == nil {
+		return 0
+	}
+	for i, b := range svc.Backends {
+		if i < 64 && slices.Contains(names, b.Replication()) {
+			m |= 1 << i
+		}
+	}
+	return m
+}
+
+func proxyHealth(s health.State, mask uint64) proxy.Health {
 	h := proxy.Health{
 		Known:    s.Status != health.StatusUnknown,
 		Up:       s.Status == health.StatusUp,
@@ -126,6 +143,7 @@ func proxyHealth(s health.State) proxy.Health {
 		LagBytes: s.LagBytes,
 		Lag:      s.Lag,
 		Position: s.Position, PositionFresh: s.PositionFresh,
+		SyncMask: mask,
 	}
 	switch s.Role {
 	case health.RolePrimary:

@@ -148,9 +148,15 @@ func New(o Options) (*Daemon, error) {
 
 func (d *Daemon) onHealth(s health.State) {
 	d.failover.health(s.Service, s.Backend, s.Status == health.StatusUp, time.Now())
-	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s))
+	var mask uint64
+	if len(s.SyncStandbys) > 0 {
+		d.mu.Lock()
+		mask = syncMask(d.cfg.Service(s.Service), s.SyncStandbys)
+		d.mu.Unlock()
+	}
+	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s, mask))
 	if d.cluster != nil {
-		d.cluster.observe(s)
+		d.cluster.observe(s, mask)
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)
@@ -233,8 +239,14 @@ func (d *Daemon) Reload() {
 	}
 	d.mu.Lock()
 	oldAdmin := d.cfg.Admin
+	oldFixed := clusterFixed(d.cfg)
 	d.cfg = cfg
 	d.mu.Unlock()
+	for name, now := range clusterFixed(cfg) {
+		if was, ok := oldFixed[name]; ok && was != now {
+			d.log.Warn("reload: a clustered service's priorities, rpo and lag bounds take effect at the next restart", "service", name)
+		}
+	}
 	if oldAdmin != cfg.Admin {
 		d.log.Warn("reload: [admin] changes take effect at the next restart")
 	}

@@ -51,6 +51,9 @@ func (d *Daemon) status() *adminapi.Status {
 			sv.Alerts = append(sv.Alerts, fmt.Sprintf("dual_primary: %s all report primary; %s", strings.Join(ps.Primaries, ", "), where))
 		}
 		sv.Alerts = append(sv.Alerts, d.lag.alerts(ps.Name)...)
+		if ps.Target == "" && strings.Contains(ps.Reason, "rpo = zero") {
+			sv.Alerts = append(sv.Alerts, "no_failover: "+ps.Reason)
+		}
 		for _, b := range ps.Backends {
 			bv := adminapi.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
@@ -63,6 +66,7 @@ func (d *Daemon) status() *adminapi.Status {
 				bv.Role = hs.Role.String()
 				bv.LagBytes = hs.LagBytes
 				bv.Position, bv.PositionFresh = hs.Position, hs.PositionFresh
+				bv.SyncStandbys = hs.SyncStandbys
 				if hs.Lag >= 0 {
 					bv.LagSeconds = hs.Lag.Seconds()
 				}

@@ -52,6 +52,10 @@ type Policy struct {
 	// that kind is unknown.
 	MaxLag      time.Duration
 	MaxLagBytes int64
+	// RPOZero: when the primary is down, only a candidate it reported
+	// synchronous at its last good check (Candidate.Sync) may take over;
+	// else there is none.
+	RPOZero bool
 }
 
 // Candidate is one backend as the caller sees it.
@@ -70,6 +74,9 @@ type Candidate struct {
 	// says.
 	Position int64
 	Pos      PosState
+	// Sync: the old primary reported it a synchronous standby at its last
+	// good check (RPOZero).
+	Sync bool
 	// Fenced, Draining and Held are kept out: fenced by an operator or by
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
@@ -91,7 +98,8 @@ func FenceOldPrimary(p Policy) bool { return !p.RoleAware }
 // position read since the old primary's last sign of life (the one that
 // holds the most of its acknowledged writes), then the highest priority,
 // then the least lag (bytes first, then time; unknown last), then the
-// configuration's order. When the old primary is down and an eligible
+// configuration's order. With RPOZero and the old primary down, only a
+// standby it reported synchronous may take over. When the old primary is down and an eligible
 // candidate's position is not yet fresh while another's is, there is none
 // yet: the ranking waits for that read (its check was asked for when the
 // primary's first check failed) rather than guess.
@@ -113,6 +121,8 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 	why := "no other backend"
 	var best *Candidate
 	var lagging []string
+	zero := p.RPOZero && primaryDown(cands, primary)
+	notSync := false
 	for i := range cands {
 		c := &cands[i]
 		switch {
@@ -133,6 +143,9 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 		case p.RoleAware && c.Role != RoleReplica:
 			why = "no healthy backend reports itself a replica"
 			continue
+		case zero && !c.Sync:
+			notSync = true
+			continue
 		case !LagWithin(p, c.LagBytes, c.Lag):
 			lagging = append(lagging, fmt.Sprintf("%s (%s)", c.Name, lagString(c.LagBytes, c.Lag)))
 			continue
@@ -150,6 +163,12 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 	if len(lagging) > 0 {
 		sort.Strings(lagging)
 		return "", "lag beyond bound: " + strings.Join(lagging, ", ")
+	}
+	if zero {
+		// The one reason an operator must read: the others follow from it.
+		if notSync || why == "no other backend is up" {
+			return "", fmt.Sprintf("rpo = zero: no standby that %s reported synchronous at its last good check is up", primary)
+		}
 	}
 	return "", why
 }
@@ -169,10 +188,8 @@ func waitingFor(cands []Candidate, primary string, best *Candidate) string {
 	if best.Pos != FreshPosition {
 		return ""
 	}
-	for i := range cands {
-		if c := &cands[i]; c.Name == primary && c.Up {
-			return "" // a switchover or failback: nothing is frozen
-		}
+	if !primaryDown(cands, primary) {
+		return "" // a switchover or failback: nothing is frozen
 	}
 	for i := range cands {
 		c := &cands[i]
@@ -182,6 +199,17 @@ func waitingFor(cands []Candidate, primary string, best *Candidate) string {
 		}
 	}
 	return ""
+}
+
+// primaryDown reports whether the primary being replaced is not up (or
+// not among the candidates): a failover, not a switchover or failback.
+func primaryDown(cands []Candidate, primary string) bool {
+	for i := range cands {
+		if c := &cands[i]; c.Name == primary && c.Up {
+			return false
+		}
+	}
+	return true
 }
 
 // LagWithin reports whether a lag is within the policy's bounds; a bound

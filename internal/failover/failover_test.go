@@ -24,6 +24,8 @@ func TestSuccessor(t *testing.T) {
 	with := func(c Candidate, f func(*Candidate)) Candidate { f(&c); return c }
 	pos := func(c Candidate, at int64, st PosState) Candidate { c.Position, c.Pos = at, st; return c }
 	roles := Policy{RoleAware: true}
+	zero := Policy{RoleAware: true, RPOZero: true}
+	sync := func(c Candidate) Candidate { c.Sync = true; return c }
 	cases := []struct {
 		name  string
 		p     Policy
@@ -61,6 +63,9 @@ func TestSuccessor(t *testing.T) {
 		{"waits for a stale position while another is fresh", roles, []Candidate{down("a", 9), pos(rep("b", 9, -1, -1), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "", "waiting for the replication position of b"},
 		{"a stale one that is down is not waited for", roles, []Candidate{down("a", 9), pos(with(rep("b", 9, -1, -1), func(c *Candidate) { c.Up = false }), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "c", ""},
 		{"the primary up: no wait", roles, []Candidate{prim("a", 9), pos(rep("b", 9, -1, -1), 100, StalePosition), pos(rep("c", 1, -1, -1), 200, FreshPosition)}, "c", ""},
+		{"rpo zero: only a synchronous standby", zero, []Candidate{down("a", 9), rep("b", 9, 0, 0), sync(rep("c", 1, 500, 0))}, "c", ""},
+		{"rpo zero: none synchronous and up", zero, []Candidate{down("a", 9), rep("b", 9, 0, 0), sync(with(rep("c", 1, 0, 0), func(c *Candidate) { c.Up = false }))}, "", "rpo = zero: no standby that a reported synchronous"},
+		{"rpo zero: the primary up (a failback) is not bound", zero, []Candidate{prim("a", 9), rep("b", 9, 0, 0)}, "b", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
