@@ -118,6 +118,11 @@ func TestBadConfigs(t *testing.T) {
 			`overflow.toml:13:3: service "pg" backend "a": weight: 0x1_0000_0000_0000_0000 is out of range: an integer must fit in 64 bits`,
 			`overflow.toml:18:3: service "pg" backend "b": weight: must be at least 1, not 0 (to take a backend out of rotation, remove it and reload)`,
 		},
+		"rpo.toml": {
+			`rpo.toml:4:1: service "cache": rpo = "zero" needs kind = "postgres" checks, which read the primary's synchronous standbys; not "redis"`,
+			`rpo.toml:16:1: service "pg": rpo: unknown value "none": want "any", "zero"`,
+			`rpo.toml:17:1: service "pg": alert_lag: must not be negative, not -1s`,
+		},
 		"tls.toml": {
 			`tls.toml:7:3: service "pg" health: tls_ca_file: has no effect without tls = true`,
 			`tls.toml:8:3: service "pg" health: tls_cert_file: has no effect without tls = true`,
