@@ -286,7 +286,7 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 		pos, ps := m.position(s, b.Name)
 		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
 			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
-			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0,
+			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0, Upstream: s.local[b.Name].Upstream,
 			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
 	}
 	return failover.Successor(s.policy(), cs, primary)

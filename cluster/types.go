@@ -270,6 +270,9 @@ type Observation struct {
 	// it reported as synchronous standbys at its last good check, kept
 	// while it is down (ServiceConfig.RPOZero).
 	SyncMask uint64
+	// Upstream is the backend this replica replicates from ("" when
+	// unknown): a cascaded replica is a failover's last resort.
+	Upstream string
 }
 
 // QuorumLoss says what a proxy does when its lease expires.

@@ -72,6 +72,9 @@ type Result struct {
 	// SyncStandbys, on a primary, names the standbys it reports synchronous (PostgreSQL:
 	// pg_stat_replication.application_name where sync_state is 'sync'); nil when unknown.
 	SyncStandbys []string
+	// Upstream, on a replica, is the host:port it replicates from as the server says it
+	// (PostgreSQL's pg_stat_wal_receiver, Redis's master_host:master_port); "" when unknown.
+	Upstream string
 	// Latency is how long the check took.
 	Latency time.Duration
 	// Err says what was wrong when Up is false; it matches one of the Err* sentinels with

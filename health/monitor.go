@@ -75,6 +75,9 @@ type State struct {
 	// as its synchronous standbys. It outlives the backend going down (rpo = "zero" fails over
 	// only to one of them) and is cleared when it answers as a replica.
 	SyncStandbys []string
+	// Upstream is what a replica's last successful check said it replicates from (see
+	// Result.Upstream).
+	Upstream string
 }
 
 // riseFall is the consecutive rise/fall counter of one backend. A success resets the failure
@@ -552,7 +555,7 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	st.Latency = res.Latency
 	if res.Up {
 		st.LastError = ""
-		st.Role, st.Lag = res.Role, res.Lag
+		st.Role, st.Lag, st.Upstream = res.Role, res.Lag, res.Upstream
 		l.position = res.Position
 		l.primaryOK, l.failSince = res.Role == RolePrimary, time.Time{}
 		st.LagBytes = res.LagBytes
@@ -591,11 +594,12 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 		}
 	}
 	if st.Status != StatusUp {
-		st.Position, st.PositionFresh = -1, false
+		st.Position, st.PositionFresh, st.Upstream = -1, false, ""
 	}
 	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
-		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys)
+		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys) ||
+		prev.Upstream != st.Upstream
 	return *st, changed
 }
 

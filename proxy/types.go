@@ -249,6 +249,9 @@ type Health struct {
 	// standbys at its last good check; it outlives the primary going down
 	// (ServiceConfig.RPOZero).
 	SyncMask uint64
+	// Upstream is the backend of the service this replica replicates from
+	// ("" when unknown): a cascaded replica is a failover's last resort.
+	Upstream string
 }
 
 // Lease bounds how long an External service may still forward.

@@ -88,7 +88,11 @@ type Backend struct {
 	PositionFresh bool  `json:"position_fresh,omitempty"`
 	// SyncStandbys: on a primary, the standbys it reported synchronous at
 	// its last good check (by the name they replicate under).
-	SyncStandbys   []string  `json:"sync_standbys,omitempty"`
+	SyncStandbys []string `json:"sync_standbys,omitempty"`
+	// Upstream: on a replica, what it replicates from as its server says
+	// (the backend's name when it is one of the service's, else its
+	// address): a replica of a replica shows a cascade.
+	Upstream       string    `json:"upstream,omitempty"`
 	CheckLatencyMS float64   `json:"check_latency_ms"`
 	LastError      string    `json:"last_error,omitempty"`
 	LastCheck      time.Time `json:"last_check"`

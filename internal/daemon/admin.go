@@ -286,7 +286,7 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
 {{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
 <table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
-{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}</td>
+{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}{{if .Upstream}} of {{.Upstream}}{{end}}{{if .SyncStandbys}} (synchronous: {{range .SyncStandbys}}{{.}} {{end}}){{end}}</td>
 <td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
 <td>{{printf "%.1f" .CheckLatencyMS}}ms</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
 </table>{{end}}

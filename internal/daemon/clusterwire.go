@@ -233,12 +233,12 @@ func (cs *clusterSide) lease(service, backend string) *routeLease {
 	return l
 }
 
-func (cs *clusterSide) observe(s health.State, mask uint64) {
+func (cs *clusterSide) observe(s health.State, mask uint64, upstream string) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
 	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
-		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask})
+		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask, Upstream: upstream})
 }
 
 // close leaves the cluster and stops the route applier.

@@ -135,7 +135,21 @@ func syncMask(svc *config.Service, names []string) uint64 {
 	return m
 }
 
-func proxyHealth(s health.State, mask uint64) proxy.Health {
+// upstreamName is the backend of svc at address (a replica's upstream as
+// its server reports it), "" when none is.
+func upstreamName(svc *config.Service, address string) string {
+	if svc == nil || address == "" {
+		return ""
+	}
+	for _, b := range svc.Backends {
+		if b.Address == address {
+			return b.Name
+		}
+	}
+	return ""
+}
+
+func proxyHealth(s health.State, mask uint64, upstream string) proxy.Health {
 	h := proxy.Health{
 		Known:    s.Status != health.StatusUnknown,
 		Up:       s.Status == health.StatusUp,
@@ -143,7 +157,7 @@ func proxyHealth(s health.State, mask uint64) proxy.Health {
 		LagBytes: s.LagBytes,
 		Lag:      s.Lag,
 		Position: s.Position, PositionFresh: s.PositionFresh,
-		SyncMask: mask,
+		SyncMask: mask, Upstream: upstream,
 	}
 	switch s.Role {
 	case health.RolePrimary:

@@ -149,14 +149,16 @@ func New(o Options) (*Daemon, error) {
 func (d *Daemon) onHealth(s health.State) {
 	d.failover.health(s.Service, s.Backend, s.Status == health.StatusUp, time.Now())
 	var mask uint64
-	if len(s.SyncStandbys) > 0 {
+	var upstream string
+	if len(s.SyncStandbys) > 0 || s.Upstream != "" {
 		d.mu.Lock()
-		mask = syncMask(d.cfg.Service(s.Service), s.SyncStandbys)
+		svc := d.cfg.Service(s.Service)
+		mask, upstream = syncMask(svc, s.SyncStandbys), upstreamName(svc, s.Upstream)
 		d.mu.Unlock()
 	}
-	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s, mask))
+	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s, mask, upstream))
 	if d.cluster != nil {
-		d.cluster.observe(s, mask)
+		d.cluster.observe(s, mask, upstream)
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)

@@ -67,6 +67,11 @@ func (d *Daemon) status() *adminapi.Status {
 				bv.LagBytes = hs.LagBytes
 				bv.Position, bv.PositionFresh = hs.Position, hs.PositionFresh
 				bv.SyncStandbys = hs.SyncStandbys
+				if bv.Upstream = hs.Upstream; hs.Upstream != "" {
+					if n := upstreamName(d.serviceConfig(ps.Name), hs.Upstream); n != "" {
+						bv.Upstream = n
+					}
+				}
 				if hs.Lag >= 0 {
 					bv.LagSeconds = hs.Lag.Seconds()
 				}

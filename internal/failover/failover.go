@@ -77,6 +77,10 @@ type Candidate struct {
 	// Sync: the old primary reported it a synchronous standby at its last
 	// good check (RPOZero).
 	Sync bool
+	// Upstream is the backend it replicates from ("" when unknown or not
+	// one of the service's): a replica of another replica (a cascade)
+	// takes over only when no direct replica of the old primary can.
+	Upstream string
 	// Fenced, Draining and Held are kept out: fenced by an operator or by
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
@@ -98,7 +102,8 @@ func FenceOldPrimary(p Policy) bool { return !p.RoleAware }
 // position read since the old primary's last sign of life (the one that
 // holds the most of its acknowledged writes), then the highest priority,
 // then the least lag (bytes first, then time; unknown last), then the
-// configuration's order. With RPOZero and the old primary down, only a
+// configuration's order. A replica of another replica comes after every
+// direct replica of the old primary (or of unknown upstream). With RPOZero and the old primary down, only a
 // standby it reported synchronous may take over. When the old primary is down and an eligible
 // candidate's position is not yet fresh while another's is, there is none
 // yet: the ranking waits for that read (its check was asked for when the
@@ -119,7 +124,7 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 		}
 	}
 	why := "no other backend"
-	var best *Candidate
+	var best, cascaded *Candidate
 	var lagging []string
 	zero := p.RPOZero && primaryDown(cands, primary)
 	notSync := false
@@ -150,9 +155,18 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 			lagging = append(lagging, fmt.Sprintf("%s (%s)", c.Name, lagString(c.LagBytes, c.Lag)))
 			continue
 		}
+		if c.Upstream != "" && c.Upstream != primary {
+			if cascaded == nil || Better(c, cascaded) {
+				cascaded = c
+			}
+			continue
+		}
 		if best == nil || Better(c, best) {
 			best = c
 		}
+	}
+	if best == nil {
+		best = cascaded
 	}
 	if best != nil {
 		if w := waitingFor(cands, primary, best); w != "" {
