@@ -293,6 +293,9 @@ type BackendConfig struct {
 	Name string
 	// Priority orders candidates: the higher value is preferred.
 	Priority int
+	// Region is a label: a failover prefers a standby in the failed
+	// primary's region, then ServiceConfig.RegionOrder.
+	Region string
 }
 
 // ServiceConfig is one active-passive service.
@@ -305,6 +308,8 @@ type ServiceConfig struct {
 	// primary reported synchronous at its last good check, in every fresh
 	// view that knows (Observation.SyncMask); a voter refuses another.
 	RPOZero bool
+	// RegionOrder ranks regions after the failed primary's own.
+	RegionOrder []string
 	// MaxLagOnFailover and MaxLagBytesOnFailover exclude candidates
 	// lagging more than this in time or in bytes (in any fresh report);
 	// zero or negative means no bound, and a bound excludes an unknown lag

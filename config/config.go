@@ -146,7 +146,21 @@ type Cluster struct {
 	// without this a long partition would never heal). Default 10s. Must be
 	// positive.
 	RejoinInterval time.Duration `toml:"rejoin_interval"`
+	// Network is "lan" (default) or "wan": proxies spread over regions.
+	// "wan" takes memberlist's WAN timings: gossip_interval and
+	// probe_interval default to 500ms and 5s, and a peer is suspected
+	// for longer before it is declared dead.
+	Network Network `toml:"network"`
 }
+
+// Network says how far apart a cluster's proxies are.
+type Network string
+
+// Networks.
+const (
+	NetworkLAN Network = "lan" // one site: memberlist's LAN timings
+	NetworkWAN Network = "wan" // across regions: memberlist's WAN timings
+)
 
 // Timings of the agreement derived from lease_timeout. They are not keys:
 // the protocol's argument ties each to the lease (see docs/design.md).
@@ -179,6 +193,7 @@ func (c *Config) Service(name string) *Service {
 type Peer struct {
 	Name    string `toml:"name"`    // unique, required
 	Address string `toml:"address"` // gossip host:port, unique, required
+	Region  string `toml:"region"`  // a label shown in status; default ""
 }
 
 // ProxyPrefixes parses AcceptProxy (valid after Parse); a single address is
@@ -341,6 +356,10 @@ type Service struct {
 	// pg_stat_replication.sync_state), and otherwise the service stays
 	// unrouted with an alert; an operator's switchover still goes ahead.
 	RPO RPO `toml:"rpo"`
+	// RegionOrder: a failover prefers a standby in the failed primary's
+	// region (backends' region labels), then in these regions in this
+	// order, then any other. Default none.
+	RegionOrder []string `toml:"region_order"`
 
 	Health   Health    `toml:"health"`
 	Hooks    Hooks     `toml:"hooks"`
@@ -525,6 +544,10 @@ type Backend struct {
 	// pg_stat_replication lists it), so that rpo = "zero" knows which
 	// backend is a synchronous standby. Default: Name.
 	ReplicationName string `toml:"replication_name"`
+	// Region is a label (a data centre, a cloud region): a failover
+	// prefers a standby in the failed primary's region; status and metrics
+	// carry it. Default "".
+	Region string `toml:"region"`
 }
 
 // Replication returns the name the backend's standby replicates under.
@@ -555,6 +578,8 @@ const (
 	defaultGossipInterval = 200 * time.Millisecond // memberlist's LAN value: five rounds a second
 	defaultProbeInterval  = 1 * time.Second        // memberlist's LAN value
 	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
+	wanGossipInterval     = 500 * time.Millisecond // memberlist's WAN value
+	wanProbeInterval      = 5 * time.Second        // memberlist's WAN value
 	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
 	defaultInterval       = 2 * time.Second        // cheap for any server; fast_interval speeds up a change
 	defaultTimeout        = 1 * time.Second        // half the interval: checks never pile up
@@ -587,6 +612,7 @@ func (c *Cluster) setDefaults() {
 	c.GossipInterval = defaultGossipInterval
 	c.ProbeInterval = defaultProbeInterval
 	c.RejoinInterval = defaultRejoinInterval
+	c.Network = NetworkLAN
 }
 
 func (s *Service) setDefaults() {

@@ -305,6 +305,7 @@ func TestClusterConfig(t *testing.T) {
 		GossipInterval: 200 * time.Millisecond,
 		ProbeInterval:  time.Second,
 		RejoinInterval: 10 * time.Second,
+		Network:        NetworkLAN,
 		Peers: []Peer{
 			{Name: "qp1", Address: "127.0.0.1:17946"},
 			{Name: "qp2", Address: "127.0.0.2:17946"},
@@ -506,15 +507,15 @@ func TestBackendsHash(t *testing.T) {
 }
 
 func TestPeersHash(t *testing.T) {
-	c := Cluster{Peers: []Peer{{"b", "h:2"}, {"a", "h:1"}}}
+	c := Cluster{Peers: []Peer{{Name: "b", Address: "h:2"}, {Name: "a", Address: "h:1"}}}
 	h := c.PeersHash()
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}, {"b", "h:2"}}, NodeName: "other"}).PeersHash() != h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}, {Name: "b", Address: "h:2"}}, NodeName: "other"}).PeersHash() != h {
 		t.Error("hash depends on peer order or node name")
 	}
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}, {"b", "h:3"}}}).PeersHash() == h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}, {Name: "b", Address: "h:3"}}}).PeersHash() == h {
 		t.Error("hash ignores addresses")
 	}
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}}}).PeersHash() == h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}}}).PeersHash() == h {
 		t.Error("hash ignores a missing peer")
 	}
 }

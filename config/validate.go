@@ -22,6 +22,14 @@ func (d *decoder) derive(cfg *Config) {
 		if c.Advertise == "" {
 			c.Advertise = self
 		}
+		if c.Network == NetworkWAN {
+			if !d.present[joinPath("cluster", "gossip_interval")] {
+				c.GossipInterval = wanGossipInterval
+			}
+			if !d.present[joinPath("cluster", "probe_interval")] {
+				c.ProbeInterval = wanProbeInterval
+			}
+		}
 	}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
@@ -353,6 +361,7 @@ func (d *decoder) validateCluster(c *Cluster) {
 		d.errorf(cp, "clock_drift", "clock_drift: must be at least 0 and below 0.5, not %v", c.ClockDrift)
 	}
 	enum(d, cp, "on_quorum_loss", c.OnQuorumLoss, ActionClose, ActionKeep)
+	enum(d, cp, "network", c.Network, NetworkLAN, NetworkWAN)
 	d.nonNegative(cp, "switch_hold", c.SwitchHold)
 	if c.Label == "" {
 		d.errorf(cp, "label", "label: must not be empty")
@@ -376,6 +385,16 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	enum(d, sp, "on_backend_down", s.OnBackendDown, ActionClose, ActionKeep)
 	enum(d, sp, "failback", s.Failback, FailbackManual, FailbackAuto)
 	enum(d, sp, "rpo", s.RPO, RPOAny, RPOZero)
+	seen := map[string]bool{}
+	for _, r := range s.RegionOrder {
+		switch {
+		case r == "":
+			d.errorf(sp, "region_order", "region_order: an empty region name")
+		case seen[r]:
+			d.errorf(sp, "region_order", "region_order: %q listed twice", r)
+		}
+		seen[r] = true
+	}
 	if s.RPO == RPOZero && s.Health.Kind != KindPostgres {
 		d.errorf(sp, "rpo", "rpo = \"zero\" needs kind = \"postgres\" checks, which read the primary's synchronous standbys; not %q", s.Health.Kind)
 	}

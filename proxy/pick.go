@@ -17,6 +17,7 @@ type candidate struct {
 	h        Health
 	draining bool // no failover to it; it may stay the target
 	fenced   bool // no failover to it, and not the target either
+	region   string
 }
 
 // decision is the pure picker's verdict for an active-passive service.
@@ -175,7 +176,7 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 	for i, c := range cands {
 		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
 			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
-		fc[i].Position, fc[i].Pos, fc[i].Upstream = c.h.Position, posState(c.h), c.h.Upstream
+		fc[i].Position, fc[i].Pos, fc[i].Upstream, fc[i].Region = c.h.Position, posState(c.h), c.h.Upstream, c.region
 	}
 	for _, p := range cands {
 		if p.name == cur {
@@ -184,7 +185,8 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 			}
 		}
 	}
-	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover, RPOZero: cfg.RPOZero}
+	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover, RPOZero: cfg.RPOZero,
+		RegionOrder: cfg.RegionOrder}
 	name, why := failover.Successor(pol, fc, cur)
 	for i := range cands {
 		if cands[i].name == name {

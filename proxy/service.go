@@ -217,7 +217,7 @@ func (s *service) leaseHeld() bool {
 func (s *service) candidates() []candidate {
 	cs := make([]candidate, len(s.list))
 	for i, b := range s.list {
-		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining, fenced: b.fenced}
+		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining, fenced: b.fenced, region: b.cfg.Region}
 	}
 	return cs
 }

@@ -75,6 +75,7 @@ type Backend struct {
 	Address    string  `json:"address"`
 	Priority   int     `json:"priority"`
 	Weight     int     `json:"weight"`
+	Region     string  `json:"region,omitempty"`
 	Health     string  `json:"health"` // unknown | up | down
 	Draining   bool    `json:"draining,omitempty"`
 	Fenced     bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)

@@ -34,6 +34,8 @@ type clusterSide struct {
 
 	mu     sync.Mutex
 	leases map[[2]string]*routeLease
+
+	regions map[string]string // peer -> region label (peers are fixed for the Node's life)
 }
 
 type routeChange struct{ service, backend string }
@@ -131,10 +133,10 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 		if !owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), RPOZero: s.RPO == config.RPOZero, MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), RPOZero: s.RPO == config.RPOZero, RegionOrder: s.RegionOrder, MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
-			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})
+			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority, Region: b.Region})
 		}
 		ccfg.Services = append(ccfg.Services, sc)
 	}
@@ -142,6 +144,7 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 		Bind: c.Bind, Advertise: c.Advertise, Label: c.Label, SecretKeyFile: c.SecretKeyFile,
 		Insecure: c.Insecure, ConfigHash: hash,
 		GossipInterval: c.GossipInterval, ProbeInterval: c.ProbeInterval, RejoinInterval: c.RejoinInterval,
+		WAN: c.Network == config.NetworkWAN,
 	}
 	for _, p := range c.Peers {
 		g.Peers = append(g.Peers, cluster.Peer{Name: p.Name, Address: p.Address})
@@ -150,9 +153,21 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 	return ccfg, g
 }
 
+// members are the cluster's members with their configured region labels.
+func (cs *clusterSide) members() []cluster.Member {
+	ms := cs.rt.Members()
+	for i := range ms {
+		ms[i].Region = cs.regions[ms[i].Name]
+	}
+	return ms
+}
+
 func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
-		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
+		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}, regions: map[string]string{}}
+	for _, p := range cfg.Cluster.Peers {
+		cs.regions[p.Name] = p.Region
+	}
 	ccfg, g := clusterConfigs(cfg, cs.hash, cs.owned)
 	ccfg.Logger = d.log.With("component", "cluster")
 	g.Logger = d.log.With("component", "gossip")
@@ -417,7 +432,7 @@ func (d *Daemon) serviceConfig(name string) *config.Service {
 func (cs *clusterSide) view() *adminapi.ClusterStatus {
 	st, err := cs.rt.Status()
 	v := &adminapi.ClusterStatus{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
-		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters, StoreError: st.StoreError}
+		Reachable: st.Reachable, Members: cs.members(), Counters: st.Counters, StoreError: st.StoreError}
 	if err != nil {
 		v.Error = err.Error()
 	}

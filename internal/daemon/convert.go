@@ -70,6 +70,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			MaxLagOnFailover:      s.MaxLagOnFailover,
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			RPOZero:               s.RPO == config.RPOZero,
+			RegionOrder:           s.RegionOrder,
 			External:              clustered[s.Name],
 			RoleAware:             s.RoleAware(),
 		}
@@ -90,6 +91,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			pc.Backends = append(pc.Backends, proxy.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight, MaxConns: b.MaxConnections,
 				SendProxy: map[string]proxy.ProxyVersion{"v1": proxy.ProxyV1, "v2": proxy.ProxyV2}[b.SendProxy],
+				Region:    b.Region,
 			})
 		}
 		out = append(out, pc)
