@@ -20,7 +20,20 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
-const positionConfig = `
+// pgBackend is one backend of pgConfigWith: extra holds its own keys.
+type pgBackend struct {
+	name, address string
+	priority      int
+	extra         string
+}
+
+// pgConfigWith writes a daemon config with one role-primary service "pg"
+// checked by postgres every 400ms (fall 2) in front of backends, with
+// extra keys for the service, and returns its path.
+func pgConfigWith(t *testing.T, admin, listen, extra string, backends ...pgBackend) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 [admin]
 listen = %q
 
@@ -28,8 +41,7 @@ listen = %q
 name = "pg"
 listen = %q
 role = "primary"
-switch_hold = "10s"
-
+%s
   [service.health]
   kind = "postgres"
   user = "qp"
@@ -39,22 +51,16 @@ switch_hold = "10s"
   timeout = "350ms"
   rise = 1
   fall = 2
-
-  [[service.backend]]
-  name = "primary"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "async"
-  address = %q
-  priority = 8
-
-  [[service.backend]]
-  name = "sync"
-  address = %q
-  priority = 1
-`
+`, admin, listen, extra)
+	for _, be := range backends {
+		fmt.Fprintf(&b, "\n  [[service.backend]]\n  name = %q\n  address = %q\n  priority = %d\n%s", be.name, be.address, be.priority, be.extra)
+	}
+	path := filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
 
 // A PostgreSQL primary with an asynchronous standby, preferred by
 // priority, and a synchronous one, under a write load through the proxy.
@@ -102,10 +108,8 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 func promotesTheSynchronousStandby(t *testing.T, ctx context.Context, primary, async, syncS *testenv.Postgres, next *int64) (int, int, time.Duration) {
 	t.Helper()
 	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(positionConfig, admin, listen, primary.Addr(), async.Addr(), syncS.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := pgConfigWith(t, admin, listen, `switch_hold = "10s"`,
+		pgBackend{"primary", primary.Addr(), 10, ""}, pgBackend{"async", async.Addr(), 8, ""}, pgBackend{"sync", syncS.Addr(), 1, ""})
 	d := startDaemon(t, cfgPath, admin)
 	defer d.cmd.Process.Kill() // the cleanup waits for it
 	testwait.For(t, "target primary", 20*time.Second, func() bool {
@@ -236,44 +240,6 @@ func promotesTheSynchronousStandby(t *testing.T, ctx context.Context, primary, a
 	return len(ids), failed, gap
 }
 
-const rpoZeroConfig = `
-[admin]
-listen = %q
-
-[[service]]
-name = "pg"
-listen = %q
-role = "primary"
-rpo = "zero"
-switch_hold = "1s"
-
-  [service.health]
-  kind = "postgres"
-  user = "qp"
-  database = "postgres"
-  password_env = "QP_TEST_PG_PASSWORD"
-  interval = "200ms"
-  timeout = "150ms"
-  rise = 1
-  fall = 2
-
-  [[service.backend]]
-  name = "primary"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "async"
-  address = %q
-  priority = 8
-
-  [[service.backend]]
-  name = "sync"
-  address = %q
-  priority = 1
-  replication_name = %q
-`
-
 // rpo = "zero": the proxy knows from the primary which standby is
 // synchronous; once that standby is down and then the primary dies, no
 // automatic failover goes to the asynchronous standby (it may lack
@@ -285,10 +251,9 @@ func TestRPOZeroHoldsWithoutASynchronousStandby(t *testing.T) {
 	async := testenv.MustStandby(t, p1, false)
 	syncS := testenv.MustStandby(t, p1, true)
 	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(rpoZeroConfig, admin, listen, p1.Addr(), async.Addr(), syncS.Addr(), syncS.Name())), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := pgConfigWith(t, admin, listen, "rpo = \"zero\"\nswitch_hold = \"1s\"",
+		pgBackend{"primary", p1.Addr(), 10, ""}, pgBackend{"async", async.Addr(), 8, ""},
+		pgBackend{"sync", syncS.Addr(), 1, fmt.Sprintf("  replication_name = %q\n", syncS.Name())})
 	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
 	d := startDaemon(t, cfgPath, admin)
 	backend := func(name string) *adminapi.Backend {
@@ -343,41 +308,6 @@ func TestRPOZeroHoldsWithoutASynchronousStandby(t *testing.T) {
 	})
 }
 
-const cascadeConfig = `
-[admin]
-listen = %q
-
-[[service]]
-name = "pg"
-listen = %q
-role = "primary"
-
-  [service.health]
-  kind = "postgres"
-  user = "qp"
-  database = "postgres"
-  password_env = "QP_TEST_PG_PASSWORD"
-  interval = "400ms"
-  timeout = "350ms"
-  rise = 1
-  fall = 2
-
-  [[service.backend]]
-  name = "p1"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "direct"
-  address = %q
-  priority = 1
-
-  [[service.backend]]
-  name = "cascaded"
-  address = %q
-  priority = 9
-`
-
 // A cascade: "cascaded" replicates from "direct", which replicates from
 // the primary. Status shows each replica's upstream; when the primary dies
 // the direct replica takes over, although the cascaded one has the higher
@@ -389,10 +319,8 @@ func TestCascadedReplicaIsLastResort(t *testing.T) {
 	direct := testenv.MustStandby(t, p1, false)
 	cascaded := testenv.MustStandby(t, direct, false)
 	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(cascadeConfig, admin, listen, p1.Addr(), direct.Addr(), cascaded.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := pgConfigWith(t, admin, listen, "",
+		pgBackend{"p1", p1.Addr(), 10, ""}, pgBackend{"direct", direct.Addr(), 1, ""}, pgBackend{"cascaded", cascaded.Addr(), 9, ""})
 	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
 	d := startDaemon(t, cfgPath, admin)
 	upstreams := func() map[string]string {
