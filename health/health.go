@@ -128,6 +128,13 @@ type Spec struct {
 	ExpectBody   string
 	// Command is the argv of an exec check, run without a shell; exit 0 means up.
 	Command []string
+	// Port, when not zero, is the port checks connect to on the host of the backend's address
+	// instead of its own (HAProxy's "check port"): Patroni's REST API, an exporter.
+	Port int
+	// Address, when set, is the host:port checks connect to instead of the backend's address
+	// (HAProxy's "addr" and "port"); it overrides Port. Exec checks get it as QP_ADDRESS, and
+	// TLS checks verify its host unless TLSServerName is set. See CheckAddress.
+	Address string
 }
 
 // Defaults for a zero Spec, for direct users of this package; they are the
@@ -184,9 +191,14 @@ func (s Spec) withDefaults() Spec {
 }
 
 // NewChecker returns the checker that spec.Kind names for the backend at address (host:port).
+// It checks spec.CheckAddress(address): address unless spec.Address or spec.Port say otherwise.
 // It does not connect; the first Check does.
 func NewChecker(spec Spec, address string) (Checker, error) {
 	spec = spec.withDefaults()
+	if spec.Port < 0 || spec.Port > 65535 {
+		return nil, fmt.Errorf("health %s check: port %d: want 1 to 65535", spec.Kind, spec.Port)
+	}
+	address = spec.CheckAddress(address)
 	if spec.Kind != "exec" {
 		if _, _, err := net.SplitHostPort(address); err != nil {
 			return nil, fmt.Errorf("health %s check: address %q: %w", spec.Kind, address, err)
