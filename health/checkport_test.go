@@ -34,6 +34,9 @@ func TestSpecCheckAddress(t *testing.T) {
 		{Kind: "tcp", Port: 70000},
 		{Kind: "tcp", Port: -1},
 		{Kind: "tcp", Port: 8008}, // on "no-port": no host to put it on
+		{Kind: "tcp", Roles: "patroni"},
+		{Kind: "http", Roles: "consul"},
+		{Kind: "http", Roles: "patroni", Method: "HEAD"},
 	} {
 		if c, err := NewChecker(spec, "no-port"); err == nil {
 			c.Close()

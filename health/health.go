@@ -32,8 +32,8 @@ import (
 // Role is what a backend reports itself to be.
 type Role int
 
-// Roles. RoleUnknown is reported by checkers that cannot tell (tcp, http) and by a backend
-// that is down.
+// Roles. RoleUnknown is reported by checkers that cannot tell (tcp, http without Roles) and
+// by a backend that is down.
 const (
 	RoleUnknown Role = iota
 	RolePrimary
@@ -126,6 +126,10 @@ type Spec struct {
 	Method, Path string
 	ExpectStatus int
 	ExpectBody   string
+	// Roles makes an http check read the backend's role: "" (the default: it reports none) or
+	// "patroni" (Patroni's REST API; see httpcheck.go). With "patroni", ExpectStatus and
+	// ExpectBody are not used.
+	Roles string
 	// Command is the argv of an exec check, run without a shell; exit 0 means up.
 	Command []string
 	// Port, when not zero, is the port checks connect to on the host of the backend's address
@@ -197,6 +201,9 @@ func NewChecker(spec Spec, address string) (Checker, error) {
 	spec = spec.withDefaults()
 	if spec.Port < 0 || spec.Port > 65535 {
 		return nil, fmt.Errorf("health %s check: port %d: want 1 to 65535", spec.Kind, spec.Port)
+	}
+	if spec.Roles != "" && spec.Kind != "http" {
+		return nil, fmt.Errorf("health %s check: roles %q: only http checks read roles that way", spec.Kind, spec.Roles)
 	}
 	address = spec.CheckAddress(address)
 	if spec.Kind != "exec" {
