@@ -308,7 +308,8 @@ type Service struct {
 	// Balance is "round-robin" (default) or "least-conn"; used by active-active.
 	Balance Balance `toml:"balance"`
 	// Role is "any" (default), "primary" or "replica". "primary" and "replica"
-	// need a role-aware health kind: postgres, redis, mysql or exec.
+	// need health checks that report roles: kind postgres, redis, mysql or
+	// exec, or http with roles = "patroni".
 	Role Role `toml:"role"`
 	// MaxConnections caps concurrent client sessions. Default 0: unlimited.
 	MaxConnections int `toml:"max_connections"`
@@ -405,16 +406,32 @@ const (
 	KindExec     Kind = "exec"     // a command; exit 0 = up
 )
 
-// RoleAware reports whether checks of this kind report a backend's role.
 // RoleAware reports whether the service's checks report roles: the one
 // place that decides it, for a proxy alone and for a cluster alike. A
 // failover then picks only a backend that reports replica, and the old
 // primary needs no fence to be kept out.
-func (s *Service) RoleAware() bool { return s.Health.Kind.RoleAware() }
+func (s *Service) RoleAware() bool { return s.Health.RoleAware() }
 
+// RoleAware reports whether checks of this kind report a backend's role
+// (http checks do with roles set: see Health.RoleAware).
 func (k Kind) RoleAware() bool {
 	return k == KindPostgres || k == KindRedis || k == KindMySQL || k == KindExec
 }
+
+// RoleAware reports whether these checks report a backend's role: a kind
+// that does, or an http check that reads roles.
+func (h *Health) RoleAware() bool {
+	return h.Kind.RoleAware() || h.Kind == KindHTTP && h.Roles == RolesPatroni
+}
+
+// RoleSource says where an http check reads a backend's role.
+type RoleSource string
+
+// Role sources of http checks.
+const (
+	RolesNone    RoleSource = ""        // an http check reports no role
+	RolesPatroni RoleSource = "patroni" // Patroni's REST API: its status document and code
+)
 
 // Health is a service's [service.health] table.
 type Health struct {
@@ -437,6 +454,11 @@ type Health struct {
 	// DownInterval is the interval while a backend is down. Default Interval.
 	// Must be positive.
 	DownInterval time.Duration `toml:"down_interval"`
+	// Port is the port checks connect to on each backend's host when it is
+	// not the port the traffic goes to (HAProxy's "check port"): Patroni's
+	// REST API, an exporter, a sidecar. Default 0: each backend's own port.
+	// 1 to 65535. A backend's check_address overrides it.
+	Port int `toml:"port"`
 
 	// User to log in as (postgres, redis ACL user, mysql). Default "".
 	User string `toml:"user"`
@@ -478,6 +500,12 @@ type Health struct {
 	ExpectStatus int `toml:"expect_status"`
 	// ExpectBody, if not empty, must occur in the http response body.
 	ExpectBody string `toml:"expect_body"`
+	// Roles makes an http check read the backend's role: "" (default: it
+	// reports none) or "patroni" (Patroni's REST API: role, replication
+	// positions and the leader lock from one GET; path "/" or "/primary",
+	// or "/patroni"). With "patroni", expect_status and expect_body are not
+	// used and method is GET.
+	Roles RoleSource `toml:"roles"`
 
 	// Command is the exec check's argv, run without a shell under Timeout;
 	// exit 0 = up. Required for kind "exec".
@@ -548,6 +576,11 @@ type Backend struct {
 	// prefers a standby in the failed primary's region; status and metrics
 	// carry it. Default "".
 	Region string `toml:"region"`
+	// CheckAddress is the host:port this backend's health checks connect
+	// to instead of Address (HAProxy's "addr" and "port" together): another
+	// interface, another port. Default "": Address, on [service.health]
+	// port when that is set.
+	CheckAddress string `toml:"check_address"`
 }
 
 // Replication returns the name the backend's standby replicates under.

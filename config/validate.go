@@ -419,11 +419,11 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	d.nonNegativeInt(sp, "max_lag_bytes_on_failover", s.MaxLagBytesOnFailover)
 	d.nonNegative(sp, "alert_lag", s.AlertLag)
 	d.nonNegativeInt(sp, "alert_lag_bytes", s.AlertLagBytes)
-	if (s.AlertLag > 0 || s.AlertLagBytes > 0) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
-		d.warnf(sp, "alert_lag", "alert_lag and alert_lag_bytes need a health kind that reports lag (postgres, redis, mysql or exec), not %q", s.Health.Kind)
+	if (s.AlertLag > 0 || s.AlertLagBytes > 0) && !s.Health.RoleAware() && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
+		d.warnf(sp, "alert_lag", "alert_lag and alert_lag_bytes need a health kind that reports lag (postgres, redis, mysql, exec, or http with roles = \"patroni\"), not %q", s.Health.Kind)
 	}
-	if (s.Role == RolePrimary || s.Role == RoleReplica) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
-		d.errorf(sp, "role", "role %q needs a health kind that reports roles (postgres, redis, mysql or exec), not %q", s.Role, s.Health.Kind)
+	if (s.Role == RolePrimary || s.Role == RoleReplica) && !s.Health.RoleAware() && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
+		d.errorf(sp, "role", "role %q needs a health kind that reports roles (postgres, redis, mysql, exec, or http with roles = \"patroni\"), not %q", s.Role, s.Health.Kind)
 	}
 	if s.Role != RoleReplica && (d.present[joinPath(sp, "max_lag")] || d.present[joinPath(sp, "max_lag_bytes")]) {
 		d.warnf(sp, "max_lag", "max_lag and max_lag_bytes apply only to role = \"replica\"")
@@ -473,6 +473,9 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 			}
 			addrs[b.Address] = b.Name
 		}
+		if d.present[joinPath(bp, "check_address")] {
+			d.address(bp, "check_address", b.CheckAddress, addrNeedHost)
+		}
 		if b.Weight < 1 {
 			d.errorf(bp, "weight", "weight: must be at least 1, not %d (to take a backend out of rotation, remove it and reload)", b.Weight)
 		}
@@ -505,6 +508,9 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 	if h.Fall < 1 {
 		d.errorf(hp, "fall", "fall: must be at least 1, not %d", h.Fall)
 	}
+	if h.Port < 0 || h.Port > 65535 {
+		d.errorf(hp, "port", "port: must be from 1 to 65535, not %d (left out, checks go to each backend's own port)", h.Port)
+	}
 	// Keys that only one family of kinds reads: setting them for another is a mistake.
 	for _, k := range []string{"user", "password_file", "password_env"} {
 		if d.present[joinPath(hp, k)] && !oneOf(h.Kind, KindPostgres, KindRedis, KindMySQL) {
@@ -514,7 +520,7 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 	if d.present[joinPath(hp, "database")] && !oneOf(h.Kind, KindPostgres, KindMySQL) {
 		d.errorf(hp, "database", "database: only for kind \"postgres\" or \"mysql\", not %q", h.Kind)
 	}
-	httpKeys := []string{"method", "path", "expect_status", "expect_body"}
+	httpKeys := []string{"method", "path", "expect_status", "expect_body", "roles"}
 	d.validateTLS(h, hp)
 	for _, k := range httpKeys {
 		if d.present[joinPath(hp, k)] && h.Kind != KindHTTP {
@@ -537,12 +543,45 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 		if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
 			d.errorf(hp, "expect_status", "expect_status: must be an HTTP status from 100 to 599, not %d", h.ExpectStatus)
 		}
+		enum(d, hp, "roles", h.Roles, RolesNone, RolesPatroni)
+		if h.Roles == RolesPatroni {
+			d.validatePatroni(s, hp)
+		}
 	}
 	if h.Kind == KindExec {
 		if d.missing(hp, "command", len(h.Command) == 0) {
 			d.errorf(hp, "command", "command: required for kind \"exec\" (an argv array)")
 		} else if len(h.Command) > 0 && h.Command[0] == "" {
 			d.errorf(hp, "command", "command: the program name (first element) is empty")
+		}
+	}
+}
+
+// patroniPaths are the paths an http check with roles = "patroni" may ask:
+// those whose status code is 200 only on the holder of Patroni's leader lock
+// ("/" is "/primary" there), and /patroni, whose document alone tells.
+var patroniPaths = []string{"/", "/primary", "/read-write", "/leader", "/patroni"}
+
+// validatePatroni checks the keys of an http check with roles = "patroni".
+func (d *decoder) validatePatroni(s *Service, hp string) {
+	h := &s.Health
+	if d.present[joinPath(hp, "method")] && h.Method != "GET" {
+		d.errorf(hp, "method", "method %q: roles = \"patroni\" reads the JSON body of a GET", h.Method)
+	}
+	for _, k := range []string{"expect_status", "expect_body"} {
+		if d.present[joinPath(hp, k)] {
+			d.errorf(hp, k, "%s: not used with roles = \"patroni\" (Patroni answers 200 or 503 with the node's status either way)", k)
+		}
+	}
+	if path, _, _ := strings.Cut(h.Path, "?"); strings.HasPrefix(h.Path, "/") && !oneOf(path, patroniPaths...) {
+		d.errorf(hp, "path", "path %q: roles = \"patroni\" needs \"/primary\" (or \"/\", the same: 200 only on the leader), \"/read-write\", \"/leader\" or \"/patroni\"", h.Path)
+	}
+	if h.Port == 0 {
+		for _, b := range s.Backends {
+			if b.CheckAddress == "" {
+				d.warnf(hp, "roles", "roles = \"patroni\" without port: checks go to each backend's own port, where PostgreSQL listens; set port to Patroni's REST API port (8008 by default)")
+				break
+			}
 		}
 	}
 }

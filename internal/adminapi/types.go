@@ -71,17 +71,18 @@ type Service struct {
 // Backend is one backend of a service: its health as this proxy checks
 // it and its traffic.
 type Backend struct {
-	Name       string  `json:"name"`
-	Address    string  `json:"address"`
-	Priority   int     `json:"priority"`
-	Weight     int     `json:"weight"`
-	Region     string  `json:"region,omitempty"`
-	Health     string  `json:"health"` // unknown | up | down
-	Draining   bool    `json:"draining,omitempty"`
-	Fenced     bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
-	Role       string  `json:"role"`
-	LagBytes   int64   `json:"lag_bytes"`   // -1: unknown
-	LagSeconds float64 `json:"lag_seconds"` // -1: unknown
+	Name         string  `json:"name"`
+	Address      string  `json:"address"`
+	Priority     int     `json:"priority"`
+	Weight       int     `json:"weight"`
+	Region       string  `json:"region,omitempty"`
+	CheckAddress string  `json:"check_address,omitempty"` // where its checks go, when not Address
+	Health       string  `json:"health"`                  // unknown | up | down
+	Draining     bool    `json:"draining,omitempty"`
+	Fenced       bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
+	Role         string  `json:"role"`
+	LagBytes     int64   `json:"lag_bytes"`   // -1: unknown
+	LagSeconds   float64 `json:"lag_seconds"` // -1: unknown
 	// Position is how far a replica holds the primary's log (PostgreSQL's
 	// received LSN as bytes, Redis's offset; -1: unknown); PositionFresh:
 	// read after the primary fell silent, so a failover ranks by it.

@@ -113,10 +113,12 @@ func healthTargets(cfg *config.Config) []health.Target {
 			TLSCA: tlsFiles.ca, TLSServerName: h.TLSServerName, TLSCert: tlsFiles.cert, TLSKey: tlsFiles.key,
 			TLSSkipVerify: h.TLSSkipVerify,
 			Method:        h.Method, Path: h.Path, ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody,
-			Command: h.Command,
+			Command: h.Command, Roles: string(h.Roles), Port: h.Port,
 		}
 		for _, b := range s.Backends {
-			out = append(out, health.Target{Service: s.Name, Backend: b.Name, Address: b.Address, Spec: spec})
+			bs := spec
+			bs.Address = b.CheckAddress // "": b.Address, on h.Port if set
+			out = append(out, health.Target{Service: s.Name, Backend: b.Name, Address: b.Address, Spec: bs})
 		}
 	}
 	return out

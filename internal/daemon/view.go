@@ -70,6 +70,7 @@ func (d *Daemon) status() *adminapi.Status {
 			}
 			if hs, ok := states[[2]string{ps.Name, b.Name}]; ok {
 				bv.Health = hs.Status.String()
+				bv.CheckAddress = hs.CheckAddress
 				bv.Role = hs.Role.String()
 				bv.LagBytes = hs.LagBytes
 				bv.Position, bv.PositionFresh = hs.Position, hs.PositionFresh
