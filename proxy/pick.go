@@ -27,6 +27,7 @@ type decision struct {
 	// promoted: it keeps the target sticky even if another backend starts
 	// reporting primary meanwhile (a restarted old primary).
 	pending   string
+	from      string // with pending: the target it replaces
 	reason    string
 	primaries []string // set only when two or more report primary
 }
@@ -60,9 +61,9 @@ func lagString(h Health) string {
 }
 
 // chooseTarget is the local active-passive decision (not used for External
-// services). cur is the current target ("" for none) and pending the
-// standby awaiting promotion, if any.
-func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) decision {
+// services). cur is the current target ("" for none), pending the standby
+// awaiting promotion, if any, and from the target it replaced.
+func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending, from string) decision {
 	var primaries []string
 	var curC *candidate
 	onePrimary := "" // the only backend that reports primary, unless fenced
@@ -99,12 +100,18 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			switch {
 			case curC.h.Role == RolePrimary:
 				if cfg.FailbackAuto && best != nil && best.name != cur && best.priority > curC.priority {
-					return decision{target: best.name, pending: best.name,
+					return decision{target: best.name, pending: best.name, from: cur,
 						reason: fmt.Sprintf("failback to %s (priority %d > %d)", best.name, best.priority, curC.priority)}
 				}
 				return decision{target: cur, reason: cur + " is primary"}
+			case pending == cur && len(primaries) == 1 && onePrimary != "" && onePrimary != from:
+				// Another backend than the one replaced was promoted
+				// (Patroni, an operator): follow it. Only the replaced
+				// one, back as primary after a restart, is kept away.
+				return decision{target: onePrimary,
+					reason: fmt.Sprintf("%s reports primary (promoted elsewhere) while %s awaited promotion", onePrimary, cur)}
 			case pending == cur:
-				return decision{target: cur, pending: cur, reason: cur + " chosen, awaiting promotion"}
+				return decision{target: cur, pending: cur, from: from, reason: cur + " chosen, awaiting promotion"}
 			case len(primaries) == 1 && onePrimary != "":
 				return decision{target: onePrimary,
 					reason: fmt.Sprintf("%s reports %s; %s is primary", cur, curC.h.Role, onePrimary)}
@@ -125,7 +132,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			}
 			return decision{reason: noEligible(noBest)}
 		}
-		return decision{target: best.name, pending: best.name,
+		return decision{target: best.name, pending: best.name, from: cur,
 			reason: fmt.Sprintf("failover to %s (priority %d, %s), awaiting promotion", best.name, best.priority, lagString(best.h))}
 	}
 

@@ -48,6 +48,7 @@ func TestChooseTarget(t *testing.T) {
 		{"primary: keep sticky primary", primary, three(rep(0), prim, rep(0)), "b", "", "b", "", "", false},
 		{"primary: failover picks replica by priority", primary, three(rep(50), down, rep(0)), "b", "", "a", "a", "awaiting promotion", false},
 		{"primary: pending stays while old primary returns", primary, three(rep(0), prim, rep(0)), "a", "a", "a", "a", "awaiting promotion", false},
+		{"primary: another backend promoted elsewhere is followed", primary, three(rep(0), prim, rep(0)), "a", "a", "b", "", "promoted elsewhere", false},
 		{"primary: dual keeps current", primary, three(prim, prim, rep(0)), "b", "", "b", "", "dual primary (a, b): keeping b", true},
 		{"primary: dual never moves to the other", primary, three(prim, prim, rep(0)), "", "", "", "", "refusing to choose", true},
 		{"primary: dual with pending target keeps it", primary, three(prim, prim, rep(0)), "a", "a", "a", "", "keeping a", true},
@@ -71,9 +72,14 @@ func TestChooseTarget(t *testing.T) {
 		{"roles, role any: no replica, no candidate", rolesAny, three(down, down, upAny), "a", "", "", "", "no eligible", false},
 		{"primary: draining replica is no candidate", primary, []candidate{{"a", 3, 0, down, false, false, ""}, {"b", 2, 1, rep(0), true, false, ""}}, "a", "", "", "", "no eligible", false},
 	}
+	// The target a pending promotion replaced (the table leaves it out).
+	froms := map[string]string{
+		"primary: pending stays while old primary returns":        "b",
+		"primary: another backend promoted elsewhere is followed": "c",
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			d := chooseTarget(&tc.cfg, tc.cands, tc.cur, tc.pend)
+			d := chooseTarget(&tc.cfg, tc.cands, tc.cur, tc.pend, froms[tc.name])
 			if d.target != tc.want || d.pending != tc.wantP {
 				t.Fatalf("target %q pending %q (%s), want %q pending %q", d.target, d.pending, d.reason, tc.want, tc.wantP)
 			}

@@ -51,7 +51,7 @@ region_order = ["us"]
 
 // Regions: a failover prefers the standby in the failed primary's region
 // over a higher-priority one elsewhere; status and metrics carry the
-// labels.
+// labels. A standby promoted elsewhere than the one chosen is followed.
 func TestFailoverPrefersTheRegion(t *testing.T) {
 	testenv.Need(t, "redis")
 	r1 := testenv.MustRedis(t, testenv.RedisOptions{})
@@ -85,4 +85,14 @@ func TestFailoverPrefersTheRegion(t *testing.T) {
 	if s := d.service(t, "cache"); s.Target != "r3" {
 		t.Fatalf("failover to %q (%s), want r3, in the failed primary's region", s.Target, s.Why)
 	}
+	// No promote hook here: something else promotes, and chooses r2 (as
+	// Patroni in front of which the proxy runs might). The proxy follows
+	// the one primary rather than wait for r3 for ever.
+	if err := r2.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the proxy following r2, promoted elsewhere", 20*time.Second, func() bool {
+		s := d.service(t, "cache")
+		return s != nil && s.Target == "r2"
+	})
 }

@@ -78,6 +78,21 @@ func (h *hookRunner) promote(svc config.Service, backend string, env map[string]
 			h.log.Info("promote hook skipped: the backend already reports primary", "service", svc.Name, "backend", backend)
 			return
 		}
+		if svc.RoleAware() {
+			// No promote while another backend may be primary (the rule a
+			// cluster keeps too): the old one back, or one promoted
+			// elsewhere (Patroni, an operator) while this waited.
+			for _, b := range svc.Backends {
+				if b.Name == backend {
+					continue
+				}
+				if up, primary := h.check(svc.Name, b.Name); up && primary {
+					h.log.Error("promote hook not run: another backend reports primary; promoting would make a second one",
+						"service", svc.Name, "backend", backend, "primary", b.Name)
+					return
+				}
+			}
+		}
 	}
 	err := h.runOne(svc.Name, "promote", svc.Hooks.Promote, env, timeout)
 	if h.check == nil || !svc.RoleAware() {
