@@ -109,7 +109,7 @@ type service struct {
 	target    *backend
 	pending   string
 	from      string // with pending: the target it replaced
-	hadTarget bool // a target was chosen since start
+	hadTarget bool   // a target was chosen since start
 	reason    string
 	since     time.Time
 	primaries []string
