@@ -673,7 +673,9 @@ func decBatch(d *dec) [][]byte {
 // Encoded sizes, for splitting long lists over several payloads.
 const listHeader = 2 + 8 + 8 + 1 + 2 // type, version, two u64, flags, count
 
-func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) + 8 }
+// valueSize is the encoded size of v (enc.value): primary, fenced set,
+// since, paused.
+func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) + 8 + 1 }
 
 func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + valueSize(e.Record.Value) }
 
