@@ -30,6 +30,10 @@ import (
 // again is repointed again (Sentinel reads INFO every 10s too).
 const repointVerify = 10 * time.Second
 
+// repointHold is how long a round waits after its primary did not answer
+// as primary to a check made just before acting.
+const repointHold = time.Second
+
 // repointRecheck bounds how long a round waits without news before it
 // looks at the service again (a lease regained says nothing to it).
 const repointRecheck = 10 * time.Second
@@ -61,9 +65,12 @@ type round struct {
 	ctx              context.Context
 	cancel           context.CancelFunc
 
-	mu   sync.Mutex
-	b    map[string]*replicaState
-	seen map[string]backendSeen // last health seen per backend, the primary's too
+	mu sync.Mutex
+	// holdUntil: no pass before (the primary did not answer as primary
+	// when a pass last checked it).
+	holdUntil time.Time
+	b         map[string]*replicaState
+	seen      map[string]backendSeen // last health seen per backend, the primary's too
 }
 
 // backendSeen is what of a health state matters to a round.
@@ -124,7 +131,7 @@ func (rp *repointer) start(service, primary string, epoch uint64) {
 		if b.Name == primary {
 			continue
 		}
-		r.b[b.Name] = &replicaState{why: "follow the new primary"}
+		r.b[b.Name] = &replicaState{why: "the primary moved to " + primary}
 	}
 	for _, bs := range st.Backends {
 		r.seen[bs.Name] = backendSeen{up: bs.Health.Up, primary: bs.Health.Role == proxy.RolePrimary}
@@ -225,7 +232,7 @@ func (rp *repointer) healthChanged(s health.State) {
 		}
 		if up && s.Role == health.RolePrimary && bs.done {
 			bs.done, bs.fails, bs.next = false, 0, time.Time{}
-			bs.why = "it reports primary again"
+			bs.why = "it reports primary again; the primary is " + r.primary
 			rp.log.Warn("repoint: a backend that followed the primary reports primary itself: repointing it again",
 				"service", s.Service, "backend", s.Backend, "primary", r.primary)
 		}
@@ -341,6 +348,9 @@ func (rp *repointer) view(r *round) (repointView, string) {
 		if b, _ := rp.d.cluster.rt.Route(r.service); b != r.primary {
 			return v, "no lease routing to the primary here"
 		}
+		if rp.d.cluster.rt.Paused(r.service) {
+			return v, "paused: no automatic action on the databases"
+		}
 		for _, f := range rec.Fenced.List() {
 			v.fenced[f] = true
 		}
@@ -387,6 +397,9 @@ func (rp *repointer) nextDue(r *round) time.Duration {
 	wait := repointRecheck
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if now.Before(r.holdUntil) {
+		return r.holdUntil.Sub(now)
+	}
 	for name, bs := range r.b {
 		if v.fenced[name] || !v.up[name] {
 			continue
@@ -401,6 +414,16 @@ func (rp *repointer) nextDue(r *round) time.Duration {
 	}
 	return max(wait, time.Millisecond)
 }
+
+// outcome is how one attempt on a backend ended.
+type outcome int
+
+const (
+	followed outcome = iota // it follows the primary now (or already did)
+	failed                  // retried after a backoff
+	again                   // a verify found it following another server: at once
+	held                    // the primary did not answer as primary: the round waits
+)
 
 // pass acts on every backend of the round that is due, one at a time,
 // looking again before each whether the round may still act.
@@ -421,42 +444,61 @@ func (rp *repointer) pass(r *round) {
 		if bs != nil && !v.fenced[b] && v.up[b] {
 			act, _ = bs.due(v.mode, time.Now())
 			reason = bs.why
+			if r.seen[b].primary {
+				reason = "it reports primary; the primary is " + r.primary
+			}
 		}
 		r.mu.Unlock()
 		if !act {
 			continue
 		}
-		var ok, checked bool
+		var o outcome
 		switch v.mode {
 		case "redis":
-			ok, checked = rp.redis(r, v, b, reason)
+			o = rp.redis(r, v, b, reason)
 		case "hook":
-			ok, checked = rp.hook(r, v, b, reason), false
+			o = rp.hook(r, v, b, reason)
 		}
 		now := time.Now()
 		r.mu.Lock()
-		if ok {
+		switch o {
+		case followed:
 			bs.done, bs.fails, bs.next = true, 0, time.Time{}
 			bs.verifyAt = now.Add(repointVerify)
-		} else {
-			if checked {
-				// a verify found it following another server: repoint now
-				bs.done, bs.next = false, time.Time{}
-			} else {
-				bs.done = false
-				bs.fails++
-				bs.next = now.Add(repoint.Backoff(bs.fails))
-			}
+		case again:
+			bs.done, bs.next = false, time.Time{}
+		case failed:
+			bs.done = false
+			bs.fails++
+			bs.next = now.Add(repoint.Backoff(bs.fails))
+		case held:
+			r.holdUntil = now.Add(repointHold)
 		}
 		r.mu.Unlock()
+		if o == held {
+			return
+		}
 	}
 }
 
+// primaryNow checks the round's primary at once, before a backend is made
+// to follow it: the health states may be a few checks old, the primary
+// may have died since, and a backend that reports primary may be the
+// successor someone promoted. Only a primary that answers as primary now
+// is followed.
+func (rp *repointer) primaryNow(r *round, v repointView) bool {
+	up, role := rp.d.checkNow(r.service, r.primary)
+	if up && (role == cluster.RolePrimary || !v.svc.RoleAware()) {
+		return true
+	}
+	rp.log.Info("repoint: waiting: the primary does not answer as primary now", "service", r.service, "primary", r.primary,
+		"up", up, "role", role.String())
+	return false
+}
+
 // redis repoints one Redis backend: nothing when INFO replication says it
-// already follows the primary, else REPLICAOF. ok: it follows now;
-// checked: it was found following another server by a verify, to be
-// repointed at once.
-func (rp *repointer) redis(r *round, v repointView, b, reason string) (ok, checked bool) {
+// already follows the primary, else REPLICAOF.
+func (rp *repointer) redis(r *round, v repointView, b, reason string) outcome {
 	login := repoint.Redis{Spec: serviceSpec(v.svc)}
 	addr, paddr := v.address[b], v.address[r.primary]
 	ctx, cancel := context.WithTimeout(r.ctx, 2*max(v.svc.Health.Timeout, time.Second))
@@ -467,14 +509,14 @@ func (rp *repointer) redis(r *round, v repointView, b, reason string) (ok, check
 	rep, err := login.Replication(ctx, addr)
 	if err != nil {
 		rp.log.Warn("repoint: INFO replication failed; retrying with backoff", "service", r.service, "backend", b, "err", err)
-		return false, false
+		return failed
 	}
 	if rep.Follows(paddr) {
 		if !wasDone {
 			rp.log.Info("repoint: already replicates from the primary", "service", r.service, "backend", b, "primary", r.primary,
 				"link", rep.LinkUp)
 		}
-		return true, false
+		return followed
 	}
 	if wasDone {
 		rp.log.Warn("repoint: a replica no longer follows the primary: repointing it again", "service", r.service, "backend", b,
@@ -482,7 +524,10 @@ func (rp *repointer) redis(r *round, v repointView, b, reason string) (ok, check
 		r.mu.Lock()
 		r.b[b].why = "found as " + rep.String()
 		r.mu.Unlock()
-		return false, true
+		return again
+	}
+	if !rp.primaryNow(r, v) {
+		return held
 	}
 	found := rep.String()
 	err = login.ReplicaOf(ctx, addr, paddr)
@@ -495,26 +540,29 @@ func (rp *repointer) redis(r *round, v repointView, b, reason string) (ok, check
 	rp.d.note(journal.Entry{Service: r.service, Kind: "repoint", Epoch: r.epoch, Result: result, Summary: summary})
 	if err != nil {
 		rp.log.Warn("repoint: REPLICAOF failed; retrying with backoff", "service", r.service, "backend", b, "primary", r.primary, "err", err)
-		return false, false
+		return failed
 	}
 	rp.log.Info("repoint: replica now follows the new primary", "service", r.service, "backend", b, "primary", r.primary,
 		"was", found, "since_promote", after, "epoch", r.epoch)
-	return true, false
+	return followed
 }
 
-// hook runs the repoint hook for one backend; true when it exited 0.
-func (rp *repointer) hook(r *round, v repointView, b, reason string) bool {
+// hook runs the repoint hook for one backend.
+func (rp *repointer) hook(r *round, v repointView, b, reason string) outcome {
+	if !rp.primaryNow(r, v) {
+		return held
+	}
 	env := map[string]string{
 		"QP_SERVICE": r.service, "QP_EVENT": "repoint", "QP_ACTION": "repoint", "QP_EPOCH": strconv.FormatUint(r.epoch, 10),
 		"QP_BACKEND": b, "QP_ADDRESS": v.address[b], "QP_NEW_BACKEND": r.primary, "QP_NEW_ADDRESS": v.address[r.primary],
-		"QP_REASON": fmt.Sprintf("%s: %s follows %s", reason, b, r.primary),
+		"QP_REASON": fmt.Sprintf("%s is to replicate from %s: %s", b, r.primary, reason),
 	}
-	err := rp.d.hooks.runOne(r.service, "repoint", v.svc.Hooks.Repoint, env, v.svc.Hooks.Timeout)
-	if err == nil {
-		rp.log.Info("repoint: hook ran: the backend follows the new primary", "service", r.service, "backend", b, "primary", r.primary,
-			"since_promote", time.Since(r.started).Round(time.Millisecond), "epoch", r.epoch)
+	if err := rp.d.hooks.runOne(r.service, "repoint", v.svc.Hooks.Repoint, env, v.svc.Hooks.Timeout); err != nil {
+		return failed
 	}
-	return err == nil
+	rp.log.Info("repoint: hook ran: the backend follows the new primary", "service", r.service, "backend", b, "primary", r.primary,
+		"since_promote", time.Since(r.started).Round(time.Millisecond), "epoch", r.epoch)
+	return followed
 }
 
 // serviceBackends lists a service's backends in config order.

@@ -51,7 +51,7 @@ drain_timeout = "0s"
 [[service]]
 name = "echo"
 listen = %q
-health = { interval = "50ms", timeout = "40ms", rise = 1, fall = 1 }
+health = { interval = "100ms", timeout = "90ms", rise = 1, fall = 3 }
 hooks = { repoint = [%q, %q, %q], timeout = "5s" }
 backend = [{ name = "a", address = %q, priority = 3 }, { name = "b", address = %q, priority = 2 }, { name = "c", address = %q, priority = 1 }]
 `, admin, token, listen, hook, calls, fail, a.Addr(), b.Addr(), c.Addr())
@@ -90,7 +90,7 @@ backend = [{ name = "a", address = %q, priority = 3 }, { name = "b", address = %
 
 	a.Close()
 	testwait.For(t, "echo routed to b", 10*time.Second, func() bool { return target() == "b" })
-	testwait.For(t, "c repointed after one failed run", 15*time.Second, func() bool { return len(runs("c")) == 2 })
+	testwait.For(t, "c repointed after one failed run", 30*time.Second, func() bool { return len(runs("c")) == 2 })
 	rc := runs("c")
 	for _, f := range rc {
 		if want := []string{"c", "b", "0", "repoint", c.Addr(), b.Addr(), "echo"}; strings.Join(f[1:], " ") != strings.Join(want, " ") {
@@ -130,17 +130,23 @@ backend = [{ name = "a", address = %q, priority = 3 }, { name = "b", address = %
 	if got := target(); got != "b" {
 		t.Fatalf("target %q after the unfence, want b (failback is manual)", got)
 	}
-	h, err := api.History(context.Background(), "echo", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Each run is in the history once it ended.
 	var hookRuns []string
-	for _, e := range h.Entries {
-		if e.Kind == "hook" && e.Hook == "repoint" {
-			hookRuns = append(hookRuns, e.Summary)
+	testwait.ForState(t, 10*time.Second, func() (bool, string) {
+		h, err := api.History(context.Background(), "echo", 0)
+		if err != nil {
+			return false, err.Error()
 		}
-	}
-	if len(hookRuns) != 3 || !strings.HasPrefix(hookRuns[0], "repoint hook (c -> b)") || !strings.HasPrefix(hookRuns[2], "repoint hook (a -> b)") {
+		hookRuns = nil
+		for _, e := range h.Entries {
+			if e.Kind == "hook" && e.Hook == "repoint" {
+				hookRuns = append(hookRuns, e.Summary)
+			}
+		}
+		return len(hookRuns) == 3, fmt.Sprintf("history of repoint runs: %q", hookRuns)
+	})
+	if !strings.HasPrefix(hookRuns[0], "repoint hook (c -> b)") || !strings.Contains(hookRuns[0], "exit status 1") ||
+		!strings.HasPrefix(hookRuns[2], "repoint hook (a -> b)") {
 		t.Fatalf("history of repoint runs: %q", hookRuns)
 	}
 }
