@@ -544,6 +544,10 @@ type Hooks struct {
 	Fence []string `toml:"fence"`
 	// Notify runs on every proxy after a switch.
 	Notify []string `toml:"notify"`
+	// Repoint runs on the proxy that promoted a new primary, once per
+	// other backend, to make it replicate from the new primary (Redis
+	// needs none: the proxy sends REPLICAOF itself unless this is set).
+	Repoint []string `toml:"repoint"`
 	// Timeout bounds each hook run. Default 30s. Must be positive.
 	Timeout time.Duration `toml:"timeout"`
 }

@@ -434,6 +434,9 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	if s.Mode == ModeActiveActive && (len(s.Hooks.Promote) > 0 || len(s.Hooks.Fence) > 0) {
 		d.warnf(joinPath(sp, "hooks"), "", "promote and fence hooks never run in active-active mode")
 	}
+	if len(s.Hooks.Repoint) > 0 && (s.Mode == ModeActiveActive || s.Role == RoleReplica) {
+		d.warnf(joinPath(sp, "hooks"), "repoint", "repoint runs only after a failover of an active-passive service's primary, never with mode = \"active-active\" or role = \"replica\"")
+	}
 	if cfg.Cluster != nil && s.Mode == ModeActivePassive && s.Role != RoleReplica {
 		// The cluster decides these services' targets; say which keys it ignores.
 		if s.Failback == FailbackAuto {
@@ -633,7 +636,7 @@ func (d *decoder) validateHooks(h *Hooks, hp string) {
 	for _, hk := range []struct {
 		key  string
 		argv []string
-	}{{"promote", h.Promote}, {"fence", h.Fence}, {"notify", h.Notify}} {
+	}{{"promote", h.Promote}, {"fence", h.Fence}, {"notify", h.Notify}, {"repoint", h.Repoint}} {
 		if len(hk.argv) > 0 && hk.argv[0] == "" {
 			d.errorf(hp, hk.key, "%s: the program name (first element) is empty", hk.key)
 		}

@@ -223,6 +223,7 @@ func (d *Daemon) handleFence(fence bool) http.Handler {
 			if err := d.px.SetFence(service, backend, fence); err != nil {
 				return adminapi.ControlAnswer{}, err
 			}
+			d.repoint.poke(service) // an unfenced backend may be repointed now
 			return adminapi.ControlAnswer{Message: fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service)}, nil
 		}
 		id, err := d.cluster.rt.Fence(service, backend, fence)

@@ -179,7 +179,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
-	go cs.applyRoutes(d.px, d.log, d.failover)
+	go cs.applyRoutes(d.px, d.log, d.failover, d.repoint.poke)
 	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
 		OnRoute: func(service, backend string) { cs.routes.put(routeChange{service, backend}) },
 	})
@@ -199,7 +199,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 // applyRoutes hands the Node's route changes to the proxy in order. Safety
 // does not depend on how quickly this runs: the data path asks the Node's
 // lease (an atomic) before every dial and write.
-func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failoverClock) {
+func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failoverClock, routed func(service string)) {
 	defer cs.wg.Done()
 	<-cs.ready
 	current := map[string]string{}
@@ -228,6 +228,7 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failov
 		}
 		px.SetRoute(rc.service, rc.backend, lease)
 		fo.routedTo(rc.service, rc.backend, time.Now())
+		routed(rc.service)
 		if prev != "" && prev != rc.backend {
 			log.Info("cluster: route changed", "service", rc.service, "from", prev, "to", rc.backend, "sessions_closed", n)
 		} else {
@@ -271,6 +272,7 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	d.note(journal.Entry{Service: service, Kind: "record", Epoch: new.Epoch, Summary: recordReason(old, new)})
+	d.repoint.recordChanged(service, new)
 	if old.Primary != "" && new.Primary != old.Primary {
 		failovers.WithLabelValues(service).Inc()
 	}
@@ -352,7 +354,14 @@ func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 		if d.mon == nil {
 			return // New failed before the checks started
 		}
-		report(d.runAction(svc, a))
+		r := d.runAction(svc, a)
+		report(r)
+		// The proxy that promoted makes the others follow the new primary
+		// (once it reports primary: a promote that did not verify may
+		// still land). Without roles, only after a hook that worked.
+		if a.Kind == cluster.ActionPromote && (svc.RoleAware() || r.OK) {
+			d.repoint.start(service, a.Backend, a.Epoch)
+		}
 	}
 	if !d.hooks.enqueue(service, run) {
 		go report(cluster.ActionResult{Ran: true, Detail: "hook queue full"})

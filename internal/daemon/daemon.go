@@ -75,6 +75,7 @@ type Daemon struct {
 	cluster *clusterSide // nil without [cluster]
 	history *journal.Journal
 	lag     *lagAlerts
+	repoint *repointer
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -109,6 +110,8 @@ func New(o Options) (*Daemon, error) {
 	d.history = openHistory(log, cfg)
 	d.hooks = newHookRunner(log)
 	d.hooks.note = d.note
+	d.repoint = newRepointer(d)
+	d.hooks.promoted = func(service, backend string) { d.repoint.start(service, backend, 0) }
 	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
@@ -162,6 +165,7 @@ func (d *Daemon) onHealth(s health.State) {
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)
+	d.repoint.healthChanged(s)
 }
 
 func (d *Daemon) onTarget(ev proxy.TargetChange) {
@@ -185,6 +189,7 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 		}
 	}
 	d.hooks.targetChanged(*svc, ev)
+	d.repoint.poke(ev.Service)
 }
 
 func orNone(s string) string {
@@ -288,6 +293,7 @@ func (d *Daemon) Shutdown() {
 		d.cluster.close() // leave the cluster: the others stop counting on us
 	}
 	d.px.Close()
+	d.repoint.close()
 	d.hooks.wait()
 	d.stopAdmin()
 	d.history.Close()

@@ -43,7 +43,7 @@ var (
 	}, []string{"service", "backend", "to"})
 	hookRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quorumproxy_hook_runs_total",
-		Help: "Runs of a service's fence, promote and notify hooks on this proxy, by result (ok, error: a non-zero exit, a timeout or no start).",
+		Help: "Runs of a service's fence, promote, notify and repoint hooks on this proxy, by result (ok, error: a non-zero exit, a timeout or no start).",
 	}, []string{"service", "hook", "result"})
 	failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quorumproxy_failovers_total",
@@ -113,7 +113,7 @@ func serviceSeries(d *Daemon) {
 	defer d.mu.Unlock()
 	for _, s := range d.cfg.Services {
 		failovers.WithLabelValues(s.Name)
-		for _, h := range []string{"fence", "promote", "notify"} {
+		for _, h := range []string{"fence", "promote", "notify", "repoint"} {
 			for _, r := range []string{"ok", "error"} {
 				hookRuns.WithLabelValues(s.Name, h, r)
 			}
