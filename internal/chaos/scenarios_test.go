@@ -545,10 +545,10 @@ func TestDegradedNetwork(t *testing.T) {
 	t.Logf("FIGURE scenario 8: kill primary -> all 3 route and forward to b on the degraded network: %s (N=1; health interval 1s, timeout 900ms, fall 3, lease 2s)", detect.Round(time.Millisecond))
 }
 
-// emulateLink sends every packet into namespace ns (but its loopback)
-// through an NFQUEUE rule to netem.Run, which delays and drops them as cfg
-// says, until the test ends.
-func emulateLink(t *testing.T, ns string, cfg netem.Config) {
+// emulateLink sends every packet into namespace ns (but its loopback), or
+// only those from the addresses in from, through NFQUEUE rules to
+// netem.Run, which delays and drops them as cfg says, until the test ends.
+func emulateLink(t *testing.T, ns string, cfg netem.Config, from ...string) {
 	t.Helper()
 	cfg.NetNS = "/run/netns/" + ns
 	ready := make(chan struct{})
@@ -579,7 +579,13 @@ func emulateLink(t *testing.T, ns string, cfg netem.Config) {
 		t.Fatalf("netem in %s: queue not bound after 10s", ns)
 	}
 	// Bound first, then the rule: no packet meets an unbound queue.
-	ipt(t, ns, "-A", "INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.Queue)), "--queue-bypass")
+	q := strconv.Itoa(int(cfg.Queue))
+	if len(from) == 0 {
+		ipt(t, ns, "-A", "INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", q, "--queue-bypass")
+	}
+	for _, ip := range from {
+		ipt(t, ns, "-A", "INPUT", "-s", ip, "-j", "NFQUEUE", "--queue-num", q, "--queue-bypass")
+	}
 }
 
 func isTimeout(err error) bool {
