@@ -197,37 +197,8 @@ func (l Redis) with(ctx context.Context, address string, f func(*redis.Client) e
 }
 
 // TLSConfig is the TLS client configuration the health check of address
-// uses (nil without TLS): the certificate must chain to the spec's CA and
-// name its server name (default: the address's host).
-func TLSConfig(s health.Spec, address string) (*tls.Config, error) {
-	if !s.TLS {
-		return nil, nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.TLSServerName}
-	if cfg.ServerName == "" {
-		host, _, err := net.SplitHostPort(address)
-		if err != nil {
-			return nil, fmt.Errorf("tls: address %q: %w", address, err)
-		}
-		cfg.ServerName = host
-	}
-	if len(s.TLSCA) > 0 {
-		pool, err := health.ParseCA(s.TLSCA)
-		if err != nil {
-			return nil, fmt.Errorf("tls CA: %w", err)
-		}
-		cfg.RootCAs = pool
-	}
-	if len(s.TLSCert) > 0 || len(s.TLSKey) > 0 {
-		cert, err := tls.X509KeyPair(s.TLSCert, s.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("tls client certificate: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	cfg.InsecureSkipVerify = s.TLSSkipVerify //nolint:gosec // the check's own, warned-about opt-in
-	return cfg, nil
-}
+// uses (nil without TLS): the same verification and client certificate.
+func TLSConfig(s health.Spec, address string) (*tls.Config, error) { return s.TLSConfig(address) }
 
 // Backoff is how long to wait before the nth retry (n >= 1) of a repoint
 // that failed: 1s doubling, at most 5 minutes.
