@@ -35,7 +35,7 @@ bench: deps build
 	$(GO) run ./internal/scalebench -bin $(BIN) -proxies 3,5 -interval 1s,2s -out bench-results-scale.md
 
 # A .deb (dpkg-deb) of the binary, a hardened systemd unit, a starting
-# config, the man page and bash completion, in dist/.
+# config, the man page and bash and zsh completion, in dist/.
 package: build
 	bash packaging/build-deb.sh $(BIN) dist
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-deb.sh BINARY OUTDIR: a .deb of quorumproxy (dpkg-deb): the binary,
 # a hardened systemd unit (Type=notify), a starting config, the man page,
-# bash completion and the docs. Prints the package's path.
+# bash and zsh completion and the docs. Prints the package's path.
 set -euo pipefail
 bin=$1
 out=$2
@@ -17,6 +17,7 @@ install -D -m 0640 "$here/quorumproxy.toml" "$stage/etc/quorumproxy/quorumproxy.
 install -D -m 0644 "$here/quorumproxy.1" "$stage/usr/share/man/man1/quorumproxy.1"
 gzip -9n "$stage/usr/share/man/man1/quorumproxy.1"
 install -D -m 0644 "$here/quorumproxy.bash-completion" "$stage/usr/share/bash-completion/completions/quorumproxy"
+install -D -m 0644 "$here/quorumproxy.zsh-completion" "$stage/usr/share/zsh/vendor-completions/_quorumproxy"
 install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/quorumproxy/README.md"
 install -D -m 0644 "$root/testdata/example.toml" "$stage/usr/share/doc/quorumproxy/example.toml"
 install -D -m 0644 "$root/LICENSE" "$stage/usr/share/doc/quorumproxy/copyright"

@@ -44,7 +44,8 @@ func TestDebianPackage(t *testing.T) {
 	}
 	contents := run("dpkg-deb", "--contents", deb)
 	for _, want := range []string{"./usr/bin/quorumproxy", "./lib/systemd/system/quorumproxy.service", "./etc/quorumproxy/quorumproxy.toml",
-		"./usr/share/man/man1/quorumproxy.1.gz", "./usr/share/bash-completion/completions/quorumproxy"} {
+		"./usr/share/man/man1/quorumproxy.1.gz", "./usr/share/bash-completion/completions/quorumproxy",
+		"./usr/share/zsh/vendor-completions/_quorumproxy"} {
 		if !strings.Contains(contents, want) {
 			t.Errorf("package lacks %s", want)
 		}

@@ -38,6 +38,7 @@ checks=(
 	"systemd-analyze systemd"
 	"adduser adduser"
 	"dpkg-deb dpkg"
+	"zsh zsh"
 )
 
 have() {
