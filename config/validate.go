@@ -34,8 +34,7 @@ func (d *decoder) derive(cfg *Config) {
 		}
 		hp := joinPath(sp, "health")
 		if !d.present[joinPath(hp, "timeout")] && s.Health.Interval > 0 && s.Health.Timeout >= s.Health.Interval {
-			// The default must fit a shorter interval set alone: half of it,
-			// as the default is of the default interval.
+			// The default must fit a shorter interval set alone: half of it.
 			s.Health.Timeout = s.Health.Interval / 2
 		}
 		if !d.present[joinPath(hp, "fast_interval")] {
