@@ -13,8 +13,9 @@
 //     still accepts connections, nothing answers), which the checks see
 //     only as timeouts.
 //   - false failovers under load: pgbench -c 16 -j 2 through the proxy
-//     (and redis-benchmark for Redis) with a healthy primary; every
-//     failover counted (there must be none), with the checks' margin.
+//     (for Redis, redis-benchmark pipelined straight at the primary, which
+//     saturates its one thread) with a healthy primary; every failover
+//     counted (there must be none), with the checks' margin.
 //   - false failovers on a degraded network: 5% loss and 50ms±50ms delay
 //     on every packet of every connection a proxy opens (to the backends
 //     and to its peers: checks, the data path, hooks and gossip), by
@@ -30,6 +31,7 @@
 //	QP_DEFAULTS_OUT=FILE    also write the results as Markdown to FILE
 //	QP_DEFAULTS_FREEZES=N   freezes (SIGSTOP) per configuration (default max(3, N/3))
 //	QP_DEFAULTS_PARTS=...   which parts run: kill,freeze,load,netem (default all)
+//	QP_DEFAULTS_LOGDIR=DIR  keep every proxy's log there (QP_DEFAULTS_LOGS=1: print them)
 //	QP_DEFAULTS_HEALTH=...  extra [service.health] lines, QP_DEFAULTS_CLUSTER=... extra
 //	                        [cluster] lines: to measure other settings than the defaults
 //	                        (the report names the effective settings either way)

@@ -176,6 +176,12 @@ func (p *proxy) start(t *testing.T, env []string) {
 		if t.Failed() || os.Getenv("QP_DEFAULTS_LOGS") == "1" {
 			t.Logf("%s logs:\n%s", p.name, p.logs.String())
 		}
+		if dir := os.Getenv("QP_DEFAULTS_LOGDIR"); dir != "" {
+			name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + p.name + ".log"
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(p.logs.String()), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 }
 
