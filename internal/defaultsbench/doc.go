@@ -13,9 +13,9 @@
 //     still accepts connections, nothing answers), which the checks see
 //     only as timeouts.
 //   - false failovers under load: pgbench -c 16 -j 2 through the proxy
-//     (for Redis, redis-benchmark pipelined straight at the primary, which
-//     saturates its one thread) with a healthy primary; every failover
-//     counted (there must be none), with the checks' margin.
+//     (for Redis, redis-benchmark pipelined straight at the primary) with
+//     a healthy primary; every failover counted (there must be none), with
+//     the checks' margin.
 //   - false failovers on a degraded network: 5% loss and 50ms±50ms delay
 //     on every packet of every connection a proxy opens (to the backends
 //     and to its peers: checks, the data path, hooks and gossip), by
