@@ -413,7 +413,7 @@ type Health struct {
 	// Fall is how many consecutive failures mark a backend down. Default 5, >= 1.
 	Fall int `toml:"fall"`
 	// FastInterval is the interval while a backend is changing state (a
-	// streak has begun). Default Interval/10, at least 50ms and at most
+	// streak has begun). Default Interval/20, at least 50ms and at most
 	// Interval. Must be positive. Checks never overlap: a slow check delays
 	// the next one.
 	FastInterval time.Duration `toml:"fast_interval"`
@@ -575,21 +575,25 @@ const (
 	// costs a database nothing.
 	defaultInterval = 1 * time.Second
 	// 900ms (was 1s): as long as the interval allows. Under 5% loss and
-	// 50ms±50ms delay a Redis check (a new connection: three round trips)
-	// fails 14% of the time at 900ms, 23% at 800ms; a PostgreSQL check on
-	// its kept connection almost never, and under pgbench saturation the
-	// slowest took under 0.25s.
+	// 50ms±50ms delay a Redis check (a new connection: three round trips,
+	// and a lost SYN is sent again only after 1s) failed 12.5% of the time
+	// at 900ms, 23% at 800ms; a PostgreSQL check on its kept connection
+	// none of 595. Under pgbench saturating the machine the slowest
+	// PostgreSQL check took under 0.5s.
 	defaultTimeout = 900 * time.Millisecond
 	defaultRise    = 2 // one lucky success is not recovery
-	// 5 (was 3): under that loss five Redis checks fail in a row once in
-	// about 20,000 (a lone proxy's false failover every five hours or so;
-	// three in a row, once in 370: every six minutes), while a kill still
-	// costs only four fast checks (0.4s). The price: a frozen server is
-	// down after five timeouts, about 4.5s.
+	// 5 (was 3): at 12.5% five Redis checks fail in a row once in about
+	// 33,000 (a lone proxy's false failover every nine hours or so); three,
+	// once in 500: measured, fall 3 failed a lone proxy over once in five
+	// minutes, fall 5 never. A kill still costs only four fast checks
+	// (0.2s). The price: a frozen server is down after five timeouts,
+	// about 4.5s.
 	defaultFall = 5
-	// fast_interval is interval/10 (was /4): the fall-1 confirming checks
-	// of a kill take 0.4s at the default interval.
-	fastIntervalDivisor = 10
+	// fast_interval is interval/20 (was /4): the fall-1 confirming checks
+	// of a kill take 0.2s at the default interval (with /10, 0.4s: the
+	// median kill took 0.25s longer). A server must refuse connections
+	// that long to be failed over.
+	fastIntervalDivisor = 20
 	minFastInterval     = 50 * time.Millisecond
 	defaultMethod       = "GET"
 	defaultPath         = "/"

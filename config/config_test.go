@@ -262,7 +262,7 @@ func TestMinimalDefaults(t *testing.T) {
 				Timeout:      900 * time.Millisecond,
 				Rise:         2,
 				Fall:         5,
-				FastInterval: 100 * time.Millisecond,
+				FastInterval: 50 * time.Millisecond,
 				DownInterval: time.Second,
 				Method:       "GET",
 				Path:         "/",
@@ -333,7 +333,7 @@ func TestClusterConfig(t *testing.T) {
 	}
 	// Inline tables, and an explicit down_interval.
 	wantHealth := Health{Kind: KindExec, Interval: 10 * time.Second, Timeout: 900 * time.Millisecond, Rise: 2, Fall: 5,
-		FastInterval: time.Second, DownInterval: 30 * time.Second,
+		FastInterval: 500 * time.Millisecond, DownInterval: 30 * time.Second,
 		Method: "GET", Path: "/", ExpectStatus: 200, Command: []string{"/bin/true"}}
 	if !reflect.DeepEqual(own.Health, wantHealth) {
 		t.Errorf("pg.own-hold health:\ngot  %+v\nwant %+v", own.Health, wantHealth)
@@ -713,10 +713,10 @@ func TestShortIntervalDefaultTimeout(t *testing.T) {
 		interval     string
 		want, wantFI time.Duration
 	}{
-		{"1s", 900 * time.Millisecond, 100 * time.Millisecond}, // the default timeout fits
-		{"900ms", 450 * time.Millisecond, 90 * time.Millisecond},
-		{"300ms", 150 * time.Millisecond, 50 * time.Millisecond}, // fast_interval's floor
-		{"2s", 900 * time.Millisecond, 200 * time.Millisecond},
+		{"1s", 900 * time.Millisecond, 50 * time.Millisecond},    // the default timeout fits
+		{"900ms", 450 * time.Millisecond, 50 * time.Millisecond}, // fast_interval's floor
+		{"2s", 900 * time.Millisecond, 100 * time.Millisecond},
+		{"5s", 900 * time.Millisecond, 250 * time.Millisecond},
 	} {
 		cfg, _, err := parseFile(t, write(`{ interval = "`+c.interval+`" }`))
 		if err != nil {
