@@ -48,6 +48,7 @@ soak: deps
 	QP_SIM_TWIN_SEEDS=200 $(GO) test -timeout 30m -run 'TestSimulationManyServices$$' ./cluster/
 	QP_REQUIRE_SERVERS=1 QP_DETECT_TRIALS=20 $(GO) test -timeout 20m -run Detection -v ./health/
 	QP_REQUIRE_SERVERS=1 QP_CHAOS_TRIALS=10 QP_CHAOS_SECONDS=120 QP_CHAOS_LOSS=20 $(GO) test -timeout 60m -v ./internal/chaos/
+	QP_REQUIRE_SERVERS=1 QP_PG_FAILOVERS=100 $(GO) test -timeout 60m -run 'TestFailoverPromotesTheMostUpToDateStandby$$' -v ./cmd/quorumproxy/
 	QP_REQUIRE_SERVERS=1 QP_DEFAULTS_RUNS=30 QP_DEFAULTS_OUT=$(CURDIR)/defaults-results.md $(GO) test -timeout 90m -run 'TestDefaults$$' -v ./internal/defaultsbench/
 
 clean:

@@ -35,7 +35,7 @@ func (t msgType) limit() int {
 }
 
 // wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 6 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches; 5: values carry paused; 6: observations carry positions and synchronous standbys
+const wireVersion = 6 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches; 5: values carry paused; 6: observations carry positions, synchronous standbys and upstreams
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -361,6 +361,7 @@ func encodeObs(m obsMsg) ([]byte, error) {
 		e.u64(uint64(x.Obs.Position))
 		e.bool(x.Obs.PositionFresh)
 		e.u64(x.Obs.SyncMask)
+		e.str(x.Obs.Upstream)
 	}
 	return e.done()
 }
@@ -486,7 +487,7 @@ func header(b []byte) (msgType, *dec, error) {
 
 func decObs(d *dec) obsMsg {
 	m := obsMsg{Service: d.str(), Boot: d.u64(), Seq: d.u64()}
-	n := d.count(36)
+	n := d.count(37)
 	m.Entries = make([]obsEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		var x obsEntry
@@ -498,6 +499,7 @@ func decObs(d *dec) obsMsg {
 		x.Obs.Position = int64(d.u64())
 		x.Obs.PositionFresh = d.bool()
 		x.Obs.SyncMask = d.u64()
+		x.Obs.Upstream = d.str()
 		if x.Obs.Role > RoleReplica && d.err == nil {
 			d.err = errors.New("bad role")
 		}
@@ -671,7 +673,9 @@ func decBatch(d *dec) [][]byte {
 // Encoded sizes, for splitting long lists over several payloads.
 const listHeader = 2 + 8 + 8 + 1 + 2 // type, version, two u64, flags, count
 
-func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) + 8 }
+// valueSize is the encoded size of v (enc.value): primary, fenced set,
+// since, paused.
+func valueSize(v Value) int { return 1 + len(v.Primary) + 2 + len(v.Fenced) + 8 + 1 }
 
 func leaseEntrySize(e leaseEntry) int { return 1 + len(e.Service) + 8 + valueSize(e.Record.Value) }
 

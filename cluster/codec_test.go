@@ -414,3 +414,24 @@ func TestVoteRefusesAReplicaBehind(t *testing.T) {
 		})
 	}
 }
+
+// The size estimates that split lease answers and syncs are the encoded
+// sizes: one byte short per value (the paused flag) once made a lease
+// answer of 26 services too large to send, and a proxy never got a lease.
+func TestEntrySizesAreExact(t *testing.T) {
+	v := Value{Primary: "pg-c", Fenced: "pg-a,pg-b", Since: 5, Paused: true}
+	e := &enc{}
+	e.value(v)
+	if len(e.b) != valueSize(v) {
+		t.Fatalf("valueSize %d, encoded %d", valueSize(v), len(e.b))
+	}
+	ack := leaseAckMsg{Boot: 1, Counter: 2, Entries: []leaseAckEntry{{Service: "db", Epoch: 6, OK: true,
+		Record: Record{Epoch: 6, Value: v}, MaxVoted: 6, Accepted: Ballot{Epoch: 6, Value: v}}}}
+	b, err := encodeLeaseAck(ack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(b) - listHeader; leaseAckEntrySize(ack.Entries[0]) < want {
+		t.Fatalf("leaseAckEntrySize %d below the encoded %d", leaseAckEntrySize(ack.Entries[0]), want)
+	}
+}

@@ -268,7 +268,8 @@ func (m *Machine) behind(s *service, c string) string {
 // policy is the service's failover policy (package failover, shared with
 // a proxy alone).
 func (s *service) policy() failover.Policy {
-	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover, RPOZero: s.cfg.RPOZero}
+	return failover.Policy{RoleAware: s.cfg.RoleAware, MaxLag: s.cfg.MaxLagOnFailover, MaxLagBytes: s.cfg.MaxLagBytesOnFailover, RPOZero: s.cfg.RPOZero,
+		RegionOrder: s.cfg.RegionOrder}
 }
 
 // candidate picks the successor of primary by the one failover policy,
@@ -286,7 +287,7 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 		pos, ps := m.position(s, b.Name)
 		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
 			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
-			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0,
+			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0, Upstream: s.local[b.Name].Upstream, Region: b.Region,
 			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
 	}
 	return failover.Successor(s.policy(), cs, primary)

@@ -38,7 +38,9 @@ type GossipConfig struct {
 	// GossipInterval, ProbeInterval and RejoinInterval are the gossip's
 	// timers; required.
 	GossipInterval, ProbeInterval, RejoinInterval time.Duration
-	Logger                                        *slog.Logger
+	// WAN: proxies spread over regions (memberlist's WAN suspicion).
+	WAN    bool
+	Logger *slog.Logger
 }
 
 // Runtime is a running cluster member: the state store, the Node that runs
@@ -58,6 +60,8 @@ type Member struct {
 	Self     bool      `json:"self,omitempty"`
 	// ConfigMatch is false while the peer runs another configuration.
 	ConfigMatch bool `json:"config_match"`
+	// Region is the peer's region label from this proxy's configuration.
+	Region string `json:"region,omitempty"`
 }
 
 // Start opens the state in stateDir (locking it), builds the Node and joins
@@ -99,7 +103,7 @@ func Start(cfg Config, g GossipConfig, stateDir string, opts NodeOptions) (*Runt
 	m, err := mesh.New(mesh.Config{
 		NodeName: cfg.Name, Bind: g.Bind, Advertise: g.Advertise, Label: g.Label, Peers: peers,
 		SecretKey: key, Insecure: g.Insecure, ConfigHash: g.ConfigHash, Logger: g.Logger,
-		GossipInterval: g.GossipInterval, ProbeInterval: g.ProbeInterval, RejoinInterval: g.RejoinInterval,
+		GossipInterval: g.GossipInterval, ProbeInterval: g.ProbeInterval, RejoinInterval: g.RejoinInterval, WAN: g.WAN,
 	}, node)
 	if err != nil {
 		node.Close()

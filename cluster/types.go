@@ -270,6 +270,9 @@ type Observation struct {
 	// it reported as synchronous standbys at its last good check, kept
 	// while it is down (ServiceConfig.RPOZero).
 	SyncMask uint64
+	// Upstream is the backend this replica replicates from ("" when
+	// unknown): a cascaded replica is a failover's last resort.
+	Upstream string
 }
 
 // QuorumLoss says what a proxy does when its lease expires.
@@ -290,6 +293,9 @@ type BackendConfig struct {
 	Name string
 	// Priority orders candidates: the higher value is preferred.
 	Priority int
+	// Region is a label: a failover prefers a standby in the failed
+	// primary's region, then ServiceConfig.RegionOrder.
+	Region string
 }
 
 // ServiceConfig is one active-passive service.
@@ -302,6 +308,8 @@ type ServiceConfig struct {
 	// primary reported synchronous at its last good check, in every fresh
 	// view that knows (Observation.SyncMask); a voter refuses another.
 	RPOZero bool
+	// RegionOrder ranks regions after the failed primary's own.
+	RegionOrder []string
 	// MaxLagOnFailover and MaxLagBytesOnFailover exclude candidates
 	// lagging more than this in time or in bytes (in any fresh report);
 	// zero or negative means no bound, and a bound excludes an unknown lag

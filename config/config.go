@@ -146,7 +146,21 @@ type Cluster struct {
 	// without this a long partition would never heal). Default 10s. Must be
 	// positive.
 	RejoinInterval time.Duration `toml:"rejoin_interval"`
+	// Network is "lan" (default) or "wan": proxies spread over regions.
+	// "wan" takes memberlist's WAN timings: gossip_interval and
+	// probe_interval default to 500ms and 5s, and a peer is suspected
+	// for longer before it is declared dead.
+	Network Network `toml:"network"`
 }
+
+// Network says how far apart a cluster's proxies are.
+type Network string
+
+// Networks.
+const (
+	NetworkLAN Network = "lan" // one site: memberlist's LAN timings
+	NetworkWAN Network = "wan" // across regions: memberlist's WAN timings
+)
 
 // Timings of the agreement derived from lease_timeout. They are not keys:
 // the protocol's argument ties each to the lease (see docs/design.md).
@@ -179,6 +193,7 @@ func (c *Config) Service(name string) *Service {
 type Peer struct {
 	Name    string `toml:"name"`    // unique, required
 	Address string `toml:"address"` // gossip host:port, unique, required
+	Region  string `toml:"region"`  // a label shown in status; default ""
 }
 
 // ProxyPrefixes parses AcceptProxy (valid after Parse); a single address is
@@ -293,7 +308,8 @@ type Service struct {
 	// Balance is "round-robin" (default) or "least-conn"; used by active-active.
 	Balance Balance `toml:"balance"`
 	// Role is "any" (default), "primary" or "replica". "primary" and "replica"
-	// need a role-aware health kind: postgres, redis, mysql or exec.
+	// need health checks that report roles: kind postgres, redis, mysql or
+	// exec, or http with roles = "patroni".
 	Role Role `toml:"role"`
 	// MaxConnections caps concurrent client sessions. Default 0: unlimited.
 	MaxConnections int `toml:"max_connections"`
@@ -341,6 +357,10 @@ type Service struct {
 	// pg_stat_replication.sync_state), and otherwise the service stays
 	// unrouted with an alert; an operator's switchover still goes ahead.
 	RPO RPO `toml:"rpo"`
+	// RegionOrder: a failover prefers a standby in the failed primary's
+	// region (backends' region labels), then in these regions in this
+	// order, then any other. Default none.
+	RegionOrder []string `toml:"region_order"`
 
 	Health   Health    `toml:"health"`
 	Hooks    Hooks     `toml:"hooks"`
@@ -386,16 +406,32 @@ const (
 	KindExec     Kind = "exec"     // a command; exit 0 = up
 )
 
-// RoleAware reports whether checks of this kind report a backend's role.
 // RoleAware reports whether the service's checks report roles: the one
 // place that decides it, for a proxy alone and for a cluster alike. A
 // failover then picks only a backend that reports replica, and the old
 // primary needs no fence to be kept out.
-func (s *Service) RoleAware() bool { return s.Health.Kind.RoleAware() }
+func (s *Service) RoleAware() bool { return s.Health.RoleAware() }
 
+// RoleAware reports whether checks of this kind report a backend's role
+// (http checks do with roles set: see Health.RoleAware).
 func (k Kind) RoleAware() bool {
 	return k == KindPostgres || k == KindRedis || k == KindMySQL || k == KindExec
 }
+
+// RoleAware reports whether these checks report a backend's role: a kind
+// that does, or an http check that reads roles.
+func (h *Health) RoleAware() bool {
+	return h.Kind.RoleAware() || h.Kind == KindHTTP && h.Roles == RolesPatroni
+}
+
+// RoleSource says where an http check reads a backend's role.
+type RoleSource string
+
+// Role sources of http checks.
+const (
+	RolesNone    RoleSource = ""        // an http check reports no role
+	RolesPatroni RoleSource = "patroni" // Patroni's REST API: its status document and code
+)
 
 // Health is a service's [service.health] table.
 type Health struct {
@@ -420,6 +456,11 @@ type Health struct {
 	// DownInterval is the interval while a backend is down. Default Interval.
 	// Must be positive.
 	DownInterval time.Duration `toml:"down_interval"`
+	// Port is the port checks connect to on each backend's host when it is
+	// not the port the traffic goes to (HAProxy's "check port"): Patroni's
+	// REST API, an exporter, a sidecar. Default 0: each backend's own port.
+	// 1 to 65535. A backend's check_address overrides it.
+	Port int `toml:"port"`
 
 	// User to log in as (postgres, redis ACL user, mysql). Default "".
 	User string `toml:"user"`
@@ -461,6 +502,12 @@ type Health struct {
 	ExpectStatus int `toml:"expect_status"`
 	// ExpectBody, if not empty, must occur in the http response body.
 	ExpectBody string `toml:"expect_body"`
+	// Roles makes an http check read the backend's role: "" (default: it
+	// reports none) or "patroni" (Patroni's REST API: role, replication
+	// positions and the leader lock from one GET; path "/" or "/primary",
+	// or "/patroni"). With "patroni", expect_status and expect_body are not
+	// used and method is GET.
+	Roles RoleSource `toml:"roles"`
 
 	// Command is the exec check's argv, run without a shell under Timeout;
 	// exit 0 = up. Required for kind "exec".
@@ -499,6 +546,10 @@ type Hooks struct {
 	Fence []string `toml:"fence"`
 	// Notify runs on every proxy after a switch.
 	Notify []string `toml:"notify"`
+	// Repoint runs on the proxy that promoted a new primary, once per
+	// other backend, to make it replicate from the new primary (Redis
+	// needs none: the proxy sends REPLICAOF itself unless this is set).
+	Repoint []string `toml:"repoint"`
 	// Timeout bounds each hook run. Default 30s. Must be positive.
 	Timeout time.Duration `toml:"timeout"`
 }
@@ -527,6 +578,15 @@ type Backend struct {
 	// pg_stat_replication lists it), so that rpo = "zero" knows which
 	// backend is a synchronous standby. Default: Name.
 	ReplicationName string `toml:"replication_name"`
+	// Region is a label (a data centre, a cloud region): a failover
+	// prefers a standby in the failed primary's region; status and metrics
+	// carry it. Default "".
+	Region string `toml:"region"`
+	// CheckAddress is the host:port this backend's health checks connect
+	// to instead of Address (HAProxy's "addr" and "port" together): another
+	// interface, another port. Default "": Address, on [service.health]
+	// port when that is set.
+	CheckAddress string `toml:"check_address"`
 }
 
 // Replication returns the name the backend's standby replicates under.
@@ -562,6 +622,8 @@ const (
 	defaultGossipInterval = 200 * time.Millisecond // memberlist's LAN value: five rounds a second
 	defaultProbeInterval  = 1 * time.Second        // memberlist's LAN value
 	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
+	wanGossipInterval     = 500 * time.Millisecond // memberlist's WAN value
+	wanProbeInterval      = 5 * time.Second        // memberlist's WAN value
 	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
 	// Health checks, chosen by measurement (internal/defaultsbench, make
 	// soak; the README's "Failover times with the default settings"). A
@@ -621,6 +683,7 @@ func (c *Cluster) setDefaults() {
 	c.GossipInterval = defaultGossipInterval
 	c.ProbeInterval = defaultProbeInterval
 	c.RejoinInterval = defaultRejoinInterval
+	c.Network = NetworkLAN
 }
 
 func (s *Service) setDefaults() {

@@ -45,6 +45,21 @@ func TestBadConfigs(t *testing.T) {
 			`backends.toml:13:3: service "bad names" backend "b/1": name "b/1": may contain only letters, digits, '_', '.' and '-'`,
 			`backends.toml:15:3: service "bad names" backend "b/1": weight: must be at least 1, not 0 (to take a backend out of rotation, remove it and reload)`,
 		},
+		"check_address.toml": {
+			`check_address.toml:4:1: service "pg": role "primary" needs a health kind that reports roles (postgres, redis, mysql, exec, or http with roles = "patroni"), not "http"`,
+			`check_address.toml:8:3: service "pg" health: port: must be from 1 to 65535, not 70000 (left out, checks go to each backend's own port)`,
+			`check_address.toml:9:3: service "pg" health: roles: unknown value "consul": want "", "patroni"`,
+			`check_address.toml:14:3: service "pg" backend "a": check_address "10.0.0.5": missing port`,
+			`check_address.toml:19:3: service "pg" backend "b": check_address "10.0.0.6:0": port 0 is not allowed here`,
+			`check_address.toml:24:59: service "patroni" health: method "HEAD": roles = "patroni" reads the JSON body of a GET`,
+			`check_address.toml:24:76: service "patroni" health: path "/replica": roles = "patroni" needs "/primary" (or "/", the same: 200 only on the leader), "/read-write", "/leader" or "/patroni"`,
+			`check_address.toml:24:95: service "patroni" health: expect_status: not used with roles = "patroni" (Patroni answers 200 or 503 with the node's status either way)`,
+			`check_address.toml:24:116: service "patroni" health: expect_body: not used with roles = "patroni" (Patroni answers 200 or 503 with the node's status either way)`,
+			`check_address.toml:25:53: service "patroni" backend "a": check_address ":8008": missing host`,
+			`check_address.toml:30:26: service "tcp" health: port: must be from 1 to 65535, not -1 (left out, checks go to each backend's own port)`,
+			`check_address.toml:30:37: service "tcp" health: roles: only for kind "http", not "tcp"`,
+			`check_address.toml:31:53: service "tcp" backend "a": check_address "[::1]": missing port`,
+		},
 		"cluster_node.toml": {
 			`cluster_node.toml:2:1: cluster: node_name "qp9": not among the [[cluster.peer]] names; list this proxy too`,
 		},
@@ -160,8 +175,8 @@ func TestBadConfigs(t *testing.T) {
 			`ports.toml:19:1: service "two": listen "10.1.2.3:7946": overlaps [cluster] bind "0.0.0.0:7946"`,
 		},
 		"role_tcp.toml": {
-			`role_tcp.toml:4:1: service "pg": role "primary" needs a health kind that reports roles (postgres, redis, mysql or exec), not "tcp"`,
-			`role_tcp.toml:18:1: service "web": role "replica" needs a health kind that reports roles (postgres, redis, mysql or exec), not "http"`,
+			`role_tcp.toml:4:1: service "pg": role "primary" needs a health kind that reports roles (postgres, redis, mysql, exec, or http with roles = "patroni"), not "tcp"`,
+			`role_tcp.toml:18:1: service "web": role "replica" needs a health kind that reports roles (postgres, redis, mysql, exec, or http with roles = "patroni"), not "http"`,
 		},
 		"syntax.toml": {
 			`syntax.toml:4:55: expected a comma (',') or array terminator (']'), but got end of file`,
@@ -305,6 +320,7 @@ func TestClusterConfig(t *testing.T) {
 		GossipInterval: 200 * time.Millisecond,
 		ProbeInterval:  time.Second,
 		RejoinInterval: 10 * time.Second,
+		Network:        NetworkLAN,
 		Peers: []Peer{
 			{Name: "qp1", Address: "127.0.0.1:17946"},
 			{Name: "qp2", Address: "127.0.0.2:17946"},
@@ -515,15 +531,15 @@ func TestBackendsHash(t *testing.T) {
 }
 
 func TestPeersHash(t *testing.T) {
-	c := Cluster{Peers: []Peer{{"b", "h:2"}, {"a", "h:1"}}}
+	c := Cluster{Peers: []Peer{{Name: "b", Address: "h:2"}, {Name: "a", Address: "h:1"}}}
 	h := c.PeersHash()
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}, {"b", "h:2"}}, NodeName: "other"}).PeersHash() != h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}, {Name: "b", Address: "h:2"}}, NodeName: "other"}).PeersHash() != h {
 		t.Error("hash depends on peer order or node name")
 	}
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}, {"b", "h:3"}}}).PeersHash() == h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}, {Name: "b", Address: "h:3"}}}).PeersHash() == h {
 		t.Error("hash ignores addresses")
 	}
-	if (&Cluster{Peers: []Peer{{"a", "h:1"}}}).PeersHash() == h {
+	if (&Cluster{Peers: []Peer{{Name: "a", Address: "h:1"}}}).PeersHash() == h {
 		t.Error("hash ignores a missing peer")
 	}
 }

@@ -22,6 +22,14 @@ func (d *decoder) derive(cfg *Config) {
 		if c.Advertise == "" {
 			c.Advertise = self
 		}
+		if c.Network == NetworkWAN {
+			if !d.present[joinPath("cluster", "gossip_interval")] {
+				c.GossipInterval = wanGossipInterval
+			}
+			if !d.present[joinPath("cluster", "probe_interval")] {
+				c.ProbeInterval = wanProbeInterval
+			}
+		}
 	}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
@@ -352,6 +360,7 @@ func (d *decoder) validateCluster(c *Cluster) {
 		d.errorf(cp, "clock_drift", "clock_drift: must be at least 0 and below 0.5, not %v", c.ClockDrift)
 	}
 	enum(d, cp, "on_quorum_loss", c.OnQuorumLoss, ActionClose, ActionKeep)
+	enum(d, cp, "network", c.Network, NetworkLAN, NetworkWAN)
 	d.nonNegative(cp, "switch_hold", c.SwitchHold)
 	if c.Label == "" {
 		d.errorf(cp, "label", "label: must not be empty")
@@ -375,6 +384,16 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	enum(d, sp, "on_backend_down", s.OnBackendDown, ActionClose, ActionKeep)
 	enum(d, sp, "failback", s.Failback, FailbackManual, FailbackAuto)
 	enum(d, sp, "rpo", s.RPO, RPOAny, RPOZero)
+	seen := map[string]bool{}
+	for _, r := range s.RegionOrder {
+		switch {
+		case r == "":
+			d.errorf(sp, "region_order", "region_order: an empty region name")
+		case seen[r]:
+			d.errorf(sp, "region_order", "region_order: %q listed twice", r)
+		}
+		seen[r] = true
+	}
 	if s.RPO == RPOZero && s.Health.Kind != KindPostgres {
 		d.errorf(sp, "rpo", "rpo = \"zero\" needs kind = \"postgres\" checks, which read the primary's synchronous standbys; not %q", s.Health.Kind)
 	}
@@ -399,11 +418,11 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	d.nonNegativeInt(sp, "max_lag_bytes_on_failover", s.MaxLagBytesOnFailover)
 	d.nonNegative(sp, "alert_lag", s.AlertLag)
 	d.nonNegativeInt(sp, "alert_lag_bytes", s.AlertLagBytes)
-	if (s.AlertLag > 0 || s.AlertLagBytes > 0) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
-		d.warnf(sp, "alert_lag", "alert_lag and alert_lag_bytes need a health kind that reports lag (postgres, redis, mysql or exec), not %q", s.Health.Kind)
+	if (s.AlertLag > 0 || s.AlertLagBytes > 0) && !s.Health.RoleAware() && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
+		d.warnf(sp, "alert_lag", "alert_lag and alert_lag_bytes need a health kind that reports lag (postgres, redis, mysql, exec, or http with roles = \"patroni\"), not %q", s.Health.Kind)
 	}
-	if (s.Role == RolePrimary || s.Role == RoleReplica) && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
-		d.errorf(sp, "role", "role %q needs a health kind that reports roles (postgres, redis, mysql or exec), not %q", s.Role, s.Health.Kind)
+	if (s.Role == RolePrimary || s.Role == RoleReplica) && !s.Health.RoleAware() && oneOf(s.Health.Kind, KindTCP, KindHTTP) {
+		d.errorf(sp, "role", "role %q needs a health kind that reports roles (postgres, redis, mysql, exec, or http with roles = \"patroni\"), not %q", s.Role, s.Health.Kind)
 	}
 	if s.Role != RoleReplica && (d.present[joinPath(sp, "max_lag")] || d.present[joinPath(sp, "max_lag_bytes")]) {
 		d.warnf(sp, "max_lag", "max_lag and max_lag_bytes apply only to role = \"replica\"")
@@ -413,6 +432,9 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 	}
 	if s.Mode == ModeActiveActive && (len(s.Hooks.Promote) > 0 || len(s.Hooks.Fence) > 0) {
 		d.warnf(joinPath(sp, "hooks"), "", "promote and fence hooks never run in active-active mode")
+	}
+	if len(s.Hooks.Repoint) > 0 && (s.Mode == ModeActiveActive || s.Role == RoleReplica) {
+		d.warnf(joinPath(sp, "hooks"), "repoint", "repoint runs only after a failover of an active-passive service's primary, never with mode = \"active-active\" or role = \"replica\"")
 	}
 	if cfg.Cluster != nil && s.Mode == ModeActivePassive && s.Role != RoleReplica {
 		// The cluster decides these services' targets; say which keys it ignores.
@@ -453,6 +475,9 @@ func (d *decoder) validateService(cfg *Config, s *Service, sp string) {
 			}
 			addrs[b.Address] = b.Name
 		}
+		if d.present[joinPath(bp, "check_address")] {
+			d.address(bp, "check_address", b.CheckAddress, addrNeedHost)
+		}
 		if b.Weight < 1 {
 			d.errorf(bp, "weight", "weight: must be at least 1, not %d (to take a backend out of rotation, remove it and reload)", b.Weight)
 		}
@@ -485,6 +510,9 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 	if h.Fall < 1 {
 		d.errorf(hp, "fall", "fall: must be at least 1, not %d", h.Fall)
 	}
+	if h.Port < 0 || h.Port > 65535 {
+		d.errorf(hp, "port", "port: must be from 1 to 65535, not %d (left out, checks go to each backend's own port)", h.Port)
+	}
 	// Keys that only one family of kinds reads: setting them for another is a mistake.
 	for _, k := range []string{"user", "password_file", "password_env"} {
 		if d.present[joinPath(hp, k)] && !oneOf(h.Kind, KindPostgres, KindRedis, KindMySQL) {
@@ -494,7 +522,7 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 	if d.present[joinPath(hp, "database")] && !oneOf(h.Kind, KindPostgres, KindMySQL) {
 		d.errorf(hp, "database", "database: only for kind \"postgres\" or \"mysql\", not %q", h.Kind)
 	}
-	httpKeys := []string{"method", "path", "expect_status", "expect_body"}
+	httpKeys := []string{"method", "path", "expect_status", "expect_body", "roles"}
 	d.validateTLS(h, hp)
 	for _, k := range httpKeys {
 		if d.present[joinPath(hp, k)] && h.Kind != KindHTTP {
@@ -517,12 +545,45 @@ func (d *decoder) validateHealth(s *Service, hp string) {
 		if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
 			d.errorf(hp, "expect_status", "expect_status: must be an HTTP status from 100 to 599, not %d", h.ExpectStatus)
 		}
+		enum(d, hp, "roles", h.Roles, RolesNone, RolesPatroni)
+		if h.Roles == RolesPatroni {
+			d.validatePatroni(s, hp)
+		}
 	}
 	if h.Kind == KindExec {
 		if d.missing(hp, "command", len(h.Command) == 0) {
 			d.errorf(hp, "command", "command: required for kind \"exec\" (an argv array)")
 		} else if len(h.Command) > 0 && h.Command[0] == "" {
 			d.errorf(hp, "command", "command: the program name (first element) is empty")
+		}
+	}
+}
+
+// patroniPaths are the paths an http check with roles = "patroni" may ask:
+// those whose status code is 200 only on the holder of Patroni's leader lock
+// ("/" is "/primary" there), and /patroni, whose document alone tells.
+var patroniPaths = []string{"/", "/primary", "/read-write", "/leader", "/patroni"}
+
+// validatePatroni checks the keys of an http check with roles = "patroni".
+func (d *decoder) validatePatroni(s *Service, hp string) {
+	h := &s.Health
+	if d.present[joinPath(hp, "method")] && h.Method != "GET" {
+		d.errorf(hp, "method", "method %q: roles = \"patroni\" reads the JSON body of a GET", h.Method)
+	}
+	for _, k := range []string{"expect_status", "expect_body"} {
+		if d.present[joinPath(hp, k)] {
+			d.errorf(hp, k, "%s: not used with roles = \"patroni\" (Patroni answers 200 or 503 with the node's status either way)", k)
+		}
+	}
+	if path, _, _ := strings.Cut(h.Path, "?"); strings.HasPrefix(h.Path, "/") && !oneOf(path, patroniPaths...) {
+		d.errorf(hp, "path", "path %q: roles = \"patroni\" needs \"/primary\" (or \"/\", the same: 200 only on the leader), \"/read-write\", \"/leader\" or \"/patroni\"", h.Path)
+	}
+	if h.Port == 0 {
+		for _, b := range s.Backends {
+			if b.CheckAddress == "" {
+				d.warnf(hp, "roles", "roles = \"patroni\" without port: checks go to each backend's own port, where PostgreSQL listens; set port to Patroni's REST API port (8008 by default)")
+				break
+			}
 		}
 	}
 }
@@ -574,7 +635,7 @@ func (d *decoder) validateHooks(h *Hooks, hp string) {
 	for _, hk := range []struct {
 		key  string
 		argv []string
-	}{{"promote", h.Promote}, {"fence", h.Fence}, {"notify", h.Notify}} {
+	}{{"promote", h.Promote}, {"fence", h.Fence}, {"notify", h.Notify}, {"repoint", h.Repoint}} {
 		if len(hk.argv) > 0 && hk.argv[0] == "" {
 			d.errorf(hp, hk.key, "%s: the program name (first element) is empty", hk.key)
 		}

@@ -32,8 +32,8 @@ import (
 // Role is what a backend reports itself to be.
 type Role int
 
-// Roles. RoleUnknown is reported by checkers that cannot tell (tcp, http) and by a backend
-// that is down.
+// Roles. RoleUnknown is reported by checkers that cannot tell (tcp, http without Roles) and
+// by a backend that is down.
 const (
 	RoleUnknown Role = iota
 	RolePrimary
@@ -72,6 +72,9 @@ type Result struct {
 	// SyncStandbys, on a primary, names the standbys it reports synchronous (PostgreSQL:
 	// pg_stat_replication.application_name where sync_state is 'sync'); nil when unknown.
 	SyncStandbys []string
+	// Upstream, on a replica, is the host:port it replicates from as the server says it
+	// (PostgreSQL's pg_stat_wal_receiver, Redis's master_host:master_port); "" when unknown.
+	Upstream string
 	// Latency is how long the check took.
 	Latency time.Duration
 	// Err says what was wrong when Up is false; it matches one of the Err* sentinels with
@@ -129,8 +132,19 @@ type Spec struct {
 	Method, Path string
 	ExpectStatus int
 	ExpectBody   string
+	// Roles makes an http check read the backend's role: "" (the default: it reports none) or
+	// "patroni" (Patroni's REST API; see httpcheck.go). With "patroni", ExpectStatus and
+	// ExpectBody are not used.
+	Roles string
 	// Command is the argv of an exec check, run without a shell; exit 0 means up.
 	Command []string
+	// Port, when not zero, is the port checks connect to on the host of the backend's address
+	// instead of its own (HAProxy's "check port"): Patroni's REST API, an exporter.
+	Port int
+	// Address, when set, is the host:port checks connect to instead of the backend's address
+	// (HAProxy's "addr" and "port"); it overrides Port. Exec checks get it as QP_ADDRESS, and
+	// TLS checks verify its host unless TLSServerName is set. See CheckAddress.
+	Address string
 }
 
 // Defaults for a zero Spec, for direct users of this package; they are the
@@ -187,9 +201,17 @@ func (s Spec) withDefaults() Spec {
 }
 
 // NewChecker returns the checker that spec.Kind names for the backend at address (host:port).
+// It checks spec.CheckAddress(address): address unless spec.Address or spec.Port say otherwise.
 // It does not connect; the first Check does.
 func NewChecker(spec Spec, address string) (Checker, error) {
 	spec = spec.withDefaults()
+	if spec.Port < 0 || spec.Port > 65535 {
+		return nil, fmt.Errorf("health %s check: port %d: want 1 to 65535", spec.Kind, spec.Port)
+	}
+	if spec.Roles != "" && spec.Kind != "http" {
+		return nil, fmt.Errorf("health %s check: roles %q: only http checks read roles that way", spec.Kind, spec.Roles)
+	}
+	address = spec.CheckAddress(address)
 	if spec.Kind != "exec" {
 		if _, _, err := net.SplitHostPort(address); err != nil {
 			return nil, fmt.Errorf("health %s check: address %q: %w", spec.Kind, address, err)

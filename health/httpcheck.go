@@ -14,12 +14,15 @@ import (
 const maxBody = 64 << 10
 
 // httpChecker is up when METHOD scheme://address/path answers the expected status (and body).
+// With Roles "patroni" it reads Patroni's status document instead (see patroni.go).
 type httpChecker struct {
 	spec    Spec
 	url     string
 	method  string
 	client  *http.Client
 	timeout time.Duration
+	patroni bool // Roles "patroni"
+	leader  bool // and the path's status code tells the leader lock
 }
 
 func newHTTPChecker(spec Spec, address string) (*httpChecker, error) {
@@ -37,6 +40,15 @@ func newHTTPChecker(spec Spec, address string) (*httpChecker, error) {
 	method := spec.Method
 	if method == "" {
 		method = http.MethodGet
+	}
+	switch spec.Roles {
+	case "":
+	case "patroni":
+		if method != http.MethodGet {
+			return nil, fmt.Errorf("http check %s: roles \"patroni\" reads the body of a GET, not %s", address, method)
+		}
+	default:
+		return nil, fmt.Errorf("http check %s: roles %q: want \"\" or \"patroni\"", address, spec.Roles)
 	}
 	tlsCfg, err := spec.tlsConfig(address)
 	if err != nil {
@@ -58,6 +70,8 @@ func newHTTPChecker(spec Spec, address string) (*httpChecker, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		timeout: spec.Timeout,
+		patroni: spec.Roles == "patroni",
+		leader:  patroniLeaderPath(path),
 	}
 	if _, err := http.NewRequest(method, c.url, nil); err != nil {
 		return nil, fmt.Errorf("http check %s: %w", address, err)
@@ -80,6 +94,11 @@ func (c *httpChecker) Check(ctx context.Context) Result {
 	resp.Body.Close()
 	if err != nil {
 		return down(start, c.classify(ctx, err))
+	}
+	if c.patroni {
+		r := patroniResult(resp.StatusCode, body, c.leader, time.Now())
+		r.Latency = time.Since(start)
+		return r
 	}
 	okStatus := resp.StatusCode >= 200 && resp.StatusCode < 400
 	if c.spec.ExpectStatus != 0 {

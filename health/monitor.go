@@ -75,6 +75,13 @@ type State struct {
 	// as its synchronous standbys. It outlives the backend going down (rpo = "zero" fails over
 	// only to one of them) and is cleared when it answers as a replica.
 	SyncStandbys []string
+	// Upstream is what a replica's last successful check said it replicates from (see
+	// Result.Upstream).
+	Upstream string
+
+	// CheckAddress is where its checks connect when that is not Address (Spec.Address or
+	// Spec.Port); empty otherwise.
+	CheckAddress string
 }
 
 // riseFall is the consecutive rise/fall counter of one backend. A success resets the failure
@@ -157,11 +164,12 @@ type probe struct {
 	emit sync.Mutex
 }
 
-// probeKey is what makes two targets' checks the same: the address and
-// the whole spec (credentials included, so that two users never share).
+// probeKey is what makes two targets' checks the same: the address checked
+// and the whole spec (credentials included, so that two users never share).
 func probeKey(t Target) string {
 	type plain Spec // no String method: every field, the password too
-	return fmt.Sprintf("%q|%#v", t.Address, plain(t.Spec.withDefaults()))
+	addr, spec := t.Spec.checked(t.Address)
+	return fmt.Sprintf("%q|%#v", addr, plain(spec.withDefaults()))
 }
 
 // Monitor runs one check loop per distinct check (address and spec) and
@@ -249,7 +257,7 @@ func (m *Monitor) Set(targets []Target) error {
 				errs = append(errs, fmt.Errorf("service %q backend %q: %w", t.Service, t.Backend, err))
 				continue
 			}
-			p = &probe{key: key, address: t.Address, spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
+			p = &probe{key: key, address: t.Spec.CheckAddress(t.Address), spec: t.Spec.withDefaults(), checker: checker, done: make(chan struct{}),
 				poke: make(chan chan struct{}), nudge: make(chan struct{}, 1)}
 			p.ctx, p.cancel = context.WithCancel(m.ctx)
 			fresh = append(fresh, p)
@@ -261,7 +269,11 @@ func (m *Monitor) Set(targets []Target) error {
 			l = &loop{target: t, spec: t.Spec.withDefaults(), position: -1}
 			l.state = State{Service: t.Service, Backend: t.Backend, Address: t.Address,
 				LagBytes: -1, Lag: -1, Position: -1}
-			if old != nil && old.target.Address == t.Address && old.spec.Kind == l.spec.Kind {
+			if a := t.Spec.CheckAddress(t.Address); a != t.Address {
+				l.state.CheckAddress = a
+			}
+			if old != nil && old.target.Address == t.Address && old.state.CheckAddress == l.state.CheckAddress &&
+				old.spec.Kind == l.spec.Kind {
 				l.state = old.state
 				l.rf = riseFall{status: old.rf.status}
 				l.position = old.position
@@ -552,7 +564,7 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	st.Latency = res.Latency
 	if res.Up {
 		st.LastError = ""
-		st.Role, st.Lag = res.Role, res.Lag
+		st.Role, st.Lag, st.Upstream = res.Role, res.Lag, res.Upstream
 		l.position = res.Position
 		l.primaryOK, l.failSince = res.Role == RolePrimary, time.Time{}
 		st.LagBytes = res.LagBytes
@@ -591,11 +603,12 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 		}
 	}
 	if st.Status != StatusUp {
-		st.Position, st.PositionFresh = -1, false
+		st.Position, st.PositionFresh, st.Upstream = -1, false, ""
 	}
 	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
-		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys)
+		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys) ||
+		prev.Upstream != st.Upstream
 	return *st, changed
 }
 

@@ -13,14 +13,16 @@ import (
 )
 
 // pgQuery reads role, positions, replay delay and (on a primary) its synchronous standbys in one
-// round trip. On a standby the position is the replayed LSN; lag_s is NULL on a primary or
+// round trip, and on a standby the host:port it streams from (not a socket directory). On a
+// standby the position is the replayed LSN; lag_s is NULL on a primary or
 // before anything was replayed. pg_stat_replication shows application_name only to roles that
 // may read it (pg_monitor), else the list is empty.
 const pgQuery = `SELECT pg_is_in_recovery(),
   (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint,
   (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint,
   extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
-  ARRAY(SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name IS NOT NULL ORDER BY 1)`
+  ARRAY(SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name IS NOT NULL ORDER BY 1),
+  (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver WHERE sender_host NOT LIKE '/%')`
 
 // postgresChecker asks pg_is_in_recovery() and the WAL positions over one connection that it
 // keeps between checks and drops on any error.
@@ -94,14 +96,18 @@ func (c *postgresChecker) query(ctx context.Context) (Result, error) {
 		receive    *int64
 		lagSecs    *float64
 		sync       []string
+		upstream   *string
 	)
-	if err := c.conn.QueryRow(ctx, pgQuery).Scan(&inRecovery, &pos, &receive, &lagSecs, &sync); err != nil {
+	if err := c.conn.QueryRow(ctx, pgQuery).Scan(&inRecovery, &pos, &receive, &lagSecs, &sync, &upstream); err != nil {
 		c.drop()
 		return Result{}, err
 	}
 	r := Result{Up: true, Role: RolePrimary, LagBytes: 0, Lag: 0, Position: pos, Received: -1, SyncStandbys: sync}
 	if inRecovery {
 		r.SyncStandbys = nil
+		if upstream != nil {
+			r.Upstream = *upstream
+		}
 		r.Role = RoleReplica
 		if receive != nil {
 			r.Received = max(*receive, pos)

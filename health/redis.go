@@ -130,6 +130,10 @@ func parseRedisReplication(info string) (Result, error) {
 	case "slave":
 		r.Role = RoleReplica
 		r.Position = offset("slave_repl_offset")
+		r.Received = offset("slave_read_repl_offset") // read from the primary, applied or not (Redis 7)
+		if h, p := fields["master_host"], fields["master_port"]; h != "" && p != "" {
+			r.Upstream = net.JoinHostPort(h, p)
+		}
 	default:
 		return Result{}, fmt.Errorf("%w: INFO replication has no known role (role:%q)", ErrProtocol, fields["role"])
 	}

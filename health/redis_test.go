@@ -106,8 +106,8 @@ func TestRedisRoleAndPromotion(t *testing.T) {
 }
 
 func TestParseRedisReplication(t *testing.T) {
-	r, err := parseRedisReplication("# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\nslave_read_repl_offset:1300\r\n")
-	if err != nil || r.Role != RoleReplica || r.Position != 1234 || !r.Up {
+	r, err := parseRedisReplication("# Replication\r\nrole:slave\r\nmaster_host:10.0.0.5\r\nmaster_port:6379\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\nslave_read_repl_offset:1300\r\n")
+	if err != nil || r.Role != RoleReplica || r.Position != 1234 || r.Received != 1300 || r.Upstream != "10.0.0.5:6379" || !r.Up {
 		t.Errorf("replica: %+v %v", r, err)
 	}
 	r, err = parseRedisReplication("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:99\r\n")

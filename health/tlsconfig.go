@@ -18,6 +18,11 @@ func ParseCA(data []byte) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// TLSConfig returns the TLS client configuration of a check of address, or
+// nil when the spec does not ask for TLS: what an action on the backend
+// with the check's login (repointing a replica) must use too.
+func (s Spec) TLSConfig(address string) (*tls.Config, error) { return s.tlsConfig(address) }
+
 // tlsConfig returns the TLS client configuration of a check of address, or
 // nil when the spec does not ask for TLS.
 func (s Spec) tlsConfig(address string) (*tls.Config, error) {

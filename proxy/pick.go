@@ -17,6 +17,7 @@ type candidate struct {
 	h        Health
 	draining bool // no failover to it; it may stay the target
 	fenced   bool // no failover to it, and not the target either
+	region   string
 }
 
 // decision is the pure picker's verdict for an active-passive service.
@@ -26,6 +27,7 @@ type decision struct {
 	// promoted: it keeps the target sticky even if another backend starts
 	// reporting primary meanwhile (a restarted old primary).
 	pending   string
+	from      string // with pending: the target it replaces
 	reason    string
 	primaries []string // set only when two or more report primary
 }
@@ -59,9 +61,9 @@ func lagString(h Health) string {
 }
 
 // chooseTarget is the local active-passive decision (not used for External
-// services). cur is the current target ("" for none) and pending the
-// standby awaiting promotion, if any.
-func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) decision {
+// services). cur is the current target ("" for none), pending the standby
+// awaiting promotion, if any, and from the target it replaced.
+func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending, from string) decision {
 	var primaries []string
 	var curC *candidate
 	onePrimary := "" // the only backend that reports primary, unless fenced
@@ -98,12 +100,18 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			switch {
 			case curC.h.Role == RolePrimary:
 				if cfg.FailbackAuto && best != nil && best.name != cur && best.priority > curC.priority {
-					return decision{target: best.name, pending: best.name,
+					return decision{target: best.name, pending: best.name, from: cur,
 						reason: fmt.Sprintf("failback to %s (priority %d > %d)", best.name, best.priority, curC.priority)}
 				}
 				return decision{target: cur, reason: cur + " is primary"}
+			case pending == cur && len(primaries) == 1 && onePrimary != "" && onePrimary != from:
+				// Another backend than the one replaced was promoted
+				// (Patroni, an operator): follow it. Only the replaced
+				// one, back as primary after a restart, is kept away.
+				return decision{target: onePrimary,
+					reason: fmt.Sprintf("%s reports primary (promoted elsewhere) while %s awaited promotion", onePrimary, cur)}
 			case pending == cur:
-				return decision{target: cur, pending: cur, reason: cur + " chosen, awaiting promotion"}
+				return decision{target: cur, pending: cur, from: from, reason: cur + " chosen, awaiting promotion"}
 			case len(primaries) == 1 && onePrimary != "":
 				return decision{target: onePrimary,
 					reason: fmt.Sprintf("%s reports %s; %s is primary", cur, curC.h.Role, onePrimary)}
@@ -124,7 +132,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending string) de
 			}
 			return decision{reason: noEligible(noBest)}
 		}
-		return decision{target: best.name, pending: best.name,
+		return decision{target: best.name, pending: best.name, from: cur,
 			reason: fmt.Sprintf("failover to %s (priority %d, %s), awaiting promotion", best.name, best.priority, lagString(best.h))}
 	}
 
@@ -175,7 +183,7 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 	for i, c := range cands {
 		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
 			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
-		fc[i].Position, fc[i].Pos = c.h.Position, posState(c.h)
+		fc[i].Position, fc[i].Pos, fc[i].Upstream, fc[i].Region = c.h.Position, posState(c.h), c.h.Upstream, c.region
 	}
 	for _, p := range cands {
 		if p.name == cur {
@@ -184,7 +192,8 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 			}
 		}
 	}
-	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover, RPOZero: cfg.RPOZero}
+	pol := failover.Policy{RoleAware: cfg.roleAware(), MaxLag: cfg.MaxLagOnFailover, MaxLagBytes: cfg.MaxLagBytesOnFailover, RPOZero: cfg.RPOZero,
+		RegionOrder: cfg.RegionOrder}
 	name, why := failover.Successor(pol, fc, cur)
 	for i := range cands {
 		if cands[i].name == name {

@@ -14,7 +14,7 @@ func TestChooseTarget(t *testing.T) {
 		return Health{Known: true, Up: true, Role: RoleReplica, LagBytes: -1, Lag: lag}
 	}
 	three := func(a, b, c Health) []candidate {
-		return []candidate{{"a", 3, 0, a, false, false}, {"b", 2, 1, b, false, false}, {"c", 1, 2, c, false, false}}
+		return []candidate{{"a", 3, 0, a, false, false, ""}, {"b", 2, 1, b, false, false, ""}, {"c", 1, 2, c, false, false, ""}}
 	}
 	any := ServiceConfig{}
 	auto := ServiceConfig{FailbackAuto: true}
@@ -48,6 +48,7 @@ func TestChooseTarget(t *testing.T) {
 		{"primary: keep sticky primary", primary, three(rep(0), prim, rep(0)), "b", "", "b", "", "", false},
 		{"primary: failover picks replica by priority", primary, three(rep(50), down, rep(0)), "b", "", "a", "a", "awaiting promotion", false},
 		{"primary: pending stays while old primary returns", primary, three(rep(0), prim, rep(0)), "a", "a", "a", "a", "awaiting promotion", false},
+		{"primary: another backend promoted elsewhere is followed", primary, three(rep(0), prim, rep(0)), "a", "a", "b", "", "promoted elsewhere", false},
 		{"primary: dual keeps current", primary, three(prim, prim, rep(0)), "b", "", "b", "", "dual primary (a, b): keeping b", true},
 		{"primary: dual never moves to the other", primary, three(prim, prim, rep(0)), "", "", "", "", "refusing to choose", true},
 		{"primary: dual with pending target keeps it", primary, three(prim, prim, rep(0)), "a", "a", "a", "", "keeping a", true},
@@ -57,23 +58,28 @@ func TestChooseTarget(t *testing.T) {
 		{"primary: lag bound excludes unknown lag", bounded, three(rep(-1), down, rep(50)), "b", "", "c", "c", "", false},
 		{"primary: no candidate within bound", bounded, three(rep(500), down, rep(101)), "b", "", "", "", "no eligible backend: lag beyond bound: a (lag 500B), c (lag 101B)", false},
 		{"primary: time bound", boundedT, three(repT(2*time.Second), down, repT(time.Millisecond)), "b", "", "c", "c", "", false},
-		{"primary: equal priority least lag", primary, []candidate{{"a", 1, 0, rep(90), false, false}, {"b", 1, 1, rep(10), false, false}, {"c", 0, 2, down, false, false}}, "c", "", "b", "b", "", false},
-		{"primary: equal priority and lag keeps order", primary, []candidate{{"a", 1, 0, rep(10), false, false}, {"b", 1, 1, rep(10), false, false}, {"c", 0, 2, down, false, false}}, "c", "", "a", "a", "", false},
-		{"primary: known lag beats unknown", primary, []candidate{{"a", 1, 0, rep(-1), false, false}, {"b", 1, 1, rep(10), false, false}, {"c", 0, 2, down, false, false}}, "c", "", "b", "b", "", false},
+		{"primary: equal priority least lag", primary, []candidate{{"a", 1, 0, rep(90), false, false, ""}, {"b", 1, 1, rep(10), false, false, ""}, {"c", 0, 2, down, false, false, ""}}, "c", "", "b", "b", "", false},
+		{"primary: equal priority and lag keeps order", primary, []candidate{{"a", 1, 0, rep(10), false, false, ""}, {"b", 1, 1, rep(10), false, false, ""}, {"c", 0, 2, down, false, false, ""}}, "c", "", "a", "a", "", false},
+		{"primary: known lag beats unknown", primary, []candidate{{"a", 1, 0, rep(-1), false, false, ""}, {"b", 1, 1, rep(10), false, false, ""}, {"c", 0, 2, down, false, false, ""}}, "c", "", "b", "b", "", false},
 		{"primary: promoted target clears pending", primary, three(prim, down, rep(0)), "a", "a", "a", "", "a is primary", false},
-		{"fenced standby is no failover candidate", any, []candidate{{"a", 3, 0, down, false, false}, {"b", 2, 1, upAny, false, true}, {"c", 1, 2, upAny, false, false}}, "a", "", "c", "", "", false},
-		{"fenced target moves", any, []candidate{{"a", 3, 0, upAny, false, true}, {"b", 2, 1, upAny, false, false}}, "a", "", "b", "", "", false},
-		{"primary: fenced primary is not targeted", primary, []candidate{{"a", 3, 0, prim, false, true}, {"b", 2, 1, rep(0), false, false}}, "a", "", "b", "b", "awaiting promotion", false},
-		{"draining standby is no failover candidate", any, []candidate{{"a", 3, 0, down, false, false}, {"b", 2, 1, upAny, true, false}, {"c", 1, 2, upAny, false, false}}, "a", "", "c", "", "", false},
-		{"draining target stays while up", any, []candidate{{"a", 3, 0, upAny, true, false}, {"b", 2, 1, upAny, false, false}}, "a", "", "a", "", "a is up", false},
+		{"fenced standby is no failover candidate", any, []candidate{{"a", 3, 0, down, false, false, ""}, {"b", 2, 1, upAny, false, true, ""}, {"c", 1, 2, upAny, false, false, ""}}, "a", "", "c", "", "", false},
+		{"fenced target moves", any, []candidate{{"a", 3, 0, upAny, false, true, ""}, {"b", 2, 1, upAny, false, false, ""}}, "a", "", "b", "", "", false},
+		{"primary: fenced primary is not targeted", primary, []candidate{{"a", 3, 0, prim, false, true, ""}, {"b", 2, 1, rep(0), false, false, ""}}, "a", "", "b", "b", "awaiting promotion", false},
+		{"draining standby is no failover candidate", any, []candidate{{"a", 3, 0, down, false, false, ""}, {"b", 2, 1, upAny, true, false, ""}, {"c", 1, 2, upAny, false, false, ""}}, "a", "", "c", "", "", false},
+		{"draining target stays while up", any, []candidate{{"a", 3, 0, upAny, true, false, ""}, {"b", 2, 1, upAny, false, false, ""}}, "a", "", "a", "", "a is up", false},
 		{"roles, role any: failover picks a replica, not one of unknown role", rolesAny, three(upAny, down, rep(0)), "b", "", "c", "c", "awaiting promotion", false},
 		{"roles, role any: the one other primary", rolesAny, three(prim, down, rep(0)), "b", "", "a", "", "a is primary", false},
 		{"roles, role any: no replica, no candidate", rolesAny, three(down, down, upAny), "a", "", "", "", "no eligible", false},
-		{"primary: draining replica is no candidate", primary, []candidate{{"a", 3, 0, down, false, false}, {"b", 2, 1, rep(0), true, false}}, "a", "", "", "", "no eligible", false},
+		{"primary: draining replica is no candidate", primary, []candidate{{"a", 3, 0, down, false, false, ""}, {"b", 2, 1, rep(0), true, false, ""}}, "a", "", "", "", "no eligible", false},
+	}
+	// The target a pending promotion replaced (the table leaves it out).
+	froms := map[string]string{
+		"primary: pending stays while old primary returns":        "b",
+		"primary: another backend promoted elsewhere is followed": "c",
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			d := chooseTarget(&tc.cfg, tc.cands, tc.cur, tc.pend)
+			d := chooseTarget(&tc.cfg, tc.cands, tc.cur, tc.pend, froms[tc.name])
 			if d.target != tc.want || d.pending != tc.wantP {
 				t.Fatalf("target %q pending %q (%s), want %q pending %q", d.target, d.pending, d.reason, tc.want, tc.wantP)
 			}

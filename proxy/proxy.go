@@ -362,7 +362,7 @@ func (p *Proxy) SetFence(svc, name string, on bool) error {
 				for i := range cs {
 					cs[i].fenced = cs[i].fenced || cs[i].name == name
 				}
-				if d := chooseTarget(&s.cfg, cs, name, s.pending); d.target == "" {
+				if d := chooseTarget(&s.cfg, cs, name, s.pending, s.from); d.target == "" {
 					return fmt.Errorf("%q is the target of %q and no backend can take over (%s)", name, svc, d.reason)
 				}
 			}

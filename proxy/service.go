@@ -108,7 +108,8 @@ type service struct {
 	byName    map[string]*backend
 	target    *backend
 	pending   string
-	hadTarget bool // a target was chosen since start
+	from      string // with pending: the target it replaced
+	hadTarget bool   // a target was chosen since start
 	reason    string
 	since     time.Time
 	primaries []string
@@ -217,7 +218,7 @@ func (s *service) leaseHeld() bool {
 func (s *service) candidates() []candidate {
 	cs := make([]candidate, len(s.list))
 	for i, b := range s.list {
-		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining, fenced: b.fenced}
+		cs[i] = candidate{name: b.cfg.Name, priority: b.cfg.Priority, order: i, h: b.h, draining: b.draining, fenced: b.fenced, region: b.cfg.Region}
 	}
 	return cs
 }
@@ -228,7 +229,7 @@ func (s *service) candidates() []candidate {
 func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 	defer s.bump()
 	if s.cfg.balanced() {
-		s.target, s.pending, s.primaries = nil, "", nil
+		s.target, s.pending, s.from, s.primaries = nil, "", "", nil
 		s.reason = "balanced"
 		return nil, nil
 	}
@@ -241,7 +242,7 @@ func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 	if s.cfg.External {
 		d = s.externalDecision()
 	} else {
-		d = chooseTarget(&s.cfg, s.candidates(), oldName, s.pending)
+		d = chooseTarget(&s.cfg, s.candidates(), oldName, s.pending, s.from)
 		if !s.hadTarget && d.pending != "" {
 			// Nothing promotes the first choice after a start (a backend
 			// that failed its first check may only be slow), so a standby
@@ -262,7 +263,7 @@ func (s *service) recompute(why string) (ev *TargetChange, closeOld *backend) {
 		}
 	}
 	s.primaries = d.primaries
-	s.pending = d.pending
+	s.pending, s.from = d.pending, d.from
 	s.reason = d.reason
 	nt := s.byName[d.target]
 	s.target = nt

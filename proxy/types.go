@@ -94,6 +94,9 @@ type Backend struct {
 	// SendProxy sends a PROXY protocol header with the client's address
 	// first on each connection to this backend. Zero: none.
 	SendProxy ProxyVersion
+	// Region is a label: a failover prefers a standby in the failed
+	// target's region, then ServiceConfig.RegionOrder.
+	Region string
 }
 
 // ProxyVersion is a PROXY protocol version (HAProxy's send-proxy and
@@ -190,6 +193,8 @@ type ServiceConfig struct {
 	// RPOZero: a failover from a primary that is down goes only to a
 	// backend it reported synchronous (Health.SyncMask), or nowhere.
 	RPOZero bool
+	// RegionOrder ranks regions after the failed target's own (Backend.Region).
+	RegionOrder []string
 	// MaxLagOnFailover and MaxLagBytesOnFailover bound which standby may
 	// become the active-passive target. Zero or negative: unbounded.
 	MaxLagOnFailover      time.Duration
@@ -249,6 +254,9 @@ type Health struct {
 	// standbys at its last good check; it outlives the primary going down
 	// (ServiceConfig.RPOZero).
 	SyncMask uint64
+	// Upstream is the backend of the service this replica replicates from
+	// ("" when unknown): a cascaded replica is a failover's last resort.
+	Upstream string
 }
 
 // Lease bounds how long an External service may still forward.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +20,20 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
-const positionConfig = `
+// pgBackend is one backend of pgConfigWith: extra holds its own keys.
+type pgBackend struct {
+	name, address string
+	priority      int
+	extra         string
+}
+
+// pgConfigWith writes a daemon config with one role-primary service "pg"
+// checked by postgres every 400ms (fall 2) in front of backends, with
+// extra keys for the service, and returns its path.
+func pgConfigWith(t *testing.T, admin, listen, extra string, backends ...pgBackend) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 [admin]
 listen = %q
 
@@ -27,33 +41,26 @@ listen = %q
 name = "pg"
 listen = %q
 role = "primary"
-switch_hold = "10s"
-
+%s
   [service.health]
   kind = "postgres"
   user = "qp"
   database = "postgres"
   password_env = "QP_TEST_PG_PASSWORD"
-  interval = "200ms"
-  timeout = "150ms"
+  interval = "400ms"
+  timeout = "350ms"
   rise = 1
   fall = 2
-
-  [[service.backend]]
-  name = "primary"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "async"
-  address = %q
-  priority = 8
-
-  [[service.backend]]
-  name = "sync"
-  address = %q
-  priority = 1
-`
+`, admin, listen, extra)
+	for _, be := range backends {
+		fmt.Fprintf(&b, "\n  [[service.backend]]\n  name = %q\n  address = %q\n  priority = %d\n%s", be.name, be.address, be.priority, be.extra)
+	}
+	path := filepath.Join(t.TempDir(), "qp.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
 
 // A PostgreSQL primary with an asynchronous standby, preferred by
 // priority, and a synchronous one, under a write load through the proxy.
@@ -61,39 +68,67 @@ switch_hold = "10s"
 // server still answering its checks); the primary is killed. The proxy
 // ranks the standbys by the WAL they received after the primary fell
 // silent, so the synchronous one is promoted and no acknowledged write is
-// lost; by priority alone the asynchronous one would have been.
+// lost; by priority alone the asynchronous one would have been. Round
+// after round (QP_PG_FAILOVERS, default 5; make soak runs 100), each on
+// the last one's promoted standby with two new standbys.
 func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 	testenv.Need(t, "postgres")
-	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("QP_PG_FAILOVERS")); err == nil && n > 0 {
+		rounds = n
+	}
+	primary := testenv.MustPostgres(t, testenv.PGOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rounds)*time.Minute)
 	defer cancel()
-	if err := p1.Exec(ctx, "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
+	if err := primary.Exec(ctx, "CREATE TABLE acked (id bigint PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	async := testenv.MustStandby(t, p1, false)
-	syncS := testenv.MustStandby(t, p1, true)
+	t.Setenv("QP_TEST_PG_PASSWORD", primary.Password())
+	var total, failedTotal int
+	var rtos []time.Duration
+	next := int64(1)
+	for round := 1; round <= rounds; round++ {
+		async := testenv.MustStandby(t, primary, false)
+		syncS := testenv.MustStandby(t, primary, true)
+		acked, failed, rto := promotesTheSynchronousStandby(t, ctx, primary, async, syncS, &next)
+		total, failedTotal, rtos = total+acked, failedTotal+failed, append(rtos, rto)
+		_ = async.Stop()
+		primary = syncS
+	}
+	slices.Sort(rtos)
+	t.Logf("%d failovers: %d writes acknowledged, 0 lost, %d failed during the failovers; the synchronous standby chosen every time; writes back after p50 %v, max %v",
+		rounds, total, failedTotal, rtos[len(rtos)/2].Round(time.Millisecond), rtos[len(rtos)-1].Round(time.Millisecond))
+}
+
+// promotesTheSynchronousStandby runs one round: a daemon in front of
+// primary, async (priority 8) and sync (priority 1), a writer through it,
+// async frozen, primary killed; it fails the test unless sync is the one
+// chosen and holds every acknowledged write, and returns the writes
+// acknowledged, those that failed, and how long writes were refused.
+func promotesTheSynchronousStandby(t *testing.T, ctx context.Context, primary, async, syncS *testenv.Postgres, next *int64) (int, int, time.Duration) {
+	t.Helper()
 	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(positionConfig, admin, listen, p1.Addr(), async.Addr(), syncS.Addr())), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	cfgPath := pgConfigWith(t, admin, listen, `switch_hold = "10s"`,
+		pgBackend{"primary", primary.Addr(), 10, ""}, pgBackend{"async", async.Addr(), 8, ""}, pgBackend{"sync", syncS.Addr(), 1, ""})
 	d := startDaemon(t, cfgPath, admin)
+	defer d.cmd.Process.Kill() // the cleanup waits for it
 	testwait.For(t, "target primary", 20*time.Second, func() bool {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "primary"
 	})
 
 	// The writer: one row per acknowledged commit, through the proxy.
-	cfg, err := pgx.ParseConfig(strings.Replace(p1.DSN("postgres"), p1.Addr(), listen, 1))
+	cfg, err := pgx.ParseConfig(strings.Replace(primary.DSN("postgres"), primary.Addr(), listen, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.ConnectTimeout = 2 * time.Second
 	var (
-		mu     sync.Mutex
-		acked  []int64
-		failed int
+		mu       sync.Mutex
+		acked    []int64
+		failed   int
+		gapStart time.Time
+		gap      time.Duration
 	)
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -105,13 +140,15 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 				conn.Close(context.Background())
 			}
 		}()
-		for id := int64(1); ; id++ {
+		for id := *next; ; id++ {
 			select {
 			case <-stop:
+				*next = id
 				return
 			default:
 			}
 			wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var err error
 			if conn == nil {
 				conn, err = pgx.ConnectConfig(wctx, cfg)
 			}
@@ -122,16 +159,24 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 			mu.Lock()
 			if err == nil {
 				acked = append(acked, id)
+				if !gapStart.IsZero() {
+					gap = max(gap, time.Since(gapStart))
+					gapStart = time.Time{}
+				}
 			} else {
 				failed++
+				if gapStart.IsZero() {
+					gapStart = time.Now()
+				}
 				if conn != nil {
 					conn.Close(context.Background())
 					conn = nil
 				}
-				err = nil
-				time.Sleep(20 * time.Millisecond) // a retry pace, not a wait for a condition
 			}
 			mu.Unlock()
+			if err != nil {
+				time.Sleep(20 * time.Millisecond) // a retry pace, not a wait for a condition
+			}
 		}
 	}()
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
@@ -146,7 +191,7 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 	if err := syscall.Kill(recvPid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = syscall.Kill(recvPid, syscall.SIGCONT) })
+	defer syscall.Kill(recvPid, syscall.SIGCONT)
 	before := count()
 	testwait.For(t, "more writes acknowledged by the synchronous standby alone", 20*time.Second, func() bool { return count() >= before+200 })
 
@@ -165,7 +210,7 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	if err := p1.Kill(); err != nil {
+	if err := primary.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	var chosen string
@@ -192,51 +237,8 @@ func TestFailoverPromotesTheMostUpToDateStandby(t *testing.T) {
 	if present != len(ids) {
 		t.Fatalf("%d of %d acknowledged writes lost", len(ids)-present, len(ids))
 	}
-	var asyncHas int
-	_ = async.QueryRow(ctx, "SELECT count(*) FROM acked").Scan(&asyncHas)
-	t.Logf("%d writes acknowledged (%d failed during the failover), 0 lost; the asynchronous standby held %d rows", len(ids), failed, asyncHas)
-	if s := d.service(t, "pg"); s == nil {
-		t.Fatal("no status")
-	}
+	return len(ids), failed, gap
 }
-
-const rpoZeroConfig = `
-[admin]
-listen = %q
-
-[[service]]
-name = "pg"
-listen = %q
-role = "primary"
-rpo = "zero"
-switch_hold = "1s"
-
-  [service.health]
-  kind = "postgres"
-  user = "qp"
-  database = "postgres"
-  password_env = "QP_TEST_PG_PASSWORD"
-  interval = "200ms"
-  timeout = "150ms"
-  rise = 1
-  fall = 2
-
-  [[service.backend]]
-  name = "primary"
-  address = %q
-  priority = 10
-
-  [[service.backend]]
-  name = "async"
-  address = %q
-  priority = 8
-
-  [[service.backend]]
-  name = "sync"
-  address = %q
-  priority = 1
-  replication_name = %q
-`
 
 // rpo = "zero": the proxy knows from the primary which standby is
 // synchronous; once that standby is down and then the primary dies, no
@@ -249,10 +251,9 @@ func TestRPOZeroHoldsWithoutASynchronousStandby(t *testing.T) {
 	async := testenv.MustStandby(t, p1, false)
 	syncS := testenv.MustStandby(t, p1, true)
 	admin, listen := freeAddr(t), freeAddr(t)
-	cfgPath := filepath.Join(t.TempDir(), "qp.toml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(rpoZeroConfig, admin, listen, p1.Addr(), async.Addr(), syncS.Addr(), syncS.Name())), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := pgConfigWith(t, admin, listen, "rpo = \"zero\"\nswitch_hold = \"1s\"",
+		pgBackend{"primary", p1.Addr(), 10, ""}, pgBackend{"async", async.Addr(), 8, ""},
+		pgBackend{"sync", syncS.Addr(), 1, fmt.Sprintf("  replication_name = %q\n", syncS.Name())})
 	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
 	d := startDaemon(t, cfgPath, admin)
 	backend := func(name string) *adminapi.Backend {
@@ -305,4 +306,48 @@ func TestRPOZeroHoldsWithoutASynchronousStandby(t *testing.T) {
 		s := d.service(t, "pg")
 		return s != nil && s.Target == "async"
 	})
+}
+
+// A cascade: "cascaded" replicates from "direct", which replicates from
+// the primary. Status shows each replica's upstream; when the primary dies
+// the direct replica takes over, although the cascaded one has the higher
+// priority (it is a failover's last resort: it can hold no more than its
+// upstream).
+func TestCascadedReplicaIsLastResort(t *testing.T) {
+	testenv.Need(t, "postgres")
+	p1 := testenv.MustPostgres(t, testenv.PGOptions{})
+	direct := testenv.MustStandby(t, p1, false)
+	cascaded := testenv.MustStandby(t, direct, false)
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := pgConfigWith(t, admin, listen, "",
+		pgBackend{"p1", p1.Addr(), 10, ""}, pgBackend{"direct", direct.Addr(), 1, ""}, pgBackend{"cascaded", cascaded.Addr(), 9, ""})
+	t.Setenv("QP_TEST_PG_PASSWORD", p1.Password())
+	d := startDaemon(t, cfgPath, admin)
+	upstreams := func() map[string]string {
+		out := map[string]string{}
+		if s := d.service(t, "pg"); s != nil {
+			for _, b := range s.Backends {
+				out[b.Name] = b.Upstream
+			}
+		}
+		return out
+	}
+	testwait.For(t, "target p1 and the topology in /status", 20*time.Second, func() bool {
+		s, u := d.service(t, "pg"), upstreams()
+		return s != nil && s.Target == "p1" && u["direct"] == "p1" && u["cascaded"] == "direct" && u["p1"] == ""
+	})
+	out, errOut, code := runBin(t, "status", "-admin", admin)
+	if code != 0 || !strings.Contains(out, "replica of direct") {
+		t.Errorf("status does not show the cascade: exit %d\n%s%s", code, out, errOut)
+	}
+	if err := p1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "a failover", 20*time.Second, func() bool {
+		s := d.service(t, "pg")
+		return s != nil && s.Target != "p1" && s.Target != ""
+	})
+	if s := d.service(t, "pg"); s.Target != "direct" {
+		t.Fatalf("failover to %q (%s), want the direct replica", s.Target, s.Why)
+	}
 }

@@ -162,7 +162,11 @@ func printStatus(w io.Writer, st *adminapi.Status) {
 			if b.Fenced {
 				h += ", fenced"
 			}
-			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, h, b.Role,
+			role := b.Role
+			if b.Upstream != "" {
+				role += " of " + b.Upstream // a cascade shows as a replica of a replica
+			}
+			fmt.Fprintf(tw, " %s%s\t%s\t%s\t%s\t%s\t%.1fms\t%d\t%s\t%s\n", mark, b.Name, b.Address, h, role,
 				lagString(b), b.CheckLatencyMS, b.Active, changeString(b), b.LastError)
 		}
 		tw.Flush()

@@ -71,16 +71,18 @@ type Service struct {
 // Backend is one backend of a service: its health as this proxy checks
 // it and its traffic.
 type Backend struct {
-	Name       string  `json:"name"`
-	Address    string  `json:"address"`
-	Priority   int     `json:"priority"`
-	Weight     int     `json:"weight"`
-	Health     string  `json:"health"` // unknown | up | down
-	Draining   bool    `json:"draining,omitempty"`
-	Fenced     bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
-	Role       string  `json:"role"`
-	LagBytes   int64   `json:"lag_bytes"`   // -1: unknown
-	LagSeconds float64 `json:"lag_seconds"` // -1: unknown
+	Name         string  `json:"name"`
+	Address      string  `json:"address"`
+	Priority     int     `json:"priority"`
+	Weight       int     `json:"weight"`
+	Region       string  `json:"region,omitempty"`
+	CheckAddress string  `json:"check_address,omitempty"` // where its checks go, when not Address
+	Health       string  `json:"health"`                  // unknown | up | down
+	Draining     bool    `json:"draining,omitempty"`
+	Fenced       bool    `json:"fenced,omitempty"` // by this proxy alone (a cluster's fencing is in cluster)
+	Role         string  `json:"role"`
+	LagBytes     int64   `json:"lag_bytes"`   // -1: unknown
+	LagSeconds   float64 `json:"lag_seconds"` // -1: unknown
 	// Position is how far a replica holds the primary's log (PostgreSQL's
 	// received LSN as bytes, Redis's offset; -1: unknown); PositionFresh:
 	// read after the primary fell silent, so a failover ranks by it.
@@ -88,7 +90,11 @@ type Backend struct {
 	PositionFresh bool  `json:"position_fresh,omitempty"`
 	// SyncStandbys: on a primary, the standbys it reported synchronous at
 	// its last good check (by the name they replicate under).
-	SyncStandbys   []string  `json:"sync_standbys,omitempty"`
+	SyncStandbys []string `json:"sync_standbys,omitempty"`
+	// Upstream: on a replica, what it replicates from as its server says
+	// (the backend's name when it is one of the service's, else its
+	// address): a replica of a replica shows a cascade.
+	Upstream       string    `json:"upstream,omitempty"`
 	CheckLatencyMS float64   `json:"check_latency_ms"`
 	LastError      string    `json:"last_error,omitempty"`
 	LastCheck      time.Time `json:"last_check"`

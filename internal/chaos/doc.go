@@ -9,7 +9,8 @@
 //
 // Knobs for longer runs (make soak):
 //
-//	QP_CHAOS_TRIALS=N   trials per measured scenario (default 2 or 3)
+//	QP_CHAOS_TRIALS=N   trials per measured scenario (default 2 or 3); set,
+//	                    TestRegions also measures network = "lan"
 //	QP_CHAOS_SECONDS=S  length of the flapping and degraded-network phases
 //	QP_CHAOS_LOSS=P     packet loss percent on the degraded network (default 5)
 //	QP_CHAOS_RACE=1     build the daemon with the race detector

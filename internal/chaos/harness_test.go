@@ -208,15 +208,34 @@ type opts struct {
 	fall         int
 	onQuorumLoss string
 	proxies      int // N
+	// gossip and probe are gossip_interval and probe_interval; "" leaves
+	// the key out, so the network's default applies.
+	gossip, probe string
+	network       string   // [cluster] network; "" leaves it out (lan)
+	regions       []string // the proxies' region labels, p1's first; none: no labels
+	regionOrder   []string // the service's region_order
+	backends      []backendSpec
+	// first is the backend every proxy routes to before newCluster
+	// returns; "": any one, as long as all route to the same.
+	first string
+}
+
+// backendSpec is one echo backend of the service.
+type backendSpec struct {
+	name     string
+	priority int
+	region   string // "": no label
 }
 
 func defaultOpts() opts {
-	return opts{lease: "1s", interval: "100ms", timeout: "80ms", fall: 2, onQuorumLoss: "close", proxies: 3}
+	return opts{lease: "1s", interval: "100ms", timeout: "80ms", fall: 2, onQuorumLoss: "close", proxies: 3,
+		gossip: "50ms", probe: "250ms", first: "a",
+		backends: []backendSpec{{name: "a", priority: 10}, {name: "b", priority: 5}}}
 }
 
-// cluster is N proxies (three unless opts say otherwise) and two echo
-// backends ("a", priority 10, and "b", priority 5), each in its own
-// namespace on one bridge.
+// cluster is N proxies (three unless opts say otherwise) and the echo
+// backends of opts (by default "a", priority 10, and "b", priority 5),
+// each in its own namespace on one bridge.
 type cluster struct {
 	t        *testing.T
 	id       string // pid36-k
@@ -291,7 +310,8 @@ func (p *proc) running() bool {
 }
 
 // newCluster builds the namespaces and bridge, starts the backends and
-// the proxies, and waits until every proxy routes to "a".
+// the proxies, and waits until every proxy routes to o.first ("a" by
+// default).
 func newCluster(t *testing.T, o opts) *cluster {
 	t.Helper()
 	if skipWhy != "" {
@@ -322,11 +342,30 @@ func newCluster(t *testing.T, o opts) *cluster {
 		sh(t, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
 		return ns, ip, veth
 	}
-	for i, name := range []string{"a", "b"} {
-		b := &backendNode{c: c, name: name}
-		b.ns, b.ip, b.veth = addNode(name, 21+i)
-		c.backends[name] = b
+	var backends strings.Builder
+	for i, spec := range o.backends {
+		b := &backendNode{c: c, name: spec.name}
+		b.ns, b.ip, b.veth = addNode(spec.name, 21+i)
+		c.backends[spec.name] = b
 		b.start()
+		fmt.Fprintf(&backends, "\n  [[service.backend]]\n  name = %q\n  address = \"%s:%d\"\n  priority = %d\n", spec.name, b.ip, backendPort, spec.priority)
+		if spec.region != "" {
+			fmt.Fprintf(&backends, "  region = %q\n", spec.region)
+		}
+	}
+	var timings strings.Builder
+	if o.gossip != "" {
+		fmt.Fprintf(&timings, "gossip_interval = %q\n", o.gossip)
+	}
+	if o.probe != "" {
+		fmt.Fprintf(&timings, "probe_interval = %q\n", o.probe)
+	}
+	if o.network != "" {
+		fmt.Fprintf(&timings, "network = %q\n", o.network)
+	}
+	var order string
+	if len(o.regionOrder) > 0 {
+		order = fmt.Sprintf("region_order = [\"%s\"]\n", strings.Join(o.regionOrder, `", "`))
 	}
 	key := filepath.Join(c.dir, "gossip.key")
 	tok := filepath.Join(c.dir, "token")
@@ -341,6 +380,9 @@ func newCluster(t *testing.T, o opts) *cluster {
 		p := &proxyNode{c: c, name: fmt.Sprintf("p%d", i)}
 		p.ns, p.ip, p.veth = addNode(p.name, 10+i)
 		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = \"%s:%d\"\n", p.name, p.ip, gossipPort)
+		if i <= len(o.regions) && o.regions[i-1] != "" {
+			fmt.Fprintf(&peers, "region = %q\n", o.regions[i-1])
+		}
 		c.proxies = append(c.proxies, p)
 	}
 	for _, p := range c.proxies {
@@ -348,8 +390,8 @@ func newCluster(t *testing.T, o opts) *cluster {
 		p.hookOut = filepath.Join(c.dir, p.name+".promoted")
 		p.cfgPath = filepath.Join(c.dir, p.name+".toml")
 		cfg := fmt.Sprintf(configTmpl, p.ip, adminPort, tok, p.name, p.ip, gossipPort, key, p.stateDir, o.lease, o.onQuorumLoss,
-			peers.String(), p.ip, servicePort, o.interval, o.timeout, o.fall, p.hookOut, p.hookOut+".fenced",
-			c.backends["a"].ip, backendPort, c.backends["b"].ip, backendPort)
+			timings.String(), peers.String(), p.ip, servicePort, order, o.interval, o.timeout, o.fall, p.hookOut, p.hookOut+".fenced") +
+			backends.String()
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -357,8 +399,36 @@ func newCluster(t *testing.T, o opts) *cluster {
 	for _, p := range c.proxies {
 		p.start()
 	}
-	c.waitAllRoute("a", c.proxies, 60*time.Second)
+	if o.first != "" {
+		c.waitAllRoute(o.first, c.proxies, 60*time.Second)
+	} else {
+		c.waitAgree(60 * time.Second)
+	}
 	return c
+}
+
+// waitAgree waits until every proxy routes and forwards to one backend,
+// the same on all, and returns it.
+func (c *cluster) waitAgree(timeout time.Duration) string {
+	c.t.Helper()
+	var got string
+	testwait.For(c.t, names(c.proxies)+" routing to one backend", timeout, func() bool {
+		v := c.proxies[0].view()
+		if !v.ok || v.routing == "" {
+			return false
+		}
+		for _, p := range c.proxies {
+			if !p.proc.running() {
+				c.t.Fatalf("%s exited:\n%s", p.name, tail(p.proc.logs.String(), 30))
+			}
+			if !p.routesTo(v.routing) {
+				return false
+			}
+		}
+		got = v.routing
+		return true
+	})
+	return got
 }
 
 const configTmpl = `
@@ -377,16 +447,13 @@ state_dir = %q
 lease_timeout = %q
 on_quorum_loss = %q
 switch_hold = "200ms"
-gossip_interval = "50ms"
-probe_interval = "250ms"
 rejoin_interval = "500ms"
-%s
-
+%s%s
 [[service]]
 name = "echo"
 listen = "%s:%d"
 connect_timeout = "1s"
-
+%s
   [service.health]
   kind = "tcp"
   interval = %q
@@ -398,16 +465,6 @@ connect_timeout = "1s"
   promote = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_NEW_BACKEND\" >> \"$0\"", %q]
   # a service without roles fences its old primary before the promote
   fence = ["/bin/sh", "-c", "echo \"$QP_EPOCH $QP_OLD_BACKEND\" >> \"$0\"", %q]
-
-  [[service.backend]]
-  name = "a"
-  address = "%s:%d"
-  priority = 10
-
-  [[service.backend]]
-  name = "b"
-  address = "%s:%d"
-  priority = 5
 `
 
 // pickSubnet picks a 10.x.y.0/24 that no interface of this host uses.

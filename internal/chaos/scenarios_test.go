@@ -386,9 +386,11 @@ func TestMinorityPartition(t *testing.T) {
 		toNoRoute, toRefused, toClosed = append(toNoRoute, noRoute), append(toRefused, refused), append(toClosed, closed)
 		toUnready = append(toUnready, unready)
 		for _, p := range c.proxies[:2] {
-			if whole, code := p.health(""); code != http.StatusOK {
-				t.Errorf("%s of the majority during the cut: readiness %d %+v, want 200", p.name, code, whole)
-			}
+			// Polled: on a loaded machine one request can time out (code 0).
+			testwait.For(t, p.name+" of the majority ready (200) during the cut", 5*time.Second, func() bool {
+				_, code := p.health("")
+				return code == http.StatusOK
+			})
 		}
 		c.waitAllRoute("a", c.proxies[:2], 10*time.Second)
 		c.healAll()
@@ -545,10 +547,10 @@ func TestDegradedNetwork(t *testing.T) {
 	t.Logf("FIGURE scenario 8: kill primary -> all 3 route and forward to b on the degraded network: %s (N=1; health interval 1s, timeout 900ms, fall 3, lease 2s)", detect.Round(time.Millisecond))
 }
 
-// emulateLink sends every packet into namespace ns (but its loopback)
-// through an NFQUEUE rule to netem.Run, which delays and drops them as cfg
-// says, until the test ends.
-func emulateLink(t *testing.T, ns string, cfg netem.Config) {
+// emulateLink sends every packet into namespace ns (but its loopback), or
+// only those from the addresses in from, through NFQUEUE rules to
+// netem.Run, which delays and drops them as cfg says, until the test ends.
+func emulateLink(t *testing.T, ns string, cfg netem.Config, from ...string) {
 	t.Helper()
 	cfg.NetNS = "/run/netns/" + ns
 	ready := make(chan struct{})
@@ -579,7 +581,13 @@ func emulateLink(t *testing.T, ns string, cfg netem.Config) {
 		t.Fatalf("netem in %s: queue not bound after 10s", ns)
 	}
 	// Bound first, then the rule: no packet meets an unbound queue.
-	ipt(t, ns, "-A", "INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.Queue)), "--queue-bypass")
+	q := strconv.Itoa(int(cfg.Queue))
+	if len(from) == 0 {
+		ipt(t, ns, "-A", "INPUT", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", q, "--queue-bypass")
+	}
+	for _, ip := range from {
+		ipt(t, ns, "-A", "INPUT", "-s", ip, "-j", "NFQUEUE", "--queue-num", q, "--queue-bypass")
+	}
 }
 
 func isTimeout(err error) bool {

@@ -223,6 +223,7 @@ func (d *Daemon) handleFence(fence bool) http.Handler {
 			if err := d.px.SetFence(service, backend, fence); err != nil {
 				return adminapi.ControlAnswer{}, err
 			}
+			d.repoint.poke(service) // an unfenced backend may be repointed now
 			return adminapi.ControlAnswer{Message: fmt.Sprintf("%s of %q in %q done on this proxy (no cluster routes it; kept until a restart)", verb, backend, service)}, nil
 		}
 		id, err := d.cluster.rt.Fence(service, backend, fence)
@@ -286,14 +287,14 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down
 <p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
 {{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
 <table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
-{{range .Backends}}<tr><td>{{.Name}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}</td>
+{{range .Backends}}<tr><td>{{.Name}}{{if .Region}} · {{.Region}}{{end}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}{{if .Upstream}} of {{.Upstream}}{{end}}{{if .SyncStandbys}} (synchronous: {{range .SyncStandbys}}{{.}} {{end}}){{end}}</td>
 <td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
 <td>{{printf "%.1f" .CheckLatencyMS}}ms</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
 </table>{{end}}
 {{with .Cluster}}
 <h2>cluster <small>node {{.Node}} · {{.Peers}} peers · quorum {{.Quorum}}{{if .Recovering}} · <b>recovering</b>{{end}}</small></h2>
 <table><tr><th>peer</th><th>address</th><th>state</th><th>config</th></tr>
-{{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
+{{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}{{if .Region}} · {{.Region}}{{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
 </table>
 <table><tr><th>service</th><th>epoch</th><th>primary</th><th>fenced</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
 {{range .Services}}<tr><td>{{.Service}}{{if .Paused}} <b>PAUSED</b>{{end}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{range .Fenced}}{{.}} {{end}}{{if .Fencing}}({{.Fencing}} pending){{end}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}

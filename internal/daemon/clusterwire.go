@@ -34,6 +34,8 @@ type clusterSide struct {
 
 	mu     sync.Mutex
 	leases map[[2]string]*routeLease
+
+	regions map[string]string // peer -> region label (peers are fixed for the Node's life)
 }
 
 type routeChange struct{ service, backend string }
@@ -131,10 +133,10 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 		if !owned[s.Name] {
 			continue
 		}
-		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), RPOZero: s.RPO == config.RPOZero, MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
+		sc := cluster.ServiceConfig{Name: s.Name, RoleAware: s.RoleAware(), RPOZero: s.RPO == config.RPOZero, RegionOrder: s.RegionOrder, MaxLagOnFailover: s.MaxLagOnFailover, MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			Hooks: clusterHooks(s)}
 		for _, b := range s.Backends {
-			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority})
+			sc.Backends = append(sc.Backends, cluster.BackendConfig{Name: b.Name, Priority: b.Priority, Region: b.Region})
 		}
 		ccfg.Services = append(ccfg.Services, sc)
 	}
@@ -142,6 +144,7 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 		Bind: c.Bind, Advertise: c.Advertise, Label: c.Label, SecretKeyFile: c.SecretKeyFile,
 		Insecure: c.Insecure, ConfigHash: hash,
 		GossipInterval: c.GossipInterval, ProbeInterval: c.ProbeInterval, RejoinInterval: c.RejoinInterval,
+		WAN: c.Network == config.NetworkWAN,
 	}
 	for _, p := range c.Peers {
 		g.Peers = append(g.Peers, cluster.Peer{Name: p.Name, Address: p.Address})
@@ -150,9 +153,21 @@ func clusterConfigs(cfg *config.Config, hash string, owned map[string]bool) (clu
 	return ccfg, g
 }
 
+// members are the cluster's members with their configured region labels.
+func (cs *clusterSide) members() []cluster.Member {
+	ms := cs.rt.Members()
+	for i := range ms {
+		ms[i].Region = cs.regions[ms[i].Name]
+	}
+	return ms
+}
+
 func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	cs := &clusterSide{hash: clusterHash(cfg), owned: clusterServices(cfg),
-		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}}
+		routes: newQueue[routeChange](), ready: make(chan struct{}), leases: map[[2]string]*routeLease{}, regions: map[string]string{}}
+	for _, p := range cfg.Cluster.Peers {
+		cs.regions[p.Name] = p.Region
+	}
 	ccfg, g := clusterConfigs(cfg, cs.hash, cs.owned)
 	ccfg.Logger = d.log.With("component", "cluster")
 	g.Logger = d.log.With("component", "gossip")
@@ -164,7 +179,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 	ccfg.OnAction = d.onClusterAction
 	// The route applier must run before the Node can call OnRoute.
 	cs.wg.Add(1)
-	go cs.applyRoutes(d.px, d.log, d.failover)
+	go cs.applyRoutes(d.px, d.log, d.failover, d.repoint.poke)
 	rt, err := cluster.Start(ccfg, g, cfg.Cluster.StateDir, cluster.NodeOptions{
 		OnRoute: func(service, backend string) { cs.routes.put(routeChange{service, backend}) },
 	})
@@ -184,7 +199,7 @@ func startCluster(cfg *config.Config, d *Daemon) (*clusterSide, error) {
 // applyRoutes hands the Node's route changes to the proxy in order. Safety
 // does not depend on how quickly this runs: the data path asks the Node's
 // lease (an atomic) before every dial and write.
-func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failoverClock) {
+func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failoverClock, routed func(service string)) {
 	defer cs.wg.Done()
 	<-cs.ready
 	current := map[string]string{}
@@ -213,6 +228,7 @@ func (cs *clusterSide) applyRoutes(px *proxy.Proxy, log *slog.Logger, fo *failov
 		}
 		px.SetRoute(rc.service, rc.backend, lease)
 		fo.routedTo(rc.service, rc.backend, time.Now())
+		routed(rc.service)
 		if prev != "" && prev != rc.backend {
 			log.Info("cluster: route changed", "service", rc.service, "from", prev, "to", rc.backend, "sessions_closed", n)
 		} else {
@@ -233,12 +249,12 @@ func (cs *clusterSide) lease(service, backend string) *routeLease {
 	return l
 }
 
-func (cs *clusterSide) observe(s health.State, mask uint64) {
+func (cs *clusterSide) observe(s health.State, mask uint64, upstream string) {
 	if !cs.owned[s.Service] || s.Status == health.StatusUnknown {
 		return
 	}
 	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
-		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask})
+		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask, Upstream: upstream})
 }
 
 // close leaves the cluster and stops the route applier.
@@ -256,6 +272,7 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.log.Info("cluster: new record", "service", service, "epoch", new.Epoch, "primary", new.Primary, "fenced", string(new.Fenced),
 		"old_epoch", old.Epoch, "old_primary", old.Primary)
 	d.note(journal.Entry{Service: service, Kind: "record", Epoch: new.Epoch, Summary: recordReason(old, new)})
+	d.repoint.recordChanged(service, new)
 	if old.Primary != "" && new.Primary != old.Primary {
 		failovers.WithLabelValues(service).Inc()
 	}
@@ -337,7 +354,14 @@ func (d *Daemon) onClusterAction(service string, a cluster.Action) {
 		if d.mon == nil {
 			return // New failed before the checks started
 		}
-		report(d.runAction(svc, a))
+		r := d.runAction(svc, a)
+		report(r)
+		// The proxy that promoted makes the others follow the new primary
+		// (once it reports primary: a promote that did not verify may
+		// still land). Without roles, only after a hook that worked.
+		if a.Kind == cluster.ActionPromote && (svc.RoleAware() || r.OK) {
+			d.repoint.start(service, a.Backend, a.Epoch)
+		}
 	}
 	if !d.hooks.enqueue(service, run) {
 		go report(cluster.ActionResult{Ran: true, Detail: "hook queue full"})
@@ -417,7 +441,7 @@ func (d *Daemon) serviceConfig(name string) *config.Service {
 func (cs *clusterSide) view() *adminapi.ClusterStatus {
 	st, err := cs.rt.Status()
 	v := &adminapi.ClusterStatus{Node: st.Node, Peers: st.Peers, Quorum: st.Quorum, Recovering: st.Recovering,
-		Reachable: st.Reachable, Members: cs.rt.Members(), Counters: st.Counters, StoreError: st.StoreError}
+		Reachable: st.Reachable, Members: cs.members(), Counters: st.Counters, StoreError: st.StoreError}
 	if err != nil {
 		v.Error = err.Error()
 	}

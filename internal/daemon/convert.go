@@ -70,6 +70,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			MaxLagOnFailover:      s.MaxLagOnFailover,
 			MaxLagBytesOnFailover: s.MaxLagBytesOnFailover,
 			RPOZero:               s.RPO == config.RPOZero,
+			RegionOrder:           s.RegionOrder,
 			External:              clustered[s.Name],
 			RoleAware:             s.RoleAware(),
 		}
@@ -90,6 +91,7 @@ func proxyServices(cfg *config.Config, clustered map[string]bool) []proxy.Servic
 			pc.Backends = append(pc.Backends, proxy.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight, MaxConns: b.MaxConnections,
 				SendProxy: map[string]proxy.ProxyVersion{"v1": proxy.ProxyV1, "v2": proxy.ProxyV2}[b.SendProxy],
+				Region:    b.Region,
 			})
 		}
 		out = append(out, pc)
@@ -111,10 +113,12 @@ func healthTargets(cfg *config.Config) []health.Target {
 			TLSCA: tlsFiles.ca, TLSServerName: h.TLSServerName, TLSCert: tlsFiles.cert, TLSKey: tlsFiles.key,
 			TLSSkipVerify: h.TLSSkipVerify,
 			Method:        h.Method, Path: h.Path, ExpectStatus: h.ExpectStatus, ExpectBody: h.ExpectBody,
-			Command: h.Command,
+			Command: h.Command, Roles: string(h.Roles), Port: h.Port,
 		}
 		for _, b := range s.Backends {
-			out = append(out, health.Target{Service: s.Name, Backend: b.Name, Address: b.Address, Spec: spec})
+			bs := spec
+			bs.Address = b.CheckAddress // "": b.Address, on h.Port if set
+			out = append(out, health.Target{Service: s.Name, Backend: b.Name, Address: b.Address, Spec: bs})
 		}
 	}
 	return out
@@ -135,7 +139,21 @@ func syncMask(svc *config.Service, names []string) uint64 {
 	return m
 }
 
-func proxyHealth(s health.State, mask uint64) proxy.Health {
+// upstreamName is the backend of svc at address (a replica's upstream as
+// its server reports it), "" when none is.
+func upstreamName(svc *config.Service, address string) string {
+	if svc == nil || address == "" {
+		return ""
+	}
+	for _, b := range svc.Backends {
+		if b.Address == address {
+			return b.Name
+		}
+	}
+	return ""
+}
+
+func proxyHealth(s health.State, mask uint64, upstream string) proxy.Health {
 	h := proxy.Health{
 		Known:    s.Status != health.StatusUnknown,
 		Up:       s.Status == health.StatusUp,
@@ -143,7 +161,7 @@ func proxyHealth(s health.State, mask uint64) proxy.Health {
 		LagBytes: s.LagBytes,
 		Lag:      s.Lag,
 		Position: s.Position, PositionFresh: s.PositionFresh,
-		SyncMask: mask,
+		SyncMask: mask, Upstream: upstream,
 	}
 	switch s.Role {
 	case health.RolePrimary:

@@ -75,6 +75,7 @@ type Daemon struct {
 	cluster *clusterSide // nil without [cluster]
 	history *journal.Journal
 	lag     *lagAlerts
+	repoint *repointer
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -109,6 +110,8 @@ func New(o Options) (*Daemon, error) {
 	d.history = openHistory(log, cfg)
 	d.hooks = newHookRunner(log)
 	d.hooks.note = d.note
+	d.repoint = newRepointer(d)
+	d.hooks.promoted = func(service, backend string) { d.repoint.start(service, backend, 0) }
 	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
@@ -149,17 +152,20 @@ func New(o Options) (*Daemon, error) {
 func (d *Daemon) onHealth(s health.State) {
 	d.failover.health(s.Service, s.Backend, s.Status == health.StatusUp, time.Now())
 	var mask uint64
-	if len(s.SyncStandbys) > 0 {
+	var upstream string
+	if len(s.SyncStandbys) > 0 || s.Upstream != "" {
 		d.mu.Lock()
-		mask = syncMask(d.cfg.Service(s.Service), s.SyncStandbys)
+		svc := d.cfg.Service(s.Service)
+		mask, upstream = syncMask(svc, s.SyncStandbys), upstreamName(svc, s.Upstream)
 		d.mu.Unlock()
 	}
-	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s, mask))
+	d.px.SetHealth(s.Service, s.Backend, proxyHealth(s, mask, upstream))
 	if d.cluster != nil {
-		d.cluster.observe(s, mask)
+		d.cluster.observe(s, mask, upstream)
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)
+	d.repoint.healthChanged(s)
 }
 
 func (d *Daemon) onTarget(ev proxy.TargetChange) {
@@ -183,6 +189,7 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 		}
 	}
 	d.hooks.targetChanged(*svc, ev)
+	d.repoint.poke(ev.Service)
 }
 
 func orNone(s string) string {
@@ -286,6 +293,7 @@ func (d *Daemon) Shutdown() {
 		d.cluster.close() // leave the cluster: the others stop counting on us
 	}
 	d.px.Close()
+	d.repoint.close()
 	d.hooks.wait()
 	d.stopAdmin()
 	d.history.Close()

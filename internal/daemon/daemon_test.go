@@ -114,6 +114,7 @@ func TestDefaultsComeFromConfig(t *testing.T) {
 	checkFilled(t, "cluster.GossipConfig", g, map[string]string{
 		"SecretKeyFile": "this config is insecure",
 		"Logger":        "set by startCluster",
+		"WAN":           "network = \"lan\" here (the default)",
 	})
 	if ccfg.LeaseTimeout != c.LeaseTimeout || ccfg.ClockMargin != c.ClockDrift || ccfg.VoteTimeout != c.VoteTimeout() ||
 		ccfg.ObservationTTL != c.ObservationTTL() || ccfg.FailedPromoteHold != c.FailedPromoteHold() {

@@ -34,9 +34,12 @@ type hookRunner struct {
 	queues map[string]chan func() // service -> its serial queue
 	seen   map[string]bool        // services that have had a target since start
 	// note records each run in the history (nil: not recorded).
-	note   func(journal.Entry)
-	ctx    context.Context
-	cancel context.CancelFunc
+	note func(journal.Entry)
+	// promoted is told, after a failover's promote step, which backend
+	// the other backends are to follow now (nil: nobody is).
+	promoted func(service, backend string)
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 func newHookRunner(log *slog.Logger) *hookRunner {
@@ -60,6 +63,11 @@ func (h *hookRunner) targetChanged(svc config.Service, ev proxy.TargetChange) {
 		if !initial && ev.New.Name != "" && len(svc.Hooks.Promote) > 0 {
 			h.promote(svc, ev.New.Name, env, timeout)
 		}
+		// The other backends follow the new target once it reports
+		// primary (the repointer waits for that).
+		if !initial && ev.New.Name != "" && h.promoted != nil {
+			h.promoted(ev.Service, ev.New.Name)
+		}
 		// Nor does it page anyone: every restart would.
 		if !initial && len(svc.Hooks.Notify) > 0 {
 			_ = h.runOne(ev.Service, "notify", svc.Hooks.Notify, env, timeout)
@@ -77,6 +85,21 @@ func (h *hookRunner) promote(svc config.Service, backend string, env map[string]
 		if up, primary := h.check(svc.Name, backend); up && primary {
 			h.log.Info("promote hook skipped: the backend already reports primary", "service", svc.Name, "backend", backend)
 			return
+		}
+		if svc.RoleAware() {
+			// No promote while another backend may be primary (the rule a
+			// cluster keeps too): the old one back, or one promoted
+			// elsewhere (Patroni, an operator) while this waited.
+			for _, b := range svc.Backends {
+				if b.Name == backend {
+					continue
+				}
+				if up, primary := h.check(svc.Name, b.Name); up && primary {
+					h.log.Error("promote hook not run: another backend reports primary; promoting would make a second one",
+						"service", svc.Name, "backend", backend, "primary", b.Name)
+					return
+				}
+			}
 		}
 	}
 	err := h.runOne(svc.Name, "promote", svc.Hooks.Promote, env, timeout)
@@ -102,8 +125,12 @@ func (h *hookRunner) runOne(service, kind string, argv []string, env map[string]
 		if res.Err != nil {
 			result = res.Err.Error()
 		}
+		from := env["QP_OLD_BACKEND"]
+		if kind == "repoint" {
+			from = env["QP_BACKEND"] // the backend that is to follow the new primary
+		}
 		h.note(journal.Entry{Service: service, Kind: "hook", Epoch: epoch, Hook: kind, Result: result, Output: res.Output,
-			Summary: fmt.Sprintf("%s hook (%s -> %s) took %v: %s", kind, orNone(env["QP_OLD_BACKEND"]), orNone(env["QP_NEW_BACKEND"]),
+			Summary: fmt.Sprintf("%s hook (%s -> %s) took %v: %s", kind, orNone(from), orNone(env["QP_NEW_BACKEND"]),
 				res.Duration.Round(time.Millisecond), result)})
 	}
 	if res.Err != nil {

@@ -43,7 +43,7 @@ var (
 	}, []string{"service", "backend", "to"})
 	hookRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quorumproxy_hook_runs_total",
-		Help: "Runs of a service's fence, promote and notify hooks on this proxy, by result (ok, error: a non-zero exit, a timeout or no start).",
+		Help: "Runs of a service's fence, promote, notify and repoint hooks on this proxy, by result (ok, error: a non-zero exit, a timeout or no start).",
 	}, []string{"service", "hook", "result"})
 	failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quorumproxy_failovers_total",
@@ -113,7 +113,7 @@ func serviceSeries(d *Daemon) {
 	defer d.mu.Unlock()
 	for _, s := range d.cfg.Services {
 		failovers.WithLabelValues(s.Name)
-		for _, h := range []string{"fence", "promote", "notify"} {
+		for _, h := range []string{"fence", "promote", "notify", "repoint"} {
 			for _, r := range []string{"ok", "error"} {
 				hookRuns.WithLabelValues(s.Name, h, r)
 			}
@@ -235,6 +235,7 @@ var (
 	mLagSecs   = newMetric("quorumproxy_backend_replication_lag_seconds", "Replication lag of the backend in seconds as its last check read it (-1: not known).", prometheus.GaugeValue, be...)
 	mChecks    = newMetric("quorumproxy_health_checks_total", "Health checks of the backend for the service.", prometheus.CounterValue, be...)
 	mCheckFail = newMetric("quorumproxy_health_check_failures_total", "Health checks of the backend that failed.", prometheus.CounterValue, be...)
+	mInfo      = newMetric("quorumproxy_backend_info", "1 for each backend, with its address and region label (join on service and backend).", prometheus.GaugeValue, "service", "backend", "address", "region")
 	mLagAlert  = newMetric("quorumproxy_alert_replication_lag", "1 while the replica's lag, as this proxy's check reads it, is above the service's alert_lag or alert_lag_bytes.", prometheus.GaugeValue, be...)
 
 	mEpoch     = newMetric("quorumproxy_cluster_epoch", "Epoch of the service's record on this proxy.", prometheus.GaugeValue, svc...)
@@ -260,7 +261,7 @@ var (
 
 	allMetrics = []metric{mAccepted, mRefused, mActive, mHeld, mRouting, mDual, mPromote, mNoPrimary,
 		mSessions, mDialFail, mBeRefused, mSent, mReceived, mBeActive, mTarget, mDraining, mFencedLoc, mUp,
-		mLagBytes, mLagSecs, mChecks, mCheckFail, mLagAlert,
+		mLagBytes, mLagSecs, mChecks, mCheckFail, mLagAlert, mInfo,
 		mEpoch, mMaxVoted, mLease, mPaused, mFenced, mRecov, mStore, mPeers, mQuorum, mReachable,
 		mDropped, mDupes, mVotes, mProposals, mGivenUp, mCommits, mAdoptions, mSaves, mNoCand, mPersist}
 )
@@ -297,6 +298,11 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 		bs, _ := routesOf(ps)
 		put(mRouting, b2f(len(bs) > 0), ps.Name)
 		put(mDual, b2f(ps.DualPrimary), ps.Name)
+		if sc := d.serviceConfig(ps.Name); sc != nil {
+			for _, b := range sc.Backends {
+				put(mInfo, 1, ps.Name, b.Name, b.Address, b.Region)
+			}
+		}
 		for _, b := range ps.Backends {
 			put(mSessions, float64(b.Sessions), ps.Name, b.Name)
 			put(mDialFail, float64(b.DialFailures), ps.Name, b.Name)

@@ -65,7 +65,7 @@ func offlineChecks(cfg *config.Config, report func(table, key, msg string, warn 
 		for _, h := range []struct {
 			key  string
 			argv []string
-		}{{"promote", s.Hooks.Promote}, {"fence", s.Hooks.Fence}, {"notify", s.Hooks.Notify}} {
+		}{{"promote", s.Hooks.Promote}, {"fence", s.Hooks.Fence}, {"notify", s.Hooks.Notify}, {"repoint", s.Hooks.Repoint}} {
 			if err := executable(h.argv); err != nil {
 				report(kp, h.key, h.key+": "+err.Error(), false)
 			}

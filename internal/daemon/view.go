@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/quorumproxy/quorumproxy/config"
 	"github.com/quorumproxy/quorumproxy/health"
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 )
@@ -54,6 +55,7 @@ func (d *Daemon) status() *adminapi.Status {
 		if ps.Target == "" && strings.Contains(ps.Reason, "rpo = zero") {
 			sv.Alerts = append(sv.Alerts, "no_failover: "+ps.Reason)
 		}
+		sc := d.serviceConfig(ps.Name)
 		for _, b := range ps.Backends {
 			bv := adminapi.Backend{
 				Name: b.Name, Address: b.Address, Priority: b.Priority, Weight: b.Weight,
@@ -61,12 +63,23 @@ func (d *Daemon) status() *adminapi.Status {
 				Active: b.Active, Refused: b.Refused, DialFailures: b.DialFailures, BytesIn: b.BytesIn, BytesOut: b.BytesOut,
 				Draining: b.Draining, Fenced: b.Fenced,
 			}
+			if sc != nil {
+				if i := slices.IndexFunc(sc.Backends, func(x config.Backend) bool { return x.Name == b.Name }); i >= 0 {
+					bv.Region = sc.Backends[i].Region
+				}
+			}
 			if hs, ok := states[[2]string{ps.Name, b.Name}]; ok {
 				bv.Health = hs.Status.String()
+				bv.CheckAddress = hs.CheckAddress
 				bv.Role = hs.Role.String()
 				bv.LagBytes = hs.LagBytes
 				bv.Position, bv.PositionFresh = hs.Position, hs.PositionFresh
 				bv.SyncStandbys = hs.SyncStandbys
+				if bv.Upstream = hs.Upstream; hs.Upstream != "" {
+					if n := upstreamName(sc, hs.Upstream); n != "" {
+						bv.Upstream = n
+					}
+				}
 				if hs.Lag >= 0 {
 					bv.LagSeconds = hs.Lag.Seconds()
 				}

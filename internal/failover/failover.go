@@ -14,6 +14,7 @@ package failover
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -56,6 +57,10 @@ type Policy struct {
 	// synchronous at its last good check (Candidate.Sync) may take over;
 	// else there is none.
 	RPOZero bool
+	// RegionOrder ranks the regions a successor may be in, after the old
+	// primary's own: a candidate in the primary's region first, then in
+	// the order given, then the rest.
+	RegionOrder []string
 }
 
 // Candidate is one backend as the caller sees it.
@@ -77,6 +82,12 @@ type Candidate struct {
 	// Sync: the old primary reported it a synchronous standby at its last
 	// good check (RPOZero).
 	Sync bool
+	// Upstream is the backend it replicates from ("" when unknown or not
+	// one of the service's): a replica of another replica (a cascade)
+	// takes over only when no direct replica of the old primary can.
+	Upstream string
+	// Region is the candidate's region label ("" for none).
+	Region string
 	// Fenced, Draining and Held are kept out: fenced by an operator or by
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
@@ -96,9 +107,11 @@ func FenceOldPrimary(p Policy) bool { return !p.RoleAware }
 // Otherwise: healthy, not fenced, drained or held, a replica when the
 // checks know roles, lag within the bounds; then the furthest replication
 // position read since the old primary's last sign of life (the one that
-// holds the most of its acknowledged writes), then the highest priority,
+// holds the most of its acknowledged writes), then the old primary's region
+// and Policy.RegionOrder, then the highest priority,
 // then the least lag (bytes first, then time; unknown last), then the
-// configuration's order. With RPOZero and the old primary down, only a
+// configuration's order. A replica of another replica comes after every
+// direct replica of the old primary (or of unknown upstream). With RPOZero and the old primary down, only a
 // standby it reported synchronous may take over. When the old primary is down and an eligible
 // candidate's position is not yet fresh while another's is, there is none
 // yet: the ranking waits for that read (its check was asked for when the
@@ -119,9 +132,15 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 		}
 	}
 	why := "no other backend"
-	var best *Candidate
+	var best, cascaded *Candidate
 	var lagging []string
 	zero := p.RPOZero && primaryDown(cands, primary)
+	rk := ranker{order: p.RegionOrder}
+	for i := range cands {
+		if cands[i].Name == primary {
+			rk.home = cands[i].Region
+		}
+	}
 	notSync := false
 	for i := range cands {
 		c := &cands[i]
@@ -150,9 +169,18 @@ func Successor(p Policy, cands []Candidate, primary string) (string, string) {
 			lagging = append(lagging, fmt.Sprintf("%s (%s)", c.Name, lagString(c.LagBytes, c.Lag)))
 			continue
 		}
-		if best == nil || Better(c, best) {
+		if c.Upstream != "" && c.Upstream != primary {
+			if cascaded == nil || rk.better(c, cascaded) {
+				cascaded = c
+			}
+			continue
+		}
+		if best == nil || rk.better(c, best) {
 			best = c
 		}
+	}
+	if best == nil {
+		best = cascaded
 	}
 	if best != nil {
 		if w := waitingFor(cands, primary, best); w != "" {
@@ -224,9 +252,28 @@ func LagWithin(p Policy, bytes int64, lag time.Duration) bool {
 	return true
 }
 
-// Better ranks candidates: the furthest fresh position, then priority, then
+// ranker orders candidates for a failover from a primary in region home.
+type ranker struct {
+	home  string
+	order []string
+}
+
+// region ranks a candidate's region: the old primary's first, then the
+// configured order, then any other.
+func (r ranker) region(c *Candidate) int {
+	if r.home != "" && c.Region == r.home {
+		return 0
+	}
+	if i := slices.Index(r.order, c.Region); i >= 0 && c.Region != "" {
+		return 1 + i
+	}
+	return 1 + len(r.order)
+}
+
+// better ranks candidates: the furthest fresh position (what it holds of
+// the old primary's writes comes first), then region, then priority, then
 // least lag, then order.
-func Better(a, b *Candidate) bool {
+func (r ranker) better(a, b *Candidate) bool {
 	if a.Pos == FreshPosition && b.Pos == FreshPosition && a.Position != b.Position {
 		return a.Position > b.Position
 	}
@@ -235,6 +282,9 @@ func Better(a, b *Candidate) bool {
 	}
 	if b.Pos == FreshPosition && a.Pos == StalePosition {
 		return false
+	}
+	if ra, rb := r.region(a), r.region(b); ra != rb {
+		return ra < rb
 	}
 	if a.Priority != b.Priority {
 		return a.Priority > b.Priority

@@ -26,6 +26,8 @@ func TestSuccessor(t *testing.T) {
 	roles := Policy{RoleAware: true}
 	zero := Policy{RoleAware: true, RPOZero: true}
 	sync := func(c Candidate) Candidate { c.Sync = true; return c }
+	up := func(c Candidate, upstream string) Candidate { c.Upstream = upstream; return c }
+	in := func(c Candidate, region string) Candidate { c.Region = region; return c }
 	cases := []struct {
 		name  string
 		p     Policy
@@ -66,6 +68,15 @@ func TestSuccessor(t *testing.T) {
 		{"rpo zero: only a synchronous standby", zero, []Candidate{down("a", 9), rep("b", 9, 0, 0), sync(rep("c", 1, 500, 0))}, "c", ""},
 		{"rpo zero: none synchronous and up", zero, []Candidate{down("a", 9), rep("b", 9, 0, 0), sync(with(rep("c", 1, 0, 0), func(c *Candidate) { c.Up = false }))}, "", "rpo = zero: no standby that a reported synchronous"},
 		{"rpo zero: the primary up (a failback) is not bound", zero, []Candidate{prim("a", 9), rep("b", 9, 0, 0)}, "b", ""},
+		{"a cascaded replica only when no direct one", roles, []Candidate{down("a", 9), up(rep("b", 9, 0, 0), "c"), up(rep("c", 1, 0, 0), "a")}, "c", ""},
+		{"a cascaded replica when it is the only one", roles, []Candidate{down("a", 9), up(rep("b", 9, 0, 0), "c"), up(with(rep("c", 1, 0, 0), func(c *Candidate) { c.Up = false }), "a")}, "b", ""},
+		{"unknown upstreams are not cascades", roles, []Candidate{down("a", 9), rep("b", 9, 0, 0), up(rep("c", 1, 0, 0), "a")}, "b", ""},
+		{"the primary's region before priority", Policy{RoleAware: true, RegionOrder: []string{"us"}},
+			[]Candidate{in(down("a", 9), "eu"), in(rep("b", 9, 0, 0), "us"), in(rep("c", 1, 0, 0), "eu")}, "c", ""},
+		{"then the region order", Policy{RoleAware: true, RegionOrder: []string{"ap", "us"}},
+			[]Candidate{in(down("a", 9), "eu"), in(rep("b", 9, 0, 0), "us"), in(rep("c", 1, 0, 0), "ap")}, "c", ""},
+		{"a fresh position before the region", Policy{RoleAware: true},
+			[]Candidate{in(down("a", 9), "eu"), in(pos(rep("b", 1, -1, -1), 900, FreshPosition), "us"), in(pos(rep("c", 9, -1, -1), 800, FreshPosition), "eu")}, "b", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

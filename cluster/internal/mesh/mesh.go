@@ -82,6 +82,10 @@ type Config struct {
 	// again (memberlist stops probing a dead node, so without this a long
 	// partition would never heal); required.
 	RejoinInterval time.Duration
+	// WAN: proxies spread over regions. A peer that misses probes stays
+	// suspected for memberlist's WAN multiple of the probe interval, not
+	// its LAN one, before it is declared dead.
+	WAN bool
 	// DropLogInterval is how often dropped packets and messages are
 	// summarised in the log (one line with the counts). Zero:
 	// DefaultDropLogInterval.
@@ -432,6 +436,9 @@ func (m *Mesh) memberlistConfig() (*memberlist.Config, error) {
 	mc.GossipInterval = cfg.GossipInterval
 	mc.ProbeInterval = cfg.ProbeInterval
 	mc.ProbeTimeout = cfg.ProbeInterval / 2
+	if cfg.WAN {
+		mc.SuspicionMult = memberlist.DefaultWANConfig().SuspicionMult
+	}
 	mc.PushPullInterval = 30 * cfg.ProbeInterval
 	mc.GossipToTheDeadTime = 30 * cfg.ProbeInterval
 	// A peer whose host name now resolves elsewhere may take its name back
