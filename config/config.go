@@ -117,7 +117,7 @@ type Cluster struct {
 	// StateDir holds the persisted votes and routing records. Required.
 	StateDir string `toml:"state_dir"`
 	// LeaseTimeout is how long a lease lasts from the moment its request was
-	// sent. Default 2s. Must be positive.
+	// sent. Default 2s; 3s with Network "wan". Must be positive.
 	LeaseTimeout time.Duration `toml:"lease_timeout"`
 	// ClockDrift is the assumed bound rho on clock-rate difference between
 	// proxies (0.01 = 1%); 0 <= rho < 0.5. Default 0.01.
@@ -148,8 +148,8 @@ type Cluster struct {
 	RejoinInterval time.Duration `toml:"rejoin_interval"`
 	// Network is "lan" (default) or "wan": proxies spread over regions.
 	// "wan" takes memberlist's WAN timings: gossip_interval and
-	// probe_interval default to 500ms and 5s, and a peer is suspected
-	// for longer before it is declared dead.
+	// probe_interval default to 500ms and 5s, lease_timeout to 3s, and a
+	// peer is suspected for longer before it is declared dead.
 	Network Network `toml:"network"`
 }
 
@@ -624,7 +624,10 @@ const (
 	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
 	wanGossipInterval     = 500 * time.Millisecond // memberlist's WAN value
 	wanProbeInterval      = 5 * time.Second        // memberlist's WAN value
-	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
+	// A proposal's two phases must fit in one lease: about ten round trips.
+	// Measured between regions 120-200 ms apart, 3s worked and 1s did not.
+	wanLeaseTimeout       = 3 * time.Second
+	defaultConnectTimeout = 3 * time.Second // above a SYN retransmit (1s) plus a retry
 	// Health checks, chosen by measurement (internal/defaultsbench, make
 	// soak; the README's "Failover times with the default settings"). A
 	// killed server refuses connections: the first check after the kill,

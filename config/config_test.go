@@ -772,4 +772,21 @@ backend = [{ name = "a", address = "127.0.0.1:5432" }, { name = "b", address = "
 	if c.ObservationTTL() != 3*time.Second || c.VoteTimeout() != 2*time.Second {
 		t.Errorf("observation TTL %v, vote timeout %v; want 3s, 2s", c.ObservationTTL(), c.VoteTimeout())
 	}
+
+	// Across regions the lease, and memberlist's timings, are longer unless set.
+	wan := strings.Replace(text, `state_dir = "state"`, "state_dir = \"state\"\nnetwork = \"wan\"", 1)
+	cfg, _, err = Parse("wan.toml", []byte(wan))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.Cluster; c.LeaseTimeout != 3*time.Second || c.GossipInterval != 500*time.Millisecond || c.ProbeInterval != 5*time.Second {
+		t.Errorf("wan: lease_timeout %v, gossip %v, probe %v; want 3s, 500ms, 5s", c.LeaseTimeout, c.GossipInterval, c.ProbeInterval)
+	}
+	set := strings.Replace(wan, `network = "wan"`, "network = \"wan\"\nlease_timeout = \"5s\"", 1)
+	if cfg, _, err = Parse("wan.toml", []byte(set)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cluster.LeaseTimeout != 5*time.Second {
+		t.Errorf("wan with lease_timeout 5s: %v", cfg.Cluster.LeaseTimeout)
+	}
 }

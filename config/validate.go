@@ -29,6 +29,9 @@ func (d *decoder) derive(cfg *Config) {
 			if !d.present[joinPath("cluster", "probe_interval")] {
 				c.ProbeInterval = wanProbeInterval
 			}
+			if !d.present[joinPath("cluster", "lease_timeout")] {
+				c.LeaseTimeout = wanLeaseTimeout
+			}
 		}
 	}
 	for i := range cfg.Services {
