@@ -178,7 +178,11 @@ func (p *proxy) start(t *testing.T, env []string) {
 		}
 		if dir := os.Getenv("QP_DEFAULTS_LOGDIR"); dir != "" {
 			name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + p.name + ".log"
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(p.logs.String()), 0o644); err != nil {
+			err := os.MkdirAll(dir, 0o755)
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, name), []byte(p.logs.String()), 0o644)
+			}
+			if err != nil {
 				t.Error(err)
 			}
 		}
