@@ -40,13 +40,16 @@ package: build
 	bash packaging/build-deb.sh $(BIN) dist
 
 # Long runs kept out of `make test`: many more simulation seeds, detection-time
-# trials, and longer, lossier partition scenarios with more trials.
+# trials, and longer, lossier partition scenarios with more trials; and the
+# default settings measured (kills and freezes of the primary, false failovers
+# under pgbench and 5% loss; about 40 minutes) into defaults-results.md.
 soak: deps
 	QP_REQUIRE_SERVERS=1 QP_SIM_SEEDS=100000 QP_SIM_LONG=1 $(GO) test -timeout 80m -run 'TestSimulation$$' ./cluster/
 	QP_SIM_TWIN_SEEDS=200 $(GO) test -timeout 30m -run 'TestSimulationManyServices$$' ./cluster/
 	QP_REQUIRE_SERVERS=1 QP_DETECT_TRIALS=20 $(GO) test -timeout 20m -run Detection -v ./health/
 	QP_REQUIRE_SERVERS=1 QP_CHAOS_TRIALS=10 QP_CHAOS_SECONDS=120 QP_CHAOS_LOSS=20 $(GO) test -timeout 60m -v ./internal/chaos/
 	QP_REQUIRE_SERVERS=1 QP_PG_FAILOVERS=100 $(GO) test -timeout 60m -run 'TestFailoverPromotesTheMostUpToDateStandby$$' -v ./cmd/quorumproxy/
+	QP_REQUIRE_SERVERS=1 QP_DEFAULTS_RUNS=30 QP_DEFAULTS_OUT=$(CURDIR)/defaults-results.md $(GO) test -timeout 90m -run 'TestDefaults$$' -v ./internal/defaultsbench/
 
 clean:
 	rm -rf bin

@@ -153,7 +153,10 @@
 // Commit. With Q acceptances the proposer saves the record (E, v) and sends
 // it to every peer. If every proxy voted for E or accepted its value (a
 // proxy whose own check lagged refuses the vote, then accepts the resent
-// accept: either way it saved MaxVoted = E first) it commits at once; otherwise not
+// accept), or answered, even refusing, with MaxVoted >= E (it voted for
+// the other proposer of a duel at E) — each saved MaxVoted >= E before it
+// answered, so none routes or confirms a lease at an older epoch — it
+// commits at once; otherwise not
 // before LeaseTimeout×(1+ρ)/(1−ρ) after the Q-th vote (ρ = ClockMargin). A
 // proposal that takes longer than VoteTimeout to gather its quorum, or whose
 // commit falls later than VoteTimeout + that wait (+ LeaseTimeout/2), is

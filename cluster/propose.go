@@ -21,8 +21,12 @@ type proposal struct {
 	promises    map[string]Ballot // voter -> what it had accepted before
 	accepts     map[string]bool
 	refused     map[string]bool // voters that can no longer grant this epoch
-	phase2      bool
-	commitAt    time.Duration
+	// stopped: peers that answered (granting or not) with MaxVoted at this
+	// epoch or above, saved before the answer left: they route and confirm
+	// leases at no older epoch, whoever they voted for.
+	stopped  map[string]bool
+	phase2   bool
+	commitAt time.Duration
 }
 
 // commitWait is how long a proposer waits after the Q-th vote so that a
@@ -551,7 +555,7 @@ func (m *Machine) propose(name string, s *service, value Value, k kind, from str
 	}
 	m.counters.Proposals++
 	s.prop = &proposal{epoch: e, base: ss.Record.Epoch, value: value, from: from, kind: k, sentAt: now, lastSend: now,
-		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}, refused: map[string]bool{}}
+		promises: map[string]Ballot{m.cfg.Name: prev}, accepts: map[string]bool{}, refused: map[string]bool{}, stopped: map[string]bool{}}
 	s.decision = fmt.Sprintf("proposed epoch %d %s (%s)", e, value, k)
 	m.log.Info("cluster: proposing", "service", name, "epoch", e, "primary", value.Primary, "fenced", string(value.Fenced), "kind", k.String())
 	m.resend(name, s.prop)
@@ -631,7 +635,13 @@ func (m *Machine) onVote(from string, x voteMsg) {
 		m.counters.Stale++
 		return
 	}
+	if x.MaxVoted >= p.epoch && !x.Recovering {
+		p.stopped[from] = true
+	}
 	if !x.Granted {
+		if p.phase2 && m.allStopped(p) {
+			m.maybeCommit(x.Service, s, p, m.clock.Now())
+		}
 		// A voter that promised this epoch or a later one elsewhere, or
 		// holds a record at it, never grants it: once too many did, the
 		// proposal cannot reach a quorum and stops now rather than at
@@ -718,6 +728,12 @@ func (m *Machine) onAccepted(from string, x acceptedMsg) {
 	}
 	m.learn(x.Service, x.Record, x.Accepted)
 	p := s.prop
+	if p != nil && p.phase2 && x.Epoch == p.epoch && !x.OK && x.MaxVoted >= p.epoch {
+		// refused (it voted for another proposer at this epoch) but stopped
+		p.stopped[from] = true
+		m.maybeCommit(x.Service, s, p, m.clock.Now())
+		return
+	}
 	if p == nil || !p.phase2 || x.Epoch != p.epoch || x.Value != p.value || !x.OK {
 		m.counters.Stale++
 		return
@@ -726,15 +742,22 @@ func (m *Machine) onAccepted(from string, x acceptedMsg) {
 	m.maybeCommit(x.Service, s, p, m.clock.Now())
 }
 
-// allStopped reports whether every proxy voted for the proposal or
-// accepted its value: either saved MaxVoted = E before answering, which
-// stopped its routing and its lease confirmations at older epochs, so no
-// lease at an older epoch is left to wait out. (A peer that refused the
-// vote because its own check lagged accepts on a resent accept.)
+// allStopped reports whether every proxy voted for the proposal, accepted
+// its value, or answered with a vote at this epoch or above for another
+// proposer (two proxies that proposed the same epoch at once): each saved
+// MaxVoted >= E before answering, which stopped its routing and its lease
+// confirmations at older epochs, so no lease at an older epoch is left to
+// wait out. (A peer that refused the vote because its own check lagged
+// accepts on a resent accept.)
 func (m *Machine) allStopped(p *proposal) bool {
 	n := len(p.promises)
 	for peer := range p.accepts {
 		if _, ok := p.promises[peer]; !ok {
+			n++
+		}
+	}
+	for peer := range p.stopped {
+		if _, ok := p.promises[peer]; !ok && !p.accepts[peer] {
 			n++
 		}
 	}

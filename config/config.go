@@ -117,7 +117,7 @@ type Cluster struct {
 	// StateDir holds the persisted votes and routing records. Required.
 	StateDir string `toml:"state_dir"`
 	// LeaseTimeout is how long a lease lasts from the moment its request was
-	// sent. Default 3s. Must be positive.
+	// sent. Default 2s; 3s with Network "wan". Must be positive.
 	LeaseTimeout time.Duration `toml:"lease_timeout"`
 	// ClockDrift is the assumed bound rho on clock-rate difference between
 	// proxies (0.01 = 1%); 0 <= rho < 0.5. Default 0.01.
@@ -148,8 +148,8 @@ type Cluster struct {
 	RejoinInterval time.Duration `toml:"rejoin_interval"`
 	// Network is "lan" (default) or "wan": proxies spread over regions.
 	// "wan" takes memberlist's WAN timings: gossip_interval and
-	// probe_interval default to 500ms and 5s, and a peer is suspected
-	// for longer before it is declared dead.
+	// probe_interval default to 500ms and 5s, lease_timeout to 3s, and a
+	// peer is suspected for longer before it is declared dead.
 	Network Network `toml:"network"`
 }
 
@@ -437,17 +437,19 @@ const (
 type Health struct {
 	// Kind is "tcp" (default), "postgres", "redis", "mysql", "http" or "exec".
 	Kind Kind `toml:"kind"`
-	// Interval between checks of a backend whose state is steady. Default 2s.
+	// Interval between checks of a backend whose state is steady. Default 1s.
 	// Must be positive.
 	Interval time.Duration `toml:"interval"`
-	// Timeout bounds one check. Default 1s. Must be positive and below Interval.
+	// Timeout bounds one check. Default 900ms, or half the Interval when
+	// that is set alone to 900ms or less. Must be positive and below
+	// Interval.
 	Timeout time.Duration `toml:"timeout"`
 	// Rise is how many consecutive successes mark a backend up. Default 2, >= 1.
 	Rise int `toml:"rise"`
-	// Fall is how many consecutive failures mark a backend down. Default 3, >= 1.
+	// Fall is how many consecutive failures mark a backend down. Default 5, >= 1.
 	Fall int `toml:"fall"`
 	// FastInterval is the interval while a backend is changing state (a
-	// streak has begun). Default Interval/4, at least 50ms and at most
+	// streak has begun). Default Interval/20, at least 50ms and at most
 	// Interval. Must be positive. Checks never overlap: a slow check delays
 	// the next one.
 	FastInterval time.Duration `toml:"fast_interval"`
@@ -604,11 +606,16 @@ const DefaultAdminListen = "127.0.0.1:7654"
 
 // Defaults, written once. Parse applies them to keys the file leaves out.
 const (
-	defaultAdminListen    = DefaultAdminListen
-	defaultLogLevel       = "info"
-	defaultLogFormat      = "text"
-	defaultDrainTimeout   = 10 * time.Second       // long enough for short queries to finish
-	defaultLeaseTimeout   = 3 * time.Second        // a cut-off proxy stops routing within this
+	defaultAdminListen  = DefaultAdminListen
+	defaultLogLevel     = "info"
+	defaultLogFormat    = "text"
+	defaultDrainTimeout = 10 * time.Second // long enough for short queries to finish
+	// A cut-off proxy stops routing within a lease. 2s (was 3s): a failover
+	// whose commit must wait out a proxy that did not vote, and the rank
+	// delay of lease/8 per higher-named proxy, shrink with it, while a
+	// lease still outlives a lost renewal round or two (renewed every
+	// lease/4) under 5% loss and 50ms±50ms delay (internal/defaultsbench).
+	defaultLeaseTimeout   = 2 * time.Second
 	defaultClockDrift     = 0.01                   // ordinary crystals drift far less than 1%
 	defaultSwitchHold     = 2 * time.Second        // covers a typical agreed switch
 	defaultLabel          = "quorumproxy"          // one cluster per network unless told otherwise
@@ -617,17 +624,47 @@ const (
 	defaultRejoinInterval = 10 * time.Second       // a healed partition is noticed within seconds, without a join storm
 	wanGossipInterval     = 500 * time.Millisecond // memberlist's WAN value
 	wanProbeInterval      = 5 * time.Second        // memberlist's WAN value
-	defaultConnectTimeout = 3 * time.Second        // above a SYN retransmit (1s) plus a retry
-	defaultInterval       = 2 * time.Second        // cheap for any server; fast_interval speeds up a change
-	defaultTimeout        = 1 * time.Second        // half the interval: checks never pile up
-	defaultRise           = 2                      // one lucky success is not recovery
-	defaultFall           = 3                      // one lost packet is not a failure
-	minFastInterval       = 50 * time.Millisecond
-	defaultMethod         = "GET"
-	defaultPath           = "/"
-	defaultExpectStatus   = 200
-	defaultHookTimeout    = 30 * time.Second // a promotion can take a while
-	defaultWeight         = 1
+	// A proposal's two phases must fit in one lease: about ten round trips.
+	// Measured between regions 120-200 ms apart, 3s worked and 1s did not.
+	wanLeaseTimeout       = 3 * time.Second
+	defaultConnectTimeout = 3 * time.Second // above a SYN retransmit (1s) plus a retry
+	// Health checks, chosen by measurement (internal/defaultsbench, make
+	// soak; the README's "Failover times with the default settings"). A
+	// killed server refuses connections: the first check after the kill,
+	// within an interval, fails at once, and fall-1 more checks
+	// fast_interval apart confirm it. A frozen one costs fall timeouts back
+	// to back. Loss and a saturated server make checks time out one at a
+	// time, so fall counts against loss, and fast_interval does not.
+	//
+	// 1s (was 2s): a dead server is seen within a second; a check a second
+	// costs a database nothing.
+	defaultInterval = 1 * time.Second
+	// 900ms (was 1s): as long as the interval allows. Under 5% loss and
+	// 50ms±50ms delay a Redis check (a new connection: three round trips,
+	// and a lost SYN is sent again only after 1s) failed 12.5% of the time
+	// at 900ms, 23% at 800ms; a PostgreSQL check on its kept connection
+	// none of 595. Under pgbench saturating the machine the slowest
+	// PostgreSQL check took under 0.5s.
+	defaultTimeout = 900 * time.Millisecond
+	defaultRise    = 2 // one lucky success is not recovery
+	// 5 (was 3): at 12.5% five Redis checks fail in a row once in about
+	// 33,000 (a lone proxy's false failover every nine hours or so); three,
+	// once in 500: measured, fall 3 failed a lone proxy over once in five
+	// minutes, fall 5 never. A kill still costs only four fast checks
+	// (0.2s). The price: a frozen server is down after five timeouts,
+	// about 4.5s.
+	defaultFall = 5
+	// fast_interval is interval/20 (was /4): the fall-1 confirming checks
+	// of a kill take 0.2s at the default interval (with /10, 0.4s: the
+	// median kill took 0.25s longer). A server must refuse connections
+	// that long to be failed over.
+	fastIntervalDivisor = 20
+	minFastInterval     = 50 * time.Millisecond
+	defaultMethod       = "GET"
+	defaultPath         = "/"
+	defaultExpectStatus = 200
+	defaultHookTimeout  = 30 * time.Second // a promotion can take a while
+	defaultWeight       = 1
 )
 
 // The setDefaults methods fill in every default that does not depend on
@@ -681,5 +718,5 @@ func (b *Backend) setDefaults() { b.Weight = defaultWeight }
 
 // defaultFastInterval derives fast_interval from interval.
 func defaultFastInterval(interval time.Duration) time.Duration {
-	return min(max(interval/4, minFastInterval), interval)
+	return min(max(interval/fastIntervalDivisor, minFastInterval), interval)
 }

@@ -273,12 +273,12 @@ func TestMinimalDefaults(t *testing.T) {
 			SwitchHold:     2 * time.Second,
 			Health: Health{
 				Kind:         KindTCP,
-				Interval:     2 * time.Second,
-				Timeout:      time.Second,
+				Interval:     time.Second,
+				Timeout:      900 * time.Millisecond,
 				Rise:         2,
-				Fall:         3,
-				FastInterval: 500 * time.Millisecond,
-				DownInterval: 2 * time.Second,
+				Fall:         5,
+				FastInterval: 50 * time.Millisecond,
+				DownInterval: time.Second,
 				Method:       "GET",
 				Path:         "/",
 				ExpectStatus: 200,
@@ -348,8 +348,8 @@ func TestClusterConfig(t *testing.T) {
 		t.Errorf("pg health: %+v", pg.Health)
 	}
 	// Inline tables, and an explicit down_interval.
-	wantHealth := Health{Kind: KindExec, Interval: 10 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
-		FastInterval: 2500 * time.Millisecond, DownInterval: 30 * time.Second,
+	wantHealth := Health{Kind: KindExec, Interval: 10 * time.Second, Timeout: 900 * time.Millisecond, Rise: 2, Fall: 5,
+		FastInterval: 500 * time.Millisecond, DownInterval: 30 * time.Second,
 		Method: "GET", Path: "/", ExpectStatus: 200, Command: []string{"/bin/true"}}
 	if !reflect.DeepEqual(own.Health, wantHealth) {
 		t.Errorf("pg.own-hold health:\ngot  %+v\nwant %+v", own.Health, wantHealth)
@@ -465,6 +465,15 @@ func TestExampleValues(t *testing.T) {
 	}
 	if pg.MaxLagBytesOnFailover != 16<<20 || pg.MaxLagOnFailover != 0 {
 		t.Errorf("failover lag bounds %v / %d", pg.MaxLagOnFailover, pg.MaxLagBytesOnFailover)
+	}
+	// The timings it shows are the defaults.
+	h := pg.Health
+	if h.Interval != defaultInterval || h.Timeout != defaultTimeout || h.Rise != defaultRise || h.Fall != defaultFall ||
+		h.FastInterval != defaultFastInterval(defaultInterval) || h.DownInterval != defaultInterval {
+		t.Errorf("example health timings %+v are not the defaults", h)
+	}
+	if c := cfg.Cluster; c.LeaseTimeout != defaultLeaseTimeout || c.SwitchHold != defaultSwitchHold || pg.SwitchHold != defaultSwitchHold {
+		t.Errorf("example lease_timeout %v, switch_hold %v / %v: not the defaults", c.LeaseTimeout, c.SwitchHold, pg.SwitchHold)
 	}
 }
 
@@ -702,8 +711,9 @@ backend = [{ name = "a", address = "127.0.0.1:5432" }]
 }
 
 // An interval set alone at or below the default timeout takes half of it
-// as its timeout (the packaged config's `interval = "1s"` was refused);
-// a timeout set explicitly is still checked against it.
+// as its timeout (the packaged config's `interval = "1s"` was refused when
+// the default timeout was 1s); a timeout set explicitly is still checked
+// against it.
 func TestShortIntervalDefaultTimeout(t *testing.T) {
 	dir := t.TempDir()
 	write := func(health string) string {
@@ -715,14 +725,68 @@ func TestShortIntervalDefaultTimeout(t *testing.T) {
 		}
 		return p
 	}
-	cfg, _, err := parseFile(t, write(`{ interval = "1s" }`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h := cfg.Services[0].Health; h.Timeout != 500*time.Millisecond {
-		t.Errorf("interval 1s alone: timeout %v, want 500ms", h.Timeout)
+	for _, c := range []struct {
+		interval     string
+		want, wantFI time.Duration
+	}{
+		{"1s", 900 * time.Millisecond, 50 * time.Millisecond},    // the default timeout fits
+		{"900ms", 450 * time.Millisecond, 50 * time.Millisecond}, // fast_interval's floor
+		{"2s", 900 * time.Millisecond, 100 * time.Millisecond},
+		{"5s", 900 * time.Millisecond, 250 * time.Millisecond},
+	} {
+		cfg, _, err := parseFile(t, write(`{ interval = "`+c.interval+`" }`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := cfg.Services[0].Health; h.Timeout != c.want || h.FastInterval != c.wantFI {
+			t.Errorf("interval %s alone: timeout %v, fast_interval %v; want %v, %v", c.interval, h.Timeout, h.FastInterval, c.want, c.wantFI)
+		}
 	}
 	if _, _, err := parseFile(t, write(`{ interval = "1s", timeout = "1s" }`)); err == nil || !strings.Contains(err.Error(), "must be below interval") {
 		t.Errorf("an explicit timeout equal to the interval: %v, want refused", err)
+	}
+}
+
+// The timings a cluster leaves out: the lease and what derives from it,
+// and switch_hold, which every service inherits.
+func TestClusterTimingDefaults(t *testing.T) {
+	text := `[cluster]
+node_name = "qp1"
+secret_key_file = "gossip.key"
+state_dir = "state"
+peer = [{ name = "qp1", address = "127.0.0.1:17946" }, { name = "qp2", address = "127.0.0.2:17946" }, { name = "qp3", address = "127.0.0.3:17946" }]
+
+[[service]]
+name = "pg"
+listen = "127.0.0.1:6432"
+backend = [{ name = "a", address = "127.0.0.1:5432" }, { name = "b", address = "127.0.0.1:5433" }]
+`
+	cfg, _, err := Parse("cluster.toml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Cluster
+	if c.LeaseTimeout != 2*time.Second || c.SwitchHold != 2*time.Second || cfg.Services[0].SwitchHold != 2*time.Second {
+		t.Errorf("lease_timeout %v, switch_hold %v (service %v); want 2s each", c.LeaseTimeout, c.SwitchHold, cfg.Services[0].SwitchHold)
+	}
+	if c.ObservationTTL() != 3*time.Second || c.VoteTimeout() != 2*time.Second {
+		t.Errorf("observation TTL %v, vote timeout %v; want 3s, 2s", c.ObservationTTL(), c.VoteTimeout())
+	}
+
+	// Across regions the lease, and memberlist's timings, are longer unless set.
+	wan := strings.Replace(text, `state_dir = "state"`, "state_dir = \"state\"\nnetwork = \"wan\"", 1)
+	cfg, _, err = Parse("wan.toml", []byte(wan))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.Cluster; c.LeaseTimeout != 3*time.Second || c.GossipInterval != 500*time.Millisecond || c.ProbeInterval != 5*time.Second {
+		t.Errorf("wan: lease_timeout %v, gossip %v, probe %v; want 3s, 500ms, 5s", c.LeaseTimeout, c.GossipInterval, c.ProbeInterval)
+	}
+	set := strings.Replace(wan, `network = "wan"`, "network = \"wan\"\nlease_timeout = \"5s\"", 1)
+	if cfg, _, err = Parse("wan.toml", []byte(set)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cluster.LeaseTimeout != 5*time.Second {
+		t.Errorf("wan with lease_timeout 5s: %v", cfg.Cluster.LeaseTimeout)
 	}
 }

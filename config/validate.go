@@ -29,6 +29,9 @@ func (d *decoder) derive(cfg *Config) {
 			if !d.present[joinPath("cluster", "probe_interval")] {
 				c.ProbeInterval = wanProbeInterval
 			}
+			if !d.present[joinPath("cluster", "lease_timeout")] {
+				c.LeaseTimeout = wanLeaseTimeout
+			}
 		}
 	}
 	for i := range cfg.Services {
@@ -42,8 +45,7 @@ func (d *decoder) derive(cfg *Config) {
 		}
 		hp := joinPath(sp, "health")
 		if !d.present[joinPath(hp, "timeout")] && s.Health.Interval > 0 && s.Health.Timeout >= s.Health.Interval {
-			// The default must fit a shorter interval set alone: half of it,
-			// as the default is of the default interval.
+			// The default must fit a shorter interval set alone: half of it.
 			s.Health.Timeout = s.Health.Interval / 2
 		}
 		if !d.present[joinPath(hp, "fast_interval")] {

@@ -135,6 +135,10 @@ type loop struct {
 	state    State
 	rf       riseFall
 	position int64
+	// expect/expectUntil: the role this target is about to take (see
+	// Expect); until then, or the deadline, it is checked at FastInterval.
+	expect      Role
+	expectUntil time.Time
 	// primaryOK: the last successful check reported primary; failSince:
 	// when the first failed check since the last success started (zero
 	// after a success).
@@ -391,6 +395,27 @@ func (m *Monitor) CheckNow(ctx context.Context, service, backend string) (State,
 	return l.state, nil
 }
 
+// Expect says that backend of service is about to report role (a standby
+// another proxy is promoting): it is checked at once, then at
+// FastInterval until it reports role or within has passed, so that the
+// proxy routes to a new primary a fast interval after its promotion, not
+// up to an interval later.
+func (m *Monitor) Expect(service, backend string, role Role, within time.Duration) {
+	m.mu.Lock()
+	l := m.loops[targetKey{service, backend}]
+	if l == nil || l.state.Role == role {
+		m.mu.Unlock()
+		return
+	}
+	l.expect, l.expectUntil = role, time.Now().Add(within)
+	p := l.probe
+	m.mu.Unlock()
+	select {
+	case p.nudge <- struct{}{}:
+	default:
+	}
+}
+
 // Close stops every check, cancelling checks in flight, and waits for them. It is idempotent.
 func (m *Monitor) Close() {
 	m.mu.Lock()
@@ -498,7 +523,10 @@ func (m *Monitor) apply(p *probe, res Result, start time.Time) (time.Duration, [
 				downs = append(downs, l)
 			}
 		}
-		anyChanging = anyChanging || l.rf.changing()
+		if !l.expectUntil.IsZero() && (st.Role == l.expect || now.After(l.expectUntil)) {
+			l.expect, l.expectUntil = RoleUnknown, time.Time{}
+		}
+		anyChanging = anyChanging || l.rf.changing() || !l.expectUntil.IsZero()
 		allDown = allDown && st.Status == StatusDown
 	}
 	m.logTransitions(ups, "backend up", slog.LevelInfo)

@@ -118,3 +118,46 @@ func TestParseRedisReplication(t *testing.T) {
 		t.Error("unknown role accepted")
 	}
 }
+
+// Expect: a replica that another proxy promotes is seen as primary at the
+// next fast check, not at the next interval (here an hour away), and the
+// fast checks stop once it reports the role.
+func TestExpectPromotion(t *testing.T) {
+	primary := testenv.MustRedis(t, testenv.RedisOptions{})
+	replica := testenv.MustReplica(t, primary)
+	m := NewMonitor(testLogger(t), nil)
+	defer m.Close()
+	spec := Spec{Kind: "redis", Timeout: dbTimeout, Interval: time.Hour, FastInterval: 50 * time.Millisecond, Rise: 1, Fall: 1}
+	if err := m.Set([]Target{{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+
+	m.Expect("redis", "replica", RolePrimary, time.Minute)
+	// Expecting alone checks at once and goes on at FastInterval.
+	waitState(t, m, "replica", "checked again", func(x State) bool { return x.Checks >= s.Checks+3 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := replica.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	s = waitState(t, m, "replica", "seen promoted", func(s State) bool { return s.Role == RolePrimary })
+
+	// The role came: back to the interval. A check in flight may still
+	// land; then nothing for an hour.
+	m.mu.Lock()
+	l := m.loops[targetKey{"redis", "replica"}]
+	cleared := l.expectUntil.IsZero()
+	m.mu.Unlock()
+	if !cleared {
+		t.Error("the expectation outlived the role it waited for")
+	}
+	// An expectation for a role the backend already has is a no-op.
+	m.Expect("redis", "replica", RolePrimary, time.Minute)
+	m.mu.Lock()
+	cleared = l.expectUntil.IsZero()
+	m.mu.Unlock()
+	if !cleared {
+		t.Error("expecting a role the backend reports set fast checks")
+	}
+}

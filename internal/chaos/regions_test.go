@@ -88,7 +88,8 @@ func regionFailovers(t *testing.T, network string, n int) []string {
 	// it as a candidate (and voters do not rank), so a transient there
 	// would fail over to a remote standby.
 	o.interval, o.timeout, o.fall = "1s", "900ms", 2
-	// The default lease. A proposal's two phases are reliable sends and
+	// The lease network = "wan" defaults to (set here for "lan" too). A
+	// proposal's two phases are reliable sends and
 	// their answers, each message on a new TCP connection: about seven
 	// round trips, which must fit in one lease (the vote timeout). With
 	// the harness's 1s, proposals over 120-200ms round trips were given up

@@ -277,6 +277,15 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 		failovers.WithLabelValues(service).Inc()
 	}
 	svc := d.serviceConfig(service)
+	if svc != nil && svc.Role == config.RolePrimary && new.Primary != old.Primary && new.Primary != "" {
+		select {
+		case <-d.ready:
+			// Another proxy may be promoting it: see the promotion as soon
+			// as it lands rather than at the next check (an interval later).
+			d.mon.Expect(service, new.Primary, health.RolePrimary, expectPromotionWithin(svc))
+		default: // records recovered at start: the first checks come at once anyway
+		}
+	}
 	if svc == nil || len(svc.Hooks.Notify) == 0 {
 		return
 	}
@@ -285,6 +294,12 @@ func (d *Daemon) onRecord(service string, old, new cluster.Record) {
 	d.hooks.enqueue(service, func() {
 		_ = d.hooks.runOne(service, "notify", svc.Hooks.Notify, env, svc.Hooks.Timeout)
 	})
+}
+
+// expectPromotionWithin bounds the fast checks of a new primary that still
+// reports replica: the promote hook's timeout and a check, at most 30s.
+func expectPromotionWithin(svc *config.Service) time.Duration {
+	return min(svc.Hooks.Timeout+svc.Health.Interval, 30*time.Second)
 }
 
 // recordReason says in words what a new record changed, the same on every
