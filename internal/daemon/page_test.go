@@ -1,0 +1,63 @@
+package daemon
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/adminapi"
+	"github.com/quorumproxy/quorumproxy/internal/journal"
+)
+
+// The page renders every banner, the streak and the target, escapes what
+// it shows, and a refresh of 0 leaves the meta refresh out.
+func TestPageRenders(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := &adminapi.Status{Version: "v1", Started: now.Add(-time.Hour), LastReload: adminapi.ReloadResult{OK: true},
+		Services: []adminapi.Service{{
+			Name: "db", Mode: "active-passive", Target: "a", TargetSince: now.Add(-72 * time.Second), Routes: []string{"a"},
+			Alerts: []string{"dual_primary: a, b all report primary; writes stay on \"a\""},
+			Backends: []adminapi.Backend{
+				{Name: "a", Health: "up", Failing: 2, Fall: 3, LastChange: now.Add(-192 * time.Second), LagBytes: -1, LagSeconds: -1},
+				{Name: "<b>", Health: "down", Rising: 1, Rise: 2, LagBytes: -1, LagSeconds: -1, LastError: "<script>alert(1)</script>"},
+			},
+		}, {Name: "cache", Mode: "active-passive", Why: "no backend is up", Backends: []adminapi.Backend{{Name: "c", Health: "down"}}}},
+		Cluster: &adminapi.ClusterStatus{Node: "qp1", Peers: 3, Quorum: 2,
+			Services: []adminapi.ClusterService{{Service: "db", Epoch: 4, Primary: "a", Paused: true}}},
+	}
+	p := &pageData{Status: st, Now: now, Refresh: 2, Banners: banners(st),
+		History: []journal.Entry{{Time: now, Service: "db", Kind: "record", Epoch: 4, Summary: "primary moved from b to a"}}}
+	var b strings.Builder
+	if err := pageTmpl.Execute(&b, p); err != nil {
+		t.Fatal(err)
+	}
+	html := b.String()
+	for _, want := range []string{
+		`<meta http-equiv="refresh" content="2">`,
+		`class="banner banner-quorum"`, "LOST QUORUM: this proxy reaches 1 of 3 proxies",
+		`class="banner banner-paused"`, "PAUSED: db:",
+		`class="banner banner-noroute"`, "NO ROUTE: cache refuses new clients: no backend is up",
+		`class="banner banner-dual"`, "DUAL PRIMARY: db: a, b all report primary",
+		`<tr data-backend="a" class="target">`, `<span class="badge"`,
+		`class="health failing">up, failing 2/3 <small class="since">for 3m12s</small>`,
+		`class="health rising">down, rising 1/2`,
+		"target <b class=\"target-name\">a</b> for 1m12s",
+		"&lt;script&gt;alert(1)&lt;/script&gt;", `data-backend="&lt;b&gt;"`,
+		"primary moved from b to a", "<dt>epoch</dt>",
+	} {
+		if !strings.Contains(html, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(html, "<script>") {
+		t.Error("page holds an unescaped <script>")
+	}
+	p.Refresh = 0
+	b.Reset()
+	if err := pageTmpl.Execute(&b, p); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "http-equiv") {
+		t.Error("refresh 0 still reloads the page")
+	}
+}
