@@ -38,6 +38,8 @@ checks=(
 	"systemd-analyze systemd"
 	"adduser adduser"
 	"dpkg-deb dpkg"
+	# headless, for the status page's browser test
+	"chromium chromium"
 )
 
 have() {
