@@ -17,7 +17,7 @@ import (
 // The status page in a real browser through a real failover: a proxy alone
 // in front of a Redis primary and its replica (promote hook: the README's
 // redis-promote). Before: the primary is the marked target, both up, no
-// banner. The primary frozen (SIGSTOP): its row says "up, failing n/4" in
+// banner. The primary frozen (SIGSTOP): its row says "up, failing n/6" in
 // amber while the checks fail that have not yet taken it down. After: the
 // promoted replica is the marked target, the old primary down, and the
 // history shows the move and the promote hook; the page reloads itself to
@@ -36,8 +36,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin, listen := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	// fall 4 at 1s: a frozen primary is "failing" for about 3s, long
-	// enough to see on a loaded machine.
+	// fall 6 at 1s: a frozen primary is "failing" for about 5s, long
+	// enough to see on a loaded machine (make test runs every package at
+	// once).
 	text := fmt.Sprintf(`[admin]
 listen = %q
 [proxy]
@@ -46,7 +47,7 @@ drain_timeout = "0s"
 name = "db"
 listen = %q
 role = "primary"
-health = { kind = "redis", interval = "1s", fast_interval = "1s", timeout = "500ms", rise = 1, fall = 4 }
+health = { kind = "redis", interval = "1s", fast_interval = "1s", timeout = "500ms", rise = 1, fall = 6 }
 hooks = { promote = [%q], timeout = "10s" }
 backend = [{ name = "r", address = %q, priority = 10 }, { name = "r1", address = %q, priority = 5 }]
 `, admin, listen, promote, r.Addr(), r1.Addr())
@@ -76,13 +77,13 @@ backend = [{ name = "r", address = %q, priority = 10 }, { name = "r1", address =
 		t.Errorf("before: history %q; want the first target", p.History)
 	}
 
-	// During: r frozen, its checks time out; until the fourth it is "up,
-	// failing n/4", amber, and still the target.
+	// During: r frozen, its checks time out; until the sixth it is "up,
+	// failing n/6", amber, and still the target.
 	frozen := time.Now()
 	if err := r.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	failing := regexp.MustCompile(`^up, failing [1-3]/4$`)
+	failing := regexp.MustCompile(`^up, failing [1-5]/6$`)
 	p = b.Stage("during", url, true, 30*time.Second, func(p testbrowser.Page) bool {
 		return db(p).Rows["r"].Target && failing.MatchString(db(p).Rows["r"].Health)
 	})
