@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -59,5 +61,17 @@ func TestPageRenders(t *testing.T) {
 	}
 	if strings.Contains(b.String(), "http-equiv") {
 		t.Error("refresh 0 still reloads the page")
+	}
+}
+
+// A refresh the page cannot honour is a 400 that says what it wants.
+func TestPageRefreshOutOfRange(t *testing.T) {
+	for _, v := range []string{"x", "-1", "3601", "1.5"} {
+		w := httptest.NewRecorder()
+		// refused before the page reads anything of the daemon
+		(&Daemon{}).handlePage(w, httptest.NewRequest("GET", "/?refresh="+v, nil))
+		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "refresh: want seconds") {
+			t.Errorf("?refresh=%s: %d %q; want 400 naming refresh", v, w.Code, w.Body.String())
+		}
 	}
 }
