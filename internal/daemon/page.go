@@ -47,8 +47,9 @@ type pageData struct {
 
 // pageBanner is a condition that needs an operator, shown on top.
 type pageBanner struct {
-	Kind string // quorum, noroute, paused, dual, store, recovering: the CSS class
-	Text string
+	Kind    string // quorum, noroute, paused, dual, store, recovering: the CSS class
+	Text    string
+	service string // the service it is about, if one
 }
 
 // For says for how long something has held since t ("" for a zero t).
@@ -101,24 +102,36 @@ func healthClass(b adminapi.Backend) string {
 	return "unknown"
 }
 
+// bannersPerKind bounds the banners of one kind: a cut-off proxy of 1,000
+// services says "no route" once, not 1,000 times.
+const bannersPerKind = 5
+
 // banners lists what needs an operator across the status: lost quorum
 // (and the other reasons a cluster's proxy cannot vote or route), a
 // service that routes nowhere, a paused service, two primaries.
 func banners(st *adminapi.Status) []pageBanner {
 	var out []pageBanner
+	perService := map[string][]pageBanner{} // kind -> one per service, in order
+	var kinds []string
+	add := func(kind, service, text string) {
+		if perService[kind] == nil {
+			kinds = append(kinds, kind)
+		}
+		perService[kind] = append(perService[kind], pageBanner{kind, text, service})
+	}
 	if c := st.Cluster; c != nil {
 		if n := len(c.Reachable) + 1; n < c.Quorum {
-			out = append(out, pageBanner{"quorum", fmt.Sprintf("LOST QUORUM: this proxy reaches %d of %d proxies (itself included), %d needed: no failover, and its services stop routing when their leases end", n, c.Peers, c.Quorum)})
+			out = append(out, pageBanner{Kind: "quorum", Text: fmt.Sprintf("LOST QUORUM: this proxy reaches %d of %d proxies (itself included), %d needed: no failover, and its services stop routing when their leases end", n, c.Peers, c.Quorum)})
 		}
 		if c.Recovering {
-			out = append(out, pageBanner{"recovering", "RECOVERING: learning the cluster's state from its peers; not voting or routing yet"})
+			out = append(out, pageBanner{Kind: "recovering", Text: "RECOVERING: learning the cluster's state from its peers; not voting or routing yet"})
 		}
 		if c.StoreError != "" {
-			out = append(out, pageBanner{"store", "STATE_DIR CANNOT BE WRITTEN (" + c.StoreError + "): this proxy neither votes nor routes until it can"})
+			out = append(out, pageBanner{Kind: "store", Text: "STATE_DIR CANNOT BE WRITTEN (" + c.StoreError + "): this proxy neither votes nor routes until it can"})
 		}
 		for _, cs := range c.Services {
 			if cs.Paused {
-				out = append(out, pageBanner{"paused", fmt.Sprintf("PAUSED: %s: no automatic failover until `quorumproxy resume`; switchovers, fences and unfences still work", cs.Service)})
+				add("paused", cs.Service, fmt.Sprintf("PAUSED: %s: no automatic failover until `quorumproxy resume`; switchovers, fences and unfences still work", cs.Service))
 			}
 		}
 	}
@@ -128,13 +141,30 @@ func banners(st *adminapi.Status) []pageBanner {
 			if why == "" {
 				why = "no backend it may forward to"
 			}
-			out = append(out, pageBanner{"noroute", fmt.Sprintf("NO ROUTE: %s refuses new clients: %s", sv.Name, why)})
+			add("noroute", sv.Name, fmt.Sprintf("NO ROUTE: %s refuses new clients: %s", sv.Name, why))
 		}
 		for _, a := range sv.Alerts {
 			if strings.HasPrefix(a, "dual_primary") {
-				out = append(out, pageBanner{"dual", "DUAL PRIMARY: " + sv.Name + ": " + strings.TrimPrefix(strings.TrimPrefix(a, "dual_primary"), ": ")})
+				add("dual", sv.Name, "DUAL PRIMARY: "+sv.Name+": "+strings.TrimPrefix(strings.TrimPrefix(a, "dual_primary"), ": "))
 			}
 		}
+	}
+	for _, kind := range kinds {
+		bs := perService[kind]
+		if len(bs) <= bannersPerKind {
+			out = append(out, bs...)
+			continue
+		}
+		names := make([]string, 0, bannersPerKind)
+		for _, b := range bs[:bannersPerKind] {
+			names = append(names, b.service)
+		}
+		what := map[string]string{
+			"paused":  "PAUSED: %d services: no automatic failover until `quorumproxy resume` (%s and %d more)",
+			"noroute": "NO ROUTE: %d services refuse new clients (%s and %d more; each says why below)",
+			"dual":    "DUAL PRIMARY: %d services have two or more backends reporting primary (%s and %d more)",
+		}[kind]
+		out = append(out, pageBanner{Kind: kind, Text: fmt.Sprintf(what, len(bs), strings.Join(names, ", "), len(bs)-bannersPerKind)})
 	}
 	return out
 }

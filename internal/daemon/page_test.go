@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -73,5 +74,23 @@ func TestPageRefreshOutOfRange(t *testing.T) {
 		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "refresh: want seconds") {
 			t.Errorf("?refresh=%s: %d %q; want 400 naming refresh", v, w.Code, w.Body.String())
 		}
+	}
+}
+
+// Many services in one condition make one banner, not one each.
+func TestPageBannersBounded(t *testing.T) {
+	st := &adminapi.Status{Cluster: &adminapi.ClusterStatus{Peers: 3, Quorum: 2, Reachable: []string{"qp2"}}}
+	for i := range 7 {
+		st.Services = append(st.Services, adminapi.Service{Name: fmt.Sprintf("s%d", i), Why: "no route from the cluster"})
+	}
+	st.Services[6].Routes = []string{"a"}
+	bs := banners(st)
+	if len(bs) != 1 || bs[0].Kind != "noroute" ||
+		bs[0].Text != "NO ROUTE: 6 services refuse new clients (s0, s1, s2, s3, s4 and 1 more; each says why below)" {
+		t.Errorf("6 services without a route: %+v; want one banner naming five", bs)
+	}
+	st.Services = st.Services[1:] // 5: one banner each
+	if bs := banners(st); len(bs) != 5 || bs[0].Text != "NO ROUTE: s1 refuses new clients: no route from the cluster" {
+		t.Errorf("5 services without a route: %+v; want a banner each", bs)
 	}
 }
