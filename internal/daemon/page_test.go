@@ -94,3 +94,29 @@ func TestPageBannersBounded(t *testing.T) {
 		t.Errorf("5 services without a route: %+v; want a banner each", bs)
 	}
 }
+
+// The page of 1,000 services of two backends each, with 20 history
+// entries: how long it takes to render and how big it is.
+func BenchmarkPageRender(b *testing.B) {
+	now := time.Now()
+	st := &adminapi.Status{Version: "bench", Started: now, LastReload: adminapi.ReloadResult{OK: true}}
+	for i := range 1000 {
+		st.Services = append(st.Services, adminapi.Service{Name: fmt.Sprintf("svc%04d", i), Mode: "active-passive",
+			Target: "a", Routes: []string{"a"}, TargetSince: now, Backends: []adminapi.Backend{
+				{Name: "a", Health: "up", Failing: 1, Fall: 3, LastChange: now, LagBytes: -1, LagSeconds: -1, Role: "primary"},
+				{Name: "b", Health: "up", LastChange: now, LagBytes: 0, LagSeconds: 0, Role: "replica"},
+			}})
+	}
+	p := &pageData{Status: st, Now: now, Refresh: 2, Banners: banners(st)}
+	for range 20 {
+		p.History = append(p.History, journal.Entry{Time: now, Service: "svc0001", Kind: "record", Epoch: 7, Summary: "primary moved from a to b (a fenced), epoch 7"})
+	}
+	var out strings.Builder
+	for b.Loop() {
+		out.Reset()
+		if err := pageTmpl.Execute(&out, p); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(out.Len()), "page-bytes")
+}
