@@ -31,9 +31,9 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 // pageHistory is how many history entries the page shows, newest first.
 const pageHistory = 20
 
-// pageRefresh is the page's default refresh: quick enough to watch a
-// failover (fall checks at the default 2s interval take 6s), cheap
-// for the proxy (one /status per viewer per refresh).
+// pageRefresh is the page's default refresh in seconds: quick enough to
+// watch a failover's checks fail one by one, cheap for the proxy (one
+// /status per viewer per refresh).
 const pageRefresh = 2
 
 // pageData is what the template renders.
