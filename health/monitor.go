@@ -63,6 +63,12 @@ type State struct {
 	Reason string
 	// Checks and Failures count all checks and the failed ones since the target was added.
 	Checks, Failures uint64
+	// Failing is the streak of consecutive failed checks of a backend not yet down (Fall of
+	// them bring it down), Rising that of successes of one not yet up (Rise bring it up):
+	// a change under way, which Status does not show until it completes. Zero otherwise.
+	Failing, Rising int
+	// Rise and Fall are the target's thresholds (the spec's, defaults applied).
+	Rise, Fall int
 	// Position is how far this replica holds the primary's log (see Result.Received), -1
 	// when its check reports none. PositionFresh: it was read by a check that started after
 	// the first failed check of its service's primary, whose checks have failed since: the
@@ -280,9 +286,11 @@ func (m *Monitor) Set(targets []Target) error {
 				old.spec.Kind == l.spec.Kind {
 				l.state = old.state
 				l.rf = riseFall{status: old.rf.status}
+				l.state.Failing, l.state.Rising = 0, 0 // the streak restarts
 				l.position = old.position
 			}
 		}
+		l.state.Rise, l.state.Fall = l.spec.Rise, l.spec.Fall
 		l.probe = p
 		next[k] = l
 		members[p] = append(members[p], l)
@@ -630,6 +638,8 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 			st.Role, st.LagBytes, st.Lag, l.position = RoleUnknown, -1, -1, -1
 		}
 	}
+	// Not part of changed: a streak alone moves no traffic (status pages read it).
+	st.Failing, st.Rising = l.rf.dns, l.rf.ups
 	if st.Status != StatusUp {
 		st.Position, st.PositionFresh, st.Upstream = -1, false, ""
 	}

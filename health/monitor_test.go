@@ -430,3 +430,43 @@ func TestMonitorCheckNow(t *testing.T) {
 		t.Error("CheckNow after Close: no error")
 	}
 }
+
+// The streak toward a new status is visible before the status flips: an
+// up backend whose checks fail shows Failing n of Fall, a success resets
+// it, and a down backend's good checks show Rising n of Rise.
+func TestMonitorStreak(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	m := NewMonitor(testLogger(t), func(State) {})
+	defer m.Close()
+	// Long streaks at a short interval: each step holds long enough to see.
+	spec := Spec{Kind: "tcp", Interval: 10 * time.Millisecond, FastInterval: 10 * time.Millisecond,
+		Timeout: 2 * time.Second, Rise: 40, Fall: 40}
+	if err := m.Set([]Target{{Service: "svc", Backend: "a", Address: addr, Spec: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, m, "a", "up", func(s State) bool { return s.Status == StatusUp })
+	if s.Failing != 0 || s.Rising != 0 || s.Rise != 40 || s.Fall != 40 {
+		t.Errorf("up, nothing under way: %+v; want no streak, rise 40, fall 40", s)
+	}
+	ln.Close()
+	waitState(t, m, "a", "up and failing 3+", func(s State) bool {
+		return s.Status == StatusUp && s.Failing >= 3 && s.Failing < 40 && s.Rising == 0
+	})
+	if ln, err = net.Listen("tcp", addr); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "a", "up, the streak reset by a success", func(s State) bool { return s.Status == StatusUp && s.Failing == 0 })
+	ln.Close()
+	waitState(t, m, "a", "down with no streak", func(s State) bool { return s.Status == StatusDown && s.Failing == 0 && s.Rising == 0 })
+	if ln, err = net.Listen("tcp", addr); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	waitState(t, m, "a", "down and rising 3+", func(s State) bool {
+		return s.Status == StatusDown && s.Rising >= 3 && s.Rising < 40 && s.Failing == 0
+	})
+}

@@ -66,6 +66,12 @@ type Service struct {
 	Accepted uint64    `json:"accepted"`
 	Refused  uint64    `json:"refused"`
 	Backends []Backend `json:"backends"`
+	// TargetSince is when Target last changed (zero: never).
+	TargetSince time.Time `json:"target_since,omitzero"`
+	// Routes are the backends a new connection would be forwarded to now:
+	// the target, or every eligible backend of a balanced service. Empty:
+	// the service routes nowhere (Why says why).
+	Routes []string `json:"routes,omitempty"`
 }
 
 // Backend is one backend of a service: its health as this proxy checks
@@ -105,6 +111,16 @@ type Backend struct {
 	DialFailures   uint64    `json:"dial_failures"`
 	BytesIn        uint64    `json:"bytes_in"`  // client -> backend
 	BytesOut       uint64    `json:"bytes_out"` // backend -> client
+	// Failing is the streak of consecutive failed checks of a backend
+	// still up (Fall of them bring it down); Rising that of good checks of
+	// one still down (Rise bring it up): a change under way that Health
+	// does not show yet (a frozen primary stays "up" until its Fall-th
+	// failed check). Zero when none is. Health has been what it is since
+	// LastChange.
+	Failing int `json:"failing,omitempty"`
+	Rising  int `json:"rising,omitempty"`
+	Rise    int `json:"rise,omitempty"`
+	Fall    int `json:"fall,omitempty"`
 }
 
 // ClusterStatus is the cluster part of /status.

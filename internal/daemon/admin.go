@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"net"
 	"net/http"
 	"slices"
@@ -273,37 +272,4 @@ func (d *Daemon) handleDrain(on bool) http.Handler {
 		}
 		return adminapi.ControlAnswer{Message: fmt.Sprintf("%q of %q takes new connections again on this proxy", backend, service)}, nil
 	})
-}
-
-var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>quorumproxy</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.up{color:#070}.down{color:#b00}.unknown{color:#888}
-.alert{background:#fdd;padding:4px 8px}</style></head><body>
-<h1>quorumproxy {{.Version}}</h1>
-<p>up since {{.Started.Format "2006-01-02 15:04:05 MST"}} · config {{.Config}} · last reload {{if .LastReload.OK}}ok{{else}}<b>failed</b>: {{.LastReload.Error}}{{end}}</p>
-{{range .Services}}
-<h2>{{.Name}} <small>{{.Listen}} · {{.Mode}}{{if .Role}} · role {{.Role}}{{end}}</small></h2>
-<p>target <b>{{if .Target}}{{.Target}}{{else}}none{{end}}</b>{{if .Why}} — {{.Why}}{{end}} · active {{.Active}} · accepted {{.Accepted}} · refused {{.Refused}}</p>
-{{range .Alerts}}<p class="alert">{{.}}</p>{{end}}
-<table><tr><th>backend</th><th>address</th><th>health</th><th>role</th><th>lag</th><th>check</th><th>active</th><th>last error</th><th>last change</th></tr>
-{{range .Backends}}<tr><td>{{.Name}}{{if .Region}} · {{.Region}}{{end}}</td><td>{{.Address}}</td><td class="{{.Health}}">{{.Health}}{{if .Draining}}, draining{{end}}{{if .Fenced}}, fenced{{end}}</td><td>{{.Role}}{{if .Upstream}} of {{.Upstream}}{{end}}{{if .SyncStandbys}} (synchronous: {{range .SyncStandbys}}{{.}} {{end}}){{end}}</td>
-<td>{{if ge .LagBytes 0}}{{.LagBytes}} B{{end}} {{if ge .LagSeconds 0.0}}{{printf "%.1f" .LagSeconds}} s{{end}}</td>
-<td>{{printf "%.1f" .CheckLatencyMS}}ms</td><td>{{.Active}}</td><td>{{.LastError}}</td><td>{{.Reason}}</td></tr>{{end}}
-</table>{{end}}
-{{with .Cluster}}
-<h2>cluster <small>node {{.Node}} · {{.Peers}} peers · quorum {{.Quorum}}{{if .Recovering}} · <b>recovering</b>{{end}}</small></h2>
-<table><tr><th>peer</th><th>address</th><th>state</th><th>config</th></tr>
-{{range .Members}}<tr><td>{{.Name}}{{if .Self}} (self){{end}}{{if .Region}} · {{.Region}}{{end}}</td><td>{{.Address}}</td><td>{{.State}}</td><td>{{if .ConfigMatch}}same{{else}}<b>different</b>{{end}}</td></tr>{{end}}
-</table>
-<table><tr><th>service</th><th>epoch</th><th>primary</th><th>fenced</th><th>routing</th><th>lease</th><th>max voted</th><th>in flight</th><th>last decision</th></tr>
-{{range .Services}}<tr><td>{{.Service}}{{if .Paused}} <b>PAUSED</b>{{end}}</td><td>{{.Epoch}}</td><td>{{.Primary}}</td><td>{{range .Fenced}}{{.}} {{end}}{{if .Fencing}}({{.Fencing}} pending){{end}}</td><td>{{if .Held}}held: {{.Held}}{{else}}{{.Routing}}{{end}}</td><td>{{if gt .LeaseMS 0.0}}{{printf "%.0f" .LeaseMS}}ms{{else}}none{{end}}</td><td>{{.MaxVoted}}</td><td>{{if .Proposing}}epoch {{.Proposing}}, {{.Votes}} vote(s){{end}}</td><td>{{.Decision}}</td></tr>{{end}}
-</table>{{end}}
-</body></html>`))
-
-func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := pageTmpl.Execute(w, d.status()); err != nil {
-		d.log.Warn("status page", "err", err)
-	}
 }

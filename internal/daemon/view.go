@@ -37,7 +37,9 @@ func (d *Daemon) status() *adminapi.Status {
 		sv := adminapi.Service{
 			Name: ps.Name, Listen: ps.Listen, Mode: ps.Mode.String(), Role: roles[ps.Name],
 			Target: ps.Target, Why: ps.Reason, Active: ps.Active, Accepted: ps.Accepted, Refused: ps.Refused,
+			TargetSince: ps.TargetSince,
 		}
+		sv.Routes, _ = routesOf(ps)
 		if ps.Addr != "" {
 			sv.Listen = ps.Addr
 		}
@@ -88,6 +90,7 @@ func (d *Daemon) status() *adminapi.Status {
 				bv.LastCheck = hs.LastCheck
 				bv.LastChange = hs.LastChange
 				bv.Reason = hs.Reason
+				bv.Failing, bv.Rising, bv.Rise, bv.Fall = hs.Failing, hs.Rising, hs.Rise, hs.Fall
 			}
 			sv.Backends = append(sv.Backends, bv)
 		}

@@ -39,6 +39,8 @@ checks=(
 	"adduser adduser"
 	"dpkg-deb dpkg"
 	"zsh zsh"
+	# headless, for the status page's browser test
+	"chromium chromium"
 )
 
 have() {
