@@ -156,6 +156,12 @@ func printStatus(w io.Writer, st *adminapi.Status) {
 				mark = "*"
 			}
 			h := b.Health
+			switch {
+			case b.Failing > 0:
+				h += fmt.Sprintf(", failing %d/%d", b.Failing, b.Fall) // a change under way
+			case b.Rising > 0:
+				h += fmt.Sprintf(", rising %d/%d", b.Rising, b.Rise)
+			}
 			if b.Draining {
 				h += ", draining"
 			}
