@@ -104,6 +104,7 @@ func Start(cfg Config, g GossipConfig, stateDir string, opts NodeOptions) (*Runt
 		NodeName: cfg.Name, Bind: g.Bind, Advertise: g.Advertise, Label: g.Label, Peers: peers,
 		SecretKey: key, Insecure: g.Insecure, ConfigHash: g.ConfigHash, Logger: g.Logger,
 		GossipInterval: g.GossipInterval, ProbeInterval: g.ProbeInterval, RejoinInterval: g.RejoinInterval, WAN: g.WAN,
+		Meta: WireMeta(),
 	}, node)
 	if err != nil {
 		node.Close()
@@ -131,3 +132,5 @@ func (r *Runtime) Close() error {
 	r.Node.Close()
 	return errors.Join(err, r.store.Close())
 }
+
+var _ mesh.MetaHandler = (*Node)(nil)
