@@ -1,0 +1,169 @@
+package chaos
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
+)
+
+// formatIntro is what only the commit that introduced wire format 6 added
+// to cluster/codec.go: its parent is the last build of format 5, the
+// format before this build's highest. (When a format 7 comes, this names
+// the commit that introduced it.)
+const (
+	formatIntro = "const wireVersion = 6"
+	prevFormat  = "const wireVersion = 5"
+)
+
+// buildPreviousFormat builds, from the git history, the last quorumproxy
+// that spoke only the previous wire format: a real older binary, not this
+// build told to pretend. It skips when the history is not there (a source
+// tarball, a shallow clone).
+func buildPreviousFormat(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		t.Skipf("the previous wire format's proxy is built from the git history, and this is not a git checkout: %v", err)
+	}
+	root := strings.TrimSpace(string(out))
+	out, err = exec.Command("git", "-C", root, "log", "--reverse", "--format=%H", "-S", formatIntro, "--", "cluster/codec.go").Output()
+	intro, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if err != nil || intro == "" {
+		t.Skipf("the commit that introduced %q is not in this clone's history (shallow?): %v", formatIntro, err)
+	}
+	old := intro + "^"
+	if err := exec.Command("git", "-C", root, "cat-file", "-e", old+"^{commit}").Run(); err != nil {
+		t.Skipf("the parent of %s (the last build of the previous wire format) is not in this clone's history (shallow?)", intro[:12])
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unpack := exec.Command("sh", "-c", `git -C "$0" archive "$1" | tar -x -C "$2"`, root, old, src)
+	if out, err := unpack.CombinedOutput(); err != nil {
+		t.Fatalf("unpacking %s: %v\n%s", old, err, out)
+	}
+	codec, err := os.ReadFile(filepath.Join(src, "cluster", "codec.go"))
+	if err != nil || !bytes.Contains(codec, []byte(prevFormat)) {
+		t.Fatalf("%s's cluster/codec.go does not say %q (%v): the history moved, update formatIntro", old, prevFormat, err)
+	}
+	bin := filepath.Join(dir, "quorumproxy-format5")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/quorumproxy")
+	build.Dir = src
+	t0 := time.Now()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", old, err, out)
+	}
+	t.Logf("built the last wire-format-5 quorumproxy (%s, the parent of %.12s) in %s", old, intro, time.Since(t0).Round(time.Second))
+	return bin
+}
+
+// restartAs stops p (SIGTERM, as a service manager would) and starts it
+// again as binary bin ("": this build) on the same config and state_dir.
+func (p *proxyNode) restartAs(bin string) {
+	t := p.c.t
+	t.Helper()
+	p.proc.signal(syscall.SIGTERM)
+	select {
+	case <-p.proc.exited:
+	case <-time.After(20 * time.Second):
+		t.Logf("%s did not stop within 20s of SIGTERM: killed", p.name)
+		p.proc.kill()
+	}
+	t.Logf("%s log as the older build (tail):\n%s", p.name, tail(p.proc.logs.String(), 8))
+	p.bin = bin
+	p.start()
+}
+
+// failoverAndBack kills the primary "a" under the split-brain monitor, waits
+// until every proxy routes and forwards to "b", checks that the promote
+// hook ran once for the new epoch, and brings "a" back as primary.
+func (c *cluster) failoverAndBack(what string) time.Duration {
+	t := c.t
+	t.Helper()
+	before := len(c.promotions())
+	e0 := c.proxies[0].view().epoch
+	m := c.startMonitor()
+	t0 := time.Now()
+	c.backends["a"].kill()
+	c.waitAllRoute("b", c.proxies, 60*time.Second)
+	d := time.Since(t0)
+	m.finish(t, what)
+	e1 := c.proxies[0].view().epoch
+	if e1 <= e0 {
+		t.Fatalf("%s: epoch did not grow: %d then %d", what, e0, e1)
+	}
+	want := fmt.Sprintf("%d b", e1)
+	testwait.For(t, what+": the promote hook once, for "+want, 20*time.Second, func() bool {
+		p := c.promotions()
+		return len(p) == before+1 && slices.Contains(p, want)
+	})
+	// Back to "a" through an upgraded proxy (a switchover voted by both
+	// builds), so that the next stage starts where this one did.
+	c.restorePrimary(c.proxies)
+	return d
+}
+
+// A rolling upgrade, one proxy at a time, across wire formats: three
+// proxies of the last build of format 5 (built from the git history) are
+// replaced by this build one by one, and the primary is killed twice on
+// the way, with one and with two proxies upgraded. Every time every proxy
+// routes and forwards to the new primary, no two proxies route to
+// different backends at any sampled moment, each epoch has one primary,
+// and the promote hook runs once.
+func TestRollingUpgradeAcrossWireFormats(t *testing.T) {
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	old := buildPreviousFormat(t)
+	o := defaultOpts()
+	o.bin = old
+	c := newCluster(t, o) // all three of format 5, routing "a"
+	p1, p2, p3 := c.proxies[0], c.proxies[1], c.proxies[2]
+
+	p1.restartAs("")
+	c.waitAllRoute("a", c.proxies, 60*time.Second)
+	d1 := c.failoverAndBack("failover with p1 upgraded (format 6), p2 and p3 of format 5")
+
+	p2.restartAs("")
+	c.waitAllRoute("a", c.proxies, 60*time.Second)
+	d2 := c.failoverAndBack("failover with p1 and p2 upgraded, p3 of format 5")
+
+	// The upgraded proxies talk format 6 to each other and 5 to p3, and
+	// never found a peer they could not talk to.
+	for _, p := range []*proxyNode{p1, p2} {
+		logs := p.proc.logs.String()
+		if !strings.Contains(logs, "peer p3 speaks wire format 5: it is sent format 5 until it is upgraded") {
+			t.Errorf("%s never said it sends p3 format 5:\n%s", p.name, tail(logs, 40))
+		}
+		if strings.Contains(logs, "its messages are dropped") {
+			t.Errorf("%s found a peer of no common format:\n%s", p.name, tail(logs, 40))
+		}
+		st, err := p.status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := st.Cluster.Counters.WireVersion; n != 0 {
+			t.Errorf("%s dropped %d payloads for their wire format", p.name, n)
+		}
+	}
+
+	p3.restartAs("")
+	c.waitAllRoute("a", c.proxies, 60*time.Second)
+	testwait.For(t, "p1 sending the upgraded p3 format 6", 30*time.Second, func() bool {
+		return strings.Contains(p1.proc.logs.String(), "peer p3 speaks wire formats 5..6: it is sent format 6")
+	})
+	d3 := c.failoverAndBack("failover with all three upgraded")
+	t.Logf("FIGURE rolling upgrade across wire formats 5 -> 6, kill primary -> all 3 route and forward to b: %s with 1 of 3 proxies upgraded, %s with 2 of 3, %s with 3 of 3",
+		d1.Round(time.Millisecond), d2.Round(time.Millisecond), d3.Round(time.Millisecond))
+}
