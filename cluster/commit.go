@@ -139,11 +139,15 @@ func (m *Machine) release() {
 // format some peer is sent in.
 func (m *Machine) sendBatched(msgs []pendingOut) {
 	_, hi := m.wireRange()
+	var groups []uint8
 	for _, p := range msgs {
 		if p.to != "" {
 			continue
 		}
-		for _, v := range m.wireGroups() {
+		if groups == nil {
+			groups = m.wireGroups()
+		}
+		for _, v := range groups {
 			b, err := transcode(p.b, v)
 			if err != nil {
 				m.log.Error("cluster: writing a broadcast in an older wire format", "key", p.key, "format", v, "err", err)

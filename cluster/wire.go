@@ -9,8 +9,8 @@ import (
 // speaks, [wireMin, wireMax], in its gossip node meta (WireMeta); to each
 // peer it sends the highest format both speak, and it reads any format it
 // speaks. A peer that advertises nothing is a build from before the
-// negotiation, which speaks exactly one format: the one its payloads
-// carry. Until one arrives, it is sent this build's highest (a build of
+// negotiation, which speaks exactly one format: the one its latest
+// payload carries. Until one arrives, it is sent this build's highest (a build of
 // the same format reads it; an older one drops it until its first payload
 // tells which format it wants, within a lease request's period).
 //
@@ -42,7 +42,7 @@ type peerWire struct {
 	// advertises none or its meta has not arrived yet.
 	lo, hi     uint8
 	advertised bool
-	// heard is the highest format of a payload from the peer since its
+	// heard is the format of the latest payload from the peer since its
 	// meta last changed (0: none yet); only read when it advertises none.
 	heard uint8
 	// said is what was last logged about the peer, so that each
@@ -140,7 +140,10 @@ func (m *Machine) heardWire(p string, v uint8) bool {
 		}
 		return false
 	}
-	if !w.advertised && v > w.heard {
+	if !w.advertised && v != w.heard {
+		// The latest, not the highest: a payload of the peer's previous
+		// run, still on its way when it restarted as an older build, must
+		// not fix the format for good (the simulation found that).
 		w.heard = v
 		m.sayWire(p)
 	}

@@ -318,3 +318,22 @@ func TestNodeMixedWireFormats(t *testing.T) {
 	st, _ := c.nodes["proxy-2"].Status()
 	t.Logf("proxy-2 (format 5) dropped %d payloads of format 6 before the others heard its format", st.Counters.WireVersion)
 }
+
+// A peer that advertises nothing is sent the format of its latest payload:
+// one of its previous run (this build), still on its way when it came back
+// as an older build, does not fix the format for good.
+func TestWireFollowsLatestPayloadOfOlderBuild(t *testing.T) {
+	m := wireMachine(t, 0)
+	m.peerMeta("p2", nil)
+	lease6, _ := encodeLeaseReq(leaseReqMsg{Boot: 9, Counter: 1})
+	lease5, _ := leaseReqMsg{Boot: 10, Counter: 1}.encode(5)
+	m.Step("p2", lease5)
+	m.Step("p2", lease6) // late, from before the restart
+	if v := m.sendVersion("p2"); v != wireMax {
+		t.Fatalf("after a payload of format %d: sent format %d", wireMax, v)
+	}
+	m.Step("p2", lease5)
+	if v := m.sendVersion("p2"); v != 5 {
+		t.Fatalf("after a payload of format 5 again: sent format %d", v)
+	}
+}
