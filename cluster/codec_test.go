@@ -127,16 +127,19 @@ func mustEncode(t *testing.T, m any) []byte {
 // FuzzDecode checks that no payload makes the decoder panic and that what
 // it accepts encodes back to the same bytes.
 func FuzzDecode(f *testing.F) {
-	for _, m := range sampleMessages() {
-		b, _ := encodeAny(m)
-		f.Add(b)
+	for _, m := range append(sampleMessages(), richObs) {
+		for v := uint8(wireMin); v <= wireMax; v++ {
+			b, _ := m.(wireMsg).encode(v)
+			f.Add(b)
+		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decode(b)
 		if err != nil {
 			return
 		}
-		again, err := encodeAny(m)
+		// In the format it came in: every format spoken reads back exactly.
+		again, err := encodeIn(m, b[1])
 		if err != nil {
 			t.Fatalf("decoded %+v does not encode: %v", m, err)
 		}
