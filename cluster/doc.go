@@ -476,4 +476,6 @@
 // namespaces; its TestRollingUpgradeAcrossWireFormats builds the last
 // format-5 proxy from the git history and replaces it by this build one
 // proxy at a time, killing the primary with one, two and three upgraded.
+// TestSimulationMixedWireFormats runs the simulation with each start of a
+// proxy choosing between a format-5 stand-in (knob wireHi) and this build.
 package cluster
