@@ -59,6 +59,7 @@ type Machine struct {
 	order   []string
 	heard   map[string]time.Duration // last time a message came from each peer
 	wire    map[string]*peerWire     // what each peer speaks (wire.go)
+	wireGen uint64                   // counts changes to wire
 	counter uint64                   // lease request nonce
 	pending map[uint64]*leaseReq
 	lastReq time.Duration

@@ -27,7 +27,9 @@ type Node struct {
 	tr     *asyncTransport
 	in     chan func()
 	routes map[string]*atomic.Pointer[route]
-	state  atomic.Pointer[[]byte] // LocalState snapshot
+	state  atomic.Pointer[[]byte]              // LocalState snapshot
+	wire   atomic.Pointer[map[string]wireView] // for Members
+	wireAt uint64                              // the Machine's wireGen when wire was taken
 	// stateAt and stateWireAt are the Machine's version and the state's
 	// wire format when state was encoded.
 	stateAt     uint64
@@ -270,6 +272,11 @@ func (n *Node) publish() {
 		if old.backend != r.backend && n.onRoute != nil {
 			n.onRoute(name, r.backend)
 		}
+	}
+	if g := n.m.wireGen; g != n.wireAt || n.wire.Load() == nil {
+		n.wireAt = g
+		w := n.m.wireViews()
+		n.wire.Store(&w)
 	}
 	if v, w := n.m.version, n.m.stateWire(); v != n.stateAt || w != n.stateWireAt || n.state.Load() == nil {
 		// Encoded again only when the records or the format may have

@@ -123,6 +123,7 @@ func (m *Machine) peerMeta(p string, meta []byte) {
 	}
 	w.lo, w.hi, w.advertised = lo, hi, ok
 	w.heard = 0
+	m.wireGen++
 	m.sayWire(p)
 }
 
@@ -135,7 +136,10 @@ func (m *Machine) heardWire(p string, v uint8) bool {
 		m.counters.WireVersion++
 		if !w.advertised && (v < lo || v > hi) {
 			// An older build that speaks only v.
-			w.heard = 0
+			if w.heard != 0 {
+				w.heard = 0
+				m.wireGen++
+			}
 			m.sayWireOf(p, fmt.Sprintf("%d", v), false)
 		}
 		return false
@@ -145,6 +149,7 @@ func (m *Machine) heardWire(p string, v uint8) bool {
 		// run, still on its way when it restarted as an older build, must
 		// not fix the format for good (the simulation found that).
 		w.heard = v
+		m.wireGen++
 		m.sayWire(p)
 	}
 	return true
@@ -201,6 +206,31 @@ func (m *Machine) forPeer(p string, b []byte) []byte {
 	if err != nil {
 		m.log.Error("cluster: writing a payload in an older wire format", "peer", p, "format", v, "err", err)
 		return nil
+	}
+	return out
+}
+
+// wireView is what Members shows of a peer's formats.
+type wireView struct {
+	formats string // "5..6" advertised, "5" from its latest payload, "" unknown
+	send    uint8  // the format it is sent; 0: none in common
+}
+
+// wireViews is wireView for every peer, and for this proxy itself.
+func (m *Machine) wireViews() map[string]wireView {
+	lo, hi := m.wireRange()
+	out := make(map[string]wireView, len(m.others)+1)
+	out[m.cfg.Name] = wireView{formats: fmt.Sprintf("%d..%d", lo, hi), send: hi}
+	for _, p := range m.others {
+		w := m.peerWire(p)
+		v := wireView{send: m.sendVersion(p)}
+		switch {
+		case w.advertised:
+			v.formats = fmt.Sprintf("%d..%d", w.lo, w.hi)
+		case w.heard != 0:
+			v.formats = fmt.Sprintf("%d", w.heard)
+		}
+		out[p] = v
 	}
 	return out
 }

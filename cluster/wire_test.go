@@ -202,6 +202,10 @@ func TestWireNegotiation(t *testing.T) {
 	if !strings.Contains(logs.String(), "peer p2 speaks wire format 5: it is sent format 5 until it is upgraded") {
 		t.Errorf("no line about p2's format:\n%s", logs.String())
 	}
+	want := map[string]wireView{"p0": {"5..6", 6}, "p1": {"5..6", 6}, "p2": {"5", 5}}
+	if got := m.wireViews(); !reflect.DeepEqual(got, want) {
+		t.Errorf("members' formats %+v, want %+v", got, want)
+	}
 	// An observation goes straight to each peer in its format, and by
 	// gossip once per format.
 	if err := m.Observe("db", "a", Observation{Up: true, Role: RolePrimary, Lag: -1, Position: 5, PositionFresh: true}); err != nil {
@@ -265,6 +269,9 @@ func TestWireIncompatiblePeer(t *testing.T) {
 	}
 	if strings.Count(logs.String(), "speaks wire formats") != 1 {
 		t.Errorf("warned more than once:\n%s", logs.String())
+	}
+	if v := m.wireViews()["p2"]; v != (wireView{"7..8", 0}) {
+		t.Errorf("p2's formats as members show them: %+v", v)
 	}
 	_ = m.Observe("db", "a", Observation{Up: true, Role: RolePrimary, Lag: -1, Position: -1})
 	if n := len(m.sentTr().sent["p2"]); n != 0 {

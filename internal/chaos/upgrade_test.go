@@ -156,6 +156,13 @@ func TestRollingUpgradeAcrossWireFormats(t *testing.T) {
 		if n := st.Cluster.Counters.WireVersion; n != 0 {
 			t.Errorf("%s dropped %d payloads for their wire format", p.name, n)
 		}
+		// /status shows what each peer speaks and is sent.
+		want := map[string]string{"p1": "5..6 6", "p2": "5..6 6", "p3": "5 5"}
+		for _, mb := range st.Cluster.Members {
+			if got := fmt.Sprintf("%s %d", mb.WireFormats, mb.WireFormat); got != want[mb.Name] {
+				t.Errorf("%s's /status shows %s with wire formats %q, want %q", p.name, mb.Name, got, want[mb.Name])
+			}
+		}
 	}
 
 	p3.restartAs("")
