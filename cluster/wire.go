@@ -9,8 +9,8 @@ import (
 // speaks, [wireMin, wireMax], in its gossip node meta (WireMeta); to each
 // peer it sends the highest format both speak, and it reads any format it
 // speaks. A peer that advertises nothing is a build from before the
-// negotiation, which speaks exactly one format: the one its latest
-// payload carries. Until one arrives, it is sent this build's highest (a build of
+// negotiation, which speaks exactly one format: the one its latest payload
+// carries. Until one arrives, it is sent this build's highest (a build of
 // the same format reads it; an older one drops it until its first payload
 // tells which format it wants, within a lease request's period).
 //
