@@ -344,3 +344,18 @@ func TestWireFollowsLatestPayloadOfOlderBuild(t *testing.T) {
 		t.Fatalf("after a payload of format 5 again: sent format %d", v)
 	}
 }
+
+// A full-state sync byte by byte as the format-5 builds wrote it
+// (cluster/node.go before format 6) is read.
+func TestStateSyncReadsFormat5(t *testing.T) {
+	b := []byte{0xFF, 0xFE, 5, 0, 1, 2, 'd', 'b'}
+	b = binary.BigEndian.AppendUint64(b, 7)    // epoch
+	b = append(b, 1, 'a', 0, 3, 'b', ',', 'c') // primary, fenced
+	b = binary.BigEndian.AppendUint64(b, 6)    // since
+	b = append(b, 1)                           // paused
+	recs, err := decodeRecords(b)
+	want := map[string]Record{"db": {Epoch: 7, Value: Value{Primary: "a", Fenced: "b,c", Since: 6, Paused: true}}}
+	if err != nil || !reflect.DeepEqual(recs, want) {
+		t.Fatalf("got %+v, %v; want %+v", recs, err, want)
+	}
+}
