@@ -473,9 +473,10 @@
 // above; with each rule switched off it must find a violation. The Node
 // tests run the Machine in-process; cluster/internal/mesh is the
 // memberlist transport; internal/chaos runs real processes in network
-// namespaces; its TestRollingUpgradeAcrossWireFormats builds the last
-// format-5 proxy from the git history and replaces it by this build one
-// proxy at a time, killing the primary with one, two and three upgraded.
+// namespaces; its TestRollingUpgradeAcrossWireFormats builds older proxies
+// from the git history (the last of format 5, the last of format 6 before
+// the negotiation) and replaces them by this build one proxy at a time,
+// killing the primary with one, two and three upgraded.
 // TestSimulationMixedWireFormats runs the simulation with each start of a
 // proxy choosing between a format-5 stand-in (knob wireHi) and this build.
 package cluster
