@@ -34,8 +34,23 @@ func (t msgType) limit() int {
 	return MaxReliableSize
 }
 
-// wireVersion is the payload format version; a receiver drops other versions.
-const wireVersion = 6 // 2: values carry the fenced set; 3: observations carry the lag in time; 4: batches; 5: values carry paused; 6: observations carry positions, synchronous standbys and upstreams
+// Payload format versions (the second byte of every payload): 2 values
+// carry the fenced set; 3 observations carry the lag in time; 4 batches;
+// 5 values carry paused; 6 observations carry positions, synchronous
+// standbys and upstreams.
+//
+// A proxy speaks every format from wireMin to wireMax: it decodes any of
+// them, and sends each peer the highest both speak (wire.go), so proxies
+// of two adjacent builds share a cluster during a rolling upgrade. A
+// format below 5 is not spoken: without the paused flag, a proxy could
+// neither honour a pause nor carry it on in the values it votes for.
+const (
+	wireMin = 5
+	wireMax = 6
+)
+
+// wireSpoken reports whether this build reads and writes format v.
+func wireSpoken(v uint8) bool { return v >= wireMin && v <= wireMax }
 
 // msgType is the first byte of every payload. Add new types only at the end.
 type msgType uint8
@@ -196,10 +211,14 @@ type syncReplyMsg struct {
 	Entries    []syncEntry
 }
 
-// enc appends fixed-width big-endian fields and length-prefixed strings.
-type enc struct{ b []byte }
+// enc appends fixed-width big-endian fields and length-prefixed strings,
+// in format v.
+type enc struct {
+	b []byte
+	v uint8
+}
 
-func newEnc(t msgType) *enc { return &enc{b: append(make([]byte, 0, 128), byte(t), wireVersion)} }
+func newEnc(t msgType, v uint8) *enc { return &enc{b: append(make([]byte, 0, 128), byte(t), v), v: v} }
 
 func (e *enc) u8(v uint8)   { e.b = append(e.b, v) }
 func (e *enc) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
@@ -237,9 +256,10 @@ func (e *enc) value(v Value) {
 func (e *enc) record(r Record) { e.u64(r.Epoch); e.value(r.Value) }
 func (e *enc) ballot(b Ballot) { e.u64(b.Epoch); e.value(b.Value) }
 
-// dec reads what enc wrote; the first error sticks.
+// dec reads what enc wrote, in format v; the first error sticks.
 type dec struct {
 	b   []byte
+	v   uint8
 	err error
 }
 
@@ -346,8 +366,10 @@ func (e *enc) done() ([]byte, error) {
 	return e.b, nil
 }
 
-func encodeObs(m obsMsg) ([]byte, error) {
-	e := newEnc(msgObservation)
+func encodeObs(m obsMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m obsMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgObservation, v)
 	e.str(m.Service)
 	e.u64(m.Boot)
 	e.u64(m.Seq)
@@ -358,16 +380,20 @@ func encodeObs(m obsMsg) ([]byte, error) {
 		e.u8(uint8(x.Obs.Role))
 		e.u64(uint64(x.Obs.LagBytes))
 		e.u64(uint64(x.Obs.Lag))
-		e.u64(uint64(x.Obs.Position))
-		e.bool(x.Obs.PositionFresh)
-		e.u64(x.Obs.SyncMask)
-		e.str(x.Obs.Upstream)
+		if e.v >= 6 {
+			e.u64(uint64(x.Obs.Position))
+			e.bool(x.Obs.PositionFresh)
+			e.u64(x.Obs.SyncMask)
+			e.str(x.Obs.Upstream)
+		}
 	}
 	return e.done()
 }
 
-func encodePropose(m proposeMsg) ([]byte, error) {
-	e := newEnc(msgPropose)
+func encodePropose(m proposeMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m proposeMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgPropose, v)
 	e.str(m.Service)
 	e.u64(m.Epoch)
 	e.value(m.Value)
@@ -377,8 +403,10 @@ func encodePropose(m proposeMsg) ([]byte, error) {
 	return e.done()
 }
 
-func encodeVote(m voteMsg) ([]byte, error) {
-	e := newEnc(msgVote)
+func encodeVote(m voteMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m voteMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgVote, v)
 	e.str(m.Service)
 	e.u64(m.Epoch)
 	e.value(m.Value)
@@ -391,16 +419,20 @@ func encodeVote(m voteMsg) ([]byte, error) {
 	return e.done()
 }
 
-func encodeAccept(m acceptMsg) ([]byte, error) {
-	e := newEnc(msgAccept)
+func encodeAccept(m acceptMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m acceptMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgAccept, v)
 	e.str(m.Service)
 	e.u64(m.Epoch)
 	e.value(m.Value)
 	return e.done()
 }
 
-func encodeAccepted(m acceptedMsg) ([]byte, error) {
-	e := newEnc(msgAccepted)
+func encodeAccepted(m acceptedMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m acceptedMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgAccepted, v)
 	e.str(m.Service)
 	e.u64(m.Epoch)
 	e.value(m.Value)
@@ -411,15 +443,19 @@ func encodeAccepted(m acceptedMsg) ([]byte, error) {
 	return e.done()
 }
 
-func encodeCommit(m commitMsg) ([]byte, error) {
-	e := newEnc(msgCommit)
+func encodeCommit(m commitMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m commitMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgCommit, v)
 	e.str(m.Service)
 	e.record(m.Record)
 	return e.done()
 }
 
-func encodeLeaseReq(m leaseReqMsg) ([]byte, error) {
-	e := newEnc(msgLeaseReq)
+func encodeLeaseReq(m leaseReqMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m leaseReqMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgLeaseReq, v)
 	e.u64(m.Boot)
 	e.u64(m.Counter)
 	e.u8(uint8(len(m.Entries)))
@@ -430,8 +466,10 @@ func encodeLeaseReq(m leaseReqMsg) ([]byte, error) {
 	return e.done()
 }
 
-func encodeLeaseAck(m leaseAckMsg) ([]byte, error) {
-	e := newEnc(msgLeaseAck)
+func encodeLeaseAck(m leaseAckMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m leaseAckMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgLeaseAck, v)
 	e.u64(m.Boot)
 	e.u64(m.Counter)
 	e.u8(uint8(len(m.Entries)))
@@ -446,14 +484,18 @@ func encodeLeaseAck(m leaseAckMsg) ([]byte, error) {
 	return e.done()
 }
 
-func encodeSyncReq(m syncReqMsg) ([]byte, error) {
-	e := newEnc(msgSyncReq)
+func encodeSyncReq(m syncReqMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m syncReqMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgSyncReq, v)
 	e.u64(m.Boot)
 	return e.done()
 }
 
-func encodeSyncReply(m syncReplyMsg) ([]byte, error) {
-	e := newEnc(msgSyncReply)
+func encodeSyncReply(m syncReplyMsg) ([]byte, error) { return m.encode(wireMax) }
+
+func (m syncReplyMsg) encode(v uint8) ([]byte, error) {
+	e := newEnc(msgSyncReply, v)
 	e.u64(m.Boot)
 	e.bool(m.Recovering)
 	e.bool(m.More)
@@ -467,7 +509,7 @@ func encodeSyncReply(m syncReplyMsg) ([]byte, error) {
 	return e.done()
 }
 
-// errVersion marks a payload of another format version.
+// errVersion marks a payload of a format version this build does not speak.
 var errVersion = errors.New("unsupported payload version")
 
 // header checks a payload's size and version and returns its type and a
@@ -479,15 +521,19 @@ func header(b []byte) (msgType, *dec, error) {
 	if limit := msgType(b[0]).limit(); len(b) > limit {
 		return 0, nil, fmt.Errorf("payload of %d bytes above the limit of %d", len(b), limit)
 	}
-	if b[1] != wireVersion {
-		return 0, nil, errVersion
+	if !wireSpoken(b[1]) {
+		return 0, nil, fmt.Errorf("format %d, this proxy reads %d..%d: %w", b[1], wireMin, wireMax, errVersion)
 	}
-	return msgType(b[0]), &dec{b: b[2:]}, nil
+	return msgType(b[0]), &dec{b: b[2:], v: b[1]}, nil
 }
 
 func decObs(d *dec) obsMsg {
 	m := obsMsg{Service: d.str(), Boot: d.u64(), Seq: d.u64()}
-	n := d.count(37)
+	minEntry := 37
+	if d.v < 6 {
+		minEntry = 19
+	}
+	n := d.count(minEntry)
 	m.Entries = make([]obsEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		var x obsEntry
@@ -496,10 +542,18 @@ func decObs(d *dec) obsMsg {
 		x.Obs.Role = Role(d.u8())
 		x.Obs.LagBytes = int64(d.u64())
 		x.Obs.Lag = time.Duration(d.u64())
-		x.Obs.Position = int64(d.u64())
-		x.Obs.PositionFresh = d.bool()
-		x.Obs.SyncMask = d.u64()
-		x.Obs.Upstream = d.str()
+		if d.v >= 6 {
+			x.Obs.Position = int64(d.u64())
+			x.Obs.PositionFresh = d.bool()
+			x.Obs.SyncMask = d.u64()
+			x.Obs.Upstream = d.str()
+		} else {
+			// Format 5 has none of these: unknown, which the rules read as
+			// "this view tells nothing" (position none, not fresh; no
+			// synchronous standbys known; upstream unknown), never as a
+			// fact that would rank, refuse or accept a candidate.
+			x.Obs.Position = -1
+		}
 		if x.Obs.Role > RoleReplica && d.err == nil {
 			d.err = errors.New("bad role")
 		}
@@ -613,19 +667,62 @@ func decode(b []byte) (any, error) {
 	return out, nil
 }
 
+// wireMsg is a decoded payload, which can be written in any format spoken.
+type wireMsg interface {
+	encode(v uint8) ([]byte, error)
+}
+
+// transcode rewrites payload b, of any format spoken, in format v (b
+// itself when it already is). A field format v lacks is left out; one it
+// has and b's format lacks is written as decoding b left it: unknown.
+func transcode(b []byte, v uint8) ([]byte, error) {
+	if len(b) >= 2 && b[1] == v {
+		return b, nil
+	}
+	if !wireSpoken(v) {
+		return nil, fmt.Errorf("format %d: %w", v, errVersion)
+	}
+	x, err := decode(b)
+	if err != nil {
+		return nil, err
+	}
+	return encodeIn(x, v)
+}
+
+// encodeIn writes a decoded payload (decode's result) in format v.
+func encodeIn(x any, v uint8) ([]byte, error) {
+	if bm, ok := x.(batchMsg); ok {
+		parts := make([][]byte, 0, len(bm))
+		for _, p := range bm {
+			b, err := encodeIn(p, v)
+			if err != nil {
+				return nil, fmt.Errorf("batch: %w", err)
+			}
+			parts = append(parts, b)
+		}
+		return encodeBatch(parts, v), nil
+	}
+	w, ok := x.(wireMsg)
+	if !ok {
+		return nil, fmt.Errorf("cannot encode a %T", x)
+	}
+	return w.encode(v)
+}
+
 // A batch: type, version, a u16 count, then each payload with a u16
 // length. Each payload inside is checked on its own, as if it came alone.
 const batchHeader = 2 + 2
 
 func batchEntrySize(b []byte) int { return 2 + len(b) }
 
-func encodeBatch(parts [][]byte) []byte {
+// encodeBatch batches parts, which must all be of format v, in format v.
+func encodeBatch(parts [][]byte, v uint8) []byte {
 	n := batchHeader
 	for _, p := range parts {
 		n += batchEntrySize(p)
 	}
 	b := make([]byte, 0, n)
-	b = append(b, byte(msgBatch), wireVersion)
+	b = append(b, byte(msgBatch), v)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(parts)))
 	for _, p := range parts {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(p)))

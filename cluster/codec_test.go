@@ -61,7 +61,7 @@ func TestCodecRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%T: %v", m, err)
 		}
-		if b[1] != wireVersion {
+		if b[1] != wireMax {
 			t.Errorf("%T: version byte %d", m, b[1])
 		}
 		got, err := decode(b)
@@ -81,7 +81,7 @@ func TestCodecRoundTrip(t *testing.T) {
 			t.Errorf("%T: trailing byte accepted", m)
 		}
 		other := bytes.Clone(b)
-		other[1] = wireVersion + 1
+		other[1] = wireMax + 1
 		if _, err := decode(other); !errors.Is(err, errVersion) {
 			t.Errorf("%T: other version: %v", m, err)
 		}
@@ -92,9 +92,9 @@ func TestCodecRejects(t *testing.T) {
 	for name, b := range map[string][]byte{
 		"empty":        nil,
 		"one byte":     {byte(msgCommit)},
-		"unknown type": {200, wireVersion, 0},
-		"type zero":    {0, wireVersion},
-		"oversized":    append([]byte{byte(msgCommit), wireVersion}, make([]byte, MaxMessageSize)...),
+		"unknown type": {200, wireMax, 0},
+		"type zero":    {0, wireMax},
+		"oversized":    append([]byte{byte(msgCommit), wireMax}, make([]byte, MaxMessageSize)...),
 		"bad kind":     mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: 0}),
 		"kind too big": mustEncode(t, proposeMsg{Service: "db", Epoch: 1, Value: Value{Primary: "a"}, Kind: kindResume + 1}),
 	} {
@@ -127,16 +127,19 @@ func mustEncode(t *testing.T, m any) []byte {
 // FuzzDecode checks that no payload makes the decoder panic and that what
 // it accepts encodes back to the same bytes.
 func FuzzDecode(f *testing.F) {
-	for _, m := range sampleMessages() {
-		b, _ := encodeAny(m)
-		f.Add(b)
+	for _, m := range append(sampleMessages(), richObs) {
+		for v := uint8(wireMin); v <= wireMax; v++ {
+			b, _ := m.(wireMsg).encode(v)
+			f.Add(b)
+		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decode(b)
 		if err != nil {
 			return
 		}
-		again, err := encodeAny(m)
+		// In the format it came in: every format spoken reads back exactly.
+		again, err := encodeIn(m, b[1])
 		if err != nil {
 			t.Fatalf("decoded %+v does not encode: %v", m, err)
 		}

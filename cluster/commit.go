@@ -1,5 +1,7 @@
 package cluster
 
+import "fmt"
+
 // Group commit. A step (one input, or a batch of inputs a Node drains at
 // once) may change many services: a mass failover commits hundreds. Their
 // saves reach the disk in one Save at the end of the step, and what the
@@ -132,16 +134,41 @@ func (m *Machine) release() {
 }
 
 // sendBatched sends msgs, in order per peer, one payload per peer and
-// kind (reliable or lossy) as far as the size limits allow.
+// kind (reliable or lossy) as far as the size limits allow, each peer's
+// in the wire format it is sent (wire.go); a broadcast goes once per
+// format some peer is sent in.
 func (m *Machine) sendBatched(msgs []pendingOut) {
+	_, hi := m.wireRange()
+	var groups []uint8
 	for _, p := range msgs {
-		if p.to == "" {
-			if err := m.tr.Broadcast(p.key, p.b); err != nil {
-				m.log.Debug("cluster: gossip failed", "key", p.key, "err", err)
+		if p.to != "" {
+			continue
+		}
+		if groups == nil {
+			groups = m.wireGroups()
+		}
+		for _, v := range groups {
+			b, err := transcode(p.b, v)
+			if err != nil {
+				m.log.Error("cluster: writing a broadcast in an older wire format", "key", p.key, "format", v, "err", err)
+				continue
+			}
+			key := p.key
+			if v != hi {
+				// Its own key, so that it does not replace the other
+				// formats' copy in the gossip queue.
+				key = fmt.Sprintf("%s@%d", p.key, v)
+			}
+			if err := m.tr.Broadcast(key, b); err != nil {
+				m.log.Debug("cluster: gossip failed", "key", key, "err", err)
 			}
 		}
 	}
 	for _, peer := range m.others {
+		v := m.sendVersion(peer)
+		if v == 0 {
+			continue // it speaks no format of ours: sayWire warned
+		}
 		for _, lossy := range []bool{false, true} {
 			limit := MaxBatchSize
 			if lossy {
@@ -155,7 +182,7 @@ func (m *Machine) sendBatched(msgs []pendingOut) {
 				case 1:
 					m.transmit(peer, parts[0], lossy)
 				default:
-					m.transmit(peer, encodeBatch(parts), lossy)
+					m.transmit(peer, encodeBatch(parts, v), lossy)
 				}
 				parts, size = parts[:0], batchHeader
 			}
@@ -163,11 +190,15 @@ func (m *Machine) sendBatched(msgs []pendingOut) {
 				if p.to != peer || p.lossy != lossy {
 					continue
 				}
-				n := batchEntrySize(p.b)
+				b := m.forPeer(peer, p.b)
+				if b == nil {
+					continue
+				}
+				n := batchEntrySize(b)
 				if size+n > limit {
 					emit()
 				}
-				parts = append(parts, p.b)
+				parts = append(parts, b)
 				size += n
 			}
 			emit()

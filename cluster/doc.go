@@ -430,6 +430,43 @@
 // Route (an atomic read: backend and remaining lease), the admin API calls
 // Switchover, Fence and Status.
 //
+// # Wire formats
+//
+// Every payload starts with its type and its format version. A proxy speaks
+// a range of formats (this build: 5 and 6; 6 added an observation's
+// replication position, synchronous standbys and upstream) and advertises
+// it in its gossip node meta ([WireMeta], the payload of the mesh's meta
+// envelope, which older builds ignore). It reads every format in its range
+// and sends each peer the highest both speak: by the peer's advertised
+// range; a peer that advertises none is an older build, which speaks
+// exactly the format its payloads carry (until one arrives it is sent this
+// build's highest). The state machine encodes in this build's highest
+// format; what leaves for a peer of a lower one is rewritten on the way
+// (one batch per peer from rewritten parts), an observation's gossip
+// broadcast goes once per format in use under its own key, and the
+// full-state sync, which memberlist hands to any peer, is written in the
+// lowest format a peer is sent in. So a rolling upgrade, one proxy at a
+// time, works across adjacent formats.
+//
+// What an older format lacks reads as unknown, never as a fact: a format-5
+// observation has no position (-1, not fresh), no synchronous standbys
+// (an empty mask, which the rpo = "zero" intersection skips) and no
+// upstream. Ranking uses the furthest fresh read any proxy gives, so an
+// older peer only adds nothing; the voters' rules (a replica behind, a
+// standby not synchronous) read the voter's own checks only, so no
+// older peer's view makes a voter refuse or grant. An older proposer ranks
+// by its own rules, and a newer voter still refuses its candidate if its
+// own fresh reads show it behind. The paused flag is in every format
+// spoken (it came in 5), and that is why 4 is not: a proxy that cannot
+// carry the flag would neither honour a pause nor keep it in the values it
+// proposes, so reading "absent" as "not paused" would not be safe.
+//
+// A peer whose range does not overlap this proxy's is warned about once in
+// words ("peer p3 speaks wire formats 7..8, this proxy 5..6: its messages
+// are dropped; upgrade one proxy at a time"), sent nothing, and its
+// payloads are dropped and counted (Counters.WireVersion): nothing it says
+// moves a route.
+//
 // # Tests
 //
 // The simulation (sim_test.go: N = 3, 4, 5; 10,000 seeds by default,
@@ -439,6 +476,10 @@
 // above; with each rule switched off it must find a violation. The Node
 // tests run the Machine in-process; cluster/internal/mesh is the
 // memberlist transport; internal/chaos runs real processes in network
-// namespaces. A mixed-version cluster is not supported: a wire format
-// change needs every proxy upgraded together.
+// namespaces; its TestRollingUpgradeAcrossWireFormats builds older proxies
+// from the git history (the last of format 5, the last of format 6 before
+// the negotiation) and replaces them by this build one proxy at a time,
+// killing the primary with one, two and three upgraded.
+// TestSimulationMixedWireFormats runs the simulation with each start of a
+// proxy choosing between a format-5 stand-in (knob wireHi) and this build.
 package cluster

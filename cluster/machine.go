@@ -26,6 +26,9 @@ type Counters struct {
 	NoCandidate    uint64 // failovers not proposed for want of a candidate
 	PersistErrors  uint64
 	QueueFull      uint64 // payloads a Node dropped because its queue was full
+	// WireVersion counts payloads dropped for their wire format: one this
+	// proxy does not speak, or from a peer that speaks none it does.
+	WireVersion uint64
 }
 
 // Machine is the agreement protocol of one proxy as a deterministic state
@@ -55,6 +58,8 @@ type Machine struct {
 	svcs    map[string]*service
 	order   []string
 	heard   map[string]time.Duration // last time a message came from each peer
+	wire    map[string]*peerWire     // what each peer speaks (wire.go)
+	wireGen uint64                   // counts changes to wire
 	counter uint64                   // lease request nonce
 	pending map[uint64]*leaseReq
 	lastReq time.Duration
@@ -174,7 +179,7 @@ func NewMachine(cfg Config, clock Clock, tr Transport, store Store) (*Machine, e
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, clock: clock, tr: tr, store: store, log: cfg.Logger,
-		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{},
+		members: map[string]bool{}, svcs: map[string]*service{}, heard: map[string]time.Duration{}, wire: map[string]*peerWire{},
 		pending: map[uint64]*leaseReq{}, out: outbox{dirty: map[string]dirtyState{}}, due: map[string]bool{}}
 	for _, p := range cfg.Peers {
 		if m.members[p] {
@@ -364,6 +369,17 @@ func (m *Machine) step(from string, payload []byte, top bool) {
 	if !m.members[from] || from == m.cfg.Name {
 		m.counters.Stranger++
 		return
+	}
+	// A payload of a known type is judged by its format first; bytes
+	// that are not even a known type are garbage, whatever byte 2 says.
+	if len(payload) >= 2 && msgType(payload[0]) > msgInvalid && msgType(payload[0]) <= msgBatch {
+		if top && !m.heardWire(from, payload[1]) {
+			return
+		}
+		if lo, hi := m.wireRange(); !top && (payload[1] < lo || payload[1] > hi) {
+			m.counters.WireVersion++
+			return
+		}
 	}
 	t, d, err := header(payload)
 	if err != nil {

@@ -27,9 +27,13 @@ type Node struct {
 	tr     *asyncTransport
 	in     chan func()
 	routes map[string]*atomic.Pointer[route]
-	state  atomic.Pointer[[]byte] // LocalState snapshot
-	// stateAt is the Machine's version when state was encoded.
-	stateAt uint64
+	state  atomic.Pointer[[]byte]              // LocalState snapshot
+	wire   atomic.Pointer[map[string]wireView] // for Members
+	wireAt uint64                              // the Machine's wireGen when wire was taken
+	// stateAt and stateWireAt are the Machine's version and the state's
+	// wire format when state was encoded.
+	stateAt     uint64
+	stateWireAt uint8
 
 	dropped   atomic.Uint64
 	onRoute   func(service, backend string)
@@ -269,9 +273,15 @@ func (n *Node) publish() {
 			n.onRoute(name, r.backend)
 		}
 	}
-	if v := n.m.version; v != n.stateAt || n.state.Load() == nil {
-		// Encoded again only when the records may have changed.
-		n.stateAt = v
+	if g := n.m.wireGen; g != n.wireAt || n.wire.Load() == nil {
+		n.wireAt = g
+		w := n.m.wireViews()
+		n.wire.Store(&w)
+	}
+	if v, w := n.m.version, n.m.stateWire(); v != n.stateAt || w != n.stateWireAt || n.state.Load() == nil {
+		// Encoded again only when the records or the format may have
+		// changed.
+		n.stateAt, n.stateWireAt = v, w
 		b := n.m.localState()
 		n.state.Store(&b)
 	}
@@ -456,6 +466,14 @@ func (n *Node) OnPeerChange(name string, alive bool) {
 	})
 }
 
+// OnPeerMeta takes a peer's gossip node meta (the transport calls it at
+// the peer's join and whenever its meta changes): the wire formats it
+// speaks (WireMeta). It never blocks.
+func (n *Node) OnPeerMeta(name string, meta []byte) {
+	b := append([]byte(nil), meta...)
+	n.enqueue(func() { n.m.peerMeta(name, b) })
+}
+
 // LocalState returns this proxy's records for a joiner's full sync.
 func (n *Node) LocalState() []byte {
 	if p := n.state.Load(); p != nil {
@@ -493,14 +511,17 @@ func (m *Machine) mergeRecords(recs map[string]Record) {
 // version: read as the u16 count of the format before it, 0xFFFE promises
 // more records than any sync holds, so a proxy of that version drops it
 // instead of misreading the records (which gained the paused flag); and a
-// sync without the mark is of another version and dropped here.
-var stateMark = []byte{0xFF, 0xFE, wireVersion}
+// sync whose mark names a format this proxy does not speak is dropped.
+var stateMark = [2]byte{0xFF, 0xFE}
 
 // localState encodes every service's record (committed decisions only, so
-// adopting them is always safe), after stateMark, with a u16 count (a
-// count byte once cut the sync off at 255 services).
+// adopting them is always safe), after stateMark and the format, with a
+// u16 count (a count byte once cut the sync off at 255 services).
+// memberlist hands it to any peer, so it is written in the lowest format
+// a peer is sent in (records read the same in formats 5 and 6).
 func (m *Machine) localState() []byte {
-	e := &enc{b: append([]byte(nil), stateMark...)}
+	v := m.stateWire()
+	e := &enc{b: append([]byte(nil), stateMark[0], stateMark[1], v), v: v}
 	n := min(len(m.order), 1<<16-1)
 	e.b = binary.BigEndian.AppendUint16(e.b, uint16(n))
 	for _, name := range m.order[:n] {
@@ -511,11 +532,11 @@ func (m *Machine) localState() []byte {
 }
 
 func decodeRecords(b []byte) (map[string]Record, error) {
-	if !bytes.HasPrefix(b, stateMark) {
+	if len(b) < 3 || !bytes.HasPrefix(b, stateMark[:]) || !wireSpoken(b[2]) {
 		return nil, fmt.Errorf("remote state: %w", errVersion)
 	}
-	b = b[len(stateMark):]
-	d := &dec{b: b}
+	d := &dec{v: b[2]}
+	b = b[3:]
 	if len(b) < 2 {
 		return nil, fmt.Errorf("remote state: %w", errShort)
 	}

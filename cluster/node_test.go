@@ -79,6 +79,9 @@ type testCluster struct {
 	rolesMu sync.Mutex
 	maxLag  time.Duration
 	rpoZero bool // the service has rpo = "zero"
+	// wireHi, when set, makes the named proxies speak wire formats up to
+	// the given one only (Config.knobs.wireHi).
+	wireHi map[string]uint8
 }
 
 const testLease = 200 * time.Millisecond
@@ -157,6 +160,7 @@ func (c *testCluster) start(name string) {
 			}()
 		}}
 	cfg = withLease(cfg, testLease)
+	cfg.knobs.wireHi = c.wireHi[name]
 	if c.logs[name] == nil {
 		c.logs[name] = &testenv.Buffer{}
 	}

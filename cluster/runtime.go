@@ -62,6 +62,13 @@ type Member struct {
 	ConfigMatch bool `json:"config_match"`
 	// Region is the peer's region label from this proxy's configuration.
 	Region string `json:"region,omitempty"`
+	// WireFormats are the payload formats the peer speaks, as far as this
+	// proxy knows: the range it advertises ("5..6"), else the format of
+	// its latest payload (an older build: "5"); "" not known yet.
+	WireFormats string `json:"wire_formats,omitempty"`
+	// WireFormat is the format this proxy sends it; 0: none, the two have
+	// no format in common.
+	WireFormat int `json:"wire_format"`
 }
 
 // Start opens the state in stateDir (locking it), builds the Node and joins
@@ -104,6 +111,7 @@ func Start(cfg Config, g GossipConfig, stateDir string, opts NodeOptions) (*Runt
 		NodeName: cfg.Name, Bind: g.Bind, Advertise: g.Advertise, Label: g.Label, Peers: peers,
 		SecretKey: key, Insecure: g.Insecure, ConfigHash: g.ConfigHash, Logger: g.Logger,
 		GossipInterval: g.GossipInterval, ProbeInterval: g.ProbeInterval, RejoinInterval: g.RejoinInterval, WAN: g.WAN,
+		Meta: WireMeta(),
 	}, node)
 	if err != nil {
 		node.Close()
@@ -117,10 +125,15 @@ func Start(cfg Config, g GossipConfig, stateDir string, opts NodeOptions) (*Runt
 // Members returns every configured peer as the gossip layer sees it.
 func (r *Runtime) Members() []Member {
 	ms := r.mesh.Members()
+	var wire map[string]wireView
+	if p := r.wire.Load(); p != nil {
+		wire = *p
+	}
 	out := make([]Member, len(ms))
 	for i, m := range ms {
+		w := wire[m.Name]
 		out[i] = Member{Name: m.Name, Address: m.Address, State: m.State.String(), LastSeen: m.LastSeen,
-			Self: m.Self, ConfigMatch: m.ConfigHashMatch || m.Self}
+			Self: m.Self, ConfigMatch: m.ConfigHashMatch || m.Self, WireFormats: w.formats, WireFormat: int(w.send)}
 	}
 	return out
 }
@@ -131,3 +144,5 @@ func (r *Runtime) Close() error {
 	r.Node.Close()
 	return errors.Join(err, r.store.Close())
 }
+
+var _ mesh.MetaHandler = (*Node)(nil)

@@ -49,6 +49,11 @@ type simOpts struct {
 	seed  uint64
 	n     int // 0: chosen by the seed among 3, 4, 5
 	knobs knobs
+	// mixed: each start runs the proxy as an older build of wire format 5
+	// (speaking 5 only, advertising no range) or as this build, half and
+	// half: rolling upgrades and downgrades at random. The others are
+	// told its gossip meta at once, as the mesh tells them of a restart.
+	mixed bool
 	keep  bool // on_quorum_loss = keep
 	trace bool
 	// safetyOnly skips the progress check at the end: a broken rule must
@@ -187,6 +192,7 @@ type simNode struct {
 	until   time.Duration // on its own clock: when its last route ends
 	phase2  uint64        // last epoch seen entering phase 2
 	lost    bool          // kept crashed or cut off after the heal
+	old     bool          // runs as a build of wire format 5 (simOpts.mixed)
 	// silentUntil keeps this node's outgoing links cut across partition
 	// changes: a proposer that went quiet after gathering its votes.
 	silentUntil time.Duration
@@ -461,6 +467,12 @@ func (s *sim) start(nd *simNode) {
 	if s.o.keep {
 		cfg.OnQuorumLoss = QuorumLossKeep
 	}
+	if s.o.mixed {
+		nd.old = s.rng.IntN(2) == 0
+		if nd.old {
+			cfg.knobs.wireHi = 5
+		}
+	}
 	clk := simClock{s, nd}
 	cfg.OnAction = func(svc string, a Action) { s.runAction(nd, svc, a) }
 	if s.o.trace {
@@ -489,6 +501,26 @@ func (s *sim) start(nd *simNode) {
 	}
 	nd.m, nd.alive, nd.paused = m, true, false
 	s.logf("%s started (recovering=%v)", nd.name, m.Recovering())
+	if s.o.mixed {
+		s.logf("%s runs wire format %d", nd.name, map[bool]int{true: 5, false: wireMax}[nd.old])
+		meta := func(n *simNode) []byte {
+			if n.old {
+				return nil // an older build advertises no range
+			}
+			return WireMeta()
+		}
+		for _, o := range s.nodes {
+			if o == nd || o.m == nil {
+				continue
+			}
+			if !nd.old {
+				nd.m.peerMeta(o.name, meta(o))
+			}
+			if !o.old {
+				o.m.peerMeta(nd.name, meta(nd))
+			}
+		}
+	}
 	for _, b := range s.backends {
 		s.observe(nd, b.Name)
 	}
@@ -1788,6 +1820,28 @@ func TestSimulation(t *testing.T) {
 	}
 	if seed >= 0 {
 		t.Fatalf("invariant violated: %s\nreproduce with: go test ./cluster -run TestSimulation -sim.seed=%d -v\n%s", msg, uint64(seed)+seedBase, traceSeed(int(uint64(seed)+seedBase), defaultOpts()))
+	}
+}
+
+// TestSimulationMixedWireFormats runs the simulation with every start of a
+// proxy choosing at random between an older build of wire format 5 and
+// this one: the invariants hold and the healed cluster makes progress
+// whatever the mix.
+func TestSimulationMixedWireFormats(t *testing.T) {
+	o := defaultOpts()
+	o.mixed = true
+	if *flagSeed >= 0 {
+		t.Log(traceSeed(int(*flagSeed), o))
+		return
+	}
+	count := max(simSeedCount(t)/5, 200)
+	stats := &simStats{}
+	start := time.Now()
+	seed, msg := runSeeds(count, o, stats)
+	t.Logf("%d seeds with proxies of wire formats 5 and %d mixed at random, %d events, %d commits, %d primary changes in %v",
+		count, wireMax, stats.events.Load(), stats.commits.Load(), stats.failovers.Load(), time.Since(start).Round(time.Millisecond))
+	if seed >= 0 {
+		t.Fatalf("invariant violated: %s\nreproduce with: go test ./cluster -run TestSimulationMixedWireFormats -sim.seed=%d -v\n%s", msg, uint64(seed)+seedBase, traceSeed(int(uint64(seed)+seedBase), o))
 	}
 }
 

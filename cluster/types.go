@@ -368,6 +368,10 @@ type Config struct {
 // knobs switch rules off so the simulation can show that it catches the
 // violation each rule prevents.
 type knobs struct {
+	// wireHi, when set, is the highest wire format this proxy speaks: an
+	// in-process stand-in for an older build (which also advertises no
+	// range: tests give its peers no meta).
+	wireHi            uint8
 	noLeaseWait       bool // commit right after Q votes
 	voterKeepsRouting bool // a vote does not stop the voter's routing
 	noVotePersist     bool // votes are not saved

@@ -218,6 +218,9 @@ type opts struct {
 	// first is the backend every proxy routes to before newCluster
 	// returns; "": any one, as long as all route to the same.
 	first string
+	// bin is the quorumproxy binary the proxies start as; "": this
+	// build's (binPath).
+	bin string
 }
 
 // backendSpec is one echo backend of the service.
@@ -252,6 +255,7 @@ type proxyNode struct {
 	cfgPath, stateDir  string
 	hookOut            string
 	proc               *proc
+	bin                string // the binary it runs; "": binPath
 }
 
 type backendNode struct {
@@ -377,7 +381,7 @@ func newCluster(t *testing.T, o opts) *cluster {
 	}
 	var peers strings.Builder
 	for i := 1; i <= o.proxies; i++ {
-		p := &proxyNode{c: c, name: fmt.Sprintf("p%d", i)}
+		p := &proxyNode{c: c, name: fmt.Sprintf("p%d", i), bin: o.bin}
 		p.ns, p.ip, p.veth = addNode(p.name, 10+i)
 		fmt.Fprintf(&peers, "[[cluster.peer]]\nname = %q\naddress = \"%s:%d\"\n", p.name, p.ip, gossipPort)
 		if i <= len(o.regions) && o.regions[i-1] != "" {
@@ -540,7 +544,11 @@ func (p *proxyNode) start() {
 	t := p.c.t
 	t.Helper()
 	var err error
-	p.proc, err = startProc(p.ns, nil, binPath, "run", "-config", p.cfgPath)
+	bin := binPath
+	if p.bin != "" {
+		bin = p.bin
+	}
+	p.proc, err = startProc(p.ns, nil, bin, "run", "-config", p.cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

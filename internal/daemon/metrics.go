@@ -248,7 +248,7 @@ var (
 	mPeers     = newMetric("quorumproxy_cluster_peers", "Proxies in the cluster, this one included.", prometheus.GaugeValue)
 	mQuorum    = newMetric("quorumproxy_cluster_quorum", "Proxies that make a quorum.", prometheus.GaugeValue)
 	mReachable = newMetric("quorumproxy_cluster_reachable_proxies", "Proxies this one heard from within a lease, itself included.", prometheus.GaugeValue)
-	mDropped   = newMetric("quorumproxy_cluster_dropped_messages_total", "Cluster messages dropped, by reason: garbage, stranger, unknown_service, stale, queue_full.", prometheus.CounterValue, "reason")
+	mDropped   = newMetric("quorumproxy_cluster_dropped_messages_total", "Cluster messages dropped, by reason: garbage, stranger, unknown_service, stale, queue_full, wire_version (a wire format this proxy does not speak, or a peer that speaks none it does).", prometheus.CounterValue, "reason")
 	mDupes     = newMetric("quorumproxy_cluster_duplicate_messages_total", "Copies of a view already heard (direct and gossip carry each change): expected, not a fault.", prometheus.CounterValue)
 	mVotes     = newMetric("quorumproxy_cluster_votes_total", "Votes this proxy answered, by result (granted, refused).", prometheus.CounterValue, "result")
 	mProposals = newMetric("quorumproxy_cluster_proposals_total", "Proposals this proxy made.", prometheus.CounterValue)
@@ -351,7 +351,7 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 	put(mReachable, float64(len(cv.Reachable)+1))
 	c := cv.Counters
 	for reason, v := range map[string]uint64{"garbage": c.Garbage, "stranger": c.Stranger, "unknown_service": c.UnknownService,
-		"stale": c.Stale, "queue_full": c.QueueFull} {
+		"stale": c.Stale, "queue_full": c.QueueFull, "wire_version": c.WireVersion} {
 		put(mDropped, float64(v), reason)
 	}
 	put(mDupes, float64(c.Replay))

@@ -20,7 +20,8 @@ var (
 )
 
 // NodeMeta advertises this node's envelope (label, name, boot id, config
-// hash) so peers can check it before admitting the node.
+// hash) so peers can check it before admitting the node, with the
+// protocol's Config.Meta as its payload.
 func (d *delegate) NodeMeta(limit int) []byte {
 	meta := d.m.ident.Load().meta
 	if len(meta) > limit {
@@ -181,6 +182,9 @@ func (m *Mesh) peerUp(n *memberlist.Node, join bool) {
 	}
 	if m.closed.Load() {
 		return
+	}
+	if mh, ok := m.h.(MetaHandler); ok && r == dropNone {
+		mh.OnPeerMeta(p.name, e.payload)
 	}
 	switch {
 	case was != StateAlive:

@@ -24,6 +24,12 @@
 // Drops are logged at most once per DropLogInterval, with their counts,
 // and memberlist's repeated warnings and errors likewise.
 //
+// A node's memberlist meta is an envelope too, whose payload is the
+// protocol's own (Config.Meta: the cluster advertises the wire formats it
+// speaks there); a Handler that implements MetaHandler is handed each
+// peer's at its join and whenever it changes. Builds before Config.Meta
+// ignore the payload, and are seen with an empty one.
+//
 // Delivery: Send (reliable, TCP) and SendBestEffort (one UDP packet) to a
 // named peer, for proposals, votes, commits and lease requests; Broadcast
 // through memberlist's TransmitLimitedQueue, where a newer broadcast with

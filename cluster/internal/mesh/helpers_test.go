@@ -61,6 +61,27 @@ type recorder struct {
 	changes []peerChange
 	states  [][]byte
 	local   []byte
+	metas   map[string][]string // every meta each peer was seen with, in order
+}
+
+func (r *recorder) OnPeerMeta(name string, meta []byte) {
+	r.mu.Lock()
+	if r.metas == nil {
+		r.metas = map[string][]string{}
+	}
+	r.metas[name] = append(r.metas[name], string(meta))
+	r.mu.Unlock()
+}
+
+// metaOf is the last meta seen of peer, and whether any was.
+func (r *recorder) metaOf(peer string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ms := r.metas[peer]
+	if len(ms) == 0 {
+		return "", false
+	}
+	return ms[len(ms)-1], true
 }
 
 func (r *recorder) OnMessage(from string, msg []byte) bool {

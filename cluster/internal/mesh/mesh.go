@@ -90,6 +90,11 @@ type Config struct {
 	// summarised in the log (one line with the counts). Zero:
 	// DefaultDropLogInterval.
 	DropLogInterval time.Duration
+	// Meta is the protocol's own part of this node's memberlist meta
+	// (the payload of its meta envelope), which peers are handed through
+	// MetaHandler; a build that predates it ignores it. Nil: none. At most
+	// what the meta limit leaves after label, name and config hash.
+	Meta []byte
 	// Transport replaces the mesh's own transport, which authenticates
 	// datagrams before memberlist sees them (Bind is then unused), for
 	// example a FaultyTransport in tests. New owns it, even on error.
@@ -116,6 +121,15 @@ type Handler interface {
 	// the handler could not take it. Which peer sent it is not known:
 	// memberlist does not say.
 	MergeRemoteState(buf []byte) bool
+}
+
+// MetaHandler is implemented by a Handler that wants its peers' Config.Meta.
+type MetaHandler interface {
+	// OnPeerMeta is called when a configured peer joins and whenever its
+	// meta changes (a restart, perhaps as another build), with the meta
+	// it advertises (empty: none). Like Handler's methods it must not
+	// block, and must copy meta.
+	OnPeerMeta(name string, meta []byte)
 }
 
 // State is a peer's state as this node sees it.
@@ -380,8 +394,8 @@ func (m *Mesh) validate() error {
 	case !cfg.Insecure:
 		errs = append(errs, errors.New("no secret key: set one, or set insecure to run gossip in clear text"))
 	}
-	if n := envelopeHeaderLen(cfg.Label, cfg.NodeName, cfg.ConfigHash); n > maxMetaLen {
-		errs = append(errs, fmt.Errorf("label, node name and config hash take %d bytes together, at most %d fit", n-fixedEnvelopeLen, maxMetaLen-fixedEnvelopeLen))
+	if n := envelopeHeaderLen(cfg.Label, cfg.NodeName, cfg.ConfigHash) + len(cfg.Meta); n > maxMetaLen {
+		errs = append(errs, fmt.Errorf("label, node name, config hash and meta take %d bytes together, at most %d fit", n-fixedEnvelopeLen, maxMetaLen-fixedEnvelopeLen))
 	}
 	if len(cfg.Label) > 255 || len(cfg.NodeName) > 255 || len(cfg.ConfigHash) > 255 {
 		errs = append(errs, errors.New("label, node name and config hash must each be at most 255 bytes"))
@@ -407,7 +421,7 @@ func (m *Mesh) validate() error {
 }
 
 func (m *Mesh) newIdentity(configHash string) (*identity, error) {
-	meta, err := encodeEnvelope(nil, kindMeta, m.cfg.Label, m.self, m.bootID, configHash, nil)
+	meta, err := encodeEnvelope(nil, kindMeta, m.cfg.Label, m.self, m.bootID, configHash, m.cfg.Meta)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: node %q: %w", m.self, err)
 	}
@@ -631,7 +645,7 @@ func (m *Mesh) Broadcast(key string, msg []byte) error {
 // SetConfigHash changes the hash stamped on and required of envelopes
 // (after a reload) and re-advertises this node's meta.
 func (m *Mesh) SetConfigHash(h string) error {
-	if envelopeHeaderLen(m.cfg.Label, m.self, h) > maxMetaLen || len(h) > 255 {
+	if envelopeHeaderLen(m.cfg.Label, m.self, h)+len(m.cfg.Meta) > maxMetaLen || len(h) > 255 {
 		return fmt.Errorf("mesh: node %q: config hash of %d bytes is too long", m.self, len(h))
 	}
 	id, err := m.newIdentity(h)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -293,5 +294,48 @@ func TestLossyLinkRetriedSendsArrive(t *testing.T) {
 	// 0 failures in 20 tries at 50% has probability 1e-6.
 	if failures == 0 || c.trs["n1"].Lost() == 0 {
 		t.Errorf("nothing was lost on a 50%% lossy link (failures %d)", failures)
+	}
+}
+
+// Each node's Config.Meta reaches the others' MetaHandler at the join and
+// again when it changes across a restart; a node without one (an older
+// build) is seen with an empty meta and admitted all the same.
+func TestPeerMetaReachesHandler(t *testing.T) {
+	meta := map[string]string{"n1": "range 5..6", "n2": ""}
+	c := newCluster(t, 3, func(name string, cfg *Config) {
+		if m := meta[name]; m != "" {
+			cfg.Meta = []byte(m)
+		}
+		if name == "n3" {
+			cfg.Meta = []byte("range 6..7")
+		}
+	})
+	c.startAll()
+	waitFor(t, "all nodes alive everywhere", c.allSee)
+	for _, want := range []struct{ of, peer, meta string }{
+		{"n2", "n1", "range 5..6"}, {"n1", "n2", ""}, {"n1", "n3", "range 6..7"}, {"n3", "n2", ""},
+	} {
+		waitFor(t, want.of+" has "+want.peer+"'s meta", func() bool {
+			m, ok := c.recs[want.of].metaOf(want.peer)
+			return ok && m == want.meta
+		})
+	}
+	c.stop("n3")
+	cfg := c.cfgs["n3"]
+	cfg.Meta = []byte("range 7..8")
+	c.cfgs["n3"] = cfg
+	c.start("n3")
+	waitFor(t, "n1 has n3's new meta", func() bool {
+		m, _ := c.recs["n1"].metaOf("n3")
+		return m == "range 7..8"
+	})
+
+	// The meta counts against memberlist's limit.
+	bad := c.cfgs["n1"]
+	bad.Meta = make([]byte, maxMetaLen)
+	bad.Transport = nil
+	bad.Bind = "127.0.0.1:0"
+	if _, err := New(bad, &recorder{}); err == nil || !strings.Contains(err.Error(), "meta") {
+		t.Fatalf("an oversized meta: %v", err)
 	}
 }
