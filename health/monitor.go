@@ -77,6 +77,11 @@ type State struct {
 	// changes do not call onChange.
 	Position      int64
 	PositionFresh bool
+	// ReplicasUnread, on a primary whose checks fail: a replica of its
+	// service that is up has not been checked since the first of those
+	// failures (its nudged check is under way), so no position is fresh
+	// yet and a failover must wait for it rather than rank stale ones.
+	ReplicasUnread bool
 	// SyncStandbys is what this backend, at its last successful check as a primary, reported
 	// as its synchronous standbys. It outlives the backend going down (rpo = "zero" fails over
 	// only to one of them) and is cleared when it answers as a replica.
@@ -141,6 +146,8 @@ type loop struct {
 	state    State
 	rf       riseFall
 	position int64
+	// lastStart: when the last check that completed for this target began.
+	lastStart time.Time
 	// expect/expectUntil: the role this target is about to take (see
 	// Expect); until then, or the deadline, it is checked at FastInterval.
 	expect      Role
@@ -597,6 +604,7 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	prev := *st
 	st.Checks++
 	st.LastCheck = now
+	l.lastStart = start
 	st.Latency = res.Latency
 	if res.Up {
 		st.LastError = ""
@@ -643,11 +651,23 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	if st.Status != StatusUp {
 		st.Position, st.PositionFresh, st.Upstream = -1, false, ""
 	}
-	changed := prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
+	st.ReplicasUnread = !res.Up && l.primaryOK && m.replicasUnreadLocked(l)
+	changed := prev.ReplicasUnread != st.ReplicasUnread || prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
 		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys) ||
 		prev.Upstream != st.Upstream
 	return *st, changed
+}
+
+// replicasUnreadLocked reports whether a replica of primary l's service
+// that is up has not completed a check begun after l's first failed check.
+func (m *Monitor) replicasUnreadLocked(l *loop) bool {
+	for _, o := range m.bySvc[l.target.Service] {
+		if o != l && o.state.Status == StatusUp && o.state.Role == RoleReplica && !o.lastStart.After(l.failSince) {
+			return true
+		}
+	}
+	return false
 }
 
 // primarySilentLocked reports whether a check of service started at start began after the

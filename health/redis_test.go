@@ -161,3 +161,48 @@ func TestExpectPromotion(t *testing.T) {
 		t.Error("expecting a role the backend reports set fast checks")
 	}
 }
+
+// A primary marked down before its replicas' checks came back says so
+// (ReplicasUnread), so that a failover waits for their fresh positions
+// instead of ranking stale ones; once they are read it says no more.
+func TestReplicasUnreadAtPrimaryDown(t *testing.T) {
+	primary := testenv.MustRedis(t, testenv.RedisOptions{})
+	replica := testenv.MustReplica(t, primary)
+	m := NewMonitor(testLogger(t), nil)
+	defer m.Close()
+	spec := Spec{Kind: "redis", Timeout: 3 * time.Second, Interval: 200 * time.Millisecond, FastInterval: 50 * time.Millisecond, Rise: 1, Fall: 2}
+	if err := m.Set([]Target{
+		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
+		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "primary", "up as primary", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
+	waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+
+	// The replica's next checks hang (frozen, within its 3s timeout): the
+	// primary, killed, is down after two refused checks 50ms apart.
+	if err := replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			replica.Resume()
+		}
+	}()
+	if err := primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, m, "primary", "down", func(s State) bool { return s.Status == StatusDown })
+	if !s.ReplicasUnread {
+		t.Errorf("primary down while the replica's check hangs: ReplicasUnread false: %+v", s)
+	}
+	if r, _ := stateOf(m, "replica"); r.PositionFresh {
+		t.Errorf("the frozen replica's position is fresh: %+v", r)
+	}
+	replica.Resume()
+	resumed = true
+	waitState(t, m, "replica", "read fresh", func(s State) bool { return s.PositionFresh })
+	waitState(t, m, "primary", "no longer waiting for reads", func(s State) bool { return !s.ReplicasUnread })
+}

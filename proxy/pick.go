@@ -184,6 +184,7 @@ func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, s
 		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
 			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
 		fc[i].Position, fc[i].Pos, fc[i].Upstream, fc[i].Region = c.h.Position, posState(c.h), c.h.Upstream, c.region
+		fc[i].ReplicasUnread = c.h.ReplicasUnread
 	}
 	for _, p := range cands {
 		if p.name == cur {

@@ -249,6 +249,9 @@ type Health struct {
 	// health.State).
 	Position      int64
 	PositionFresh bool
+	// ReplicasUnread, on a primary that fails: a replica is still to be
+	// read since it began to (see health.State); a failover waits for it.
+	ReplicasUnread bool
 	// SyncMask, on a primary, says which backends of the service (bit i:
 	// the i-th of ServiceConfig.Backends) it reported as synchronous
 	// standbys at its last good check; it outlives the primary going down

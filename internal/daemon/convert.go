@@ -160,7 +160,7 @@ func proxyHealth(s health.State, mask uint64, upstream string) proxy.Health {
 		Role:     proxy.RoleUnknown,
 		LagBytes: s.LagBytes,
 		Lag:      s.Lag,
-		Position: s.Position, PositionFresh: s.PositionFresh,
+		Position: s.Position, PositionFresh: s.PositionFresh, ReplicasUnread: s.ReplicasUnread,
 		SyncMask: mask, Upstream: upstream,
 	}
 	switch s.Role {

@@ -88,6 +88,10 @@ type Candidate struct {
 	Upstream string
 	// Region is the candidate's region label ("" for none).
 	Region string
+	// ReplicasUnread, on the primary being replaced: some replica has not
+	// been read since it began to fail, so stale positions are about to
+	// turn fresh and the ranking waits for them.
+	ReplicasUnread bool
 	// Fenced, Draining and Held are kept out: fenced by an operator or by
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
@@ -209,15 +213,22 @@ const waitingPrefix = "waiting for the replication position of "
 func Waiting(why string) bool { return strings.HasPrefix(why, waitingPrefix) }
 
 // waitingFor names an eligible candidate whose position is not fresh yet
-// while best's is, the old primary being down ("" when the ranking may go
-// on). eligible is judged as Successor does: best's own filters passed, so
+// while best's is, or best itself while none is fresh and the replicas'
+// reads since the old primary failed are under way, the old primary being
+// down ("" when the ranking may go on). eligible is judged as Successor does: best's own filters passed, so
 // only the others need checking.
 func waitingFor(cands []Candidate, primary string, best *Candidate) string {
-	if best.Pos != FreshPosition {
-		return ""
-	}
 	if !primaryDown(cands, primary) {
 		return "" // a switchover or failback: nothing is frozen
+	}
+	if best.Pos != FreshPosition {
+		// None is fresh: wait only while the reads that would make them so
+		// are under way (a primary marked down within a fast interval or
+		// two of its first failure, before the replicas' checks came back).
+		if best.Pos == StalePosition && replicasUnread(cands, primary) {
+			return best.Name
+		}
+		return ""
 	}
 	for i := range cands {
 		c := &cands[i]
@@ -227,6 +238,15 @@ func waitingFor(cands []Candidate, primary string, best *Candidate) string {
 		}
 	}
 	return ""
+}
+
+func replicasUnread(cands []Candidate, primary string) bool {
+	for i := range cands {
+		if cands[i].Name == primary {
+			return cands[i].ReplicasUnread
+		}
+	}
+	return false
 }
 
 // primaryDown reports whether the primary being replaced is not up (or
