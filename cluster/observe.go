@@ -32,6 +32,15 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 	if had && old == o {
 		return nil
 	}
+	localOnly := old
+	localOnly.ReplicasUnread = o.ReplicasUnread
+	if had && localOnly == o {
+		// Only what is local changed: nothing to tell the peers, but a
+		// failover may have waited for it.
+		s.local[backend] = o
+		m.due[svc] = true
+		return nil
+	}
 	if !had || old.Up != o.Up || old.Role != o.Role {
 		s.obsAt[backend] = m.clock.Now()
 		m.due[svc] = true
@@ -288,7 +297,8 @@ func (m *Machine) candidate(s *service, primary string) (string, string) {
 		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i,
 			Up: m.healthy(s, b.Name), Role: failoverRole(s.local[b.Name].Role), LagBytes: bytes, Lag: lag,
 			Position: pos, Pos: ps, Sync: i < 64 && sync&(1<<i) != 0, Upstream: s.local[b.Name].Upstream, Region: b.Region,
-			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now)})
+			Fenced: fenced.Has(b.Name) && !m.cfg.knobs.ignoreFenced, Held: m.excluded(s, b.Name, now),
+			ReplicasUnread: s.local[b.Name].ReplicasUnread})
 	}
 	return failover.Successor(s.policy(), cs, primary)
 }

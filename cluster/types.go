@@ -273,6 +273,11 @@ type Observation struct {
 	// Upstream is the backend this replica replicates from ("" when
 	// unknown): a cascaded replica is a failover's last resort.
 	Upstream string
+	// ReplicasUnread, for a failing primary in this proxy's own view: a
+	// replica's check since the failure began is under way (health.State),
+	// so a failover this proxy proposes waits for fresh positions. Local:
+	// not sent to peers.
+	ReplicasUnread bool
 }
 
 // QuorumLoss says what a proxy does when its lease expires.

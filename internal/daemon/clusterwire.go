@@ -254,7 +254,8 @@ func (cs *clusterSide) observe(s health.State, mask uint64, upstream string) {
 		return
 	}
 	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
-		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask, Upstream: upstream})
+		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask, Upstream: upstream,
+		ReplicasUnread: s.ReplicasUnread})
 }
 
 // close leaves the cluster and stops the route applier.
