@@ -366,6 +366,9 @@ type echoClusterOpts struct {
 	lease   string // lease_timeout; "" for clusterConfig's
 	noToken bool   // no [admin] token_file
 	noBind  bool   // no [cluster] bind: each gossips on its own peer address
+	// checks replaces the health checks' interval and timeout lines ("":
+	// every 100ms, timeout 50ms)
+	checks string
 }
 
 func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]*clusterProxy, string) {
@@ -387,6 +390,13 @@ func startEchoClusterWith(t *testing.T, a, b *echoServer, o echoClusterOpts) ([]
 		}
 		if o.noBind {
 			cfg = strings.Replace(cfg, "\nbind = ", "\n# bind = ", 1)
+		}
+		if o.checks != "" {
+			const checks = "  interval = \"100ms\"\n  timeout = \"50ms\"\n"
+			if !strings.Contains(cfg, checks) {
+				t.Fatal("the cluster config's check lines moved: update echoClusterOpts.checks")
+			}
+			cfg = strings.Replace(cfg, checks, o.checks, 1)
 		}
 		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

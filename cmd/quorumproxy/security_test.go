@@ -31,7 +31,11 @@ func startFloodCluster(t *testing.T, bin, lease string) *floodCluster {
 	t.Helper()
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	c := &floodCluster{a: a, b: b}
-	c.ps, _ = startEchoClusterWith(t, a, b, echoClusterOpts{bin: bin, lease: lease, noToken: true})
+	// Checks with room for a machine that runs other suites beside this
+	// one: the flood must cost no lease and no session, and a 50ms check
+	// timeout measured the machine's load as much as the flood.
+	c.ps, _ = startEchoClusterWith(t, a, b, echoClusterOpts{bin: bin, lease: lease, noToken: true,
+		checks: "  interval = \"300ms\"\n  timeout = \"250ms\"\n"})
 	testwait.For(t, "all three routing to a", 60*time.Second, func() bool {
 		for _, p := range c.ps {
 			if r, _ := p.routing(t); r != "a" {
