@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/daemon"
 )
@@ -25,6 +26,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: quorumproxy run [-config] FILE")
 		return 2
 	}
+	// Started by an upgrade (SIGUSR2 to the old process): its listening
+	// sockets are ours to take. Any error before we say ready leaves the
+	// old process serving; it logs our exit.
+	h, err := inheritedSpec()
+	if err != nil {
+		fmt.Fprintf(stderr, "quorumproxy: upgrade: %s\n", err)
+		return 1
+	}
 	cfg, warnings, err := daemon.LoadConfig(*path, false)
 	if err != nil {
 		fmt.Fprintf(stderr, "quorumproxy: %s\n", err)
@@ -35,25 +44,98 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		log.Warn("config", "problem", w.Error())
 	}
 
-	d, err := daemon.New(daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version})
+	opts := daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version}
+	if h != nil {
+		opts.Inherited = h.Services
+		if opts.AdminListener, err = h.adminListener(cfg.Admin.Listen); err != nil {
+			h.closeSockets()
+			log.Error("start failed", "err", err)
+			return 1
+		}
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
 	}
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
-	log.Info("quorumproxy started", "version", version, "config", *path, "services", len(cfg.Services))
-	sdNotify("READY=1\nSTATUS=serving")
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			sdNotify("RELOADING=1")
-			d.Reload()
-			sdNotify("READY=1\nSTATUS=serving")
-			continue
+	log.Info("quorumproxy started", "version", version, "config", *path, "services", len(cfg.Services), "pid", os.Getpid())
+	if h != nil {
+		if err := takeOver(log, d, h); err != nil {
+			log.Error("upgrade: the old process could not be told; stopping so that it keeps serving", "err", err)
+			d.Shutdown()
+			return 1
 		}
-		log.Info("draining", "signal", sig.String())
+	} else {
+		sdNotify("READY=1\nSTATUS=serving")
+	}
+
+	type upgradeResult struct {
+		pid   int
+		err   error
+		start time.Time
+	}
+	var upgrading chan upgradeResult // non-nil while a new process starts
+	stopUpgrade := make(chan struct{})
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				sdNotify("RELOADING=1")
+				d.Reload()
+				sdNotify("READY=1\nSTATUS=serving")
+				continue
+			case syscall.SIGUSR2:
+				switch {
+				case upgrading != nil:
+					log.Warn("upgrade: already in progress; SIGUSR2 ignored")
+				case cfg.Cluster != nil:
+					// The gossip ports cannot be shared and the lease is
+					// this process's; see the README.
+					log.Error("upgrade refused: a clustered proxy restarts instead (systemctl restart), one proxy at a time")
+				default:
+					socks, err := d.ListenerFDs()
+					if err != nil {
+						log.Error("upgrade failed: keeping this process", "err", err)
+						continue
+					}
+					start := time.Now()
+					log.Info("upgrade: starting the new process", "binary", os.Args[0])
+					upgrading = make(chan upgradeResult, 1)
+					go func(c chan<- upgradeResult) {
+						pid, err := startUpgrade(socks, stopUpgrade)
+						c <- upgradeResult{pid, err, start}
+					}(upgrading)
+				}
+				continue
+			}
+			log.Info("draining", "signal", sig.String())
+		case r := <-upgrading:
+			upgrading = nil
+			if r.err != nil {
+				log.Error("upgrade failed: keeping this process", "err", r.err)
+				continue
+			}
+			// The new process accepts on the same sockets and is the
+			// service's main pid now: no STOPPING=1 from here.
+			log.Info("upgrade: handed over; draining", "new_pid", r.pid, "took", time.Since(r.start))
+			d.HandOver()
+			log.Info("quorumproxy stopped: handed over", "new_pid", r.pid)
+			return 0
+		}
 		break
+	}
+	if upgrading != nil {
+		close(stopUpgrade) // a new process not yet ready is killed
+		if r := <-upgrading; r.err == nil {
+			// Ready just as we were told to stop: it serves on.
+			log.Info("upgrade: handed over while stopping", "new_pid", r.pid)
+			d.HandOver()
+			return 0
+		}
 	}
 	sdNotify("STOPPING=1\nSTATUS=draining")
 	d.Shutdown()

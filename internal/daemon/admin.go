@@ -31,9 +31,13 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 			return fmt.Errorf("admin.token_file: %w", err)
 		}
 	}
-	ln, err := net.Listen("tcp", c.Listen)
-	if err != nil {
-		return fmt.Errorf("admin.listen: %w", err)
+	ln := d.adminInherited // handed over by the process this one replaces
+	d.adminInherited = nil
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", c.Listen); err != nil {
+			return fmt.Errorf("admin.listen: %w", err)
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", d.handleStatus)
@@ -63,7 +67,11 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	d.adminWG.Add(1)
 	go func() {
 		defer d.adminWG.Done()
-		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := d.admin.Serve(ln)
+		if d.handedOver.Load() && errors.Is(err, net.ErrClosed) {
+			return // HandOver closed the listener: the new process accepts
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("admin API stopped", "err", err)
 		}
 	}()

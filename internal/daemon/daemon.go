@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
@@ -29,6 +30,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/proxy"
+	"golang.org/x/sys/unix"
 )
 
 // NewLogger is the logger [log] asks for, writing to w; bursts of lines
@@ -55,6 +57,38 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is what /status reports.
 	Version string
+
+	// Inherited are the data plane's listening sockets handed over by the
+	// process this one replaces (proxy.Options.Inherited); the Daemon
+	// owns them.
+	Inherited map[string][]int
+	// AdminListener, if set, is the admin API's socket handed over, for
+	// [admin] listen; the Daemon owns it.
+	AdminListener net.Listener
+}
+
+// Sockets are a Daemon's listening sockets, duplicated for a process that
+// takes over (HandOver); the receiver owns every fd.
+type Sockets struct {
+	// Services maps each service's listen address as configured to the
+	// fds of its SO_REUSEPORT group (one per event loop).
+	Services map[string][]int
+	// AdminListen is [admin] listen and Admin the admin API's socket;
+	// -1 without one.
+	AdminListen string
+	Admin       int
+}
+
+// Close closes every fd of s.
+func (s Sockets) Close() {
+	for _, fds := range s.Services {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+	}
+	if s.Admin >= 0 {
+		_ = unix.Close(s.Admin)
+	}
 }
 
 // Daemon wires the packages: health observes, the cluster agrees, the
@@ -90,6 +124,11 @@ type Daemon struct {
 	admin   *http.Server
 	adminLn net.Listener
 	adminWG sync.WaitGroup
+	// adminInherited is Options.AdminListener until startAdmin takes it.
+	adminInherited net.Listener
+	// handedOver is set when another process took the listeners: the
+	// admin API's accept loop ending is then no error.
+	handedOver atomic.Bool
 }
 
 // New starts the proxy, the cluster side (with [cluster]), the health checks
@@ -100,10 +139,16 @@ func New(o Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
-		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts()}
+		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts(), adminInherited: o.AdminListener}
 	defer close(d.ready)
+	defer func() {
+		if d.adminInherited != nil { // New failed before startAdmin took it
+			d.adminInherited.Close()
+		}
+	}()
 	m, err := newMetricsExporter()
 	if err != nil {
+		(Sockets{Services: o.Inherited, Admin: -1}).Close()
 		return nil, err
 	}
 	d.metrics = m
@@ -112,7 +157,7 @@ func New(o Options) (*Daemon, error) {
 	d.hooks.note = d.note
 	d.repoint = newRepointer(d)
 	d.hooks.promoted = func(service, backend string) { d.repoint.start(service, backend, 0) }
-	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access})
+	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access, Inherited: o.Inherited})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
 		return nil, err
@@ -280,6 +325,30 @@ func (d *Daemon) setReload(r adminapi.ReloadResult) {
 // stop checks, leave the cluster, wait for hooks, close the admin API.
 func (d *Daemon) Shutdown() {
 	d.stopping.Store(true)
+	d.shutdown()
+}
+
+// HandOver ends this process's part after another process took its
+// listening sockets (ListenerFDs) and became ready: it stops accepting on
+// them (the admin API's included, and closes its kept-alive connections
+// after their next request, so probes reach the new process), stops
+// deciding (health checks: the new process runs its own, and hooks must
+// not run twice), then drains as Shutdown does. Readiness stays as it
+// was: the host still serves, through the new process.
+//
+// Not for a clustered proxy: its lease and gossip ports are its own
+// (see the README, "Restarts and upgrades").
+func (d *Daemon) HandOver() {
+	d.handedOver.Store(true)
+	if d.admin != nil {
+		d.admin.SetKeepAlivesEnabled(false)
+		d.adminLn.Close()
+	}
+	d.mon.Close()
+	d.shutdown()
+}
+
+func (d *Daemon) shutdown() {
 	d.mu.Lock()
 	drain := d.cfg.Proxy.DrainTimeout
 	d.mu.Unlock()
@@ -298,4 +367,73 @@ func (d *Daemon) Shutdown() {
 	d.stopAdmin()
 	d.history.Close()
 	current.CompareAndSwap(d, nil)
+}
+
+// ListenerFDs duplicates the listening sockets, the data plane's and the
+// admin API's, for a process that takes over (the caller closes them).
+func (d *Daemon) ListenerFDs() (Sockets, error) {
+	svcs, err := d.px.ListenerFDs()
+	if err != nil {
+		return Sockets{}, err
+	}
+	s := Sockets{Services: svcs, Admin: -1}
+	if d.adminLn == nil {
+		return s, nil
+	}
+	d.mu.Lock()
+	s.AdminListen = d.cfg.Admin.Listen
+	d.mu.Unlock()
+	sc, ok := d.adminLn.(syscall.Conn)
+	if !ok {
+		s.Close()
+		return Sockets{}, fmt.Errorf("admin listener %T has no fd", d.adminLn)
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		cerr := rc.Control(func(fd uintptr) { s.Admin, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+		if err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		s.Admin = -1
+		s.Close()
+		return Sockets{}, fmt.Errorf("admin listener: %w", err)
+	}
+	return s, nil
+}
+
+// handoverWaitPoll is how often WaitRouting looks at the services.
+const handoverWaitPoll = 20 * time.Millisecond
+
+// WaitRouting returns once every service forwards new connections, or
+// has heard from every backend (so none will route soon), or ctx ends: a
+// process taking over waits for it before the old one stops accepting,
+// so that no client waits in switch_hold for a first health check. It
+// names the services still waiting when ctx ends.
+func (d *Daemon) WaitRouting(ctx context.Context) error {
+	t := time.NewTicker(handoverWaitPoll)
+	defer t.Stop()
+	for {
+		var waiting []string
+		for _, ps := range d.px.Status() {
+			if routes, _ := routesOf(ps); len(routes) > 0 {
+				continue
+			}
+			for _, b := range ps.Backends {
+				if !b.Health.Known {
+					waiting = append(waiting, ps.Name)
+					break
+				}
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("services %v have no route yet: %w", waiting, ctx.Err())
+		case <-t.C:
+		}
+	}
 }

@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
+)
+
+const upgradeConfig = `
+[admin]
+listen = %q
+
+[proxy]
+# Long enough that every old process waits for its session to end.
+drain_timeout = "120s"
+loops = %d
+
+[[service]]
+name = "redis"
+listen = %q
+switch_hold = "2s"
+
+  [service.health]
+  kind = "redis"
+  interval = "500ms"
+  timeout = "400ms"
+  rise = 1
+  fall = 3
+
+  [[service.backend]]
+  name = "r1"
+  address = %q
+`
+
+// churn counts what clients of many short connections saw: each dials
+// the proxy, sends PING, reads +PONG and closes.
+type churn struct {
+	made, refused, failed atomic.Int64
+	mu                    sync.Mutex
+	firstErr              error
+}
+
+func (c *churn) run(ctx context.Context, addr string) {
+	for ctx.Err() == nil {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				c.refused.Add(1)
+			} else {
+				c.failed.Add(1)
+			}
+			c.note(err)
+			continue
+		}
+		err = pingOnce(conn, bufio.NewReader(conn))
+		conn.Close()
+		if err != nil {
+			c.failed.Add(1) // reset, closed or a wrong reply
+			c.note(err)
+			continue
+		}
+		c.made.Add(1)
+	}
+}
+
+func (c *churn) note(err error) {
+	c.mu.Lock()
+	if c.firstErr == nil {
+		c.firstErr = err
+	}
+	c.mu.Unlock()
+}
+
+func pingOnce(conn net.Conn, r *bufio.Reader) error {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
+		return err
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("reply %q", line)
+	}
+	return nil
+}
+
+// longSession is a client connection opened before an upgrade and used
+// all along: every PING must be answered.
+type longSession struct {
+	conn  net.Conn
+	r     *bufio.Reader
+	pings int
+	pid   int // the process that accepted it
+}
+
+func (s *longSession) ping(t *testing.T) {
+	t.Helper()
+	if err := pingOnce(s.conn, s.r); err != nil {
+		t.Fatalf("long session (opened on pid %d) after %d pings: %v", s.pid, s.pings, err)
+	}
+	s.pings++
+}
+
+// alive reports whether pid runs (a zombie does not).
+func alive(pid int) bool {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil && !bytes.Contains(st, []byte(") Z "))
+}
+
+var (
+	handedOverRe = regexp.MustCompile(`msg="upgrade: handed over; draining" new_pid=(\d+) took=(\S+)`)
+	failedRe     = regexp.MustCompile(`msg="upgrade failed: keeping this process"`)
+)
+
+// TestUpgradeDropsNothing restarts the proxy onto the binary on disk with
+// SIGUSR2, several times, under a load of short connections (Go clients
+// and redis-benchmark -k 0) plus long sessions opened before each
+// upgrade: no connection is refused or reset, each long session keeps
+// working on the process that accepted it, which exits only after that
+// session ends. The number of event loops changes between upgrades (2, 3,
+// 1), so the new process both binds beside the handed-over sockets and
+// takes several on one loop. A config that does not load leaves the old
+// process serving.
+func TestUpgradeDropsNothing(t *testing.T) {
+	mark := testenv.Mark(t)
+	t.Cleanup(func() { testenv.KillMarked(mark) })
+	r := testenv.MustRedis(t, testenv.RedisOptions{})
+	dir := t.TempDir()
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "qp.toml")
+	writeCfg := func(loops int) {
+		cfg := fmt.Sprintf(upgradeConfig, admin, loops, listen, r.Addr())
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCfg(2)
+	// The log goes to a file, not a pipe: the new processes inherit it,
+	// and the first one's Wait must not wait for them.
+	logPath := filepath.Join(dir, "qp.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	first := exec.Command(binPath, "run", cfgPath)
+	first.Stdout, first.Stderr = logf, logf
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go first.Wait() // reaps it; liveness is read from /proc
+	logs := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	defer func() {
+		if t.Failed() {
+			t.Logf("proxy logs:\n%s", logs())
+		}
+	}()
+	testwait.For(t, "the proxy routing to redis", 20*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return pingOnce(c, bufio.NewReader(c)) == nil
+	})
+
+	ctx, stop := context.WithCancel(context.Background())
+	var ch churn
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() { defer wg.Done(); ch.run(ctx, listen) }()
+	}
+	var bench *exec.Cmd
+	var benchOut bytes.Buffer
+	benchExited := make(chan error, 1)
+	if path, err := exec.LookPath("redis-benchmark"); err == nil {
+		_, port, _ := net.SplitHostPort(listen)
+		bench = exec.Command(path, "-h", "127.0.0.1", "-p", port, "-k", "0", "-c", "4", "-l", "-q", "-t", "ping_inline")
+		bench.Stdout, bench.Stderr = &benchOut, &benchOut
+		if err := bench.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { benchExited <- bench.Wait() }()
+		t.Cleanup(func() { bench.Process.Kill() })
+	} else {
+		t.Log("redis-benchmark not installed (Debian redis-tools): Go clients only")
+	}
+	// Some load before the first upgrade.
+	testwait.For(t, "short connections through the proxy", 20*time.Second, func() bool { return ch.made.Load() >= 50 })
+
+	pid := first.Process.Pid
+	var sessions []*longSession
+	var tooks []string
+	upgrade := func(loops int) {
+		t.Helper()
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &longSession{conn: c, r: bufio.NewReader(c)}
+		s.ping(t)
+		// Mostly pid; the one before it if that still accepted for a moment.
+		if s.pid = socketOwner(t, mark, c); s.pid == 0 {
+			t.Fatalf("no proxy process holds the session from %s", c.LocalAddr())
+		}
+		sessions = append(sessions, s)
+		writeCfg(loops)
+		before := len(handedOverRe.FindAllString(logs(), -1))
+		if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		var m []string
+		testwait.For(t, "the hand-over", 90*time.Second, func() bool {
+			all := handedOverRe.FindAllStringSubmatch(logs(), -1)
+			if len(all) > before {
+				m = all[before]
+				return true
+			}
+			return false
+		})
+		next, _ := strconv.Atoi(m[1])
+		tooks = append(tooks, m[2])
+		// Every long session so far still works, and every old process
+		// still runs: it waits for its session.
+		for _, s := range sessions {
+			s.ping(t)
+			if !alive(s.pid) {
+				t.Fatalf("pid %d exited while its session was open", s.pid)
+			}
+		}
+		if !alive(next) {
+			t.Fatalf("new pid %d not running", next)
+		}
+		pid = next
+	}
+	upgrade(3) // more loops than handed-over sockets: bind beside them
+	upgrade(1) // fewer: one loop accepts on three sockets
+	upgrade(2)
+
+	// A config that does not load: the new process exits, this one serves on.
+	if err := os.WriteFile(cfgPath, []byte("[proxy]\nloops = \"many\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failedBefore := len(failedRe.FindAllString(logs(), -1))
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the failed upgrade reported", 60*time.Second, func() bool {
+		return len(failedRe.FindAllString(logs(), -1)) > failedBefore
+	})
+	if !alive(pid) {
+		t.Fatalf("pid %d exited after a failed upgrade", pid)
+	}
+	made := ch.made.Load()
+	testwait.For(t, "short connections after the failed upgrade", 20*time.Second, func() bool { return ch.made.Load() >= made+50 })
+	writeCfg(2)
+
+	stop()
+	wg.Wait()
+	benchRan := "not run"
+	if bench != nil {
+		select {
+		case err := <-benchExited:
+			t.Errorf("redis-benchmark stopped during the upgrades: %v\n%s", err, benchOut.String())
+		default:
+			bench.Process.Kill()
+			<-benchExited
+			benchRan = lastLine(benchOut.String())
+		}
+	}
+	t.Logf("upgrades: 3 hand-overs took %v (SIGUSR2 to the new process ready); short connections: %d made, %d refused, %d failed; long sessions: %d on pids %v, pings %v; redis-benchmark -k 0: %s",
+		tooks, ch.made.Load(), ch.refused.Load(), ch.failed.Load(), len(sessions), pidsOf(sessions), pingsOf(sessions), benchRan)
+	if n, f := ch.refused.Load(), ch.failed.Load(); n != 0 || f != 0 {
+		t.Errorf("%d connections refused, %d failed during the upgrades (first: %v)", n, f, ch.firstErr)
+	}
+	if bytes.Contains(benchOut.Bytes(), []byte("Error")) || bytes.Contains(benchOut.Bytes(), []byte("Could not connect")) {
+		t.Errorf("redis-benchmark saw errors:\n%s", benchOut.String())
+	}
+
+	// Each old process ends once its session does, not before.
+	for _, s := range sessions {
+		s.ping(t)
+		if !alive(s.pid) {
+			t.Fatalf("pid %d exited while its session was open", s.pid)
+		}
+		s.conn.Close()
+		testwait.For(t, fmt.Sprintf("pid %d to exit after its last session", s.pid), 30*time.Second, func() bool { return !alive(s.pid) })
+	}
+	if !alive(pid) {
+		t.Fatalf("the last process %d is not running", pid)
+	}
+}
+
+// socketOwner returns the pid of the marked process holding the server
+// side of client connection c (IPv4 loopback), 0 if none does.
+func socketOwner(t *testing.T, mark string, c net.Conn) int {
+	t.Helper()
+	hexAddr := func(a net.Addr) string {
+		ta := a.(*net.TCPAddr)
+		ip := ta.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ta.Port)
+	}
+	local, remote := hexAddr(c.RemoteAddr()), hexAddr(c.LocalAddr())
+	tab, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inode string
+	for _, line := range bytes.Split(tab, []byte("\n"))[1:] {
+		f := bytes.Fields(line)
+		if len(f) > 9 && string(f[1]) == local && string(f[2]) == remote {
+			inode = string(f[9])
+		}
+	}
+	if inode == "" {
+		return 0
+	}
+	want := "socket:[" + inode + "]"
+	for _, pid := range testenv.Marked(mark) {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fd); err == nil && l == want {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+func pidsOf(ss []*longSession) []int {
+	var n []int
+	for _, s := range ss {
+		n = append(n, s.pid)
+	}
+	return n
+}
+
+func pingsOf(ss []*longSession) []int {
+	var n []int
+	for _, s := range ss {
+		n = append(n, s.pings)
+	}
+	return n
+}
+
+// lastLine is the last progress line redis-benchmark -q printed.
+func lastLine(out string) string {
+	lines := regexp.MustCompile(`[\r\n]+`).Split(out, -1)
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := bytes.TrimSpace([]byte(lines[i])); len(l) > 0 {
+			return string(l)
+		}
+	}
+	return ""
+}
