@@ -373,3 +373,36 @@ func lastLine(out string) string {
 	}
 	return ""
 }
+
+// TestUpgradeRefusedInCluster: SIGUSR2 to a clustered proxy starts no new
+// process (its gossip ports and its lease are its own) and says so; the
+// proxy runs on.
+func TestUpgradeRefusedInCluster(t *testing.T) {
+	mark := testenv.Mark(t)
+	t.Cleanup(func() { testenv.KillMarked(mark) })
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	dir := t.TempDir()
+	keyFile, tokenFile, peers, gossip := clusterFiles(t, dir)
+	n := clusterNames[0]
+	p := &clusterProxy{name: n, admin: freeAddr(t), listen: freeAddr(t), hookOut: filepath.Join(dir, "hooks"), stateDir: filepath.Join(dir, "state")}
+	p.cfgPath = filepath.Join(dir, "qp.toml")
+	cfg := fmt.Sprintf(clusterConfig, p.admin, tokenFile, n, gossip[n], keyFile, p.stateDir,
+		peers, p.listen, p.hookOut, p.hookOut, a.Addr(), b.Addr())
+	if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, p.cfgPath, p.admin)
+	testwait.For(t, "the admin API", 20*time.Second, func() bool { _, err := d.status(t); return err == nil })
+	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the refusal logged", 20*time.Second, func() bool {
+		return bytes.Contains([]byte(d.logs.String()), []byte(`msg="upgrade refused: a clustered proxy restarts instead`))
+	})
+	if _, err := d.status(t); err != nil {
+		t.Fatalf("the proxy stopped answering after a refused upgrade: %v", err)
+	}
+	if got := testenv.Marked(mark); len(got) != 1 || got[0] != d.cmd.Process.Pid {
+		t.Fatalf("processes after a refused upgrade: %v, want only %d", got, d.cmd.Process.Pid)
+	}
+}
