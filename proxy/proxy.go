@@ -525,15 +525,10 @@ func (p *Proxy) ListenerFDs() (map[string][]int, error) {
 	return out, nil
 }
 
-// drainPoll is how often Drain looks at the number of open connections.
-const drainPoll = 5 * time.Millisecond
-
-// Drain stops accepting, waits until every client connection has ended or
-// ctx is done, then closes what is left. It returns ctx's error if it had to
-// close connections. Held connections still go through if a target
-// appears within their SwitchHold. Apply fails after Drain; Close must
-// still be called.
-func (p *Proxy) Drain(ctx context.Context) error {
+// StopAccepting closes every listener and returns once they are closed;
+// sessions, held connections included, run on. Drain begins with it, and
+// Apply fails after it.
+func (p *Proxy) StopAccepting() {
 	p.mu.Lock()
 	p.draining = true
 	var lns []*listener
@@ -547,6 +542,18 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	for _, ln := range lns {
 		ln.close()
 	}
+}
+
+// drainPoll is how often Drain looks at the number of open connections.
+const drainPoll = 5 * time.Millisecond
+
+// Drain stops accepting, waits until every client connection has ended or
+// ctx is done, then closes what is left. It returns ctx's error if it had to
+// close connections. Held connections still go through if a target
+// appears within their SwitchHold. Apply fails after Drain; Close must
+// still be called.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.StopAccepting()
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	for p.active.Load() > 0 {

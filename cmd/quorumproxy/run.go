@@ -43,6 +43,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	for _, w := range warnings {
 		log.Warn("config", "problem", w.Error())
 	}
+	if h != nil {
+		// A clustered old process leaves the cluster now, for our Node.
+		if err := h.waitGo(); err != nil {
+			h.closeSockets()
+			log.Error("upgrade: start failed", "err", err)
+			return 1
+		}
+	}
 
 	opts := daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version}
 	if h != nil {
@@ -72,11 +80,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		sdNotify("READY=1\nSTATUS=serving")
 	}
 
-	type upgradeResult struct {
-		pid   int
-		err   error
-		start time.Time
-	}
 	var upgrading chan upgradeResult // non-nil while a new process starts
 	stopUpgrade := make(chan struct{})
 	for {
@@ -84,47 +87,59 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
+				if upgrading != nil {
+					log.Warn("reload ignored: an upgrade is in progress (the new process reads the file)")
+					continue
+				}
 				sdNotify("RELOADING=1")
 				d.Reload()
 				sdNotify("READY=1\nSTATUS=serving")
 				continue
 			case syscall.SIGUSR2:
-				switch {
-				case upgrading != nil:
+				if upgrading != nil {
 					log.Warn("upgrade: already in progress; SIGUSR2 ignored")
-				case cfg.Cluster != nil:
-					// The gossip ports cannot be shared and the lease is
-					// this process's; see the README.
-					log.Error("upgrade refused: a clustered proxy restarts instead (systemctl restart), one proxy at a time")
-				default:
-					socks, err := d.ListenerFDs()
-					if err != nil {
-						log.Error("upgrade failed: keeping this process", "err", err)
-						continue
-					}
-					start := time.Now()
-					log.Info("upgrade: starting the new process", "binary", os.Args[0])
-					upgrading = make(chan upgradeResult, 1)
-					go func(c chan<- upgradeResult) {
-						pid, err := startUpgrade(socks, stopUpgrade)
-						c <- upgradeResult{pid, err, start}
-					}(upgrading)
+					continue
 				}
+				socks, err := d.ListenerFDs()
+				if err != nil {
+					log.Error("upgrade failed: keeping this process", "err", err)
+					continue
+				}
+				var leave func()
+				if cfg.Cluster != nil {
+					// Gossip ports and state_dir are not shared: we leave
+					// the cluster once the new process has loaded its config.
+					leave = func() {
+						log.Info("upgrade: the new process loaded its config; leaving the cluster for it")
+						d.StopForHandOver()
+					}
+				}
+				log.Info("upgrade: starting the new process", "binary", os.Args[0])
+				upgrading = make(chan upgradeResult, 1)
+				go func(c chan<- upgradeResult) { c <- startUpgrade(socks, leave, stopUpgrade) }(upgrading)
 				continue
 			}
 			log.Info("draining", "signal", sig.String())
 		case r := <-upgrading:
 			upgrading = nil
-			if r.err != nil {
+			switch {
+			case r.err == nil:
+				// The new process accepts on the same sockets and is the
+				// service's main pid now: no STOPPING=1 from here.
+				log.Info("upgrade: handed over; draining", "new_pid", r.pid, "took", time.Since(r.start))
+				d.HandOver()
+				log.Info("quorumproxy stopped: handed over", "new_pid", r.pid)
+				return 0
+			case r.left:
+				// Nothing accepts on the sockets any more: exit non-zero,
+				// so that the service manager restarts the proxy.
+				log.Error("upgrade failed after this process left the cluster: draining and exiting 1", "err", r.err)
+				d.HandOver()
+				return 1
+			default:
 				log.Error("upgrade failed: keeping this process", "err", r.err)
-				continue
 			}
-			// The new process accepts on the same sockets and is the
-			// service's main pid now: no STOPPING=1 from here.
-			log.Info("upgrade: handed over; draining", "new_pid", r.pid, "took", time.Since(r.start))
-			d.HandOver()
-			log.Info("quorumproxy stopped: handed over", "new_pid", r.pid)
-			return 0
+			continue
 		}
 		break
 	}

@@ -19,8 +19,15 @@ package main
 // listeners at the moment of the upgrade, and each of the data plane's
 // SO_REUSEPORT groups (a socket per event loop) passes whole.
 //
-// A clustered proxy refuses: its gossip ports cannot be shared, and its
-// lease is its own; see the README ("Restarts and upgrades").
+// A clustered proxy's gossip ports cannot be shared and its state_dir is
+// locked by its Node, so there the hand-over has two steps: the new
+// process loads its config and says so ('c'); the old one stops accepting
+// (clients queue in the listen backlogs, which the new process holds),
+// stops its checks and leaves the cluster, then lets the new one go on
+// ('g'); that one starts its Node, recovers the cluster's state like any
+// restarted proxy, and accepts (holding clients in switch_hold until it
+// has a lease). Only one Node of the proxy runs at any time; see
+// Daemon.StopForHandOver for why the old process's open sessions are safe.
 
 import (
 	"context"
@@ -54,15 +61,27 @@ const routingWait = 30 * time.Second
 // handoverSpec names the fds a new process inherits (numbers in the new
 // process).
 type handoverSpec struct {
-	Parent      int              `json:"parent"`
-	Ready       int              `json:"ready"`
+	Parent int `json:"parent"`
+	Ready  int `json:"ready"`
+	// Go, when not -1, is a pipe to wait on for 'g' after saying 'c'.
+	Go          int              `json:"go"`
 	AdminListen string           `json:"admin_listen,omitempty"`
 	Admin       int              `json:"admin"`
 	Services    map[string][]int `json:"services"`
 }
 
+// Messages on the ready pipe, new process to old, and on the go pipe.
+const (
+	msgReady   = 'r' // serving on the handed-over sockets
+	msgChecked = 'c' // config loaded; waiting for the old process to leave the cluster
+	msgGo      = 'g' // left: go on
+)
+
 func (h *handoverSpec) fds() []int {
 	fds := []int{h.Ready}
+	if h.Go >= 0 {
+		fds = append(fds, h.Go)
+	}
 	if h.Admin >= 0 {
 		fds = append(fds, h.Admin)
 	}
@@ -94,11 +113,34 @@ func inheritedSpec() (*handoverSpec, error) {
 	return h, nil
 }
 
-// closeAll closes every inherited fd but the ready pipe.
+// closeSockets closes the inherited sockets.
 func (h *handoverSpec) closeSockets() {
-	for _, fd := range h.fds()[1:] {
-		_ = unix.Close(fd)
+	if h.Admin >= 0 {
+		_ = unix.Close(h.Admin)
 	}
+	for _, g := range h.Services {
+		for _, fd := range g {
+			_ = unix.Close(fd)
+		}
+	}
+}
+
+// waitGo, for a clustered old process, says the config is loaded and
+// waits until the old process has left the cluster.
+func (h *handoverSpec) waitGo() error {
+	if h.Go < 0 {
+		return nil
+	}
+	if err := h.send(msgChecked); err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(h.Go), "go pipe")
+	defer f.Close()
+	var b [1]byte
+	if n, err := f.Read(b[:]); n != 1 || b[0] != msgGo {
+		return fmt.Errorf("the old process (pid %d) did not let go: %v", h.Parent, err)
+	}
+	return nil
 }
 
 // adminListener turns the inherited admin socket into a listener if the
@@ -121,11 +163,9 @@ func (h *handoverSpec) adminListener(listen string) (net.Listener, error) {
 	return ln, nil
 }
 
-// ready tells the old process that this one serves.
-func (h *handoverSpec) ready() error {
-	f := os.NewFile(uintptr(h.Ready), "ready pipe")
-	defer f.Close()
-	_, err := f.Write([]byte{1})
+// send writes one message on the ready pipe (left open).
+func (h *handoverSpec) send(msg byte) error {
+	_, err := unix.Write(h.Ready, []byte{msg})
 	return err
 }
 
@@ -141,7 +181,9 @@ func takeOver(log *slog.Logger, d *daemon.Daemon, h *handoverSpec) error {
 	}
 	// NotifyAccess=all lets this process, not yet the main one, say so.
 	sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=serving", os.Getpid()))
-	if err := h.ready(); err != nil {
+	err = h.send(msgReady)
+	_ = unix.Close(h.Ready)
+	if err != nil {
 		return fmt.Errorf("telling pid %d: %w", h.Parent, err)
 	}
 	log.Info("took over the listening sockets", "from_pid", h.Parent)
@@ -152,21 +194,53 @@ func takeOver(log *slog.Logger, d *daemon.Daemon, h *handoverSpec) error {
 // was ready.
 var errHandoverStopped = errors.New("stopped before the new process was ready")
 
+// upgradeResult is how an upgrade ended: the new process's pid when it is
+// ready, or why not; left says this process already stopped accepting
+// and left its cluster (leave ran), so it cannot serve on.
+type upgradeResult struct {
+	pid   int
+	left  bool
+	err   error
+	start time.Time
+}
+
 // startUpgrade starts the binary at os.Args[0] with this process's
-// arguments and hands it socks (closed here in every case). It returns the
-// new process's pid once that says it is ready, or why it is not: it
-// exited, timed out (killed) or stop was closed (killed).
-func startUpgrade(socks daemon.Sockets, stop <-chan struct{}) (int, error) {
+// arguments and hands it socks (closed here in every case). With leave
+// (a clustered proxy), the new process first loads its config and waits;
+// leave then runs here and the new process goes on. It returns once the
+// new process says it is ready, or why it is not: it exited, timed out
+// (killed) or stop was closed (killed).
+func startUpgrade(socks daemon.Sockets, leave func(), stop <-chan struct{}) (res upgradeResult) {
+	res.start = time.Now()
 	defer socks.Close() // the new process has its own copies
 	exe, err := exec.LookPath(os.Args[0])
 	if err != nil {
-		return 0, fmt.Errorf("binary: %w", err)
+		res.err = fmt.Errorf("binary: %w", err)
+		return res
 	}
-	readyR, readyW, err := os.Pipe()
+	var pipes []*os.File // closed on return
+	defer func() {
+		for _, f := range pipes {
+			f.Close()
+		}
+	}()
+	pipe := func() (r, w *os.File) {
+		if err == nil {
+			if r, w, err = os.Pipe(); err == nil {
+				pipes = append(pipes, r, w)
+			}
+		}
+		return r, w
+	}
+	readyR, readyW := pipe()
+	var goR, goW *os.File
+	if leave != nil {
+		goR, goW = pipe()
+	}
 	if err != nil {
-		return 0, err
+		res.err = err
+		return res
 	}
-	defer readyR.Close()
 	// Raw fds, never (*os.File).Fd or exec.Cmd.ExtraFiles: those put a
 	// socket in blocking mode, and that mode is shared with this
 	// process's event loops.
@@ -175,13 +249,18 @@ func startUpgrade(socks daemon.Sockets, stop <-chan struct{}) (int, error) {
 		files = append(files, uintptr(fd))
 		return len(files) - 1
 	}
-	rw, err := readyW.SyscallConn()
-	if err != nil {
-		readyW.Close()
-		return 0, err
+	addFile := func(f *os.File) int {
+		n := -1
+		if rc, err := f.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { n = add(int(fd)) })
+		}
+		return n
 	}
-	h := handoverSpec{Parent: os.Getpid(), Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}}
-	_ = rw.Control(func(fd uintptr) { h.Ready = add(int(fd)) })
+	h := handoverSpec{Parent: os.Getpid(), Go: -1, Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}}
+	h.Ready = addFile(readyW)
+	if goR != nil {
+		h.Go = addFile(goR)
+	}
 	if socks.Admin >= 0 {
 		h.Admin = add(socks.Admin)
 	}
@@ -191,9 +270,9 @@ func startUpgrade(socks daemon.Sockets, stop <-chan struct{}) (int, error) {
 		}
 	}
 	spec, err := json.Marshal(h)
-	if err != nil {
-		readyW.Close()
-		return 0, err
+	if err != nil || h.Ready < 0 || (goR != nil && h.Go < 0) {
+		res.err = fmt.Errorf("handing over: %v", err)
+		return res
 	}
 	env := []string{handoverEnv + "=" + string(spec)}
 	for _, kv := range os.Environ() {
@@ -202,13 +281,19 @@ func startUpgrade(socks daemon.Sockets, stop <-chan struct{}) (int, error) {
 		}
 	}
 	pid, _, err := syscall.StartProcess(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files})
+	// Our ends only from here: the reader sees EOF when the child exits.
 	readyW.Close()
+	if goR != nil {
+		goR.Close()
+	}
 	if err != nil {
-		return 0, fmt.Errorf("starting %s: %w", exe, err)
+		res.err = fmt.Errorf("starting %s: %w", exe, err)
+		return res
 	}
 	proc, err := os.FindProcess(pid)
 	if err != nil {
-		return 0, err
+		res.err = err
+		return res
 	}
 	exited := make(chan error, 1)
 	go func() {
@@ -218,28 +303,54 @@ func startUpgrade(socks daemon.Sockets, stop <-chan struct{}) (int, error) {
 		}
 		exited <- err
 	}()
-	ready := make(chan bool, 1)
+	msgs := make(chan byte, 2)
 	go func() {
+		defer close(msgs)
 		var b [1]byte
-		n, _ := readyR.Read(b[:])
-		ready <- n == 1
+		for {
+			if n, _ := readyR.Read(b[:]); n != 1 {
+				return
+			}
+			msgs <- b[0]
+		}
 	}()
 	t := time.NewTimer(upgradeTimeout)
 	defer t.Stop()
-	select {
-	case ok := <-ready:
-		if ok {
-			return pid, nil
+	for {
+		select {
+		case m, ok := <-msgs:
+			switch {
+			case ok && m == msgReady:
+				res.pid = pid
+				return res
+			case ok && m == msgChecked && leave != nil && !res.left:
+				leave()
+				res.left = true
+				if _, err := goW.Write([]byte{msgGo}); err != nil {
+					_ = proc.Kill()
+					res.err = fmt.Errorf("new process %d: %w", pid, err)
+					return res
+				}
+				continue
+			case ok:
+				_ = proc.Kill()
+				res.err = fmt.Errorf("new process %d: unexpected message %q", pid, m)
+				return res
+			}
+			// The pipe closed without "ready": the process is exiting.
+			res.err = fmt.Errorf("new process %d exited before it was ready: %w", pid, <-exited)
+			return res
+		case err := <-exited:
+			res.err = fmt.Errorf("new process %d exited before it was ready: %w", pid, err)
+			return res
+		case <-t.C:
+			_ = proc.Kill()
+			res.err = fmt.Errorf("new process %d not ready within %s: killed", pid, upgradeTimeout)
+			return res
+		case <-stop:
+			_ = proc.Kill()
+			res.err = errHandoverStopped
+			return res
 		}
-		// The pipe closed without a word: the process is exiting.
-		return 0, fmt.Errorf("new process %d: %w", pid, <-exited)
-	case err := <-exited:
-		return 0, fmt.Errorf("new process %d exited before it was ready: %w", pid, err)
-	case <-t.C:
-		_ = proc.Kill()
-		return 0, fmt.Errorf("new process %d not ready within %s: killed", pid, upgradeTimeout)
-	case <-stop:
-		_ = proc.Kill()
-		return 0, errHandoverStopped
 	}
 }

@@ -129,6 +129,9 @@ type Daemon struct {
 	// handedOver is set when another process took the listeners: the
 	// admin API's accept loop ending is then no error.
 	handedOver atomic.Bool
+	// clusterClosed: StopForHandOver left the cluster (same goroutine as
+	// shutdown, which then does not leave again).
+	clusterClosed bool
 }
 
 // New starts the proxy, the cluster side (with [cluster]), the health checks
@@ -328,23 +331,39 @@ func (d *Daemon) Shutdown() {
 	d.shutdown()
 }
 
-// HandOver ends this process's part after another process took its
-// listening sockets (ListenerFDs) and became ready: it stops accepting on
-// them (the admin API's included, and closes its kept-alive connections
-// after their next request, so probes reach the new process), stops
-// deciding (health checks: the new process runs its own, and hooks must
-// not run twice), then drains as Shutdown does. Readiness stays as it
-// was: the host still serves, through the new process.
-//
-// Not for a clustered proxy: its lease and gossip ports are its own
-// (see the README, "Restarts and upgrades").
-func (d *Daemon) HandOver() {
-	d.handedOver.Store(true)
+// StopForHandOver is the old process's first step once the process that
+// took its listening sockets (ListenerFDs) is ready to go on: it stops
+// accepting on them (the admin API's included, closing its kept-alive
+// connections after their next request, so probes reach the new
+// process), stops deciding (health checks: the new process runs its own,
+// and hooks must not run twice) and, in a cluster, leaves it: the gossip
+// ports and the lock on state_dir are released for the new process. A
+// session open here runs on while its lease (checked before every dial
+// and write) holds, and the lease ends before the cluster commits any
+// change, so this process and the next never forward one service to two
+// backends (see the README, "Restarts and upgrades"). Readiness stays as
+// it was: the host still serves, through the new process.
+// It is idempotent; HandOver follows it.
+func (d *Daemon) StopForHandOver() {
+	if d.handedOver.Swap(true) {
+		return
+	}
 	if d.admin != nil {
 		d.admin.SetKeepAlivesEnabled(false)
 		d.adminLn.Close()
 	}
+	d.px.StopAccepting()
 	d.mon.Close()
+	if d.cluster != nil {
+		d.cluster.close()
+		d.clusterClosed = true
+	}
+}
+
+// HandOver ends this process's part after another process took its
+// listening sockets: StopForHandOver, then drain as Shutdown does.
+func (d *Daemon) HandOver() {
+	d.StopForHandOver()
 	d.shutdown()
 }
 
@@ -358,7 +377,7 @@ func (d *Daemon) shutdown() {
 	}
 	cancel()
 	d.mon.Close()
-	if d.cluster != nil {
+	if d.cluster != nil && !d.clusterClosed {
 		d.cluster.close() // leave the cluster: the others stop counting on us
 	}
 	d.px.Close()
