@@ -54,7 +54,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	opts := daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version}
 	if h != nil {
-		opts.Inherited = h.Services
+		opts.Inherited, opts.Marks = h.Services, h.Marks
 		if opts.AdminListener, err = h.adminListener(cfg.Admin.Listen); err != nil {
 			h.closeSockets()
 			log.Error("start failed", "err", err)
@@ -116,7 +116,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				}
 				log.Info("upgrade: starting the new process", "binary", os.Args[0])
 				upgrading = make(chan upgradeResult, 1)
-				go func(c chan<- upgradeResult) { c <- startUpgrade(socks, leave, stopUpgrade) }(upgrading)
+				go func(c chan<- upgradeResult) { c <- startUpgrade(socks, d.Marks(), leave, stopUpgrade) }(upgrading)
 				continue
 			}
 			log.Info("draining", "signal", sig.String())

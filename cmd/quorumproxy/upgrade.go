@@ -68,6 +68,8 @@ type handoverSpec struct {
 	AdminListen string           `json:"admin_listen,omitempty"`
 	Admin       int              `json:"admin"`
 	Services    map[string][]int `json:"services"`
+	// Marks: fences and drains a proxy alone keeps in memory.
+	Marks daemon.Marks `json:"marks"`
 }
 
 // Messages on the ready pipe, new process to old, and on the go pipe.
@@ -205,12 +207,12 @@ type upgradeResult struct {
 }
 
 // startUpgrade starts the binary at os.Args[0] with this process's
-// arguments and hands it socks (closed here in every case). With leave
+// arguments and hands it socks (closed here in every case) and marks. With leave
 // (a clustered proxy), the new process first loads its config and waits;
 // leave then runs here and the new process goes on. It returns once the
 // new process says it is ready, or why it is not: it exited, timed out
 // (killed) or stop was closed (killed).
-func startUpgrade(socks daemon.Sockets, leave func(), stop <-chan struct{}) (res upgradeResult) {
+func startUpgrade(socks daemon.Sockets, marks daemon.Marks, leave func(), stop <-chan struct{}) (res upgradeResult) {
 	res.start = time.Now()
 	defer socks.Close() // the new process has its own copies
 	exe, err := exec.LookPath(os.Args[0])
@@ -256,7 +258,7 @@ func startUpgrade(socks daemon.Sockets, leave func(), stop <-chan struct{}) (res
 		}
 		return n
 	}
-	h := handoverSpec{Parent: os.Getpid(), Go: -1, Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}}
+	h := handoverSpec{Parent: os.Getpid(), Go: -1, Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}, Marks: marks}
 	h.Ready = addFile(readyW)
 	if goR != nil {
 		h.Go = addFile(goR)

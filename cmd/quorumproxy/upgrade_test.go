@@ -500,3 +500,45 @@ func TestUpgradeInCluster(t *testing.T) {
 		t.Errorf("the old process did not say it left the cluster")
 	}
 }
+
+// TestUpgradeKeepsFences: a proxy alone keeps the backend it failed over
+// from fenced only in memory; the upgrade carries the fence, so the new
+// process does not route writes back to the old primary when it returns.
+func TestUpgradeKeepsFences(t *testing.T) {
+	dir := t.TempDir()
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	admin, listen := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "qp.toml")
+	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.env"), a.Addr(), b.Addr(), "")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mark := testenv.Mark(t)
+	d := startDaemon(t, cfgPath, admin)
+	t.Cleanup(func() { testenv.KillMarked(mark) }) // runs before the daemon's own cleanup
+	testwait.For(t, "target a", 20*time.Second, func() bool { s := d.service(t, "echo"); return s != nil && s.Target == "a" })
+	aAddr := a.Addr()
+	a.Close()
+	testwait.For(t, "target b, a fenced", 20*time.Second, func() bool {
+		s := d.service(t, "echo")
+		return s != nil && s.Target == "b" && len(s.Backends) == 2 && s.Backends[0].Fenced
+	})
+	startEchoAt(t, "a", aAddr) // the old primary is back
+	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	// Once the old process has stopped, only the new one answers.
+	testwait.For(t, "the old process stopped after the hand-over", 90*time.Second, func() bool {
+		return strings.Contains(d.logs.String(), `msg="quorumproxy stopped: handed over"`)
+	})
+	if !strings.Contains(d.logs.String(), `msg="upgrade: fence carried over" service=echo backend=a`) {
+		t.Errorf("the new process did not say it carried the fence over")
+	}
+	s := d.service(t, "echo")
+	if s == nil || s.Target != "b" || !s.Backends[0].Fenced {
+		t.Fatalf("after the upgrade: %+v; want target b and a fenced", s)
+	}
+	if got, err := ask(listen, "w"); err != nil || got != "b:w" {
+		t.Fatalf("after the upgrade: %q %v, want b", got, err)
+	}
+}

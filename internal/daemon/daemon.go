@@ -65,6 +65,18 @@ type Options struct {
 	// AdminListener, if set, is the admin API's socket handed over, for
 	// [admin] listen; the Daemon owns it.
 	AdminListener net.Listener
+	// Marks are the fenced and drained backends of the process this one
+	// replaces, set before the first health check: a proxy alone keeps
+	// them only in memory, and an upgrade must not route writes back to
+	// a primary it failed over from.
+	Marks Marks
+}
+
+// Marks are backends fenced or drained on this proxy alone (not through
+// a cluster), by service.
+type Marks struct {
+	Fenced  map[string][]string `json:"fenced,omitempty"`
+	Drained map[string][]string `json:"drained,omitempty"`
 }
 
 // Sockets are a Daemon's listening sockets, duplicated for a process that
@@ -165,6 +177,7 @@ func New(o Options) (*Daemon, error) {
 		d.px.Close()
 		return nil, err
 	}
+	d.restoreMarks(o.Marks, clusterServices(cfg))
 	if cfg.Cluster != nil {
 		// The cluster starts before the checks so that no observation is lost.
 		cs, err := startCluster(cfg, d)
@@ -386,6 +399,48 @@ func (d *Daemon) shutdown() {
 	d.stopAdmin()
 	d.history.Close()
 	current.CompareAndSwap(d, nil)
+}
+
+// Marks returns the backends fenced or drained on this proxy alone, for
+// the process that takes over (Options.Marks).
+func (d *Daemon) Marks() Marks {
+	m := Marks{Fenced: map[string][]string{}, Drained: map[string][]string{}}
+	for _, ps := range d.px.Status() {
+		if d.cluster != nil && d.cluster.owned[ps.Name] {
+			continue // the cluster's record holds its fences
+		}
+		for _, b := range ps.Backends {
+			if b.Fenced {
+				m.Fenced[ps.Name] = append(m.Fenced[ps.Name], b.Name)
+			}
+			if b.Draining {
+				m.Drained[ps.Name] = append(m.Drained[ps.Name], b.Name)
+			}
+		}
+	}
+	return m
+}
+
+// restoreMarks applies the marks handed over before any check reports;
+// one that no longer fits the config is logged and dropped.
+func (d *Daemon) restoreMarks(m Marks, owned map[string]bool) {
+	apply := func(marks map[string][]string, verb string, set func(svc, b string) error) {
+		for svc, bs := range marks {
+			for _, b := range bs {
+				if owned[svc] {
+					d.log.Warn("upgrade: "+verb+" not carried over: the service is clustered now", "service", svc, "backend", b)
+					continue
+				}
+				if err := set(svc, b); err != nil {
+					d.log.Warn("upgrade: "+verb+" not carried over", "service", svc, "backend", b, "err", err)
+					continue
+				}
+				d.log.Info("upgrade: "+verb+" carried over", "service", svc, "backend", b)
+			}
+		}
+	}
+	apply(m.Fenced, "fence", func(svc, b string) error { return d.px.SetFence(svc, b, true) })
+	apply(m.Drained, "drain", func(svc, b string) error { return d.px.SetDrain(svc, b, true) })
 }
 
 // ListenerFDs duplicates the listening sockets, the data plane's and the
