@@ -1,7 +1,7 @@
 // Command quorumproxy is a layer-4 failover proxy for PostgreSQL, Redis,
 // MySQL/MariaDB and any other TCP service.
 //
-//	quorumproxy run [-config] FILE       the daemon
+//	quorumproxy run [-config] FILE       the daemon (SIGUSR2: an upgrade that drops nothing)
 //	quorumproxy check-config FILE        every problem in FILE, exit 1 if any
 //	quorumproxy status [-admin ADDR]     the admin API's /status as a table
 //	quorumproxy switchover -service S -to B
@@ -24,7 +24,8 @@ func main() {
 const usage = `usage: quorumproxy <command> [flags]
 
 commands:
-  run [-config] FILE          run the proxy (SIGHUP reloads, SIGTERM drains)
+  run [-config] FILE          run the proxy (SIGHUP reloads, SIGTERM drains, SIGUSR2 restarts
+                              onto the binary on disk, handing over the listening sockets)
   check-config FILE           report every problem in FILE; exit 1 if any
   status [-admin ADDR]        show services, backends, health and the cluster from a running proxy
   switchover -service S -to B move a clustered service to backend B (voted; needs the admin token)

@@ -212,6 +212,16 @@ func TestUpgradeDropsNothing(t *testing.T) {
 	pid := first.Process.Pid
 	var sessions []*longSession
 	var tooks []string
+	var during int64 // short connections completed between SIGUSR2 and the hand-over
+	redisConns := func() int {
+		info, err := r.Client().Info(context.Background(), "stats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(regexp.MustCompile(`total_connections_received:(\d+)`).FindStringSubmatch(info)[1])
+		return n
+	}
+	redisBefore := redisConns()
 	upgrade := func(loops int) {
 		t.Helper()
 		c, err := net.Dial("tcp", listen)
@@ -227,6 +237,7 @@ func TestUpgradeDropsNothing(t *testing.T) {
 		sessions = append(sessions, s)
 		writeCfg(loops)
 		before := len(handedOverRe.FindAllString(logs(), -1))
+		madeBefore := ch.made.Load()
 		if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
 			t.Fatal(err)
 		}
@@ -239,6 +250,7 @@ func TestUpgradeDropsNothing(t *testing.T) {
 			}
 			return false
 		})
+		during += ch.made.Load() - madeBefore
 		next, _ := strconv.Atoi(m[1])
 		tooks = append(tooks, m[2])
 		// Every long session so far still works, and every old process
@@ -289,8 +301,8 @@ func TestUpgradeDropsNothing(t *testing.T) {
 			benchRan = lastLine(benchOut.String())
 		}
 	}
-	t.Logf("upgrades: 3 hand-overs took %v (SIGUSR2 to the new process ready); short connections: %d made, %d refused, %d failed; long sessions: %d on pids %v, pings %v; redis-benchmark -k 0: %s",
-		tooks, ch.made.Load(), ch.refused.Load(), ch.failed.Load(), len(sessions), pidsOf(sessions), pingsOf(sessions), benchRan)
+	t.Logf("upgrades: 3 hand-overs took %v (SIGUSR2 to the new process ready); Go clients' short connections: %d made (%d of them during the hand-overs), %d refused, %d failed; connections Redis received through the proxies meanwhile (redis-benchmark's and health checks included): %d; long sessions: %d on pids %v, pings %v; redis-benchmark -k 0, no error: %s",
+		tooks, ch.made.Load(), during, ch.refused.Load(), ch.failed.Load(), redisConns()-redisBefore, len(sessions), pidsOf(sessions), pingsOf(sessions), benchRan)
 	if n, f := ch.refused.Load(), ch.failed.Load(); n != 0 || f != 0 {
 		t.Errorf("%d connections refused, %d failed during the upgrades (first: %v)", n, f, ch.firstErr)
 	}
@@ -461,14 +473,16 @@ func TestUpgradeInCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	madeBefore := ch.made.Load()
 	if err := ps[0].d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
 	var took string
+	var during int64
 	testwait.For(t, "the hand-over", 90*time.Second, func() bool {
 		m := handedOverRe.FindStringSubmatch(ps[0].d.logs.String())
 		if m != nil {
-			took = m[2]
+			took, during = m[2], ch.made.Load()-madeBefore
 		}
 		return m != nil
 	})
@@ -488,8 +502,8 @@ func TestUpgradeInCluster(t *testing.T) {
 		longPings++
 		return false
 	})
-	t.Logf("cluster upgrade: took %s (SIGUSR2 to the new process ready, with a lease); short connections: %d made, %d refused, %d failed; the upgraded proxy had no route in %d polls (20ms apart); the session open on the old process answered %d more times and was closed %v after the checks above",
-		took, ch.made.Load(), ch.refused.Load(), ch.failed.Load(), noRoute.Load(), longPings, time.Since(longStart).Round(time.Millisecond))
+	t.Logf("cluster upgrade: took %s (SIGUSR2 to the new process ready, with a lease); short connections: %d made (%d during the hand-over), %d refused, %d failed; polls of the upgraded proxy's admin API (20ms apart) that saw no route: %d; the session open on the old process answered %d more times and was closed %v after the checks above",
+		took, ch.made.Load(), during, ch.refused.Load(), ch.failed.Load(), noRoute.Load(), longPings, time.Since(longStart).Round(time.Millisecond))
 	if w := wrong.Load(); w != nil {
 		t.Errorf("during the upgrade: %s", w)
 	}
