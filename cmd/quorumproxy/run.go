@@ -26,6 +26,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: quorumproxy run [-config] FILE")
 		return 2
 	}
+	// At once: SIGUSR2's default action would end a process still
+	// starting (one started by an upgrade, too); it waits in sigs.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	// Started by an upgrade (SIGUSR2 to the old process): its listening
 	// sockets are ours to take. Any error before we say ready leaves the
 	// old process serving; it logs our exit.
@@ -66,16 +71,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	log.Info("quorumproxy started", "version", version, "config", *path, "services", len(cfg.Services), "pid", os.Getpid())
 	if h != nil {
-		if err := takeOver(log, d, h); err != nil {
-			log.Error("upgrade: the old process could not be told; stopping so that it keeps serving", "err", err)
-			d.Shutdown()
-			return 1
-		}
+		takeOver(log, d, h)
 	} else {
 		sdNotify("READY=1\nSTATUS=serving")
 	}

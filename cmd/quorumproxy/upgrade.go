@@ -102,7 +102,7 @@ func inheritedSpec() (*handoverSpec, error) {
 		return nil, nil
 	}
 	os.Unsetenv(handoverEnv)
-	h := &handoverSpec{}
+	h := &handoverSpec{Go: -1, Admin: -1} // what an older sender leaves out
 	if err := json.Unmarshal([]byte(v), h); err != nil {
 		return nil, fmt.Errorf("%s: %w", handoverEnv, err)
 	}
@@ -174,7 +174,7 @@ func (h *handoverSpec) send(msg byte) error {
 // takeOver is the new process's side after daemon.New: wait (bounded) for
 // every service to route, then tell systemd that this process is the
 // service now and the old one that it may stop accepting.
-func takeOver(log *slog.Logger, d *daemon.Daemon, h *handoverSpec) error {
+func takeOver(log *slog.Logger, d *daemon.Daemon, h *handoverSpec) {
 	ctx, cancel := context.WithTimeout(context.Background(), routingWait)
 	err := d.WaitRouting(ctx)
 	cancel()
@@ -186,10 +186,12 @@ func takeOver(log *slog.Logger, d *daemon.Daemon, h *handoverSpec) error {
 	err = h.send(msgReady)
 	_ = unix.Close(h.Ready)
 	if err != nil {
-		return fmt.Errorf("telling pid %d: %w", h.Parent, err)
+		// The old process is gone (it kills us itself when it gives up):
+		// serving on is all that is left to do.
+		log.Warn("upgrade: the old process could not be told; serving on", "pid", h.Parent, "err", err)
+		return
 	}
 	log.Info("took over the listening sockets", "from_pid", h.Parent)
-	return nil
 }
 
 // errHandoverStopped: the old process was told to stop before the new one
