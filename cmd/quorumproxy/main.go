@@ -8,6 +8,7 @@
 //	quorumproxy fence|unfence -service S -backend B
 //	quorumproxy drain|undrain -service S -backend B
 //	quorumproxy history [-service S] [-n N]
+//	quorumproxy upgrade [-admin ADDR]
 //	quorumproxy version
 package main
 
@@ -42,6 +43,8 @@ commands:
                               (or -switchover-to B), report detection, decision, RTO and lost writes
   history [-service S] [-n N] what the proxy decided and did: records, hook runs (exit status,
                               -output for their output), operators' requests, reloads
+  upgrade                     restart onto the binary on disk without refusing a connection (as
+                              SIGUSR2; needs the token); waits until the new process serves
   version                     print the version, the commit and the build date
 `
 
@@ -67,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdPause(args[0], args[1:], stdout, stderr)
 	case "history":
 		return cmdHistory(args[1:], stdout, stderr)
+	case "upgrade":
+		return cmdUpgrade(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionLine())
 		return 0

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -57,7 +58,20 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	opts := daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version}
+	// POST /api/v1/upgrade asks the loop below, as SIGUSR2 does.
+	upgradeReqs := make(chan chan error)
+	opts := daemon.Options{ConfigPath: *path, Config: cfg, Logger: log, Version: version,
+		Upgrade: func() error {
+			reply := make(chan error, 1)
+			t := time.NewTimer(5 * time.Second)
+			defer t.Stop()
+			select {
+			case upgradeReqs <- reply:
+				return <-reply
+			case <-t.C:
+				return errors.New("the proxy is busy starting, reloading or stopping; try again")
+			}
+		}}
 	if h != nil {
 		opts.Inherited, opts.Marks = h.Services, h.Marks
 		if opts.AdminListener, err = h.adminListener(cfg.Admin.Listen); err != nil {
@@ -81,8 +95,34 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	var upgrading chan upgradeResult // non-nil while a new process starts
 	stopUpgrade := make(chan struct{})
+	begin := func() error {
+		if upgrading != nil {
+			return errors.New("an upgrade is already in progress")
+		}
+		socks, err := d.ListenerFDs()
+		if err != nil {
+			return err
+		}
+		var leave func()
+		if cfg.Cluster != nil {
+			// Gossip ports and state_dir are not shared: we leave the
+			// cluster once the new process has loaded its config.
+			leave = func() {
+				log.Info("upgrade: the new process loaded its config; leaving the cluster for it")
+				d.StopForHandOver()
+			}
+		}
+		log.Info("upgrade: starting the new process", "binary", os.Args[0])
+		d.NoteUpgrade("upgrade: starting a new process from " + os.Args[0])
+		upgrading = make(chan upgradeResult, 1)
+		go func(c chan<- upgradeResult) { c <- startUpgrade(socks, d.Marks(), leave, stopUpgrade) }(upgrading)
+		return nil
+	}
 	for {
 		select {
+		case reply := <-upgradeReqs:
+			reply <- begin()
+			continue
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
@@ -95,27 +135,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				sdNotify("READY=1\nSTATUS=serving")
 				continue
 			case syscall.SIGUSR2:
-				if upgrading != nil {
-					log.Warn("upgrade: already in progress; SIGUSR2 ignored")
-					continue
+				if err := begin(); err != nil {
+					log.Error("upgrade not started: keeping this process", "err", err)
 				}
-				socks, err := d.ListenerFDs()
-				if err != nil {
-					log.Error("upgrade failed: keeping this process", "err", err)
-					continue
-				}
-				var leave func()
-				if cfg.Cluster != nil {
-					// Gossip ports and state_dir are not shared: we leave
-					// the cluster once the new process has loaded its config.
-					leave = func() {
-						log.Info("upgrade: the new process loaded its config; leaving the cluster for it")
-						d.StopForHandOver()
-					}
-				}
-				log.Info("upgrade: starting the new process", "binary", os.Args[0])
-				upgrading = make(chan upgradeResult, 1)
-				go func(c chan<- upgradeResult) { c <- startUpgrade(socks, d.Marks(), leave, stopUpgrade) }(upgrading)
 				continue
 			}
 			log.Info("draining", "signal", sig.String())
@@ -125,7 +147,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			case r.err == nil:
 				// The new process accepts on the same sockets and is the
 				// service's main pid now: no STOPPING=1 from here.
-				log.Info("upgrade: handed over; draining", "new_pid", r.pid, "took", time.Since(r.start))
+				took := time.Since(r.start)
+				log.Info("upgrade: handed over; draining", "new_pid", r.pid, "took", took)
+				d.NoteUpgrade(fmt.Sprintf("upgrade: handed over to pid %d after %s", r.pid, took.Round(time.Millisecond)))
 				d.HandOver()
 				log.Info("quorumproxy stopped: handed over", "new_pid", r.pid)
 				return 0
@@ -133,10 +157,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				// Nothing accepts on the sockets any more: exit non-zero,
 				// so that the service manager restarts the proxy.
 				log.Error("upgrade failed after this process left the cluster: draining and exiting 1", "err", r.err)
+				d.NoteUpgrade("upgrade failed after this process left the cluster: " + r.err.Error())
 				d.HandOver()
 				return 1
 			default:
 				log.Error("upgrade failed: keeping this process", "err", r.err)
+				d.NoteUpgrade("upgrade failed: keeping this process: " + r.err.Error())
 			}
 			continue
 		}

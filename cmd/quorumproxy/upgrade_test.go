@@ -516,14 +516,20 @@ func TestUpgradeInCluster(t *testing.T) {
 }
 
 // TestUpgradeKeepsFences: a proxy alone keeps the backend it failed over
-// from fenced only in memory; the upgrade carries the fence, so the new
+// from fenced only in memory; the upgrade (here by `quorumproxy upgrade`,
+// after one that fails on a bad config) carries the fence, so the new
 // process does not route writes back to the old primary when it returns.
 func TestUpgradeKeepsFences(t *testing.T) {
 	dir := t.TempDir()
 	a, b := startEcho(t, "a"), startEcho(t, "b")
 	admin, listen := freeAddr(t), freeAddr(t)
 	cfgPath := filepath.Join(dir, "qp.toml")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := fmt.Sprintf(daemonConfig, admin, listen, filepath.Join(dir, "hook.env"), a.Addr(), b.Addr(), "")
+	cfg = strings.Replace(cfg, "[admin]\n", fmt.Sprintf("[admin]\ntoken_file = %q\n", tokenFile), 1)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -538,8 +544,23 @@ func TestUpgradeKeepsFences(t *testing.T) {
 		return s != nil && s.Target == "b" && len(s.Backends) == 2 && s.Backends[0].Fenced
 	})
 	startEchoAt(t, "a", aAddr) // the old primary is back
-	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+
+	// quorumproxy upgrade: refused without the token; a config that does
+	// not load fails it, and the command says why; then it succeeds.
+	if _, _, code := runBin(t, "upgrade", "-admin", admin); code != 1 {
+		t.Fatalf("upgrade without the token: exit %d, want 1", code)
+	}
+	if err := os.WriteFile(cfgPath, []byte("[proxy]\nloops = \"many\"\n"), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if out, errOut, code := runBin(t, "upgrade", "-admin", admin, "-token-file", tokenFile); code != 1 || !strings.Contains(errOut, "upgrade failed: keeping this process") {
+		t.Fatalf("upgrade onto a bad config: exit %d\n%s%s", code, out, errOut)
+	}
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := runBin(t, "upgrade", "-admin", admin, "-token-file", tokenFile); code != 0 || !strings.Contains(out, "upgraded: a new process") {
+		t.Fatalf("upgrade: exit %d\n%s%s", code, out, errOut)
 	}
 	// Once the old process has stopped, only the new one answers.
 	testwait.For(t, "the old process stopped after the hand-over", 90*time.Second, func() bool {

@@ -54,6 +54,7 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	mux.Handle("POST /api/v1/undrain", requireToken(token, d.knownTarget("backend", d.handleDrain(false))))
 	mux.Handle("POST /api/v1/pause", requireToken(token, d.knownTarget("", d.handlePause(true))))
 	mux.Handle("POST /api/v1/resume", requireToken(token, d.knownTarget("", d.handlePause(false))))
+	mux.Handle("POST /api/v1/upgrade", requireToken(token, http.HandlerFunc(d.handleUpgrade)))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.

@@ -65,6 +65,10 @@ type Options struct {
 	// AdminListener, if set, is the admin API's socket handed over, for
 	// [admin] listen; the Daemon owns it.
 	AdminListener net.Listener
+	// Upgrade starts an upgrade, as SIGUSR2 does (POST /api/v1/upgrade);
+	// it returns once the new process is started, not ready. Nil: the
+	// admin API refuses upgrades.
+	Upgrade func() error
 	// Marks are the fenced and drained backends of the process this one
 	// replaces, set before the first health check: a proxy alone keeps
 	// them only in memory, and an upgrade must not route writes back to
@@ -136,6 +140,7 @@ type Daemon struct {
 	admin   *http.Server
 	adminLn net.Listener
 	adminWG sync.WaitGroup
+	upgrade func() error // Options.Upgrade
 	// adminInherited is Options.AdminListener until startAdmin takes it.
 	adminInherited net.Listener
 	// handedOver is set when another process took the listeners: the
@@ -154,7 +159,7 @@ func New(o Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
-		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts(), adminInherited: o.AdminListener}
+		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts(), adminInherited: o.AdminListener, upgrade: o.Upgrade}
 	defer close(d.ready)
 	defer func() {
 		if d.adminInherited != nil { // New failed before startAdmin took it
