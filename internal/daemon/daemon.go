@@ -269,6 +269,9 @@ func orNone(s string) string {
 // the running config stays.
 func (d *Daemon) Reload() {
 	cfg, warnings, err := LoadConfig(d.cfgPath, false)
+	if d.handedOver.Load() {
+		err = errors.New("this process handed its listeners to a new one and drains: reload that one")
+	}
 	if err == nil && clusterHash(cfg) != d.clusterHash() {
 		// The Node's peers and services are fixed for its life: changing
 		// them is a restart, done proxy by proxy (see the README).
