@@ -322,6 +322,16 @@ func TestUpgradeDropsNothing(t *testing.T) {
 	if !alive(pid) {
 		t.Fatalf("the last process %d is not running", pid)
 	}
+	noRace(t, logs())
+}
+
+// noRace fails t if a proxy process (built with -race) reported a race:
+// it would only show in its exit status, which nobody waits for here.
+func noRace(t *testing.T, logs string) {
+	t.Helper()
+	if strings.Contains(logs, "WARNING: DATA RACE") {
+		t.Errorf("a proxy process reported a data race:\n%s", logs)
+	}
 }
 
 // socketOwner returns the pid of the marked process holding the server
@@ -513,6 +523,7 @@ func TestUpgradeInCluster(t *testing.T) {
 	if got := grepLines(ps[0].d.logs.String(), "leaving the cluster for it"); got == "" {
 		t.Errorf("the old process did not say it left the cluster")
 	}
+	noRace(t, ps[0].d.logs.String())
 }
 
 // TestUpgradeKeepsFences: a proxy alone keeps the backend it failed over
@@ -576,4 +587,5 @@ func TestUpgradeKeepsFences(t *testing.T) {
 	if got, err := ask(listen, "w"); err != nil || got != "b:w" {
 		t.Fatalf("after the upgrade: %q %v, want b", got, err)
 	}
+	noRace(t, d.logs.String())
 }
