@@ -231,7 +231,9 @@ func (d *Daemon) onHealth(s health.State) {
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)
-	d.repoint.healthChanged(s)
+	if !d.handedOver.Load() { // the new process repoints now
+		d.repoint.healthChanged(s)
+	}
 }
 
 func (d *Daemon) onTarget(ev proxy.TargetChange) {
@@ -253,6 +255,11 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 		if last != "" && last != n {
 			failovers.WithLabelValues(ev.Service).Inc()
 		}
+	}
+	if d.handedOver.Load() {
+		// The new process decides and acts now; hooks must not run twice.
+		d.log.Info("target moved while draining after a hand-over: its hooks are the new process's", "service", ev.Service, "new", orNone(ev.New.Name))
+		return
 	}
 	d.hooks.targetChanged(*svc, ev)
 	d.repoint.poke(ev.Service)
@@ -356,9 +363,12 @@ func (d *Daemon) Shutdown() {
 // took its listening sockets (ListenerFDs) is ready to go on: it stops
 // accepting on them (the admin API's included, closing its kept-alive
 // connections after their next request, so probes reach the new
-// process), stops deciding (health checks: the new process runs its own,
-// and hooks must not run twice) and, in a cluster, leaves it: the gossip
-// ports and the lock on state_dir are released for the new process. A
+// process) and stops acting: no hook and no repointing runs here any
+// more (the new process runs its own; they must not run twice). A proxy
+// alone keeps checking while it drains, so that the sessions of a backend
+// that fails or stops being the target are still closed at once. In a
+// cluster it stops its checks and leaves: the gossip ports and the lock
+// on state_dir are released for the new process. A
 // session open here runs on while its lease (checked before every dial
 // and write) holds, and the lease ends before the cluster commits any
 // change, so this process and the next never forward one service to two
@@ -374,8 +384,8 @@ func (d *Daemon) StopForHandOver() {
 		d.adminLn.Close()
 	}
 	d.px.StopAccepting()
-	d.mon.Close()
 	if d.cluster != nil {
+		d.mon.Close() // its observations would go to a Node that left
 		d.cluster.close()
 		d.clusterClosed = true
 	}
