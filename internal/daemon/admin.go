@@ -64,7 +64,7 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
-	d.adminLn = ln
+	d.adminLn, d.adminListen = ln, c.Listen
 	d.adminWG.Add(1)
 	go func() {
 		defer d.adminWG.Done()

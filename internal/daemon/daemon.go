@@ -141,6 +141,9 @@ type Daemon struct {
 	adminLn net.Listener
 	adminWG sync.WaitGroup
 	upgrade func() error // Options.Upgrade
+	// adminListen is the [admin] listen adminLn was made for (a reload
+	// does not move it).
+	adminListen string
 	// adminInherited is Options.AdminListener until startAdmin takes it.
 	adminInherited net.Listener
 	// handedOver is set when another process took the listeners: the
@@ -368,13 +371,13 @@ func (d *Daemon) Shutdown() {
 // alone keeps checking while it drains, so that the sessions of a backend
 // that fails or stops being the target are still closed at once. In a
 // cluster it stops its checks and leaves: the gossip ports and the lock
-// on state_dir are released for the new process. A
-// session open here runs on while its lease (checked before every dial
-// and write) holds, and the lease ends before the cluster commits any
-// change, so this process and the next never forward one service to two
-// backends (see the README, "Restarts and upgrades"). Readiness stays as
-// it was: the host still serves, through the new process.
-// It is idempotent; HandOver follows it.
+// on state_dir are released for the new process. A session open here
+// then runs on while its lease (checked before every dial and write)
+// holds, and a lease ends before the cluster commits any change, so this
+// process and the next never forward one service to two backends (see
+// the README, "Restarts and upgrades"). Readiness stays as it was: the
+// host still serves, through the new process. It is idempotent; HandOver
+// follows it.
 func (d *Daemon) StopForHandOver() {
 	if d.handedOver.Swap(true) {
 		return
@@ -472,9 +475,7 @@ func (d *Daemon) ListenerFDs() (Sockets, error) {
 	if d.adminLn == nil {
 		return s, nil
 	}
-	d.mu.Lock()
-	s.AdminListen = d.cfg.Admin.Listen
-	d.mu.Unlock()
+	s.AdminListen = d.adminListen
 	sc, ok := d.adminLn.(syscall.Conn)
 	if !ok {
 		s.Close()
