@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 // TestListenerHandOver passes a service's listening sockets from one Proxy
@@ -56,10 +54,10 @@ func TestListenerHandOver(t *testing.T) {
 	}
 
 	p2 := next(p1, 3, 2)
-	ask(20) // both accept
+	ask(20)            // both accept
+	p1.StopAccepting() // returns once its sockets are closed
 	drained := make(chan error, 1)
 	go func() { drained <- p1.Drain(context.Background()) }()
-	testwait.For(t, "p1 to stop listening", waitLimit, func() bool { return p1.statusOf("svc").Addr == "" })
 	before := p2.statusOf("svc").Accepted
 	ask(30) // p2 alone, on the two handed-over sockets and its own
 	if got := p2.statusOf("svc").Accepted - before; got != 30 {
