@@ -23,10 +23,11 @@ const listenBacklog = 65535
 // than one acceptor posting each new session to the loops in turn, at the
 // same CPU per connection (docs/design.md has the figures).
 type listener struct {
-	svc  *service
-	addr string
-	fds  []*lfd
-	errs logEvery // accept errors, logged once a second for all its loops
+	svc    *service
+	listen string // the address as configured, which a hand-over names it by
+	addr   string
+	fds    []*lfd
+	errs   logEvery // accept errors, logged once a second for all its loops
 }
 
 // lfd is one listening socket, owned by its loop once started.
@@ -47,13 +48,26 @@ func (s *service) listen(addr string) (*listener, error) {
 	if len(loops) == 0 {
 		return nil, fmt.Errorf("service %q: listen %s: no event loop running", s.name, addr)
 	}
-	fds, bound, err := listenGroup(addr, len(loops))
+	var fds []int
+	var bound string
+	var err error
+	if got := s.p.takeInherited(addr); len(got) > 0 {
+		fds, bound, err = adoptGroup(got, len(loops))
+		if err == nil {
+			s.p.log.Info("listening on sockets handed over", "service", s.name, "addr", bound, "sockets", len(got), "loops", len(loops))
+		}
+	} else {
+		fds, bound, err = listenGroup(addr, len(loops))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
 	}
-	ln := &listener{svc: s, addr: bound}
+	ln := &listener{svc: s, listen: addr, addr: bound}
 	for i, fd := range fds {
-		a := &lfd{l: loops[i], ln: ln, fd: fd}
+		// More handed-over sockets than loops (the old process ran more):
+		// a loop takes several rather than close one, whose queued
+		// connections the kernel would reset.
+		a := &lfd{l: loops[i%len(loops)], ln: ln, fd: fd}
 		a.tm.idx = -1
 		a.tm.fire = a.resume
 		ln.fds = append(ln.fds, a)
@@ -101,10 +115,48 @@ func (a *lfd) close() {
 		return
 	}
 	a.closed = true
+	if a.tok != 0 {
+		// Explicitly: a socket handed to another process stays open
+		// there, and closing this fd would leave it in the epoll set.
+		_ = unix.EpollCtl(a.l.epfd, unix.EPOLL_CTL_DEL, a.fd, nil)
+	}
 	a.l.unregister(a.tok)
 	a.l.unschedule(&a.tm)
 	delete(a.l.lns, a)
 	_ = unix.Close(a.fd)
+}
+
+// dup returns a duplicate of every socket of the listener (close-on-exec),
+// each taken on its loop; the caller owns them.
+func (ln *listener) dup() ([]int, error) {
+	var out []int
+	var err error
+	for _, a := range ln.fds {
+		a.l.call(func() {
+			if err != nil {
+				return
+			}
+			if a.closed {
+				err = fmt.Errorf("listener %s closed", ln.addr)
+				return
+			}
+			var fd int
+			if fd, err = unix.FcntlInt(uintptr(a.fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+				out = append(out, fd)
+			}
+		})
+	}
+	if err != nil {
+		closeFDs(out)
+		return nil, err
+	}
+	return out, nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
 }
 
 func (a *lfd) onEvent(uint32) {
@@ -255,11 +307,64 @@ func listenGroup(addr string, n int) ([]int, string, error) {
 			return nil, "", err
 		}
 	}
+	return bindGroup(family, ip, pn, v6only, n)
+}
+
+// adoptGroup takes handed-over listening sockets for n loops: fewer than
+// n are joined by new ones bound beside them in their SO_REUSEPORT group
+// (same address, same user); the kernel spreads connections over all.
+func adoptGroup(got []int, n int) ([]int, string, error) {
+	fail := func(err error) ([]int, string, error) {
+		closeFDs(got)
+		return nil, "", err
+	}
+	var sa unix.Sockaddr
+	for _, fd := range got {
+		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v != 1 {
+			return fail(fmt.Errorf("handed-over fd %d is not a listening socket (%v)", fd, err))
+		}
+		// Non-blocking is a property of the socket, shared with the old
+		// process: already set there, set again in case.
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return fail(err)
+		}
+		unix.CloseOnExec(fd)
+		if sa == nil {
+			var err error
+			if sa, err = unix.Getsockname(fd); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	bound := sockaddrTCP(sa)
+	if bound == nil {
+		return fail(fmt.Errorf("handed-over fd %d is not an inet socket", got[0]))
+	}
+	if len(got) >= n {
+		return got, bound.String(), nil
+	}
+	family, v6only := unix.AF_INET, false
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		family = unix.AF_INET6
+		v, err := unix.GetsockoptInt(got[0], unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return fail(err)
+		}
+		v6only = v == 1
+	}
+	more, _, err := bindGroup(family, bound.IP, bound.Port, v6only, n-len(got))
+	if err != nil {
+		return fail(fmt.Errorf("binding beside the handed-over sockets: %w", err))
+	}
+	return append(got, more...), bound.String(), nil
+}
+
+// bindGroup binds n SO_REUSEPORT sockets to ip:pn, a port chosen by the
+// first when pn is 0, and listens on them.
+func bindGroup(family int, ip net.IP, pn int, v6only bool, n int) ([]int, string, error) {
 	var fds []int
 	fail := func(err error) ([]int, string, error) {
-		for _, fd := range fds {
-			_ = unix.Close(fd)
-		}
+		closeFDs(fds)
 		return nil, "", err
 	}
 	for i := 0; i < n; i++ {

@@ -13,9 +13,10 @@ import (
 // per direction, parked only where the platform allows.
 
 type listener struct {
-	ln   net.Listener
-	addr string
-	stop chan struct{}
+	ln     net.Listener
+	listen string // the address as configured
+	addr   string
+	stop   chan struct{}
 }
 
 func (s *service) listen(addr string) (*listener, error) {
@@ -23,8 +24,17 @@ func (s *service) listen(addr string) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
 	}
-	return &listener{ln: ln, addr: ln.Addr().String(), stop: make(chan struct{})}, nil
+	return &listener{ln: ln, listen: addr, addr: ln.Addr().String(), stop: make(chan struct{})}, nil
 }
+
+// errNoHandover: handing listening sockets to another process is done on
+// Linux only (the platform quorumproxy is run on as a service).
+var errNoHandover = errors.New("handing listeners over is supported on Linux only")
+
+func (l *listener) dup() ([]int, error) { return nil, errNoHandover }
+
+// closeFDs has nothing to close: no sockets are handed over here.
+func closeFDs([]int) {}
 
 func (s *service) startAccept(l *listener) {
 	s.p.wg.Add(1)

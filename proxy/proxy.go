@@ -20,11 +20,14 @@ type Proxy struct {
 	ctx    context.Context // cancelled by Close and by an expired Drain
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards services, draining, closed
+	mu       sync.Mutex // guards services, draining, closed, inherited
 	services map[string]*service
 	draining bool
 	closed   bool
-	stopOnce sync.Once
+	// inherited are the listening sockets of Options.Inherited no service
+	// has taken yet; the first Apply closes what is left.
+	inherited map[string][]int
+	stopOnce  sync.Once
 
 	poller    *poller // nil: idle directions wait on goroutines
 	parkAfter time.Duration
@@ -54,6 +57,10 @@ func New(opts Options) *Proxy {
 		p.parkAfter = opts.parkAfter
 	}
 	p.accessLog.Store(opts.AccessLog)
+	p.inherited = map[string][]int{}
+	for addr, fds := range opts.Inherited {
+		p.inherited[addr] = append([]int(nil), fds...)
+	}
 	p.startPlane(opts)
 	p.evCond = sync.NewCond(&p.evMu)
 	if p.onTarget != nil {
@@ -133,7 +140,27 @@ func (p *Proxy) Apply(cfgs []ServiceConfig) error {
 			errs = append(errs, err)
 		}
 	}
+	// A socket handed over for an address no service listens on any
+	// more would queue clients nobody accepts.
+	p.closeInherited()
 	return errors.Join(errs...)
+}
+
+// takeInherited returns the handed-over sockets for listen address addr
+// (as configured), now owned by the caller; call with p.mu held.
+func (p *Proxy) takeInherited(addr string) []int {
+	fds := p.inherited[addr]
+	delete(p.inherited, addr)
+	return fds
+}
+
+// closeInherited closes the handed-over sockets no service took; call
+// with p.mu held.
+func (p *Proxy) closeInherited() {
+	for addr, fds := range p.inherited {
+		closeFDs(fds)
+		delete(p.inherited, addr)
+	}
 }
 
 func validate(cfgs []ServiceConfig) error {
@@ -468,15 +495,40 @@ func (p *Proxy) ServiceStatus(name string) (st ServiceStatus, ok bool) {
 	return s.status(), true
 }
 
-// drainPoll is how often Drain looks at the number of open connections.
-const drainPoll = 5 * time.Millisecond
+// ListenerFDs returns a duplicate of every listening socket, by the
+// listen address its service was configured with, for a process that
+// takes over (its Options.Inherited); the caller owns and closes them.
+// Linux only.
+func (p *Proxy) ListenerFDs() (map[string][]int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.draining {
+		return nil, errors.New("proxy: draining or closed")
+	}
+	out := map[string][]int{}
+	for _, s := range p.services {
+		s.mu.Lock()
+		ln := s.ln
+		s.mu.Unlock()
+		if ln == nil {
+			continue
+		}
+		fds, err := ln.dup()
+		if err != nil {
+			for _, fds := range out {
+				closeFDs(fds)
+			}
+			return nil, fmt.Errorf("service %q: %w", s.name, err)
+		}
+		out[ln.listen] = fds
+	}
+	return out, nil
+}
 
-// Drain stops accepting, waits until every client connection has ended or
-// ctx is done, then closes what is left. It returns ctx's error if it had to
-// close connections. Held connections still go through if a target
-// appears within their SwitchHold. Apply fails after Drain; Close must
-// still be called.
-func (p *Proxy) Drain(ctx context.Context) error {
+// StopAccepting closes every listener and returns once they are closed;
+// sessions, held connections included, run on. Drain begins with it, and
+// Apply fails after it.
+func (p *Proxy) StopAccepting() {
 	p.mu.Lock()
 	p.draining = true
 	var lns []*listener
@@ -490,6 +542,18 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	for _, ln := range lns {
 		ln.close()
 	}
+}
+
+// drainPoll is how often Drain looks at the number of open connections.
+const drainPoll = 5 * time.Millisecond
+
+// Drain stops accepting, waits until every client connection has ended or
+// ctx is done, then closes what is left. It returns ctx's error if it had to
+// close connections. Held connections still go through if a target
+// appears within their SwitchHold. Apply fails after Drain; Close must
+// still be called.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.StopAccepting()
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	for p.active.Load() > 0 {
@@ -533,6 +597,7 @@ func (p *Proxy) closeAll() {
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
+	p.closeInherited()
 	p.mu.Unlock()
 	p.closeAll()
 	p.stopOnce.Do(p.stopPlane)

@@ -300,6 +300,14 @@ type Options struct {
 	// event loops only. SetAccessLog changes it later.
 	AccessLog bool
 
+	// Inherited are listening sockets handed over by the process this
+	// one replaces (a restart that drops nothing), by the listen address
+	// as configured (ServiceConfig.Listen) to the fds of its group. A
+	// service listening on that address accepts on them instead of
+	// binding; the Proxy owns them, and the first Apply closes those no
+	// service took. Linux only: elsewhere they are closed unused.
+	Inherited map[string][]int
+
 	// parkAfter overrides DefaultParkAfter (tests); negative disables
 	// parking.
 	parkAfter time.Duration

@@ -1,13 +1,14 @@
 // Command quorumproxy is a layer-4 failover proxy for PostgreSQL, Redis,
 // MySQL/MariaDB and any other TCP service.
 //
-//	quorumproxy run [-config] FILE       the daemon
+//	quorumproxy run [-config] FILE       the daemon (SIGUSR2: an upgrade that drops nothing)
 //	quorumproxy check-config FILE        every problem in FILE, exit 1 if any
 //	quorumproxy status [-admin ADDR]     the admin API's /status as a table
 //	quorumproxy switchover -service S -to B
 //	quorumproxy fence|unfence -service S -backend B
 //	quorumproxy drain|undrain -service S -backend B
 //	quorumproxy history [-service S] [-n N]
+//	quorumproxy upgrade [-admin ADDR]
 //	quorumproxy version
 package main
 
@@ -24,7 +25,8 @@ func main() {
 const usage = `usage: quorumproxy <command> [flags]
 
 commands:
-  run [-config] FILE          run the proxy (SIGHUP reloads, SIGTERM drains)
+  run [-config] FILE          run the proxy (SIGHUP reloads, SIGTERM drains, SIGUSR2 restarts
+                              onto the binary on disk, handing over the listening sockets)
   check-config FILE           report every problem in FILE; exit 1 if any
   status [-admin ADDR]        show services, backends, health and the cluster from a running proxy
   switchover -service S -to B move a clustered service to backend B (voted; needs the admin token)
@@ -41,6 +43,8 @@ commands:
                               (or -switchover-to B), report detection, decision, RTO and lost writes
   history [-service S] [-n N] what the proxy decided and did: records, hook runs (exit status,
                               -output for their output), operators' requests, reloads
+  upgrade                     restart onto the binary on disk without refusing a connection (as
+                              SIGUSR2; needs the token); waits until the new process serves
   version                     print the version, the commit and the build date
 `
 
@@ -66,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdPause(args[0], args[1:], stdout, stderr)
 	case "history":
 		return cmdHistory(args[1:], stdout, stderr)
+	case "upgrade":
+		return cmdUpgrade(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionLine())
 		return 0

@@ -30,9 +30,13 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 			return fmt.Errorf("admin.token_file: %w", err)
 		}
 	}
-	ln, err := net.Listen("tcp", c.Listen)
-	if err != nil {
-		return fmt.Errorf("admin.listen: %w", err)
+	ln := d.adminInherited // handed over by the process this one replaces
+	d.adminInherited = nil
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", c.Listen); err != nil {
+			return fmt.Errorf("admin.listen: %w", err)
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", d.handleStatus)
@@ -49,6 +53,7 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 	mux.Handle("POST /api/v1/undrain", requireToken(token, d.knownTarget("backend", d.handleDrain(false))))
 	mux.Handle("POST /api/v1/pause", requireToken(token, d.knownTarget("", d.handlePause(true))))
 	mux.Handle("POST /api/v1/resume", requireToken(token, d.knownTarget("", d.handlePause(false))))
+	mux.Handle("POST /api/v1/upgrade", requireToken(token, http.HandlerFunc(d.handleUpgrade)))
 	d.admin = &http.Server{
 		Handler: mux,
 		// Slow or stuck clients (slowloris) must not pile up on the admin port.
@@ -58,11 +63,15 @@ func (d *Daemon) startAdmin(c config.Admin) error {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
-	d.adminLn = ln
+	d.adminLn, d.adminListen = ln, c.Listen
 	d.adminWG.Add(1)
 	go func() {
 		defer d.adminWG.Done()
-		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := d.admin.Serve(ln)
+		if d.handedOver.Load() && errors.Is(err, net.ErrClosed) {
+			return // HandOver closed the listener: the new process accepts
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("admin API stopped", "err", err)
 		}
 	}()

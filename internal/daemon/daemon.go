@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
@@ -29,6 +30,7 @@ import (
 	"github.com/quorumproxy/quorumproxy/internal/adminapi"
 	"github.com/quorumproxy/quorumproxy/internal/journal"
 	"github.com/quorumproxy/quorumproxy/proxy"
+	"golang.org/x/sys/unix"
 )
 
 // NewLogger is the logger [log] asks for, writing to w; bursts of lines
@@ -55,6 +57,54 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is what /status reports.
 	Version string
+
+	// Inherited are the data plane's listening sockets handed over by the
+	// process this one replaces (proxy.Options.Inherited); the Daemon
+	// owns them.
+	Inherited map[string][]int
+	// AdminListener, if set, is the admin API's socket handed over, for
+	// [admin] listen; the Daemon owns it.
+	AdminListener net.Listener
+	// Upgrade starts an upgrade, as SIGUSR2 does (POST /api/v1/upgrade);
+	// it returns once the new process is started, not ready. Nil: the
+	// admin API refuses upgrades.
+	Upgrade func() error
+	// Marks are the fenced and drained backends of the process this one
+	// replaces, set before the first health check: a proxy alone keeps
+	// them only in memory, and an upgrade must not route writes back to
+	// a primary it failed over from.
+	Marks Marks
+}
+
+// Marks are backends fenced or drained on this proxy alone (not through
+// a cluster), by service.
+type Marks struct {
+	Fenced  map[string][]string `json:"fenced,omitempty"`
+	Drained map[string][]string `json:"drained,omitempty"`
+}
+
+// Sockets are a Daemon's listening sockets, duplicated for a process that
+// takes over (HandOver); the receiver owns every fd.
+type Sockets struct {
+	// Services maps each service's listen address as configured to the
+	// fds of its SO_REUSEPORT group (one per event loop).
+	Services map[string][]int
+	// AdminListen is [admin] listen and Admin the admin API's socket;
+	// -1 without one.
+	AdminListen string
+	Admin       int
+}
+
+// Close closes every fd of s.
+func (s Sockets) Close() {
+	for _, fds := range s.Services {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+	}
+	if s.Admin >= 0 {
+		_ = unix.Close(s.Admin)
+	}
 }
 
 // Daemon wires the packages: health observes, the cluster agrees, the
@@ -90,6 +140,18 @@ type Daemon struct {
 	admin   *http.Server
 	adminLn net.Listener
 	adminWG sync.WaitGroup
+	upgrade func() error // Options.Upgrade
+	// adminListen is the [admin] listen adminLn was made for (a reload
+	// does not move it).
+	adminListen string
+	// adminInherited is Options.AdminListener until startAdmin takes it.
+	adminInherited net.Listener
+	// handedOver is set when another process took the listeners: the
+	// admin API's accept loop ending is then no error.
+	handedOver atomic.Bool
+	// clusterClosed: StopForHandOver left the cluster (same goroutine as
+	// shutdown, which then does not leave again).
+	clusterClosed bool
 }
 
 // New starts the proxy, the cluster side (with [cluster]), the health checks
@@ -100,10 +162,16 @@ func New(o Options) (*Daemon, error) {
 		log = slog.Default()
 	}
 	d := &Daemon{log: log, cfgPath: o.ConfigPath, version: o.Version, cfg: cfg, started: time.Now(), ready: make(chan struct{}),
-		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts()}
+		lastTarget: map[string]string{}, failover: newFailoverClock(), lag: newLagAlerts(), adminInherited: o.AdminListener, upgrade: o.Upgrade}
 	defer close(d.ready)
+	defer func() {
+		if d.adminInherited != nil { // New failed before startAdmin took it
+			d.adminInherited.Close()
+		}
+	}()
 	m, err := newMetricsExporter()
 	if err != nil {
+		(Sockets{Services: o.Inherited, Admin: -1}).Close()
 		return nil, err
 	}
 	d.metrics = m
@@ -112,11 +180,12 @@ func New(o Options) (*Daemon, error) {
 	d.hooks.note = d.note
 	d.repoint = newRepointer(d)
 	d.hooks.promoted = func(service, backend string) { d.repoint.start(service, backend, 0) }
-	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access})
+	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access, Inherited: o.Inherited})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
 		return nil, err
 	}
+	d.restoreMarks(o.Marks, clusterServices(cfg))
 	if cfg.Cluster != nil {
 		// The cluster starts before the checks so that no observation is lost.
 		cs, err := startCluster(cfg, d)
@@ -165,7 +234,9 @@ func (d *Daemon) onHealth(s health.State) {
 	}
 	d.metrics.healthChanged(s)
 	d.lagChanged(s)
-	d.repoint.healthChanged(s)
+	if !d.handedOver.Load() { // the new process repoints now
+		d.repoint.healthChanged(s)
+	}
 }
 
 func (d *Daemon) onTarget(ev proxy.TargetChange) {
@@ -188,6 +259,11 @@ func (d *Daemon) onTarget(ev proxy.TargetChange) {
 			failovers.WithLabelValues(ev.Service).Inc()
 		}
 	}
+	if d.handedOver.Load() {
+		// The new process decides and acts now; hooks must not run twice.
+		d.log.Info("target moved while draining after a hand-over: its hooks are the new process's", "service", ev.Service, "new", orNone(ev.New.Name))
+		return
+	}
 	d.hooks.targetChanged(*svc, ev)
 	d.repoint.poke(ev.Service)
 }
@@ -203,6 +279,9 @@ func orNone(s string) string {
 // the running config stays.
 func (d *Daemon) Reload() {
 	cfg, warnings, err := LoadConfig(d.cfgPath, false)
+	if d.handedOver.Load() {
+		err = errors.New("this process handed its listeners to a new one and drains: reload that one")
+	}
 	if err == nil && clusterHash(cfg) != d.clusterHash() {
 		// The Node's peers and services are fixed for its life: changing
 		// them is a restart, done proxy by proxy (see the README).
@@ -280,6 +359,49 @@ func (d *Daemon) setReload(r adminapi.ReloadResult) {
 // stop checks, leave the cluster, wait for hooks, close the admin API.
 func (d *Daemon) Shutdown() {
 	d.stopping.Store(true)
+	d.shutdown()
+}
+
+// StopForHandOver is the old process's first step once the process that
+// took its listening sockets (ListenerFDs) is ready to go on: it stops
+// accepting on them (the admin API's included, closing its kept-alive
+// connections after their next request, so probes reach the new
+// process) and stops acting: no hook and no repointing runs here any
+// more (the new process runs its own; they must not run twice). A proxy
+// alone keeps checking while it drains, so that the sessions of a backend
+// that fails or stops being the target are still closed at once. In a
+// cluster it stops its checks and leaves: the gossip ports and the lock
+// on state_dir are released for the new process. A session open here
+// then runs on while its lease (checked before every dial and write)
+// holds, and a lease ends before the cluster commits any change, so this
+// process and the next never forward one service to two backends (see
+// the README, "Restarts and upgrades"). Readiness stays as it was: the
+// host still serves, through the new process. It is idempotent; HandOver
+// follows it.
+func (d *Daemon) StopForHandOver() {
+	if d.handedOver.Swap(true) {
+		return
+	}
+	if d.admin != nil {
+		d.admin.SetKeepAlivesEnabled(false)
+		d.adminLn.Close()
+	}
+	d.px.StopAccepting()
+	if d.cluster != nil {
+		d.mon.Close() // its observations would go to a Node that left
+		d.cluster.close()
+		d.clusterClosed = true
+	}
+}
+
+// HandOver ends this process's part after another process took its
+// listening sockets: StopForHandOver, then drain as Shutdown does.
+func (d *Daemon) HandOver() {
+	d.StopForHandOver()
+	d.shutdown()
+}
+
+func (d *Daemon) shutdown() {
 	d.mu.Lock()
 	drain := d.cfg.Proxy.DrainTimeout
 	d.mu.Unlock()
@@ -289,7 +411,7 @@ func (d *Daemon) Shutdown() {
 	}
 	cancel()
 	d.mon.Close()
-	if d.cluster != nil {
+	if d.cluster != nil && !d.clusterClosed {
 		d.cluster.close() // leave the cluster: the others stop counting on us
 	}
 	d.px.Close()
@@ -298,4 +420,113 @@ func (d *Daemon) Shutdown() {
 	d.stopAdmin()
 	d.history.Close()
 	current.CompareAndSwap(d, nil)
+}
+
+// Marks returns the backends fenced or drained on this proxy alone, for
+// the process that takes over (Options.Marks).
+func (d *Daemon) Marks() Marks {
+	m := Marks{Fenced: map[string][]string{}, Drained: map[string][]string{}}
+	for _, ps := range d.px.Status() {
+		if d.cluster != nil && d.cluster.owned[ps.Name] {
+			continue // the cluster's record holds its fences
+		}
+		for _, b := range ps.Backends {
+			if b.Fenced {
+				m.Fenced[ps.Name] = append(m.Fenced[ps.Name], b.Name)
+			}
+			if b.Draining {
+				m.Drained[ps.Name] = append(m.Drained[ps.Name], b.Name)
+			}
+		}
+	}
+	return m
+}
+
+// restoreMarks applies the marks handed over before any check reports;
+// one that no longer fits the config is logged and dropped.
+func (d *Daemon) restoreMarks(m Marks, owned map[string]bool) {
+	apply := func(marks map[string][]string, verb string, set func(svc, b string) error) {
+		for svc, bs := range marks {
+			for _, b := range bs {
+				if owned[svc] {
+					d.log.Warn("upgrade: "+verb+" not carried over: the service is clustered now", "service", svc, "backend", b)
+					continue
+				}
+				if err := set(svc, b); err != nil {
+					d.log.Warn("upgrade: "+verb+" not carried over", "service", svc, "backend", b, "err", err)
+					continue
+				}
+				d.log.Info("upgrade: "+verb+" carried over", "service", svc, "backend", b)
+			}
+		}
+	}
+	apply(m.Fenced, "fence", func(svc, b string) error { return d.px.SetFence(svc, b, true) })
+	apply(m.Drained, "drain", func(svc, b string) error { return d.px.SetDrain(svc, b, true) })
+}
+
+// ListenerFDs duplicates the listening sockets, the data plane's and the
+// admin API's, for a process that takes over (the caller closes them).
+func (d *Daemon) ListenerFDs() (Sockets, error) {
+	svcs, err := d.px.ListenerFDs()
+	if err != nil {
+		return Sockets{}, err
+	}
+	s := Sockets{Services: svcs, Admin: -1}
+	if d.adminLn == nil {
+		return s, nil
+	}
+	s.AdminListen = d.adminListen
+	sc, ok := d.adminLn.(syscall.Conn)
+	if !ok {
+		s.Close()
+		return Sockets{}, fmt.Errorf("admin listener %T has no fd", d.adminLn)
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		cerr := rc.Control(func(fd uintptr) { s.Admin, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+		if err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		s.Admin = -1
+		s.Close()
+		return Sockets{}, fmt.Errorf("admin listener: %w", err)
+	}
+	return s, nil
+}
+
+// handoverWaitPoll is how often WaitRouting looks at the services.
+const handoverWaitPoll = 20 * time.Millisecond
+
+// WaitRouting returns once every service forwards new connections, or
+// has heard from every backend (so none will route soon), or ctx ends: a
+// process taking over waits for it before the old one stops accepting,
+// so that no client waits in switch_hold for a first health check. It
+// names the services still waiting when ctx ends.
+func (d *Daemon) WaitRouting(ctx context.Context) error {
+	t := time.NewTicker(handoverWaitPoll)
+	defer t.Stop()
+	for {
+		var waiting []string
+		for _, ps := range d.px.Status() {
+			if routes, _ := routesOf(ps); len(routes) > 0 {
+				continue
+			}
+			for _, b := range ps.Backends {
+				if !b.Health.Known {
+					waiting = append(waiting, ps.Name)
+					break
+				}
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("services %v have no route yet: %w", waiting, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
