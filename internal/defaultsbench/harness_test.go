@@ -454,22 +454,26 @@ func routes(st *adminapi.Status, backend string) (bool, string) {
 	return false, fmt.Sprintf("target %q (%s)", sv.Target, sv.Why)
 }
 
+// everyProxy asks each proxy's status whether ok holds, and returns ""
+// when it does for all, else why not for the first that fails.
+func (b *bench) everyProxy(ok func(*adminapi.Status) (bool, string)) string {
+	for _, p := range b.proxies {
+		st, err := p.status(context.Background())
+		if err != nil {
+			return fmt.Sprintf("%s: %v", p.name, err)
+		}
+		if good, why := ok(st); !good {
+			return p.name + ": " + why
+		}
+	}
+	return ""
+}
+
 // waitRouted waits until every proxy routes to backend.
 func (b *bench) waitRouted(timeout time.Duration, backend string) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		why := ""
-		for _, p := range b.proxies {
-			st, err := p.status(context.Background())
-			if err != nil {
-				why = fmt.Sprintf("%s: %v", p.name, err)
-				break
-			}
-			if ok, w := routes(st, backend); !ok {
-				why = p.name + ": " + w
-				break
-			}
-		}
+		why := b.everyProxy(func(st *adminapi.Status) (bool, string) { return routes(st, backend) })
 		if why == "" {
 			return nil
 		}
@@ -488,18 +492,7 @@ func (b *bench) settle(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var since time.Time
 	for {
-		why := ""
-		for _, p := range b.proxies {
-			st, err := p.status(context.Background())
-			if err != nil {
-				why = fmt.Sprintf("%s: %v", p.name, err)
-				break
-			}
-			if ok, w := drill.Settled(st, service); !ok {
-				why = p.name + ": " + w
-				break
-			}
-		}
+		why := b.everyProxy(func(st *adminapi.Status) (bool, string) { return drill.Settled(st, service) })
 		switch {
 		case why != "":
 			since = time.Time{}
