@@ -210,6 +210,11 @@ type Readiness struct {
 	Services   int               `json:"services,omitempty"`
 	Routing    int               `json:"routing,omitempty"`
 	NotRouting map[string]string `json:"not_routing,omitempty"`
+	// RoutingTo counts, for each backend name, the services whose new
+	// connections go to it now (a balanced service counts for each of its
+	// eligible backends): where traffic stands at a glance, and during a
+	// mass failover how far it has moved, without /status's whole document.
+	RoutingTo map[string]int `json:"routing_to,omitempty"`
 }
 
 // History is the answer of GET /api/v1/history: the proxy's decisions and

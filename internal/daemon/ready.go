@@ -82,6 +82,12 @@ func (d *Daemon) proxyReadiness() (adminapi.Readiness, int) {
 		switch bs, why := routesOf(ps); {
 		case len(bs) > 0:
 			rd.Routing++
+			if rd.RoutingTo == nil {
+				rd.RoutingTo = map[string]int{}
+			}
+			for _, b := range bs {
+				rd.RoutingTo[b]++
+			}
 		case len(rd.NotRouting) < notRoutingListed:
 			if rd.NotRouting == nil {
 				rd.NotRouting = map[string]string{}

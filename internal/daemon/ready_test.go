@@ -61,8 +61,9 @@ backend = [{ name = "x", address = %q }]
 			deadCode == http.StatusServiceUnavailable && !dead.Ready && dead.Reason != ""
 	})
 	whole, code := health("")
-	if code != http.StatusOK || !whole.Ready || whole.Services != 2 || whole.Routing != 1 || whole.NotRouting["dead"] == "" {
-		t.Errorf("whole proxy: %d %+v; want 200, 2 services, 1 routing, dead named", code, whole)
+	if code != http.StatusOK || !whole.Ready || whole.Services != 2 || whole.Routing != 1 || whole.NotRouting["dead"] == "" ||
+		len(whole.RoutingTo) != 1 || whole.RoutingTo["a"] != 1 {
+		t.Errorf("whole proxy: %d %+v; want 200, 2 services, 1 routing (to a), dead named", code, whole)
 	}
 	if rd, code := health("nope"); code != http.StatusNotFound || rd.Ready || !strings.Contains(rd.Reason, "nope") {
 		t.Errorf("unknown service: %d %+v; want 404 naming it", code, rd)
@@ -71,14 +72,15 @@ backend = [{ name = "x", address = %q }]
 	a.Close()
 	testwait.For(t, "echo ready on b", 10*time.Second, func() bool {
 		rd, code := health("echo")
-		return code == http.StatusOK && strings.Join(rd.Backends, ",") == "b"
+		whole, _ := health("")
+		return code == http.StatusOK && strings.Join(rd.Backends, ",") == "b" && whole.RoutingTo["b"] == 1 && whole.RoutingTo["a"] == 0
 	})
 	b.Close()
 	testwait.For(t, "echo not ready once both are down", 10*time.Second, func() bool {
 		rd, code := health("echo")
 		return code == http.StatusServiceUnavailable && !rd.Ready && rd.Reason != ""
 	})
-	if whole, code := health(""); code != http.StatusOK || whole.Routing != 0 {
+	if whole, code := health(""); code != http.StatusOK || whole.Routing != 0 || len(whole.RoutingTo) != 0 {
 		t.Errorf("whole proxy with no backend up: %d %+v; want 200 (no other proxy does better), 0 routing", code, whole)
 	}
 
