@@ -118,8 +118,12 @@
 // wait; when several propose at once the votes split, and the winner lacks
 // some and waits out the commit wait. The delay keeps most failovers free
 // of the commit wait (TestSimulationFailoverTime measures it; the figures
-// are in docs/design.md). It only delays proposals, so safety is
-// untouched; a silent higher peer costs at most (N-1) ticks.
+// are in docs/design.md). After its delay a proxy goes on waiting, for at
+// most a lease more, while a higher-named peer sends proposals or accepts
+// (for any service) within a quarter lease: a mass failover reaches the
+// highest a batch at a time, and it proposes each batch in turn. It only
+// delays proposals, so safety is untouched; a silent higher peer costs at
+// most (N-1) ticks.
 //
 // Duels. Two proxies that see the same failure at once both propose
 // E = max+1 and each votes for itself; in a bare quorum each then lacks the

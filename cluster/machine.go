@@ -55,17 +55,21 @@ type Machine struct {
 	syncState  State           // max of what they answered
 	lastSync   time.Duration
 
-	svcs    map[string]*service
-	order   []string
-	heard   map[string]time.Duration // last time a message came from each peer
-	wire    map[string]*peerWire     // what each peer speaks (wire.go)
-	wireGen uint64                   // counts changes to wire
-	counter uint64                   // lease request nonce
-	pending map[uint64]*leaseReq
-	lastReq time.Duration
-	obsSeq  uint64
-	lastObs time.Duration
-	started bool
+	svcs  map[string]*service
+	order []string
+	heard map[string]time.Duration // last time a message came from each peer
+	// higherAt is when a round's message (a proposal or an accept, for any
+	// service) last came from a peer named higher than this proxy: one at
+	// work on a mass failover, which reaches it in several steps (rankWait).
+	higherAt time.Duration
+	wire     map[string]*peerWire // what each peer speaks (wire.go)
+	wireGen  uint64               // counts changes to wire
+	counter  uint64               // lease request nonce
+	pending  map[uint64]*leaseReq
+	lastReq  time.Duration
+	obsSeq   uint64
+	lastObs  time.Duration
+	started  bool
 	// leaseSoon asks for leases at the end of this step: a new record
 	// routes only under a lease at its epoch, and waiting for the next
 	// periodic request would add up to LeaseTimeout/4 to every switch.
@@ -403,6 +407,7 @@ func (m *Machine) step(from string, payload []byte, top bool) {
 		}
 	case msgPropose:
 		if x := decPropose(d); ok() {
+			m.noteHigher(from)
 			m.onPropose(from, x)
 		}
 	case msgVote:
@@ -431,6 +436,7 @@ func (m *Machine) step(from string, payload []byte, top bool) {
 		}
 	case msgAccept:
 		if x := decAccept(d); ok() {
+			m.noteHigher(from)
 			m.onAccept(from, x)
 		}
 	case msgAccepted:

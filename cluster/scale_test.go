@@ -173,3 +173,76 @@ func TestFullSyncCoversEveryService(t *testing.T) {
 		t.Errorf("svc-0007 after the merge: %+v, want %+v", got, newer)
 	}
 }
+
+// rankWait: a lower-named proxy waits its rank delay, then goes on waiting
+// only while a higher-named proxy is at work on rounds (proposals or
+// accepts for any service, as in a mass failover that comes in batches),
+// and never more than a lease beyond the rank delay.
+func TestRankWaitPerBatch(t *testing.T) {
+	const lease = time.Second
+	peers := []string{"p0", "p1", "p2", "p3", "p4"}
+	clk := &manualClock{now: 10 * time.Second}
+	svcs := []ServiceConfig{{Name: "db", Backends: []BackendConfig{{Name: "a", Priority: 2}, {Name: "b", Priority: 1}}}}
+	mk := func(name string) *Machine {
+		m, err := NewMachine(withLease(Config{Name: name, Peers: peers, Services: svcs, BootID: 1}, lease),
+			clk, queueTransport{}, &memStore{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range peers {
+			if p != name {
+				m.heard[p] = clk.now
+			}
+		}
+		return m
+	}
+	m := mk("p3")
+	s := m.svcs["db"]
+	down := clk.now
+	s.downSince = down
+	d := m.rankDelay(down)
+	if d != lease/8 {
+		t.Fatalf("p3's rank delay %v, want %v (one higher peer)", d, lease/8)
+	}
+	at := func(after time.Duration) bool { return m.rankWait(s, down+after) }
+	if !at(d / 2) {
+		t.Error("p3 proposed within its rank delay")
+	}
+	if at(d) {
+		t.Error("p3 waited past its rank delay with no higher proxy at work")
+	}
+	// p2 is named lower: its rounds do not hold p3 back.
+	m.stepAt = down + d/2
+	m.noteHigher("p2")
+	if at(d) {
+		t.Error("p3 waited for a lower-named proxy's round")
+	}
+	// p4 proposed something (another service of the same failure) just
+	// before p3's rank delay ended: p3 waits for p4's next batch.
+	m.noteHigher("p4")
+	if !at(d) {
+		t.Error("p3 proposed while p4 was at work")
+	}
+	if at(d/2 + m.higherWindow()) {
+		t.Error("p3 still waited a window after p4's last round")
+	}
+	// p4 keeps at it: p3 waits, but not beyond a lease after its delay.
+	m.stepAt = down + d + lease - 10*time.Millisecond
+	m.heard["p4"] = m.stepAt
+	m.noteHigher("p4")
+	if !at(d + lease - time.Millisecond) {
+		t.Error("p3 proposed while p4 was still at work within the lease")
+	}
+	if at(d + lease) {
+		t.Error("p3 waited more than a lease beyond its rank delay")
+	}
+	// The highest proxy never waits.
+	top := mk("p4")
+	ts := top.svcs["db"]
+	ts.downSince = down
+	top.stepAt = down
+	top.noteHigher("p3")
+	if top.rankWait(ts, down) {
+		t.Error("p4, the highest-named proxy, waited")
+	}
+}
