@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -94,10 +95,9 @@ func (b *backend) close() {
 	b.wg.Wait()
 }
 
-// pollEvery is how often each proxy's /status is read while a phase waits
-// for routing to change: a /status of 1,000 services is a few MB of JSON,
-// and the proxies pay for every read.
-const pollEvery = 250 * time.Millisecond
+// pollEvery is how often each proxy's /health is read while a phase waits
+// for routing to change.
+const pollEvery = 100 * time.Millisecond
 
 // statusClient reads one proxy's /status; its timeout allows for a large
 // document from a busy proxy.
@@ -106,7 +106,8 @@ func statusClient(addr string) *adminapi.Client {
 		Transport: &http.Transport{DisableKeepAlives: true}}}
 }
 
-// fetchStats records how long /status reads took.
+// fetchStats records how long admin API reads took (/health while a phase
+// waits, /status for counters and diagnoses).
 type fetchStats struct {
 	mu    sync.Mutex
 	durs  []time.Duration
@@ -129,7 +130,7 @@ func (f *fetchStats) summary() string {
 	}
 	d := slices.Clone(f.durs)
 	slices.Sort(d)
-	return fmt.Sprintf("%d reads, median %s, max %s; largest document %.1f MB",
+	return fmt.Sprintf("%d reads, median %s, max %s; largest /status %.1f MB",
 		len(d), d[len(d)/2].Round(time.Millisecond), d[len(d)-1].Round(time.Millisecond), float64(f.bytes)/1e6)
 }
 
@@ -231,10 +232,12 @@ type proxyWait struct {
 	last         string        // where it stood when the wait ended unfinished
 }
 
-// waitRouted polls every proxy's /status until each routes all services
-// to backend, or timeout. Times are from start. For each service it keeps
-// the first poll that saw it routed to backend, for the first/median/all
-// figures (each within one poll, pollEvery plus the read).
+// waitRouted polls every proxy's /health until each routes all services
+// to backend (any backend when ""), or timeout. Times are from start, each
+// within one poll (pollEvery plus the read). /health counts the services
+// routed to each backend: a few hundred bytes where /status is megabytes,
+// so the polling costs the proxies little while they work; /status is read
+// once at the end of a wait that did not finish, to say why.
 func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, services int, backend string,
 	start time.Time, timeout time.Duration, fs *fetchStats) ([]proxyWait, error) {
 	ctx, cancel := context.WithDeadline(ctx, start.Add(timeout))
@@ -247,36 +250,37 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 		go func() {
 			defer wg.Done()
 			w := &res[i]
-			seen := map[string]time.Duration{}
-			var last *adminapi.Status
+			seen := 0 // the most services seen routed to backend at once
 			var lastErr error
 			for {
 				if ps[i].Exited() {
 					errs[i] = ps[i].Failure()
 					return
 				}
-				st, err := readStatus(ctx, clients[i], fs)
+				t0 := time.Now()
+				rd, _, err := clients[i].Health(ctx, "")
 				now := time.Since(start)
 				if err == nil {
-					last, lastErr = st, nil
+					fs.add(time.Since(t0), 0)
+					lastErr = nil
 					if w.firstStatus == 0 {
 						w.firstStatus = now
 					}
-					if st.Cluster != nil && !st.Cluster.Recovering && w.recoveryDone == 0 {
+					if w.recoveryDone == 0 && !strings.HasPrefix(rd.Reason, recoveringReason) {
 						w.recoveryDone = now
 					}
-					if st.Cluster != nil {
-						for _, s := range st.Cluster.Services {
-							if _, ok := seen[s.Service]; !ok && routesTo(s.Routing, backend) {
-								seen[s.Service] = now
-							}
-						}
+					n := routedCount(rd, backend)
+					seen = max(seen, n)
+					if n > 0 && w.first == 0 {
+						w.first = now
+					}
+					if n >= (services+1)/2 && w.median == 0 {
+						w.median = now
 					}
 					// Done when every service routes to backend at once,
 					// not merely each at some time: a service may lose
 					// its route again.
-					w.first, w.median = firstAndMedian(seen, services)
-					if routedTo(st, backend) >= services {
+					if n >= services {
 						w.all = now
 						return
 					}
@@ -285,12 +289,19 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 				}
 				select {
 				case <-ctx.Done():
-					w.last = describeUnrouted(last, backend)
-					if lastErr != nil {
-						w.last += fmt.Sprintf(" (last read: %v)", lastErr)
+					// One /status read, with time of its own, to say why.
+					sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+					st, err := readStatus(sctx, clients[i], fs)
+					scancel()
+					w.last = describeUnrouted(st, backend)
+					if err != nil {
+						w.last += fmt.Sprintf(" (/status: %v)", err)
 					}
-					errs[i] = fmt.Errorf("%s: %d of %d services were routed to %s at some time within %v, never all at once: %s",
-						ps[i].Name, len(seen), services, backendLabel(backend), timeout, w.last)
+					if lastErr != nil {
+						w.last += fmt.Sprintf(" (last /health: %v)", lastErr)
+					}
+					errs[i] = fmt.Errorf("%s: at most %d of %d services routed to %s at once within %v: %s",
+						ps[i].Name, seen, services, backendLabel(backend), timeout, w.last)
 					return
 				case <-time.After(pollEvery):
 				}
@@ -301,21 +312,17 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 	return res, errors.Join(errs...)
 }
 
-// firstAndMedian are the earliest time in seen and the time by which half
-// of services were seen (0 while fewer were).
-func firstAndMedian(seen map[string]time.Duration, services int) (first, median time.Duration) {
-	times := make([]time.Duration, 0, len(seen))
-	for _, d := range seen {
-		times = append(times, d)
+// recoveringReason begins /health's reason while a proxy recovers its
+// cluster state (internal/daemon's clusterNotReady).
+const recoveringReason = "recovering"
+
+// routedCount is how many services /health says route to backend, or to
+// any backend when backend is "".
+func routedCount(rd adminapi.Readiness, backend string) int {
+	if backend == "" {
+		return rd.Routing
 	}
-	slices.Sort(times)
-	if len(times) > 0 {
-		first = times[0]
-	}
-	if half := services / 2; len(times) > half {
-		median = times[half]
-	}
-	return first, median
+	return rd.RoutingTo[backend]
 }
 
 // readCounters reads every proxy's cluster counters.

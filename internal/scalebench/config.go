@@ -29,8 +29,8 @@ type node struct {
 // clusterSpec is everything the configs of one cluster are made from.
 type clusterSpec struct {
 	services  int
-	interval  time.Duration // health check interval
-	timeout   time.Duration // health check timeout, below interval
+	interval  time.Duration // health check interval; every other timing is the default
+	logLevel  string        // [log] level; "" for the default
 	keyFile   string
 	tokenFile string
 	backendA  string // every service's primary (priority 1)
@@ -41,12 +41,6 @@ type clusterSpec struct {
 // serviceName is the name of service i (0-based).
 func serviceName(i int) string { return "s" + strconv.Itoa(i+1) }
 
-// checkTimeout is the health check timeout for interval: the default (1s)
-// must be below the interval, so a 1s interval gets half of it.
-func checkTimeout(interval time.Duration) time.Duration {
-	return min(time.Second, interval/2)
-}
-
 // newSpec lays out a cluster of proxies nodes with services services in
 // dir: names qp1..qpN, a free loopback port for every admin API, gossip
 // address and service listener (testenv.FreePort: below the ephemeral
@@ -56,7 +50,7 @@ func newSpec(dir string, proxies, services int, interval time.Duration, backendA
 		return nil, fmt.Errorf("need at least one proxy and one service (got %d, %d)", proxies, services)
 	}
 	s := &clusterSpec{
-		services: services, interval: interval, timeout: checkTimeout(interval),
+		services: services, interval: interval,
 		keyFile: filepath.Join(dir, "gossip.key"), tokenFile: filepath.Join(dir, "token"),
 		backendA: backendA, backendB: backendB,
 	}
@@ -98,11 +92,14 @@ func (s *clusterSpec) config(i int) string {
 	n := s.nodes[i]
 	var b strings.Builder
 	fmt.Fprintf(&b, "[admin]\nlisten = %q\ntoken_file = %q\n\n", n.admin, s.tokenFile)
+	if s.logLevel != "" {
+		fmt.Fprintf(&b, "[log]\nlevel = %q\n\n", s.logLevel)
+	}
 	fmt.Fprintf(&b, "[cluster]\nnode_name = %q\nsecret_key_file = %q\nstate_dir = %q\n", n.name, s.keyFile, n.stateDir)
 	for _, p := range s.nodes {
 		fmt.Fprintf(&b, "\n[[cluster.peer]]\nname = %q\naddress = %q\n", p.name, p.gossip)
 	}
-	health := fmt.Sprintf(`{kind="tcp",interval=%q,timeout=%q}`, s.interval, s.timeout)
+	health := fmt.Sprintf(`{kind="tcp",interval=%q}`, s.interval)
 	backends := fmt.Sprintf(`[{name="a",address=%q,priority=1},{name="b",address=%q}]`, s.backendA, s.backendB)
 	for j := range s.services {
 		fmt.Fprintf(&b, "\n[[service]]\nname=%q\nlisten=%q\nhealth=%s\nbackend=%s\n", serviceName(j), n.listen[j], health, backends)
@@ -111,24 +108,30 @@ func (s *clusterSpec) config(i int) string {
 }
 
 // validate parses every proxy's config with the config package, as `run`
-// would, and checks what the benchmark relies on.
-func (s *clusterSpec) validate() error {
+// would, and checks what the benchmark relies on. It returns the timings
+// the proxies will run with, as the config package filled them in, for the
+// report.
+func (s *clusterSpec) validate() (string, error) {
+	var timings string
 	for i, n := range s.nodes {
 		text := s.config(i)
 		if len(text) > config.MaxFileSize {
-			return fmt.Errorf("%s: config is %d bytes for %d services, above the %d a config may be: use fewer services",
+			return "", fmt.Errorf("%s: config is %d bytes for %d services, above the %d a config may be: use fewer services",
 				n.name, len(text), s.services, config.MaxFileSize)
 		}
 		cfg, _, err := config.Parse(n.cfgPath, []byte(text))
 		if err != nil {
-			return fmt.Errorf("%s: generated config: %w", n.name, err)
+			return "", fmt.Errorf("%s: generated config: %w", n.name, err)
 		}
 		if len(cfg.Services) != s.services {
-			return fmt.Errorf("%s: config has %d services, want %d", n.name, len(cfg.Services), s.services)
+			return "", fmt.Errorf("%s: config has %d services, want %d", n.name, len(cfg.Services), s.services)
 		}
 		if cfg.Cluster == nil || len(cfg.Cluster.Peers) != len(s.nodes) {
-			return errors.New(n.name + ": config has no cluster of every proxy")
+			return "", errors.New(n.name + ": config has no cluster of every proxy")
 		}
+		h := cfg.Services[0].Health
+		timings = fmt.Sprintf("interval %v, timeout %v, fall %d, rise %d, fast_interval %v, lease_timeout %v",
+			h.Interval, h.Timeout, h.Fall, h.Rise, h.FastInterval, cfg.Cluster.LeaseTimeout)
 	}
-	return nil
+	return timings, nil
 }

@@ -46,6 +46,7 @@ type options struct {
 	coldTimeout time.Duration
 	failTimeout time.Duration
 	keep        bool
+	logLevel    string
 	baseline    bool // also measure one service alone per cluster size
 }
 
@@ -63,6 +64,7 @@ func main() {
 	flag.DurationVar(&o.coldTimeout, "cold-timeout", 5*time.Minute, "give up on the cold start after this")
 	flag.DurationVar(&o.failTimeout, "failover-timeout", 2*time.Minute, "give up on the failover after this")
 	flag.BoolVar(&o.keep, "keep", false, "keep the configs, state and logs (their directory is printed)")
+	flag.StringVar(&o.logLevel, "log-level", "", `the proxies' [log] level ("debug": every service's line; the config's default otherwise)`)
 	flag.BoolVar(&o.baseline, "baseline", true, "before each cluster, fail over the same cluster with one service: the time the mass failover is held against")
 	flag.BoolVar(&quick, "quick", false, "a short smoke run: 100 services, 5s steady, 2s settle")
 	flag.Parse()

@@ -15,6 +15,7 @@ import (
 type result struct {
 	proxies, services int
 	interval          time.Duration
+	timings           string // as the proxies' config package filled them in
 	configBytes       int
 
 	cold    []proxyWait
@@ -81,8 +82,9 @@ func measure(ctx context.Context, o options, bin string, proxies int, interval t
 		r.err = err
 		return r
 	}
+	spec.logLevel = o.logLevel
 	r.configBytes = len(spec.config(0))
-	if err := spec.validate(); err != nil {
+	if r.timings, err = spec.validate(); err != nil {
 		r.err = err
 		return r
 	}

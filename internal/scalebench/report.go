@@ -51,9 +51,9 @@ func report(m machine, o options, rs []*result) string {
 		fmt.Fprintf(&b, "Binary: `%s`.\n\n", m.version)
 	}
 	fmt.Fprintf(&b, "Every proxy has the same %d active-passive services over the same two TCP backends "+
-		"(listeners of the benchmark that accept and close), `kind = \"tcp\"` checks at the interval below "+
-		"(timeout half of it, at most 1s: it must be below the interval), every other setting at its default "+
-		"(lease_timeout 3s, gossip 200ms, probe 1s). Backend a has priority 1, b priority 0.\n\n", o.services)
+		"(listeners of the benchmark that accept and close), `kind = \"tcp\"` checks at the interval below, "+
+		"every other setting at its default (the settings row: as the config package filled them in). "+
+		"Backend a has priority 1, b priority 0.\n\n", o.services)
 
 	b.WriteString("| | " + join(rs, func(r *result) string {
 		return fmt.Sprintf("%d proxies × %d services, check %v", r.proxies, r.services, r.interval)
@@ -61,8 +61,9 @@ func report(m machine, o options, rs []*result) string {
 	row := func(name string, f func(r *result) string) {
 		b.WriteString("| " + name + " | " + join(rs, f) + " |\n")
 	}
+	row("settings", func(r *result) string { return r.timings })
 	row("cold start: every service routed on every proxy", func(r *result) string { return secs(r.coldAll) })
-	row("… first /status answered (slowest proxy)", func(r *result) string {
+	row("… first /health answered (slowest proxy)", func(r *result) string {
 		return maxOf(r.cold, func(w proxyWait) time.Duration { return w.firstStatus })
 	})
 	row("… recovery done (slowest proxy)", func(r *result) string {
@@ -165,10 +166,10 @@ func report(m machine, o options, rs []*result) string {
 
 	b.WriteString("\nPer-proxy figures are in the order qp1 / qp2 / …. Times are from starting the proxies " +
 		"(cold start) or from closing backend a's listener (failover), as seen by polling every proxy's " +
-		fmt.Sprintf("`GET /status` every %v (plus the read itself): each is late by up to that much. ", pollEvery) +
-		"A service counts as routed when `cluster.services[].routing` names the backend (the proxy holds a lease " +
-		"at the current epoch and does not hold it back). Steady CPU is the run time of every thread (`/proc/PID/task/*/schedstat`) over " +
-		fmt.Sprintf("%v, starting %v after the cold start, with no `/status` reads meanwhile. ", o.steady, o.settle) +
+		fmt.Sprintf("`GET /health` every %v (plus the read itself): each is late by up to that much. ", pollEvery) +
+		"A service counts as routed when `/health`'s `routing_to` counts it for the backend: a new connection " +
+		"would be forwarded there now (in a cluster, under a lease at the current epoch). Steady CPU is the run time of every thread (`/proc/PID/task/*/schedstat`) over " +
+		fmt.Sprintf("%v, starting %v after the cold start, with no admin API reads meanwhile. ", o.steady, o.settle) +
 		"Gossip bytes are IP bytes (headers included) counted by iptables rules on OUTPUT of loopback over the same " +
 		"window: the cluster total counts every packet from or to any gossip port once; a proxy's own port sees " +
 		"its UDP both ways and the TCP streams others open to it, while the streams it opens count at the peer. " +
@@ -180,12 +181,12 @@ func report(m machine, o options, rs []*result) string {
 
 	for _, r := range rs {
 		fmt.Fprintf(&b, "\n## %d proxies × %d services, check every %v\n\n", r.proxies, r.services, r.interval)
-		fmt.Fprintf(&b, "/status reads: %s.\n\n", r.fetch.summary())
+		fmt.Fprintf(&b, "Admin API reads (/health every %v while a phase waits; /status for the counters): %s.\n\n", pollEvery, r.fetch.summary())
 		if r.gossipNote != "" {
 			fmt.Fprintf(&b, "No gossip figure: %s.\n\n", r.gossipNote)
 		}
 		if len(r.cold) > 0 {
-			b.WriteString("| proxy | cold: /status | cold: recovered | cold: first / half / all routed | failover: first / half / all on b |\n|---|---|---|---|---|\n")
+			b.WriteString("| proxy | cold: /health | cold: recovered | cold: first / half / all routed | failover: first / half / all on b |\n|---|---|---|---|---|\n")
 			for i, w := range r.cold {
 				f := proxyWait{}
 				if i < len(r.fail) {
