@@ -220,7 +220,8 @@ func (m *Monitor) ObserveChecks(f func(address, kind string, took time.Duration)
 }
 
 // NewMonitor returns a Monitor with no targets. onChange, if not nil, is called after a check
-// that changed a target's Status, Role, LagBytes, Lag or LastError: at most once per check
+// that changed a target's Status, Role, LagBytes, Lag or LastError, or began or ended a
+// rising streak: at most once per check
 // and target, from the goroutine of that target's check (so calls for different targets may
 // run concurrently), without any Monitor lock held. It must not block long, nor call Set or
 // Close.
@@ -646,7 +647,9 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 			st.Role, st.LagBytes, st.Lag, l.position = RoleUnknown, -1, -1, -1
 		}
 	}
-	// Not part of changed: a streak alone moves no traffic (status pages read it).
+	// A failing streak is not part of changed: it moves no traffic (status
+	// pages read it). A rising one's start and end are: a service with no
+	// target waits for a better-ranked backend that is rising.
 	st.Failing, st.Rising = l.rf.dns, l.rf.ups
 	if st.Status != StatusUp {
 		st.Position, st.PositionFresh, st.Upstream = -1, false, ""
@@ -655,7 +658,7 @@ func (m *Monitor) applyOne(l *loop, res Result, now, start time.Time) (State, bo
 	changed := prev.ReplicasUnread != st.ReplicasUnread || prev.Status != st.Status || prev.Role != st.Role || prev.LagBytes != st.LagBytes ||
 		prev.Lag != st.Lag || prev.LastError != st.LastError || prev.PositionFresh != st.PositionFresh ||
 		(st.PositionFresh && prev.Position != st.Position) || !slices.Equal(prev.SyncStandbys, st.SyncStandbys) ||
-		prev.Upstream != st.Upstream
+		prev.Upstream != st.Upstream || (prev.Rising > 0) != (st.Rising > 0)
 	return *st, changed
 }
 

@@ -149,10 +149,19 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending, from stri
 	}
 	// Do not settle on a lower-ranked backend while a better-ranked one has
 	// not reported yet: with manual failback the choice would stick.
+	// Nor, with no target, while a better-ranked one is rising: backends
+	// started with the proxy come up a check or two apart, and the first
+	// to finish its rise would keep the traffic (10 ms apart was enough).
 	for i := range cands {
 		c := &cands[i]
-		if !c.h.Known && (c.priority > best.priority || (c.priority == best.priority && c.order < best.order)) {
+		if c.priority < best.priority || (c.priority == best.priority && c.order > best.order) {
+			continue
+		}
+		switch {
+		case !c.h.Known:
 			return decision{reason: "waiting for the first health report of " + c.name}
+		case cur == "" && c.h.Rising && !c.fenced && !c.draining && c.name != best.name:
+			return decision{reason: fmt.Sprintf("waiting for %s, better ranked, to finish rising", c.name)}
 		}
 	}
 	why := "highest-priority healthy backend"

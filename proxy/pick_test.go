@@ -8,6 +8,7 @@ import (
 
 func TestChooseTarget(t *testing.T) {
 	unknown := Health{LagBytes: -1, Lag: -1}
+	rising := Health{Known: true, LagBytes: -1, Lag: -1, Rising: true}
 	prim := upRole(RolePrimary, -1)
 	rep := func(lag int64) Health { return upRole(RoleReplica, lag) }
 	repT := func(lag time.Duration) Health {
@@ -38,6 +39,12 @@ func TestChooseTarget(t *testing.T) {
 		{"skip down", any, three(down, upAny, upAny), "", "", "b", "", "", false},
 		{"unknown better blocks initial choice", any, three(unknown, upAny, upAny), "", "", "", "", "first health report of a", false},
 		{"unknown worse does not block", any, three(upAny, upAny, unknown), "", "", "a", "", "", false},
+		// Backends started with the proxy: b finished its rise a check
+		// before a; with manual failback b would keep the traffic.
+		{"rising better blocks initial choice", any, three(rising, upAny, upAny), "", "", "", "", "a, better ranked, to finish rising", false},
+		{"rising worse does not block", any, three(upAny, rising, upAny), "", "", "a", "", "", false},
+		{"rising better does not hold a failover", any, three(rising, down, upAny), "b", "", "c", "", "b down", false},
+		{"rising fenced does not block", any, []candidate{{"a", 3, 0, rising, false, true, ""}, {"b", 2, 1, upAny, false, false, ""}}, "", "", "b", "", "", false},
 		{"none up", any, three(down, down, down), "", "", "", "", "no eligible backend", false},
 		{"manual failback keeps current", any, three(upAny, upAny, upAny), "b", "", "b", "", "b is up", false},
 		{"auto failback moves back", auto, three(upAny, upAny, upAny), "b", "", "a", "", "failback", false},

@@ -260,6 +260,10 @@ type Health struct {
 	// Upstream is the backend of the service this replica replicates from
 	// ("" when unknown): a cascaded replica is a failover's last resort.
 	Upstream string
+	// Rising: the backend is not up but its last checks succeeded (it is
+	// up after rise of them). A service with no target waits for a
+	// better-ranked backend that is rising rather than settle elsewhere.
+	Rising bool
 }
 
 // Lease bounds how long an External service may still forward.

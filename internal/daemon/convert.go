@@ -162,6 +162,7 @@ func proxyHealth(s health.State, mask uint64, upstream string) proxy.Health {
 		Lag:      s.Lag,
 		Position: s.Position, PositionFresh: s.PositionFresh, ReplicasUnread: s.ReplicasUnread,
 		SyncMask: mask, Upstream: upstream,
+		Rising: s.Status != health.StatusUp && s.Rising > 0,
 	}
 	switch s.Role {
 	case health.RolePrimary:
