@@ -82,6 +82,9 @@ type testCluster struct {
 	// wireHi, when set, makes the named proxies speak wire formats up to
 	// the given one only (Config.knobs.wireHi).
 	wireHi map[string]uint8
+	// initial, when set, is what each proxy first observes of each backend
+	// (up, with its role, otherwise).
+	initial map[string]Observation
 }
 
 const testLease = 200 * time.Millisecond
@@ -177,7 +180,11 @@ func (c *testCluster) start(name string) {
 	c.rolesMu.Lock()
 	defer c.rolesMu.Unlock()
 	for _, b := range testBackends {
-		node.Observe("db", b.Name, Observation{Up: true, Role: c.roles[b.Name], LagBytes: 0, Lag: -1, Position: -1})
+		o, ok := c.initial[b.Name]
+		if !ok {
+			o = Observation{Up: true, Role: c.roles[b.Name], LagBytes: 0, Lag: -1, Position: -1}
+		}
+		node.Observe("db", b.Name, o)
 	}
 }
 
@@ -299,6 +306,32 @@ func TestNodeBootstrapFailoverAndMinority(t *testing.T) {
 	if st.Recovering || st.Services[0].Record.Primary != "pg-b" {
 		t.Fatalf("restarted proxy-2 status %+v", st)
 	}
+}
+
+// A new cluster choosing its first primary by priority (no roles) waits
+// for a better-ranked backend that is rising: backends started together
+// come up a check apart, and the choice sticks.
+func TestNodeBootstrapWaitsForABetterOneRising(t *testing.T) {
+	rising := Observation{Up: false, Rising: true, LagBytes: -1, Lag: -1, Position: -1}
+	c := newRoleCluster(t, 3, nil, 0, func(c *testCluster) { c.initial = map[string]Observation{"pg-a": rising} })
+	c.waitFor("every proxy waiting for pg-a", 30*time.Second, func() bool {
+		for _, n := range c.nodes {
+			st, err := n.Status()
+			if err != nil || len(st.Services) != 1 || !strings.Contains(st.Services[0].Decision, "pg-a, better ranked, to finish rising") {
+				return false
+			}
+		}
+		return true
+	})
+	for name, n := range c.nodes {
+		if b, _ := n.Route("db"); b != "" {
+			t.Fatalf("%s routes to %s while pg-a was rising", name, b)
+		}
+	}
+	for _, n := range c.nodes {
+		n.Observe("db", "pg-a", Observation{Up: true, LagBytes: 0, Lag: -1, Position: -1})
+	}
+	c.waitFor("bootstrap to pg-a", 30*time.Second, c.allRoute("pg-a"))
 }
 
 func TestNodeSwitchover(t *testing.T) {

@@ -33,7 +33,7 @@ func (m *Machine) Observe(svc, backend string, o Observation) error {
 		return nil
 	}
 	localOnly := old
-	localOnly.ReplicasUnread = o.ReplicasUnread
+	localOnly.ReplicasUnread, localOnly.Rising = o.ReplicasUnread, o.Rising
 	if had && localOnly == o {
 		// Only what is local changed: nothing to tell the peers, but a
 		// failover may have waited for it.
@@ -323,6 +323,33 @@ func (m *Machine) bestUp(s *service) string {
 		}
 	}
 	return best
+}
+
+// priorityChoiceWait names a backend ranked above best (by priority, then
+// order) that this proxy has not heard about yet or sees rising, with why,
+// or "" when there is none: a first primary chosen by priority waits for
+// it, since backends started together come up a check apart and the
+// choice sticks.
+func (m *Machine) priorityChoiceWait(s *service, best string) string {
+	fenced := m.svcState(s.cfg.Name).Record.Fenced
+	prio := s.backends[best].Priority
+	before := true // b comes before best in the config's order
+	for _, b := range s.cfg.Backends {
+		if b.Name == best {
+			before = false
+			continue
+		}
+		if b.Priority < prio || (b.Priority == prio && !before) || fenced.Has(b.Name) {
+			continue
+		}
+		switch o, ok := s.local[b.Name]; {
+		case !ok:
+			return "waiting for the first health report of " + b.Name
+		case !o.Up && o.Rising:
+			return "waiting for " + b.Name + ", better ranked, to finish rising"
+		}
+	}
+	return ""
 }
 
 // reachesQuorum reports whether this proxy heard from Q-1 peers lately.

@@ -464,7 +464,14 @@ func decide(f tickFacts) tickDecision {
 // highest-priority backend up.
 func (m *Machine) bootstrapChoice(name string, s *service) string {
 	if !s.cfg.RoleAware || m.cfg.knobs.bootstrapByPriority {
-		return m.bestUp(s)
+		best := m.bestUp(s)
+		if best != "" && !m.cfg.knobs.bootstrapByPriority {
+			if why := m.priorityChoiceWait(s, best); why != "" {
+				m.say(name, s, "bootstrap", "no primary yet: "+why)
+				return ""
+			}
+		}
+		return best
 	}
 	for _, b := range s.cfg.Backends {
 		if _, ok := s.local[b.Name]; !ok {

@@ -278,6 +278,10 @@ type Observation struct {
 	// so a failover this proxy proposes waits for fresh positions. Local:
 	// not sent to peers.
 	ReplicasUnread bool
+	// Rising, in this proxy's own view: a backend not up whose last checks
+	// succeeded. A new cluster's first primary chosen by priority waits
+	// for a better-ranked one that is rising. Local: not sent to peers.
+	Rising bool
 }
 
 // QuorumLoss says what a proxy does when its lease expires.
