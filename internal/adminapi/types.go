@@ -217,6 +217,10 @@ type Readiness struct {
 	RoutingTo map[string]int `json:"routing_to,omitempty"`
 }
 
+// ReasonRecovering is the reason /health gives while a clustered proxy
+// recovers its state from its peers after a start.
+const ReasonRecovering = "recovering: learning the cluster's state from its peers"
+
 // History is the answer of GET /api/v1/history: the proxy's decisions and
 // actions, oldest first.
 type History struct {

@@ -116,7 +116,7 @@ func (d *Daemon) clusterNotReady() string {
 	case err != nil:
 		return "cluster: " + err.Error()
 	case st.Recovering:
-		return "recovering: learning the cluster's state from its peers"
+		return adminapi.ReasonRecovering
 	case st.StoreError != "":
 		return "state_dir cannot be written (" + st.StoreError + "): not voting or routing"
 	case len(st.Reachable)+1 < st.Quorum:

@@ -266,7 +266,7 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 					if w.firstStatus == 0 {
 						w.firstStatus = now
 					}
-					if w.recoveryDone == 0 && !strings.HasPrefix(rd.Reason, recoveringReason) {
+					if w.recoveryDone == 0 && !strings.HasPrefix(rd.Reason, adminapi.ReasonRecovering) {
 						w.recoveryDone = now
 					}
 					n := routedCount(rd, backend)
@@ -311,10 +311,6 @@ func waitRouted(ctx context.Context, ps []*proc, clients []*adminapi.Client, ser
 	wg.Wait()
 	return res, errors.Join(errs...)
 }
-
-// recoveringReason begins /health's reason while a proxy recovers its
-// cluster state (internal/daemon's clusterNotReady).
-const recoveringReason = "recovering"
 
 // routedCount is how many services /health says route to backend, or to
 // any backend when backend is "".
