@@ -160,7 +160,7 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending, from stri
 		switch {
 		case !c.h.Known:
 			return decision{reason: "waiting for the first health report of " + c.name}
-		case cur == "" && c.h.Rising && !c.fenced && !c.draining && c.name != best.name:
+		case cur == "" && c.h.Rising && !c.fenced && !c.draining:
 			return decision{reason: fmt.Sprintf("waiting for %s, better ranked, to finish rising", c.name)}
 		}
 	}

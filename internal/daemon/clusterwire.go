@@ -255,7 +255,7 @@ func (cs *clusterSide) observe(s health.State, mask uint64, upstream string) {
 	}
 	cs.rt.Observe(s.Service, s.Backend, cluster.Observation{Up: s.Status == health.StatusUp, Role: clusterRole(s.Role),
 		LagBytes: s.LagBytes, Lag: s.Lag, Position: s.Position, PositionFresh: s.PositionFresh, SyncMask: mask, Upstream: upstream,
-		ReplicasUnread: s.ReplicasUnread, Rising: s.Status != health.StatusUp && s.Rising > 0})
+		ReplicasUnread: s.ReplicasUnread, Rising: s.Rising > 0})
 }
 
 // close leaves the cluster and stops the route applier.

@@ -162,7 +162,7 @@ func proxyHealth(s health.State, mask uint64, upstream string) proxy.Health {
 		Lag:      s.Lag,
 		Position: s.Position, PositionFresh: s.PositionFresh, ReplicasUnread: s.ReplicasUnread,
 		SyncMask: mask, Upstream: upstream,
-		Rising: s.Status != health.StatusUp && s.Rising > 0,
+		Rising: s.Rising > 0, // a streak toward up: zero once up
 	}
 	switch s.Role {
 	case health.RolePrimary:

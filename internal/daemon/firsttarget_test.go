@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,10 +91,11 @@ backend = [{ name = "a", address = %q, priority = 2 }, { name = "b", address = %
 	}
 	for _, e := range h.Entries {
 		if e.Kind == "target" && e.Service == "db" {
-			if want := "target none -> a"; len(e.Summary) < len(want) || e.Summary[:len(want)] != want {
+			if want := "target none -> a"; !strings.HasPrefix(e.Summary, want) {
 				t.Errorf("first target entry %q, want it to begin %q", e.Summary, want)
 			}
-			break
+			return
 		}
 	}
+	t.Errorf("no target entry in the history: %+v", h.Entries)
 }
