@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/quorumproxy/quorumproxy/internal/testenv"
 )
 
 // The subcommands the usage text lists: "  name ..." at the start of a line.
@@ -81,12 +83,7 @@ words=(quorumproxy ` + strings.Join(words, " ") + `); CURRENT=` + string(rune('0
 _quorumproxy`
 	}
 	t.Run("zsh", func(t *testing.T) {
-		if _, err := exec.LookPath("zsh"); err != nil {
-			if os.Getenv("QP_REQUIRE_SERVERS") != "" {
-				t.Fatal("zsh is not installed (make deps installs it)")
-			}
-			t.Skip("zsh is not installed")
-		}
+		testenv.Need(t, "zsh")
 		if out, err := exec.Command("zsh", "-n", zshFile).CombinedOutput(); err != nil {
 			t.Fatalf("zsh -n: %v\n%s", err, out)
 		}

@@ -155,19 +155,7 @@ func printStatus(w io.Writer, st *adminapi.Status) {
 			if b.Name == s.Target {
 				mark = "*"
 			}
-			h := b.Health
-			switch {
-			case b.Failing > 0:
-				h += fmt.Sprintf(", failing %d/%d", b.Failing, b.Fall) // a change under way
-			case b.Rising > 0:
-				h += fmt.Sprintf(", rising %d/%d", b.Rising, b.Rise)
-			}
-			if b.Draining {
-				h += ", draining"
-			}
-			if b.Fenced {
-				h += ", fenced"
-			}
+			h := b.HealthText()
 			role := b.Role
 			if b.Upstream != "" {
 				role += " of " + b.Upstream // a cascade shows as a replica of a replica

@@ -6,6 +6,7 @@
 package adminapi
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/cluster"
@@ -215,6 +216,26 @@ type Readiness struct {
 	// eligible backends): where traffic stands at a glance, and during a
 	// mass failover how far it has moved, without /status's whole document.
 	RoutingTo map[string]int `json:"routing_to,omitempty"`
+}
+
+// HealthText is the backend's health with what is under way ("up,
+// failing 2/5" while checks fail that have not yet taken it down), and
+// whether it drains or is fenced: the CLI's table and the status page.
+func (b Backend) HealthText() string {
+	s := b.Health
+	switch {
+	case b.Health == "up" && b.Failing > 0:
+		s += fmt.Sprintf(", failing %d/%d", b.Failing, b.Fall)
+	case b.Health == "down" && b.Rising > 0:
+		s += fmt.Sprintf(", rising %d/%d", b.Rising, b.Rise)
+	}
+	if b.Draining {
+		s += ", draining"
+	}
+	if b.Fenced {
+		s += ", fenced"
+	}
+	return s
 }
 
 // ReasonRecovering is the reason /health gives while a clustered proxy

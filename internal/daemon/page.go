@@ -22,7 +22,7 @@ import (
 var pageHTML string
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"healthText":  healthText,
+	"healthText":  adminapi.Backend.HealthText,
 	"healthClass": healthClass,
 	"contains":    func(s []string, v string) bool { return slices.Contains(s, v) },
 	"inc":         func(n int) int { return n + 1 },
@@ -67,25 +67,6 @@ func (p *pageData) At(t time.Time) string {
 		return t.Format("15:04:05")
 	}
 	return t.Format("2006-01-02 15:04:05")
-}
-
-// healthText is a backend's health with what is under way: "up, failing
-// 2/3" while checks fail that have not yet taken it down.
-func healthText(b adminapi.Backend) string {
-	s := b.Health
-	switch {
-	case b.Health == "up" && b.Failing > 0:
-		s += fmt.Sprintf(", failing %d/%d", b.Failing, b.Fall)
-	case b.Health == "down" && b.Rising > 0:
-		s += fmt.Sprintf(", rising %d/%d", b.Rising, b.Rise)
-	}
-	if b.Draining {
-		s += ", draining"
-	}
-	if b.Fenced {
-		s += ", fenced"
-	}
-	return s
 }
 
 // healthClass is the CSS class of a backend's health: a change under way
