@@ -185,7 +185,7 @@ func TestRankWaitPerBatch(t *testing.T) {
 	svcs := []ServiceConfig{{Name: "db", Backends: []BackendConfig{{Name: "a", Priority: 2}, {Name: "b", Priority: 1}}}}
 	mk := func(name string) *Machine {
 		m, err := NewMachine(withLease(Config{Name: name, Peers: peers, Services: svcs, BootID: 1}, lease),
-			clk, queueTransport{}, &memStore{})
+			clk, nopTransport{}, &memStore{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,6 +195,25 @@ func TestRankWaitPerBatch(t *testing.T) {
 			}
 		}
 		return m
+	}
+	// deliver hands m a round's message from a peer at a time, as the
+	// Node would: a proposal, or an accept when accept is set.
+	epoch := uint64(1)
+	deliver := func(m *Machine, from string, at time.Duration, accept bool) {
+		t.Helper()
+		clk.now, epoch = at, epoch+1
+		v := Value{Primary: "b"}
+		var b []byte
+		var err error
+		if accept {
+			b, err = encodeAccept(acceptMsg{Service: "db", Epoch: epoch, Value: v})
+		} else {
+			b, err = encodePropose(proposeMsg{Service: "db", Epoch: epoch, Value: v, Kind: kindFailover})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Step(from, b)
 	}
 	m := mk("p3")
 	s := m.svcs["db"]
@@ -212,14 +231,13 @@ func TestRankWaitPerBatch(t *testing.T) {
 		t.Error("p3 waited past its rank delay with no higher proxy at work")
 	}
 	// p2 is named lower: its rounds do not hold p3 back.
-	m.stepAt = down + d/2
-	m.noteHigher("p2")
+	deliver(m, "p2", down+d/2, false)
 	if at(d) {
 		t.Error("p3 waited for a lower-named proxy's round")
 	}
 	// p4 proposed something (another service of the same failure) just
 	// before p3's rank delay ended: p3 waits for p4's next batch.
-	m.noteHigher("p4")
+	deliver(m, "p4", down+d/2, false)
 	if !at(d) {
 		t.Error("p3 proposed while p4 was at work")
 	}
@@ -227,9 +245,7 @@ func TestRankWaitPerBatch(t *testing.T) {
 		t.Error("p3 still waited a window after p4's last round")
 	}
 	// p4 keeps at it: p3 waits, but not beyond a lease after its delay.
-	m.stepAt = down + d + lease - 10*time.Millisecond
-	m.heard["p4"] = m.stepAt
-	m.noteHigher("p4")
+	deliver(m, "p4", down+d+lease-10*time.Millisecond, true)
 	if !at(d + lease - time.Millisecond) {
 		t.Error("p3 proposed while p4 was still at work within the lease")
 	}
@@ -240,8 +256,7 @@ func TestRankWaitPerBatch(t *testing.T) {
 	top := mk("p4")
 	ts := top.svcs["db"]
 	ts.downSince = down
-	top.stepAt = down
-	top.noteHigher("p3")
+	deliver(top, "p3", down, false)
 	if top.rankWait(ts, down) {
 		t.Error("p4, the highest-named proxy, waited")
 	}
