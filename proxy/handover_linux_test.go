@@ -54,7 +54,11 @@ func TestListenerHandOver(t *testing.T) {
 	}
 
 	p2 := next(p1, 3, 2)
-	ask(20)            // both accept
+	b1, b2 := p1.statusOf("svc").Accepted, p2.statusOf("svc").Accepted
+	ask(20) // both accept, from the sockets they share
+	if a1, a2 := p1.statusOf("svc").Accepted-b1, p2.statusOf("svc").Accepted-b2; a1+a2 != 20 {
+		t.Fatalf("p1 accepted %d and p2 %d of 20 connections while they shared the sockets", a1, a2)
+	}
 	p1.StopAccepting() // returns once its sockets are closed
 	drained := make(chan error, 1)
 	go func() { drained <- p1.Drain(context.Background()) }()
@@ -64,6 +68,9 @@ func TestListenerHandOver(t *testing.T) {
 		t.Fatalf("p2 accepted %d of 30 connections made after p1 stopped", got)
 	}
 	roundTrip(t, old, "still on p1\n")
+	if n := p1.statusOf("svc").Active; n != 1 {
+		t.Fatalf("p1 has %d sessions while draining, want the one opened before the hand-over", n)
+	}
 	select {
 	case err := <-drained:
 		t.Fatalf("p1 drained with a session open: %v", err)
