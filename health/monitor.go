@@ -544,6 +544,15 @@ func (m *Monitor) apply(p *probe, res Result, start time.Time) (time.Duration, [
 		}
 		anyChanging = anyChanging || l.rf.changing() || !l.expectUntil.IsZero()
 		allDown = allDown && st.Status == StatusDown
+		// The read a failing primary waited for has come (fresh or not):
+		// check that primary now, so its ReplicasUnread clears from its
+		// own check (its changes are told in order by its own goroutine)
+		// rather than at its next one, a down_interval away.
+		for _, o := range m.bySvc[l.target.Service] {
+			if o != l && o.probe != p && o.state.ReplicasUnread && !m.replicasUnreadLocked(o) && !slices.Contains(nudge, o.probe) {
+				nudge = append(nudge, o.probe)
+			}
+		}
 	}
 	m.logTransitions(ups, "backend up", slog.LevelInfo)
 	m.logTransitions(downs, "backend down", slog.LevelWarn)

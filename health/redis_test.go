@@ -2,11 +2,13 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
+	"github.com/quorumproxy/quorumproxy/internal/testwait"
 )
 
 func TestRedisRoleAndPromotion(t *testing.T) {
@@ -205,4 +207,42 @@ func TestReplicasUnreadAtPrimaryDown(t *testing.T) {
 	resumed = true
 	waitState(t, m, "replica", "read fresh", func(s State) bool { return s.PositionFresh })
 	waitState(t, m, "primary", "no longer waiting for reads", func(s State) bool { return !s.ReplicasUnread })
+}
+
+// A failing primary stops waiting for a replica's read once that read has
+// come, even when it failed: the primary is checked again at once, not at
+// its next check a down_interval later (30s here).
+func TestReplicasUnreadClearsWhenTheReadFails(t *testing.T) {
+	primary := testenv.MustRedis(t, testenv.RedisOptions{})
+	replica := testenv.MustReplica(t, primary)
+	m := NewMonitor(testLogger(t), nil)
+	defer m.Close()
+	spec := Spec{Kind: "redis", Timeout: 500 * time.Millisecond, Interval: time.Second, FastInterval: 50 * time.Millisecond,
+		DownInterval: 30 * time.Second, Rise: 1, Fall: 2}
+	if err := m.Set([]Target{
+		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
+		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "primary", "up as primary", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
+	waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+	// The replica hangs, so its nudged check times out; the primary,
+	// stopped, is down after two refused checks 50ms apart, before that.
+	if err := replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Resume()
+	if err := primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, m, "primary", "down", func(s State) bool { return s.Status == StatusDown })
+	if !s.ReplicasUnread {
+		t.Fatalf("primary down while the replica's check hangs: ReplicasUnread false: %+v", s)
+	}
+	testwait.ForState(t, 5*time.Second, func() (bool, string) {
+		p, _ := stateOf(m, "primary")
+		r, _ := stateOf(m, "replica")
+		return !p.ReplicasUnread, fmt.Sprintf("primary still waiting for a read (replica: %s, failing %d, last error %q)", r.Status, r.Failing, r.LastError)
+	})
 }
