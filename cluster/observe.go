@@ -325,31 +325,17 @@ func (m *Machine) bestUp(s *service) string {
 	return best
 }
 
-// priorityChoiceWait names a backend ranked above best (by priority, then
-// order) that this proxy has not heard about yet or sees rising, with why,
-// or "" when there is none: a first primary chosen by priority waits for
-// it, since backends started together come up a check apart and the
-// choice sticks.
+// priorityChoiceWait says why a first primary chosen by priority must
+// not be best yet, from this proxy's own view (failover.ChoiceWait).
 func (m *Machine) priorityChoiceWait(s *service, best string) string {
 	fenced := m.svcState(s.cfg.Name).Record.Fenced
-	prio := s.backends[best].Priority
-	before := true // b comes before best in the config's order
-	for _, b := range s.cfg.Backends {
-		if b.Name == best {
-			before = false
-			continue
-		}
-		if b.Priority < prio || (b.Priority == prio && !before) || fenced.Has(b.Name) {
-			continue
-		}
-		switch o, ok := s.local[b.Name]; {
-		case !ok:
-			return "waiting for the first health report of " + b.Name
-		case !o.Up && o.Rising:
-			return "waiting for " + b.Name + ", better ranked, to finish rising"
-		}
+	cs := make([]failover.Candidate, 0, len(s.cfg.Backends))
+	for i, b := range s.cfg.Backends {
+		o, ok := s.local[b.Name]
+		cs = append(cs, failover.Candidate{Name: b.Name, Priority: b.Priority, Order: i, Up: o.Up,
+			Fenced: fenced.Has(b.Name), Unreported: !ok, Rising: o.Rising})
 	}
-	return ""
+	return failover.ChoiceWait(cs, best, true)
 }
 
 // reachesQuorum reports whether this proxy heard from Q-1 peers lately.

@@ -147,22 +147,10 @@ func chooseTarget(cfg *ServiceConfig, cands []candidate, cur, pending, from stri
 		}
 		return decision{reason: noEligible(noBest)}
 	}
-	// Do not settle on a lower-ranked backend while a better-ranked one has
-	// not reported yet: with manual failback the choice would stick.
-	// Nor, with no target, while a better-ranked one is rising: backends
-	// started with the proxy come up a check or two apart, and the first
-	// to finish its rise would keep the traffic (10 ms apart was enough).
-	for i := range cands {
-		c := &cands[i]
-		if c.priority < best.priority || (c.priority == best.priority && c.order > best.order) {
-			continue
-		}
-		switch {
-		case !c.h.Known:
-			return decision{reason: "waiting for the first health report of " + c.name}
-		case cur == "" && c.h.Rising && !c.fenced && !c.draining:
-			return decision{reason: fmt.Sprintf("waiting for %s, better ranked, to finish rising", c.name)}
-		}
+	// Not on a lower-ranked backend while a better-ranked one has not
+	// reported, or, with no target, is rising: the choice would stick.
+	if why := failover.ChoiceWait(failoverCandidates(cands), best.name, cur == ""); why != "" {
+		return decision{reason: why}
 	}
 	why := "highest-priority healthy backend"
 	if cur != "" && curUp {
@@ -185,16 +173,24 @@ func failoverRole(r Role) failover.Role {
 	return failover.RoleUnknown
 }
 
-// successor asks the failover policy for the backend that takes over from
-// cur ("" and why when none).
-func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, string) {
+// failoverCandidates is what the failover policy is told of cands (Sync
+// aside: it depends on the primary being replaced).
+func failoverCandidates(cands []candidate) []failover.Candidate {
 	fc := make([]failover.Candidate, len(cands))
 	for i, c := range cands {
 		fc[i] = failover.Candidate{Name: c.name, Priority: c.priority, Order: c.order, Up: c.up(), Role: failoverRole(c.h.Role),
-			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining}
+			LagBytes: c.h.LagBytes, Lag: c.h.Lag, Fenced: c.fenced, Draining: c.draining,
+			Unreported: !c.h.Known, Rising: c.h.Rising}
 		fc[i].Position, fc[i].Pos, fc[i].Upstream, fc[i].Region = c.h.Position, posState(c.h), c.h.Upstream, c.region
 		fc[i].ReplicasUnread = c.h.ReplicasUnread
 	}
+	return fc
+}
+
+// successor asks the failover policy for the backend that takes over from
+// cur ("" and why when none).
+func successor(cfg *ServiceConfig, cands []candidate, cur string) (*candidate, string) {
+	fc := failoverCandidates(cands)
 	for _, p := range cands {
 		if p.name == cur {
 			for i, c := range cands {

@@ -96,6 +96,38 @@ type Candidate struct {
 	// a failover, drained by an operator, held out by the caller (a
 	// failed promote, for a while).
 	Fenced, Draining, Held bool
+	// Unreported: the caller has had no health report of it yet. Rising:
+	// not up, but its last checks succeeded (up after rise of them). Only
+	// ChoiceWait reads them.
+	Unreported, Rising bool
+}
+
+// ChoiceWait says why a choice by priority must not settle on best yet
+// ("" when it may): a candidate ranked above it (priority, then order)
+// that the caller has no report of, or, for a first choice (no target
+// yet), one that is rising. Backends started together come up a check
+// apart, and under manual failback the first choice sticks (seen: b up
+// 10 ms before a kept the traffic). Fenced and draining candidates are
+// never chosen, so they hold nothing back. A proxy alone and a new
+// cluster's first primary ask the same.
+func ChoiceWait(cands []Candidate, best string, first bool) string {
+	i := slices.IndexFunc(cands, func(c Candidate) bool { return c.Name == best })
+	if i < 0 {
+		return ""
+	}
+	b := cands[i]
+	for _, c := range cands {
+		if c.Name == best || c.Fenced || c.Draining || c.Priority < b.Priority || (c.Priority == b.Priority && c.Order > b.Order) {
+			continue
+		}
+		switch {
+		case c.Unreported:
+			return "waiting for the first health report of " + c.Name
+		case first && c.Rising && !c.Up:
+			return "waiting for " + c.Name + ", better ranked, to finish rising"
+		}
+	}
+	return ""
 }
 
 // FenceOldPrimary reports whether a failover must fence the primary it

@@ -101,3 +101,36 @@ func TestSuccessor(t *testing.T) {
 		t.Error("FenceOldPrimary: want a fence exactly when no role is known")
 	}
 }
+
+func TestChoiceWait(t *testing.T) {
+	c := func(name string, prio, order int, mod func(*Candidate)) Candidate {
+		x := Candidate{Name: name, Priority: prio, Order: order, Up: true}
+		if mod != nil {
+			mod(&x)
+		}
+		return x
+	}
+	unreported := func(x *Candidate) { x.Up, x.Unreported = false, true }
+	rising := func(x *Candidate) { x.Up, x.Rising = false, true }
+	for _, tc := range []struct {
+		name  string
+		cands []Candidate
+		best  string
+		first bool
+		want  string // substring; "" for no wait
+	}{
+		{"nothing better", []Candidate{c("a", 2, 0, nil), c("b", 1, 1, rising)}, "a", true, ""},
+		{"better unreported", []Candidate{c("a", 2, 0, unreported), c("b", 1, 1, nil)}, "b", false, "first health report of a"},
+		{"better rising, first choice", []Candidate{c("a", 2, 0, rising), c("b", 1, 1, nil)}, "b", true, "a, better ranked, to finish rising"},
+		{"better rising, not a first choice", []Candidate{c("a", 2, 0, rising), c("b", 1, 1, nil)}, "b", false, ""},
+		{"same priority, earlier in order", []Candidate{c("a", 1, 0, rising), c("b", 1, 1, nil)}, "b", true, "a, better ranked"},
+		{"same priority, later in order", []Candidate{c("b", 1, 1, nil), c("c", 1, 2, rising)}, "b", true, ""},
+		{"fenced holds nothing back", []Candidate{c("a", 2, 0, func(x *Candidate) { unreported(x); x.Fenced = true }), c("b", 1, 1, nil)}, "b", true, ""},
+		{"draining holds nothing back", []Candidate{c("a", 2, 0, func(x *Candidate) { rising(x); x.Draining = true }), c("b", 1, 1, nil)}, "b", true, ""},
+	} {
+		got := ChoiceWait(tc.cands, tc.best, tc.first)
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
