@@ -52,7 +52,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if h != nil {
 		// A clustered old process leaves the cluster now, for our Node.
 		if err := h.waitGo(); err != nil {
-			h.closeSockets()
+			h.Sockets.Close()
 			log.Error("upgrade: start failed", "err", err)
 			return 1
 		}
@@ -75,7 +75,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if h != nil {
 		opts.Inherited, opts.Marks = h.Services, h.Marks
 		if opts.AdminListener, err = h.adminListener(cfg.Admin.Listen); err != nil {
-			h.closeSockets()
+			h.Sockets.Close()
 			log.Error("start failed", "err", err)
 			return 1
 		}

@@ -38,7 +38,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -64,10 +63,9 @@ type handoverSpec struct {
 	Parent int `json:"parent"`
 	Ready  int `json:"ready"`
 	// Go, when not -1, is a pipe to wait on for 'g' after saying 'c'.
-	Go          int              `json:"go"`
-	AdminListen string           `json:"admin_listen,omitempty"`
-	Admin       int              `json:"admin"`
-	Services    map[string][]int `json:"services"`
+	Go int `json:"go"`
+	// The listening sockets (their JSON keys are the spec's own).
+	daemon.Sockets
 	// Marks: fences and drains a proxy alone keeps in memory.
 	Marks daemon.Marks `json:"marks"`
 }
@@ -102,7 +100,7 @@ func inheritedSpec() (*handoverSpec, error) {
 		return nil, nil
 	}
 	os.Unsetenv(handoverEnv)
-	h := &handoverSpec{Go: -1, Admin: -1} // what an older sender leaves out
+	h := &handoverSpec{Go: -1, Sockets: daemon.Sockets{Admin: -1}} // what an older sender leaves out
 	if err := json.Unmarshal([]byte(v), h); err != nil {
 		return nil, fmt.Errorf("%s: %w", handoverEnv, err)
 	}
@@ -113,18 +111,6 @@ func inheritedSpec() (*handoverSpec, error) {
 		unix.CloseOnExec(fd)
 	}
 	return h, nil
-}
-
-// closeSockets closes the inherited sockets.
-func (h *handoverSpec) closeSockets() {
-	if h.Admin >= 0 {
-		_ = unix.Close(h.Admin)
-	}
-	for _, g := range h.Services {
-		for _, fd := range g {
-			_ = unix.Close(fd)
-		}
-	}
 }
 
 // waitGo, for a clustered old process, says the config is loaded and
@@ -260,7 +246,8 @@ func startUpgrade(socks daemon.Sockets, marks daemon.Marks, leave func(), stop <
 		}
 		return n
 	}
-	h := handoverSpec{Parent: os.Getpid(), Go: -1, Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}, Marks: marks}
+	h := handoverSpec{Parent: os.Getpid(), Go: -1, Marks: marks,
+		Sockets: daemon.Sockets{Admin: -1, AdminListen: socks.AdminListen, Services: map[string][]int{}}}
 	h.Ready = addFile(readyW)
 	if goR != nil {
 		h.Go = addFile(goR)
@@ -278,12 +265,8 @@ func startUpgrade(socks daemon.Sockets, marks daemon.Marks, leave func(), stop <
 		res.err = fmt.Errorf("handing over: %v", err)
 		return res
 	}
-	env := []string{handoverEnv + "=" + string(spec)}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, handoverEnv+"=") {
-			env = append(env, kv)
-		}
-	}
+	// Not in our own environment: run's inheritedSpec unset it.
+	env := append(os.Environ(), handoverEnv+"="+string(spec))
 	pid, _, err := syscall.StartProcess(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files})
 	// Our ends only from here: the reader sees EOF when the child exits.
 	readyW.Close()

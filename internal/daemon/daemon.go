@@ -88,11 +88,11 @@ type Marks struct {
 type Sockets struct {
 	// Services maps each service's listen address as configured to the
 	// fds of its SO_REUSEPORT group (one per event loop).
-	Services map[string][]int
+	Services map[string][]int `json:"services"`
 	// AdminListen is [admin] listen and Admin the admin API's socket;
 	// -1 without one.
-	AdminListen string
-	Admin       int
+	AdminListen string `json:"admin_listen,omitempty"`
+	Admin       int    `json:"admin"`
 }
 
 // Close closes every fd of s.
@@ -149,9 +149,6 @@ type Daemon struct {
 	// handedOver is set when another process took the listeners: the
 	// admin API's accept loop ending is then no error.
 	handedOver atomic.Bool
-	// clusterClosed: StopForHandOver left the cluster (same goroutine as
-	// shutdown, which then does not leave again).
-	clusterClosed bool
 }
 
 // New starts the proxy, the cluster side (with [cluster]), the health checks
@@ -390,7 +387,6 @@ func (d *Daemon) StopForHandOver() {
 	if d.cluster != nil {
 		d.mon.Close() // its observations would go to a Node that left
 		d.cluster.close()
-		d.clusterClosed = true
 	}
 }
 
@@ -411,7 +407,7 @@ func (d *Daemon) shutdown() {
 	}
 	cancel()
 	d.mon.Close()
-	if d.cluster != nil && !d.clusterClosed {
+	if d.cluster != nil && !d.handedOver.Load() { // else StopForHandOver left it
 		d.cluster.close() // leave the cluster: the others stop counting on us
 	}
 	d.px.Close()
