@@ -113,7 +113,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		log.Info("upgrade: starting the new process", "binary", os.Args[0])
-		d.NoteUpgrade("upgrade: starting a new process from " + os.Args[0])
+		d.NoteUpgrade(noteUpgradeStarting + " a new process from " + os.Args[0])
 		upgrading = make(chan upgradeResult, 1)
 		go func(c chan<- upgradeResult) { c <- startUpgrade(socks, d.Marks(), leave, stopUpgrade) }(upgrading)
 		return nil
@@ -157,12 +157,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				// Nothing accepts on the sockets any more: exit non-zero,
 				// so that the service manager restarts the proxy.
 				log.Error("upgrade failed after this process left the cluster: draining and exiting 1", "err", r.err)
-				d.NoteUpgrade("upgrade failed after this process left the cluster: " + r.err.Error())
+				d.NoteUpgrade(noteUpgradeFailed + " after this process left the cluster: " + r.err.Error())
 				d.HandOver()
 				return 1
 			default:
 				log.Error("upgrade failed: keeping this process", "err", r.err)
-				d.NoteUpgrade("upgrade failed: keeping this process: " + r.err.Error())
+				d.NoteUpgrade(noteUpgradeFailed + ": keeping this process: " + r.err.Error())
 			}
 			continue
 		}

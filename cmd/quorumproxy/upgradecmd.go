@@ -64,6 +64,13 @@ func cmdUpgrade(args []string, stdout, stderr io.Writer) int {
 	})
 }
 
+// How run's history entries about an upgrade begin: `quorumproxy upgrade`
+// reads the outcome from them.
+const (
+	noteUpgradeStarting = "upgrade: starting"
+	noteUpgradeFailed   = "upgrade failed"
+)
+
 // upgradeFailure is the failure recorded after the last upgrade started
 // (entries oldest first; the proxy's clock, not ours), or "".
 func upgradeFailure(entries []journal.Entry) string {
@@ -71,9 +78,9 @@ func upgradeFailure(entries []journal.Entry) string {
 	for _, e := range entries {
 		switch {
 		case e.Kind != "upgrade":
-		case strings.HasPrefix(e.Summary, "upgrade: starting"):
+		case strings.HasPrefix(e.Summary, noteUpgradeStarting):
 			why = ""
-		case strings.HasPrefix(e.Summary, "upgrade failed"):
+		case strings.HasPrefix(e.Summary, noteUpgradeFailed):
 			why = e.Summary
 		}
 	}
