@@ -20,20 +20,17 @@ const inboxSize = 4096
 // once, and saves (fsync) never run inside them. The data path reads routes
 // from atomics.
 type Node struct {
-	m      *Machine
-	clock  Clock
-	keep   bool
-	tick   time.Duration
-	tr     *asyncTransport
-	in     chan func()
-	routes map[string]*atomic.Pointer[route]
-	state  atomic.Pointer[[]byte]              // LocalState snapshot
-	wire   atomic.Pointer[map[string]wireView] // for Members
-	wireAt uint64                              // the Machine's wireGen when wire was taken
-	// stateAt and stateWireAt are the Machine's version and the state's
-	// wire format when state was encoded.
-	stateAt     uint64
-	stateWireAt uint8
+	m       *Machine
+	clock   Clock
+	keep    bool
+	tick    time.Duration
+	tr      *asyncTransport
+	in      chan func()
+	routes  map[string]*atomic.Pointer[route]
+	state   atomic.Pointer[[]byte]              // LocalState snapshot
+	wire    atomic.Pointer[map[string]wireView] // for Members
+	wireAt  uint64                              // the Machine's wireGen when wire and state were taken
+	stateAt uint64                              // the Machine's version when state was encoded
 
 	dropped   atomic.Uint64
 	onRoute   func(service, backend string)
@@ -273,15 +270,16 @@ func (n *Node) publish() {
 			n.onRoute(name, r.backend)
 		}
 	}
-	if g := n.m.wireGen; g != n.wireAt || n.wire.Load() == nil {
-		n.wireAt = g
+	wireChanged := n.m.wireGen != n.wireAt
+	if wireChanged || n.wire.Load() == nil {
+		n.wireAt = n.m.wireGen
 		w := n.m.wireViews()
 		n.wire.Store(&w)
 	}
-	if v, w := n.m.version, n.m.stateWire(); v != n.stateAt || w != n.stateWireAt || n.state.Load() == nil {
-		// Encoded again only when the records or the format may have
-		// changed.
-		n.stateAt, n.stateWireAt = v, w
+	// Encoded again only when the records, or the peers' formats and so
+	// the state's own (stateWire), may have changed.
+	if v := n.m.version; v != n.stateAt || wireChanged || n.state.Load() == nil {
+		n.stateAt = v
 		b := n.m.localState()
 		n.state.Store(&b)
 	}
