@@ -403,7 +403,7 @@ func (m *Machine) step(from string, payload []byte, top bool) {
 	switch t {
 	case msgObservation:
 		if x := decObs(d); ok() {
-			m.onObs(from, x)
+			m.onObs(from, x, d.v)
 		}
 	case msgPropose:
 		if x := decPropose(d); ok() {

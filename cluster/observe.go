@@ -13,6 +13,7 @@ import (
 
 type peerView struct {
 	boot, seq uint64
+	v         uint8 // the wire format of the copy taken
 	at        time.Duration
 	view      map[string]Observation
 }
@@ -89,7 +90,7 @@ func (m *Machine) broadcastObs(name string, s *service, change bool) {
 	}
 }
 
-func (m *Machine) onObs(from string, x obsMsg) {
+func (m *Machine) onObs(from string, x obsMsg, v uint8) {
 	s := m.svcs[x.Service]
 	if s == nil {
 		m.counters.UnknownService++
@@ -99,7 +100,11 @@ func (m *Machine) onObs(from string, x obsMsg) {
 	now := m.stepAt // when the payload came in; a batch carries many views
 	// A lower boot id is a replay, unless the peer has been silent for a
 	// whole TTL (its wall clock may have been set back across a restart).
-	if pv != nil && ((x.Boot < pv.boot && now-pv.at < m.cfg.ObservationTTL) || (x.Boot == pv.boot && x.Seq <= pv.seq)) {
+	// A peer with an older one among its peers gossips each view twice,
+	// in its format and in the older one, with one sequence number: the
+	// copy in a higher format replaces the other (it carries positions,
+	// the synchronous set and the upstream), in whichever order they came.
+	if pv != nil && ((x.Boot < pv.boot && now-pv.at < m.cfg.ObservationTTL) || (x.Boot == pv.boot && (x.Seq < pv.seq || (x.Seq == pv.seq && v <= pv.v)))) {
 		m.counters.Replay++
 		return
 	}
@@ -107,7 +112,7 @@ func (m *Machine) onObs(from string, x obsMsg) {
 		pv = &peerView{}
 		s.remote[from] = pv
 	}
-	pv.boot, pv.seq, pv.at = x.Boot, x.Seq, now
+	pv.boot, pv.seq, pv.v, pv.at = x.Boot, x.Seq, v, now
 	if pv.view == nil {
 		pv.view = make(map[string]Observation, len(x.Entries))
 	}

@@ -359,3 +359,30 @@ func TestStateSyncReadsFormat5(t *testing.T) {
 		t.Fatalf("got %+v, %v; want %+v", recs, err, want)
 	}
 }
+
+// A peer with a format-5 peer among its own gossips each view twice, in
+// format 6 and in 5, under one sequence number. Whichever copy comes
+// first, the format-6 one is what a format-6 proxy keeps: the other
+// lacks positions (format 5 reads them as unknown).
+func TestObservationKeepsTheRicherCopy(t *testing.T) {
+	o := Observation{Up: true, Role: RoleReplica, Lag: -1, Position: 42, PositionFresh: true}
+	msg := obsMsg{Service: "db", Boot: 7, Seq: 3, Entries: []obsEntry{{"b", o}}}
+	b6, err := msg.encode(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b5, err := msg.encode(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, order := range [][2][]byte{{b5, b6}, {b6, b5}} {
+		m := wireMachine(t, 0)
+		m.peerMeta("p1", WireMeta())
+		m.Step("p1", order[0])
+		m.Step("p1", order[1])
+		got := m.svcs["db"].remote["p1"].view["b"]
+		if got.Position != 42 || !got.PositionFresh {
+			t.Errorf("format %d then %d: p1's view of b %+v, want position 42, fresh", order[0][1], order[1][1], got)
+		}
+	}
+}
