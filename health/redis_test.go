@@ -168,19 +168,8 @@ func TestExpectPromotion(t *testing.T) {
 // (ReplicasUnread), so that a failover waits for their fresh positions
 // instead of ranking stale ones; once they are read it says no more.
 func TestReplicasUnreadAtPrimaryDown(t *testing.T) {
-	primary := testenv.MustRedis(t, testenv.RedisOptions{})
-	replica := testenv.MustReplica(t, primary)
-	m := NewMonitor(testLogger(t), nil)
-	defer m.Close()
-	spec := Spec{Kind: "redis", Timeout: 3 * time.Second, Interval: 200 * time.Millisecond, FastInterval: 50 * time.Millisecond, Rise: 1, Fall: 2}
-	if err := m.Set([]Target{
-		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
-		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, m, "primary", "up as primary", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
-	waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+	primary, replica, m := watchedRedisPair(t, Spec{Kind: "redis", Timeout: 3 * time.Second, Interval: 200 * time.Millisecond,
+		FastInterval: 50 * time.Millisecond, Rise: 1, Fall: 2})
 
 	// The replica's next checks hang (frozen, within its 3s timeout): the
 	// primary, killed, is down after two refused checks 50ms apart.
@@ -213,20 +202,8 @@ func TestReplicasUnreadAtPrimaryDown(t *testing.T) {
 // come, even when it failed: the primary is checked again at once, not at
 // its next check a down_interval later (30s here).
 func TestReplicasUnreadClearsWhenTheReadFails(t *testing.T) {
-	primary := testenv.MustRedis(t, testenv.RedisOptions{})
-	replica := testenv.MustReplica(t, primary)
-	m := NewMonitor(testLogger(t), nil)
-	defer m.Close()
-	spec := Spec{Kind: "redis", Timeout: 500 * time.Millisecond, Interval: time.Second, FastInterval: 50 * time.Millisecond,
-		DownInterval: 30 * time.Second, Rise: 1, Fall: 2}
-	if err := m.Set([]Target{
-		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
-		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	waitState(t, m, "primary", "up as primary", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
-	waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+	primary, replica, m := watchedRedisPair(t, Spec{Kind: "redis", Timeout: 500 * time.Millisecond, Interval: time.Second,
+		FastInterval: 50 * time.Millisecond, DownInterval: 30 * time.Second, Rise: 1, Fall: 2})
 	// The replica hangs, so its nudged check times out; the primary,
 	// stopped, is down after two refused checks 50ms apart, before that.
 	if err := replica.Pause(); err != nil {
@@ -245,4 +222,24 @@ func TestReplicasUnreadClearsWhenTheReadFails(t *testing.T) {
 		r, _ := stateOf(m, "replica")
 		return !p.ReplicasUnread, fmt.Sprintf("primary still waiting for a read (replica: %s, failing %d, last error %q)", r.Status, r.Failing, r.LastError)
 	})
+}
+
+// watchedRedisPair starts a Redis primary and its replica and a Monitor
+// checking both with spec, closed at the test's end, and waits until it
+// sees each up in its role.
+func watchedRedisPair(t *testing.T, spec Spec) (primary, replica *testenv.Redis, m *Monitor) {
+	t.Helper()
+	primary = testenv.MustRedis(t, testenv.RedisOptions{})
+	replica = testenv.MustReplica(t, primary)
+	m = NewMonitor(testLogger(t), nil)
+	t.Cleanup(m.Close)
+	if err := m.Set([]Target{
+		{Service: "redis", Backend: "primary", Address: primary.Addr(), Spec: spec},
+		{Service: "redis", Backend: "replica", Address: replica.Addr(), Spec: spec},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "primary", "up as primary", func(s State) bool { return s.Status == StatusUp && s.Role == RolePrimary })
+	waitState(t, m, "replica", "up as a replica", func(s State) bool { return s.Status == StatusUp && s.Role == RoleReplica })
+	return primary, replica, m
 }
