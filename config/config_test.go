@@ -259,7 +259,7 @@ func TestMinimalDefaults(t *testing.T) {
 	want := &Config{
 		Admin: Admin{Listen: "127.0.0.1:7654"},
 		Log:   Log{Level: "info", Format: "text"},
-		Proxy: Proxy{DrainTimeout: 10 * time.Second},
+		Proxy: Proxy{DrainTimeout: 10 * time.Second, IOURing: "auto"},
 		Services: []Service{{
 			Name:           "redis",
 			Listen:         "127.0.0.1:6380",

@@ -229,6 +229,7 @@ func (d *decoder) validate(cfg *Config) {
 	enum(d, "log", "level", cfg.Log.Level, "debug", "info", "warn", "error")
 	enum(d, "log", "format", cfg.Log.Format, "text", "json")
 	d.nonNegative("proxy", "drain_timeout", cfg.Proxy.DrainTimeout)
+	enum(d, "proxy", "io_uring", cfg.Proxy.IOURing, "auto", "off")
 	if l := cfg.Proxy.Loops; l < 0 || l > maxLoops {
 		d.errorf("proxy", "loops", "loops: must be 0 (one per CPU) to %d, not %d", maxLoops, l)
 	}

@@ -51,6 +51,7 @@ type loop struct {
 	stopped bool
 
 	// Owned by the loop goroutine.
+	batch    *batch // nil: one system call per read and write
 	buf      []byte
 	events   []unix.EpollEvent
 	slots    []pollable
@@ -74,6 +75,7 @@ type loop struct {
 	resumed atomic.Uint64 // parked directions woken by data, ever
 	spliced atomic.Uint64 // directions moved to splice, ever
 	lent    atomic.Int64  // pipes lent to directions now
+	batched atomic.Uint64 // reads sent to the kernel in a batch, ever
 	_       [64]byte      // keep other loops' counters off this cache line
 }
 
@@ -107,6 +109,9 @@ func newLoop(p *Proxy, id int) (*loop, error) {
 func (l *loop) closeFDs() {
 	_ = unix.Close(l.epfd)
 	_ = unix.Close(l.evfd)
+	if l.batch != nil {
+		l.batch.r.close()
+	}
 }
 
 // register adds fd to the epoll set, edge-triggered for both readiness
@@ -258,7 +263,15 @@ func (l *loop) run() {
 			if int(idx) >= len(l.slots) || l.gens[idx] != uint32(tok>>32) {
 				continue // its fd was closed earlier in this batch
 			}
+			if l.batch != nil {
+				if e, ok := l.slots[idx].(*endpoint); ok && l.batch.take(e, ev.Events) {
+					continue
+				}
+			}
 			l.slots[idx].onEvent(ev.Events)
+		}
+		if l.batch != nil && len(l.batch.q) > 0 {
+			l.runBatch()
 		}
 		if len(l.ready) > 0 {
 			ready := l.ready

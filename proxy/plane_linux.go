@@ -44,14 +44,23 @@ func (p *Proxy) startPlane(opts Options) {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
+	var uringErr error
 	for i := 0; i < n; i++ {
 		l, err := newLoop(p, i)
 		if err != nil {
 			p.log.Error("event loop could not start", "loop", i, "err", err)
 			break
 		}
+		if !opts.NoIOURing && uringErr == nil {
+			if l.batch, uringErr = newBatch(); uringErr != nil {
+				p.log.Info("io_uring refused here; the loops make one system call per read and write", "err", uringErr)
+			}
+		}
 		p.loops = append(p.loops, l)
 		p.spares.add()
+	}
+	if len(p.loops) > 0 {
+		p.log.Info("data plane started", "loops", len(p.loops), "io_uring_batching", p.loops[0].batch != nil)
 	}
 	p.poller = &poller{
 		parked:  loopSum{p, func(l *loop) int64 { return l.parked.Load() }},

@@ -726,6 +726,12 @@ func (d *direction) write(b []byte) bool {
 		return false
 	}
 	n, err := writeFD(d.dst, b)
+	return d.wrote(b, n, err)
+}
+
+// wrote accounts for a write of b that sent n bytes: what was not sent is
+// kept, unless err ends the session.
+func (d *direction) wrote(b []byte, n int, err error) bool {
 	if n > 0 {
 		d.count.Add(uint64(n))
 		d.moved += uint64(n)

@@ -299,6 +299,10 @@ type Options struct {
 	// ignore it.
 	Loops int
 
+	// NoIOURing makes the Linux loops read and write with one system call
+	// each instead of batching them through io_uring.
+	NoIOURing bool
+
 	// AccessLog writes one INFO line per client connection when it ends
 	// (service, client, backend, duration, bytes each way, why): Linux's
 	// event loops only. SetAccessLog changes it later.

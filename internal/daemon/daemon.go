@@ -177,7 +177,7 @@ func New(o Options) (*Daemon, error) {
 	d.hooks.note = d.note
 	d.repoint = newRepointer(d)
 	d.hooks.promoted = func(service, backend string) { d.repoint.start(service, backend, 0) }
-	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, AccessLog: cfg.Log.Access, Inherited: o.Inherited})
+	d.px = proxy.New(proxy.Options{Logger: log, OnTarget: d.onTarget, Loops: cfg.Proxy.Loops, NoIOURing: cfg.Proxy.IOURing == "off", AccessLog: cfg.Log.Access, Inherited: o.Inherited})
 	if err := d.px.Apply(proxyServices(cfg, clusterServices(cfg))); err != nil {
 		d.px.Close()
 		return nil, err
