@@ -268,10 +268,22 @@ mode = "active-active"
   name = "c"
   address = %q
 `, listen2, c.Addr()))
+	// A key read only at start is changed too: the reload says it waits.
+	data, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = bytes.Replace(data, []byte("drain_timeout = \"2s\"\n"), []byte("drain_timeout = \"2s\"\nio_uring = \"off\"\n"), 1)
+	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	testwait.For(t, "second service routing", 10*time.Second, func() bool {
 		got, err := ask(listen2, "x")
 		return err == nil && got == "c:x"
+	})
+	testwait.For(t, "the reload's word on io_uring", 10*time.Second, func() bool {
+		return strings.Contains(d.logs.String(), "loops and io_uring take effect at the next restart")
 	})
 	if got, err := ask(listen, "first"); err != nil || got != "b:first" {
 		t.Fatalf("first service after reload: %q %v", got, err)

@@ -322,6 +322,7 @@ func (d *Daemon) Reload() {
 	}
 	d.mu.Lock()
 	oldAdmin := d.cfg.Admin
+	oldLoops, oldURing := d.cfg.Proxy.Loops, d.cfg.Proxy.IOURing
 	oldFixed := clusterFixed(d.cfg)
 	d.cfg = cfg
 	d.mu.Unlock()
@@ -332,6 +333,9 @@ func (d *Daemon) Reload() {
 	}
 	if oldAdmin != cfg.Admin {
 		d.log.Warn("reload: [admin] changes take effect at the next restart")
+	}
+	if oldLoops != cfg.Proxy.Loops || oldURing != cfg.Proxy.IOURing {
+		d.log.Warn("reload: [proxy] loops and io_uring take effect at the next restart (or upgrade)")
 	}
 	d.setReload(res)
 	serviceSeries(d)
