@@ -76,9 +76,9 @@ type Proxy struct {
 	// to end before closing them. Default 10s. Zero closes them at once.
 	DrainTimeout time.Duration `toml:"drain_timeout"`
 	// Loops is the number of event loops of the data plane (Linux), each
-	// on its own OS thread. Default 0: one per CPU the Go runtime uses
-	// (GOMAXPROCS). At most 1024. Read at start; a reload keeps the
-	// running count.
+	// on its own OS thread. Default 0: one per two CPUs the Go runtime
+	// uses (GOMAXPROCS), at least one. At most 1024. Read at start; a
+	// reload keeps the running count.
 	Loops int `toml:"loops"`
 	// IOURing is "auto" (the default): each loop batches its socket reads
 	// and writes through io_uring where the kernel allows it, else makes

@@ -11,7 +11,7 @@
 //
 // # The data plane on Linux: event loops
 //
-// Options.Loops event loops (default GOMAXPROCS) each own an
+// Options.Loops event loops (default one per two CPUs) each own an
 // edge-triggered epoll set. Every service listens with one SO_REUSEPORT
 // socket per loop, so the kernel spreads new connections over the loops
 // and a loop accepts its own: both fds of a session live on the loop that

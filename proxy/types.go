@@ -295,8 +295,8 @@ type Options struct {
 	OnTarget func(TargetChange)
 
 	// Loops is the number of event loops of the Linux data plane, each on
-	// its own OS thread. Zero or negative: GOMAXPROCS. Other platforms
-	// ignore it.
+	// its own OS thread. Zero or negative: one per two CPUs
+	// (DefaultLoops). Other platforms ignore it.
 	Loops int
 
 	// NoIOURing makes the Linux loops read and write with one system call

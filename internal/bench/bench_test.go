@@ -166,7 +166,7 @@ func TestQPConfigValid(t *testing.T) {
 		listen[s] = net.JoinHostPort("127.0.0.1", string(rune('1'+i))+"0001")
 		backends[s] = net.JoinHostPort("127.0.0.1", string(rune('1'+i))+"0002")
 	}
-	text := qpConfig("127.0.0.1:9999", "auto", listen, backends)
+	text := qpConfig("127.0.0.1:9999", 0, "auto", listen, backends)
 	cfg, warns, err := config.Parse("bench.toml", []byte(text))
 	if err != nil {
 		t.Fatalf("generated config rejected: %v\n%s", err, text)

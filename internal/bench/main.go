@@ -39,6 +39,7 @@ type options struct {
 	iperfSecs int
 	quick     bool
 	ioURing   string // quorumproxy's [proxy] io_uring
+	loops     int    // quorumproxy's [proxy] loops
 	idleNote  string // why idleConns was lowered, if it was
 }
 
@@ -53,6 +54,7 @@ func main() {
 	flag.IntVar(&o.pgSecs, "pgbench-seconds", 10, "pgbench -T")
 	flag.IntVar(&o.iperfSecs, "iperf-seconds", 5, "iperf3 -t")
 	flag.BoolVar(&o.quick, "quick", false, "a short smoke run: 1 run, short workloads, 1000 idle connections")
+	flag.IntVar(&o.loops, "loops", 0, "quorumproxy's [proxy] loops (0: its default)")
 	flag.StringVar(&o.ioURing, "io-uring", "auto", `quorumproxy's [proxy] io_uring: "auto" or "off" (to measure what the batching brings)`)
 	flag.Parse()
 	if o.quick {
@@ -198,7 +200,7 @@ func run(ctx context.Context, o options) (err error) {
 	// A quorumproxy that does not start or route is reported, and HAProxy
 	// and direct are still measured so the run is not wasted.
 	var failures []error
-	qp, err := startQP(ps, tmp, bin, o.ioURing, backends)
+	qp, err := startQP(ps, tmp, bin, o.loops, o.ioURing, backends)
 	if err == nil {
 		err = waitRoutes(ctx, qp, hold, 30*time.Second)
 	}

@@ -243,7 +243,7 @@ func (b *bench) params(haMaxconn int) []string {
 		fmt.Sprintf("scaling: redis-benchmark -t get -c N --csv for N in %v, the same request count on every target", scaleClients),
 		"context switches: voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/PID/task/*/status, before and after each workload",
 		fmt.Sprintf("HAProxy: nbthread %d (= cores), option splice-auto (splice-request/response on the iperf3 proxy), maxconn %d, maxpipes %d, 1h timeouts, no logging, check inter 1s", runtime.NumCPU(), haMaxconn, haMaxPipes),
-		fmt.Sprintf("quorumproxy: one active-active service per workload, one backend, tcp check every 1s, log level warn, io_uring %q", b.o.ioURing),
+		fmt.Sprintf("quorumproxy: one active-active service per workload, one backend, tcp check every 1s, log level warn, loops %d (0: the default), io_uring %q", b.o.loops, b.o.ioURing),
 	}
 }
 

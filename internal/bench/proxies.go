@@ -94,9 +94,9 @@ defaults
 // qpConfig is quorumproxy's config: one active-active service per workload
 // with its backends (space-separated in backends) and a TCP check every
 // second.
-func qpConfig(admin, ioURing string, listen, backends map[string]string) string {
+func qpConfig(admin string, loops int, ioURing string, listen, backends map[string]string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[admin]\nlisten = %q\n\n[log]\nlevel = \"warn\"\n\n[proxy]\nio_uring = %q\n", admin, ioURing)
+	fmt.Fprintf(&b, "[admin]\nlisten = %q\n\n[log]\nlevel = \"warn\"\n\n[proxy]\nloops = %d\nio_uring = %q\n", admin, loops, ioURing)
 	for _, s := range serviceNames {
 		fmt.Fprintf(&b, `
 [[service]]
@@ -141,7 +141,7 @@ func startHAProxy(ps *procs, dir string, backends map[string]string, maxconn int
 }
 
 // startQP writes the config to dir and runs `quorumproxy run -config`.
-func startQP(ps *procs, dir, bin, ioURing string, backends map[string]string) (*target, error) {
+func startQP(ps *procs, dir, bin string, loops int, ioURing string, backends map[string]string) (*target, error) {
 	listen, err := listenAddrs()
 	if err != nil {
 		return nil, err
@@ -152,7 +152,7 @@ func startQP(ps *procs, dir, bin, ioURing string, backends map[string]string) (*
 	}
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(adminPort))
 	cfg := filepath.Join(dir, "quorumproxy.toml")
-	if err := os.WriteFile(cfg, []byte(qpConfig(admin, ioURing, listen, backends)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(qpConfig(admin, loops, ioURing, listen, backends)), 0o644); err != nil {
 		return nil, fmt.Errorf("quorumproxy config: %w", err)
 	}
 	p, err := ps.start("quorumproxy", []string{bin, "run", "-config", cfg}, os.Environ())
