@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -185,7 +186,7 @@ func (a *lfd) resume(int64) {
 func (a *lfd) accept() {
 	svc := a.ln.svc
 	for i := 0; i < acceptBudget; i++ {
-		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, sa, err := accept4(a.fd)
 		switch {
 		case err == nil:
 		case err == unix.EAGAIN:
@@ -227,6 +228,41 @@ func (a *lfd) accept() {
 // refuseQueued closes connections waiting in the accept queue while the
 // process is out of fds, each through a spare fd (see spareFDs), so their
 // clients get a clean close at once instead of waiting in the queue.
+// accept4 accepts a connection, nonblocking and close-on-exec, with its
+// peer's address. unix.Accept4 asks the listener's protocol with a
+// getsockopt on every AF_INET accept (to tell L2TP apart): a system call
+// per connection that a TCP listener does not need.
+func accept4(lfd int) (int, unix.Sockaddr, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, nil, e
+	}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		sa := &unix.SockaddrInet4{Addr: p.Addr}
+		port := (*[2]byte)(unsafe.Pointer(&p.Port))
+		sa.Port = int(port[0])<<8 | int(port[1])
+		return int(fd), sa, nil
+	case unix.AF_INET6:
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		sa := &unix.SockaddrInet6{Addr: p.Addr, ZoneId: p.Scope_id}
+		port := (*[2]byte)(unsafe.Pointer(&p.Port))
+		sa.Port = int(port[0])<<8 | int(port[1])
+		return int(fd), sa, nil
+	}
+	// Not a TCP/IP peer (not expected of these listeners): the general
+	// conversion.
+	sa, err := unix.Getpeername(int(fd))
+	if err != nil {
+		_ = unix.Close(int(fd))
+		return -1, nil, unix.ECONNABORTED // this one connection, not the listener
+	}
+	return int(fd), sa, nil
+}
+
 func (a *lfd) refuseQueued() {
 	svc := a.ln.svc
 	a.l.p.spares.refuse(acceptBudget, func() bool {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/quorumproxy/quorumproxy/internal/testenv"
 	"github.com/quorumproxy/quorumproxy/internal/testwait"
+	"golang.org/x/sys/unix"
 )
 
 // TestSlowReaderBounded: a client that never reads while its backend
@@ -550,5 +551,50 @@ func TestBatchedBackpressure(t *testing.T) {
 	wg.Wait()
 	if l.batched.Load() == 0 {
 		t.Fatal("no read was batched: eight flooding backends on one loop never made a wake-up with two of them readable")
+	}
+}
+
+// TestAccept4Peer: the loops' accept gives the peer's address as
+// unix.Accept4 would, for IPv4 and IPv6, without its extra getsockopt.
+func TestAccept4Peer(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Logf("%s: %v (skipped)", host, err)
+			continue
+		}
+		defer ln.Close()
+		rc, err := ln.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var fd int
+		var sa unix.Sockaddr
+		testwait.For(t, "a connection to accept", waitLimit, func() bool {
+			_ = rc.Control(func(lfd uintptr) { fd, sa, err = accept4(int(lfd)) })
+			return err != unix.EAGAIN
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		_ = unix.Close(fd)
+		want := c.LocalAddr().(*net.TCPAddr)
+		var got net.TCPAddr
+		switch a := sa.(type) {
+		case *unix.SockaddrInet4:
+			got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+		case *unix.SockaddrInet6:
+			got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+		default:
+			t.Fatalf("%s: peer %T", host, sa)
+		}
+		if !got.IP.Equal(want.IP) || got.Port != want.Port {
+			t.Fatalf("%s: peer %v, want %v", host, &got, want)
+		}
 	}
 }

@@ -96,6 +96,9 @@ func (s *session) end(why string) {
 type endpoint struct {
 	s      *session
 	server bool
+	// hup: an event before the session was established reported a
+	// hang-up (or an error), so its first reads must go on to EOF.
+	hup bool
 }
 
 // direction is one way of a session. Bytes read go straight to the peer;
@@ -387,6 +390,9 @@ func (e *endpoint) onEvent(ev uint32) {
 	const in = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 	const out = unix.EPOLLOUT | unix.EPOLLHUP | unix.EPOLLERR
 	if s.state != stEstablished {
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			e.hup = true
+		}
 		switch {
 		case e.server && s.state == stConnecting && ev&out != 0:
 			s.connectDone(ev)
@@ -451,10 +457,16 @@ func (s *session) established() {
 	s.last = nanotime()
 	s.armTimer()
 	// Edge-triggered: bytes that arrived while dialling raised their edge
-	// already, so both directions are pumped now.
+	// already, so both directions are pumped now. Without a hang-up seen
+	// on a side so far, a short read there drains it (as in onEvent): a
+	// later arrival, a FIN included, raises a new edge.
+	s.up.short = !s.client.hup
 	s.up.pump()
+	s.up.short = false
 	if !s.closed {
+		s.down.short = !s.server.hup
 		s.down.pump()
+		s.down.short = false
 	}
 }
 
