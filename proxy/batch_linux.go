@@ -99,10 +99,16 @@ func (l *loop) runBatch() {
 		}
 		b.r.prep(ioringOpRecv, d.src, b.slot(i), unix.MSG_DONTWAIT, uint64(i))
 	}
-	if err := b.r.submit(b.res); err != nil {
+	async, err := b.r.submit(b.res)
+	if err != nil {
 		l.batchFailed(err)
 		return
 	}
+	defer func() {
+		if async {
+			l.batchAsync()
+		}
+	}()
 	l.batched.Add(uint64(live))
 	sends := 0
 	for i, d := range q {
@@ -123,8 +129,8 @@ func (l *loop) runBatch() {
 		case res == -int32(unix.EAGAIN):
 			d.full = 0
 			d.park()
-		case res == -int32(unix.EINTR):
-			d.pump()
+		case res == -int32(unix.EINTR) || res == -int32(unix.ECANCELED):
+			d.pump() // nothing was read: the ordinary way
 		default:
 			err := unix.Errno(-res)
 			s.end(d.side(true) + ": " + err.Error())
@@ -141,7 +147,9 @@ func (l *loop) runBatch() {
 			b.got[i] = 0
 		}
 	}
-	if err := b.r.submit(b.res); err != nil {
+	sendAsync, err := b.r.submit(b.res)
+	async = async || sendAsync
+	if err != nil {
 		l.batchFailed(err)
 		return
 	}
@@ -157,9 +165,9 @@ func (l *loop) runBatch() {
 			sent = d.wrote(data, int(res), nil)
 		case res == -int32(unix.EAGAIN):
 			sent = d.wrote(data, 0, nil) // kept; EPOLLOUT resumes it
-		case res == -int32(unix.EINTR):
+		case res == -int32(unix.EINTR) || res == -int32(unix.ECANCELED):
 			sent = d.wrote(data, 0, nil)
-			d.pump() // writable still, so no edge would come: flush now
+			d.pump() // nothing was sent and no edge may come: flush now
 		default:
 			sent = d.wrote(data, 0, unix.Errno(-res))
 		}
@@ -173,6 +181,18 @@ func (l *loop) runBatch() {
 			d.pump()
 		}
 	}
+}
+
+// batchAsync turns batching off on a loop whose kernel did not finish a
+// MSG_DONTWAIT op at once (submit canceled it): waiting there would stall
+// every session of the loop.
+func (l *loop) batchAsync() {
+	if l.batch == nil {
+		return
+	}
+	l.p.log.Warn("io_uring did not complete a nonblocking read or write at once; the loop goes on with one system call per read and write", "loop", l.id)
+	l.batch.r.close()
+	l.batch = nil
 }
 
 // batchFailed turns batching off for good on a loop whose uring failed

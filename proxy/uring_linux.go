@@ -5,6 +5,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"unsafe"
 
@@ -179,45 +180,107 @@ func (r *uring) prep(op uint8, fd int, b []byte, flags uint32, tag uint64) {
 }
 
 // submit runs the queued operations and stores each result (bytes moved,
-// or a negative errno) in res at the index of its tag.
-func (r *uring) submit(res []int32) error {
+// or a negative errno) in res at the index of its tag. An op the kernel
+// did not finish at once (not expected: MSG_DONTWAIT answers EAGAIN
+// instead of waiting) is canceled, its result -ECANCELED unless it
+// completed first, and submit reports it with async, so the loop never
+// waits on a socket here.
+func (r *uring) submit(res []int32) (async bool, err error) {
 	n := r.queued
 	if n == 0 {
-		return nil
+		return false, nil
+	}
+	for i := range n {
+		res[i] = pendingRes
 	}
 	atomic.StoreUint32(r.sqTail, *r.sqTail+n)
 	r.queued = 0
-	var submitted uint32
-	for submitted < n {
-		// A raw call, as for epoll_wait: nothing here blocks (every op is
-		// MSG_DONTWAIT and no completion is waited for).
-		got, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n-submitted), 0, 0, 0, 0)
+	if err := r.enter(n, 0); err != nil {
+		return false, err
+	}
+	reaped := r.reap(res)
+	if reaped == n {
+		return false, nil
+	}
+	// Cancel each op still out, by its tag, and wait for them all: a
+	// canceled op completes at once.
+	for i := range n {
+		if res[i] == pendingRes {
+			r.prepCancel(uint64(i))
+		}
+	}
+	cancels := r.queued
+	atomic.StoreUint32(r.sqTail, *r.sqTail+cancels)
+	r.queued = 0
+	if err := r.enter(cancels, 0); err != nil {
+		return true, err
+	}
+	for reaped < n {
+		if err := r.enter(0, n-reaped); err != nil {
+			return true, err
+		}
+		reaped += r.reap(res)
+	}
+	return true, nil
+}
+
+// pendingRes marks an op whose completion has not been reaped.
+const pendingRes = math.MinInt32
+
+// cancelTag marks the completions of cancel requests, which submit skips.
+const cancelTag = 1 << 63
+
+const (
+	ioringOpAsyncCancel  = 14
+	ioringEnterGetEvents = 1
+)
+
+func (r *uring) prepCancel(tag uint64) {
+	i := (*r.sqTail + r.queued) & r.sqMask
+	r.sqes[i] = uringSQE{opcode: ioringOpAsyncCancel, fd: -1, addr: tag, userData: cancelTag | tag}
+	r.sqArray[i] = i
+	r.queued++
+}
+
+// enter submits toSubmit queued SQEs and, with wait > 0, waits until that
+// many completions are there.
+func (r *uring) enter(toSubmit, wait uint32) error {
+	for toSubmit > 0 || wait > 0 {
+		var got uintptr
+		var e unix.Errno
+		if wait == 0 {
+			// A raw call, as for epoll_wait: nothing here blocks.
+			got, _, e = unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(toSubmit), 0, 0, 0, 0)
+		} else {
+			got, _, e = unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(toSubmit), uintptr(wait), ioringEnterGetEvents, 0, 0)
+		}
 		if e == unix.EINTR {
 			continue
 		}
 		if e != 0 {
 			return fmt.Errorf("io_uring_enter: %w", e)
 		}
-		submitted += uint32(got)
-	}
-	for reaped := uint32(0); reaped < n; {
-		head := *r.cqHead
-		tail := atomic.LoadUint32(r.cqTail)
-		if head == tail {
-			// An op the kernel did not finish at once (not expected with
-			// MSG_DONTWAIT): wait for it.
-			_, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, uintptr(n-reaped), 1 /* IORING_ENTER_GETEVENTS */, 0, 0)
-			if e != 0 && e != unix.EINTR {
-				return fmt.Errorf("io_uring_enter: %w", e)
-			}
-			continue
+		toSubmit -= uint32(got)
+		if wait > 0 {
+			return nil // the caller reaps and asks again if short
 		}
-		for ; head != tail; head++ {
-			c := &r.cqes[head&r.cqMask]
-			res[c.userData] = c.res
-			reaped++
-		}
-		atomic.StoreUint32(r.cqHead, head)
 	}
 	return nil
+}
+
+// reap stores the completions there are and returns how many of the
+// caller's ops they were.
+func (r *uring) reap(res []int32) uint32 {
+	var n uint32
+	head := *r.cqHead
+	tail := atomic.LoadUint32(r.cqTail)
+	for ; head != tail; head++ {
+		c := &r.cqes[head&r.cqMask]
+		if c.userData&cancelTag == 0 {
+			res[c.userData] = c.res
+			n++
+		}
+	}
+	atomic.StoreUint32(r.cqHead, head)
+	return n
 }
