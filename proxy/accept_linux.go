@@ -225,9 +225,6 @@ func (a *lfd) accept() {
 	}
 }
 
-// refuseQueued closes connections waiting in the accept queue while the
-// process is out of fds, each through a spare fd (see spareFDs), so their
-// clients get a clean close at once instead of waiting in the queue.
 // accept4 accepts a connection, nonblocking and close-on-exec, with its
 // peer's address. unix.Accept4 asks the listener's protocol with a
 // getsockopt on every AF_INET accept (to tell L2TP apart): a system call
@@ -263,6 +260,9 @@ func accept4(lfd int) (int, unix.Sockaddr, error) {
 	return int(fd), sa, nil
 }
 
+// refuseQueued closes connections waiting in the accept queue while the
+// process is out of fds, each through a spare fd (see spareFDs), so their
+// clients get a clean close at once instead of waiting in the queue.
 func (a *lfd) refuseQueued() {
 	svc := a.ln.svc
 	a.l.p.spares.refuse(acceptBudget, func() bool {

@@ -47,13 +47,10 @@ func (b *batch) slot(i int) []byte { return b.slab[i*slotSize:][:slotSize] }
 func (b *batch) take(e *endpoint, ev uint32) bool {
 	s := e.s
 	if s.closed || s.state != stEstablished || len(b.q) == maxBatch ||
-		ev&unix.EPOLLIN == 0 || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ev&unix.EPOLLIN == 0 || ev&hangup != 0 {
 		return false
 	}
-	rd, wr := &s.up, &s.down
-	if e.server {
-		rd, wr = &s.down, &s.up
-	}
+	rd, wr := e.dirs()
 	if ev&unix.EPOLLOUT != 0 && wr.kept() || rd.eof || rd.kept() || rd.pipe != nil || rd.queued {
 		return false
 	}
@@ -81,9 +78,7 @@ func (l *loop) runBatch() {
 		// One read and one write: the uring would only add to them.
 		for _, d := range q {
 			if !d.s.closed {
-				d.short = true // take saw no hang-up: a short read drains
-				d.wake()
-				d.short = false
+				d.wake(true) // take saw no hang-up: a short read drains
 			}
 		}
 		return
@@ -93,10 +88,7 @@ func (l *loop) runBatch() {
 			q[i] = nil
 			continue
 		}
-		if d.parked {
-			d.unpark()
-			l.resumed.Add(1)
-		}
+		d.resume()
 		b.r.prep(ioringOpRecv, d.src, b.slot(i), unix.MSG_DONTWAIT, uint64(i))
 	}
 	async, err := b.r.submit(b.res)
@@ -191,6 +183,12 @@ func (l *loop) batchAsync() {
 		return
 	}
 	l.p.log.Warn("io_uring did not complete a nonblocking read or write at once; the loop goes on with one system call per read and write", "loop", l.id)
+	l.stopBatching()
+}
+
+// stopBatching closes the loop's uring: from now on it reads and writes
+// one system call at a time.
+func (l *loop) stopBatching() {
 	l.batch.r.close()
 	l.batch = nil
 }
@@ -202,8 +200,7 @@ func (l *loop) batchAsync() {
 func (l *loop) batchFailed(err error) {
 	l.p.log.Error("io_uring failed; the loop's sessions in its batch are reset and it goes on with one system call per read and write", "loop", l.id, "err", err)
 	q := l.batch.q
-	l.batch.r.close()
-	l.batch = nil
+	l.stopBatching()
 	for _, d := range q {
 		if d != nil && !d.s.closed {
 			d.s.end("io_uring failed: " + err.Error())

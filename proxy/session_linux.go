@@ -119,7 +119,6 @@ type direction struct {
 	pipe *pipe
 	full int // consecutive reads that filled the buffer
 
-	short  bool // a short read drains src (set for one wake-up)
 	eof    bool // src ended; dst was shut for writing
 	parked bool // waiting for src with nothing kept
 	queued bool // on the loop's ready list
@@ -387,10 +386,10 @@ func (e *endpoint) onEvent(ev uint32) {
 	if s.closed {
 		return
 	}
-	const in = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	const in = unix.EPOLLIN | hangup
 	const out = unix.EPOLLOUT | unix.EPOLLHUP | unix.EPOLLERR
 	if s.state != stEstablished {
-		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		if ev&hangup != 0 {
 			e.hup = true
 		}
 		switch {
@@ -401,21 +400,29 @@ func (e *endpoint) onEvent(ev uint32) {
 		}
 		return // a held client's bytes wait in its socket
 	}
-	rd, wr := &s.up, &s.down // client fd: read up, write down
-	if e.server {
-		rd, wr = &s.down, &s.up
-	}
+	rd, wr := e.dirs()
 	if ev&in != 0 {
 		// Without a hang-up in the event, a short read means the socket
 		// is drained and a later arrival raises a new edge: no read is
 		// needed just to see EAGAIN. With one, read on to the EOF.
-		rd.short = ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0
-		rd.wake()
-		rd.short = false
+		rd.wake(ev&hangup == 0)
 	}
 	if ev&out != 0 && !s.closed && wr.kept() {
 		wr.pump()
 	}
+}
+
+// hangup is the part of an event that says the peer closed or failed: a
+// read must then go on to EOF or the error.
+const hangup = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+
+// dirs returns the direction that reads this endpoint's fd and the one
+// that writes to it.
+func (e *endpoint) dirs() (rd, wr *direction) {
+	if e.server {
+		return &e.s.down, &e.s.up
+	}
+	return &e.s.up, &e.s.down
 }
 
 // connectDone finishes a nonblocking connect.
@@ -460,13 +467,9 @@ func (s *session) established() {
 	// already, so both directions are pumped now. Without a hang-up seen
 	// on a side so far, a short read there drains it (as in onEvent): a
 	// later arrival, a FIN included, raises a new edge.
-	s.up.short = !s.client.hup
-	s.up.pump()
-	s.up.short = false
+	s.up.pumpFrom(!s.client.hup)
 	if !s.closed {
-		s.down.short = !s.server.hup
-		s.down.pump()
-		s.down.short = false
+		s.down.pumpFrom(!s.server.hup)
 	}
 }
 
@@ -608,20 +611,31 @@ func (d *direction) unpark() {
 	}
 }
 
-// wake runs a direction whose source became readable.
-func (d *direction) wake() {
+// resume counts a parked direction woken by data.
+func (d *direction) resume() {
 	if d.parked {
 		d.unpark()
 		d.s.l.resumed.Add(1)
 	}
+}
+
+// wake runs a direction whose source became readable; short: a short
+// read drains the source (see pumpFrom).
+func (d *direction) wake(short bool) {
+	d.resume()
 	if !d.kept() {
-		d.pump()
+		d.pumpFrom(short)
 	}
 }
 
 // pump moves bytes from src to dst until src has none (park), dst is full
 // (keep the rest, stop reading), EOF (half-close) or an error (abort).
-func (d *direction) pump() {
+func (d *direction) pump() { d.pumpFrom(false) }
+
+// pumpFrom is pump; with short, a read shorter than the buffer ends it
+// (the source is drained and a later arrival raises a new edge), where
+// pump reads on to EAGAIN.
+func (d *direction) pumpFrom(short bool) {
 	s, l := d.s, d.s.l
 	if d.eof || s.closed {
 		return
@@ -673,7 +687,7 @@ func (d *direction) pump() {
 		if !d.write(l.buf[:n]) {
 			return
 		}
-		if n < len(l.buf) && d.short {
+		if n < len(l.buf) && short {
 			d.full = 0
 			d.park()
 			return

@@ -165,16 +165,20 @@ func (r *uring) close() {
 // prep queues a send or recv of b on fd; it is run by the next submit.
 // The caller queues at most len(sqes) between submits.
 func (r *uring) prep(op uint8, fd int, b []byte, flags uint32, tag uint64) {
-	tail := *r.sqTail + r.queued
-	i := tail & r.sqMask
-	r.sqes[i] = uringSQE{
+	r.push(uringSQE{
 		opcode:   op,
 		fd:       int32(fd),
 		addr:     uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))),
 		len:      uint32(len(b)),
 		opFlags:  flags,
 		userData: tag,
-	}
+	})
+}
+
+// push queues one SQE after those queued since the last submit.
+func (r *uring) push(e uringSQE) {
+	i := (*r.sqTail + r.queued) & r.sqMask
+	r.sqes[i] = e
 	r.sqArray[i] = i
 	r.queued++
 }
@@ -236,10 +240,7 @@ const (
 )
 
 func (r *uring) prepCancel(tag uint64) {
-	i := (*r.sqTail + r.queued) & r.sqMask
-	r.sqes[i] = uringSQE{opcode: ioringOpAsyncCancel, fd: -1, addr: tag, userData: cancelTag | tag}
-	r.sqArray[i] = i
-	r.queued++
+	r.push(uringSQE{opcode: ioringOpAsyncCancel, fd: -1, addr: tag, userData: cancelTag | tag})
 }
 
 // enter submits toSubmit queued SQEs and, with wait > 0, waits until that
