@@ -558,43 +558,44 @@ func TestBatchedBackpressure(t *testing.T) {
 // unix.Accept4 would, for IPv4 and IPv6, without its extra getsockopt.
 func TestAccept4Peer(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Logf("%s: %v (skipped)", host, err)
-			continue
-		}
-		defer ln.Close()
-		rc, err := ln.(*net.TCPListener).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		var fd int
-		var sa unix.Sockaddr
-		testwait.For(t, "a connection to accept", waitLimit, func() bool {
-			_ = rc.Control(func(lfd uintptr) { fd, sa, err = accept4(int(lfd)) })
-			return err != unix.EAGAIN
+		t.Run(host, func(t *testing.T) {
+			ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				t.Skipf("no %s on this machine: %v", host, err)
+			}
+			defer ln.Close()
+			rc, err := ln.(*net.TCPListener).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var fd int
+			var sa unix.Sockaddr
+			testwait.For(t, "a connection to accept", waitLimit, func() bool {
+				_ = rc.Control(func(lfd uintptr) { fd, sa, err = accept4(int(lfd)) })
+				return err != unix.EAGAIN
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = unix.Close(fd)
+			want := c.LocalAddr().(*net.TCPAddr)
+			var got net.TCPAddr
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			case *unix.SockaddrInet6:
+				got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			default:
+				t.Fatalf("peer %T", sa)
+			}
+			if !got.IP.Equal(want.IP) || got.Port != want.Port {
+				t.Fatalf("peer %v, want %v", &got, want)
+			}
 		})
-		if err != nil {
-			t.Fatalf("%s: %v", host, err)
-		}
-		_ = unix.Close(fd)
-		want := c.LocalAddr().(*net.TCPAddr)
-		var got net.TCPAddr
-		switch a := sa.(type) {
-		case *unix.SockaddrInet4:
-			got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-		case *unix.SockaddrInet6:
-			got = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-		default:
-			t.Fatalf("%s: peer %T", host, sa)
-		}
-		if !got.IP.Equal(want.IP) || got.Port != want.Port {
-			t.Fatalf("%s: peer %v, want %v", host, &got, want)
-		}
 	}
 }
