@@ -615,7 +615,7 @@ const (
 	defaultLogLevel     = "info"
 	defaultLogFormat    = "text"
 	defaultDrainTimeout = 10 * time.Second // long enough for short queries to finish
-	defaultIOURing      = "auto"           // measured: half the proxy's CPU per small request (README, Performance)
+	defaultIOURing      = "auto"           // measured: a third less proxy CPU per small request (README, Performance)
 	// A cut-off proxy stops routing within a lease. 2s (was 3s): a failover
 	// whose commit must wait out a proxy that did not vote, and the rank
 	// delay of lease/8 per higher-named proxy, shrink with it, while a
