@@ -292,7 +292,7 @@ func (s *session) connect(sa unix.Sockaddr) bool {
 	if _, ok := sa.(*unix.SockaddrInet6); ok {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := sysSocket(family)
 	if err != nil {
 		if err == unix.EMFILE || err == unix.ENFILE {
 			l.shedUntil = nanotime() + int64(shedFor)
@@ -303,8 +303,8 @@ func (s *session) connect(sa unix.Sockaddr) bool {
 		}
 		return false
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	err = unix.Connect(fd, sa)
+	sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	err = sysConnect(fd, sa)
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		_ = unix.Close(fd)
 		s.dialFailed(err, false)
@@ -367,7 +367,7 @@ func (s *session) dropBackend() {
 func (s *session) dialFailed(err error, next bool) {
 	if s.sfd >= 0 {
 		s.l.unregister(s.stok)
-		_ = unix.Close(s.sfd)
+		sysClose(s.sfd)
 		s.sfd, s.stok = -1, 0
 	}
 	if b := s.b; b != nil {
@@ -589,10 +589,10 @@ func (s *session) close() {
 	s.dropBackend()
 	s.svc.release()
 	l.unregister(s.ctok)
-	_ = unix.Close(s.cfd)
+	sysClose(s.cfd)
 	if s.sfd >= 0 {
 		l.unregister(s.stok)
-		_ = unix.Close(s.sfd)
+		sysClose(s.sfd)
 	}
 	if l.p.spares.short.Load() {
 		l.p.spares.fill() // the spares come before new sessions
@@ -650,11 +650,9 @@ func (d *direction) pumpFrom(short bool) {
 		var n int
 		var err error
 		if d.pipe != nil {
-			var n64 int64
-			n64, err = unix.Splice(d.src, nil, d.pipe.w, nil, loopBufSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			n = int(n64)
+			n, err = sysSplice(d.src, d.pipe.w, loopBufSize)
 		} else {
-			n, err = unix.Read(d.src, l.buf)
+			n, err = sysRead(d.src, l.buf)
 		}
 		switch {
 		case err == unix.EAGAIN:
@@ -810,7 +808,7 @@ func (d *direction) flushPipe() bool {
 		if !d.leaseOK() {
 			return false
 		}
-		n, err := unix.Splice(d.pipe.r, nil, d.dst, nil, d.pipe.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(d.pipe.r, d.dst, d.pipe.n)
 		if n > 0 {
 			d.count.Add(uint64(n))
 			d.moved += uint64(n)
@@ -848,12 +846,12 @@ func (d *direction) ended() {
 		return
 	}
 	// src is at its end already: only the half-close is passed on.
-	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
+	sysShutdown(d.dst, unix.SHUT_WR)
 }
 
 func writeFD(fd int, b []byte) (int, error) {
 	for {
-		n, err := unix.Write(fd, b)
+		n, err := sysWrite(fd, b)
 		if err != unix.EINTR {
 			return n, err
 		}
