@@ -202,6 +202,7 @@ func (a *lfd) accept() {
 			return
 		}
 		svc.accepted.Add(1)
+		a.l.accepted.Add(1)
 		if a.l.shedUntil > a.l.nowNS {
 			// Out of fds for backends: a session could not start, and
 			// each one tried holds a slot another loop's accept needs.

@@ -71,12 +71,14 @@ type loop struct {
 	shedUntil int64
 
 	// Read by other goroutines (status, tests); written by the loop.
-	parked  atomic.Int64  // directions waiting for data, holding nothing
-	resumed atomic.Uint64 // parked directions woken by data, ever
-	spliced atomic.Uint64 // directions moved to splice, ever
-	lent    atomic.Int64  // pipes lent to directions now
-	batched atomic.Uint64 // reads sent to the kernel in a batch, ever
-	_       [64]byte      // keep other loops' counters off this cache line
+	parked   atomic.Int64  // directions waiting for data, holding nothing
+	resumed  atomic.Uint64 // parked directions woken by data, ever
+	spliced  atomic.Uint64 // directions moved to splice, ever
+	lent     atomic.Int64  // pipes lent to directions now
+	batched  atomic.Uint64 // reads sent to the kernel in a batch, ever
+	busyNS   atomic.Int64  // time spent serving, not in epoll_wait, ever
+	accepted atomic.Uint64 // connections this loop accepted, ever
+	_        [64]byte      // keep other loops' counters off this cache line
 }
 
 func newLoop(p *Proxy, id int) (*loop, error) {
@@ -216,7 +218,8 @@ func (l *loop) run() {
 	// passes through the scheduler, and each retake costs a hand-off). A
 	// yield every yieldEvery keeps the scheduler's view current instead,
 	// and lets the proxy's other goroutines run (see epollWait).
-	lastYield := nanotime()
+	l.nowNS = nanotime()
+	lastYield := l.nowNS
 	for !l.stopping {
 		if l.nowNS-lastYield > yieldEvery {
 			lastYield = l.nowNS
@@ -239,6 +242,7 @@ func (l *loop) run() {
 		if timeout < 0 || timeout > maxWaitMS {
 			timeout = maxWaitMS
 		}
+		l.busyNS.Add(nanotime() - l.nowNS) // the round that ends here
 		n, err := epollWait(l.epfd, l.events, timeout)
 		l.nowNS = nanotime()
 		if err != nil {

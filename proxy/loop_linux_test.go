@@ -599,3 +599,34 @@ func TestAccept4Peer(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopsStatus: the loops' own counters, which the metrics report,
+// account for every connection accepted and for time spent serving.
+func TestLoopsStatus(t *testing.T) {
+	be := startEcho(t)
+	p := newProxy(t, Options{Loops: 2}, oneBackend("svc", be.addr()))
+	p.SetHealth("svc", "a", upAny)
+	addr := p.addrOf(t, "svc")
+	const n = 20
+	for i := range n {
+		c := dial(t, addr)
+		roundTrip(t, c, fmt.Sprintf("hello %d\n", i))
+		c.Close()
+	}
+	loops := p.Loops()
+	if len(loops) != 2 {
+		t.Fatalf("%d loops reported, want 2", len(loops))
+	}
+	var accepted uint64
+	var busy time.Duration
+	for _, l := range loops {
+		accepted += l.Accepted
+		busy += l.Busy
+	}
+	if accepted != n || p.statusOf("svc").Accepted != n {
+		t.Fatalf("loops accepted %d, the service %d, want %d", accepted, p.statusOf("svc").Accepted, n)
+	}
+	if busy <= 0 {
+		t.Fatalf("loops busy for %v after serving %d connections", busy, n)
+	}
+}

@@ -36,6 +36,9 @@ func (l *listener) dup() ([]int, error) { return nil, errNoHandover }
 // closeFDs has nothing to close: no sockets are handed over here.
 func closeFDs([]int) {}
 
+// Loops reports no event loops: there are none here.
+func (p *Proxy) Loops() []LoopStatus { return nil }
+
 func (s *service) startAccept(l *listener) {
 	s.p.wg.Add(1)
 	go s.acceptLoop(l)

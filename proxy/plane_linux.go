@@ -5,6 +5,7 @@ package proxy
 import (
 	"runtime"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,6 +81,15 @@ func (p *Proxy) startPlane(opts Options) {
 // and a CPU left to the kernel's TCP work and the peers), and lost 12% on
 // connection churn, where accepting on two loops in parallel helps.
 func DefaultLoops() int { return (runtime.GOMAXPROCS(0) + 1) / 2 }
+
+// Loops reports the event loops.
+func (p *Proxy) Loops() []LoopStatus {
+	out := make([]LoopStatus, len(p.loops))
+	for i, l := range p.loops {
+		out[i] = LoopStatus{Busy: time.Duration(l.busyNS.Load()), Accepted: l.accepted.Load()}
+	}
+	return out
+}
 
 // stopPlane makes every loop close what it still owns and exit.
 func (p *Proxy) stopPlane() {

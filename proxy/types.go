@@ -321,6 +321,12 @@ type Options struct {
 	parkAfter time.Duration
 }
 
+// LoopStatus is a snapshot of one event loop of the Linux data plane.
+type LoopStatus struct {
+	Busy     time.Duration // time spent serving, not waiting for events, ever
+	Accepted uint64        // connections the loop accepted, ever
+}
+
 // ServiceStatus is a snapshot of one service.
 type ServiceStatus struct {
 	Name   string

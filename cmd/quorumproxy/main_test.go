@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -296,10 +297,19 @@ mode = "active-active"
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"quorumproxy_connections_accepted_total", `service="echo"`, "quorumproxy_backend_sent_bytes_total", "quorumproxy_health_transitions_total"} {
+	for _, want := range []string{"quorumproxy_connections_accepted_total", `service="echo"`, "quorumproxy_backend_sent_bytes_total", "quorumproxy_health_transitions_total", `quorumproxy_loop_busy_seconds_total{loop="0"}`} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// The loops, between them, accepted the connections made so far.
+	accepted := 0
+	for _, m := range regexp.MustCompile(`(?m)^quorumproxy_loop_accepted_total\{loop="[0-9]+"\} ([0-9]+)$`).FindAllSubmatch(body, -1) {
+		n, _ := strconv.Atoi(string(m[1]))
+		accepted += n
+	}
+	if accepted == 0 {
+		t.Errorf("/metrics: the loops accepted no connection, or the series is missing")
 	}
 
 	// The status command prints the table.

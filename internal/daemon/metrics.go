@@ -11,6 +11,7 @@ package daemon
 import (
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -257,13 +258,16 @@ var (
 	mAdoptions = newMetric("quorumproxy_cluster_adoptions_total", "Records this proxy adopted from others.", prometheus.CounterValue)
 	mSaves     = newMetric("quorumproxy_cluster_saves_total", "Saves (fsyncs) of this proxy's state_dir.", prometheus.CounterValue)
 	mNoCand    = newMetric("quorumproxy_cluster_no_candidate_total", "Times a failover found no backend that could take over.", prometheus.CounterValue)
+	mLoopBusy  = newMetric("quorumproxy_loop_busy_seconds_total", "Time the event loop spent serving rather than waiting for events (Linux): its rate is the share of a CPU the loop keeps busy.", prometheus.CounterValue, "loop")
+	mLoopAcc   = newMetric("quorumproxy_loop_accepted_total", "Client connections the event loop accepted, all services (Linux). The kernel spreads new connections over the loops.", prometheus.CounterValue, "loop")
 	mPersist   = newMetric("quorumproxy_cluster_persist_errors_total", "Saves of the state_dir that failed.", prometheus.CounterValue)
 
 	allMetrics = []metric{mAccepted, mRefused, mActive, mHeld, mRouting, mDual, mPromote, mNoPrimary,
 		mSessions, mDialFail, mBeRefused, mSent, mReceived, mBeActive, mTarget, mDraining, mFencedLoc, mUp,
 		mLagBytes, mLagSecs, mChecks, mCheckFail, mLagAlert, mInfo,
 		mEpoch, mMaxVoted, mLease, mPaused, mFenced, mRecov, mStore, mPeers, mQuorum, mReachable,
-		mDropped, mDupes, mVotes, mProposals, mGivenUp, mCommits, mAdoptions, mSaves, mNoCand, mPersist}
+		mDropped, mDupes, mVotes, mProposals, mGivenUp, mCommits, mAdoptions, mSaves, mNoCand, mPersist,
+		mLoopBusy, mLoopAcc}
 )
 
 // stateCollector reads the running Daemon's state at scrape time.
@@ -314,6 +318,10 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 			put(mDraining, b2f(b.Draining), ps.Name, b.Name)
 			put(mFencedLoc, b2f(b.Fenced), ps.Name, b.Name)
 		}
+	}
+	for i, l := range d.px.Loops() {
+		put(mLoopBusy, l.Busy.Seconds(), strconv.Itoa(i))
+		put(mLoopAcc, float64(l.Accepted), strconv.Itoa(i))
 	}
 	for _, s := range d.mon.States() {
 		put(mUp, b2f(s.Status == health.StatusUp), s.Service, s.Backend)
