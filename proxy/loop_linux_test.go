@@ -630,3 +630,48 @@ func TestLoopsStatus(t *testing.T) {
 		t.Fatalf("loops busy for %v after serving %d connections", busy, n)
 	}
 }
+
+// TestPipeSize: splice pipes are enlarged to pipeSize, at most
+// maxBigPipes of them at once; the next keep the kernel's default, and
+// the count goes back to zero once the pipes are closed.
+func TestPipeSize(t *testing.T) {
+	p := newProxy(t, Options{Loops: 1})
+	l := p.loops[0]
+	var pipes []*pipe
+	l.call(func() {
+		for range maxBigPipes + 2 {
+			pp := l.getPipe()
+			if pp == nil {
+				t.Error("no pipe")
+				return
+			}
+			pipes = append(pipes, pp)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	for i, pp := range pipes {
+		sz, err := unix.FcntlInt(uintptr(pp.w), unix.F_GETPIPE_SZ, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if big := i < maxBigPipes; big && sz != pipeSize || !big && sz >= pipeSize {
+			t.Fatalf("pipe %d holds %d bytes (pipeSize %d, %d enlarged at most)", i, sz, pipeSize, maxBigPipes)
+		}
+	}
+	if n := p.bigPipes.Load(); n != maxBigPipes {
+		t.Fatalf("%d pipes counted enlarged, want %d", n, maxBigPipes)
+	}
+	l.call(func() {
+		for _, pp := range pipes {
+			l.putPipe(pp) // some pooled, the rest closed
+		}
+	})
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.bigPipes.Load(); n != 0 {
+		t.Fatalf("%d enlarged pipes counted after every pipe was closed", n)
+	}
+}

@@ -5,6 +5,7 @@ package proxy
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,8 +13,9 @@ import (
 
 // plane is the Linux data plane: event loops, each on its own thread.
 type plane struct {
-	loops  []*loop
-	spares spareFDs // shared by the loops' listeners, one per loop
+	loops    []*loop
+	spares   spareFDs     // shared by the loops' listeners, one per loop
+	bigPipes atomic.Int64 // open pipes of pipeSize, all loops (see getPipe)
 }
 
 // poller sums the loops' counters of parked directions (waiting for data,
