@@ -27,24 +27,16 @@ func errnoOf(e unix.Errno) error {
 	return e // Errno values are small: boxing one does not allocate
 }
 
-func sysRead(fd int, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(r), nil
-}
+func sysRead(fd int, p []byte) (int, error) { return sysRW(unix.SYS_READ, fd, p) }
 
-func sysWrite(fd int, p []byte) (int, error) {
+func sysWrite(fd int, p []byte) (int, error) { return sysRW(unix.SYS_WRITE, fd, p) }
+
+func sysRW(trap uintptr, fd int, p []byte) (int, error) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	r, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(ptr), uintptr(len(p)))
 	if e != 0 {
 		return -1, e
 	}
