@@ -69,6 +69,8 @@ type loop struct {
 	// are accepted, because a backend socket just failed for want of fds
 	// (see shedFor).
 	shedUntil int64
+	// noPipeUntil: until then bulk directions copy (see noPipeFor).
+	noPipeUntil int64
 
 	// Read by other goroutines (status, tests); written by the loop.
 	parked   atomic.Int64  // directions waiting for data, holding nothing

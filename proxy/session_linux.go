@@ -45,6 +45,12 @@ const pipeSize = 256 << 10
 // maxBigPipes bounds the pipes of pipeSize open at once (see getPipe).
 const maxBigPipes = 128
 
+// noPipeFor is how long a loop copies instead of splicing after it could
+// not get a useful pipe (out of fds, or pipes cut to a few pages): a bulk
+// direction asks for one on every full read, and each failed try costs
+// up to five system calls.
+const noPipeFor = time.Second
+
 // session is one client connection and, once dialled, its backend
 // connection. It belongs to one loop and is touched only there.
 type session struct {
@@ -881,11 +887,12 @@ func (l *loop) getPipe() *pipe {
 		l.lent.Add(1)
 		return pp
 	}
-	if l.lent.Load() >= maxPipesPerLoop {
+	if l.lent.Load() >= maxPipesPerLoop || l.nowNS < l.noPipeUntil {
 		return nil
 	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		l.noPipeUntil = l.nowNS + int64(noPipeFor)
 		return nil
 	}
 	pp := &pipe{r: fds[0], w: fds[1]}
@@ -904,6 +911,7 @@ func (l *loop) getPipe() *pipe {
 		// Cut to a few pages, a pipe moves less per call than a copy.
 		if sz, err := unix.FcntlInt(uintptr(pp.w), unix.F_GETPIPE_SZ, 0); err != nil || sz < loopBufSize {
 			pp.close()
+			l.noPipeUntil = l.nowNS + int64(noPipeFor)
 			return nil
 		}
 	}
