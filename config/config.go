@@ -75,10 +75,11 @@ type Proxy struct {
 	// DrainTimeout is how long a graceful shutdown waits for client sessions
 	// to end before closing them. Default 10s. Zero closes them at once.
 	DrainTimeout time.Duration `toml:"drain_timeout"`
-	// Loops is the number of event loops of the data plane (Linux), each
-	// on its own OS thread. Default 0: one per two CPUs the Go runtime
-	// uses (GOMAXPROCS), at least one. At most 1024. Read at start; a
-	// reload keeps the running count.
+	// Loops is the number of event loops of the data plane (Linux). Default
+	// 0: one per CPU the Go runtime uses (GOMAXPROCS), of which half
+	// (rounded up) take new connections until accepting keeps those busy.
+	// A number set here takes new connections on every loop. At most 1024.
+	// Read at start; a reload keeps the running count.
 	Loops int `toml:"loops"`
 	// IOURing is "auto" (the default): each loop batches its socket reads
 	// and writes through io_uring where the kernel allows it, else makes

@@ -85,7 +85,7 @@ func TestBadConfigs(t *testing.T) {
 			`cluster_required.toml:6:1: cluster: rejoin_interval: must be positive, not 0s`,
 		},
 		"data_plane.toml": {
-			`data_plane.toml:2:1: proxy: loops: must be 0 (one per two CPUs) to 1024, not -1`,
+			`data_plane.toml:2:1: proxy: loops: must be 0 (one per CPU, steered) to 1024, not -1`,
 			`data_plane.toml:7:1: service "pg": accept_proxy: "10.0.0.0/33" is not a network ("10.0.0.0/24") or an address`,
 			`data_plane.toml:7:1: service "pg": accept_proxy: "lb.example" is not a network ("10.0.0.0/24") or an address`,
 			`data_plane.toml:12:3: service "pg" backend "a": send_proxy: unknown value "v3": want "", "v1", "v2"`,

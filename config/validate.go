@@ -231,7 +231,7 @@ func (d *decoder) validate(cfg *Config) {
 	d.nonNegative("proxy", "drain_timeout", cfg.Proxy.DrainTimeout)
 	enum(d, "proxy", "io_uring", cfg.Proxy.IOURing, "auto", "off")
 	if l := cfg.Proxy.Loops; l < 0 || l > maxLoops {
-		d.errorf("proxy", "loops", "loops: must be 0 (one per two CPUs) to %d, not %d", maxLoops, l)
+		d.errorf("proxy", "loops", "loops: must be 0 (one per CPU, steered) to %d, not %d", maxLoops, l)
 	}
 	if cfg.Cluster != nil {
 		d.validateCluster(cfg.Cluster)

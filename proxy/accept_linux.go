@@ -73,6 +73,9 @@ func (s *service) listen(addr string) (*listener, error) {
 		a.tm.fire = a.resume
 		ln.fds = append(ln.fds, a)
 	}
+	// Before any client is told the address (a.steer, on the loop, keeps
+	// it in step with later changes).
+	s.p.steerGroup(fds[0], s.name)
 	return ln, nil
 }
 
@@ -108,6 +111,7 @@ func (a *lfd) start() {
 	}
 	a.tok = tok
 	a.l.lns[a] = struct{}{}
+	a.steer()
 	a.accept() // connections queued before registration raised no edge
 }
 

@@ -11,10 +11,11 @@
 //
 // # The data plane on Linux: event loops
 //
-// Options.Loops event loops (default one per two CPUs) each own an
+// Options.Loops event loops (default one per CPU) each own an
 // edge-triggered epoll set. Every service listens with one SO_REUSEPORT
 // socket per loop, so the kernel spreads new connections over the loops
-// and a loop accepts its own: both fds of a session live on the loop that
+// (with the default count, a BPF program on the group sends them to half
+// of the loops until accepting keeps those busy) and a loop accepts its own: both fds of a session live on the loop that
 // accepted it, and only that loop touches the session. The data path
 // takes no lock and no goroutine per session; other goroutines reach a
 // session only by posting a task to its loop (fencing, removal, Close).

@@ -241,11 +241,22 @@ func (l *loop) run() {
 				timeout = int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 			}
 		}
-		if timeout < 0 || timeout > maxWaitMS {
+		// A loop that holds no session (one that new connections are not
+		// steered to, or an idle proxy) waits as an ordinary system call:
+		// its P goes to the proxy's other goroutines meanwhile, and the
+		// wait needs no bound.
+		standby := len(l.sessions) == 0 && timeout != 0
+		if !standby && (timeout < 0 || timeout > maxWaitMS) {
 			timeout = maxWaitMS
 		}
 		l.busyNS.Add(nanotime() - l.nowNS) // the round that ends here
-		n, err := epollWait(l.epfd, l.events, timeout)
+		var n int
+		var err error
+		if standby {
+			n, err = epollWaitBlocking(l.epfd, l.events, timeout)
+		} else {
+			n, err = epollWait(l.epfd, l.events, timeout)
+		}
 		l.nowNS = nanotime()
 		if err != nil {
 			if !errors.Is(err, unix.EINTR) {

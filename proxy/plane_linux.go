@@ -16,6 +16,12 @@ type plane struct {
 	loops    []*loop
 	spares   spareFDs     // shared by the loops' listeners, one per loop
 	bigPipes atomic.Int64 // open pipes of pipeSize, all loops (see getPipe)
+
+	// steering: new connections go to the first activeLoops loops only
+	// (see steer).
+	steering    bool
+	activeLoops atomic.Int32
+	steerErrs   logEvery
 }
 
 // poller sums the loops' counters of parked directions (waiting for data,
@@ -44,8 +50,10 @@ func (c loopSum) Load() int64 {
 func (p *Proxy) startPlane(opts Options) {
 	raiseNoFileOnce.Do(func() { raiseNoFile(p) })
 	n := opts.Loops
+	steer := opts.steer
 	if n <= 0 {
 		n = DefaultLoops()
+		steer = n > 1
 	}
 	var uringErr error
 	for i := 0; i < n; i++ {
@@ -62,33 +70,52 @@ func (p *Proxy) startPlane(opts Options) {
 		p.loops = append(p.loops, l)
 		p.spares.add()
 	}
-	if len(p.loops) > 0 {
-		p.log.Info("data plane started", "loops", len(p.loops), "io_uring_batching", p.loops[0].batch != nil)
-	}
 	p.poller = &poller{
 		parked:  loopSum{p, func(l *loop) int64 { return l.parked.Load() }},
 		resumed: loopSum{p, func(l *loop) int64 { return int64(l.resumed.Load()) }},
+	}
+	p.steering = steer && len(p.loops) > 1
+	if p.steering {
+		p.activeLoops.Store(int32((len(p.loops) + 1) / 2))
+	}
+	if len(p.loops) > 0 {
+		p.log.Info("data plane started", "loops", len(p.loops), "taking_new_connections", p.steered(),
+			"io_uring_batching", p.loops[0].batch != nil)
 	}
 	for _, l := range p.loops {
 		p.wg.Add(1)
 		go l.run()
 	}
+	if p.steering && !opts.steerByHand {
+		p.wg.Add(1)
+		go p.steer()
+	}
 }
 
-// DefaultLoops is the number of loops when none is set: one per two CPUs
-// the runtime uses, at least one. Measured on 2 CPUs with the load
-// generator and the server on the same machine (README, Performance): with
-// io_uring batching, one loop made 1.1–1.3× the request throughput of
-// two at 0.6–0.7× the CPU per request (bigger batches, fewer wake-ups,
-// and a CPU left to the kernel's TCP work and the peers), and lost 12% on
-// connection churn, where accepting on two loops in parallel helps.
-func DefaultLoops() int { return (runtime.GOMAXPROCS(0) + 1) / 2 }
+// DefaultLoops is the number of loops when none is set: one per CPU the
+// runtime uses. New connections go to half of them (rounded up) until
+// accepting keeps those busy (see steer): measured on 2 CPUs with the load
+// generator and the server on the same machine (README, Performance), one
+// loop made 1.1–1.3× the request throughput of two at 0.6–0.7× the CPU per
+// request (bigger batches, fewer wake-ups, a CPU left to the kernel's TCP
+// work and the peers), and two accepting in parallel made more
+// connections a second than one.
+func DefaultLoops() int { return runtime.GOMAXPROCS(0) }
+
+// steered is the number of loops new connections go to now.
+func (p *Proxy) steered() int {
+	if !p.steering {
+		return len(p.loops)
+	}
+	return int(p.activeLoops.Load())
+}
 
 // Loops reports the event loops.
 func (p *Proxy) Loops() []LoopStatus {
 	out := make([]LoopStatus, len(p.loops))
 	for i, l := range p.loops {
-		out[i] = LoopStatus{Busy: time.Duration(l.busyNS.Load()), Accepted: l.accepted.Load()}
+		out[i] = LoopStatus{Busy: time.Duration(l.busyNS.Load()), Accepted: l.accepted.Load(),
+			Steered: i < p.steered()}
 	}
 	return out
 }

@@ -32,3 +32,13 @@ func epollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// epollWaitBlocking is epoll_pwait as an ordinary system call: the runtime
+// hands the loop's P on while it blocks (see epollWait for the price).
+func epollWaitBlocking(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}

@@ -294,10 +294,15 @@ type Options struct {
 	// (not for External services).
 	OnTarget func(TargetChange)
 
-	// Loops is the number of event loops of the Linux data plane, each on
-	// its own OS thread. Zero or negative: one per two CPUs
-	// (DefaultLoops). Other platforms ignore it.
+	// Loops is the number of event loops of the Linux data plane. Zero or
+	// negative: one per CPU (DefaultLoops), with new connections steered
+	// to half of them until accepting keeps those busy; a number set here
+	// takes new connections on every loop. Other platforms ignore it.
 	Loops int
+
+	// steer (tests): steer new connections with Loops set, and with
+	// steerByHand no controller moves the count (the test does).
+	steer, steerByHand bool
 
 	// NoIOURing makes the Linux loops read and write with one system call
 	// each instead of batching them through io_uring.
@@ -325,6 +330,10 @@ type Options struct {
 type LoopStatus struct {
 	Busy     time.Duration // time spent serving, not waiting for events, ever
 	Accepted uint64        // connections the loop accepted, ever
+	// Steered: new connections are sent to this loop now (with the
+	// default number of loops, only to some while accepting is not the
+	// bottleneck; see the README's data-path notes).
+	Steered bool
 }
 
 // ServiceStatus is a snapshot of one service.

@@ -297,7 +297,7 @@ mode = "active-active"
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"quorumproxy_connections_accepted_total", `service="echo"`, "quorumproxy_backend_sent_bytes_total", "quorumproxy_health_transitions_total", `quorumproxy_loop_busy_seconds_total{loop="0"}`} {
+	for _, want := range []string{"quorumproxy_connections_accepted_total", `service="echo"`, "quorumproxy_backend_sent_bytes_total", "quorumproxy_health_transitions_total", `quorumproxy_loop_busy_seconds_total{loop="0"}`, `quorumproxy_loop_steered{loop="0"} 1`} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}

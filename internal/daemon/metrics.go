@@ -259,7 +259,8 @@ var (
 	mSaves     = newMetric("quorumproxy_cluster_saves_total", "Saves (fsyncs) of this proxy's state_dir.", prometheus.CounterValue)
 	mNoCand    = newMetric("quorumproxy_cluster_no_candidate_total", "Times a failover found no backend that could take over.", prometheus.CounterValue)
 	mLoopBusy  = newMetric("quorumproxy_loop_busy_seconds_total", "Time the event loop spent serving rather than waiting for events (Linux): its rate is the share of a CPU the loop keeps busy.", prometheus.CounterValue, "loop")
-	mLoopAcc   = newMetric("quorumproxy_loop_accepted_total", "Client connections the event loop accepted, all services (Linux). The kernel spreads new connections over the loops.", prometheus.CounterValue, "loop")
+	mLoopAcc   = newMetric("quorumproxy_loop_accepted_total", "Client connections the event loop accepted, all services (Linux).", prometheus.CounterValue, "loop")
+	mLoopNew   = newMetric("quorumproxy_loop_steered", "1 if new connections are sent to the event loop now (Linux). With the default loops (one per CPU) only half of them take new connections until accepting keeps those busy.", prometheus.GaugeValue, "loop")
 	mPersist   = newMetric("quorumproxy_cluster_persist_errors_total", "Saves of the state_dir that failed.", prometheus.CounterValue)
 
 	allMetrics = []metric{mAccepted, mRefused, mActive, mHeld, mRouting, mDual, mPromote, mNoPrimary,
@@ -267,7 +268,7 @@ var (
 		mLagBytes, mLagSecs, mChecks, mCheckFail, mLagAlert, mInfo,
 		mEpoch, mMaxVoted, mLease, mPaused, mFenced, mRecov, mStore, mPeers, mQuorum, mReachable,
 		mDropped, mDupes, mVotes, mProposals, mGivenUp, mCommits, mAdoptions, mSaves, mNoCand, mPersist,
-		mLoopBusy, mLoopAcc}
+		mLoopBusy, mLoopAcc, mLoopNew}
 )
 
 // stateCollector reads the running Daemon's state at scrape time.
@@ -322,6 +323,7 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, l := range d.px.Loops() {
 		put(mLoopBusy, l.Busy.Seconds(), strconv.Itoa(i))
 		put(mLoopAcc, float64(l.Accepted), strconv.Itoa(i))
+		put(mLoopNew, b2f(l.Steered), strconv.Itoa(i))
 	}
 	for _, s := range d.mon.States() {
 		put(mUp, b2f(s.Status == health.StatusUp), s.Service, s.Backend)
