@@ -19,8 +19,8 @@ const acceptBudget = 64
 const listenBacklog = 65535
 
 // listener is a service's listening address: one SO_REUSEPORT socket per
-// loop, so the kernel spreads new connections over the loops and each loop
-// accepts its own without a hand-off: measured, more connections a second
+// loop, so the kernel spreads new connections over the loops (over those
+// steered to, see steer) and each loop accepts its own without a hand-off: measured, more connections a second
 // than one acceptor posting each new session to the loops in turn, at the
 // same CPU per connection (docs/design.md has the figures).
 type listener struct {
@@ -29,6 +29,9 @@ type listener struct {
 	addr   string
 	fds    []*lfd
 	errs   logEvery // accept errors, logged once a second for all its loops
+	// adopted: the sockets were handed over by another process, whose
+	// steering program may still be on the group.
+	adopted bool
 }
 
 // lfd is one listening socket, owned by its loop once started.
@@ -52,7 +55,8 @@ func (s *service) listen(addr string) (*listener, error) {
 	var fds []int
 	var bound string
 	var err error
-	if got := s.p.takeInherited(addr); len(got) > 0 {
+	got := s.p.takeInherited(addr)
+	if len(got) > 0 {
 		fds, bound, err = adoptGroup(got, len(loops))
 		if err == nil {
 			s.p.log.Info("listening on sockets handed over", "service", s.name, "addr", bound, "sockets", len(got), "loops", len(loops))
@@ -63,7 +67,7 @@ func (s *service) listen(addr string) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service %q: listen %s: %w", s.name, addr, err)
 	}
-	ln := &listener{svc: s, listen: addr, addr: bound}
+	ln := &listener{svc: s, listen: addr, addr: bound, adopted: len(got) > 0}
 	for i, fd := range fds {
 		// More handed-over sockets than loops (the old process ran more):
 		// a loop takes several rather than close one, whose queued
@@ -75,7 +79,7 @@ func (s *service) listen(addr string) (*listener, error) {
 	}
 	// Before any client is told the address (a.steer, on the loop, keeps
 	// it in step with later changes).
-	s.p.steerGroup(fds[0], s.name)
+	s.p.steerGroup(ln, fds[0])
 	return ln, nil
 }
 
@@ -353,7 +357,7 @@ func listenGroup(addr string, n int) ([]int, string, error) {
 
 // adoptGroup takes handed-over listening sockets for n loops: fewer than
 // n are joined by new ones bound beside them in their SO_REUSEPORT group
-// (same address, same user); the kernel spreads connections over all.
+// (same address, same user), after them in the group's order.
 func adoptGroup(got []int, n int) ([]int, string, error) {
 	fail := func(err error) ([]int, string, error) {
 		closeFDs(got)

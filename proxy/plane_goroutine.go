@@ -36,6 +36,9 @@ func (l *listener) dup() ([]int, error) { return nil, errNoHandover }
 // closeFDs has nothing to close: no sockets are handed over here.
 func closeFDs([]int) {}
 
+// holdSteering: no loops, nothing steered.
+func (p *Proxy) holdSteering(bool) {}
+
 // Loops reports no event loops: there are none here.
 func (p *Proxy) Loops() []LoopStatus { return nil }
 

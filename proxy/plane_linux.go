@@ -22,6 +22,8 @@ type plane struct {
 	steering    bool
 	activeLoops atomic.Int32
 	steerErrs   logEvery
+	steerFailed atomic.Bool // an attach was refused: the kernel spreads
+	steerHeld   atomic.Bool // listeners handed over (see holdSteering)
 }
 
 // poller sums the loops' counters of parked directions (waiting for data,
@@ -104,7 +106,7 @@ func DefaultLoops() int { return runtime.GOMAXPROCS(0) }
 
 // steered is the number of loops new connections go to now.
 func (p *Proxy) steered() int {
-	if !p.steering {
+	if !p.steering || p.steerFailed.Load() {
 		return len(p.loops)
 	}
 	return int(p.activeLoops.Load())

@@ -522,8 +522,14 @@ func (p *Proxy) ListenerFDs() (map[string][]int, error) {
 		}
 		out[ln.listen] = fds
 	}
+	p.holdSteering(true)
 	return out, nil
 }
+
+// HandOverFailed says the process given the sockets by ListenerFDs will
+// not serve them: this one steers new connections over its loops again
+// (from ListenerFDs on it leaves that to the new process).
+func (p *Proxy) HandOverFailed() { p.holdSteering(false) }
 
 // StopAccepting closes every listener and returns once they are closed;
 // sessions, held connections included, run on. Drain begins with it, and

@@ -63,23 +63,50 @@ func (a *lfd) steer() {
 	if a.closed || len(a.ln.fds) == 0 || a.ln.fds[0] != a {
 		return
 	}
-	a.l.p.steerGroup(a.fd, a.ln.svc.name)
+	a.l.p.steerGroup(a.ln, a.fd)
 }
 
-// steerGroup attaches the program for the current count to fd's group,
-// or, without steering, detaches any: sockets handed over by a process
-// that steered keep its program, and with loops set every loop takes new
-// connections. (Nothing to detach is ENOENT, and a kernel before 5.8
-// cannot: both ignored.)
-func (p *Proxy) steerGroup(fd int, service string) {
-	if !p.steering {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
+// steerGroup attaches the program for the current count to the group of
+// ln, whose first socket fd is. Without steering, it removes the program
+// a process that handed the sockets over may have left there, so that
+// every loop takes new connections.
+func (p *Proxy) steerGroup(ln *listener, fd int) {
+	if p.steerHeld.Load() {
+		return // handed over: the process that took the sockets steers
+	}
+	if !p.steering || p.steerFailed.Load() {
+		if !ln.adopted {
+			return
+		}
+		err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
+		if err == unix.ENOPROTOOPT {
+			// Before Linux 5.8 there is no detach: a program that picks
+			// any socket of the group at random does the same.
+			err = attachSteer(fd, len(ln.fds))
+		}
+		if err != nil && err != unix.ENOENT { // ENOENT: there was none
+			p.log.Warn("a steering program left on handed-over sockets could not be removed; some loops may get no new connections", "service", ln.svc.name, "err", err)
+		}
 		return
 	}
 	if err := attachSteer(fd, int(p.activeLoops.Load())); err != nil {
+		// Refused (a seccomp filter, a kernel without reuseport BPF):
+		// every loop is counted as taking new connections from now on.
+		p.steerFailed.Store(true)
 		if logNow, _ := p.steerErrs.tick(time.Now(), time.Minute); logNow {
-			p.log.Warn("steering new connections failed; the kernel spreads them over all loops", "service", service, "err", err)
+			p.log.Warn("steering new connections to some loops failed; the kernel spreads them over all loops", "service", ln.svc.name, "err", err)
 		}
+	}
+}
+
+// holdSteering stops this proxy from changing the steering programs of
+// its listeners (the sockets are being handed to a new process, which
+// steers them from its start), or, with false, lets it again and puts its
+// own back (the hand-over failed).
+func (p *Proxy) holdSteering(hold bool) {
+	p.steerHeld.Store(hold)
+	if !hold {
+		p.setActive(int(p.activeLoops.Load()))
 	}
 }
 
@@ -151,6 +178,9 @@ func (p *Proxy) steer() {
 		case now := <-t.C:
 			window := max(now.Sub(last), time.Millisecond)
 			last = now
+			if p.steerFailed.Load() {
+				return
+			}
 			k := int(p.activeLoops.Load())
 			var busy, acc int64
 			for i, l := range p.loops {

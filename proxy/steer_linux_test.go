@@ -162,7 +162,7 @@ func TestSteeredLoops(t *testing.T) {
 	if got := accepted(1); got != before {
 		t.Fatalf("loop 1 accepted %d connections after it stopped taking them", got-before)
 	}
-	// Sessions on loop 1 (waiting in a blocking epoll_wait now) still flow.
+	// Sessions on loop 1 still flow.
 	for i, c := range held {
 		roundTrip(t, c, fmt.Sprintf("still %d\n", i))
 		c.Close()
@@ -205,7 +205,8 @@ func TestSteerController(t *testing.T) {
 
 // TestSteerHandedOver: a proxy with `loops` set that takes over the
 // sockets of one that steered takes new connections on every loop (the
-// program stays with the socket group until it is detached).
+// program stays with the socket group until it is detached), and the old
+// proxy, still running, no longer changes the program.
 func TestSteerHandedOver(t *testing.T) {
 	be := startEcho(t)
 	cfg := oneBackend("svc", be.addr())
@@ -218,10 +219,45 @@ func TestSteerHandedOver(t *testing.T) {
 	}
 	p2 := newProxy(t, Options{Loops: 2, Inherited: fds}, cfg)
 	p2.SetHealth("svc", "a", upAny)
+	// The old proxy's count changes while the new one starts (its
+	// controller would): the program the new one set must stay.
+	p1.setActive(1)
+	for _, l := range p1.loops {
+		l.call(func() {})
+	}
 	p1.StopAccepting()
 	for i := 0; p2.Loops()[1].Accepted == 0; i++ {
 		if i == 200 {
 			t.Fatalf("loop 1 of the new proxy accepted none of 200 connections: %+v", p2.Loops())
+		}
+		c := dial(t, addr)
+		roundTrip(t, c, fmt.Sprintf("hello %d\n", i))
+		c.Close()
+	}
+}
+
+// TestSteerHandOverFailed: after a hand-over that did not happen the
+// proxy steers its sockets again.
+func TestSteerHandOverFailed(t *testing.T) {
+	be := startEcho(t)
+	p := newProxy(t, Options{Loops: 2, steer: true, steerByHand: true}, oneBackend("svc", be.addr()))
+	p.SetHealth("svc", "a", upAny)
+	addr := p.addrOf(t, "svc")
+	fds, err := p.ListenerFDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fds {
+		closeFDs(f)
+	}
+	p.HandOverFailed()
+	p.setActive(2)
+	for _, l := range p.loops {
+		l.call(func() {})
+	}
+	for i := 0; p.Loops()[1].Accepted == 0; i++ {
+		if i == 200 {
+			t.Fatalf("loop 1 accepted none of 200 connections after the failed hand-over: %+v", p.Loops())
 		}
 		c := dial(t, addr)
 		roundTrip(t, c, fmt.Sprintf("hello %d\n", i))

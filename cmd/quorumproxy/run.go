@@ -162,6 +162,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				return 1
 			default:
 				log.Error("upgrade failed: keeping this process", "err", r.err)
+				d.HandOverFailed()
 				d.NoteUpgrade(noteUpgradeFailed + ": keeping this process: " + r.err.Error())
 			}
 			continue

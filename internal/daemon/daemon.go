@@ -394,6 +394,10 @@ func (d *Daemon) StopForHandOver() {
 	}
 }
 
+// HandOverFailed says the process given the sockets by ListenerFDs will
+// not serve them: this one goes on as before.
+func (d *Daemon) HandOverFailed() { d.px.HandOverFailed() }
+
 // HandOver ends this process's part after another process took its
 // listening sockets: StopForHandOver, then drain as Shutdown does.
 func (d *Daemon) HandOver() {
