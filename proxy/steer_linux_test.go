@@ -226,14 +226,7 @@ func TestSteerHandedOver(t *testing.T) {
 		l.call(func() {})
 	}
 	p1.StopAccepting()
-	for i := 0; p2.Loops()[1].Accepted == 0; i++ {
-		if i == 200 {
-			t.Fatalf("loop 1 of the new proxy accepted none of 200 connections: %+v", p2.Loops())
-		}
-		c := dial(t, addr)
-		roundTrip(t, c, fmt.Sprintf("hello %d\n", i))
-		c.Close()
-	}
+	untilLoopAccepts(t, p2, addr, 1)
 }
 
 // TestSteerHandOverFailed: after a hand-over that did not happen the
@@ -255,12 +248,19 @@ func TestSteerHandOverFailed(t *testing.T) {
 	for _, l := range p.loops {
 		l.call(func() {})
 	}
-	for i := 0; p.Loops()[1].Accepted == 0; i++ {
-		if i == 200 {
-			t.Fatalf("loop 1 accepted none of 200 connections after the failed hand-over: %+v", p.Loops())
+	untilLoopAccepts(t, p, addr, 1)
+}
+
+// untilLoopAccepts makes connections through addr, each answered and
+// closed, until loop i of p has accepted one; 200 without fails the test.
+func untilLoopAccepts(t *testing.T, p *Proxy, addr string, i int) {
+	t.Helper()
+	for n := 0; p.Loops()[i].Accepted == 0; n++ {
+		if n == 200 {
+			t.Fatalf("loop %d accepted none of 200 connections: %+v", i, p.Loops())
 		}
 		c := dial(t, addr)
-		roundTrip(t, c, fmt.Sprintf("hello %d\n", i))
+		roundTrip(t, c, fmt.Sprintf("hello %d\n", n))
 		c.Close()
 	}
 }
