@@ -19,10 +19,11 @@ const acceptBudget = 64
 const listenBacklog = 65535
 
 // listener is a service's listening address: one SO_REUSEPORT socket per
-// loop, so the kernel spreads new connections over the loops (over those
-// steered to, see steer) and each loop accepts its own without a hand-off: measured, more connections a second
-// than one acceptor posting each new session to the loops in turn, at the
-// same CPU per connection (docs/design.md has the figures).
+// loop, so the kernel spreads new connections over the loops (those
+// steered to, see steer) and each loop accepts its own without a
+// hand-off: measured, more connections a second than one acceptor posting
+// each new session to the loops in turn, at the same CPU per connection
+// (docs/design.md has the figures).
 type listener struct {
 	svc    *service
 	listen string // the address as configured, which a hand-over names it by

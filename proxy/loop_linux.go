@@ -241,8 +241,9 @@ func (l *loop) run() {
 				timeout = int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 			}
 		}
-		// A loop that holds no session (one that new connections are not
-		// steered to, or an idle proxy) waits as an ordinary system call:
+		// A loop that holds no session (one that takes no new connections
+		// and whose sessions have ended, or any loop of an idle proxy)
+		// waits as an ordinary system call:
 		// its P goes to the proxy's other goroutines meanwhile, and the
 		// wait needs no bound.
 		standby := len(l.sessions) == 0 && timeout != 0

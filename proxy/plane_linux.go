@@ -21,7 +21,6 @@ type plane struct {
 	// (see steer).
 	steering    bool
 	activeLoops atomic.Int32
-	steerErrs   logEvery
 	steerFailed atomic.Bool // an attach was refused: the kernel spreads
 	steerHeld   atomic.Bool // listeners handed over (see holdSteering)
 }

@@ -24,9 +24,10 @@ const (
 	// steerBusy: the active loops' mean busy share at or above which,
 	// with steerAccepts, they count as accept-bound.
 	steerBusy = 0.75
-	// steerAccepts is the accept rate per active loop, in a window, at
-	// or above which one more loop takes new connections.
-	steerAccepts = 1000 * steerEvery / time.Second
+	// steerAccepts is the number of new connections per active loop in
+	// a window (1,000 a second) at or above which, with steerBusy, one
+	// more loop takes new connections.
+	steerAccepts = 100
 	// steerGrowAfter and steerShrinkAfter are the windows in a row the
 	// condition must hold: quick to help, slow to give it back.
 	steerGrowAfter   = 2
@@ -91,9 +92,9 @@ func (p *Proxy) steerGroup(ln *listener, fd int) {
 	}
 	if err := attachSteer(fd, int(p.activeLoops.Load())); err != nil {
 		// Refused (a seccomp filter, a kernel without reuseport BPF):
-		// every loop is counted as taking new connections from now on.
-		p.steerFailed.Store(true)
-		if logNow, _ := p.steerErrs.tick(time.Now(), time.Minute); logNow {
+		// every loop is counted as taking new connections from now on,
+		// and no listener tries again.
+		if p.steerFailed.CompareAndSwap(false, true) {
 			p.log.Warn("steering new connections to some loops failed; the kernel spreads them over all loops", "service", ln.svc.name, "err", err)
 		}
 	}
